@@ -1,0 +1,182 @@
+#!/usr/bin/env node
+// bench/api: the API read path under load, NovaCron (uWS) vs a plain node:http server
+// over the same store, in the same run.
+//
+//   node bench/api/run.mjs [--vms 10000] [--duration 10] [--connections 64] [--quick] [--check]
+//
+// The server under test is pinned to CPU 0 and wrk to CPU 1 (taskset), so "one core"
+// is literal. Writes bench/results/api-<time>.json and prints a table. With --check,
+// exits 1 when a target is missed (the SLA runner mode).
+import { spawn, spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
+import { tmpdir, cpus } from 'node:os';
+import { join, resolve, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const root = resolve(here, '..', '..');
+const { values: args } = parseArgs({
+  options: {
+    vms: { type: 'string', default: '10000' },
+    duration: { type: 'string', default: '10' },
+    connections: { type: 'string', default: '64' },
+    quick: { type: 'boolean', default: false },
+    check: { type: 'boolean', default: false },
+  },
+});
+const quick = args.quick;
+const VMS = quick ? 1000 : Number(args.vms);
+const DURATION = quick ? 2 : Number(args.duration);
+const CONNS = Number(args.connections);
+const TARGETS = { getRps: 30_000, getP99Ms: 2, ratioVsNodeHttp: 2 };
+
+ensureWrk();
+const twoCores = cpus().length >= 2;
+const pin = (cpu, cmd) => (twoCores ? ['taskset', ['-c', String(cpu), ...cmd]] : [cmd[0], cmd.slice(1)]);
+
+const dataDir = mkdtempSync(join(tmpdir(), 'novacron-bench-api-'));
+const results = { bench: 'api', time: new Date().toISOString(), quick, vms: VMS, durationS: DURATION, connections: CONNS, pinned: twoCores, targets: TARGETS, runs: {} };
+try {
+  // 1. NovaCron daemon, seeded with VMS VMs through its own API.
+  const daemon = await startServer(pin(0, [process.execPath, join(root, 'bin', 'novacron.js'), 'daemon', '--driver', 'sim', '--listen', '127.0.0.1:0', '--data-dir', dataDir, '--log-level', 'warn']), /listening on (http:\/\/[^\s]+)/);
+  const ids = await seed(daemon.url, VMS);
+  const files = writePathFiles(ids);
+  results.runs.novacron = await measure(daemon.url, files);
+  await daemon.stop();
+
+  // 2. Baseline: node:http over the same store and VmService.
+  const baseline = await startServer(pin(0, [process.execPath, join(here, 'baseline-http.mjs'), dataDir]), /baseline listening on (http:\/\/[^\s]+)/);
+  results.runs.nodeHttp = await measure(baseline.url, files);
+  await baseline.stop();
+
+  const n = results.runs.novacron.get;
+  const b = results.runs.nodeHttp.get;
+  results.ratio = { getRps: round(n.rps / b.rps), listRps: round(results.runs.novacron.list.rps / results.runs.nodeHttp.list.rps) };
+  results.verdict = {
+    getRps: n.rps >= TARGETS.getRps,
+    getP99: n.p99Ms <= TARGETS.getP99Ms,
+    ratio: results.ratio.getRps >= TARGETS.ratioVsNodeHttp,
+    errorsFree: n.errors === 0 && results.runs.novacron.list.errors === 0,
+  };
+  results.pass = Object.values(results.verdict).every(Boolean);
+
+  mkdirSync(join(root, 'bench', 'results'), { recursive: true });
+  const out = join(root, 'bench', 'results', `api-${results.time.replace(/[:.]/g, '-')}${quick ? '-quick' : ''}.json`);
+  writeFileSync(out, JSON.stringify(results, null, 2));
+  printTable(results);
+  console.log(`\nresults: ${out}`);
+  if (args.check && !results.pass) {
+    console.error('SLA MISSED:', Object.entries(results.verdict).filter(([, ok]) => !ok).map(([k]) => k).join(', '));
+    process.exitCode = 1;
+  }
+} finally {
+  rmSync(dataDir, { recursive: true, force: true });
+}
+
+function ensureWrk() {
+  if (spawnSync('wrk', ['--version']).error === undefined) return;
+  console.error('bench: installing wrk (Debian package)');
+  const sudo = process.getuid?.() === 0 ? [] : ['sudo'];
+  const r = spawnSync(sudo[0] ?? 'apt-get', [...sudo.slice(1), ...(sudo.length ? ['apt-get'] : []), 'install', '-y', '-qq', 'wrk'], { stdio: 'inherit', env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } });
+  if (r.status !== 0) {
+    spawnSync('apt-get', ['update', '-qq'], { stdio: 'inherit' });
+    if (spawnSync('apt-get', ['install', '-y', '-qq', 'wrk'], { stdio: 'inherit' }).status !== 0) throw new Error('cannot install wrk');
+  }
+}
+
+async function startServer([cmd, cmdArgs], readyPattern) {
+  const proc = spawn(cmd, cmdArgs, { stdio: ['ignore', 'ignore', 'pipe'] });
+  let err = '';
+  const url = await new Promise((res, rej) => {
+    proc.stderr.on('data', (d) => {
+      err += d;
+      const m = readyPattern.exec(err);
+      if (m) res(m[1]);
+    });
+    proc.on('exit', (code) => rej(new Error(`${cmdArgs.join(' ')} exited ${code}: ${err}`)));
+  });
+  return {
+    url,
+    stop: () => new Promise((r) => {
+      proc.on('exit', r);
+      proc.kill('SIGTERM');
+    }),
+  };
+}
+
+async function seed(url, count) {
+  const started = performance.now();
+  const ids = [];
+  let next = 0;
+  const worker = async () => {
+    while (next < count) {
+      const i = next++;
+      const res = await fetch(`${url}/v1/vms`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ name: `bench-${i}`, vcpus: 1 + (i % 8), memoryMiB: 512 * (1 + (i % 4)), disks: [{ name: 'root', sizeMiB: 10240 }], nics: [{ name: 'eth0' }], labels: { app: `app-${i % 50}`, tier: i % 3 ? 'web' : 'db' }, tenant: `t${i % 10}` }),
+      });
+      if (res.status !== 201) throw new Error(`seed failed: ${res.status} ${await res.text()}`);
+      ids.push((await res.json()).id);
+    }
+  };
+  await Promise.all(Array.from({ length: 64 }, worker));
+  ids.sort();
+  console.log(`seeded ${count} VMs in ${((performance.now() - started) / 1000).toFixed(1)} s (durable writes, group commit)`);
+  return ids;
+}
+
+function writePathFiles(ids) {
+  const dir = mkdtempSync(join(tmpdir(), 'novacron-bench-paths-'));
+  const get = join(dir, 'get.txt');
+  const list = join(dir, 'list.txt');
+  writeFileSync(get, ids.map((id) => `/v1/vms/${id}`).join('\n') + '\n');
+  // List pages of 100 starting at random cursors, plus the first page.
+  const pages = ['/v1/vms?limit=100'];
+  for (let i = 0; i < 500; i++) pages.push(`/v1/vms?limit=100&cursor=${ids[Math.floor(Math.random() * (ids.length - 100))]}`);
+  writeFileSync(list, pages.join('\n') + '\n');
+  return { get, list };
+}
+
+async function measure(url, files) {
+  // Warm-up (JIT, caches), then the measured runs.
+  wrk(url, files.get, 1);
+  return { get: wrk(url, files.get, DURATION), list: wrk(url, files.list, DURATION) };
+}
+
+function wrk(url, pathsFile, seconds) {
+  const [cmd, cmdArgs] = pin(1, ['wrk', '-t1', `-c${CONNS}`, `-d${seconds}s`, '--latency', '-s', join(here, 'wrk-report.lua'), url, '--', pathsFile]);
+  const r = spawnSync(cmd, cmdArgs, { encoding: 'utf8' });
+  const line = /WRK_JSON (\{.*\})/.exec(r.stdout);
+  if (!line) throw new Error(`wrk failed: ${r.stderr}\n${r.stdout}`);
+  const s = JSON.parse(line[1]);
+  return {
+    rps: Math.round(s.requests / (s.durationUs / 1e6)),
+    p50Ms: s.p50Us / 1000,
+    p90Ms: s.p90Us / 1000,
+    p99Ms: s.p99Us / 1000,
+    maxMs: s.maxUs / 1000,
+    requests: s.requests,
+    errors: s.errors,
+  };
+}
+
+function round(x) {
+  return Math.round(x * 100) / 100;
+}
+
+function printTable(r) {
+  const rows = [];
+  for (const [server, run] of Object.entries(r.runs)) {
+    for (const [kind, m] of Object.entries(run)) rows.push([server, kind, m.rps, m.p50Ms, m.p99Ms, m.maxMs, m.errors]);
+  }
+  const head = ['server', 'request', 'req/s', 'p50 ms', 'p99 ms', 'max ms', 'errors'];
+  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((row) => String(row[i]).length)));
+  const fmt = (row) => row.map((c, i) => String(c).padStart(widths[i])).join('  ');
+  console.log(`\nbench/api: ${r.vms} VMs, ${r.connections} connections, ${r.durationS}s per run${r.pinned ? ', server on CPU 0, wrk on CPU 1' : ''}`);
+  console.log(fmt(head));
+  for (const row of rows) console.log(fmt(row));
+  console.log(`\nGET by id: ${r.ratio.getRps}x node:http (target >= ${r.targets.ratioVsNodeHttp}x); list: ${r.ratio.listRps}x`);
+  console.log(`targets: GET >= ${r.targets.getRps} req/s ${r.verdict.getRps ? 'PASS' : 'MISS'}, p99 <= ${r.targets.getP99Ms} ms ${r.verdict.getP99 ? 'PASS' : 'MISS'}, ratio ${r.verdict.ratio ? 'PASS' : 'MISS'}, errors ${r.verdict.errorsFree ? 'none' : 'PRESENT'}`);
+}

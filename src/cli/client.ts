@@ -1,0 +1,88 @@
+/** A small typed HTTP client for the NovaCron API (used by the CLI and tests). */
+import type { ErrorBody } from '../errors.js';
+import type { OperationRecord } from '../operations/operation.js';
+import type { VmRecord } from '../vm/record.js';
+
+export class ApiError extends Error {
+  constructor(
+    readonly status: number,
+    readonly code: string,
+    message: string,
+    readonly details?: unknown,
+  ) {
+    super(message);
+    this.name = 'ApiError';
+  }
+}
+
+/** The daemon could not be reached at all. */
+export class ConnectionError extends Error {
+  override name = 'ConnectionError';
+}
+
+export interface ClientOptions {
+  url: string;
+  token?: string;
+}
+
+export class NovaClient {
+  constructor(readonly opts: ClientOptions) {}
+
+  async request<T>(method: string, path: string, body?: unknown): Promise<T> {
+    const headers: Record<string, string> = {};
+    if (this.opts.token) headers.authorization = `Bearer ${this.opts.token}`;
+    if (body !== undefined) headers['content-type'] = 'application/json';
+    let res: Response;
+    try {
+      res = await fetch(new URL(path, this.opts.url), { method, headers, ...(body !== undefined ? { body: JSON.stringify(body) } : {}) });
+    } catch (e) {
+      throw new ConnectionError(`cannot reach the NovaCron daemon at ${this.opts.url}: ${(e as Error & { cause?: Error }).cause?.message ?? (e as Error).message}`);
+    }
+    const text = await res.text();
+    const parsed = text ? JSON.parse(text) : undefined;
+    if (!res.ok) {
+      const err = (parsed as ErrorBody | undefined)?.error;
+      throw new ApiError(res.status, err?.code ?? 'UNKNOWN', err?.message ?? `HTTP ${res.status}`, err?.details);
+    }
+    return parsed as T;
+  }
+
+  listVms(query: URLSearchParams): Promise<{ items: VmRecord[]; nextCursor?: string; total?: number }> {
+    const qs = query.toString();
+    return this.request('GET', `/v1/vms${qs ? `?${qs}` : ''}`);
+  }
+
+  getVm(ref: string): Promise<VmRecord> {
+    return this.request('GET', `/v1/vms/${encodeURIComponent(ref)}`);
+  }
+
+  createVm(spec: unknown): Promise<VmRecord> {
+    return this.request('POST', '/v1/vms', spec);
+  }
+
+  action(ref: string, kind: string, body?: unknown): Promise<OperationRecord> {
+    return this.request('POST', `/v1/vms/${encodeURIComponent(ref)}/${kind}`, body);
+  }
+
+  deleteVm(ref: string, opts: { force?: boolean; keepDisks?: boolean }): Promise<OperationRecord> {
+    const q = new URLSearchParams();
+    if (opts.force) q.set('force', 'true');
+    if (opts.keepDisks) q.set('keepDisks', 'true');
+    const qs = q.toString();
+    return this.request('DELETE', `/v1/vms/${encodeURIComponent(ref)}${qs ? `?${qs}` : ''}`);
+  }
+
+  getOperation(id: string): Promise<OperationRecord> {
+    return this.request('GET', `/v1/operations/${encodeURIComponent(id)}`);
+  }
+
+  /** Polls an operation until it finishes, reporting each change. */
+  async waitForOperation(id: string, onProgress?: (op: OperationRecord) => void, intervalMs = 100): Promise<OperationRecord> {
+    for (;;) {
+      const op = await this.getOperation(id);
+      onProgress?.(op);
+      if (op.state !== 'running') return op;
+      await new Promise((r) => setTimeout(r, intervalMs));
+    }
+  }
+}

@@ -1,0 +1,225 @@
+/**
+ * `novacron`: the command-line interface. Human-readable tables by default, `--json`
+ * for scripts, a progress bar for long operations, and stable exit codes (exit-codes.ts).
+ */
+import { readFileSync } from 'node:fs';
+import { Command, CommanderError, Option } from 'commander';
+import Table from 'cli-table3';
+import cliProgress from 'cli-progress';
+import { ApiError, ConnectionError, NovaClient } from './client.js';
+import { EXIT } from './exit-codes.js';
+import type { OperationRecord } from '../operations/operation.js';
+import type { VmRecord } from '../vm/record.js';
+import { VERSION } from '../version.js';
+
+interface GlobalOpts {
+  url: string;
+  token?: string;
+  json?: boolean;
+}
+
+function collect(value: string, previous: string[] = []): string[] {
+  return [...previous, value];
+}
+
+export function buildProgram(): Command {
+  const program = new Command('novacron')
+    .description('NovaCron: VM management for bare-metal hypervisor hosts')
+    .version(VERSION)
+    .addOption(new Option('--url <url>', 'daemon API address').env('NOVACRON_URL').default('http://127.0.0.1:7700'))
+    .addOption(new Option('--token <token>', 'API bearer token').env('NOVACRON_API_TOKEN'))
+    .option('--json', 'machine-readable JSON output')
+    .showHelpAfterError()
+    .exitOverride();
+
+  program
+    .command('daemon')
+    .description('run the NovaCron daemon on this host')
+    .addOption(new Option('--listen <host:port>', 'API listen address (default 127.0.0.1:7700)').env('NOVACRON_LISTEN'))
+    .addOption(new Option('--data-dir <dir>', 'data directory (default ./data)').env('NOVACRON_DATA_DIR'))
+    .addOption(new Option('--driver <driver>', 'hypervisor driver').choices(['auto', 'qemu', 'sim']).env('NOVACRON_DRIVER'))
+    .addOption(new Option('--node-id <id>', 'this node\'s id (default: hostname)').env('NOVACRON_NODE_ID'))
+    .addOption(new Option('--log-level <level>', 'log level').choices(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).env('NOVACRON_LOG_LEVEL'))
+    .addOption(new Option('--api-token <token>', 'require this bearer token on API calls').env('NOVACRON_API_TOKEN'))
+    .addOption(new Option('--config <file>', 'JSON config file').env('NOVACRON_CONFIG'))
+    .action(async (opts) => {
+      const { runDaemon } = await import('./daemon-command.js');
+      await runDaemon(opts);
+    });
+
+  const vm = program.command('vm').description('manage virtual machines');
+  const client = () => {
+    const g = program.opts<GlobalOpts>();
+    return new NovaClient({ url: g.url, ...(g.token ? { token: g.token } : {}) });
+  };
+  const json = () => program.opts<GlobalOpts>().json === true;
+
+  vm.command('list')
+    .description('list VMs')
+    .option('--state <states>', 'only these states (comma-separated)')
+    .option('--tenant <tenant>', 'only this tenant')
+    .option('--label <key=value>', 'only VMs with this label (repeatable)', collect)
+    .option('--limit <n>', 'page size', '100')
+    .option('--all', 'fetch every page')
+    .action(async (opts) => {
+      const q = new URLSearchParams();
+      if (opts.state) q.set('state', opts.state);
+      if (opts.tenant) q.set('tenant', opts.tenant);
+      for (const l of opts.label ?? []) q.append('label', l);
+      q.set('limit', opts.limit);
+      const items: VmRecord[] = [];
+      for (;;) {
+        const page = await client().listVms(q);
+        items.push(...page.items);
+        if (!opts.all || !page.nextCursor) break;
+        q.set('cursor', page.nextCursor);
+      }
+      if (json()) return print(items);
+      const table = new Table({ head: ['ID', 'NAME', 'STATE', 'VCPUS', 'MEMORY', 'TENANT', 'NODE'], style: { head: [], border: [] } });
+      for (const v of items) table.push([v.id, v.name, v.state, v.spec.vcpus, `${v.spec.memoryMiB} MiB`, v.spec.tenant, v.node]);
+      console.log(table.toString());
+    });
+
+  vm.command('get <vm>')
+    .description('show one VM (by id or name)')
+    .action(async (ref: string) => {
+      const v = await client().getVm(ref);
+      if (json()) return print(v);
+      const table = new Table({ style: { head: [], border: [] } });
+      table.push(
+        { id: v.id },
+        { name: v.name },
+        { state: v.state + (v.stateReason ? ` (${v.stateReason})` : '') },
+        { vcpus: String(v.spec.vcpus) },
+        { memory: `${v.spec.memoryMiB} MiB` },
+        { disks: v.spec.disks.map((d) => `${d.name}:${d.sizeMiB ?? '-'}MiB:${d.format}`).join(', ') || '-' },
+        { nics: v.spec.nics.map((n) => `${n.name}:${n.mode}`).join(', ') || '-' },
+        { boot: v.spec.boot.type },
+        { labels: Object.entries(v.spec.labels).map(([k, val]) => `${k}=${val}`).join(', ') || '-' },
+        { tenant: v.spec.tenant },
+        { node: v.node },
+        { created: v.createdAt },
+        { updated: v.updatedAt },
+      );
+      console.log(table.toString());
+    });
+
+  vm.command('create')
+    .description('create a VM')
+    .option('-f, --file <spec.json>', 'full spec as JSON (flags override its fields)')
+    .option('--name <name>', 'VM name (DNS label)')
+    .option('--vcpus <n>', 'virtual CPUs')
+    .option('--memory <MiB>', 'memory in MiB')
+    .option('--disk <name:sizeMiB[:format]>', 'a new disk (repeatable)', collect)
+    .option('--kernel <path>', 'direct kernel boot: kernel image')
+    .option('--initrd <path>', 'direct kernel boot: initramfs')
+    .option('--cmdline <args>', 'direct kernel boot: kernel command line')
+    .option('--label <key=value>', 'label (repeatable)', collect)
+    .option('--tenant <tenant>', 'tenant')
+    .action(async (opts) => {
+      const spec: Record<string, unknown> = opts.file ? JSON.parse(readFileSync(opts.file, 'utf8')) : {};
+      if (opts.name) spec.name = opts.name;
+      if (opts.vcpus) spec.vcpus = toInt(opts.vcpus, '--vcpus');
+      if (opts.memory) spec.memoryMiB = toInt(opts.memory, '--memory');
+      if (opts.disk) {
+        spec.disks = (opts.disk as string[]).map((d) => {
+          const [name, size, format] = d.split(':');
+          return { name, sizeMiB: toInt(size ?? '', '--disk size'), ...(format ? { format } : {}) };
+        });
+      }
+      if (opts.kernel) spec.boot = { type: 'kernel', kernel: opts.kernel, ...(opts.initrd ? { initrd: opts.initrd } : {}), ...(opts.cmdline ? { cmdline: opts.cmdline } : {}) };
+      if (opts.label) spec.labels = Object.fromEntries((opts.label as string[]).map((l) => l.split('=', 2)));
+      if (opts.tenant) spec.tenant = opts.tenant;
+      const v = await client().createVm(spec);
+      if (json()) return print(v);
+      console.log(`created VM ${v.name} (${v.id}), state ${v.state}`);
+    });
+
+  const actions: Array<[string, string]> = [
+    ['start', 'start a VM'],
+    ['stop', 'force-stop a VM (like pulling the plug)'],
+    ['shutdown', 'ACPI shutdown; forced after --timeout'],
+    ['pause', 'pause a running VM'],
+    ['resume', 'resume a paused VM'],
+    ['reboot', 'reboot a running VM'],
+  ];
+  for (const [kind, description] of actions) {
+    const cmd = vm
+      .command(`${kind} <vm>`)
+      .description(description)
+      .option('--no-wait', 'return once the operation is accepted');
+    if (kind === 'shutdown') cmd.option('--timeout <ms>', 'force after this many milliseconds');
+    cmd.action(async (ref: string, opts) => {
+      const body = opts.timeout ? { timeoutMs: toInt(opts.timeout, '--timeout') } : undefined;
+      await follow(client(), await client().action(ref, kind, body), opts.wait, json());
+    });
+  }
+
+  vm.command('delete <vm>')
+    .description('delete a VM and its disks')
+    .option('--force', 'stop it first if it is running')
+    .option('--keep-disks', 'keep disk images')
+    .option('--no-wait', 'return once the operation is accepted')
+    .action(async (ref: string, opts) => {
+      await follow(client(), await client().deleteVm(ref, { force: opts.force, keepDisks: opts.keepDisks }), opts.wait, json());
+    });
+
+  return program;
+}
+
+/** Shows an operation to completion with a progress bar (TTY) and sets the exit code. */
+async function follow(client: NovaClient, op: OperationRecord, wait: boolean, asJson: boolean): Promise<void> {
+  if (!wait) return asJson ? print(op) : console.log(`operation ${op.id} (${op.kind}) accepted`);
+  const tty = process.stderr.isTTY && !asJson;
+  const bar = tty ? new cliProgress.SingleBar({ format: `${op.kind} {bar} {percentage}% | {message}`, clearOnComplete: false, hideCursor: true }, cliProgress.Presets.shades_classic) : undefined;
+  bar?.start(100, op.progress.percent, { message: op.progress.message });
+  const done = await client.waitForOperation(op.id, (o) => bar?.update(o.progress.percent, { message: o.progress.message }));
+  bar?.stop();
+  if (asJson) print(done);
+  else if (done.state === 'succeeded') console.log(`${done.kind} succeeded`);
+  else console.error(`${done.kind} failed: ${done.error?.code}: ${done.error?.message}`);
+  if (done.state !== 'succeeded') process.exitCode = EXIT.OPERATION_FAILED;
+}
+
+function print(value: unknown): void {
+  console.log(JSON.stringify(value, null, 2));
+}
+
+function toInt(value: string, name: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n)) throw new UsageError(`${name} must be an integer, got "${value}"`);
+  return n;
+}
+
+class UsageError extends Error {}
+
+export function exitCodeFor(err: unknown): number {
+  if (err instanceof ApiError) {
+    if (err.status === 404) return EXIT.NOT_FOUND;
+    if (err.status === 409) return EXIT.CONFLICT;
+    if (err.status >= 400 && err.status < 500) return EXIT.REJECTED;
+    return EXIT.FAILURE;
+  }
+  if (err instanceof ConnectionError) return EXIT.UNREACHABLE;
+  if (err instanceof UsageError) return EXIT.USAGE;
+  return EXIT.FAILURE;
+}
+
+export async function main(argv: string[]): Promise<void> {
+  const program = buildProgram();
+  try {
+    await program.parseAsync(argv);
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      process.exitCode = err.exitCode === 0 ? EXIT.OK : EXIT.USAGE;
+      return;
+    }
+    const code = exitCodeFor(err);
+    if (program.opts<GlobalOpts>().json && err instanceof ApiError) {
+      console.error(JSON.stringify({ error: { code: err.code, message: err.message, details: err.details } }));
+    } else {
+      console.error(`novacron: ${err instanceof ApiError ? `${err.code}: ` : ''}${(err as Error).message}`);
+    }
+    process.exitCode = code;
+  }
+}

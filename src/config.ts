@@ -1,0 +1,83 @@
+/**
+ * Daemon configuration: defaults < config file (JSON, `--config`) < environment
+ * (`NOVACRON_*`) < command-line flags. Validated as a whole; a bad value is a start-up
+ * error naming the field and where it came from.
+ */
+import { readFileSync } from 'node:fs';
+import { hostname } from 'node:os';
+import { isIP } from 'node:net';
+import { z } from 'zod';
+import { NovaError } from './errors.js';
+import { LOG_LEVELS } from './log.js';
+import { SIM_OPS } from './vm/drivers/sim.js';
+
+const simOpRecord = z.partialRecord(z.enum(SIM_OPS), z.number().min(0));
+
+export const ConfigSchema = z.strictObject({
+  listen: z.string().default('127.0.0.1:7700'),
+  dataDir: z.string().min(1).default('./data'),
+  driver: z.enum(['auto', 'qemu', 'sim']).default('auto'),
+  nodeId: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/).default(hostname().replace(/[^A-Za-z0-9._-]/g, '-').slice(0, 63) || 'node'),
+  logLevel: z.enum(LOG_LEVELS).default('info'),
+  apiToken: z.string().min(16, 'API tokens must be at least 16 characters').optional(),
+  bodyLimitBytes: z.int().min(1024).max(64 << 20).default(1 << 20),
+  shutdownTimeoutMs: z.int().min(0).default(60_000),
+  eventRetention: z.int().min(1000).default(100_000),
+  sim: z.strictObject({ latencyMs: simOpRecord.optional(), failureRate: simOpRecord.optional() }).default({}),
+});
+
+export type DaemonConfig = z.infer<typeof ConfigSchema> & { host: string; port: number };
+
+const ENV: Record<string, keyof z.infer<typeof ConfigSchema>> = {
+  NOVACRON_LISTEN: 'listen',
+  NOVACRON_DATA_DIR: 'dataDir',
+  NOVACRON_DRIVER: 'driver',
+  NOVACRON_NODE_ID: 'nodeId',
+  NOVACRON_LOG_LEVEL: 'logLevel',
+  NOVACRON_API_TOKEN: 'apiToken',
+};
+
+export interface ConfigSources {
+  flags: Partial<Record<string, unknown>>;
+  env?: NodeJS.ProcessEnv;
+  configFile?: string;
+}
+
+export function loadConfig({ flags, env = process.env, configFile }: ConfigSources): DaemonConfig {
+  let fileValues: Record<string, unknown> = {};
+  const file = configFile ?? env.NOVACRON_CONFIG;
+  if (file) {
+    try {
+      fileValues = JSON.parse(readFileSync(file, 'utf8'));
+    } catch (e) {
+      throw new NovaError('CONFIG_INVALID', `cannot read config file ${file}: ${(e as Error).message}`);
+    }
+  }
+  const envValues: Record<string, unknown> = {};
+  for (const [name, key] of Object.entries(ENV)) if (env[name] !== undefined && env[name] !== '') envValues[key] = env[name];
+  const definedFlags = Object.fromEntries(Object.entries(flags).filter(([, v]) => v !== undefined));
+  const parsed = ConfigSchema.safeParse({ ...fileValues, ...envValues, ...definedFlags });
+  if (!parsed.success) {
+    const msg = parsed.error.issues.map((i) => `${i.path.join('.') || '(config)'}: ${i.message}`).join('; ');
+    throw new NovaError('CONFIG_INVALID', `invalid configuration: ${msg}`);
+  }
+  const { host, port } = parseListen(parsed.data.listen);
+  if (!isLoopback(host) && !parsed.data.apiToken) {
+    throw new NovaError('CONFIG_INVALID', `refusing to listen on non-loopback address ${host} without an API token (set --api-token or NOVACRON_API_TOKEN)`);
+  }
+  return { ...parsed.data, host, port };
+}
+
+export function parseListen(listen: string): { host: string; port: number } {
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]]+)):(\d{1,5})$/.exec(listen);
+  const port = m ? Number(m[3]) : NaN;
+  if (!m || port > 65535) throw new NovaError('CONFIG_INVALID', `invalid listen address "${listen}": expected HOST:PORT, e.g. 127.0.0.1:7700 or [::1]:7700`);
+  return { host: (m[1] ?? m[2])!, port };
+}
+
+export function isLoopback(host: string): boolean {
+  if (host === 'localhost') return true;
+  if (isIP(host) === 4) return host.startsWith('127.');
+  if (isIP(host) === 6) return host === '::1';
+  return false;
+}

@@ -1,0 +1,85 @@
+/**
+ * The daemon: opens the store, recovers state, serves the API, and shuts down
+ * gracefully (in-flight requests and operations finish, the store is flushed).
+ */
+import { mkdirSync } from 'node:fs';
+import { resolve, join } from 'node:path';
+import type { Logger } from 'pino';
+import { ApiServer } from './api/server.js';
+import { Router } from './api/router.js';
+import { vmRoutes } from './api/routes/vms.js';
+import { systemRoutes } from './api/routes/system.js';
+import { eventsWsRoute } from './api/events-ws.js';
+import { loadUws } from './api/uws.js';
+import type { DaemonConfig } from './config.js';
+import { EventLog } from './events/log.js';
+import { createLogger } from './log.js';
+import { RocksStore } from './native/rocks-store.js';
+import { Metrics } from './telemetry/metrics.js';
+import { selectDriver } from './vm/drivers/select.js';
+import { VmService } from './vm/service.js';
+import type { HypervisorDriver } from './vm/driver.js';
+
+export { VERSION } from './version.js';
+import { VERSION } from './version.js';
+
+export interface Daemon {
+  config: DaemonConfig;
+  port: number;
+  log: Logger;
+  vms: VmService;
+  driver: HypervisorDriver;
+  close(): Promise<void>;
+}
+
+export async function startDaemon(config: DaemonConfig, log: Logger = createLogger(config.logLevel, config.nodeId)): Promise<Daemon> {
+  const uws = loadUws(); // Fail fast if the native HTTP stack is missing.
+  const dataDir = resolve(config.dataDir);
+  mkdirSync(dataDir, { recursive: true });
+  const store = RocksStore.open(join(dataDir, 'store'));
+  let ready = false;
+  try {
+    const events = await EventLog.open(store, { retain: config.eventRetention });
+    const driver = selectDriver(config.driver, config.sim, log);
+    const vms = await VmService.open({ store, events, driver, nodeId: config.nodeId, log, shutdownTimeoutMs: config.shutdownTimeoutMs });
+    const metrics = new Metrics({ vmsByState: () => vms.countByState(), lastEventSeq: () => events.lastSeq });
+    events.subscribe({ types: ['operation.succeeded', 'operation.failed'] }, (ev) => {
+      metrics.operations.inc({ kind: String(ev.data.kind), result: ev.type === 'operation.succeeded' ? 'succeeded' : 'failed' });
+    });
+
+    const router = new Router();
+    systemRoutes(router, metrics, {
+      ready: () => ready,
+      info: () => ({ version: VERSION, node: config.nodeId, driver: driver.name, http: uws.info.native ? 'uws-native' : 'uws-fallback', vms: vms.size, lastEventSeq: events.lastSeq }),
+    });
+    vmRoutes(router, vms);
+    const server = await ApiServer.listen(
+      router,
+      { host: config.host, port: config.port, bodyLimitBytes: config.bodyLimitBytes, log, metrics, ...(config.apiToken ? { apiToken: config.apiToken } : {}) },
+      [eventsWsRoute(events, log)],
+    );
+    ready = true;
+    log.info({ listen: `${config.host}:${server.port}`, dataDir, driver: driver.name, vms: vms.size, lastEventSeq: events.lastSeq }, 'novacron daemon ready');
+
+    let closing: Promise<void> | undefined;
+    return {
+      config,
+      port: server.port,
+      log,
+      vms,
+      driver,
+      close: () =>
+        (closing ??= (async () => {
+          ready = false;
+          await server.close();
+          await vms.drain();
+          await driver.close();
+          await store.close();
+          log.info('novacron daemon stopped');
+        })()),
+    };
+  } catch (err) {
+    await store.close().catch(() => undefined);
+    throw err;
+  }
+}

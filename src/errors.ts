@@ -1,0 +1,77 @@
+/**
+ * The registry of NovaCron's stable error codes: code → HTTP status → default message.
+ *
+ * A code is a contract with API clients and scripts: it is never renamed and never
+ * reused for a different meaning. Add new codes at the end of their group. The README's
+ * error table is checked against this registry by a test.
+ */
+export const ERROR_CODES = {
+  // Request shape
+  BAD_JSON: { status: 400, message: 'request body is not valid JSON' },
+  VALIDATION_FAILED: { status: 400, message: 'request does not match the schema' },
+  BAD_QUERY: { status: 400, message: 'query string is invalid' },
+  UNAUTHORIZED: { status: 401, message: 'missing or invalid bearer token' },
+  ROUTE_NOT_FOUND: { status: 404, message: 'no such endpoint' },
+  METHOD_NOT_ALLOWED: { status: 405, message: 'method not allowed on this endpoint' },
+  BODY_TOO_LARGE: { status: 413, message: 'request body exceeds the size limit' },
+  UNSUPPORTED_MEDIA_TYPE: { status: 415, message: 'request body must be application/json' },
+  // VMs
+  VM_NOT_FOUND: { status: 404, message: 'no such VM' },
+  VM_NAME_CONFLICT: { status: 409, message: 'a VM with this name already exists' },
+  VM_INVALID_STATE: { status: 409, message: 'operation not allowed in the VM\'s current state' },
+  VM_BUSY: { status: 409, message: 'another operation is in progress on this VM' },
+  VM_SPEC_INVALID: { status: 422, message: 'VM spec is semantically invalid' },
+  // Operations and events
+  OPERATION_NOT_FOUND: { status: 404, message: 'no such operation' },
+  EVENTS_EXPIRED: { status: 410, message: 'requested events are no longer retained' },
+  // Drivers
+  DRIVER_FAILED: { status: 500, message: 'hypervisor driver operation failed' },
+  DRIVER_UNAVAILABLE: { status: 503, message: 'hypervisor driver is not available' },
+  // Store (codes come from the Rust crate, see crates/store/src/error.rs)
+  STORE_LOCKED: { status: 503, message: 'data directory is locked by another process' },
+  STORE_CORRUPTION: { status: 500, message: 'store corruption detected' },
+  STORE_IO: { status: 503, message: 'store I/O error' },
+  STORE_INVALID_ARGUMENT: { status: 500, message: 'invalid store argument' },
+  STORE_CLOSED: { status: 503, message: 'store is closed' },
+  STORE_INTERNAL: { status: 500, message: 'store error' },
+  // Daemon
+  CONFIG_INVALID: { status: 500, message: 'daemon configuration is invalid' },
+  SHUTTING_DOWN: { status: 503, message: 'daemon is shutting down' },
+  INTERNAL: { status: 500, message: 'internal error' },
+} as const satisfies Record<string, { status: number; message: string }>;
+
+export type ErrorCode = keyof typeof ERROR_CODES;
+
+/** An expected failure with a stable code. Anything else reaching the API is INTERNAL. */
+export class NovaError extends Error {
+  readonly code: ErrorCode;
+  readonly status: number;
+  readonly details?: unknown;
+
+  constructor(code: ErrorCode, message?: string, details?: unknown) {
+    super(message ?? ERROR_CODES[code].message);
+    this.name = 'NovaError';
+    this.code = code;
+    this.status = ERROR_CODES[code].status;
+    if (details !== undefined) this.details = details;
+  }
+}
+
+export function isErrorCode(code: unknown): code is ErrorCode {
+  return typeof code === 'string' && Object.hasOwn(ERROR_CODES, code);
+}
+
+/** The JSON body of every error response: `{error:{code,message,details?}}`. */
+export interface ErrorBody {
+  error: { code: ErrorCode; message: string; details?: unknown };
+}
+
+/** Converts any thrown value into an error body; unknown errors never leak internals. */
+export function toErrorBody(err: unknown): { status: number; body: ErrorBody } {
+  if (err instanceof NovaError) {
+    const body: ErrorBody = { error: { code: err.code, message: err.message } };
+    if (err.details !== undefined) body.error.details = err.details;
+    return { status: err.status, body };
+  }
+  return { status: 500, body: { error: { code: 'INTERNAL', message: ERROR_CODES.INTERNAL.message } } };
+}

@@ -1,0 +1,35 @@
+/** Event types; a stable vocabulary for WebSocket clients. */
+export const EVENT_TYPES = [
+  'vm.created', 'vm.updated', 'vm.deleted', 'vm.state',
+  'operation.started', 'operation.progress', 'operation.succeeded', 'operation.failed',
+] as const;
+export type EventType = (typeof EVENT_TYPES)[number];
+
+/** A persisted event. `seq` is strictly increasing (gaps are possible after failed writes). */
+export interface NovaEvent {
+  seq: number;
+  time: string;
+  type: EventType;
+  vmId?: string;
+  tenant?: string;
+  operationId?: string;
+  data: Record<string, unknown>;
+}
+
+export type EventDraft = Omit<NovaEvent, 'seq' | 'time'>;
+
+export interface EventFilter {
+  vmId?: string;
+  tenant?: string;
+  /** Event types to deliver; a trailing '*' matches a prefix ("vm.*"). */
+  types?: string[];
+}
+
+export function matches(filter: EventFilter, ev: NovaEvent): boolean {
+  if (filter.vmId !== undefined && ev.vmId !== filter.vmId) return false;
+  if (filter.tenant !== undefined && ev.tenant !== filter.tenant) return false;
+  if (filter.types && filter.types.length > 0) {
+    return filter.types.some((t) => (t.endsWith('*') ? ev.type.startsWith(t.slice(0, -1)) : ev.type === t));
+  }
+  return true;
+}

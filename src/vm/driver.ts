@@ -1,0 +1,67 @@
+/**
+ * The hypervisor driver contract. A driver turns lifecycle requests into real (or
+ * simulated) VM processes; the VM service owns state, persistence and events.
+ *
+ * Contract:
+ * - Every method is async and resolves when the hypervisor has *done* the thing (the
+ *   guest is running, paused, gone...), or rejects with a `DriverError` carrying the
+ *   hypervisor's own message.
+ * - Drivers emit `DriverEvent`s for things nobody asked for: a guest powering itself
+ *   off, a process crashing, a guest-initiated reset.
+ * - VM processes may outlive the daemon: after a restart, `inspect` reports what is
+ *   actually running so the service can reconcile stored state (reattach).
+ */
+import type { EventEmitter } from 'node:events';
+import type { VmRecord } from './record.js';
+
+export type DriverName = 'sim' | 'qemu';
+
+export interface DriverInstanceState {
+  /** What the hypervisor says the guest is doing. */
+  status: 'running' | 'paused' | 'stopped';
+  runtime?: Record<string, unknown>;
+}
+
+export type DriverEvent =
+  | { type: 'exited'; vmId: string; reason: string; expected: boolean }
+  | { type: 'guest-shutdown'; vmId: string }
+  | { type: 'guest-reset'; vmId: string }
+  | { type: 'paused'; vmId: string; reason: string }
+  | { type: 'resumed'; vmId: string };
+
+export interface ShutdownOptions {
+  /** How long to wait for the guest to power off before forcing. */
+  timeoutMs: number;
+}
+
+export interface HypervisorDriver {
+  readonly name: DriverName;
+  /** Emits 'event' with a DriverEvent. */
+  readonly events: EventEmitter;
+  /** Prepares resources for a new VM (disk images...). */
+  create(vm: VmRecord): Promise<void>;
+  start(vm: VmRecord): Promise<DriverInstanceState>;
+  /** Force stop: the process is killed. */
+  stop(vmId: string): Promise<void>;
+  /** ACPI power-off, forced after `timeoutMs`. Resolves with whether force was needed. */
+  shutdown(vmId: string, opts: ShutdownOptions): Promise<{ forced: boolean }>;
+  pause(vmId: string): Promise<void>;
+  resume(vmId: string): Promise<void>;
+  reboot(vmId: string): Promise<void>;
+  /** Removes everything the driver made for the VM (it is stopped). */
+  destroy(vm: VmRecord): Promise<void>;
+  /** What is really there for this VM now, or undefined if nothing is running. */
+  inspect(vmId: string): Promise<DriverInstanceState | undefined>;
+  close(): Promise<void>;
+}
+
+/** A hypervisor-side failure; `message` is the hypervisor's own words. */
+export class DriverError extends Error {
+  constructor(
+    readonly op: string,
+    message: string,
+  ) {
+    super(message);
+    this.name = 'DriverError';
+  }
+}

@@ -1,0 +1,479 @@
+/**
+ * The VM service: owns VM records and their lifecycle. Every change is persisted with
+ * its event in one atomic store write before anyone is told about it; the in-memory
+ * index is a cache of the store, rebuilt on start.
+ */
+import { pack, unpack } from 'msgpackr';
+import type { Logger } from 'pino';
+import { NovaError } from '../errors.js';
+import type { EventLog } from '../events/log.js';
+import type { EventDraft } from '../events/types.js';
+import { newOperation, opKey, OP_PREFIX, type OperationKind, type OperationRecord } from '../operations/operation.js';
+import { prefixRange, type Store, type WriteOp } from '../store/store.js';
+import { DriverError, type DriverEvent, type DriverInstanceState, type HypervisorDriver } from './driver.js';
+import { newId, type VmRecord } from './record.js';
+import { semanticProblems, type CreateVmRequest, type PatchVmRequest } from './spec.js';
+import { allowedTransitions, canTransition, TRANSITIONAL_STATES, VM_STATES, type VmState } from './state.js';
+
+const VM_PREFIX = 'vm/';
+const vmKey = (id: string) => VM_PREFIX + id;
+
+export interface ListQuery {
+  state?: VmState[];
+  tenant?: string;
+  /** Every label must match exactly. */
+  labels?: Record<string, string>;
+  limit: number;
+  /** The last id of the previous page. */
+  cursor?: string;
+}
+
+export interface ListPage {
+  items: VmRecord[];
+  nextCursor?: string;
+  total: number;
+}
+
+export interface ActionOptions {
+  /** ACPI shutdown timeout before forcing. */
+  timeoutMs?: number;
+  /** delete: stop a running VM first. */
+  force?: boolean;
+  /** delete: keep disk images. */
+  keepDisks?: boolean;
+}
+
+/** State each action moves to while running, and the states it may start from. */
+const ACTIONS: Record<OperationKind, { from: readonly VmState[]; during?: VmState }> = {
+  start: { from: ['stopped', 'error'], during: 'starting' },
+  stop: { from: ['running', 'paused', 'error'], during: 'stopping' },
+  shutdown: { from: ['running'], during: 'stopping' },
+  pause: { from: ['running'], during: 'pausing' },
+  resume: { from: ['paused'], during: 'resuming' },
+  reboot: { from: ['running'] },
+  delete: { from: ['stopped', 'error', 'pending'], during: 'deleting' },
+};
+
+export interface VmServiceDeps {
+  store: Store;
+  events: EventLog;
+  driver: HypervisorDriver;
+  nodeId: string;
+  log: Logger;
+  /** Default ACPI shutdown timeout. */
+  shutdownTimeoutMs?: number;
+}
+
+export class VmService {
+  #deps: VmServiceDeps;
+  #byId = new Map<string, VmRecord>();
+  #byName = new Map<string, string>();
+  /** Ids in ascending order (ids are time-ordered), for stable pagination. */
+  #ids: string[] = [];
+  #json = new Map<string, string>();
+  #ops = new Map<string, OperationRecord>();
+  /** vmId → running operation; at most one long operation per VM. */
+  #active = new Map<string, Promise<void>>();
+  /** Names being created right now (reserved before the store write). */
+  #reserved = new Set<string>();
+
+  private constructor(deps: VmServiceDeps) {
+    this.#deps = deps;
+    deps.driver.events.on('event', (ev: DriverEvent) => {
+      this.#onDriverEvent(ev).catch((err) => deps.log.error({ err, ev }, 'handling driver event failed'));
+    });
+  }
+
+  static async open(deps: VmServiceDeps): Promise<VmService> {
+    const svc = new VmService(deps);
+    for (const e of await deps.store.scan(prefixRange(VM_PREFIX))) svc.#index(unpack(e.value) as VmRecord);
+    await svc.#recover();
+    return svc;
+  }
+
+  // ---- reads -------------------------------------------------------------------
+
+  get(ref: string): VmRecord {
+    const vm = this.#byId.get(ref) ?? this.#byId.get(this.#byName.get(ref) ?? '');
+    if (!vm) throw new NovaError('VM_NOT_FOUND', `no VM with id or name "${ref}"`);
+    return vm;
+  }
+
+  /** The VM's JSON, cached until it changes (GET by id is the hottest read). */
+  getJson(ref: string): string {
+    const vm = this.get(ref);
+    let json = this.#json.get(vm.id);
+    if (json === undefined) {
+      json = JSON.stringify(vm);
+      this.#json.set(vm.id, json);
+    }
+    return json;
+  }
+
+  list(q: ListQuery): ListPage {
+    const states = q.state && new Set(q.state);
+    const labelPairs = q.labels ? Object.entries(q.labels) : [];
+    const filtered = !states && !q.tenant && labelPairs.length === 0;
+    let i = q.cursor ? upperBound(this.#ids, q.cursor) : 0;
+    const items: VmRecord[] = [];
+    let total = 0;
+    if (filtered) total = this.#ids.length;
+    for (; i < this.#ids.length && items.length < q.limit; i++) {
+      const vm = this.#byId.get(this.#ids[i]!)!;
+      if (states && !states.has(vm.state)) continue;
+      if (q.tenant && vm.spec.tenant !== q.tenant) continue;
+      if (labelPairs.some(([k, v]) => vm.spec.labels[k] !== v)) continue;
+      items.push(vm);
+    }
+    if (!filtered) total = -1; // Unknown without a full scan; omitted by the API.
+    const more = i < this.#ids.length;
+    const page: ListPage = { items, total };
+    if (more && items.length > 0) page.nextCursor = items[items.length - 1]!.id;
+    return page;
+  }
+
+  get size(): number {
+    return this.#byId.size;
+  }
+
+  countByState(): Record<VmState, number> {
+    const counts = Object.fromEntries(VM_STATES.map((s) => [s, 0])) as Record<VmState, number>;
+    for (const vm of this.#byId.values()) counts[vm.state]++;
+    return counts;
+  }
+
+  async getOperation(id: string): Promise<OperationRecord> {
+    const cached = this.#ops.get(id);
+    if (cached) return cached;
+    const raw = id.startsWith('op-') ? await this.#deps.store.get(opKey(id)) : undefined;
+    if (!raw) throw new NovaError('OPERATION_NOT_FOUND', `no operation "${id}"`);
+    return unpack(raw) as OperationRecord;
+  }
+
+  // ---- writes ------------------------------------------------------------------
+
+  async create(req: CreateVmRequest): Promise<VmRecord> {
+    const { name, ...spec } = req;
+    const problems = semanticProblems(spec);
+    if (problems.length > 0) throw new NovaError('VM_SPEC_INVALID', problems.join('; '), { problems });
+    if (this.#byName.has(name) || this.#reserved.has(name)) throw new NovaError('VM_NAME_CONFLICT', `a VM named "${name}" already exists`);
+    this.#reserved.add(name);
+    try {
+      const now = new Date().toISOString();
+      const vm: VmRecord = { id: newId('vm'), name, spec, state: 'pending', node: this.#deps.nodeId, generation: 1, createdAt: now, updatedAt: now };
+      await this.#persist(vm, [{ type: 'vm.created', data: { name, spec } }]);
+      try {
+        await this.#deps.driver.create(vm);
+      } catch (err) {
+        await this.#setState(vm.id, 'error', reasonOf(err));
+        throw driverFailure('create', err, vm.id);
+      }
+      return await this.#setState(vm.id, 'stopped');
+    } finally {
+      this.#reserved.delete(name);
+    }
+  }
+
+  async patch(ref: string, req: PatchVmRequest): Promise<VmRecord> {
+    const vm = this.get(ref);
+    if (vm.state !== 'stopped' && vm.state !== 'pending') {
+      throw new NovaError('VM_INVALID_STATE', `VM "${vm.name}" is ${vm.state}; only stopped VMs can be changed`, { state: vm.state });
+    }
+    if (this.#active.has(vm.id)) throw new NovaError('VM_BUSY', `an operation is in progress on "${vm.name}"`);
+    const spec = { ...vm.spec, ...req };
+    const problems = semanticProblems(spec);
+    if (problems.length > 0) throw new NovaError('VM_SPEC_INVALID', problems.join('; '), { problems });
+    const next: VmRecord = { ...vm, spec, generation: vm.generation + 1, updatedAt: new Date().toISOString() };
+    await this.#persist(next, [{ type: 'vm.updated', data: { changes: req } }]);
+    return next;
+  }
+
+  /** Starts a lifecycle operation; resolves once it is accepted (202), not finished. */
+  async requestAction(ref: string, kind: OperationKind, opts: ActionOptions = {}): Promise<OperationRecord> {
+    const vm = this.get(ref);
+    if (this.#active.has(vm.id)) throw new NovaError('VM_BUSY', `an operation is in progress on "${vm.name}"`);
+    const rule = ACTIONS[kind];
+    const forcedDelete = kind === 'delete' && opts.force && (vm.state === 'running' || vm.state === 'paused');
+    if (!rule.from.includes(vm.state) && !forcedDelete) {
+      throw new NovaError('VM_INVALID_STATE', `cannot ${kind} VM "${vm.name}" while it is ${vm.state}`, {
+        state: vm.state,
+        allowedFrom: rule.from,
+      });
+    }
+    const op = newOperation(kind, vm.id);
+    let done!: () => void;
+    this.#active.set(vm.id, new Promise<void>((r) => (done = r)));
+    try {
+      const opDraft: EventDraft = { type: 'operation.started', vmId: vm.id, tenant: vm.spec.tenant, operationId: op.id, data: { kind } };
+      if (rule.during && !forcedDelete) {
+        await this.#setState(vm.id, rule.during, undefined, [op], [opDraft]);
+      } else {
+        await this.#deps.events.commit([{ key: opKey(op.id), value: pack(op) }], [opDraft]);
+      }
+      this.#ops.set(op.id, op);
+    } catch (err) {
+      this.#active.delete(vm.id);
+      done();
+      throw err;
+    }
+    void this.#run(op, opts).finally(() => {
+      this.#active.delete(vm.id);
+      done();
+    });
+    return op;
+  }
+
+  /** Waits for running operations to finish (graceful shutdown). */
+  async drain(): Promise<void> {
+    await Promise.allSettled([...this.#active.values()]);
+  }
+
+  // ---- operation execution -----------------------------------------------------
+
+  async #run(op: OperationRecord, opts: ActionOptions): Promise<void> {
+    const { driver } = this.#deps;
+    const vmId = op.vmId;
+    const vm = this.#byId.get(vmId)!;
+    try {
+      let result: Record<string, unknown> | undefined;
+      switch (op.kind) {
+        case 'start': {
+          const st = await driver.start(vm);
+          await this.#setState(vmId, 'running', undefined, [], [], st.runtime);
+          break;
+        }
+        case 'stop':
+          await driver.stop(vmId);
+          await this.#setState(vmId, 'stopped');
+          break;
+        case 'shutdown': {
+          const { forced } = await driver.shutdown(vmId, { timeoutMs: opts.timeoutMs ?? this.#deps.shutdownTimeoutMs ?? 60_000 });
+          result = { forced };
+          await this.#setState(vmId, 'stopped', forced ? 'guest did not power off in time; forced' : undefined);
+          break;
+        }
+        case 'pause':
+          await driver.pause(vmId);
+          await this.#setState(vmId, 'paused');
+          break;
+        case 'resume':
+          await driver.resume(vmId);
+          await this.#setState(vmId, 'running');
+          break;
+        case 'reboot':
+          await driver.reboot(vmId);
+          break;
+        case 'delete':
+          if (vm.state === 'running' || vm.state === 'paused') {
+            await this.#setState(vmId, 'stopping');
+            await driver.stop(vmId);
+            await this.#setState(vmId, 'stopped');
+            await this.#setState(vmId, 'deleting');
+          }
+          await driver.destroy({ ...vm, runtime: { ...vm.runtime, keepDisks: opts.keepDisks ?? false } });
+          await this.#remove(vmId, op);
+          break;
+      }
+      await this.#finish(op, 'succeeded', { result });
+    } catch (err) {
+      this.#deps.log.warn({ err, op: op.id, vmId, kind: op.kind }, 'operation failed');
+      await this.#settleAfterFailure(vmId, op.kind, err).catch((e) => this.#deps.log.error({ err: e, vmId }, 'could not settle VM state'));
+      const error = err instanceof DriverError ? { code: 'DRIVER_FAILED', message: err.message } : { code: (err as NovaError).code ?? 'INTERNAL', message: (err as Error).message };
+      await this.#finish(op, 'failed', { error }).catch((e) => this.#deps.log.error({ err: e, op: op.id }, 'could not record operation failure'));
+    }
+  }
+
+  /** After a failed operation, set the state to what the hypervisor says is true. */
+  async #settleAfterFailure(vmId: string, kind: OperationKind, err: unknown): Promise<void> {
+    const vm = this.#byId.get(vmId);
+    if (!vm) return;
+    const reason = `${kind} failed: ${reasonOf(err)}`;
+    let actual: DriverInstanceState | undefined;
+    try {
+      actual = await this.#deps.driver.inspect(vmId);
+    } catch (inspectErr) {
+      await this.#setState(vmId, 'error', `${reason}; inspect failed: ${reasonOf(inspectErr)}`);
+      return;
+    }
+    const target: VmState = kind === 'delete' ? 'error' : actual ? actual.status : 'stopped';
+    await this.#setState(vmId, canTransition(vm.state, target) ? target : 'error', reason);
+  }
+
+  async #finish(op: OperationRecord, state: 'succeeded' | 'failed', extra: Pick<OperationRecord, 'error' | 'result'>): Promise<void> {
+    const now = new Date().toISOString();
+    const done: OperationRecord = { ...op, ...stripUndefined(extra), state, progress: { percent: 100, message: state }, updatedAt: now, finishedAt: now };
+    const vm = this.#byId.get(op.vmId);
+    await this.#deps.events.commit(
+      [{ key: opKey(op.id), value: pack(done) }],
+      [{ type: `operation.${state}`, vmId: op.vmId, tenant: vm?.spec.tenant, operationId: op.id, data: { kind: op.kind, ...stripUndefined(extra) } }],
+    );
+    this.#ops.set(op.id, done);
+    this.#trimOpsCache();
+  }
+
+  // ---- state persistence -------------------------------------------------------
+
+  /** Moves a VM to `to` (validated), persisting it with its event and any extra ops. */
+  async #setState(
+    vmId: string,
+    to: VmState,
+    reason?: string,
+    opsToStore: OperationRecord[] = [],
+    extraEvents: EventDraft[] = [],
+    runtime?: Record<string, unknown>,
+  ): Promise<VmRecord> {
+    const vm = this.#byId.get(vmId);
+    if (!vm) throw new NovaError('VM_NOT_FOUND', `no VM with id "${vmId}"`);
+    if (!canTransition(vm.state, to)) {
+      throw new NovaError('VM_INVALID_STATE', `illegal transition ${vm.state} → ${to}`, { state: vm.state, allowed: allowedTransitions(vm.state) });
+    }
+    const next: VmRecord = { ...vm, state: to, generation: vm.generation + 1, updatedAt: new Date().toISOString() };
+    if (reason !== undefined) next.stateReason = reason;
+    else delete next.stateReason;
+    if (runtime !== undefined) next.runtime = runtime;
+    else if (to === 'stopped') delete next.runtime;
+    const drafts: EventDraft[] = [
+      ...extraEvents,
+      { type: 'vm.state', vmId, tenant: vm.spec.tenant, data: stripUndefined({ from: vm.state, to, reason }) },
+    ];
+    await this.#persist(next, drafts, opsToStore.map((o) => ({ key: opKey(o.id), value: pack(o) })));
+    return next;
+  }
+
+  async #persist(vm: VmRecord, drafts: Array<Omit<EventDraft, 'vmId'> & { vmId?: string }>, extraOps: WriteOp[] = []): Promise<void> {
+    const events = drafts.map((d) => ({ ...d, vmId: vm.id, tenant: vm.spec.tenant }) as EventDraft);
+    await this.#deps.events.commit([{ key: vmKey(vm.id), value: pack(vm) }, ...extraOps], events);
+    this.#index(vm);
+  }
+
+  async #remove(vmId: string, op: OperationRecord): Promise<void> {
+    const vm = this.#byId.get(vmId)!;
+    await this.#deps.events.commit([{ key: vmKey(vmId) }], [{ type: 'vm.deleted', vmId, tenant: vm.spec.tenant, operationId: op.id, data: { name: vm.name } }]);
+    this.#byId.delete(vmId);
+    this.#byName.delete(vm.name);
+    this.#json.delete(vmId);
+    const i = lowerBound(this.#ids, vmId);
+    if (this.#ids[i] === vmId) this.#ids.splice(i, 1);
+  }
+
+  #index(vm: VmRecord): void {
+    if (!this.#byId.has(vm.id)) {
+      const i = lowerBound(this.#ids, vm.id);
+      this.#ids.splice(i, 0, vm.id);
+    }
+    this.#byId.set(vm.id, vm);
+    this.#byName.set(vm.name, vm.id);
+    this.#json.delete(vm.id);
+  }
+
+  #trimOpsCache(): void {
+    if (this.#ops.size <= 10_000) return;
+    for (const [id, op] of this.#ops) {
+      if (op.state !== 'running') this.#ops.delete(id);
+      if (this.#ops.size <= 9_000) break;
+    }
+  }
+
+  // ---- recovery and driver events ---------------------------------------------
+
+  /**
+   * After a restart: operations that were running are marked failed (their outcome is
+   * unknown), and every VM's state is reconciled with what the driver reports.
+   */
+  async #recover(): Promise<void> {
+    const interrupted: OperationRecord[] = [];
+    for (const e of await this.#deps.store.scan(prefixRange(OP_PREFIX))) {
+      const op = unpack(e.value) as OperationRecord;
+      if (op.state === 'running') interrupted.push(op);
+    }
+    for (const op of interrupted) {
+      await this.#finish(op, 'failed', { error: { code: 'INTERNAL', message: 'interrupted by daemon restart' } });
+    }
+    for (const vm of [...this.#byId.values()]) {
+      if (vm.state === 'stopped' || vm.state === 'error') continue;
+      const actual = await this.#deps.driver.inspect(vm.id).catch(() => undefined);
+      if (vm.state === 'pending') {
+        await this.#setState(vm.id, 'error', 'creation was interrupted by a daemon restart');
+      } else if (vm.state === 'deleting') {
+        await this.#setState(vm.id, 'error', 'deletion was interrupted by a daemon restart; delete again');
+      } else if (actual) {
+        if (actual.status !== vm.state) await this.#forceState(vm, actual.status, 'reconciled with the hypervisor after restart', actual.runtime);
+      } else if (vm.state !== 'stopping') {
+        await this.#forceState(vm, 'error', 'VM process not found after daemon restart');
+      } else {
+        await this.#forceState(vm, 'stopped', 'reconciled with the hypervisor after restart');
+      }
+    }
+  }
+
+  /** Reconciliation: the hypervisor's truth wins, via a legal path where one exists. */
+  async #forceState(vm: VmRecord, to: VmState, reason: string, runtime?: Record<string, unknown>): Promise<void> {
+    if (!canTransition(vm.state, to) && canTransition(vm.state, 'error') && canTransition('error', to)) {
+      await this.#setState(vm.id, 'error', reason);
+    }
+    await this.#setState(vm.id, canTransition(this.#byId.get(vm.id)!.state, to) ? to : 'error', reason, [], [], runtime);
+  }
+
+  async #onDriverEvent(ev: DriverEvent): Promise<void> {
+    const vm = this.#byId.get(ev.vmId);
+    if (!vm || this.#active.has(vm.id)) return; // An operation in flight settles the state itself.
+    switch (ev.type) {
+      case 'exited':
+        if (!ev.expected) await this.#setState(vm.id, 'error', `VM process exited unexpectedly: ${ev.reason}`);
+        break;
+      case 'guest-shutdown':
+        if (canTransition(vm.state, 'stopping')) {
+          await this.#setState(vm.id, 'stopping', 'guest powered off');
+          await this.#setState(vm.id, 'stopped', 'guest powered off');
+        }
+        break;
+      case 'paused':
+        if (vm.state === 'running') await this.#forceState(vm, 'paused', ev.reason);
+        break;
+      case 'resumed':
+        if (vm.state === 'paused') await this.#forceState(vm, 'running', 'resumed by the hypervisor');
+        break;
+      case 'guest-reset':
+        break;
+    }
+  }
+}
+
+export function isTransitional(state: VmState): boolean {
+  return TRANSITIONAL_STATES.has(state);
+}
+
+function reasonOf(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+function driverFailure(op: string, err: unknown, vmId: string): NovaError {
+  return new NovaError('DRIVER_FAILED', `${op} failed: ${reasonOf(err)}`, { vmId });
+}
+
+function stripUndefined<T extends Record<string, unknown>>(o: T): T {
+  for (const k of Object.keys(o)) if (o[k] === undefined) delete o[k];
+  return o;
+}
+
+function lowerBound(arr: string[], x: string): number {
+  let lo = 0;
+  let hi = arr.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (arr[mid]! < x) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+function upperBound(arr: string[], x: string): number {
+  let lo = 0;
+  let hi = arr.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (arr[mid]! <= x) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}

@@ -1,0 +1,103 @@
+/**
+ * The VM spec schema: what a client may ask for. Validated with zod at the API edge;
+ * the inferred types are the domain types.
+ */
+import { z } from 'zod';
+
+export const VM_NAME_PATTERN = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
+const LABEL_KEY = /^([a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?\/)?[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$/;
+
+const name = z.string().regex(VM_NAME_PATTERN, 'must be a DNS label: lowercase letters, digits and "-", 1-63 chars');
+const absPath = z.string().min(1).max(4096).refine((p) => p.startsWith('/'), 'must be an absolute path');
+
+export const DiskSpec = z.strictObject({
+  name: z.string().regex(/^[a-z0-9][a-z0-9_-]{0,31}$/, 'lowercase letters, digits, "-" and "_"'),
+  /** Size in MiB for a new disk; omitted when `image` points at an existing file. */
+  sizeMiB: z.int().min(1).max(64 * 1024 * 1024).optional(),
+  format: z.enum(['qcow2', 'raw']).default('qcow2'),
+  /** Existing image used as-is (raw/qcow2) or as a backing file when `clone` is set. */
+  image: absPath.optional(),
+  clone: z.boolean().default(false),
+  bus: z.enum(['virtio', 'scsi', 'ide']).default('virtio'),
+  readOnly: z.boolean().default(false),
+});
+
+export const NicSpec = z.strictObject({
+  name: z.string().regex(/^[a-z0-9][a-z0-9_-]{0,14}$/),
+  mode: z.enum(['user', 'bridge']).default('user'),
+  bridge: z.string().regex(/^[A-Za-z0-9_.-]{1,15}$/).optional(),
+  mac: z.string().regex(/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/).optional(),
+  model: z.enum(['virtio', 'e1000']).default('virtio'),
+});
+
+export const BootSpec = z.discriminatedUnion('type', [
+  z.strictObject({ type: z.literal('disk'), disk: z.string().optional() }),
+  z.strictObject({ type: z.literal('kernel'), kernel: absPath, initrd: absPath.optional(), cmdline: z.string().max(4096).default('') }),
+]);
+
+const labels = z
+  .record(z.string().regex(LABEL_KEY, 'invalid label key'), z.string().max(63))
+  .refine((l) => Object.keys(l).length <= 64, 'at most 64 labels')
+  .default({});
+
+export const VmSpecFields = {
+  vcpus: z.int().min(1).max(512),
+  memoryMiB: z.int().min(16).max(16 * 1024 * 1024),
+  disks: z.array(DiskSpec).max(32).default([]),
+  nics: z.array(NicSpec).max(16).default([]),
+  boot: BootSpec.default({ type: 'disk' }),
+  labels,
+  tenant: z.string().regex(/^[a-z0-9][a-z0-9_-]{0,62}$/).default('default'),
+};
+
+export const CreateVmRequest = z.strictObject({ name, ...VmSpecFields });
+
+/** PATCH: any subset of the mutable fields (name and tenant are fixed). */
+export const PatchVmRequest = z
+  .strictObject({
+    vcpus: VmSpecFields.vcpus.optional(),
+    memoryMiB: VmSpecFields.memoryMiB.optional(),
+    disks: z.array(DiskSpec).max(32).optional(),
+    nics: z.array(NicSpec).max(16).optional(),
+    boot: BootSpec.optional(),
+    labels: z.record(z.string().regex(LABEL_KEY), z.string().max(63)).optional(),
+  })
+  .refine((p) => Object.keys(p).length > 0, 'patch must change at least one field');
+
+export type CreateVmRequest = z.infer<typeof CreateVmRequest>;
+export type PatchVmRequest = z.infer<typeof PatchVmRequest>;
+export type VmSpec = Omit<CreateVmRequest, 'name'>;
+export type DiskSpec = z.infer<typeof DiskSpec>;
+export type NicSpec = z.infer<typeof NicSpec>;
+
+/**
+ * Cross-field rules zod cannot express per field. Returns human-readable problems;
+ * an empty list means the spec is consistent (→ 422 VM_SPEC_INVALID otherwise).
+ */
+export function semanticProblems(spec: VmSpec): string[] {
+  const problems: string[] = [];
+  const dup = (items: { name: string }[], what: string) => {
+    const seen = new Set<string>();
+    for (const i of items) {
+      if (seen.has(i.name)) problems.push(`duplicate ${what} name "${i.name}"`);
+      seen.add(i.name);
+    }
+  };
+  dup(spec.disks, 'disk');
+  dup(spec.nics, 'nic');
+  for (const d of spec.disks) {
+    if (d.sizeMiB === undefined && d.image === undefined) problems.push(`disk "${d.name}" needs sizeMiB or image`);
+    if (d.clone && d.image === undefined) problems.push(`disk "${d.name}": clone needs an image to clone from`);
+    if (d.clone && d.format !== 'qcow2') problems.push(`disk "${d.name}": clones must be qcow2`);
+  }
+  for (const n of spec.nics) {
+    if (n.mode === 'bridge' && !n.bridge) problems.push(`nic "${n.name}": bridge mode needs a bridge name`);
+    if (n.mode === 'user' && n.bridge) problems.push(`nic "${n.name}": bridge is only valid in bridge mode`);
+  }
+  if (spec.boot.type === 'disk') {
+    const bootDisk = spec.boot.disk;
+    if (spec.disks.length === 0) problems.push('disk boot needs at least one disk');
+    else if (bootDisk && !spec.disks.some((d) => d.name === bootDisk)) problems.push(`boot disk "${bootDisk}" is not one of the VM's disks`);
+  }
+  return problems;
+}

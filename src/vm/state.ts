@@ -1,0 +1,49 @@
+/**
+ * The VM lifecycle state machine. Every state change goes through `assertTransition`;
+ * an illegal one is a 409 VM_INVALID_STATE.
+ *
+ *   pending ──► stopped ◄──────────────── stopping ◄──┐
+ *                 │  ▲                                │
+ *          start  ▼  │ start failed        stop/shutdown
+ *              starting ──► running ──────────────────┤
+ *                             │ ▲ ▲                   │
+ *                       pause ▼ │ └─ resuming ◄─ paused
+ *                          pausing ──────────►  ┘     │
+ *                             running ─► migrating ─► running | stopped
+ *   any settled state ─► deleting ─► (gone);  any state ─► error (driver failure)
+ *
+ * - pending: created, resources not yet prepared by the driver.
+ * - starting/pausing/resuming/stopping/migrating/deleting: an operation is running.
+ * - error: the driver reported a failure or the VM's process vanished; it can be
+ *   stopped (to clean up), started again, or deleted.
+ */
+export const VM_STATES = [
+  'pending', 'stopped', 'starting', 'running', 'pausing', 'paused',
+  'resuming', 'stopping', 'migrating', 'deleting', 'error',
+] as const;
+export type VmState = (typeof VM_STATES)[number];
+
+const TRANSITIONS: Record<VmState, readonly VmState[]> = {
+  pending: ['stopped', 'deleting', 'error'],
+  stopped: ['starting', 'deleting', 'migrating', 'error'],
+  starting: ['running', 'stopped', 'error'],
+  running: ['pausing', 'stopping', 'migrating', 'starting', 'error'],
+  pausing: ['paused', 'running', 'error'],
+  paused: ['resuming', 'stopping', 'error'],
+  resuming: ['running', 'paused', 'error'],
+  stopping: ['stopped', 'running', 'error'],
+  migrating: ['running', 'stopped', 'error'],
+  deleting: ['error'],
+  error: ['stopping', 'starting', 'deleting', 'stopped'],
+};
+
+/** States in which an operation is in flight; no other operation may begin. */
+export const TRANSITIONAL_STATES: ReadonlySet<VmState> = new Set(['starting', 'pausing', 'resuming', 'stopping', 'migrating', 'deleting']);
+
+export function canTransition(from: VmState, to: VmState): boolean {
+  return TRANSITIONS[from].includes(to);
+}
+
+export function allowedTransitions(from: VmState): readonly VmState[] {
+  return TRANSITIONS[from];
+}

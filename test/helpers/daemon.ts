@@ -1,0 +1,119 @@
+/**
+ * Spawns the real daemon (`bin/novacron.js daemon`) as a child process on a random
+ * loopback port with its own data directory, for integration tests.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+
+export const ROOT = resolve(import.meta.dirname, '..', '..');
+export const BIN = join(ROOT, 'bin', 'novacron.js');
+
+export interface DaemonHandle {
+  url: string;
+  port: number;
+  dataDir: string;
+  proc: ChildProcess;
+  /** Everything the daemon wrote to stdout (JSON logs) and stderr. */
+  output: () => string;
+  /** Resolves with the exit code (or signal) when the process ends. */
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  kill: (signal?: NodeJS.Signals) => Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+}
+
+export function tempDataDir(): string {
+  return mkdtempSync(join(tmpdir(), 'novacron-test-'));
+}
+
+export interface SpawnOptions {
+  dataDir?: string;
+  args?: string[];
+  env?: Record<string, string>;
+  /** Expect the daemon to fail to start; resolve with its output instead of a handle. */
+  expectFailure?: boolean;
+}
+
+export async function spawnDaemon(opts: SpawnOptions = {}): Promise<DaemonHandle> {
+  const dataDir = opts.dataDir ?? tempDataDir();
+  const args = [BIN, 'daemon', '--listen', '127.0.0.1:0', '--data-dir', dataDir, '--driver', 'sim', '--log-level', 'warn', ...(opts.args ?? [])];
+  const proc = spawn(process.execPath, args, { env: { ...process.env, ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  proc.stdout!.on('data', (d) => (out += d));
+  proc.stderr!.on('data', (d) => (out += d));
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) => proc.on('exit', (code, signal) => r({ code, signal })));
+  const port = await new Promise<number>((resolvePort, reject) => {
+    const timer = setTimeout(() => reject(new Error(`daemon did not start in time:\n${out}`)), 20_000);
+    const onData = () => {
+      const m = /listening on http:\/\/127\.0\.0\.1:(\d+)/.exec(out);
+      if (m) {
+        clearTimeout(timer);
+        resolvePort(Number(m[1]));
+      }
+    };
+    proc.stderr!.on('data', onData);
+    exited.then(({ code, signal }) => {
+      clearTimeout(timer);
+      reject(Object.assign(new Error(`daemon exited (${code ?? signal}) before listening:\n${out}`), { output: out, code }));
+    });
+  });
+  const handle: DaemonHandle = {
+    url: `http://127.0.0.1:${port}`,
+    port,
+    dataDir,
+    proc,
+    output: () => out,
+    exited,
+    kill: (signal = 'SIGTERM') => {
+      if (proc.exitCode === null && proc.signalCode === null) proc.kill(signal);
+      return exited;
+    },
+  };
+  return handle;
+}
+
+export function removeDir(dir: string): void {
+  rmSync(dir, { recursive: true, force: true });
+}
+
+export interface JsonResponse<T = any> {
+  status: number;
+  headers: Headers;
+  body: T;
+}
+
+export async function api<T = any>(base: string, method: string, path: string, body?: unknown, headers: Record<string, string> = {}): Promise<JsonResponse<T>> {
+  const init: RequestInit = { method, headers: { ...headers } };
+  if (body !== undefined) {
+    init.body = typeof body === 'string' ? body : JSON.stringify(body);
+    (init.headers as Record<string, string>)['content-type'] ??= 'application/json';
+  }
+  const res = await fetch(base + path, init);
+  const text = await res.text();
+  let parsed: unknown = text;
+  try {
+    parsed = text ? JSON.parse(text) : undefined;
+  } catch {
+    /* non-JSON body (metrics) */
+  }
+  return { status: res.status, headers: res.headers, body: parsed as T };
+}
+
+/** Polls an operation until it is no longer running. */
+export async function waitOp(base: string, opId: string, headers: Record<string, string> = {}): Promise<any> {
+  for (let i = 0; i < 200; i++) {
+    const r = await api(base, 'GET', `/v1/operations/${opId}`, undefined, headers);
+    if (r.status !== 200) throw new Error(`operation poll failed: ${r.status} ${JSON.stringify(r.body)}`);
+    if (r.body.state !== 'running') return r.body;
+    await new Promise((res) => setTimeout(res, 25));
+  }
+  throw new Error(`operation ${opId} did not finish`);
+}
+
+export const sampleVm = (name: string, extra: Record<string, unknown> = {}) => ({
+  name,
+  vcpus: 2,
+  memoryMiB: 512,
+  disks: [{ name: 'root', sizeMiB: 1024 }],
+  ...extra,
+});

@@ -1,0 +1,110 @@
+import fc from 'fast-check';
+import { connect } from 'node:net';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { api, removeDir, sampleVm, spawnDaemon, type DaemonHandle } from '../helpers/daemon.js';
+
+let d: DaemonHandle;
+let baseline: any[];
+beforeAll(async () => {
+  d = await spawnDaemon();
+  for (const n of ['keep-a', 'keep-b', 'keep-c']) expect((await api(d.url, 'POST', '/v1/vms', sampleVm(n))).status).toBe(201);
+  baseline = (await api(d.url, 'GET', '/v1/vms')).body.items;
+});
+afterAll(async () => {
+  await d.kill();
+  removeDir(d.dataDir);
+});
+
+async function expectIntact(): Promise<void> {
+  expect((await api(d.url, 'GET', '/healthz')).status).toBe(200);
+  const now = (await api(d.url, 'GET', '/v1/vms?limit=1000')).body.items;
+  for (const vm of baseline) expect(now.find((v: any) => v.id === vm.id)).toEqual(vm);
+}
+
+function expectCleanError(r: { status: number; body: any }): void {
+  expect(r.status).toBeGreaterThanOrEqual(400);
+  expect(r.status).toBeLessThan(500);
+  expect(r.body?.error?.code).toMatch(/^[A-Z_]+$/);
+}
+
+describe('API fuzzing: no crash, clean 4xx, nothing stored is lost', () => {
+  it('random JSON values as VM specs', async () => {
+    await fc.assert(
+      fc.asyncProperty(fc.jsonValue({ maxDepth: 4 }), async (value) => {
+        const r = await api(d.url, 'POST', '/v1/vms', JSON.stringify(value));
+        expectCleanError(r);
+      }),
+      { numRuns: 150, seed: 42 },
+    );
+    await expectIntact();
+  });
+
+  it('near-valid specs with one hostile field', async () => {
+    const hostile = fc.oneof(
+      fc.constant(null), fc.constant(-1), fc.constant(1e308), fc.constant(Number.MAX_SAFE_INTEGER + 2), fc.constant('x'.repeat(10_000)),
+      fc.constant('../../etc/passwd'), fc.constant('\u0000'), fc.constant({ __proto__: { admin: true } }), fc.constant([]), fc.string(), fc.integer(),
+    );
+    const field = fc.constantFrom('name', 'vcpus', 'memoryMiB', 'disks', 'nics', 'boot', 'labels', 'tenant');
+    await fc.assert(
+      fc.asyncProperty(field, hostile, async (key, value) => {
+        const spec: Record<string, unknown> = { ...sampleVm('fz'), [key]: value };
+        const r = await api(d.url, 'POST', '/v1/vms', JSON.stringify(spec));
+        if (r.status === 201) {
+          // Accepted only if it really was a valid spec; remove it again.
+          expect(['labels', 'nics', 'disks']).toContain(key);
+          await api(d.url, 'DELETE', `/v1/vms/${r.body.id}`);
+        } else {
+          expect(r.status === 409 || (r.status >= 400 && r.status < 500)).toBe(true);
+          expect(r.body.error.code).toMatch(/^[A-Z_]+$/);
+        }
+      }),
+      { numRuns: 150, seed: 7 },
+    );
+    await expectIntact();
+  });
+
+  it('prototype pollution attempts do not leak into objects', async () => {
+    const r = await api(d.url, 'POST', '/v1/vms', '{"name":"proto-1","vcpus":1,"memoryMiB":64,"disks":[{"name":"r","sizeMiB":1}],"labels":{"__proto__":{"polluted":"yes"}}}');
+    expect(r.status).toBe(400);
+    expect(({} as any).polluted).toBeUndefined();
+    await expectIntact();
+  });
+
+  it('hostile paths, methods and query strings', async () => {
+    await fc.assert(
+      fc.asyncProperty(
+        fc.constantFrom('GET', 'POST', 'PATCH', 'DELETE', 'PUT', 'OPTIONS'),
+        fc.array(fc.oneof(fc.constantFrom('v1', 'vms', 'operations', '..', '%2e%2e', '%00', '%ff', 'start', ':id'), fc.webSegment()), { maxLength: 5 }),
+        fc.webQueryParameters(),
+        async (method, segs, query) => {
+          const r = await api(d.url, method, `/${segs.join('/')}?${query}`, method === 'GET' ? undefined : '{}');
+          expect(r.status).toBeLessThan(500);
+          if (r.status >= 400) expect(r.body.error.code).toMatch(/^[A-Z_]+$/);
+        },
+      ),
+      { numRuns: 200, seed: 3 },
+    );
+    await expectIntact();
+  });
+
+  it('raw garbage on the socket, truncated requests and lying Content-Length', async () => {
+    const payloads = [
+      'GARBAGE\r\n\r\n',
+      'POST /v1/vms HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"name":',
+      'POST /v1/vms HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: -5\r\n\r\n',
+      'POST /v1/vms HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n',
+      `GET /${'a'.repeat(100_000)} HTTP/1.1\r\nHost: x\r\n\r\n`,
+      Buffer.from(Array.from({ length: 4096 }, (_, i) => (i * 7919) & 0xff)).toString('latin1'),
+    ];
+    for (const p of payloads) {
+      await new Promise<void>((resolve) => {
+        const s = connect(d.port, '127.0.0.1', () => s.end(p, 'latin1'));
+        s.on('data', () => undefined);
+        s.on('error', () => resolve());
+        s.on('close', () => resolve());
+        setTimeout(() => { s.destroy(); resolve(); }, 2000);
+      });
+    }
+    await expectIntact();
+  });
+});

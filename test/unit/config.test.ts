@@ -1,0 +1,38 @@
+import { describe, expect, it } from 'vitest';
+import { isLoopback, loadConfig, parseListen } from '../../src/config.js';
+
+describe('config', () => {
+  it('applies defaults', () => {
+    const c = loadConfig({ flags: {}, env: {} });
+    expect(c).toMatchObject({ host: '127.0.0.1', port: 7700, dataDir: './data', driver: 'auto', logLevel: 'info' });
+  });
+
+  it('layers flags over env over file', async () => {
+    const { writeFileSync, mkdtempSync } = await import('node:fs');
+    const file = `${mkdtempSync('/tmp/novacron-cfg-')}/c.json`;
+    writeFileSync(file, JSON.stringify({ listen: '127.0.0.1:1', dataDir: '/from-file', logLevel: 'debug' }));
+    const c = loadConfig({ flags: { listen: '127.0.0.1:3' }, env: { NOVACRON_LISTEN: '127.0.0.1:2', NOVACRON_DATA_DIR: '/from-env' }, configFile: file });
+    expect(c).toMatchObject({ port: 3, dataDir: '/from-env', logLevel: 'debug' });
+  });
+
+  it('parses listen addresses', () => {
+    expect(parseListen('[::1]:80')).toEqual({ host: '::1', port: 80 });
+    expect(parseListen('localhost:0')).toEqual({ host: 'localhost', port: 0 });
+    expect(() => parseListen('127.0.0.1')).toThrow(/HOST:PORT/);
+    expect(() => parseListen('127.0.0.1:70000')).toThrow(/HOST:PORT/);
+  });
+
+  it('refuses non-loopback without a token, allows it with one', () => {
+    expect(() => loadConfig({ flags: { listen: '10.0.0.1:7700' }, env: {} })).toThrow(/without an API token/);
+    expect(loadConfig({ flags: { listen: '10.0.0.1:7700', apiToken: 'x'.repeat(16) }, env: {} }).host).toBe('10.0.0.1');
+    expect(isLoopback('127.4.5.6')).toBe(true);
+    expect(isLoopback('::1')).toBe(true);
+    expect(isLoopback('::')).toBe(false);
+    expect(isLoopback('128.0.0.1')).toBe(false);
+  });
+
+  it('names the bad field', () => {
+    expect(() => loadConfig({ flags: { bodyLimitBytes: 5 }, env: {} })).toThrow(/bodyLimitBytes/);
+    expect(() => loadConfig({ flags: {}, env: {}, configFile: '/nonexistent.json' })).toThrow(/cannot read config file/);
+  });
+});
