@@ -1,9 +1,10 @@
 #!/usr/bin/env node
-// Runs cargo with NovaCron's shared target directory. The bundled RocksDB build takes
-// minutes on two cores, so build artefacts live outside the checkout (one cache for
-// every clone and for CI) unless CARGO_TARGET_DIR says otherwise.
+// Runs cargo with NovaCron's shared target directory and the host target triple, so
+// `cargo test` and `napi build` share one RocksDB build (see lib/env.mjs).
 import { spawnSync } from 'node:child_process';
-import { cargoEnv } from './lib/env.mjs';
+import { cargoEnv, hostTarget } from './lib/env.mjs';
 
-const result = spawnSync('cargo', process.argv.slice(2), { stdio: 'inherit', env: cargoEnv() });
+const args = process.argv.slice(2);
+if (['build', 'test', 'check', 'clippy', 'bench'].includes(args[0]) && !args.includes('--target')) args.push('--target', hostTarget());
+const result = spawnSync('cargo', args, { stdio: 'inherit', env: cargoEnv() });
 process.exit(result.status ?? 1);

@@ -3,9 +3,9 @@
 // bindings, then the TypeScript unit and integration tests against the real daemon.
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
-import { cargoEnv, root, run } from './lib/env.mjs';
+import { root, run } from './lib/env.mjs';
 
-run('cargo', ['test', '--release', '--workspace'], { env: cargoEnv() });
+run('node', [join(root, 'scripts', 'cargo.mjs'), 'test', '--release', '--workspace']);
 run('node', [join(root, 'scripts', 'build.mjs')]);
 const git = spawnSync('git', ['diff', '--exit-code', '--stat', '--', 'bindings/index.js', 'bindings/index.d.ts'], { cwd: root, stdio: 'inherit' });
 if (git.status === 1) {

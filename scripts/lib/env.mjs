@@ -19,3 +19,15 @@ export function run(cmd, args, opts = {}) {
     process.exit(r.status || 1);
   }
 }
+
+/**
+ * The host's target triple. `napi build --platform` always passes `--target`, which
+ * makes cargo use target/<triple>/; passing the same to `cargo test` lets both share one
+ * RocksDB build instead of compiling it twice.
+ */
+export function hostTarget() {
+  const out = spawnSync('rustc', ['-vV'], { encoding: 'utf8' }).stdout ?? '';
+  const m = /^host: (\S+)$/m.exec(out);
+  if (!m) throw new Error('cannot determine the Rust host target (is rustc installed?)');
+  return m[1];
+}

@@ -190,6 +190,11 @@ export class ApiServer {
         } catch (e) {
           return fail(new NovaError('BAD_JSON', `request body is not valid JSON: ${(e as Error).message}`));
         }
+        // Own "__proto__" keys survive JSON.parse and are silently dropped by schema
+        // libraries; refuse them outright rather than store something else than was sent.
+        if (text.includes('__proto__') && hasProtoKey(request.body)) {
+          return fail(new NovaError('VALIDATION_FAILED', 'the key "__proto__" is not allowed'));
+        }
       }
       run();
     });
@@ -199,4 +204,10 @@ export class ApiServer {
     this.#inFlight--;
     if (this.#inFlight === 0) for (const r of this.#drained.splice(0)) r();
   }
+}
+
+function hasProtoKey(value: unknown): boolean {
+  if (value === null || typeof value !== 'object') return false;
+  if (Object.hasOwn(value, '__proto__')) return true;
+  return Object.values(value).some(hasProtoKey);
 }

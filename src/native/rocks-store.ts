@@ -39,7 +39,7 @@ export class RocksStore implements Store {
     return callNative(() => this.#native.getSync(Buffer.from(key))) ?? undefined;
   }
 
-  write(ops: WriteOp[]): Promise<void> {
+  async write(ops: WriteOp[]): Promise<void> {
     this.#checkOpen();
     const converted = ops.map((op) => {
       if (op.key.length === 0) throw new NovaError('STORE_INVALID_ARGUMENT', 'key must not be empty');
@@ -47,7 +47,7 @@ export class RocksStore implements Store {
       if (op.value !== undefined) out.value = Buffer.from(op.value.buffer, op.value.byteOffset, op.value.byteLength);
       return out;
     });
-    return new Promise((resolve, reject) => {
+    return new Promise<void>((resolve, reject) => {
       this.#queue.push({ ops: converted, resolve, reject });
       this.#pump();
     });

@@ -113,11 +113,9 @@ export class VmService {
   list(q: ListQuery): ListPage {
     const states = q.state && new Set(q.state);
     const labelPairs = q.labels ? Object.entries(q.labels) : [];
-    const filtered = !states && !q.tenant && labelPairs.length === 0;
+    const unfiltered = !states && !q.tenant && labelPairs.length === 0;
     let i = q.cursor ? upperBound(this.#ids, q.cursor) : 0;
     const items: VmRecord[] = [];
-    let total = 0;
-    if (filtered) total = this.#ids.length;
     for (; i < this.#ids.length && items.length < q.limit; i++) {
       const vm = this.#byId.get(this.#ids[i]!)!;
       if (states && !states.has(vm.state)) continue;
@@ -125,9 +123,9 @@ export class VmService {
       if (labelPairs.some(([k, v]) => vm.spec.labels[k] !== v)) continue;
       items.push(vm);
     }
-    if (!filtered) total = -1; // Unknown without a full scan; omitted by the API.
+    // The total of a filtered list is unknown without a full scan; the API omits it.
+    const page: ListPage = { items, total: unfiltered ? this.#ids.length : -1 };
     const more = i < this.#ids.length;
-    const page: ListPage = { items, total };
     if (more && items.length > 0) page.nextCursor = items[items.length - 1]!.id;
     return page;
   }

@@ -42,8 +42,9 @@ impl StoreError {
 
     pub(crate) fn from_rocksdb(err: rocksdb::Error) -> Self {
         use rocksdb::ErrorKind;
+        let kind = err.kind();
         let msg = err.into_string();
-        match rocksdb::Error::new(msg.clone()).kind() {
+        match kind {
             ErrorKind::Corruption => StoreError::Corruption(msg),
             ErrorKind::InvalidArgument => StoreError::InvalidArgument(msg),
             // RocksDB reports a held LOCK file as an IO error naming the lock.
