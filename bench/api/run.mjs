@@ -8,7 +8,7 @@
 // is literal. Writes bench/results/api-<time>.json and prints a table. With --check,
 // exits 1 when a target is missed (the SLA runner mode).
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync, mkdirSync, readFileSync } from 'node:fs';
 import { tmpdir, cpus } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -31,7 +31,8 @@ const DURATION = quick ? 2 : Number(args.duration);
 const CONNS = Number(args.connections);
 const TARGETS = { getRps: 30_000, getP99Ms: 2, ratioVsNodeHttp: 2 };
 
-ensureWrk();
+ensurePackage('wrk', 'wrk');
+ensurePackage('h2load', 'nghttp2-client');
 const twoCores = cpus().length >= 2;
 const pin = (cpu, cmd) => (twoCores ? ['taskset', ['-c', String(cpu), ...cmd]] : [cmd[0], cmd.slice(1)]);
 
@@ -39,9 +40,14 @@ const dataDir = mkdtempSync(join(tmpdir(), 'novacron-bench-api-'));
 const results = { bench: 'api', time: new Date().toISOString(), quick, vms: VMS, durationS: DURATION, connections: CONNS, pinned: twoCores, targets: TARGETS, runs: {} };
 try {
   // 1. NovaCron daemon, seeded with VMS VMs through its own API.
-  const daemon = await startServer(pin(0, [process.execPath, join(root, 'bin', 'novacron.js'), 'daemon', '--driver', 'sim', '--listen', '127.0.0.1:0', '--data-dir', dataDir, '--log-level', 'warn']), /listening on (http:\/\/[^\s]+)/);
-  const ids = await seed(daemon.url, VMS);
+  // Seed through the API, then restart: both servers are measured as freshly started
+  // processes over the same 10,000 stored VMs (not while RocksDB compacts the seed).
+  const daemonCmd = pin(0, [process.execPath, join(root, 'bin', 'novacron.js'), 'daemon', '--driver', 'sim', '--listen', '127.0.0.1:0', '--data-dir', dataDir, '--log-level', 'warn']);
+  const seeder = await startServer(daemonCmd, /listening on (http:\/\/[^\s]+)/);
+  const ids = await seed(seeder.url, VMS);
+  await seeder.stop();
   const files = writePathFiles(ids);
+  const daemon = await startServer(daemonCmd, /listening on (http:\/\/[^\s]+)/);
   results.runs.novacron = await measure(daemon.url, files);
   await daemon.stop();
 
@@ -50,14 +56,15 @@ try {
   results.runs.nodeHttp = await measure(baseline.url, files);
   await baseline.stop();
 
-  const n = results.runs.novacron.get;
-  const b = results.runs.nodeHttp.get;
-  results.ratio = { getRps: round(n.rps / b.rps), listRps: round(results.runs.novacron.list.rps / results.runs.nodeHttp.list.rps) };
+  const n = results.runs.novacron;
+  const b = results.runs.nodeHttp;
+  results.ratio = { getRps: round(n.get.rps / b.get.rps), listRps: round(n.list.rps / b.list.rps), getP99AtTarget: round(b.getAtTarget.p99Ms / n.getAtTarget.p99Ms) };
   results.verdict = {
-    getRps: n.rps >= TARGETS.getRps,
-    getP99: n.p99Ms <= TARGETS.getP99Ms,
+    getRps: n.get.rps >= TARGETS.getRps,
+    // "30,000 req/s with p99 <= 2 ms": the p99 measured while 30,000 req/s are offered.
+    getP99: n.getAtTarget.p99Ms <= TARGETS.getP99Ms && n.getAtTarget.rps >= TARGETS.getRps * 0.98,
     ratio: results.ratio.getRps >= TARGETS.ratioVsNodeHttp,
-    errorsFree: n.errors === 0 && results.runs.novacron.list.errors === 0,
+    errorsFree: [n.get, n.getAtTarget, n.list].every((r) => r.errors === 0),
   };
   results.pass = Object.values(results.verdict).every(Boolean);
 
@@ -74,15 +81,12 @@ try {
   rmSync(dataDir, { recursive: true, force: true });
 }
 
-function ensureWrk() {
-  if (spawnSync('wrk', ['--version']).error === undefined) return;
-  console.error('bench: installing wrk (Debian package)');
+function ensurePackage(cmd, pkg) {
+  if (spawnSync(cmd, ['--version']).error === undefined) return;
+  console.error(`bench: installing ${pkg} (Debian package)`);
   const sudo = process.getuid?.() === 0 ? [] : ['sudo'];
-  const r = spawnSync(sudo[0] ?? 'apt-get', [...sudo.slice(1), ...(sudo.length ? ['apt-get'] : []), 'install', '-y', '-qq', 'wrk'], { stdio: 'inherit', env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } });
-  if (r.status !== 0) {
-    spawnSync('apt-get', ['update', '-qq'], { stdio: 'inherit' });
-    if (spawnSync('apt-get', ['install', '-y', '-qq', 'wrk'], { stdio: 'inherit' }).status !== 0) throw new Error('cannot install wrk');
-  }
+  const apt = (...a) => spawnSync(sudo.length ? 'sudo' : 'apt-get', [...(sudo.length ? ['apt-get'] : []), ...a], { stdio: 'inherit', env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } }).status;
+  if (apt('install', '-y', '-qq', pkg) !== 0 && (apt('update', '-qq'), apt('install', '-y', '-qq', pkg)) !== 0) throw new Error(`cannot install ${pkg}`);
 }
 
 async function startServer([cmd, cmdArgs], readyPattern) {
@@ -140,9 +144,46 @@ function writePathFiles(ids) {
 }
 
 async function measure(url, files) {
-  // Warm-up (JIT, caches), then the measured runs.
+  // Warm-up (JIT, caches), then the measured runs: saturation (closed loop, wrk) and
+  // latency at the target's offered rate (open loop, h2load at a fixed request rate).
   wrk(url, files.get, 1);
-  return { get: wrk(url, files.get, DURATION), list: wrk(url, files.list, DURATION) };
+  return {
+    get: wrk(url, files.get, DURATION),
+    getAtTarget: repeatFixedRate(url, files.get, TARGETS.getRps, DURATION),
+    list: wrk(url, files.list, DURATION),
+  };
+}
+
+/**
+ * Latency at a fixed offered rate, three times: these machines are shared, and a single
+ * hypervisor stall of 10-20 ms lands hundreds of queued requests in the tail. Every
+ * repetition is kept in the results; the verdict uses the median repetition by p99.
+ */
+function repeatFixedRate(url, pathsFile, rps, seconds) {
+  const reps = Array.from({ length: quick ? 1 : 3 }, () => fixedRate(url, pathsFile, rps, seconds));
+  const median = [...reps].sort((a, b) => a.p99Ms - b.p99Ms)[Math.floor(reps.length / 2)];
+  return { ...median, repetitions: reps.map(({ rps: r, p50Ms, p99Ms, maxMs }) => ({ rps: r, p50Ms, p99Ms, maxMs })) };
+}
+
+function fixedRate(url, pathsFile, rps, seconds) {
+  const dir = mkdtempSync(join(tmpdir(), 'novacron-bench-h2load-'));
+  const urls = join(dir, 'urls.txt');
+  const logFile = join(dir, 'log.tsv');
+  writeFileSync(urls, readFileSync(pathsFile, 'utf8').trim().split('\n').map((p) => url + p).join('\n') + '\n');
+  const perClient = Math.ceil(rps / CONNS);
+  const [cmd, cmdArgs] = pin(1, ['h2load', '--h1', `-c${CONNS}`, '-m1', `--rps=${perClient}`, `-D`, String(seconds), '--warm-up-time=1', '-i', urls, `--log-file=${logFile}`]);
+  const r = spawnSync(cmd, cmdArgs, { encoding: 'utf8' });
+  const m = /finished in [\d.]+s, ([\d.]+) req\/s/.exec(r.stdout);
+  if (!m) throw new Error(`h2load failed: ${r.stderr}\n${r.stdout}`);
+  // h2load logs its warm-up second too; drop it (connection set-up, JIT).
+  const all = readFileSync(logFile, 'utf8').trim().split('\n').map((l) => l.split('\t'));
+  const t0 = Number(all[0][0]);
+  const rows = all.filter((f) => Number(f[0]) >= t0 + 1e6);
+  rmSync(dir, { recursive: true, force: true });
+  const lat = rows.map((f) => Number(f[2])).sort((a, b) => a - b);
+  const errors = rows.filter((f) => !f[1].startsWith('2')).length;
+  const pct = (q) => lat[Math.min(lat.length - 1, Math.floor(q * lat.length))] / 1000;
+  return { rps: Math.round(Number(m[1])), offeredRps: perClient * CONNS, p50Ms: pct(0.5), p90Ms: pct(0.9), p99Ms: pct(0.99), maxMs: lat.at(-1) / 1000, requests: lat.length, errors };
 }
 
 function wrk(url, pathsFile, seconds) {
@@ -177,6 +218,7 @@ function printTable(r) {
   console.log(`\nbench/api: ${r.vms} VMs, ${r.connections} connections, ${r.durationS}s per run${r.pinned ? ', server on CPU 0, wrk on CPU 1' : ''}`);
   console.log(fmt(head));
   for (const row of rows) console.log(fmt(row));
-  console.log(`\nGET by id: ${r.ratio.getRps}x node:http (target >= ${r.targets.ratioVsNodeHttp}x); list: ${r.ratio.listRps}x`);
-  console.log(`targets: GET >= ${r.targets.getRps} req/s ${r.verdict.getRps ? 'PASS' : 'MISS'}, p99 <= ${r.targets.getP99Ms} ms ${r.verdict.getP99 ? 'PASS' : 'MISS'}, ratio ${r.verdict.ratio ? 'PASS' : 'MISS'}, errors ${r.verdict.errorsFree ? 'none' : 'PRESENT'}`);
+  console.log('(get, list: closed loop at saturation, wrk; getAtTarget: open loop at a fixed offered rate, h2load)');
+  console.log(`\nGET by id: ${r.ratio.getRps}x node:http throughput (target >= ${r.targets.ratioVsNodeHttp}x); list: ${r.ratio.listRps}x; p99 at ${r.targets.getRps} req/s: ${r.ratio.getP99AtTarget}x lower than node:http`);
+  console.log(`targets: GET >= ${r.targets.getRps} req/s ${r.verdict.getRps ? 'PASS' : 'MISS'}, p99 <= ${r.targets.getP99Ms} ms at ${r.targets.getRps} req/s ${r.verdict.getP99 ? 'PASS' : 'MISS'}, ratio ${r.verdict.ratio ? 'PASS' : 'MISS'}, errors ${r.verdict.errorsFree ? 'none' : 'PRESENT'}`);
 }

@@ -35,6 +35,8 @@ export interface RouteOptions {
 
 export interface Route extends RouteOptions {
   method: string;
+  /** Request statistics for this route, attached by the server on first use. */
+  stats?: import('../telemetry/request-stats.js').RouteStats;
   pattern: string;
   segments: string[];
   handler: Handler;
@@ -45,47 +47,75 @@ export type Match =
   | { kind: 'method-not-allowed'; allow: string[] }
   | { kind: 'not-found' };
 
+interface TrieNode {
+  static: Map<string, TrieNode>;
+  param?: { name: string; node: TrieNode };
+  /** method → route ending at this node. */
+  routes: Map<string, Route>;
+}
+
+const newNode = (): TrieNode => ({ static: new Map(), routes: new Map() });
+
+/** Routes in a segment trie: matching costs one map lookup per path segment. */
 export class Router {
   readonly routes: Route[] = [];
+  #root = newNode();
 
   add(method: Method, pattern: string, handler: Handler, opts: RouteOptions = {}): this {
-    this.routes.push({ method, pattern, segments: split(pattern), handler, ...opts });
+    const route: Route = { method, pattern, segments: split(pattern), handler, ...opts };
+    let node = this.#root;
+    for (const seg of route.segments) {
+      if (seg.startsWith(':')) {
+        const name = seg.slice(1);
+        if (node.param && node.param.name !== name) throw new Error(`route ${pattern}: conflicting parameter :${name} vs :${node.param.name}`);
+        node.param ??= { name, node: newNode() };
+        node = node.param.node;
+      } else {
+        let next = node.static.get(seg);
+        if (!next) node.static.set(seg, (next = newNode()));
+        node = next;
+      }
+    }
+    if (node.routes.has(method)) throw new Error(`duplicate route ${method} ${pattern}`);
+    node.routes.set(method, route);
+    this.routes.push(route);
     return this;
   }
 
   match(method: string, path: string): Match {
-    const parts = split(path);
-    const allow: string[] = [];
-    for (const route of this.routes) {
-      const params = matchSegments(route.segments, parts);
-      if (!params) continue;
-      if (route.method === method) return { kind: 'found', route, params };
-      allow.push(route.method);
+    let node: TrieNode | undefined = this.#root;
+    let params: Record<string, string> | undefined;
+    let start = path.charCodeAt(0) === 47 ? 1 : 0;
+    while (node && start < path.length) {
+      let end = path.indexOf('/', start);
+      if (end === -1) end = path.length;
+      if (end > start) {
+        const seg = path.slice(start, end);
+        const next: TrieNode | undefined = node.static.get(seg);
+        if (next) {
+          node = next;
+        } else if (node.param) {
+          let value: string;
+          try {
+            value = seg.includes('%') ? decodeURIComponent(seg) : seg;
+          } catch {
+            return { kind: 'not-found' };
+          }
+          (params ??= {})[node.param.name] = value;
+          node = node.param.node;
+        } else {
+          node = undefined;
+        }
+      }
+      start = end + 1;
     }
-    return allow.length > 0 ? { kind: 'method-not-allowed', allow } : { kind: 'not-found' };
+    if (!node || node.routes.size === 0) return { kind: 'not-found' };
+    const route = node.routes.get(method);
+    if (route) return { kind: 'found', route, params: params ?? {} };
+    return { kind: 'method-not-allowed', allow: [...node.routes.keys()] };
   }
 }
 
 function split(path: string): string[] {
   return path.split('/').filter((s) => s.length > 0);
-}
-
-function matchSegments(pattern: string[], parts: string[]): Record<string, string> | undefined {
-  if (pattern.length !== parts.length) return undefined;
-  let params: Record<string, string> | undefined;
-  for (let i = 0; i < pattern.length; i++) {
-    const p = pattern[i]!;
-    if (p.startsWith(':')) {
-      let value: string;
-      try {
-        value = decodeURIComponent(parts[i]!);
-      } catch {
-        return undefined;
-      }
-      (params ??= {})[p.slice(1)] = value;
-    } else if (p !== parts[i]) {
-      return undefined;
-    }
-  }
-  return params ?? {};
 }

@@ -8,9 +8,10 @@ import { STATUS_CODES } from 'node:http';
 import { timingSafeEqual } from 'node:crypto';
 import type { Logger } from 'pino';
 import { NovaError, toErrorBody } from '../errors.js';
-import type { ApiReply, ApiRequest, Router } from './router.js';
+import type { ApiReply, ApiRequest, Handler, Router } from './router.js';
 import { loadUws, type UWS } from './uws.js';
 import type { Metrics } from '../telemetry/metrics.js';
+import type { RouteStats } from '../telemetry/request-stats.js';
 
 export interface ServerOptions {
   host: string;
@@ -47,11 +48,13 @@ export class ApiServer {
   #drained: Array<() => void> = [];
   #closing = false;
   #port = 0;
+  #unmatched: RouteStats;
 
   private constructor(app: UWS.TemplatedApp, router: Router, opts: ServerOptions) {
     this.#app = app;
     this.#router = router;
     this.#opts = opts;
+    this.#unmatched = opts.metrics.requests.for('*', 'unmatched');
     if (opts.apiToken) this.#token = Buffer.from(opts.apiToken);
   }
 
@@ -95,109 +98,82 @@ export class ApiServer {
   }
 
   #handle(res: UWS.HttpResponse, req: UWS.HttpRequest): void {
-    const started = performance.now();
-    const method = req.getMethod().toUpperCase();
+    const method = METHODS[req.getMethod()] ?? req.getMethod().toUpperCase();
     const path = req.getUrl();
-    const rawQuery = req.getQuery() ?? '';
-    const auth = req.getHeader('authorization');
-    const contentType = req.getHeader('content-type');
-    const contentLength = req.getHeader('content-length');
-    const chunked = req.getHeader('transfer-encoding') !== '';
-    let aborted = false;
-    let routeLabel = 'unmatched';
-    res.onAborted(() => {
-      aborted = true;
-    });
-
-    const send = (reply: ApiReply) => {
-      if (aborted) return;
-      const body = reply.rawJson ?? (reply.text ? reply.text.body : reply.json === undefined ? '' : JSON.stringify(reply.json));
-      const type = reply.text ? reply.text.contentType : 'application/json';
-      res.cork(() => {
-        res.writeStatus(statusLine(reply.status));
-        if (body.length > 0 || reply.json !== undefined) res.writeHeader('content-type', type);
-        if (reply.headers) for (const [k, v] of Object.entries(reply.headers)) res.writeHeader(k, v);
-        res.end(body);
-      });
-      aborted = true; // Nothing may touch `res` after end.
-      this.#opts.metrics.observeRequest(method, routeLabel, reply.status, (performance.now() - started) / 1000);
-    };
-    const fail = (err: unknown) => {
-      const { status, body } = toErrorBody(err);
-      if (status >= 500) this.#opts.log.error({ err, method, path }, 'request failed');
-      const headers = err instanceof NovaError && err.code === 'METHOD_NOT_ALLOWED' ? { allow: String((err.details as { allow: string[] }).allow.join(', ')) } : undefined;
-      send({ status, json: body, ...(headers ? { headers } : {}) });
-    };
-
-    if (this.#closing) return fail(new NovaError('SHUTTING_DOWN'));
+    const x = new Exchange(res, this.#unmatched, this.#opts.log);
+    if (this.#closing) return x.fail(new NovaError('SHUTTING_DOWN'));
     const match = this.#router.match(method, path);
-    if (match.kind === 'not-found') return fail(new NovaError('ROUTE_NOT_FOUND', `no endpoint ${method} ${path}`));
+    if (match.kind === 'not-found') return x.fail(new NovaError('ROUTE_NOT_FOUND', `no endpoint ${method} ${path}`));
     if (match.kind === 'method-not-allowed') {
-      return fail(new NovaError('METHOD_NOT_ALLOWED', `${method} is not allowed on ${path}; use ${match.allow.join(', ')}`, { allow: match.allow }));
+      return x.fail(new NovaError('METHOD_NOT_ALLOWED', `${method} is not allowed on ${path}; use ${match.allow.join(', ')}`, { allow: match.allow }));
     }
     const { route, params } = match;
-    routeLabel = route.pattern;
-    if (!route.public && !this.authorized(auth)) return fail(new NovaError('UNAUTHORIZED'));
+    x.stats = (route.stats ??= this.#opts.metrics.requests.for(route.method, route.pattern));
+    if (!route.public && this.#token && !this.authorized(req.getHeader('authorization'))) return x.fail(new NovaError('UNAUTHORIZED'));
+    const request = new Request(method, path, req.getQuery() ?? '', params);
 
-    const request: ApiRequest = { method, path, query: new URLSearchParams(rawQuery), params, body: undefined };
-    const run = () => {
-      this.#inFlight++;
-      let result: ApiReply | Promise<ApiReply>;
-      try {
-        result = route.handler(request);
-      } catch (err) {
-        this.#done();
-        return fail(err);
-      }
-      if (result instanceof Promise) {
-        result.then(send, fail).finally(() => this.#done());
-      } else {
-        this.#done();
-        send(result);
-      }
-    };
-
-    if (!route.body) return run();
+    if (!route.body) return this.#run(x, route.handler, request);
 
     // JSON body: check type and declared size up front, then stream with a hard cap.
+    const contentLength = req.getHeader('content-length');
     const declared = contentLength === '' ? undefined : Number(contentLength);
     if (declared !== undefined && declared > this.#opts.bodyLimitBytes) {
-      return fail(new NovaError('BODY_TOO_LARGE', `body of ${declared} bytes exceeds the ${this.#opts.bodyLimitBytes}-byte limit`));
+      return x.fail(new NovaError('BODY_TOO_LARGE', `body of ${declared} bytes exceeds the ${this.#opts.bodyLimitBytes}-byte limit`));
     }
-    if (declared === 0 || (declared === undefined && !chunked)) return run(); // No body at all.
-    if (declared !== undefined && !Number.isSafeInteger(declared)) return fail(new NovaError('VALIDATION_FAILED', 'invalid Content-Length'));
+    if (declared === 0 || (declared === undefined && req.getHeader('transfer-encoding') === '')) return this.#run(x, route.handler, request);
+    if (declared !== undefined && !Number.isSafeInteger(declared)) return x.fail(new NovaError('VALIDATION_FAILED', 'invalid Content-Length'));
+    const contentType = req.getHeader('content-type');
     const mediaType = contentType.split(';')[0]!.trim().toLowerCase();
     if (mediaType !== 'application/json') {
-      return fail(new NovaError('UNSUPPORTED_MEDIA_TYPE', `Content-Type must be application/json, got "${contentType || '(none)'}"`));
+      return x.fail(new NovaError('UNSUPPORTED_MEDIA_TYPE', `Content-Type must be application/json, got "${contentType || '(none)'}"`));
     }
+    x.watchAbort();
     const chunks: Buffer[] = [];
     let size = 0;
     res.onData((chunk, isLast) => {
-      if (aborted) return;
+      if (x.finished) return;
       size += chunk.byteLength;
       if (size > this.#opts.bodyLimitBytes) {
-        fail(new NovaError('BODY_TOO_LARGE', `body exceeds the ${this.#opts.bodyLimitBytes}-byte limit`));
+        x.fail(new NovaError('BODY_TOO_LARGE', `body exceeds the ${this.#opts.bodyLimitBytes}-byte limit`));
         return;
       }
       chunks.push(Buffer.from(chunk.slice(0))); // uWS reuses the chunk's memory.
       if (!isLast) return;
       const text = Buffer.concat(chunks).toString('utf8');
-      if (text.trim().length === 0) {
-        request.body = undefined;
-      } else {
+      if (text.trim().length > 0) {
         try {
           request.body = JSON.parse(text);
         } catch (e) {
-          return fail(new NovaError('BAD_JSON', `request body is not valid JSON: ${(e as Error).message}`));
+          return x.fail(new NovaError('BAD_JSON', `request body is not valid JSON: ${(e as Error).message}`));
         }
         // Own "__proto__" keys survive JSON.parse and are silently dropped by schema
-        // libraries; refuse them outright rather than store something else than was sent.
+        // libraries; refuse them outright rather than store something other than was sent.
         if (text.includes('__proto__') && hasProtoKey(request.body)) {
-          return fail(new NovaError('VALIDATION_FAILED', 'the key "__proto__" is not allowed'));
+          return x.fail(new NovaError('VALIDATION_FAILED', 'the key "__proto__" is not allowed'));
         }
       }
-      run();
+      this.#run(x, route.handler, request);
     });
+  }
+
+  /**
+   * Calls the handler. A synchronous reply is written at once (uWS has us corked, and
+   * no abort can happen in between); an async one gets an abort watcher first.
+   */
+  #run(x: Exchange, handler: Handler, request: Request): void {
+    let result: ApiReply | Promise<ApiReply>;
+    try {
+      result = handler(request);
+    } catch (err) {
+      return x.fail(err);
+    }
+    if (!(result instanceof Promise)) return x.send(result);
+    x.watchAbort();
+    this.#inFlight++;
+    result.then(
+      (reply) => x.send(reply),
+      (err) => x.fail(err),
+    ).finally(() => this.#done());
   }
 
   #done(): void {
@@ -210,4 +186,73 @@ function hasProtoKey(value: unknown): boolean {
   if (value === null || typeof value !== 'object') return false;
   if (Object.hasOwn(value, '__proto__')) return true;
   return Object.values(value).some(hasProtoKey);
+}
+
+const METHODS: Record<string, string> = { get: 'GET', post: 'POST', put: 'PUT', patch: 'PATCH', delete: 'DELETE', head: 'HEAD', options: 'OPTIONS' };
+
+class Request implements ApiRequest {
+  body: unknown = undefined;
+  #rawQuery: string;
+  #query: URLSearchParams | undefined;
+
+  constructor(
+    readonly method: string,
+    readonly path: string,
+    rawQuery: string,
+    readonly params: Record<string, string>,
+  ) {
+    this.#rawQuery = rawQuery;
+  }
+
+  /** Parsed on first use; most requests never look at it. */
+  get query(): URLSearchParams {
+    return (this.#query ??= new URLSearchParams(this.#rawQuery));
+  }
+}
+
+/** One request/response pair: writes the reply once, never after an abort. */
+class Exchange {
+  finished = false;
+  #started = performance.now();
+  #watching = false;
+
+  constructor(
+    private readonly res: UWS.HttpResponse,
+    /** Where this request is counted; replaced once the route is known. */
+    public stats: RouteStats,
+    private readonly log: Logger,
+  ) {}
+
+  /** Must be called before the handler returns whenever the reply is written later. */
+  watchAbort(): void {
+    if (this.#watching) return;
+    this.#watching = true;
+    this.res.onAborted(() => {
+      this.finished = true;
+    });
+  }
+
+  send(reply: ApiReply): void {
+    if (this.finished) return;
+    this.finished = true;
+    const body = reply.rawJson ?? (reply.text ? reply.text.body : reply.json === undefined ? '' : JSON.stringify(reply.json));
+    const res = this.res;
+    const write = () => {
+      res.writeStatus(statusLine(reply.status));
+      if (reply.text) res.writeHeader('content-type', reply.text.contentType);
+      else if (body.length > 0) res.writeHeader('content-type', 'application/json');
+      if (reply.headers) for (const k in reply.headers) res.writeHeader(k, reply.headers[k]!);
+      res.end(body);
+    };
+    if (this.#watching) res.cork(write);
+    else write();
+    this.stats.observe(reply.status, (performance.now() - this.#started) / 1000);
+  }
+
+  fail(err: unknown): void {
+    const { status, body } = toErrorBody(err);
+    if (status >= 500) this.log.error({ err, method: this.stats.method, route: this.stats.route }, 'request failed');
+    const allow = err instanceof NovaError && err.code === 'METHOD_NOT_ALLOWED' ? (err.details as { allow: string[] }).allow.join(', ') : undefined;
+    this.send({ status, json: body, ...(allow ? { headers: { allow } } : {}) });
+  }
 }

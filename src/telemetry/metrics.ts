@@ -1,5 +1,6 @@
 /** Prometheus metrics for the daemon (prom-client, text exposition format). */
-import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { collectDefaultMetrics, Counter, Gauge, Registry } from 'prom-client';
+import { RequestStats } from './request-stats.js';
 
 export interface MetricSources {
   vmsByState: () => Record<string, number>;
@@ -8,25 +9,12 @@ export interface MetricSources {
 
 export class Metrics {
   readonly registry = new Registry();
-  #requests: Counter<'method' | 'route' | 'status'>;
-  #latency: Histogram<'route'>;
+  readonly requests: RequestStats;
   readonly operations: Counter<'kind' | 'result'>;
 
   constructor(sources?: MetricSources) {
     collectDefaultMetrics({ register: this.registry, prefix: 'novacron_' });
-    this.#requests = new Counter({
-      name: 'novacron_http_requests_total',
-      help: 'HTTP requests handled, by method, route pattern and status',
-      labelNames: ['method', 'route', 'status'],
-      registers: [this.registry],
-    });
-    this.#latency = new Histogram({
-      name: 'novacron_http_request_duration_seconds',
-      help: 'Time from request received to response written',
-      labelNames: ['route'],
-      buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1],
-      registers: [this.registry],
-    });
+    this.requests = new RequestStats(this.registry);
     this.operations = new Counter({
       name: 'novacron_operations_total',
       help: 'Finished lifecycle operations by kind and result',
@@ -52,11 +40,6 @@ export class Metrics {
         },
       });
     }
-  }
-
-  observeRequest(method: string, route: string, status: number, seconds: number): void {
-    this.#requests.inc({ method, route, status: String(status) });
-    this.#latency.observe({ route }, seconds);
   }
 
   async render(): Promise<{ body: string; contentType: string }> {
