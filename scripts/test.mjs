@@ -1,17 +1,46 @@
 #!/usr/bin/env node
 // The whole test suite, as CI runs it: Rust crates, a drift check of the generated
-// bindings, then the TypeScript unit and integration tests against the real daemon.
+// bindings, the TypeScript unit and integration tests against the real daemon, and the
+// benchmarks in smoke mode. Ends with one summary line over every runner.
 import { spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { root, run } from './lib/env.mjs';
 
-run('node', [join(root, 'scripts', 'cargo.mjs'), 'test', '--release', '--workspace']);
+const totals = { passed: 0, failed: 0 };
+
+// Rust: stream cargo's output and count its "test result" lines.
+const cargo = spawnSync(process.execPath, [join(root, 'scripts', 'cargo.mjs'), 'test', '--release', '--workspace'], { cwd: root, encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'], maxBuffer: 64 << 20 });
+process.stdout.write(cargo.stdout ?? '');
+for (const m of (cargo.stdout ?? '').matchAll(/test result: \w+\. (\d+) passed; (\d+) failed/g)) {
+  totals.passed += Number(m[1]);
+  totals.failed += Number(m[2]);
+}
+if (cargo.status !== 0) finish(1, 'cargo test failed');
+
 run('node', [join(root, 'scripts', 'build.mjs')]);
 const git = spawnSync('git', ['diff', '--exit-code', '--stat', '--', 'bindings/index.js', 'bindings/index.d.ts'], { cwd: root, stdio: 'inherit' });
-if (git.status === 1) {
-  console.error('novacron: bindings/ is out of date with crates/node; commit the regenerated loader and .d.ts');
-  process.exit(1);
+if (git.status === 1) finish(1, 'bindings/ is out of date with crates/node; commit the regenerated loader and .d.ts');
+
+const report = join(mkdtempSync(join(tmpdir(), 'novacron-vitest-')), 'report.json');
+const vitest = spawnSync(join(root, 'node_modules', '.bin', 'vitest'), ['run', '--reporter=default', '--reporter=json', `--outputFile.json=${report}`, ...process.argv.slice(2)], { cwd: root, stdio: 'inherit' });
+try {
+  const r = JSON.parse(readFileSync(report, 'utf8'));
+  totals.passed += r.numPassedTests;
+  totals.failed += r.numFailedTests;
+} catch {
+  totals.failed += 1; // No report: vitest itself failed.
 }
-run(join(root, 'node_modules', '.bin', 'vitest'), ['run', ...process.argv.slice(2)]);
+if (vitest.status !== 0) finish(1, 'vitest failed');
+
 // Benchmarks run in smoke mode so they never rot (figures are not judged here).
-run('node', [join(root, 'bench', 'api', 'run.mjs'), '--quick']);
+const bench = spawnSync(process.execPath, [join(root, 'bench', 'api', 'run.mjs'), '--quick'], { cwd: root, stdio: 'inherit' });
+if (bench.status !== 0) finish(1, 'bench/api smoke run failed');
+finish(totals.failed > 0 ? 1 : 0);
+
+function finish(code, why) {
+  if (why) console.error(`novacron: ${why}`);
+  console.log(`\n${totals.passed} passed, ${totals.failed} failed`);
+  process.exit(code);
+}
