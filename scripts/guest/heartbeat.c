@@ -1,0 +1,137 @@
+/*
+ * NovaCron's test-guest workload, run as PID 1's child in a busybox initramfs.
+ *
+ * - Prints "HB <counter> <uptime_ms>" on the console every 100 ms.
+ * - Optionally dirties a working set of nc.dirty_mib MiB at nc.rate MiB/s with a page
+ *   content model (nc.model = random | half | text | sparse). Every page's content is a
+ *   pure function of (seed, page, version), so the guest can re-derive what each page
+ *   must hold and verify the whole set ("VERIFY ok ..." / "VERIFY FAIL ...") every
+ *   nc.verify_every seconds, and print a checksum ("SUM <hex>") of it.
+ *
+ * Parameters come from the kernel command line (/proc/cmdline). Static, no libc extras.
+ */
+#define _GNU_SOURCE
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define PAGE 4096
+
+static unsigned long dirty_mib = 0, rate_mib = 0, verify_every = 0, seed = 1;
+static char model[16] = "half";
+
+static uint64_t now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static uint64_t mix(uint64_t x) {
+  x ^= x >> 33; x *= 0xff51afd7ed558ccdULL;
+  x ^= x >> 33; x *= 0xc4ceb9fe1a85ec53ULL;
+  x ^= x >> 33;
+  return x;
+}
+
+static void fill_random(uint8_t *p, size_t n, uint64_t s) {
+  for (size_t i = 0; i < n; i += 8) {
+    s = mix(s + 0x9e3779b97f4a7c15ULL);
+    memcpy(p + i, &s, 8);
+  }
+}
+
+/* The content page `pg` must hold at version `v` (v = 0: never written, all zero). */
+static void page_content(uint8_t *out, uint64_t pg, uint32_t v) {
+  if (v == 0) { memset(out, 0, PAGE); return; }
+  uint64_t s = mix(seed * 0x100000001b3ULL ^ pg * 0x9e3779b97f4a7c15ULL ^ v);
+  if (strcmp(model, "random") == 0) {
+    fill_random(out, PAGE, s);
+  } else if (strcmp(model, "text") == 0) {
+    static const char *words[] = {"the ", "quick ", "brown ", "fox ", "jumps ", "over ", "lazy ", "dog ", "vm ", "page ", "nova ", "cron "};
+    size_t i = 0;
+    while (i < PAGE) {
+      s = mix(s + 1);
+      const char *w = words[s % 12];
+      size_t l = strlen(w);
+      if (i + l > PAGE) l = PAGE - i;
+      memcpy(out + i, w, l);
+      i += l;
+    }
+  } else if (strcmp(model, "sparse") == 0) {
+    /* A fixed random base with 16 bytes that change with each version. */
+    fill_random(out, PAGE, mix(seed ^ pg * 0x9e3779b97f4a7c15ULL));
+    size_t off = (s % (PAGE / 16)) * 16;
+    fill_random(out + off, 16, s);
+  } else { /* half: half random, half zero */
+    fill_random(out, PAGE / 2, s);
+    memset(out + PAGE / 2, 0, PAGE / 2);
+  }
+}
+
+static void parse_cmdline(void) {
+  FILE *f = fopen("/proc/cmdline", "r");
+  if (!f) return;
+  char buf[4096];
+  size_t n = fread(buf, 1, sizeof buf - 1, f);
+  fclose(f);
+  buf[n] = 0;
+  for (char *tok = strtok(buf, " \n"); tok; tok = strtok(NULL, " \n")) {
+    if (!strncmp(tok, "nc.dirty_mib=", 13)) dirty_mib = strtoul(tok + 13, 0, 10);
+    else if (!strncmp(tok, "nc.rate=", 8)) rate_mib = strtoul(tok + 8, 0, 10);
+    else if (!strncmp(tok, "nc.verify_every=", 16)) verify_every = strtoul(tok + 16, 0, 10);
+    else if (!strncmp(tok, "nc.seed=", 8)) seed = strtoul(tok + 8, 0, 10);
+    else if (!strncmp(tok, "nc.model=", 9)) snprintf(model, sizeof model, "%s", tok + 9);
+  }
+}
+
+int main(void) {
+  setvbuf(stdout, NULL, _IOLBF, 0);
+  parse_cmdline();
+  uint64_t pages = dirty_mib * 256;
+  uint8_t *set = NULL, *scratch = malloc(PAGE);
+  uint32_t *version = NULL;
+  if (pages) {
+    set = calloc(pages, PAGE);
+    version = calloc(pages, sizeof *version);
+    if (!set || !version) { printf("DIRTY cannot allocate %lu MiB\n", dirty_mib); pages = 0; }
+    else printf("DIRTY set=%luMiB rate=%luMiB/s model=%s seed=%lu\n", dirty_mib, rate_mib, model, seed);
+  }
+  uint64_t start = now_ms(), next = start, counter = 0, cursor = 0, last_verify = start;
+  double budget = 0; /* pages we may still dirty in this tick */
+  for (;;) {
+    uint64_t t = now_ms();
+    if (t >= next) {
+      printf("HB %llu %llu\n", (unsigned long long)counter++, (unsigned long long)(t - start));
+      next += 100;
+      if (next < t) next = t + 100; /* we were stopped (paused VM): do not burst */
+      budget += (double)rate_mib * 256 / 10;
+      if (budget > pages) budget = pages;
+    }
+    if (pages && budget >= 1) {
+      uint64_t pg = mix(cursor++ ^ seed) % pages;
+      version[pg]++;
+      page_content(set + pg * PAGE, pg, version[pg]);
+      budget -= 1;
+      continue;
+    }
+    if (pages && verify_every && t - last_verify >= verify_every * 1000) {
+      uint64_t bad = 0, first_bad = 0, sum = 0;
+      for (uint64_t pg = 0; pg < pages; pg++) {
+        page_content(scratch, pg, version[pg]);
+        if (memcmp(scratch, set + pg * PAGE, PAGE)) { if (!bad) first_bad = pg; bad++; }
+        uint64_t w;
+        for (size_t i = 0; i < PAGE; i += 8) { memcpy(&w, set + pg * PAGE + i, 8); sum = mix(sum ^ w); }
+      }
+      if (bad) printf("VERIFY FAIL pages=%llu bad=%llu first=%llu\n", (unsigned long long)pages, (unsigned long long)bad, (unsigned long long)first_bad);
+      else printf("VERIFY ok pages=%llu\n", (unsigned long long)pages);
+      printf("SUM %016llx\n", (unsigned long long)sum);
+      last_verify = now_ms();
+      continue;
+    }
+    uint64_t wait = next > now_ms() ? next - now_ms() : 0;
+    if (wait) usleep(wait * 1000 > 10000 && pages && rate_mib ? 1000 : wait * 1000);
+  }
+}
