@@ -40,7 +40,7 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
   let ready = false;
   try {
     const events = await EventLog.open(store, { retain: config.eventRetention });
-    const driver = selectDriver(config.driver, config.sim, log);
+    const driver = selectDriver(config.driver, { sim: config.sim, dataDir, log });
     const vms = await VmService.open({ store, events, driver, nodeId: config.nodeId, log, shutdownTimeoutMs: config.shutdownTimeoutMs });
     const metrics = new Metrics({ vmsByState: () => vms.countByState(), lastEventSeq: () => events.lastSeq });
     events.subscribe({ types: ['operation.succeeded', 'operation.failed'] }, (ev) => {

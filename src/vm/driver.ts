@@ -13,6 +13,7 @@
  */
 import type { EventEmitter } from 'node:events';
 import type { VmRecord } from './record.js';
+import type { VmSpec } from './spec.js';
 
 export type DriverName = 'sim' | 'qemu';
 
@@ -38,6 +39,11 @@ export interface HypervisorDriver {
   readonly name: DriverName;
   /** Emits 'event' with a DriverEvent. */
   readonly events: EventEmitter;
+  /**
+   * Host-specific problems with a spec (missing kernel, more memory than the host has),
+   * checked before anything is created; each entry is a human-readable problem (→ 422).
+   */
+  validate?(spec: VmSpec): string[];
   /** Prepares resources for a new VM (disk images...). */
   create(vm: VmRecord): Promise<void>;
   start(vm: VmRecord): Promise<DriverInstanceState>;

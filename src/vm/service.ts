@@ -12,7 +12,7 @@ import { newOperation, opKey, OP_PREFIX, type OperationKind, type OperationRecor
 import { prefixRange, type Store, type WriteOp } from '../store/store.js';
 import { DriverError, type DriverEvent, type DriverInstanceState, type HypervisorDriver } from './driver.js';
 import { newId, type VmRecord } from './record.js';
-import { semanticProblems, type CreateVmRequest, type PatchVmRequest } from './spec.js';
+import { semanticProblems, type CreateVmRequest, type PatchVmRequest, type VmSpec } from './spec.js';
 import { allowedTransitions, canTransition, TRANSITIONAL_STATES, VM_STATES, type VmState } from './state.js';
 
 const VM_PREFIX = 'vm/';
@@ -152,7 +152,7 @@ export class VmService {
 
   async create(req: CreateVmRequest): Promise<VmRecord> {
     const { name, ...spec } = req;
-    const problems = semanticProblems(spec);
+    const problems = this.#problems(spec);
     if (problems.length > 0) throw new NovaError('VM_SPEC_INVALID', problems.join('; '), { problems });
     if (this.#byName.has(name) || this.#reserved.has(name)) throw new NovaError('VM_NAME_CONFLICT', `a VM named "${name}" already exists`);
     this.#reserved.add(name);
@@ -179,11 +179,16 @@ export class VmService {
     }
     if (this.#active.has(vm.id)) throw new NovaError('VM_BUSY', `an operation is in progress on "${vm.name}"`);
     const spec = { ...vm.spec, ...req };
-    const problems = semanticProblems(spec);
+    const problems = this.#problems(spec);
     if (problems.length > 0) throw new NovaError('VM_SPEC_INVALID', problems.join('; '), { problems });
     const next: VmRecord = { ...vm, spec, generation: vm.generation + 1, updatedAt: new Date().toISOString() };
     await this.#persist(next, [{ type: 'vm.updated', data: { changes: req } }]);
     return next;
+  }
+
+  #problems(spec: VmSpec): string[] {
+    const problems = semanticProblems(spec);
+    return problems.length > 0 ? problems : (this.#deps.driver.validate?.(spec) ?? []);
   }
 
   /** Starts a lifecycle operation; resolves once it is accepted (202), not finished. */

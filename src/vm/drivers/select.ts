@@ -4,6 +4,7 @@ import type { Logger } from 'pino';
 import { NovaError } from '../../errors.js';
 import type { HypervisorDriver } from '../driver.js';
 import { SimDriver, type SimDriverOptions } from './sim.js';
+import { QemuDriver } from './qemu.js';
 
 export function findOnPath(cmd: string, path = process.env.PATH ?? ''): string | undefined {
   for (const dir of path.split(delimiter)) {
@@ -20,21 +21,17 @@ export function findOnPath(cmd: string, path = process.env.PATH ?? ''): string |
 }
 
 /**
- * Chooses the hypervisor driver. `auto` means QEMU when `qemu-system-x86_64` exists.
- * The QEMU driver is not part of this build yet, so `qemu` is refused with a clear
- * error and `auto` falls back to the simulator with a loud warning either way.
+ * Chooses the hypervisor driver. `auto` means QEMU when `qemu-system-x86_64` and
+ * `qemu-img` exist, else the simulator with a loud warning.
  */
-export function selectDriver(kind: 'auto' | 'qemu' | 'sim', sim: SimDriverOptions, log: Logger): HypervisorDriver {
-  if (kind === 'sim') return new SimDriver(sim);
+export function selectDriver(kind: 'auto' | 'qemu' | 'sim', opts: { sim: SimDriverOptions; dataDir: string; log: Logger }): HypervisorDriver {
+  if (kind === 'sim') return new SimDriver(opts.sim);
   const qemu = findOnPath('qemu-system-x86_64');
+  const img = findOnPath('qemu-img');
+  if (qemu && img) return new QemuDriver({ dataDir: opts.dataDir, log: opts.log, binary: qemu, imgBinary: img });
   if (kind === 'qemu') {
-    throw new NovaError('DRIVER_UNAVAILABLE', 'the qemu driver is not available in this build yet; use --driver sim');
+    throw new NovaError('DRIVER_UNAVAILABLE', `the qemu driver needs qemu-system-x86_64 and qemu-img on PATH (missing: ${[!qemu && 'qemu-system-x86_64', !img && 'qemu-img'].filter(Boolean).join(', ')}); run scripts/setup-qemu.sh`);
   }
-  log.warn(
-    { qemu: qemu ?? null },
-    qemu
-      ? '!!! qemu-system-x86_64 found, but the qemu driver is not available in this build: using the SIMULATED driver; VMs are NOT real'
-      : '!!! qemu-system-x86_64 not found: using the SIMULATED driver; VMs are NOT real',
-  );
-  return new SimDriver(sim);
+  opts.log.warn('!!! qemu-system-x86_64/qemu-img not found: using the SIMULATED driver; VMs are NOT real');
+  return new SimDriver(opts.sim);
 }

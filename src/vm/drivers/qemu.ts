@@ -1,0 +1,348 @@
+/**
+ * The QEMU/KVM driver: one `qemu-system-x86_64` process per VM, driven over QMP.
+ *
+ * VM processes are started in their own session (detached) so they outlive the
+ * daemon; each VM's directory under `<dataDir>/vms/<id>/` holds its QMP socket, pid
+ * file, serial console log and QEMU's stderr. After a daemon restart `inspect` finds the
+ * process by its pid file, checks it is really this VM's QEMU, and reattaches over QMP.
+ */
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { EventEmitter } from 'node:events';
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { totalmem } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { Logger } from 'pino';
+import { DriverError, type DriverInstanceState, type HypervisorDriver, type ShutdownOptions } from '../driver.js';
+import type { VmRecord } from '../record.js';
+import type { VmSpec } from '../spec.js';
+import { probeAccelerator } from '../qemu/accel.js';
+import { QmpClient, type QmpEvent } from '../qemu/qmp.js';
+
+export interface QemuDriverOptions {
+  dataDir: string;
+  log: Logger;
+  /** Path or name of qemu-system-x86_64. */
+  binary?: string;
+  /** Path or name of qemu-img. */
+  imgBinary?: string;
+  /** Skip the probe and use this accelerator. */
+  accel?: 'kvm' | 'tcg';
+}
+
+interface Instance {
+  pid: number;
+  qmp: QmpClient;
+  /** Set when NovaCron itself asked the process to end. */
+  expectedExit: boolean;
+  /** The guest powered itself off (QMP SHUTDOWN with guest=true). */
+  guestShutdown: boolean;
+  exited: Promise<void>;
+  child?: ChildProcess;
+}
+
+const UNIX_PATH_MAX = 107;
+
+export class QemuDriver implements HypervisorDriver {
+  readonly name = 'qemu' as const;
+  readonly events = new EventEmitter();
+  #opts: Required<Omit<QemuDriverOptions, 'accel'>> & Pick<QemuDriverOptions, 'accel'>;
+  #instances = new Map<string, Instance>();
+
+  constructor(opts: QemuDriverOptions) {
+    this.#opts = { binary: 'qemu-system-x86_64', imgBinary: 'qemu-img', ...opts };
+  }
+
+  vmDir(vmId: string): string {
+    return join(this.#opts.dataDir, 'vms', vmId);
+  }
+
+  /** Problems QEMU would hit, found before it is started (→ 422). */
+  validate(spec: VmSpec): string[] {
+    const problems: string[] = [];
+    if (spec.memoryMiB * 1024 * 1024 > totalmem()) problems.push(`memoryMiB ${spec.memoryMiB} exceeds the host's ${Math.floor(totalmem() / 1048576)} MiB`);
+    const mustExist = (path: string | undefined, what: string) => {
+      if (path && !existsSync(path)) problems.push(`${what} ${path} does not exist`);
+    };
+    if (spec.boot.type === 'kernel') {
+      mustExist(spec.boot.kernel, 'kernel');
+      mustExist(spec.boot.initrd, 'initrd');
+    }
+    for (const d of spec.disks) mustExist(d.image, `disk "${d.name}" image`);
+    return problems;
+  }
+
+  async create(vm: VmRecord): Promise<void> {
+    const dir = this.vmDir(vm.id);
+    if (join(dir, 'qmp.sock').length > UNIX_PATH_MAX) throw new DriverError('create', `data directory path too long for a unix socket: ${dir}`);
+    mkdirSync(dir, { recursive: true });
+    for (const disk of vm.spec.disks) {
+      if (disk.image && !disk.clone) continue; // used in place
+      const path = this.#diskPath(vm.id, disk.name, disk.format);
+      if (existsSync(path)) continue;
+      const args = ['create', '-q', '-f', disk.format];
+      if (disk.clone && disk.image) args.push('-b', disk.image, '-F', imageFormat(this.#opts.imgBinary, disk.image));
+      args.push(path);
+      if (disk.sizeMiB) args.push(`${disk.sizeMiB}M`);
+      run(this.#opts.imgBinary, args, 'create');
+    }
+  }
+
+  async start(vm: VmRecord): Promise<DriverInstanceState> {
+    if (this.#instances.has(vm.id)) throw new DriverError('start', `VM ${vm.id} already has a QEMU process`);
+    const dir = this.vmDir(vm.id);
+    mkdirSync(dir, { recursive: true });
+    const { accel, reason } = await probeAccelerator(this.#opts.binary, this.#opts.accel);
+    const sock = join(dir, 'qmp.sock');
+    rmSync(sock, { force: true });
+    rmSync(join(dir, 'qemu.pid'), { force: true });
+    const stderrPath = join(dir, 'qemu.stderr');
+    const stderrFd = openSync(stderrPath, 'w');
+    const child = spawn(this.#opts.binary, this.#args(vm, accel), { detached: true, stdio: ['ignore', 'ignore', stderrFd] });
+    closeSync(stderrFd);
+    child.unref(); // The VM must outlive the daemon.
+    let exitInfo: { code: number | null; signal: NodeJS.Signals | null } | undefined;
+    child.on('exit', (code, signal) => (exitInfo = { code, signal }));
+    child.on('error', () => (exitInfo = { code: -1, signal: null }));
+
+    const qmp = await this.#waitForQmp(sock, () => exitInfo !== undefined, 30_000).catch(async (err) => {
+      child.kill('SIGKILL');
+      await sleep(50);
+      throw new DriverError('start', `QEMU failed to start: ${stderrTail(stderrPath) || (err as Error).message}`);
+    });
+    const inst = this.#track(vm.id, child.pid!, qmp, child);
+    try {
+      await qmp.execute('cont');
+    } catch (err) {
+      await this.stop(vm.id).catch(() => undefined);
+      throw new DriverError('start', `QEMU did not start the guest: ${(err as Error).message}`);
+    }
+    return { status: 'running', runtime: { accelerator: accel, accelReason: reason, pid: inst.pid, qemu: versionString(qmp) } };
+  }
+
+  async stop(vmId: string): Promise<void> {
+    const inst = await this.#require(vmId, 'stop');
+    inst.expectedExit = true;
+    await inst.qmp.execute('quit', undefined, 5000).catch(() => undefined);
+    if (!(await waitFor(inst.exited, 5000))) {
+      process.kill(inst.pid, 'SIGKILL');
+      await waitFor(inst.exited, 5000);
+    }
+  }
+
+  async shutdown(vmId: string, opts: ShutdownOptions): Promise<{ forced: boolean }> {
+    const inst = await this.#require(vmId, 'shutdown');
+    inst.expectedExit = true;
+    await inst.qmp.execute('system_powerdown');
+    if (await waitFor(inst.exited, opts.timeoutMs)) return { forced: false };
+    await this.stop(vmId);
+    return { forced: true };
+  }
+
+  async pause(vmId: string): Promise<void> {
+    await (await this.#require(vmId, 'pause')).qmp.execute('stop');
+  }
+
+  async resume(vmId: string): Promise<void> {
+    await (await this.#require(vmId, 'resume')).qmp.execute('cont');
+  }
+
+  async reboot(vmId: string): Promise<void> {
+    await (await this.#require(vmId, 'reboot')).qmp.execute('system_reset');
+  }
+
+  async destroy(vm: VmRecord): Promise<void> {
+    if (this.#instances.has(vm.id) || (await this.inspect(vm.id))) await this.stop(vm.id);
+    const dir = this.vmDir(vm.id);
+    if (vm.runtime?.keepDisks) {
+      for (const f of ['qmp.sock', 'qemu.pid']) rmSync(join(dir, f), { force: true });
+    } else {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }
+
+  async inspect(vmId: string): Promise<DriverInstanceState | undefined> {
+    let inst = this.#instances.get(vmId);
+    if (!inst) {
+      const reattached = await this.#reattach(vmId);
+      if (!reattached) return undefined;
+      inst = reattached;
+    }
+    const status = await inst.qmp.execute<{ status: string; running: boolean }>('query-status');
+    return {
+      status: status.running ? 'running' : 'paused',
+      runtime: { pid: inst.pid, qemu: versionString(inst.qmp), qemuStatus: status.status },
+    };
+  }
+
+  /** Closes QMP connections; VMs keep running (they are reattached on the next start). */
+  async close(): Promise<void> {
+    for (const inst of this.#instances.values()) {
+      inst.expectedExit = true; // Our side closing is not the VM exiting.
+      inst.qmp.close();
+    }
+    this.#instances.clear();
+  }
+
+  #diskPath(vmId: string, name: string, format: string): string {
+    return join(this.vmDir(vmId), `disk-${name}.${format}`);
+  }
+
+  #args(vm: VmRecord, accel: 'kvm' | 'tcg'): string[] {
+    const dir = this.vmDir(vm.id);
+    const { spec } = vm;
+    const args = [
+      '-name', `guest=${vm.name},debug-threads=on`,
+      '-machine', `q35,accel=${accel}`,
+      '-cpu', accel === 'kvm' ? 'host' : 'max',
+      '-smp', String(spec.vcpus),
+      '-m', `${spec.memoryMiB}M`,
+      '-nodefaults', '-no-user-config', '-display', 'none',
+      '-chardev', `socket,id=qmp,path=${join(dir, 'qmp.sock')},server=on,wait=off`,
+      '-mon', 'chardev=qmp,mode=control',
+      '-serial', `file:${join(dir, 'serial.log')}`,
+      '-pidfile', join(dir, 'qemu.pid'),
+      '-uuid', uuidFromId(vm.id),
+      '-S',
+    ];
+    for (const d of spec.disks) {
+      const path = d.image && !d.clone ? d.image : this.#diskPath(vm.id, d.name, d.format);
+      args.push('-drive', `file=${path},format=${d.format},if=none,id=drive-${d.name}${d.readOnly ? ',readonly=on' : ''}`);
+      if (d.bus === 'virtio') args.push('-device', `virtio-blk-pci,drive=drive-${d.name},id=disk-${d.name}`);
+      else if (d.bus === 'ide') args.push('-device', `ide-hd,drive=drive-${d.name},id=disk-${d.name}`);
+      else args.push('-device', `virtio-scsi-pci,id=scsi-${d.name}`, '-device', `scsi-hd,drive=drive-${d.name},id=disk-${d.name},bus=scsi-${d.name}.0`);
+    }
+    for (const n of spec.nics) {
+      args.push('-netdev', n.mode === 'user' ? `user,id=net-${n.name}` : `bridge,id=net-${n.name},br=${n.bridge}`);
+      args.push('-device', `${n.model === 'virtio' ? 'virtio-net-pci' : 'e1000'},netdev=net-${n.name}${n.mac ? `,mac=${n.mac}` : ''}`);
+    }
+    if (spec.boot.type === 'kernel') {
+      args.push('-kernel', spec.boot.kernel);
+      if (spec.boot.initrd) args.push('-initrd', spec.boot.initrd);
+      if (spec.boot.cmdline) args.push('-append', spec.boot.cmdline);
+    }
+    return args;
+  }
+
+  async #waitForQmp(sock: string, died: () => boolean, timeoutMs: number): Promise<QmpClient> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      if (died()) throw new Error('QEMU exited during start-up');
+      if (existsSync(sock)) {
+        try {
+          return await QmpClient.connect(sock, 5000);
+        } catch {
+          /* not accepting yet */
+        }
+      }
+      if (Date.now() > deadline) throw new Error(`no QMP socket after ${timeoutMs} ms`);
+      await sleep(20);
+    }
+  }
+
+  #track(vmId: string, pid: number, qmp: QmpClient, child?: ChildProcess): Instance {
+    let markExited!: () => void;
+    const inst: Instance = { pid, qmp, expectedExit: false, guestShutdown: false, exited: new Promise<void>((r) => (markExited = r)), ...(child ? { child } : {}) };
+    this.#instances.set(vmId, inst);
+    qmp.on('event', (ev: QmpEvent) => {
+      if (ev.event === 'SHUTDOWN' && ev.data?.guest === true) inst.guestShutdown = true;
+      else if (ev.event === 'RESET' && ev.data?.guest === true) this.events.emit('event', { type: 'guest-reset', vmId });
+    });
+    // The QMP socket closes when QEMU exits; confirm with the pid, then report.
+    qmp.once('close', async () => {
+      for (let i = 0; i < 100 && alive(pid); i++) await sleep(20);
+      if (this.#instances.get(vmId) === inst) this.#instances.delete(vmId);
+      markExited();
+      if (inst.expectedExit) return;
+      if (inst.guestShutdown) {
+        this.events.emit('event', { type: 'guest-shutdown', vmId });
+        return;
+      }
+      const status = child?.exitCode ?? child?.signalCode;
+      const tail = stderrTail(join(this.vmDir(vmId), 'qemu.stderr'));
+      const reason = `QEMU exited${status !== undefined && status !== null ? ` (${status})` : ''}${alive(pid) ? ' (QMP lost, process still present)' : ''}${tail ? `: ${tail}` : ''}`;
+      this.events.emit('event', { type: 'exited', vmId, reason, expected: false });
+    });
+    return inst;
+  }
+
+  async #require(vmId: string, op: string): Promise<Instance> {
+    const inst = this.#instances.get(vmId) ?? (await this.#reattach(vmId));
+    if (!inst) throw new DriverError(op, `VM ${vmId} has no running QEMU process`);
+    return inst;
+  }
+
+  /** Finds a QEMU left running by an earlier daemon and reconnects to it. */
+  async #reattach(vmId: string): Promise<Instance | undefined> {
+    const dir = this.vmDir(vmId);
+    let pid: number;
+    try {
+      pid = Number(readFileSync(join(dir, 'qemu.pid'), 'utf8').trim());
+    } catch {
+      return undefined;
+    }
+    if (!Number.isInteger(pid) || pid <= 0 || !alive(pid)) return undefined;
+    // The pid may have been reused: it must be a QEMU whose QMP socket is this VM's.
+    let cmdline = '';
+    try {
+      cmdline = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+    } catch {
+      return undefined;
+    }
+    if (!cmdline.includes(join(dir, 'qmp.sock'))) return undefined;
+    const qmp = await QmpClient.connect(join(dir, 'qmp.sock'), 5000).catch(() => undefined);
+    if (!qmp) return undefined;
+    this.#opts.log.info({ vmId, pid }, 'reattached to running QEMU');
+    return this.#track(vmId, pid, qmp);
+  }
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return !/^\d+ \(.*\) Z/.test(stat); // a zombie is gone for our purposes
+  } catch {
+    return false;
+  }
+}
+
+async function waitFor(p: Promise<void>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<boolean>((r) => (timer = setTimeout(() => r(false), ms)));
+  const done = await Promise.race([p.then(() => true), timeout]);
+  clearTimeout(timer);
+  return done;
+}
+
+function stderrTail(path: string, lines = 5): string {
+  try {
+    if (statSync(path).size === 0) return '';
+    return readFileSync(path, 'utf8').trim().split('\n').slice(-lines).join(' | ');
+  } catch {
+    return '';
+  }
+}
+
+function run(cmd: string, args: string[], op: string): string {
+  const r = spawnSync(cmd, args, { encoding: 'utf8' });
+  if (r.error) throw new DriverError(op, `${cmd}: ${r.error.message}`);
+  if (r.status !== 0) throw new DriverError(op, `${cmd} ${args[0]} failed: ${r.stderr.trim() || `exit ${r.status}`}`);
+  return r.stdout;
+}
+
+function imageFormat(imgBinary: string, path: string): string {
+  const info = JSON.parse(run(imgBinary, ['info', '--output=json', path], 'create')) as { format: string };
+  return info.format;
+}
+
+function versionString(qmp: QmpClient): string | undefined {
+  const v = qmp.version?.qemu;
+  return v ? `${v.major}.${v.minor}.${v.micro}` : undefined;
+}
+
+/** A stable SMBIOS UUID derived from the VM id. */
+function uuidFromId(id: string): string {
+  const hex = Buffer.from(id).toString('hex').padEnd(32, '0').slice(-32);
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-4${hex.slice(13, 16)}-8${hex.slice(17, 20)}-${hex.slice(20, 32)}`;
+}
