@@ -26,8 +26,15 @@ apt-get download -qq "$kpkg" busybox-static >/dev/null
 dpkg-deb -x linux-image-*.deb kernel
 dpkg-deb -x busybox-static_*.deb bb
 
-mkdir -p root/bin root/proc root/sys root/dev root/etc root/tmp
+mkdir -p root/bin root/proc root/sys root/dev root/etc root/tmp root/lib/modules
 cp bb/bin/busybox root/bin/busybox
+# The ACPI power button and evdev are modules in Debian's kernel; acpid needs both to
+# turn the host's ACPI shutdown request into a power-off.
+for m in drivers/acpi/button.ko drivers/input/evdev.ko; do
+  f=$(find kernel/lib/modules -path "*/$m*" | head -1)
+  [ -n "$f" ] || { echo "build-test-guest: kernel module $m not found" >&2; exit 1; }
+  case "$f" in *.xz) xz -dc "$f" ;; *.zst) zstd -dcq "$f" ;; *) cat "$f" ;; esac > "root/lib/modules/$(basename "$m")"
+done
 gcc -static -O2 -Wall -o root/bin/heartbeat "$here/guest/heartbeat.c"
 cp "$here/guest/init.sh" root/init
 chmod +x root/init root/bin/busybox root/bin/heartbeat

@@ -100,14 +100,15 @@ export async function api<T = any>(base: string, method: string, path: string, b
 }
 
 /** Polls an operation until it is no longer running. */
-export async function waitOp(base: string, opId: string, headers: Record<string, string> = {}): Promise<any> {
-  for (let i = 0; i < 200; i++) {
+export async function waitOp(base: string, opId: string, headers: Record<string, string> = {}, timeoutMs = 60_000): Promise<any> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
     const r = await api(base, 'GET', `/v1/operations/${opId}`, undefined, headers);
     if (r.status !== 200) throw new Error(`operation poll failed: ${r.status} ${JSON.stringify(r.body)}`);
     if (r.body.state !== 'running') return r.body;
     await new Promise((res) => setTimeout(res, 25));
   }
-  throw new Error(`operation ${opId} did not finish`);
+  throw new Error(`operation ${opId} did not finish in ${timeoutMs} ms`);
 }
 
 export const sampleVm = (name: string, extra: Record<string, unknown> = {}) => ({

@@ -1,0 +1,161 @@
+/**
+ * The QEMU driver against real QEMU (TCG here: /dev/kvm on these machines is a PVM
+ * device that cannot boot a normal guest) and a real Linux guest that prints a
+ * heartbeat counter on its serial console every 100 ms.
+ */
+import { execFileSync } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { api, removeDir, spawnDaemon, tempDataDir, waitOp, type DaemonHandle } from '../helpers/daemon.js';
+import { ensureQemuAndGuest, guestVm, heartbeats, serial, waitUntil } from '../helpers/qemu.js';
+
+const BOOT_MS = 60_000;
+let d: DaemonHandle;
+let dataDir: string;
+
+beforeAll(async () => {
+  ensureQemuAndGuest();
+  dataDir = tempDataDir();
+  d = await spawnDaemon({ dataDir, args: ['--driver', 'qemu'] });
+}, 300_000);
+afterAll(async () => {
+  await d?.kill();
+  try {
+    execFileSync('pkill', ['-9', '-f', `${dataDir}/vms/`]);
+  } catch {
+    /* none left */
+  }
+  removeDir(dataDir);
+});
+
+async function startVm(name: string, cmdline = '', extra: Record<string, unknown> = {}) {
+  const created = await api(d.url, 'POST', '/v1/vms', guestVm(name, cmdline, extra));
+  expect(created.status, JSON.stringify(created.body)).toBe(201);
+  const op = await waitOp(d.url, (await api(d.url, 'POST', `/v1/vms/${created.body.id}/start`)).body.id);
+  expect(op.state, JSON.stringify(op)).toBe('succeeded');
+  return created.body.id as string;
+}
+
+describe('qemu driver', { timeout: 180_000 }, () => {
+  it('boots the guest (accelerator reported), pauses and resumes it without resetting the heartbeat', async () => {
+    const id = await startVm('hb-1');
+    const vm = (await api(d.url, 'GET', `/v1/vms/${id}`)).body;
+    expect(vm.state).toBe('running');
+    expect(['kvm', 'tcg']).toContain(vm.runtime.accelerator);
+    expect(vm.runtime.qemu).toMatch(/^\d+\.\d+\.\d+$/);
+    await waitUntil(() => heartbeats(dataDir, id).length >= 5, BOOT_MS, 'heartbeats');
+
+    expect((await waitOp(d.url, (await api(d.url, 'POST', `/v1/vms/${id}/pause`)).body.id)).state).toBe('succeeded');
+    await new Promise((r) => setTimeout(r, 300)); // let the last in-flight line land
+    const atPause = heartbeats(dataDir, id).length;
+    await new Promise((r) => setTimeout(r, 1500));
+    expect(heartbeats(dataDir, id).length).toBe(atPause); // stopped while paused
+
+    expect((await waitOp(d.url, (await api(d.url, 'POST', `/v1/vms/${id}/resume`)).body.id)).state).toBe('succeeded');
+    await waitUntil(() => heartbeats(dataDir, id).length >= atPause + 5, 20_000, 'heartbeats after resume');
+    const hb = heartbeats(dataDir, id);
+    for (let i = 1; i < hb.length; i++) expect(hb[i]).toBe(hb[i - 1]! + 1); // one boot, no reset, no gap in the counter
+  });
+
+  it('reboots: the guest boots again and its counter restarts', async () => {
+    const id = await startVm('reboot-1');
+    await waitUntil(() => heartbeats(dataDir, id).length >= 3, BOOT_MS, 'first boot');
+    expect((await waitOp(d.url, (await api(d.url, 'POST', `/v1/vms/${id}/reboot`)).body.id)).state).toBe('succeeded');
+    await waitUntil(() => (serial(dataDir, id).match(/NOVACRON-GUEST up/g) ?? []).length >= 2, BOOT_MS, 'second boot');
+    await waitUntil(() => heartbeats(dataDir, id).filter((n) => n === 0).length >= 2, 20_000, 'counter restart');
+    expect((await api(d.url, 'GET', `/v1/vms/${id}`)).body.state).toBe('running');
+  });
+
+  it('ACPI shutdown powers the guest off cleanly; force stop kills it', async () => {
+    const a = await startVm('acpi-1');
+    await waitUntil(() => heartbeats(dataDir, a).length >= 3, BOOT_MS, 'boot');
+    const op = await waitOp(d.url, (await api(d.url, 'POST', `/v1/vms/${a}/shutdown`, { timeoutMs: 30_000 })).body.id);
+    expect(op).toMatchObject({ state: 'succeeded', result: { forced: false } });
+    expect(serial(dataDir, a)).toContain('NOVACRON-GUEST poweroff');
+    expect((await api(d.url, 'GET', `/v1/vms/${a}`)).body.state).toBe('stopped');
+
+    const b = await startVm('force-1');
+    const pid = Number(readFileSync(join(dataDir, 'vms', b, 'qemu.pid'), 'utf8'));
+    expect((await waitOp(d.url, (await api(d.url, 'POST', `/v1/vms/${b}/stop`)).body.id)).state).toBe('succeeded');
+    expect(existsSync(`/proc/${pid}`)).toBe(false);
+    expect((await api(d.url, 'GET', `/v1/vms/${b}`)).body.state).toBe('stopped');
+  });
+
+  it('QEMU killed from outside moves the VM to error with the reason', async () => {
+    const id = await startVm('killed-1');
+    const pid = Number(readFileSync(join(dataDir, 'vms', id, 'qemu.pid'), 'utf8'));
+    process.kill(pid, 'SIGKILL');
+    let vm: any;
+    for (let i = 0; i < 100; i++) {
+      vm = (await api(d.url, 'GET', `/v1/vms/${id}`)).body;
+      if (vm.state === 'error') break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    expect(vm.state).toBe('error');
+    expect(vm.stateReason).toMatch(/QEMU exited.*SIGKILL|QEMU exited/);
+    // The operator recovers it.
+    expect((await waitOp(d.url, (await api(d.url, 'POST', `/v1/vms/${id}/start`)).body.id)).state).toBe('succeeded');
+  });
+
+  it('rejects bad specs before starting QEMU, and reports QEMU\'s own start errors', async () => {
+    const missing = await api(d.url, 'POST', '/v1/vms', { ...guestVm('bad-1'), boot: { type: 'kernel', kernel: '/nonexistent/vmlinuz' } });
+    expect(missing.status).toBe(422);
+    expect(missing.body.error).toMatchObject({ code: 'VM_SPEC_INVALID' });
+    expect(missing.body.error.message).toContain('kernel /nonexistent/vmlinuz does not exist');
+    const huge = await api(d.url, 'POST', '/v1/vms', { ...guestVm('bad-2'), memoryMiB: 8 * 1024 * 1024 });
+    expect(huge.status).toBe(422);
+    expect(huge.body.error.message).toContain('exceeds the host');
+
+    // A raw file declared as qcow2: QEMU refuses it and says why.
+    const img = join(dataDir, 'not-qcow2.img');
+    execFileSync('truncate', ['-s', '1M', img]);
+    const created = await api(d.url, 'POST', '/v1/vms', { ...guestVm('bad-3'), disks: [{ name: 'root', image: img, format: 'qcow2' }] });
+    expect(created.status).toBe(201);
+    const op = await waitOp(d.url, (await api(d.url, 'POST', `/v1/vms/${created.body.id}/start`)).body.id);
+    expect(op.state).toBe('failed');
+    expect(op.error.code).toBe('DRIVER_FAILED');
+    expect(op.error.message).toMatch(/QEMU failed to start: .*qcow2/i);
+    expect((await api(d.url, 'GET', `/v1/vms/${created.body.id}`)).body.state).toBe('stopped');
+  });
+
+  it('creates disks with qemu-img and removes them on delete unless kept', async () => {
+    const created = await api(d.url, 'POST', '/v1/vms', { ...guestVm('disks-1'), disks: [{ name: 'data', sizeMiB: 64 }, { name: 'scratch', sizeMiB: 16, format: 'raw' }] });
+    expect(created.status).toBe(201);
+    const id = created.body.id;
+    const qcow = join(dataDir, 'vms', id, 'disk-data.qcow2');
+    const info = JSON.parse(execFileSync('qemu-img', ['info', '--output=json', qcow], { encoding: 'utf8' }));
+    expect(info).toMatchObject({ format: 'qcow2', 'virtual-size': 64 * 1024 * 1024 });
+    expect(existsSync(join(dataDir, 'vms', id, 'disk-scratch.raw'))).toBe(true);
+    expect((await waitOp(d.url, (await api(d.url, 'DELETE', `/v1/vms/${id}`)).body.id)).state).toBe('succeeded');
+    expect(existsSync(join(dataDir, 'vms', id))).toBe(false);
+  });
+});
+
+describe('qemu driver across daemon restarts', { timeout: 180_000 }, () => {
+  it('kill -9 of the daemon leaves the VM running; the restarted daemon reattaches', async () => {
+    const own = tempDataDir();
+    let daemon = await spawnDaemon({ dataDir: own, args: ['--driver', 'qemu'] });
+    try {
+      const created = await api(daemon.url, 'POST', '/v1/vms', guestVm('survivor'));
+      const id = created.body.id;
+      expect((await waitOp(daemon.url, (await api(daemon.url, 'POST', `/v1/vms/${id}/start`)).body.id)).state).toBe('succeeded');
+      await waitUntil(() => heartbeats(own, id).length >= 3, BOOT_MS, 'boot');
+      await daemon.kill('SIGKILL');
+      const before = heartbeats(own, id).length;
+      await waitUntil(() => heartbeats(own, id).length >= before + 5, 10_000, 'guest keeps running without the daemon');
+
+      daemon = await spawnDaemon({ dataDir: own, args: ['--driver', 'qemu'] });
+      const vm = (await api(daemon.url, 'GET', `/v1/vms/${id}`)).body;
+      expect(vm.state).toBe('running');
+      expect((await waitOp(daemon.url, (await api(daemon.url, 'POST', `/v1/vms/${id}/pause`)).body.id)).state).toBe('succeeded');
+      expect((await waitOp(daemon.url, (await api(daemon.url, 'POST', `/v1/vms/${id}/resume`)).body.id)).state).toBe('succeeded');
+      const hb = heartbeats(own, id);
+      for (let i = 1; i < hb.length; i++) expect(hb[i]).toBe(hb[i - 1]! + 1); // never restarted
+      expect((await waitOp(daemon.url, (await api(daemon.url, 'DELETE', `/v1/vms/${id}?force=true`)).body.id)).state).toBe('succeeded');
+    } finally {
+      await daemon.kill();
+      removeDir(own);
+    }
+  });
+});
