@@ -35,8 +35,10 @@ try {
 if (vitest.status !== 0) finish(1, 'vitest failed');
 
 // Benchmarks run in smoke mode so they never rot (figures are not judged here).
-const bench = spawnSync(process.execPath, [join(root, 'bench', 'api', 'run.mjs'), '--quick'], { cwd: root, stdio: 'inherit' });
-if (bench.status !== 0) finish(1, 'bench/api smoke run failed');
+for (const bench of ['api', 'qemu']) {
+  const r = spawnSync(process.execPath, [join(root, 'bench', bench, 'run.mjs'), '--quick'], { cwd: root, stdio: 'inherit' });
+  if (r.status !== 0) finish(1, `bench/${bench} smoke run failed`);
+}
 finish(totals.failed > 0 ? 1 : 0);
 
 function finish(code, why) {

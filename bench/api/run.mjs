@@ -8,11 +8,12 @@
 // is literal. Writes bench/results/api-<time>.json and prints a table. With --check,
 // exits 1 when a target is missed (the SLA runner mode).
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync, mkdirSync, readFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync, readFileSync } from 'node:fs';
 import { tmpdir, cpus } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { writeResults, printTable as printRows, pct } from '../lib/report.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = resolve(here, '..', '..');
@@ -68,9 +69,7 @@ try {
   };
   results.pass = Object.values(results.verdict).every(Boolean);
 
-  mkdirSync(join(root, 'bench', 'results'), { recursive: true });
-  const out = join(root, 'bench', 'results', `api-${results.time.replace(/[:.]/g, '-')}${quick ? '-quick' : ''}.json`);
-  writeFileSync(out, JSON.stringify(results, null, 2));
+  const out = writeResults(root, 'api', results);
   printTable(results);
   console.log(`\nresults: ${out}`);
   if (args.check && !results.pass) {
@@ -182,8 +181,8 @@ function fixedRate(url, pathsFile, rps, seconds) {
   rmSync(dir, { recursive: true, force: true });
   const lat = rows.map((f) => Number(f[2])).sort((a, b) => a - b);
   const errors = rows.filter((f) => !f[1].startsWith('2')).length;
-  const pct = (q) => lat[Math.min(lat.length - 1, Math.floor(q * lat.length))] / 1000;
-  return { rps: Math.round(Number(m[1])), offeredRps: perClient * CONNS, p50Ms: pct(0.5), p90Ms: pct(0.9), p99Ms: pct(0.99), maxMs: lat.at(-1) / 1000, requests: lat.length, errors };
+  const ms = (q) => pct(lat, q) / 1000;
+  return { rps: Math.round(Number(m[1])), offeredRps: perClient * CONNS, p50Ms: ms(0.5), p90Ms: ms(0.9), p99Ms: ms(0.99), maxMs: lat.at(-1) / 1000, requests: lat.length, errors };
 }
 
 function wrk(url, pathsFile, seconds) {
@@ -212,12 +211,7 @@ function printTable(r) {
   for (const [server, run] of Object.entries(r.runs)) {
     for (const [kind, m] of Object.entries(run)) rows.push([server, kind, m.rps, m.p50Ms, m.p99Ms, m.maxMs, m.errors]);
   }
-  const head = ['server', 'request', 'req/s', 'p50 ms', 'p99 ms', 'max ms', 'errors'];
-  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((row) => String(row[i]).length)));
-  const fmt = (row) => row.map((c, i) => String(c).padStart(widths[i])).join('  ');
-  console.log(`\nbench/api: ${r.vms} VMs, ${r.connections} connections, ${r.durationS}s per run${r.pinned ? ', server on CPU 0, wrk on CPU 1' : ''}`);
-  console.log(fmt(head));
-  for (const row of rows) console.log(fmt(row));
+  printRows(`bench/api: ${r.vms} VMs, ${r.connections} connections, ${r.durationS}s per run${r.pinned ? ', server on CPU 0, load generator on CPU 1' : ''}`, ['server', 'request', 'req/s', 'p50 ms', 'p99 ms', 'max ms', 'errors'], rows);
   console.log('(get, list: closed loop at saturation, wrk; getAtTarget: open loop at a fixed offered rate, h2load)');
   console.log(`\nGET by id: ${r.ratio.getRps}x node:http throughput (target >= ${r.targets.ratioVsNodeHttp}x); list: ${r.ratio.listRps}x; p99 at ${r.targets.getRps} req/s: ${r.ratio.getP99AtTarget}x lower than node:http`);
   console.log(`targets: GET >= ${r.targets.getRps} req/s ${r.verdict.getRps ? 'PASS' : 'MISS'}, p99 <= ${r.targets.getP99Ms} ms at ${r.targets.getRps} req/s ${r.verdict.getP99 ? 'PASS' : 'MISS'}, ratio ${r.verdict.ratio ? 'PASS' : 'MISS'}, errors ${r.verdict.errorsFree ? 'none' : 'PRESENT'}`);

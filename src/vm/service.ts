@@ -238,30 +238,28 @@ export class VmService {
     const vmId = op.vmId;
     const vm = this.#byId.get(vmId)!;
     try {
-      let result: Record<string, unknown> | undefined;
+      // The final state and the finished operation are persisted in one write.
+      let final: { to?: VmState; reason?: string; runtime?: Record<string, unknown>; result?: Record<string, unknown> } = {};
       switch (op.kind) {
-        case 'start': {
-          const st = await driver.start(vm);
-          await this.#setState(vmId, 'running', undefined, [], [], st.runtime);
+        case 'start':
+          final = { to: 'running', runtime: (await driver.start(vm)).runtime ?? {} };
           break;
-        }
         case 'stop':
           await driver.stop(vmId);
-          await this.#setState(vmId, 'stopped');
+          final = { to: 'stopped' };
           break;
         case 'shutdown': {
           const { forced } = await driver.shutdown(vmId, { timeoutMs: opts.timeoutMs ?? this.#deps.shutdownTimeoutMs ?? 60_000 });
-          result = { forced };
-          await this.#setState(vmId, 'stopped', forced ? 'guest did not power off in time; forced' : undefined);
+          final = { to: 'stopped', result: { forced }, ...(forced ? { reason: 'guest did not power off in time; forced' } : {}) };
           break;
         }
         case 'pause':
           await driver.pause(vmId);
-          await this.#setState(vmId, 'paused');
+          final = { to: 'paused' };
           break;
         case 'resume':
           await driver.resume(vmId);
-          await this.#setState(vmId, 'running');
+          final = { to: 'running' };
           break;
         case 'reboot':
           await driver.reboot(vmId);
@@ -275,9 +273,12 @@ export class VmService {
           }
           await driver.destroy({ ...vm, runtime: { ...vm.runtime, keepDisks: opts.keepDisks ?? false } });
           await this.#remove(vmId, op);
-          break;
+          return;
       }
-      await this.#finish(op, 'succeeded', { result });
+      const { done, event } = this.#finished(op, 'succeeded', final.result ? { result: final.result } : {});
+      if (final.to) await this.#setState(vmId, final.to, final.reason, [done], [event], final.runtime);
+      else await this.#deps.events.commit([{ key: opKey(op.id), value: pack(done) }], [event]);
+      this.#ops.set(op.id, done);
     } catch (err) {
       this.#deps.log.warn({ err, op: op.id, vmId, kind: op.kind }, 'operation failed');
       await this.#settleAfterFailure(vmId, op.kind, err).catch((e) => this.#deps.log.error({ err: e, vmId }, 'could not settle VM state'));
@@ -302,16 +303,21 @@ export class VmService {
     await this.#setState(vmId, canTransition(vm.state, target) ? target : 'error', reason);
   }
 
-  async #finish(op: OperationRecord, state: 'succeeded' | 'failed', extra: Pick<OperationRecord, 'error' | 'result'>): Promise<void> {
+  /** The finished form of an operation and its event, to be written by the caller. */
+  #finished(op: OperationRecord, state: 'succeeded' | 'failed', extra: Pick<OperationRecord, 'error' | 'result'>): { done: OperationRecord; event: EventDraft } {
     const now = new Date().toISOString();
     const done: OperationRecord = { ...op, ...stripUndefined(extra), state, progress: { percent: 100, message: state }, updatedAt: now, finishedAt: now };
     const vm = this.#byId.get(op.vmId);
-    await this.#deps.events.commit(
-      [{ key: opKey(op.id), value: pack(done) }],
-      [{ type: `operation.${state}`, vmId: op.vmId, tenant: vm?.spec.tenant, operationId: op.id, data: { kind: op.kind, ...stripUndefined(extra) } }],
-    );
-    this.#ops.set(op.id, done);
+    const event: EventDraft = { type: `operation.${state}`, vmId: op.vmId, operationId: op.id, data: { kind: op.kind, ...stripUndefined(extra) } };
+    if (vm) event.tenant = vm.spec.tenant;
     this.#trimOpsCache();
+    return { done, event };
+  }
+
+  async #finish(op: OperationRecord, state: 'succeeded' | 'failed', extra: Pick<OperationRecord, 'error' | 'result'>): Promise<void> {
+    const { done, event } = this.#finished(op, state, extra);
+    await this.#deps.events.commit([{ key: opKey(op.id), value: pack(done) }], [event]);
+    this.#ops.set(op.id, done);
   }
 
   // ---- state persistence -------------------------------------------------------
@@ -335,10 +341,7 @@ export class VmService {
     else delete next.stateReason;
     if (runtime !== undefined) next.runtime = runtime;
     else if (to === 'stopped') delete next.runtime;
-    const drafts: EventDraft[] = [
-      ...extraEvents,
-      { type: 'vm.state', vmId, tenant: vm.spec.tenant, data: stripUndefined({ from: vm.state, to, reason }) },
-    ];
+    const drafts: EventDraft[] = [{ type: 'vm.state', vmId, tenant: vm.spec.tenant, data: stripUndefined({ from: vm.state, to, reason }) }, ...extraEvents];
     await this.#persist(next, drafts, opsToStore.map((o) => ({ key: opKey(o.id), value: pack(o) })));
     return next;
   }
@@ -351,7 +354,12 @@ export class VmService {
 
   async #remove(vmId: string, op: OperationRecord): Promise<void> {
     const vm = this.#byId.get(vmId)!;
-    await this.#deps.events.commit([{ key: vmKey(vmId) }], [{ type: 'vm.deleted', vmId, tenant: vm.spec.tenant, operationId: op.id, data: { name: vm.name } }]);
+    const { done, event } = this.#finished(op, 'succeeded', {});
+    await this.#deps.events.commit(
+      [{ key: vmKey(vmId) }, { key: opKey(op.id), value: pack(done) }],
+      [{ type: 'vm.deleted', vmId, tenant: vm.spec.tenant, operationId: op.id, data: { name: vm.name } }, event],
+    );
+    this.#ops.set(op.id, done);
     this.#byId.delete(vmId);
     this.#byName.delete(vm.name);
     this.#json.delete(vmId);

@@ -19,7 +19,7 @@ describe('GET /v1/events (WebSocket, msgpack)', () => {
     await waitOp(d.url, (await api(d.url, 'POST', `/v1/vms/${vm.id}/start`)).body.id);
     await c.waitFor((x) => x.events.some((e) => e.type === 'operation.succeeded' && e.vmId === vm.id));
     const mine = c.events.filter((e) => e.vmId === vm.id);
-    expect(mine.map((e) => e.type)).toEqual(['vm.created', 'vm.state', 'operation.started', 'vm.state', 'vm.state', 'operation.succeeded']);
+    expect(mine.map((e) => e.type)).toEqual(['vm.created', 'vm.state', 'vm.state', 'operation.started', 'vm.state', 'operation.succeeded']);
     expect(mine.filter((e) => e.type === 'vm.state').map((e) => `${e.data.from}->${e.data.to}`)).toEqual(['pending->stopped', 'stopped->starting', 'starting->running']);
     const seqs = c.events.map((e) => e.seq);
     expect([...seqs].sort((a, b) => a - b)).toEqual(seqs);
