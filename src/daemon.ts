@@ -10,6 +10,8 @@ import { Router } from './api/router.js';
 import { vmRoutes } from './api/routes/vms.js';
 import { systemRoutes } from './api/routes/system.js';
 import { eventsWsRoute } from './api/events-ws.js';
+import { consoleWsRoute } from './api/console-ws.js';
+import { ConsoleHub } from './vm/console.js';
 import { loadUws } from './api/uws.js';
 import type { DaemonConfig } from './config.js';
 import { EventLog } from './events/log.js';
@@ -56,7 +58,7 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
     const server = await ApiServer.listen(
       router,
       { host: config.host, port: config.port, bodyLimitBytes: config.bodyLimitBytes, log, metrics, ...(config.apiToken ? { apiToken: config.apiToken } : {}) },
-      [eventsWsRoute(events, log)],
+      [eventsWsRoute(events, log), consoleWsRoute(vms, new ConsoleHub(driver), log)],
     );
     ready = true;
     log.info({ listen: `${config.host}:${server.port}`, dataDir, driver: driver.name, vms: vms.size, lastEventSeq: events.lastSeq }, 'novacron daemon ready');

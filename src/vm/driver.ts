@@ -44,6 +44,8 @@ export interface HypervisorDriver {
    * checked before anything is created; each entry is a human-readable problem (→ 422).
    */
   validate?(spec: VmSpec): string[];
+  /** Path of the unix socket carrying the VM's serial console, if it has one now. */
+  consoleSocket?(vmId: string): string | undefined;
   /** Prepares resources for a new VM (disk images...). */
   create(vm: VmRecord): Promise<void>;
   start(vm: VmRecord): Promise<DriverInstanceState>;

@@ -58,6 +58,27 @@ describe('qemu driver', { timeout: 180_000 }, () => {
     for (let i = 1; i < hb.length; i++) expect(hb[i]).toBe(hb[i - 1]! + 1); // one boot, no reset, no gap in the counter
   });
 
+  it('streams the serial console over a WebSocket while still logging it', async () => {
+    const id = await startVm('console-1');
+    await waitUntil(() => heartbeats(dataDir, id).length >= 2, BOOT_MS, 'boot');
+    const { default: WebSocket } = await import('ws');
+    const ws = new WebSocket(`${d.url.replace('http', 'ws')}/v1/vms/${id}/console`);
+    let text = '';
+    ws.on('message', (data: Buffer, isBinary: boolean) => {
+      expect(isBinary).toBe(true);
+      text += data.toString('latin1');
+    });
+    await new Promise((r, j) => { ws.once('open', r); ws.once('error', j); });
+    ws.send(Buffer.from('\n'));
+    await waitUntil(() => /HB \d+ \d+\r?\n.*HB \d+ \d+/s.test(text), 10_000, 'console output');
+    const before = heartbeats(dataDir, id).length;
+    await waitUntil(() => heartbeats(dataDir, id).length > before + 3, 10_000, 'log keeps growing while a viewer is attached');
+    ws.close();
+    const unknown = new WebSocket(`${d.url.replace('http', 'ws')}/v1/vms/nope/console`);
+    const status = await new Promise((r) => unknown.once('unexpected-response', (_q, res) => r(res.statusCode)));
+    expect(status).toBe(404);
+  });
+
   it('reboots: the guest boots again and its counter restarts', async () => {
     const id = await startVm('reboot-1');
     await waitUntil(() => heartbeats(dataDir, id).length >= 3, BOOT_MS, 'first boot');

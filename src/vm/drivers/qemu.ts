@@ -57,6 +57,12 @@ export class QemuDriver implements HypervisorDriver {
     return join(this.#opts.dataDir, 'vms', vmId);
   }
 
+  /** The guest's serial console socket, while its QEMU runs. */
+  consoleSocket(vmId: string): string | undefined {
+    const path = join(this.vmDir(vmId), 'console.sock');
+    return this.#instances.has(vmId) && existsSync(path) ? path : undefined;
+  }
+
   /** Problems QEMU would hit, found before it is started (→ 422). */
   validate(spec: VmSpec): string[] {
     const problems: string[] = [];
@@ -155,7 +161,7 @@ export class QemuDriver implements HypervisorDriver {
     if (this.#instances.has(vm.id) || (await this.inspect(vm.id))) await this.stop(vm.id);
     const dir = this.vmDir(vm.id);
     if (vm.runtime?.keepDisks) {
-      for (const f of ['qmp.sock', 'qemu.pid']) rmSync(join(dir, f), { force: true });
+      for (const f of ['qmp.sock', 'console.sock', 'vnc.sock', 'qemu.pid']) rmSync(join(dir, f), { force: true });
     } else {
       rmSync(dir, { recursive: true, force: true });
     }
@@ -200,7 +206,11 @@ export class QemuDriver implements HypervisorDriver {
       '-nodefaults', '-no-user-config', '-display', 'none',
       '-chardev', `socket,id=qmp,path=${join(dir, 'qmp.sock')},server=on,wait=off`,
       '-mon', 'chardev=qmp,mode=control',
-      '-serial', `file:${join(dir, 'serial.log')}`,
+      // Serial console: a socket for interactive viewers (the /console WebSocket) with
+      // everything the guest prints also appended to serial.log.
+      '-chardev', `socket,id=serial0,path=${join(dir, 'console.sock')},server=on,wait=off,logfile=${join(dir, 'serial.log')},logappend=on`,
+      '-serial', 'chardev:serial0',
+      '-vnc', `unix:${join(dir, 'vnc.sock')}`,
       '-pidfile', join(dir, 'qemu.pid'),
       '-uuid', uuidFromId(vm.id),
       '-S',

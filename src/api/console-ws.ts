@@ -1,0 +1,77 @@
+/**
+ * `GET /v1/vms/:id/console`: the VM's serial console over WebSocket. Binary frames both
+ * ways carry raw console bytes; text frames are rejected. The connection closes with
+ * 4404 for an unknown VM and 4409 when the VM has no console (not running).
+ */
+import type { Logger } from 'pino';
+import { NovaError, toErrorBody } from '../errors.js';
+import type { ConsoleHub, ConsoleViewer } from '../vm/console.js';
+import type { VmService } from '../vm/service.js';
+import type { WsRouteInstaller } from './server.js';
+
+interface ConsoleConn {
+  vmId: string;
+  viewer?: ConsoleViewer;
+  closed: boolean;
+}
+
+export function consoleWsRoute(vms: VmService, hub: ConsoleHub, log: Logger): WsRouteInstaller {
+  return (app, authorize) => {
+    app.ws<ConsoleConn>('/v1/vms/:id/console', {
+      compression: 0,
+      maxPayloadLength: 64 * 1024,
+      maxBackpressure: 4 << 20,
+      idleTimeout: 0,
+      upgrade: (res, req, context) => {
+        const auth = req.getHeader('authorization');
+        const ref = decodeURIComponent(req.getParameter(0) ?? '');
+        const key = req.getHeader('sec-websocket-key');
+        const protocol = req.getHeader('sec-websocket-protocol');
+        const extensions = req.getHeader('sec-websocket-extensions');
+        let aborted = false;
+        res.onAborted(() => (aborted = true));
+        const reject = (err: NovaError) => {
+          if (aborted) return;
+          const { status, body } = toErrorBody(err);
+          res.cork(() => res.writeStatus(`${status} ${status === 401 ? 'Unauthorized' : status === 404 ? 'Not Found' : 'Conflict'}`).writeHeader('content-type', 'application/json').end(JSON.stringify(body)));
+        };
+        if (!authorize(auth)) return reject(new NovaError('UNAUTHORIZED'));
+        let vmId: string;
+        try {
+          vmId = vms.get(ref).id;
+        } catch (err) {
+          return reject(err as NovaError);
+        }
+        res.cork(() => res.upgrade<ConsoleConn>({ vmId, closed: false }, key, protocol, extensions, context));
+      },
+      open: (ws) => {
+        const conn = ws.getUserData();
+        try {
+          conn.viewer = hub.attach(
+            conn.vmId,
+            (data) => {
+              if (!conn.closed) ws.send(data, true);
+            },
+            () => {
+              if (!conn.closed) ws.end(1000, 'console closed (VM stopped)');
+            },
+          );
+        } catch (err) {
+          const e = err instanceof NovaError ? err : new NovaError('INTERNAL');
+          if (!(err instanceof NovaError)) log.error({ err }, 'console attach failed');
+          ws.end(e.status === 409 ? 4409 : 4500, e.message);
+        }
+      },
+      message: (ws, message, isBinary) => {
+        const conn = ws.getUserData();
+        if (!isBinary) return void ws.end(4400, 'console frames must be binary');
+        conn.viewer?.write(Buffer.from(message.slice(0)));
+      },
+      close: (ws) => {
+        const conn = ws.getUserData();
+        conn.closed = true;
+        conn.viewer?.close();
+      },
+    });
+  };
+}
