@@ -142,6 +142,8 @@ export function buildProgram(): Command {
     ['pause', 'pause a running VM'],
     ['resume', 'resume a paused VM'],
     ['reboot', 'reboot a running VM'],
+    ['checkpoint', 'save RAM and device state to disk and stop the VM (the next start resumes it)'],
+    ['restore', 'resume a VM from its checkpoint'],
   ];
   for (const [kind, description] of actions) {
     const cmd = vm

@@ -1,6 +1,6 @@
 import { newId } from '../vm/record.js';
 
-export const OPERATION_KINDS = ['start', 'stop', 'shutdown', 'pause', 'resume', 'reboot', 'delete'] as const;
+export const OPERATION_KINDS = ['start', 'stop', 'shutdown', 'pause', 'resume', 'reboot', 'delete', 'checkpoint', 'restore'] as const;
 export type OperationKind = (typeof OPERATION_KINDS)[number];
 
 /** A long-running request, returned with 202 and pollable at /v1/operations/:id. */

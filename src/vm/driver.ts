@@ -48,7 +48,12 @@ export interface HypervisorDriver {
   consoleSocket?(vmId: string): string | undefined;
   /** Prepares resources for a new VM (disk images...). */
   create(vm: VmRecord): Promise<void>;
-  start(vm: VmRecord): Promise<DriverInstanceState>;
+  /** Starts the VM; with `restoreFrom`, from a checkpoint file instead of a cold boot. */
+  start(vm: VmRecord, opts?: { restoreFrom?: string }): Promise<DriverInstanceState>;
+  /** Saves RAM and device state to `path`, then ends the VM process. */
+  checkpoint?(vmId: string, path: string): Promise<{ sizeBytes: number }>;
+  /** Where this driver keeps a VM's checkpoint file. */
+  checkpointPath?(vmId: string): string;
   /** Force stop: the process is killed. */
   stop(vmId: string): Promise<void>;
   /** ACPI power-off, forced after `timeoutMs`. Resolves with whether force was needed. */

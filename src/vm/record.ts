@@ -10,6 +10,8 @@ export interface VmRecord {
   state: VmState;
   /** Why the VM is in `error` (or the last failure), for operators. */
   stateReason?: string;
+  /** A saved RAM + device state; the next start (or restore) resumes from it. */
+  checkpoint?: { path: string; createdAt: string; sizeBytes: number };
   /** The node that owns the VM. */
   node: string;
   /** Incremented on every change; clients can use it for optimistic checks. */

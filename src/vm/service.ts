@@ -3,6 +3,7 @@
  * its event in one atomic store write before anyone is told about it; the in-memory
  * index is a cache of the store, rebuilt on start.
  */
+import { rmSync } from 'node:fs';
 import { pack, unpack } from 'msgpackr';
 import type { Logger } from 'pino';
 import { NovaError } from '../errors.js';
@@ -52,6 +53,8 @@ const ACTIONS: Record<OperationKind, { from: readonly VmState[]; during?: VmStat
   resume: { from: ['paused'], during: 'resuming' },
   reboot: { from: ['running'] },
   delete: { from: ['stopped', 'error', 'pending'], during: 'deleting' },
+  checkpoint: { from: ['running', 'paused'], during: 'stopping' },
+  restore: { from: ['stopped'], during: 'starting' },
 };
 
 export interface VmServiceDeps {
@@ -203,6 +206,8 @@ export class VmService {
         allowedFrom: rule.from,
       });
     }
+    if (kind === 'restore' && !vm.checkpoint) throw new NovaError('VM_INVALID_STATE', `VM "${vm.name}" has no checkpoint to restore`, { state: vm.state });
+    if (kind === 'checkpoint' && !this.#deps.driver.checkpoint) throw new NovaError('VM_INVALID_STATE', `the ${this.#deps.driver.name} driver cannot checkpoint VMs`);
     const op = newOperation(kind, vm.id);
     let done!: () => void;
     this.#active.set(vm.id, new Promise<void>((r) => (done = r)));
@@ -239,11 +244,29 @@ export class VmService {
     const vm = this.#byId.get(vmId)!;
     try {
       // The final state and the finished operation are persisted in one write.
-      let final: { to?: VmState; reason?: string; runtime?: Record<string, unknown>; result?: Record<string, unknown> } = {};
+      let final: {
+        to?: VmState;
+        reason?: string;
+        runtime?: Record<string, unknown>;
+        result?: Record<string, unknown>;
+        checkpoint?: VmRecord['checkpoint'];
+        clearCheckpoint?: boolean;
+      } = {};
       switch (op.kind) {
         case 'start':
-          final = { to: 'running', runtime: (await driver.start(vm)).runtime ?? {} };
+        case 'restore': {
+          // A VM with a checkpoint resumes from it (like libvirt's managed save).
+          const from = vm.checkpoint?.path;
+          final = { to: 'running', runtime: (await driver.start(vm, from ? { restoreFrom: from } : {})).runtime ?? {}, clearCheckpoint: from !== undefined };
+          if (from) final.result = { restoredFrom: from };
           break;
+        }
+        case 'checkpoint': {
+          const path = driver.checkpointPath!(vmId);
+          const { sizeBytes } = await driver.checkpoint!(vmId, path);
+          final = { to: 'stopped', reason: 'checkpointed', checkpoint: { path, createdAt: new Date().toISOString(), sizeBytes }, result: { path, sizeBytes } };
+          break;
+        }
         case 'stop':
           await driver.stop(vmId);
           final = { to: 'stopped' };
@@ -276,7 +299,15 @@ export class VmService {
           return;
       }
       const { done, event } = this.#finished(op, 'succeeded', final.result ? { result: final.result } : {});
+      if (final.checkpoint) this.#byId.set(vmId, { ...this.#byId.get(vmId)!, checkpoint: final.checkpoint });
+      const consumed = final.clearCheckpoint ? this.#byId.get(vmId)!.checkpoint : undefined;
+      if (consumed) {
+        const { checkpoint: _, ...rest } = this.#byId.get(vmId)!;
+        this.#byId.set(vmId, rest);
+      }
       if (final.to) await this.#setState(vmId, final.to, final.reason, [done], [event], final.runtime);
+      // Only once the record no longer points at it: a restored checkpoint is spent.
+      if (consumed) rmSync(consumed.path, { force: true });
       else await this.#deps.events.commit([{ key: opKey(op.id), value: pack(done) }], [event]);
       this.#ops.set(op.id, done);
     } catch (err) {

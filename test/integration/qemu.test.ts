@@ -79,6 +79,33 @@ describe('qemu driver', { timeout: 180_000 }, () => {
     expect(status).toBe(404);
   });
 
+  it('checkpoints and restores: the heartbeat continues from where it was, not from zero', async () => {
+    const id = await startVm('ckpt-1', 'nc.dirty_mib=16 nc.rate=4 nc.model=sparse nc.verify_every=1');
+    await waitUntil(() => heartbeats(dataDir, id).length >= 20, BOOT_MS, 'boot');
+    const ck = await waitOp(d.url, (await api(d.url, 'POST', `/v1/vms/${id}/checkpoint`)).body.id);
+    expect(ck, JSON.stringify(ck)).toMatchObject({ state: 'succeeded', result: { sizeBytes: expect.any(Number) } });
+    const saved = (await api(d.url, 'GET', `/v1/vms/${id}`)).body;
+    expect(saved).toMatchObject({ state: 'stopped', checkpoint: { path: ck.result.path } });
+    expect(existsSync(ck.result.path)).toBe(true);
+    const last = heartbeats(dataDir, id).at(-1)!;
+    const boots = (serial(dataDir, id).match(/NOVACRON-GUEST up/g) ?? []).length;
+
+    const restored = await waitOp(d.url, (await api(d.url, 'POST', `/v1/vms/${id}/restore`)).body.id);
+    expect(restored).toMatchObject({ state: 'succeeded', result: { restoredFrom: ck.result.path } });
+    await waitUntil(() => heartbeats(dataDir, id).length >= 30, 20_000, 'heartbeats after restore');
+    const hb = heartbeats(dataDir, id);
+    const afterIdx = hb.lastIndexOf(last);
+    expect(hb[afterIdx + 1]).toBe(last + 1); // continues, no reset
+    expect((serial(dataDir, id).match(/NOVACRON-GUEST up/g) ?? []).length).toBe(boots); // no new boot
+    await waitUntil(() => /VERIFY ok/.test(serial(dataDir, id).slice(serial(dataDir, id).lastIndexOf(`HB ${last + 1} `))), 20_000, 'working set verified after restore');
+    expect(serial(dataDir, id)).not.toContain('VERIFY FAIL');
+    const vm = (await api(d.url, 'GET', `/v1/vms/${id}`)).body;
+    expect(vm.state).toBe('running');
+    expect(vm.checkpoint).toBeUndefined();
+    expect(existsSync(ck.result.path)).toBe(false); // spent
+    expect((await api(d.url, 'POST', `/v1/vms/${id}/restore`)).status).toBe(409);
+  });
+
   it('reboots: the guest boots again and its counter restarts', async () => {
     const id = await startVm('reboot-1');
     await waitUntil(() => heartbeats(dataDir, id).length >= 3, BOOT_MS, 'first boot');

@@ -62,7 +62,7 @@ export function vmRoutes(router: Router, vms: VmService): void {
     return { status: 202, json: op, headers: { location: `/v1/operations/${op.id}` } };
   });
 
-  const actions: OperationKind[] = ['start', 'stop', 'shutdown', 'pause', 'resume', 'reboot'];
+  const actions: OperationKind[] = ['start', 'stop', 'shutdown', 'pause', 'resume', 'reboot', 'checkpoint', 'restore'];
   for (const kind of actions) {
     router.add('POST', `/v1/vms/:id/${kind}`, async (req) => {
       const body = parseWith(ActionBody, req.body);

@@ -94,7 +94,29 @@ export class QemuDriver implements HypervisorDriver {
     }
   }
 
-  async start(vm: VmRecord): Promise<DriverInstanceState> {
+  checkpointPath(vmId: string): string {
+    return join(this.vmDir(vmId), 'checkpoint.state');
+  }
+
+  /** Pauses, streams RAM + device state to `path` (QEMU migration to a file), then quits. */
+  async checkpoint(vmId: string, path: string): Promise<{ sizeBytes: number }> {
+    const inst = await this.#require(vmId, 'checkpoint');
+    rmSync(path, { force: true });
+    await inst.qmp.execute('stop');
+    try {
+      await inst.qmp.execute('migrate', { uri: migrationUri(inst.qmp, path, 'out') });
+      await this.#waitMigration(inst.qmp, 'checkpoint');
+    } catch (err) {
+      rmSync(path, { force: true });
+      await inst.qmp.execute('cont').catch(() => undefined); // leave it as it was: running
+      throw err instanceof DriverError ? err : new DriverError('checkpoint', (err as Error).message);
+    }
+    await this.stop(vmId);
+    return { sizeBytes: statSync(path).size };
+  }
+
+  async start(vm: VmRecord, opts: { restoreFrom?: string } = {}): Promise<DriverInstanceState> {
+    if (opts.restoreFrom && !existsSync(opts.restoreFrom)) throw new DriverError('start', `checkpoint ${opts.restoreFrom} is missing`);
     if (this.#instances.has(vm.id)) throw new DriverError('start', `VM ${vm.id} already has a QEMU process`);
     const dir = this.vmDir(vm.id);
     mkdirSync(dir, { recursive: true });
@@ -104,7 +126,9 @@ export class QemuDriver implements HypervisorDriver {
     rmSync(join(dir, 'qemu.pid'), { force: true });
     const stderrPath = join(dir, 'qemu.stderr');
     const stderrFd = openSync(stderrPath, 'w');
-    const child = spawn(this.#opts.binary, this.#args(vm, accel), { detached: true, stdio: ['ignore', 'ignore', stderrFd] });
+    const args = this.#args(vm, accel);
+    if (opts.restoreFrom) args.push('-incoming', 'defer');
+    const child = spawn(this.#opts.binary, args, { detached: true, stdio: ['ignore', 'ignore', stderrFd] });
     closeSync(stderrFd);
     child.unref(); // The VM must outlive the daemon.
     let exitInfo: { code: number | null; signal: NodeJS.Signals | null } | undefined;
@@ -118,6 +142,10 @@ export class QemuDriver implements HypervisorDriver {
     });
     const inst = this.#track(vm.id, child.pid!, qmp, child);
     try {
+      if (opts.restoreFrom) {
+        await qmp.execute('migrate-incoming', { uri: migrationUri(qmp, opts.restoreFrom, 'in') });
+        await this.#waitMigration(qmp, 'restore');
+      }
       await qmp.execute('cont');
     } catch (err) {
       await this.stop(vm.id).catch(() => undefined);
@@ -234,6 +262,18 @@ export class QemuDriver implements HypervisorDriver {
     return args;
   }
 
+  /** Polls query-migrate until the migration (to or from a file) completes. */
+  async #waitMigration(qmp: QmpClient, op: string, timeoutMs = 600_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const info = await qmp.execute<{ status?: string; 'error-desc'?: string }>('query-migrate');
+      if (info.status === 'completed') return;
+      if (info.status === 'failed' || info.status === 'cancelled') throw new DriverError(op, `QEMU migration ${info.status}: ${info['error-desc'] ?? 'no detail'}`);
+      if (Date.now() > deadline) throw new DriverError(op, `migration did not complete in ${timeoutMs} ms`);
+      await sleep(20);
+    }
+  }
+
   async #waitForQmp(sock: string, died: () => boolean, timeoutMs: number): Promise<QmpClient> {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
@@ -344,6 +384,14 @@ function run(cmd: string, args: string[], op: string): string {
 function imageFormat(imgBinary: string, path: string): string {
   const info = JSON.parse(run(imgBinary, ['info', '--output=json', path], 'create')) as { format: string };
   return info.format;
+}
+
+/** QEMU 8.2+ migrates to and from files natively; older versions go through a shell. */
+function migrationUri(qmp: QmpClient, path: string, dir: 'in' | 'out'): string {
+  const v = qmp.version?.qemu;
+  if (!v || v.major > 8 || (v.major === 8 && v.minor >= 2)) return `file:${path}`;
+  const quoted = `'${path.replace(/'/g, `'\\''`)}'`;
+  return dir === 'out' ? `exec:cat > ${quoted}` : `exec:cat ${quoted}`;
 }
 
 function versionString(qmp: QmpClient): string | undefined {

@@ -58,6 +58,17 @@ export class SimDriver implements HypervisorDriver {
     return { status: 'running', runtime: { accelerator: 'sim', startedAt: new Date(inst.startedAt).toISOString() } };
   }
 
+  checkpointPath(vmId: string): string {
+    return `sim://${vmId}/checkpoint`;
+  }
+
+  async checkpoint(vmId: string, _path: string): Promise<{ sizeBytes: number }> {
+    await this.#op('stop', vmId);
+    this.#require(vmId, 'stop');
+    this.#instances.delete(vmId);
+    return { sizeBytes: 0 };
+  }
+
   async stop(vmId: string): Promise<void> {
     await this.#op('stop', vmId);
     this.#instances.delete(vmId);
