@@ -306,10 +306,10 @@ export class VmService {
         this.#byId.set(vmId, rest);
       }
       if (final.to) await this.#setState(vmId, final.to, final.reason, [done], [event], final.runtime);
-      // Only once the record no longer points at it: a restored checkpoint is spent.
-      if (consumed) rmSync(consumed.path, { force: true });
       else await this.#deps.events.commit([{ key: opKey(op.id), value: pack(done) }], [event]);
       this.#ops.set(op.id, done);
+      // Only once the record no longer points at it: a restored checkpoint is spent.
+      if (consumed) rmSync(consumed.path, { force: true });
     } catch (err) {
       this.#deps.log.warn({ err, op: op.id, vmId, kind: op.kind }, 'operation failed');
       await this.#settleAfterFailure(vmId, op.kind, err).catch((e) => this.#deps.log.error({ err: e, vmId }, 'could not settle VM state'));
