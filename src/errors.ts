@@ -23,6 +23,9 @@ export const ERROR_CODES = {
   VM_SPEC_INVALID: { status: 422, message: 'VM spec is semantically invalid' },
   // Operations and events
   OPERATION_NOT_FOUND: { status: 404, message: 'no such operation' },
+  SNAPSHOT_NOT_FOUND: { status: 404, message: 'no such snapshot' },
+  SNAPSHOT_EXISTS: { status: 409, message: 'a snapshot with this name already exists' },
+  SNAPSHOT_UNSUPPORTED: { status: 409, message: 'snapshots need qcow2 disks and a driver that supports them' },
   EVENTS_EXPIRED: { status: 410, message: 'requested events are no longer retained' },
   // Drivers
   DRIVER_FAILED: { status: 500, message: 'hypervisor driver operation failed' },

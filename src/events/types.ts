@@ -1,6 +1,6 @@
 /** Event types; a stable vocabulary for WebSocket clients. */
 export const EVENT_TYPES = [
-  'vm.created', 'vm.updated', 'vm.deleted', 'vm.state',
+  'vm.created', 'vm.updated', 'vm.deleted', 'vm.state', 'vm.snapshot',
   'operation.started', 'operation.progress', 'operation.succeeded', 'operation.failed',
 ] as const;
 export type EventType = (typeof EVENT_TYPES)[number];

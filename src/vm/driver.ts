@@ -52,6 +52,8 @@ export interface HypervisorDriver {
   start(vm: VmRecord, opts?: { restoreFrom?: string }): Promise<DriverInstanceState>;
   /** Saves RAM and device state to `path`, then ends the VM process. */
   checkpoint?(vmId: string, path: string): Promise<{ sizeBytes: number }>;
+  /** Internal disk snapshots (qcow2); absent when the driver has none. */
+  snapshots?: DiskSnapshots;
   /** Where this driver keeps a VM's checkpoint file. */
   checkpointPath?(vmId: string): string;
   /** Force stop: the process is killed. */
@@ -66,6 +68,26 @@ export interface HypervisorDriver {
   /** What is really there for this VM now, or undefined if nothing is running. */
   inspect(vmId: string): Promise<DriverInstanceState | undefined>;
   close(): Promise<void>;
+}
+
+export interface DiskSnapshot {
+  name: string;
+  createdAt: string;
+  /** Guest-visible state size saved with it (0 for disk-only snapshots). */
+  vmStateBytes: number;
+  /** Disks that carry this snapshot. */
+  disks: string[];
+}
+
+/**
+ * Internal qcow2 snapshots across all of a VM's disks. `create`/`remove` work on running
+ * VMs (through QMP) and stopped ones (qemu-img); `revert` needs the VM stopped.
+ */
+export interface DiskSnapshots {
+  list(vm: VmRecord, running: boolean): Promise<DiskSnapshot[]>;
+  create(vm: VmRecord, name: string, running: boolean): Promise<void>;
+  revert(vm: VmRecord, name: string): Promise<void>;
+  remove(vm: VmRecord, name: string, running: boolean): Promise<void>;
 }
 
 /** A hypervisor-side failure; `message` is the hypervisor's own words. */

@@ -11,7 +11,7 @@ import type { EventLog } from '../events/log.js';
 import type { EventDraft } from '../events/types.js';
 import { newOperation, opKey, OP_PREFIX, type OperationKind, type OperationRecord } from '../operations/operation.js';
 import { prefixRange, type Store, type WriteOp } from '../store/store.js';
-import { DriverError, type DriverEvent, type DriverInstanceState, type HypervisorDriver } from './driver.js';
+import { DriverError, type DiskSnapshot, type DiskSnapshots, type DriverEvent, type DriverInstanceState, type HypervisorDriver } from './driver.js';
 import { newId, type VmRecord } from './record.js';
 import { semanticProblems, type CreateVmRequest, type PatchVmRequest, type VmSpec } from './spec.js';
 import { allowedTransitions, canTransition, TRANSITIONAL_STATES, VM_STATES, type VmState } from './state.js';
@@ -229,6 +229,71 @@ export class VmService {
       done();
     });
     return op;
+  }
+
+  // ---- disk snapshots ----------------------------------------------------------
+
+  async listSnapshots(ref: string): Promise<DiskSnapshot[]> {
+    const vm = this.get(ref);
+    return this.#snapshotDriver(vm).list(vm, vm.state !== 'stopped');
+  }
+
+  async createSnapshot(ref: string, name: string): Promise<DiskSnapshot> {
+    return this.#snapshotOp(ref, name, 'created', ['stopped', 'running', 'paused'], async (vm, snaps, existing) => {
+      if (existing.some((s) => s.name === name)) throw new NovaError('SNAPSHOT_EXISTS', `VM "${vm.name}" already has a snapshot "${name}"`);
+      await snaps.create(vm, name, vm.state !== 'stopped');
+    });
+  }
+
+  async revertSnapshot(ref: string, name: string): Promise<DiskSnapshot> {
+    return this.#snapshotOp(ref, name, 'reverted', ['stopped'], async (vm, snaps, existing) => {
+      if (!existing.some((s) => s.name === name)) throw new NovaError('SNAPSHOT_NOT_FOUND', `VM "${vm.name}" has no snapshot "${name}"`);
+      await snaps.revert(vm, name);
+    });
+  }
+
+  async deleteSnapshot(ref: string, name: string): Promise<DiskSnapshot> {
+    return this.#snapshotOp(ref, name, 'deleted', ['stopped', 'running', 'paused'], async (vm, snaps, existing) => {
+      if (!existing.some((s) => s.name === name)) throw new NovaError('SNAPSHOT_NOT_FOUND', `VM "${vm.name}" has no snapshot "${name}"`);
+      await snaps.remove(vm, name, vm.state !== 'stopped');
+    });
+  }
+
+  #snapshotDriver(vm: VmRecord): DiskSnapshots {
+    const snaps = this.#deps.driver.snapshots;
+    if (!snaps) throw new NovaError('SNAPSHOT_UNSUPPORTED', `the ${this.#deps.driver.name} driver has no disk snapshots`);
+    if (!vm.spec.disks.some((d) => d.format === 'qcow2' && !d.readOnly)) throw new NovaError('SNAPSHOT_UNSUPPORTED', `VM "${vm.name}" has no writable qcow2 disk`);
+    return snaps;
+  }
+
+  /** Runs a snapshot change exclusively on the VM, in an allowed state, and records it. */
+  async #snapshotOp(
+    ref: string,
+    name: string,
+    action: 'created' | 'reverted' | 'deleted',
+    allowed: VmState[],
+    body: (vm: VmRecord, snaps: DiskSnapshots, existing: DiskSnapshot[]) => Promise<void>,
+  ): Promise<DiskSnapshot> {
+    const vm = this.get(ref);
+    const snaps = this.#snapshotDriver(vm);
+    if (!allowed.includes(vm.state)) throw new NovaError('VM_INVALID_STATE', `cannot ${action.replace(/d$/, '')} a snapshot while the VM is ${vm.state}`, { state: vm.state, allowedFrom: allowed });
+    if (this.#active.has(vm.id)) throw new NovaError('VM_BUSY', `an operation is in progress on "${vm.name}"`);
+    let done!: () => void;
+    this.#active.set(vm.id, new Promise<void>((r) => (done = r)));
+    try {
+      const existing = await snaps.list(vm, vm.state !== 'stopped');
+      try {
+        await body(vm, snaps, existing);
+      } catch (err) {
+        throw err instanceof DriverError ? driverFailure('snapshot', err, vm.id) : err;
+      }
+      await this.#deps.events.commit([], [{ type: 'vm.snapshot', vmId: vm.id, tenant: vm.spec.tenant, data: { action, name } }]);
+      const after = await snaps.list(vm, vm.state !== 'stopped');
+      return after.find((s) => s.name === name) ?? existing.find((s) => s.name === name)!;
+    } finally {
+      this.#active.delete(vm.id);
+      done();
+    }
   }
 
   /** Waits for running operations to finish (graceful shutdown). */

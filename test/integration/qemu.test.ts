@@ -167,6 +167,38 @@ describe('qemu driver', { timeout: 180_000 }, () => {
     expect((await api(d.url, 'GET', `/v1/vms/${created.body.id}`)).body.state).toBe('stopped');
   });
 
+  it('disk snapshots: create on stopped and running VMs, list, revert (stopped only), delete', async () => {
+    const created = await api(d.url, 'POST', '/v1/vms', { ...guestVm('snap-1'), disks: [{ name: 'data', sizeMiB: 64 }] });
+    const id = created.body.id;
+    const disk = join(dataDir, 'vms', id, 'disk-data.qcow2');
+    const qemuIo = (cmd: string) => execFileSync('qemu-io', ['-f', 'qcow2', '-c', cmd, disk], { encoding: 'utf8' });
+    qemuIo('write -P 0xaa 0 64k');
+    const s1 = await api(d.url, 'POST', `/v1/vms/${id}/snapshots`, { name: 's1' });
+    expect(s1.status, JSON.stringify(s1.body)).toBe(201);
+    expect(s1.body).toMatchObject({ name: 's1', disks: ['data'] });
+    expect((await api(d.url, 'POST', `/v1/vms/${id}/snapshots`, { name: 's1' })).body.error.code).toBe('SNAPSHOT_EXISTS');
+    qemuIo('write -P 0xbb 0 64k');
+    const reverted = await api(d.url, 'POST', `/v1/vms/${id}/snapshots/s1/revert`);
+    expect(reverted.status, JSON.stringify(reverted.body)).toBe(200);
+    expect(qemuIo('read -P 0xaa 0 64k')).toContain('read 65536/65536 bytes'); // the 0xbb write is gone
+    expect(() => qemuIo('read -P 0xbb 0 64k')).toThrow();
+
+    // On a running VM, through QMP.
+    expect((await waitOp(d.url, (await api(d.url, 'POST', `/v1/vms/${id}/start`)).body.id)).state).toBe('succeeded');
+    expect((await api(d.url, 'POST', `/v1/vms/${id}/snapshots`, { name: 's2' })).status).toBe(201);
+    expect((await api(d.url, 'GET', `/v1/vms/${id}/snapshots`)).body.items.map((s: any) => s.name)).toEqual(['s1', 's2']);
+    const denied = await api(d.url, 'POST', `/v1/vms/${id}/snapshots/s1/revert`);
+    expect(denied.status).toBe(409);
+    expect(denied.body.error.code).toBe('VM_INVALID_STATE');
+    expect((await api(d.url, 'DELETE', `/v1/vms/${id}/snapshots/s2`)).status).toBe(200);
+    expect((await api(d.url, 'DELETE', `/v1/vms/${id}/snapshots/nope`)).body.error.code).toBe('SNAPSHOT_NOT_FOUND');
+    expect((await api(d.url, 'GET', `/v1/vms/${id}/snapshots`)).body.items.map((s: any) => s.name)).toEqual(['s1']);
+    expect((await api(d.url, 'POST', `/v1/vms/${id}/snapshots`, { name: '../evil' })).status).toBe(400);
+
+    const raw = await api(d.url, 'POST', '/v1/vms', { ...guestVm('snap-raw'), disks: [{ name: 'r', sizeMiB: 8, format: 'raw' }] });
+    expect((await api(d.url, 'POST', `/v1/vms/${raw.body.id}/snapshots`, { name: 'x' })).body.error.code).toBe('SNAPSHOT_UNSUPPORTED');
+  });
+
   it('creates disks with qemu-img and removes them on delete unless kept', async () => {
     const created = await api(d.url, 'POST', '/v1/vms', { ...guestVm('disks-1'), disks: [{ name: 'data', sizeMiB: 64 }, { name: 'scratch', sizeMiB: 16, format: 'raw' }] });
     expect(created.status).toBe(201);

@@ -71,5 +71,16 @@ export function vmRoutes(router: Router, vms: VmService): void {
     }, { body: true });
   }
 
+  const SnapshotName = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, 'letters, digits, ".", "_" and "-", up to 64');
+  const CreateSnapshot = z.strictObject({ name: SnapshotName });
+  const snapshotName = (raw: string) => parseWith(SnapshotName, raw);
+  router.add('GET', '/v1/vms/:id/snapshots', async (req) => ({ status: 200, json: { items: await vms.listSnapshots(req.params.id!) } }));
+  router.add('POST', '/v1/vms/:id/snapshots', async (req) => {
+    const { name } = parseWith(CreateSnapshot, req.body);
+    return { status: 201, json: await vms.createSnapshot(req.params.id!, name) };
+  }, { body: true });
+  router.add('POST', '/v1/vms/:id/snapshots/:name/revert', async (req) => ({ status: 200, json: await vms.revertSnapshot(req.params.id!, snapshotName(req.params.name!)) }));
+  router.add('DELETE', '/v1/vms/:id/snapshots/:name', async (req) => ({ status: 200, json: await vms.deleteSnapshot(req.params.id!, snapshotName(req.params.name!)) }));
+
   router.add('GET', '/v1/operations/:id', async (req) => ({ status: 200, json: await vms.getOperation(req.params.id!) }));
 }

@@ -13,7 +13,7 @@ import { totalmem } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
-import { DriverError, type DriverInstanceState, type HypervisorDriver, type ShutdownOptions } from '../driver.js';
+import { DriverError, type DiskSnapshot, type DiskSnapshots, type DriverInstanceState, type HypervisorDriver, type ShutdownOptions } from '../driver.js';
 import type { VmRecord } from '../record.js';
 import type { VmSpec } from '../spec.js';
 import { probeAccelerator } from '../qemu/accel.js';
@@ -92,6 +92,45 @@ export class QemuDriver implements HypervisorDriver {
       if (disk.sizeMiB) args.push(`${disk.sizeMiB}M`);
       run(this.#opts.imgBinary, args, 'create');
     }
+  }
+
+  /** qcow2 internal snapshots: QMP on a running VM, qemu-img on a stopped one. */
+  readonly snapshots: DiskSnapshots = {
+    list: async (vm) => {
+      const byName = new Map<string, DiskSnapshot>();
+      for (const disk of this.#qcow2Disks(vm)) {
+        const info = JSON.parse(run(this.#opts.imgBinary, ['info', '-U', '--output=json', disk.path], 'snapshot')) as {
+          snapshots?: Array<{ name: string; 'date-sec': number; 'vm-state-size': number }>;
+        };
+        for (const s of info.snapshots ?? []) {
+          const entry = byName.get(s.name) ?? { name: s.name, createdAt: new Date(s['date-sec'] * 1000).toISOString(), vmStateBytes: s['vm-state-size'], disks: [] };
+          entry.disks.push(disk.name);
+          byName.set(s.name, entry);
+        }
+      }
+      return [...byName.values()].sort((a, b) => a.createdAt.localeCompare(b.createdAt) || a.name.localeCompare(b.name));
+    },
+    create: async (vm, name, running) => {
+      for (const disk of this.#qcow2Disks(vm)) {
+        if (running) await (await this.#require(vm.id, 'snapshot')).qmp.execute('blockdev-snapshot-internal-sync', { device: `drive-${disk.name}`, name });
+        else run(this.#opts.imgBinary, ['snapshot', '-c', name, disk.path], 'snapshot');
+      }
+    },
+    revert: async (vm, name) => {
+      for (const disk of this.#qcow2Disks(vm)) run(this.#opts.imgBinary, ['snapshot', '-a', name, disk.path], 'snapshot');
+    },
+    remove: async (vm, name, running) => {
+      for (const disk of this.#qcow2Disks(vm)) {
+        if (running) await (await this.#require(vm.id, 'snapshot')).qmp.execute('blockdev-snapshot-delete-internal-sync', { device: `drive-${disk.name}`, name });
+        else run(this.#opts.imgBinary, ['snapshot', '-d', name, disk.path], 'snapshot');
+      }
+    },
+  };
+
+  #qcow2Disks(vm: VmRecord): Array<{ name: string; path: string }> {
+    return vm.spec.disks
+      .filter((d) => d.format === 'qcow2' && !d.readOnly)
+      .map((d) => ({ name: d.name, path: d.image && !d.clone ? d.image : this.#diskPath(vm.id, d.name, d.format) }));
   }
 
   checkpointPath(vmId: string): string {
