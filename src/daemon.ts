@@ -44,7 +44,14 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
     const events = await EventLog.open(store, { retain: config.eventRetention });
     const driver = selectDriver(config.driver, { sim: config.sim, dataDir, log });
     const vms = await VmService.open({ store, events, driver, nodeId: config.nodeId, log, shutdownTimeoutMs: config.shutdownTimeoutMs });
-    const metrics = new Metrics({ vmsByState: () => vms.countByState(), lastEventSeq: () => events.lastSeq });
+    const metrics = new Metrics({
+      vmsByState: () => vms.countByState(),
+      lastEventSeq: () => events.lastSeq,
+      vmStats: async () => {
+        const rows = await Promise.all(vms.liveVmIds().map(async (id) => ({ vm: id, name: vms.get(id).name, stats: await vms.stats(id).catch(() => undefined) })));
+        return rows.filter((r): r is { vm: string; name: string; stats: NonNullable<typeof r.stats> } => r.stats !== undefined);
+      },
+    });
     events.subscribe({ types: ['operation.succeeded', 'operation.failed'] }, (ev) => {
       metrics.operations.inc({ kind: String(ev.data.kind), result: ev.type === 'operation.succeeded' ? 'succeeded' : 'failed' });
     });

@@ -5,6 +5,8 @@ import { RequestStats } from './request-stats.js';
 export interface MetricSources {
   vmsByState: () => Record<string, number>;
   lastEventSeq: () => number;
+  /** Per-VM resource usage, sampled at scrape time. */
+  vmStats?: () => Promise<Array<{ vm: string; name: string; stats: import('../vm/driver.js').VmStats }>>;
 }
 
 export class Metrics {
@@ -31,6 +33,26 @@ export class Metrics {
           for (const [state, n] of Object.entries(sources.vmsByState())) this.set({ state }, n);
         },
       });
+      if (sources.vmStats) {
+        const sample = sources.vmStats;
+        let last: ReturnType<typeof sample> | undefined;
+        // One sample per scrape, shared by the gauges below.
+        const current = () => (last ??= sample().finally(() => setImmediate(() => (last = undefined))));
+        const perVm = (name: string, help: string, labelNames: string[], fill: (g: Gauge<string>, rows: Awaited<ReturnType<typeof sample>>) => void) =>
+          new Gauge({ name, help, labelNames, registers: [this.registry], async collect() { this.reset(); fill(this, await current()); } });
+        perVm('novacron_vm_cpu_seconds', 'Guest CPU time over all vCPU threads', ['vm', 'name'], (g, rows) => {
+          for (const r of rows) g.set({ vm: r.vm, name: r.name }, r.stats.cpuSeconds);
+        });
+        perVm('novacron_vm_memory_rss_bytes', 'Resident memory of the VM process', ['vm', 'name'], (g, rows) => {
+          for (const r of rows) g.set({ vm: r.vm, name: r.name }, r.stats.memoryRssBytes);
+        });
+        perVm('novacron_vm_disk_read_bytes', 'Bytes read by the guest, per disk', ['vm', 'name', 'disk'], (g, rows) => {
+          for (const r of rows) for (const d of r.stats.disks) g.set({ vm: r.vm, name: r.name, disk: d.name }, d.readBytes);
+        });
+        perVm('novacron_vm_disk_write_bytes', 'Bytes written by the guest, per disk', ['vm', 'name', 'disk'], (g, rows) => {
+          for (const r of rows) for (const d of r.stats.disks) g.set({ vm: r.vm, name: r.name, disk: d.name }, d.writeBytes);
+        });
+      }
       new Gauge({
         name: 'novacron_events_last_seq',
         help: 'Sequence number of the newest persisted event',

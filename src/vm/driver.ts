@@ -52,6 +52,8 @@ export interface HypervisorDriver {
   start(vm: VmRecord, opts?: { restoreFrom?: string }): Promise<DriverInstanceState>;
   /** Saves RAM and device state to `path`, then ends the VM process. */
   checkpoint?(vmId: string, path: string): Promise<{ sizeBytes: number }>;
+  /** Resource usage of a running VM, or undefined when it is not running. */
+  stats?(vmId: string): Promise<VmStats | undefined>;
   /** Internal disk snapshots (qcow2); absent when the driver has none. */
   snapshots?: DiskSnapshots;
   /** Where this driver keeps a VM's checkpoint file. */
@@ -68,6 +70,14 @@ export interface HypervisorDriver {
   /** What is really there for this VM now, or undefined if nothing is running. */
   inspect(vmId: string): Promise<DriverInstanceState | undefined>;
   close(): Promise<void>;
+}
+
+export interface VmStats {
+  /** Guest CPU time summed over vCPU threads, seconds. */
+  cpuSeconds: number;
+  /** Resident memory of the hypervisor process, bytes. */
+  memoryRssBytes: number;
+  disks: Array<{ name: string; readBytes: number; writeBytes: number; readOps: number; writeOps: number }>;
 }
 
 export interface DiskSnapshot {

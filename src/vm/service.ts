@@ -11,7 +11,7 @@ import type { EventLog } from '../events/log.js';
 import type { EventDraft } from '../events/types.js';
 import { newOperation, opKey, OP_PREFIX, type OperationKind, type OperationRecord } from '../operations/operation.js';
 import { prefixRange, type Store, type WriteOp } from '../store/store.js';
-import { DriverError, type DiskSnapshot, type DiskSnapshots, type DriverEvent, type DriverInstanceState, type HypervisorDriver } from './driver.js';
+import { DriverError, type DiskSnapshot, type DiskSnapshots, type DriverEvent, type DriverInstanceState, type HypervisorDriver, type VmStats } from './driver.js';
 import { newId, type VmRecord } from './record.js';
 import { semanticProblems, type CreateVmRequest, type PatchVmRequest, type VmSpec } from './spec.js';
 import { allowedTransitions, canTransition, TRANSITIONAL_STATES, VM_STATES, type VmState } from './state.js';
@@ -229,6 +229,19 @@ export class VmService {
       done();
     });
     return op;
+  }
+
+  /** Live resource usage of a VM (404 unknown; 409 when it is not running). */
+  async stats(ref: string): Promise<VmStats> {
+    const vm = this.get(ref);
+    const stats = await this.#deps.driver.stats?.(vm.id);
+    if (!stats) throw new NovaError('VM_INVALID_STATE', `VM "${vm.name}" has no live statistics while ${vm.state}`, { state: vm.state });
+    return stats;
+  }
+
+  /** Ids of VMs whose hypervisor process should exist (for metrics collection). */
+  liveVmIds(): string[] {
+    return [...this.#byId.values()].filter((vm) => vm.state === 'running' || vm.state === 'paused').map((vm) => vm.id);
   }
 
   // ---- disk snapshots ----------------------------------------------------------

@@ -74,6 +74,15 @@ describe('qemu driver', { timeout: 180_000 }, () => {
     const before = heartbeats(dataDir, id).length;
     await waitUntil(() => heartbeats(dataDir, id).length > before + 3, 10_000, 'log keeps growing while a viewer is attached');
     ws.close();
+
+    // Live statistics: vCPU time from /proc, RSS, block stats; also in /metrics.
+    const stats = await api(d.url, 'GET', `/v1/vms/${id}/stats`);
+    expect(stats.status).toBe(200);
+    expect(stats.body.cpuSeconds).toBeGreaterThan(0);
+    expect(stats.body.memoryRssBytes).toBeGreaterThan(16 << 20);
+    const metrics = (await api(d.url, 'GET', '/metrics')).body as string;
+    expect(metrics).toMatch(new RegExp(`novacron_vm_cpu_seconds\\{vm="${id}",name="console-1"\\} [0-9.]+`));
+    expect(metrics).toMatch(new RegExp(`novacron_vm_memory_rss_bytes\\{vm="${id}",name="console-1"\\} \\d+`));
     const unknown = new WebSocket(`${d.url.replace('http', 'ws')}/v1/vms/nope/console`);
     const status = await new Promise((r) => unknown.once('unexpected-response', (_q, res) => r(res.statusCode)));
     expect(status).toBe(404);

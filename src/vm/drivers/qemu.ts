@@ -13,7 +13,7 @@ import { totalmem } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
-import { DriverError, type DiskSnapshot, type DiskSnapshots, type DriverInstanceState, type HypervisorDriver, type ShutdownOptions } from '../driver.js';
+import { DriverError, type DiskSnapshot, type DiskSnapshots, type DriverInstanceState, type HypervisorDriver, type ShutdownOptions, type VmStats } from '../driver.js';
 import type { VmRecord } from '../record.js';
 import type { VmSpec } from '../spec.js';
 import { probeAccelerator } from '../qemu/accel.js';
@@ -42,6 +42,8 @@ interface Instance {
 }
 
 const UNIX_PATH_MAX = 107;
+/** USER_HZ: the unit of utime/stime in /proc/<pid>/stat (100 on Linux x86-64). */
+const CLOCK_TICKS = 100;
 
 export class QemuDriver implements HypervisorDriver {
   readonly name = 'qemu' as const;
@@ -131,6 +133,32 @@ export class QemuDriver implements HypervisorDriver {
     return vm.spec.disks
       .filter((d) => d.format === 'qcow2' && !d.readOnly)
       .map((d) => ({ name: d.name, path: d.image && !d.clone ? d.image : this.#diskPath(vm.id, d.name, d.format) }));
+  }
+
+  /** CPU time from the vCPU threads (/proc), RSS, and QEMU's block statistics. */
+  async stats(vmId: string): Promise<VmStats | undefined> {
+    const inst = this.#instances.get(vmId);
+    if (!inst) return undefined;
+    const cpus = await inst.qmp.execute<Array<{ 'thread-id': number }>>('query-cpus-fast');
+    let ticks = 0;
+    for (const c of cpus) {
+      try {
+        // Fields after the parenthesised command name: utime and stime are 12th and 13th.
+        const fields = readFileSync(`/proc/${inst.pid}/task/${c['thread-id']}/stat`, 'utf8').split(') ')[1]!.split(' ');
+        ticks += Number(fields[11]) + Number(fields[12]);
+      } catch {
+        /* thread gone between the two calls */
+      }
+    }
+    const rss = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${inst.pid}/status`, 'utf8'));
+    const blocks = await inst.qmp.execute<Array<{ device: string; stats: { rd_bytes: number; wr_bytes: number; rd_operations: number; wr_operations: number } }>>('query-blockstats');
+    return {
+      cpuSeconds: ticks / CLOCK_TICKS,
+      memoryRssBytes: rss ? Number(rss[1]) * 1024 : 0,
+      disks: blocks
+        .filter((b) => b.device.startsWith('drive-'))
+        .map((b) => ({ name: b.device.slice(6), readBytes: b.stats.rd_bytes, writeBytes: b.stats.wr_bytes, readOps: b.stats.rd_operations, writeOps: b.stats.wr_operations })),
+    };
   }
 
   checkpointPath(vmId: string): string {
