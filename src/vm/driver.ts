@@ -52,6 +52,8 @@ export interface HypervisorDriver {
   start(vm: VmRecord, opts?: { restoreFrom?: string }): Promise<DriverInstanceState>;
   /** Saves RAM and device state to `path`, then ends the VM process. */
   checkpoint?(vmId: string, path: string): Promise<{ sizeBytes: number }>;
+  /** Adds a disk to a VM's hardware; `running` asks for a hot-plug. */
+  attachDisk?(vm: VmRecord, disk: import('./spec.js').DiskSpec, running: boolean): Promise<void>;
   /** Resource usage of a running VM, or undefined when it is not running. */
   stats?(vmId: string): Promise<VmStats | undefined>;
   /** Internal disk snapshots (qcow2); absent when the driver has none. */

@@ -13,7 +13,7 @@ import { newOperation, opKey, OP_PREFIX, type OperationKind, type OperationRecor
 import { prefixRange, type Store, type WriteOp } from '../store/store.js';
 import { DriverError, type DiskSnapshot, type DiskSnapshots, type DriverEvent, type DriverInstanceState, type HypervisorDriver, type VmStats } from './driver.js';
 import { newId, type VmRecord } from './record.js';
-import { semanticProblems, type CreateVmRequest, type PatchVmRequest, type VmSpec } from './spec.js';
+import { semanticProblems, type CreateVmRequest, type DiskSpec, type PatchVmRequest, type VmSpec } from './spec.js';
 import { allowedTransitions, canTransition, TRANSITIONAL_STATES, VM_STATES, type VmState } from './state.js';
 
 const VM_PREFIX = 'vm/';
@@ -242,6 +242,33 @@ export class VmService {
   /** Ids of VMs whose hypervisor process should exist (for metrics collection). */
   liveVmIds(): string[] {
     return [...this.#byId.values()].filter((vm) => vm.state === 'running' || vm.state === 'paused').map((vm) => vm.id);
+  }
+
+  /** Adds a disk to a stopped VM, or hot-plugs it into a running one. */
+  async addDisk(ref: string, disk: DiskSpec): Promise<VmRecord> {
+    const vm = this.get(ref);
+    if (vm.state !== 'stopped' && vm.state !== 'running') {
+      throw new NovaError('VM_INVALID_STATE', `disks can be added to stopped or running VMs, not ${vm.state} ones`, { state: vm.state });
+    }
+    if (this.#active.has(vm.id)) throw new NovaError('VM_BUSY', `an operation is in progress on "${vm.name}"`);
+    const spec = { ...vm.spec, disks: [...vm.spec.disks, disk] };
+    const problems = this.#problems(spec);
+    if (problems.length > 0) throw new NovaError('VM_SPEC_INVALID', problems.join('; '), { problems });
+    if (!this.#deps.driver.attachDisk) throw new NovaError('VM_INVALID_STATE', `the ${this.#deps.driver.name} driver cannot add disks`);
+    let done!: () => void;
+    this.#active.set(vm.id, new Promise<void>((r) => (done = r)));
+    try {
+      await this.#deps.driver.attachDisk(vm, disk, vm.state === 'running').catch((err) => {
+        throw err instanceof DriverError ? driverFailure('attach-disk', err, vm.id) : err;
+      });
+      const current = this.#byId.get(vm.id)!;
+      const next: VmRecord = { ...current, spec: { ...current.spec, disks: [...current.spec.disks, disk] }, generation: current.generation + 1, updatedAt: new Date().toISOString() };
+      await this.#persist(next, [{ type: 'vm.updated', data: { diskAdded: disk, hotplug: vm.state === 'running' } }]);
+      return next;
+    } finally {
+      this.#active.delete(vm.id);
+      done();
+    }
   }
 
   // ---- disk snapshots ----------------------------------------------------------

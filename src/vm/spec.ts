@@ -43,6 +43,10 @@ const labels = z
 export const VmSpecFields = {
   vcpus: z.int().min(1).max(512),
   memoryMiB: z.int().min(16).max(16 * 1024 * 1024),
+  /** Guest RAM: anonymous memory, or a file on hugetlbfs (the daemon's hugepagesPath). */
+  memoryBacking: z.enum(['anonymous', 'hugepages']).default('anonymous'),
+  /** An ISO image attached as a read-only CD-ROM. */
+  cdrom: absPath.optional(),
   disks: z.array(DiskSpec).max(32).default([]),
   nics: z.array(NicSpec).max(16).default([]),
   boot: BootSpec.default({ type: 'disk' }),
@@ -57,6 +61,8 @@ export const PatchVmRequest = z
   .strictObject({
     vcpus: VmSpecFields.vcpus.optional(),
     memoryMiB: VmSpecFields.memoryMiB.optional(),
+    memoryBacking: z.enum(['anonymous', 'hugepages']).optional(),
+    cdrom: absPath.optional(),
     disks: z.array(DiskSpec).max(32).optional(),
     nics: z.array(NicSpec).max(16).optional(),
     boot: BootSpec.optional(),

@@ -3,8 +3,8 @@
  * device that cannot boot a normal guest) and a real Linux guest that prints a
  * heartbeat counter on its serial console every 100 ms.
  */
-import { execFileSync } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { api, removeDir, spawnDaemon, tempDataDir, waitOp, type DaemonHandle } from '../helpers/daemon.js';
@@ -206,6 +206,48 @@ describe('qemu driver', { timeout: 180_000 }, () => {
 
     const raw = await api(d.url, 'POST', '/v1/vms', { ...guestVm('snap-raw'), disks: [{ name: 'r', sizeMiB: 8, format: 'raw' }] });
     expect((await api(d.url, 'POST', `/v1/vms/${raw.body.id}/snapshots`, { name: 'x' })).body.error.code).toBe('SNAPSHOT_UNSUPPORTED');
+  });
+
+  it('hot-plugs a disk into a running VM and attaches a CD-ROM', async () => {
+    const iso = join(dataDir, 'media.iso');
+    execFileSync('truncate', ['-s', '2M', iso]);
+    const id = await startVm('hotplug-1', '', { cdrom: iso });
+    const added = await api(d.url, 'POST', `/v1/vms/${id}/disks`, { name: 'extra', sizeMiB: 32 });
+    expect(added.status, JSON.stringify(added.body)).toBe(201);
+    expect(added.body.spec.disks.map((x: any) => x.name)).toEqual(['extra']);
+    const stats = (await api(d.url, 'GET', `/v1/vms/${id}/stats`)).body;
+    expect(stats.disks.map((x: any) => x.name)).toContain('extra'); // QEMU has the device
+    expect((await api(d.url, 'POST', `/v1/vms/${id}/disks`, { name: 'extra', sizeMiB: 8 })).body.error.code).toBe('VM_SPEC_INVALID');
+    // The disk stays in the spec: a cold restart brings it up as a regular disk.
+    expect((await waitOp(d.url, (await api(d.url, 'POST', `/v1/vms/${id}/stop`)).body.id)).state).toBe('succeeded');
+    expect((await waitOp(d.url, (await api(d.url, 'POST', `/v1/vms/${id}/start`)).body.id)).state).toBe('succeeded');
+    expect((await api(d.url, 'GET', `/v1/vms/${id}/stats`)).body.disks.map((x: any) => x.name)).toContain('extra');
+  });
+
+  it('refuses hugepage-backed RAM when hugetlbfs is not mounted', async () => {
+    const r = await api(d.url, 'POST', '/v1/vms', { ...guestVm('huge-1'), memoryBacking: 'hugepages' });
+    if (r.status === 201) return; // this host has hugetlbfs at /dev/hugepages
+    expect(r.status).toBe(422);
+    expect(r.body.error.message).toContain('needs hugetlbfs mounted at /dev/hugepages');
+  });
+
+  it('backs guest RAM with hugepages on hugetlbfs when asked (root: mounts and reserves them for the test)', async (ctx) => {
+    if (process.getuid?.() !== 0) return ctx.skip();
+    const mounted = spawnSync('mountpoint', ['-q', '/dev/hugepages']).status === 0;
+    const before = readFileSync('/proc/sys/vm/nr_hugepages', 'utf8').trim();
+    try {
+      if (!mounted) execFileSync('bash', ['-c', 'mkdir -p /dev/hugepages && mount -t hugetlbfs hugetlbfs /dev/hugepages']);
+      writeFileSync('/proc/sys/vm/nr_hugepages', String(Number(before) + 160));
+      const free = () => Number(/HugePages_Free:\s+(\d+)/.exec(readFileSync('/proc/meminfo', 'utf8'))![1]);
+      const freeBefore = free();
+      const id = await startVm('huge-2', '', { memoryBacking: 'hugepages' });
+      await waitUntil(() => heartbeats(dataDir, id).length >= 2, BOOT_MS, 'boot on hugepages');
+      expect(freeBefore - free()).toBeGreaterThanOrEqual(128); // 256 MiB of 2 MiB pages, preallocated
+      expect((await waitOp(d.url, (await api(d.url, 'DELETE', `/v1/vms/${id}?force=true`)).body.id)).state).toBe('succeeded');
+    } finally {
+      writeFileSync('/proc/sys/vm/nr_hugepages', before);
+      if (!mounted) spawnSync('umount', ['/dev/hugepages']);
+    }
   });
 
   it('creates disks with qemu-img and removes them on delete unless kept', async () => {

@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import type { Router } from '../router.js';
 import { parseWith } from '../validate.js';
-import { CreateVmRequest, PatchVmRequest } from '../../vm/spec.js';
+import { CreateVmRequest, DiskSpec, PatchVmRequest } from '../../vm/spec.js';
 import { VM_STATES } from '../../vm/state.js';
 import type { VmService } from '../../vm/service.js';
 import type { OperationKind } from '../../operations/operation.js';
@@ -74,6 +74,7 @@ export function vmRoutes(router: Router, vms: VmService): void {
   const SnapshotName = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, 'letters, digits, ".", "_" and "-", up to 64');
   const CreateSnapshot = z.strictObject({ name: SnapshotName });
   const snapshotName = (raw: string) => parseWith(SnapshotName, raw);
+  router.add('POST', '/v1/vms/:id/disks', async (req) => ({ status: 201, json: await vms.addDisk(req.params.id!, parseWith(DiskSpec, req.body)) }), { body: true });
   router.add('GET', '/v1/vms/:id/stats', async (req) => ({ status: 200, json: await vms.stats(req.params.id!) }));
   router.add('GET', '/v1/vms/:id/snapshots', async (req) => ({ status: 200, json: { items: await vms.listSnapshots(req.params.id!) } }));
   router.add('POST', '/v1/vms/:id/snapshots', async (req) => {

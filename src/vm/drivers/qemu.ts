@@ -8,14 +8,14 @@
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { EventEmitter } from 'node:events';
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, statfsSync, statSync } from 'node:fs';
 import { totalmem } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import { DriverError, type DiskSnapshot, type DiskSnapshots, type DriverInstanceState, type HypervisorDriver, type ShutdownOptions, type VmStats } from '../driver.js';
 import type { VmRecord } from '../record.js';
-import type { VmSpec } from '../spec.js';
+import type { DiskSpec, VmSpec } from '../spec.js';
 import { probeAccelerator } from '../qemu/accel.js';
 import { QmpClient, type QmpEvent } from '../qemu/qmp.js';
 
@@ -28,7 +28,13 @@ export interface QemuDriverOptions {
   imgBinary?: string;
   /** Skip the probe and use this accelerator. */
   accel?: 'kvm' | 'tcg';
+  /** hugetlbfs mount used for `memoryBacking: hugepages`. Default /dev/hugepages. */
+  hugepagesPath?: string;
 }
+
+/** Free PCIe root ports created at start so disks can be hot-plugged on q35. */
+const HOTPLUG_PORTS = 4;
+const HUGETLBFS_MAGIC = 0x958458f6;
 
 interface Instance {
   pid: number;
@@ -52,7 +58,7 @@ export class QemuDriver implements HypervisorDriver {
   #instances = new Map<string, Instance>();
 
   constructor(opts: QemuDriverOptions) {
-    this.#opts = { binary: 'qemu-system-x86_64', imgBinary: 'qemu-img', ...opts };
+    this.#opts = { binary: 'qemu-system-x86_64', imgBinary: 'qemu-img', hugepagesPath: '/dev/hugepages', ...opts };
   }
 
   vmDir(vmId: string): string {
@@ -77,6 +83,16 @@ export class QemuDriver implements HypervisorDriver {
       mustExist(spec.boot.initrd, 'initrd');
     }
     for (const d of spec.disks) mustExist(d.image, `disk "${d.name}" image`);
+    mustExist(spec.cdrom, 'cdrom image');
+    if (spec.memoryBacking === 'hugepages') {
+      let magic: number | undefined;
+      try {
+        magic = statfsSync(this.#opts.hugepagesPath).type;
+      } catch {
+        /* reported below */
+      }
+      if (magic !== HUGETLBFS_MAGIC) problems.push(`memoryBacking hugepages needs hugetlbfs mounted at ${this.#opts.hugepagesPath}`);
+    }
     return problems;
   }
 
@@ -84,16 +100,40 @@ export class QemuDriver implements HypervisorDriver {
     const dir = this.vmDir(vm.id);
     if (join(dir, 'qmp.sock').length > UNIX_PATH_MAX) throw new DriverError('create', `data directory path too long for a unix socket: ${dir}`);
     mkdirSync(dir, { recursive: true });
-    for (const disk of vm.spec.disks) {
-      if (disk.image && !disk.clone) continue; // used in place
-      const path = this.#diskPath(vm.id, disk.name, disk.format);
-      if (existsSync(path)) continue;
-      const args = ['create', '-q', '-f', disk.format];
-      if (disk.clone && disk.image) args.push('-b', disk.image, '-F', imageFormat(this.#opts.imgBinary, disk.image));
-      args.push(path);
-      if (disk.sizeMiB) args.push(`${disk.sizeMiB}M`);
-      run(this.#opts.imgBinary, args, 'create');
+    for (const disk of vm.spec.disks) this.#createDisk(vm.id, disk);
+  }
+
+  /** Makes the disk's image (unless it is used in place); returns its path. */
+  #createDisk(vmId: string, disk: DiskSpec): string {
+    if (disk.image && !disk.clone) return disk.image;
+    const path = this.#diskPath(vmId, disk.name, disk.format);
+    if (existsSync(path)) return path;
+    const args = ['create', '-q', '-f', disk.format];
+    if (disk.clone && disk.image) args.push('-b', disk.image, '-F', imageFormat(this.#opts.imgBinary, disk.image));
+    args.push(path);
+    if (disk.sizeMiB) args.push(`${disk.sizeMiB}M`);
+    run(this.#opts.imgBinary, args, 'create');
+    return path;
+  }
+
+  /** Adds a disk; on a running VM it is hot-plugged into a free PCIe root port. */
+  async attachDisk(vm: VmRecord, disk: DiskSpec, running: boolean): Promise<void> {
+    const path = this.#createDisk(vm.id, disk);
+    if (!running) return;
+    const { qmp } = await this.#require(vm.id, 'attach-disk');
+    const node = `drive-${disk.name}`;
+    await qmp.execute('blockdev-add', { driver: disk.format, 'node-name': node, 'read-only': disk.readOnly, file: { driver: 'file', filename: path } });
+    let lastError: Error | undefined;
+    for (let port = 0; port < HOTPLUG_PORTS; port++) {
+      try {
+        await qmp.execute('device_add', { driver: 'virtio-blk-pci', drive: node, id: `disk-${disk.name}`, bus: `hp${port}` });
+        return;
+      } catch (err) {
+        lastError = err as Error; // port taken; try the next one
+      }
     }
+    await qmp.execute('blockdev-del', { 'node-name': node }).catch(() => undefined);
+    throw new DriverError('attach-disk', `no free hot-plug port (${HOTPLUG_PORTS} per boot): ${lastError?.message}`);
   }
 
   /** qcow2 internal snapshots: QMP on a running VM, qemu-img on a stopped one. */
@@ -151,13 +191,14 @@ export class QemuDriver implements HypervisorDriver {
       }
     }
     const rss = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${inst.pid}/status`, 'utf8'));
-    const blocks = await inst.qmp.execute<Array<{ device: string; stats: { rd_bytes: number; wr_bytes: number; rd_operations: number; wr_operations: number } }>>('query-blockstats');
+    const blocks = await inst.qmp.execute<Array<{ device: string; qdev?: string; stats: { rd_bytes: number; wr_bytes: number; rd_operations: number; wr_operations: number } }>>('query-blockstats');
     return {
       cpuSeconds: ticks / CLOCK_TICKS,
       memoryRssBytes: rss ? Number(rss[1]) * 1024 : 0,
       disks: blocks
-        .filter((b) => b.device.startsWith('drive-'))
-        .map((b) => ({ name: b.device.slice(6), readBytes: b.stats.rd_bytes, writeBytes: b.stats.wr_bytes, readOps: b.stats.rd_operations, writeOps: b.stats.wr_operations })),
+        .map((b) => ({ ...b, name: b.device.startsWith('drive-') ? b.device.slice(6) : /peripheral\/disk-([^/]+)/.exec(b.qdev ?? '')?.[1] }))
+        .filter((b): b is typeof b & { name: string } => b.name !== undefined)
+        .map((b) => ({ name: b.name, readBytes: b.stats.rd_bytes, writeBytes: b.stats.wr_bytes, readOps: b.stats.rd_operations, writeOps: b.stats.wr_operations })),
     };
   }
 
@@ -294,7 +335,7 @@ export class QemuDriver implements HypervisorDriver {
     const { spec } = vm;
     const args = [
       '-name', `guest=${vm.name},debug-threads=on`,
-      '-machine', `q35,accel=${accel}`,
+      '-machine', `q35,accel=${accel}${spec.memoryBacking === 'hugepages' ? ',memory-backend=ram0' : ''}`,
       '-cpu', accel === 'kvm' ? 'host' : 'max',
       '-smp', String(spec.vcpus),
       '-m', `${spec.memoryMiB}M`,
@@ -310,6 +351,11 @@ export class QemuDriver implements HypervisorDriver {
       '-uuid', uuidFromId(vm.id),
       '-S',
     ];
+    if (spec.memoryBacking === 'hugepages') {
+      args.push('-object', `memory-backend-file,id=ram0,size=${spec.memoryMiB}M,mem-path=${this.#opts.hugepagesPath},share=on,prealloc=on`);
+    }
+    for (let i = 0; i < HOTPLUG_PORTS; i++) args.push('-device', `pcie-root-port,id=hp${i},chassis=${i + 1}`);
+    if (spec.cdrom) args.push('-drive', `file=${spec.cdrom},media=cdrom,readonly=on,if=none,id=cdrom0`, '-device', 'ide-cd,drive=cdrom0,bus=ide.0');
     for (const d of spec.disks) {
       const path = d.image && !d.clone ? d.image : this.#diskPath(vm.id, d.name, d.format);
       args.push('-drive', `file=${path},format=${d.format},if=none,id=drive-${d.name}${d.readOnly ? ',readonly=on' : ''}`);
