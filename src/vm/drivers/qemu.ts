@@ -407,13 +407,48 @@ export class QemuDriver implements HypervisorDriver {
     let markExited!: () => void;
     const inst: Instance = { pid, qmp, expectedExit: false, guestShutdown: false, exited: new Promise<void>((r) => (markExited = r)), ...(child ? { child } : {}) };
     this.#instances.set(vmId, inst);
+    let stopReason = 'stopped by QEMU';
     qmp.on('event', (ev: QmpEvent) => {
-      if (ev.event === 'SHUTDOWN' && ev.data?.guest === true) inst.guestShutdown = true;
-      else if (ev.event === 'RESET' && ev.data?.guest === true) this.events.emit('event', { type: 'guest-reset', vmId });
+      switch (ev.event) {
+        case 'SHUTDOWN':
+          if (ev.data?.guest === true) inst.guestShutdown = true;
+          break;
+        case 'RESET':
+          if (ev.data?.guest === true) this.events.emit('event', { type: 'guest-reset', vmId });
+          break;
+        case 'BLOCK_IO_ERROR':
+          stopReason = `I/O error on ${String(ev.data?.device || ev.data?.['node-name'])}: ${String(ev.data?.reason ?? ev.data?.operation ?? 'unknown')}`;
+          break;
+        case 'GUEST_PANICKED':
+          stopReason = 'guest kernel panicked';
+          break;
+        // STOP/RESUME that NovaCron did not ask for (its own are inside an operation,
+        // which the VM service ignores driver events during).
+        case 'STOP':
+          this.events.emit('event', { type: 'paused', vmId, reason: stopReason });
+          stopReason = 'stopped by QEMU';
+          break;
+        case 'RESUME':
+          this.events.emit('event', { type: 'resumed', vmId });
+          break;
+      }
     });
-    // The QMP socket closes when QEMU exits; confirm with the pid, then report.
+    // The QMP socket closes when QEMU exits; confirm with the pid, then report. If the
+    // process is still there, only the connection was lost: reconnect.
     qmp.once('close', async () => {
       for (let i = 0; i < 100 && alive(pid); i++) await sleep(20);
+      if (alive(pid) && !inst.expectedExit && this.#instances.get(vmId) === inst) {
+        for (let attempt = 0; attempt < 5; attempt++) {
+          const again = await QmpClient.connect(join(this.vmDir(vmId), 'qmp.sock'), 2000).catch(() => undefined);
+          if (again) {
+            this.#opts.log.warn({ vmId, pid }, 'QMP connection lost; reconnected');
+            const next = this.#track(vmId, pid, again, child);
+            void next.exited.then(markExited);
+            return;
+          }
+          await sleep(200 * 2 ** attempt);
+        }
+      }
       if (this.#instances.get(vmId) === inst) this.#instances.delete(vmId);
       markExited();
       if (inst.expectedExit) return;
