@@ -4,10 +4,10 @@
  * 4404 for an unknown VM and 4409 when the VM has no console (not running).
  */
 import type { Logger } from 'pino';
-import { NovaError, toErrorBody } from '../errors.js';
+import { NovaError } from '../errors.js';
 import type { ConsoleHub, ConsoleViewer } from '../vm/console.js';
 import type { VmService } from '../vm/service.js';
-import type { WsRouteInstaller } from './server.js';
+import { upgradeWebSocket, type WsRouteInstaller } from './server.js';
 
 interface ConsoleConn {
   vmId: string;
@@ -22,28 +22,17 @@ export function consoleWsRoute(vms: VmService, hub: ConsoleHub, log: Logger): Ws
       maxPayloadLength: 64 * 1024,
       maxBackpressure: 4 << 20,
       idleTimeout: 0,
-      upgrade: (res, req, context) => {
-        const auth = req.getHeader('authorization');
-        const ref = decodeURIComponent(req.getParameter(0) ?? '');
-        const key = req.getHeader('sec-websocket-key');
-        const protocol = req.getHeader('sec-websocket-protocol');
-        const extensions = req.getHeader('sec-websocket-extensions');
-        let aborted = false;
-        res.onAborted(() => (aborted = true));
-        const reject = (err: NovaError) => {
-          if (aborted) return;
-          const { status, body } = toErrorBody(err);
-          res.cork(() => res.writeStatus(`${status} ${status === 401 ? 'Unauthorized' : status === 404 ? 'Not Found' : 'Conflict'}`).writeHeader('content-type', 'application/json').end(JSON.stringify(body)));
-        };
-        if (!authorize(auth)) return reject(new NovaError('UNAUTHORIZED'));
-        let vmId: string;
-        try {
-          vmId = vms.get(ref).id;
-        } catch (err) {
-          return reject(err as NovaError);
-        }
-        res.cork(() => res.upgrade<ConsoleConn>({ vmId, closed: false }, key, protocol, extensions, context));
-      },
+      upgrade: (res, req, context) =>
+        upgradeWebSocket(res, req, context, authorize, (r): ConsoleConn => {
+          const raw = r.getParameter(0) ?? '';
+          let ref: string;
+          try {
+            ref = decodeURIComponent(raw);
+          } catch {
+            throw new NovaError('VM_NOT_FOUND', `no VM with id or name "${raw}"`);
+          }
+          return { vmId: vms.get(ref).id, closed: false };
+        }),
       open: (ws) => {
         const conn = ws.getUserData();
         try {

@@ -14,11 +14,11 @@
 import { Packr } from 'msgpackr';
 import { z } from 'zod';
 import type { Logger } from 'pino';
-import { NovaError, toErrorBody } from '../errors.js';
+import { NovaError } from '../errors.js';
 import type { EventLog } from '../events/log.js';
 import type { EventFilter, NovaEvent } from '../events/types.js';
 import type { UWS } from './uws.js';
-import type { WsRouteInstaller } from './server.js';
+import { upgradeWebSocket, type WsRouteInstaller } from './server.js';
 import { parseWith } from './validate.js';
 
 const packr = new Packr({ useRecords: false });
@@ -58,38 +58,19 @@ export function eventsWsRoute(events: EventLog, log: Logger): WsRouteInstaller {
       closeOnBackpressureLimit: 0, // We close ourselves, with a code that tells the client to resume.
       idleTimeout: 120,
       sendPingsAutomatically: true,
-      upgrade: (res, req, context) => {
-        const auth = req.getHeader('authorization');
-        const query = new URLSearchParams(req.getQuery() ?? '');
-        const key = req.getHeader('sec-websocket-key');
-        const protocol = req.getHeader('sec-websocket-protocol');
-        const extensions = req.getHeader('sec-websocket-extensions');
-        let aborted = false;
-        res.onAborted(() => (aborted = true));
-        const reject = (err: NovaError) => {
-          if (aborted) return;
-          const { status, body } = toErrorBody(err);
-          res.cork(() => res.writeStatus(`${status} ${status === 401 ? 'Unauthorized' : 'Bad Request'}`).writeHeader('content-type', 'application/json').end(JSON.stringify(body)));
-        };
-        if (!authorize(auth)) return reject(new NovaError('UNAUTHORIZED'));
-        let conn: Conn;
-        try {
-          const raw: Record<string, unknown> = Object.fromEntries(query);
+      upgrade: (res, req, context) =>
+        upgradeWebSocket(res, req, context, authorize, (r): Conn => {
           const q = parseWith(
             z.strictObject({ from: z.coerce.number().int().min(0).optional(), vmId: z.string().max(64).optional(), tenant: z.string().max(63).optional(), types: z.string().max(2048).optional() }),
-            raw,
+            Object.fromEntries(new URLSearchParams(r.getQuery() ?? '')),
             'BAD_QUERY',
           );
           const filter: EventFilter = {};
           if (q.vmId) filter.vmId = q.vmId;
           if (q.tenant) filter.tenant = q.tenant;
           if (q.types) filter.types = q.types.split(',').filter(Boolean);
-          conn = { filter, cursor: 0, replaying: false, buffered: [], closed: false, drainWaiters: [], generation: 0, initial: q.from !== undefined ? { from: q.from } : {} };
-        } catch (err) {
-          return reject(err as NovaError);
-        }
-        res.cork(() => res.upgrade(conn, key, protocol, extensions, context));
-      },
+          return { filter, cursor: 0, replaying: false, buffered: [], closed: false, drainWaiters: [], generation: 0, initial: q.from !== undefined ? { from: q.from } : {} };
+        }),
       open: (ws) => {
         const conn = ws.getUserData();
         subscribe(ws, conn, conn.initial?.from, conn.filter);

@@ -28,8 +28,35 @@ export interface WsRouteInstaller {
   (app: UWS.TemplatedApp, authorize: (header: string) => boolean): void;
 }
 
+/**
+ * The shared WebSocket upgrade: checks the bearer token, lets `build` read the request
+ * (synchronously, as uWS requires) into the connection's user data, and answers a
+ * NovaError from either step with its HTTP status and error body instead of upgrading.
+ */
+export function upgradeWebSocket<T>(
+  res: UWS.HttpResponse,
+  req: UWS.HttpRequest,
+  context: UWS.us_socket_context_t,
+  authorize: (header: string) => boolean,
+  build: (req: UWS.HttpRequest) => T,
+): void {
+  const key = req.getHeader('sec-websocket-key');
+  const protocol = req.getHeader('sec-websocket-protocol');
+  const extensions = req.getHeader('sec-websocket-extensions');
+  let data: T;
+  try {
+    if (!authorize(req.getHeader('authorization'))) throw new NovaError('UNAUTHORIZED');
+    data = build(req);
+  } catch (err) {
+    const { status, body } = toErrorBody(err);
+    res.cork(() => res.writeStatus(statusLine(status)).writeHeader('content-type', 'application/json').end(JSON.stringify(body)));
+    return;
+  }
+  res.cork(() => res.upgrade(data, key, protocol, extensions, context));
+}
+
 const STATUS_LINES = new Map<number, string>();
-function statusLine(status: number): string {
+export function statusLine(status: number): string {
   let line = STATUS_LINES.get(status);
   if (!line) {
     line = `${status} ${STATUS_CODES[status] ?? 'Unknown'}`;
