@@ -23,6 +23,7 @@ export const ConfigSchema = z.strictObject({
   bodyLimitBytes: z.int().min(1024).max(64 << 20).default(1 << 20),
   shutdownTimeoutMs: z.int().min(0).default(60_000),
   eventRetention: z.int().min(1000).default(100_000),
+  telemetryIntervalMs: z.int().min(100).max(60_000).default(2000),
   sim: z.strictObject({ latencyMs: simOpRecord.optional(), failureRate: simOpRecord.optional() }).default({}),
 });
 

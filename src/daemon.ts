@@ -12,6 +12,8 @@ import { systemRoutes } from './api/routes/system.js';
 import { eventsWsRoute } from './api/events-ws.js';
 import { consoleWsRoute } from './api/console-ws.js';
 import { ConsoleHub } from './vm/console.js';
+import { telemetryWsRoute } from './api/telemetry-ws.js';
+import { TelemetrySampler } from './telemetry/sampler.js';
 import { loadUws } from './api/uws.js';
 import type { DaemonConfig } from './config.js';
 import { EventLog } from './events/log.js';
@@ -56,6 +58,7 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
       metrics.operations.inc({ kind: String(ev.data.kind), result: ev.type === 'operation.succeeded' ? 'succeeded' : 'failed' });
     });
 
+    const sampler = new TelemetrySampler(vms, log, config.telemetryIntervalMs);
     const router = new Router();
     systemRoutes(router, metrics, {
       ready: () => ready,
@@ -65,7 +68,7 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
     const server = await ApiServer.listen(
       router,
       { host: config.host, port: config.port, bodyLimitBytes: config.bodyLimitBytes, log, metrics, ...(config.apiToken ? { apiToken: config.apiToken } : {}) },
-      [eventsWsRoute(events, log), consoleWsRoute(vms, new ConsoleHub(driver), log)],
+      [eventsWsRoute(events, log), consoleWsRoute(vms, new ConsoleHub(driver), log), telemetryWsRoute(sampler)],
     );
     ready = true;
     log.info({ listen: `${config.host}:${server.port}`, dataDir, driver: driver.name, vms: vms.size, lastEventSeq: events.lastSeq }, 'novacron daemon ready');
@@ -80,6 +83,7 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
       close: () =>
         (closing ??= (async () => {
           ready = false;
+          sampler.stop();
           await server.close();
           await vms.drain();
           await driver.close();

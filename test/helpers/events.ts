@@ -21,8 +21,8 @@ export class EventClient {
     });
   }
 
-  static connect(url: string, query = '', headers: Record<string, string> = {}): Promise<EventClient> {
-    const ws = new WebSocket(`${url.replace('http', 'ws')}/v1/events${query}`, { headers });
+  static connect(url: string, query = '', headers: Record<string, string> = {}, path = '/v1/events'): Promise<EventClient> {
+    const ws = new WebSocket(`${url.replace('http', 'ws')}${path}${query}`, { headers });
     return new Promise((resolve, reject) => {
       ws.once('open', () => resolve(new EventClient(ws)));
       ws.once('unexpected-response', (_req, res) => reject(Object.assign(new Error(`upgrade refused: ${res.statusCode}`), { status: res.statusCode })));

@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { api, removeDir, spawnDaemon, tempDataDir, waitOp, type DaemonHandle } from '../helpers/daemon.js';
 import { ensureQemuAndGuest, guestVm, heartbeats, serial, waitUntil } from '../helpers/qemu.js';
+import { EventClient } from '../helpers/events.js';
 
 const BOOT_MS = 60_000;
 let d: DaemonHandle;
@@ -83,6 +84,12 @@ describe('qemu driver', { timeout: 180_000 }, () => {
     const metrics = (await api(d.url, 'GET', '/metrics')).body as string;
     expect(metrics).toMatch(new RegExp(`novacron_vm_cpu_seconds\\{vm="${id}",name="console-1"\\} [0-9.]+`));
     expect(metrics).toMatch(new RegExp(`novacron_vm_memory_rss_bytes\\{vm="${id}",name="console-1"\\} \\d+`));
+    // The same figures stream as telemetry frames.
+    const tele = await EventClient.connect(d.url, '', {}, `/v1/telemetry?vmId=${id}`);
+    await tele.waitFor((c) => c.frames.some((f) => f.type === 'samples' && f.samples.length === 1), 10_000);
+    const sample = tele.frames.find((f) => f.type === 'samples' && f.samples.length === 1).samples[0];
+    expect(sample).toMatchObject({ vmId: id, name: 'console-1', stats: { cpuSeconds: expect.any(Number) } });
+    tele.close();
     const unknown = new WebSocket(`${d.url.replace('http', 'ws')}/v1/vms/nope/console`);
     const status = await new Promise((r) => unknown.once('unexpected-response', (_q, res) => r(res.statusCode)));
     expect(status).toBe(404);
