@@ -13,6 +13,7 @@ import { eventsWsRoute } from './api/events-ws.js';
 import { consoleWsRoute } from './api/console-ws.js';
 import { ConsoleHub } from './vm/console.js';
 import { telemetryWsRoute } from './api/telemetry-ws.js';
+import { vncWsRoute } from './api/vnc-ws.js';
 import { TelemetrySampler } from './telemetry/sampler.js';
 import { loadUws } from './api/uws.js';
 import type { DaemonConfig } from './config.js';
@@ -68,7 +69,7 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
     const server = await ApiServer.listen(
       router,
       { host: config.host, port: config.port, bodyLimitBytes: config.bodyLimitBytes, log, metrics, ...(config.apiToken ? { apiToken: config.apiToken } : {}) },
-      [eventsWsRoute(events, log), consoleWsRoute(vms, new ConsoleHub(driver), log), telemetryWsRoute(sampler)],
+      [eventsWsRoute(events, log), consoleWsRoute(vms, new ConsoleHub(driver), log), telemetryWsRoute(sampler), vncWsRoute(vms, driver)],
     );
     ready = true;
     log.info({ listen: `${config.host}:${server.port}`, dataDir, driver: driver.name, vms: vms.size, lastEventSeq: events.lastSeq }, 'novacron daemon ready');

@@ -46,6 +46,8 @@ export interface HypervisorDriver {
   validate?(spec: VmSpec): string[];
   /** Path of the unix socket carrying the VM's serial console, if it has one now. */
   consoleSocket?(vmId: string): string | undefined;
+  /** Path of the unix socket of the VM's VNC server, if it has one now. */
+  vncSocket?(vmId: string): string | undefined;
   /** Prepares resources for a new VM (disk images...). */
   create(vm: VmRecord): Promise<void>;
   /** Starts the VM; with `restoreFrom`, from a checkpoint file instead of a cold boot. */

@@ -84,6 +84,15 @@ describe('qemu driver', { timeout: 180_000 }, () => {
     const metrics = (await api(d.url, 'GET', '/metrics')).body as string;
     expect(metrics).toMatch(new RegExp(`novacron_vm_cpu_seconds\\{vm="${id}",name="console-1"\\} [0-9.]+`));
     expect(metrics).toMatch(new RegExp(`novacron_vm_memory_rss_bytes\\{vm="${id}",name="console-1"\\} \\d+`));
+    // The display: the VNC bridge speaks RFB (QEMU's server greets with its version).
+    const vnc = new WebSocket(`${d.url.replace('http', 'ws')}/v1/vms/${id}/vnc`);
+    const banner = await new Promise<string>((r, j) => {
+      vnc.once('message', (data: Buffer) => r(data.toString('latin1')));
+      vnc.once('error', j);
+    });
+    expect(banner).toMatch(/^RFB 003\.00\d\n/);
+    vnc.close();
+
     // The same figures stream as telemetry frames.
     const tele = await EventClient.connect(d.url, '', {}, `/v1/telemetry?vmId=${id}`);
     await tele.waitFor((c) => c.frames.some((f) => f.type === 'samples' && f.samples.length === 1), 10_000);

@@ -71,6 +71,12 @@ export class QemuDriver implements HypervisorDriver {
     return this.#instances.has(vmId) && existsSync(path) ? path : undefined;
   }
 
+  /** The VM's VNC server socket (one connection per viewer), while its QEMU runs. */
+  vncSocket(vmId: string): string | undefined {
+    const path = join(this.vmDir(vmId), 'vnc.sock');
+    return this.#instances.has(vmId) && existsSync(path) ? path : undefined;
+  }
+
   /** Problems QEMU would hit, found before it is started (→ 422). */
   validate(spec: VmSpec): string[] {
     const problems: string[] = [];
