@@ -8,6 +8,7 @@ import { NovaError } from '../errors.js';
 import type { ConsoleHub, ConsoleViewer } from '../vm/console.js';
 import type { VmService } from '../vm/service.js';
 import { upgradeWebSocket, type WsRouteInstaller } from './server.js';
+import { vmFromParam } from './vm-param.js';
 
 interface ConsoleConn {
   vmId: string;
@@ -23,16 +24,7 @@ export function consoleWsRoute(vms: VmService, hub: ConsoleHub, log: Logger): Ws
       maxBackpressure: 4 << 20,
       idleTimeout: 0,
       upgrade: (res, req, context) =>
-        upgradeWebSocket(res, req, context, authorize, (r): ConsoleConn => {
-          const raw = r.getParameter(0) ?? '';
-          let ref: string;
-          try {
-            ref = decodeURIComponent(raw);
-          } catch {
-            throw new NovaError('VM_NOT_FOUND', `no VM with id or name "${raw}"`);
-          }
-          return { vmId: vms.get(ref).id, closed: false };
-        }),
+        upgradeWebSocket(res, req, context, authorize, (r): ConsoleConn => ({ vmId: vmFromParam(vms, r.getParameter(0) ?? '').id, closed: false })),
       open: (ws) => {
         const conn = ws.getUserData();
         try {

@@ -7,6 +7,7 @@ import { NovaError } from '../errors.js';
 import type { HypervisorDriver } from '../vm/driver.js';
 import type { VmService } from '../vm/service.js';
 import { upgradeWebSocket, type WsRouteInstaller } from './server.js';
+import { vmFromParam } from './vm-param.js';
 
 interface VncConn {
   path: string;
@@ -23,14 +24,7 @@ export function vncWsRoute(vms: VmService, driver: HypervisorDriver): WsRouteIns
       idleTimeout: 0,
       upgrade: (res, req, context) =>
         upgradeWebSocket(res, req, context, authorize, (r): VncConn => {
-          const raw = r.getParameter(0) ?? '';
-          let ref: string;
-          try {
-            ref = decodeURIComponent(raw);
-          } catch {
-            throw new NovaError('VM_NOT_FOUND', `no VM with id or name "${raw}"`);
-          }
-          const vm = vms.get(ref);
+          const vm = vmFromParam(vms, r.getParameter(0) ?? '');
           const path = driver.vncSocket?.(vm.id);
           if (!path) throw new NovaError('VM_INVALID_STATE', `VM "${vm.name}" has no display right now (is it running under the qemu driver?)`, { state: vm.state });
           return { path, closed: false };
