@@ -31,6 +31,56 @@ export declare class NativeStore {
   close(): void
 }
 
+/** Destination side of the page codec. */
+export declare class PageDecoder {
+  /** Must match the encoder's `capacityPages`. */
+  constructor(capacityPages: number)
+  /**
+   * Decodes a batch of frames. A corrupt or inconsistent frame rejects the whole batch
+   * (error codes `CODEC_*`) and changes nothing.
+   */
+  decode(frames: Buffer): BindingDecoded
+}
+
+/** Source side of the page codec (see the `novacron-memdelta` crate). */
+export declare class PageEncoder {
+  /**
+   * `capacityPages`: pages remembered for deltas and duplicates; the decoder must use
+   * the same value.
+   */
+  constructor(capacityPages: number)
+  /** Encodes `pages` (4 KiB each) at `indices` (little-endian u64 per page) into frames. */
+  encode(indices: Buffer, pages: Buffer): Buffer
+  /** Counters since creation. */
+  stats(): BindingEncodeStats
+}
+
+/** Decoded pages: `indices` (little-endian u64 each) and the 4 KiB pages, in order. */
+export interface BindingDecoded {
+  /** Page indices, little-endian u64 each. */
+  indices: Buffer
+  /** Page contents, 4 KiB each. */
+  pages: Buffer
+}
+
+/** Counters of an encoder since it was created. */
+export interface BindingEncodeStats {
+  /** Pages encoded. */
+  pages: number
+  /** Bytes produced, frame headers included. */
+  wireBytes: number
+  /** Pages per frame kind. */
+  zero: number
+  /** Pages sent as a reference to content the destination holds. */
+  dup: number
+  /** Pages sent as an XOR delta. */
+  xor: number
+  /** Pages sent LZ4-compressed. */
+  lz4: number
+  /** Pages sent raw. */
+  raw: number
+}
+
 /** A key-value pair from a scan. */
 export interface BindingKeyValue {
   /** Key bytes. */

@@ -773,6 +773,8 @@ if (
   }
 }
 
-const { NativeStore } = nativeBinding
+const { NativeStore, PageDecoder, PageEncoder } = nativeBinding
 export { NativeStore }
+export { PageDecoder }
+export { PageEncoder }
 export const __napiBindingTarget = __napiLoadedBindingTarget

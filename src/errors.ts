@@ -37,6 +37,12 @@ export const ERROR_CODES = {
   STORE_INVALID_ARGUMENT: { status: 500, message: 'invalid store argument' },
   STORE_CLOSED: { status: 503, message: 'store is closed' },
   STORE_INTERNAL: { status: 500, message: 'store error' },
+  // Page codec (codes come from crates/memdelta)
+  CODEC_TRUNCATED: { status: 400, message: 'page frame stream is truncated' },
+  CODEC_MALFORMED: { status: 400, message: 'page frame is malformed' },
+  CODEC_INCONSISTENT: { status: 409, message: 'page frame refers to state the decoder does not hold' },
+  CODEC_CHECKSUM: { status: 400, message: 'page frame checksum mismatch' },
+  CODEC_INVALID_ARGUMENT: { status: 500, message: 'invalid page codec argument' },
   // Daemon
   CONFIG_INVALID: { status: 500, message: 'daemon configuration is invalid' },
   SHUTTING_DOWN: { status: 503, message: 'daemon is shutting down' },

@@ -7,8 +7,10 @@
 
 #![deny(clippy::all)]
 
+mod memdelta;
 mod store;
 
+pub use memdelta::*;
 pub use store::*;
 
 /// Formats a domain error for JavaScript: `CODE: message`.
