@@ -36,10 +36,12 @@ export declare class PageDecoder {
   /** Must match the encoder's `capacityPages`. */
   constructor(capacityPages: number)
   /**
-   * Decodes a batch of frames. A corrupt or inconsistent frame rejects the whole batch
-   * (error codes `CODEC_*`) and changes nothing.
+   * Decodes a batch of frames into JS-owned buffers: page indices (little-endian u64
+   * each) into `outIndices` and page contents into `outPages`; returns the page count.
+   * A corrupt or inconsistent frame rejects the whole batch (`CODEC_*`) and changes
+   * nothing in the decoder.
    */
-  decode(frames: Buffer): BindingDecoded
+  decodeInto(frames: Buffer, outIndices: Buffer, outPages: Buffer): number
 }
 
 /** Source side of the page codec (see the `novacron-memdelta` crate). */
@@ -49,18 +51,14 @@ export declare class PageEncoder {
    * the same value.
    */
   constructor(capacityPages: number)
-  /** Encodes `pages` (4 KiB each) at `indices` (little-endian u64 per page) into frames. */
-  encode(indices: Buffer, pages: Buffer): Buffer
+  /**
+   * Encodes `pages` (4 KiB each) at `indices` (little-endian u64 per page) into `out`,
+   * a JS-owned buffer of at least `maxEncodedLen(pages)` bytes; returns the bytes written.
+   * (JS-owned output keeps large transient buffers off V8's external-memory accounting.)
+   */
+  encodeInto(indices: Buffer, pages: Buffer, out: Buffer): number
   /** Counters since creation. */
   stats(): BindingEncodeStats
-}
-
-/** Decoded pages: `indices` (little-endian u64 each) and the 4 KiB pages, in order. */
-export interface BindingDecoded {
-  /** Page indices, little-endian u64 each. */
-  indices: Buffer
-  /** Page contents, 4 KiB each. */
-  pages: Buffer
 }
 
 /** Counters of an encoder since it was created. */
@@ -116,3 +114,6 @@ export interface BindingWriteOp {
   /** New value; omit to delete the key. */
   value?: Buffer
 }
+
+/** Worst-case encoded size of `pages` pages (a raw page plus a frame header each). */
+export declare function maxEncodedLen(pages: number): number

@@ -773,8 +773,9 @@ if (
   }
 }
 
-const { NativeStore, PageDecoder, PageEncoder } = nativeBinding
+const { NativeStore, PageDecoder, PageEncoder, maxEncodedLen } = nativeBinding
 export { NativeStore }
 export { PageDecoder }
 export { PageEncoder }
+export { maxEncodedLen }
 export const __napiBindingTarget = __napiLoadedBindingTarget

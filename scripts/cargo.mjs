@@ -5,6 +5,9 @@ import { spawnSync } from 'node:child_process';
 import { cargoEnv, hostTarget } from './lib/env.mjs';
 
 const args = process.argv.slice(2);
-if (['build', 'test', 'check', 'clippy', 'bench'].includes(args[0]) && !args.includes('--target')) args.push('--target', hostTarget());
+if (['build', 'test', 'check', 'clippy', 'bench'].includes(args[0]) && !args.includes('--target')) {
+  const sep = args.indexOf('--'); // arguments after `--` belong to the test binary
+  args.splice(sep === -1 ? args.length : sep, 0, '--target', hostTarget());
+}
 const result = spawnSync('cargo', args, { stdio: 'inherit', env: cargoEnv() });
 process.exit(result.status ?? 1);

@@ -1,10 +1,13 @@
 /**
  * Typed wrappers over the page codec (crates/memdelta). Page data stays in Buffers end to
- * end: inputs are borrowed by Rust, outputs are handed over without copying.
+ * end: inputs are borrowed by Rust, and outputs are written into JS-owned buffers that
+ * the wrappers reuse, so steady-state encoding and decoding allocate nothing.
  */
 import { binding, callNative, type Binding } from './binding.js';
 
 export const PAGE_SIZE = 4096;
+/** Largest batch decoded at once (64 MiB of pages); larger ones fail with CODEC_INVALID_ARGUMENT. */
+export const MAX_BATCH_PAGES = 16384;
 
 function indexBuffer(indices: BigUint64Array): Buffer {
   return Buffer.from(indices.buffer, indices.byteOffset, indices.byteLength);
@@ -12,15 +15,23 @@ function indexBuffer(indices: BigUint64Array): Buffer {
 
 export class PageEncoder {
   #native: Binding.PageEncoder;
+  #out = Buffer.alloc(0);
 
   /** `capacityPages`: pages remembered for deltas/duplicates; the decoder must match. */
   constructor(capacityPages: number) {
     this.#native = new binding.PageEncoder(capacityPages);
   }
 
-  /** Frames for `pages` (4 KiB each) at `indices`. Throws CODEC_INVALID_ARGUMENT on size mismatch. */
+  /**
+   * Frames for `pages` (4 KiB each) at `indices`. The result is a view of an internal
+   * buffer, valid until the next call (copy it to keep it). Throws CODEC_INVALID_ARGUMENT
+   * on a size mismatch.
+   */
   encode(indices: BigUint64Array, pages: Buffer): Buffer {
-    return callNative(() => this.#native.encode(indexBuffer(indices), pages));
+    const need = binding.maxEncodedLen(indices.length);
+    if (this.#out.length < need) this.#out = Buffer.allocUnsafe(need);
+    const n = callNative(() => this.#native.encodeInto(indexBuffer(indices), pages, this.#out));
+    return this.#out.subarray(0, n);
   }
 
   stats(): Binding.BindingEncodeStats {
@@ -30,15 +41,26 @@ export class PageEncoder {
 
 export class PageDecoder {
   #native: Binding.PageDecoder;
+  #indices = Buffer.alloc(0);
+  #pages = Buffer.alloc(0);
 
   constructor(capacityPages: number) {
     this.#native = new binding.PageDecoder(capacityPages);
   }
 
-  /** Decodes a batch; throws CODEC_* (and applies nothing) on a corrupt or inconsistent one. */
+  /**
+   * Decodes a batch; throws CODEC_* (and applies nothing) on a corrupt or inconsistent
+   * one. The result views internal buffers, valid until the next call.
+   */
   decode(frames: Buffer): { indices: BigUint64Array; pages: Buffer } {
-    const out = callNative(() => this.#native.decode(frames));
-    const indices = new BigUint64Array(out.indices.buffer, out.indices.byteOffset, out.indices.byteLength / 8);
-    return { indices, pages: out.pages };
+    // Every frame is at least a header, so this bounds the page count.
+    const maxPages = Math.min(Math.floor(frames.length / 24) + 1, MAX_BATCH_PAGES);
+    if (this.#indices.length < maxPages * 8) this.#indices = Buffer.alloc(maxPages * 8);
+    if (this.#pages.length < maxPages * PAGE_SIZE) this.#pages = Buffer.allocUnsafe(maxPages * PAGE_SIZE);
+    const n = callNative(() => this.#native.decodeInto(frames, this.#indices, this.#pages));
+    return {
+      indices: new BigUint64Array(this.#indices.buffer, this.#indices.byteOffset, n),
+      pages: this.#pages.subarray(0, n * PAGE_SIZE),
+    };
   }
 }

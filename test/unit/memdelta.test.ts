@@ -11,7 +11,7 @@ describe('page codec through the native binding', () => {
     const dec = new PageDecoder(1024);
     const a = randomBytes(PAGE_SIZE);
     const batch1 = Buffer.concat([Buffer.alloc(PAGE_SIZE), a, Buffer.alloc(PAGE_SIZE, 'novacron ')]);
-    const out1 = dec.decode(enc.encode(idx(0, 1, 2), batch1));
+    const out1 = dec.decode(Buffer.from(enc.encode(idx(0, 1, 2), batch1)));
     expect([...out1.indices]).toEqual([0n, 1n, 2n]);
     expect(out1.pages.equals(batch1)).toBe(true);
 
@@ -27,7 +27,7 @@ describe('page codec through the native binding', () => {
 
   it('maps Rust codec errors to NovaError codes and applies nothing', () => {
     const enc = new PageEncoder(16);
-    const frames = enc.encode(idx(3), randomBytes(PAGE_SIZE));
+    const frames = Buffer.from(enc.encode(idx(3), randomBytes(PAGE_SIZE)));
     frames[frames.length - 1] ^= 1;
     const dec = new PageDecoder(16);
     expect(() => dec.decode(frames)).toThrow(NovaError);

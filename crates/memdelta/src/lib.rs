@@ -169,14 +169,16 @@ impl Encoder {
         let mut xor_payload: Option<Vec<u8>> = None;
         if let Some(base) = self.mirror.last.peek(&index) {
             let mut x = [0u8; PAGE_SIZE];
-            for j in 0..PAGE_SIZE {
-                x[j] = base[j] ^ page[j];
+            for ((d, a), b) in x.iter_mut().zip(base.iter()).zip(page.iter()) {
+                *d = a ^ b;
             }
-            let mut z = Vec::with_capacity(64);
+            let mut z = Vec::with_capacity(256);
             zrle::encode(&x, &mut z);
             // Flag byte: 0 = zero-run bytes as is, 1 = LZ4 (size-prepended) of them.
             let mut payload = Vec::with_capacity(z.len() + 8);
-            if z.len() > 64 {
+            // LZ4 over the zero-run bytes pays only for mid-sized deltas; a delta as big as
+            // the page (mostly rewritten memory) is left to the plain page encodings.
+            if z.len() > 64 && z.len() < PAGE_SIZE {
                 payload.push(1);
                 payload.extend_from_slice(&lz4_flex::block::compress_prepend_size(&z));
             }
@@ -191,8 +193,10 @@ impl Encoder {
                 xor_payload = Some(payload);
             }
         }
-        let lz = lz4_flex::block::compress(page);
-        let payload: &[u8] = if lz.len() < best_len {
+        // A delta already under an eighth of a page beats what LZ4 does to real memory
+        // contents; skipping the attempt keeps small-change pages cheap.
+        let lz = if best_len > PAGE_SIZE / 8 { lz4_flex::block::compress(page) } else { Vec::new() };
+        let payload: &[u8] = if !lz.is_empty() && lz.len() < best_len {
             best_kind = FrameKind::Lz4;
             &lz
         } else if best_kind == FrameKind::Xor {

@@ -40,6 +40,8 @@ pub struct BindingEncodeStats {
 #[napi]
 pub struct PageEncoder {
   inner: Encoder,
+  /// Reused between calls so encoding allocates nothing in steady state.
+  scratch: Vec<u8>,
 }
 
 #[napi]
@@ -48,16 +50,21 @@ impl PageEncoder {
   /// the same value.
   #[napi(constructor)]
   pub fn new(capacity_pages: u32) -> Self {
-    Self { inner: Encoder::new(capacity_pages as usize) }
+    Self { inner: Encoder::new(capacity_pages as usize), scratch: Vec::new() }
   }
 
-  /// Encodes `pages` (4 KiB each) at `indices` (little-endian u64 per page) into frames.
+  /// Encodes `pages` (4 KiB each) at `indices` (little-endian u64 per page) into `out`,
+  /// a JS-owned buffer of at least `maxEncodedLen(pages)` bytes; returns the bytes written.
+  /// (JS-owned output keeps large transient buffers off V8's external-memory accounting.)
   #[napi]
-  pub fn encode(&mut self, indices: Buffer, pages: Buffer) -> Result<Buffer> {
+  pub fn encode_into(&mut self, indices: Buffer, pages: Buffer, mut out: Buffer) -> Result<u32> {
     let indices = indices_of(&indices)?;
-    let mut out = Vec::with_capacity(pages.len() / 2 + 64);
-    self.inner.encode(&indices, &pages, &mut out).map_err(to_js)?;
-    Ok(out.into())
+    self.scratch.clear();
+    self.inner.encode(&indices, &pages, &mut self.scratch).map_err(to_js)?;
+    let n = self.scratch.len();
+    let dst = out.get_mut(..n).ok_or_else(|| to_js(CodecError::InvalidArgument("output buffer too small")))?;
+    dst.copy_from_slice(&self.scratch);
+    Ok(n as u32)
   }
 
   /// Counters since creation.
@@ -76,19 +83,16 @@ impl PageEncoder {
   }
 }
 
-/// Decoded pages: `indices` (little-endian u64 each) and the 4 KiB pages, in order.
-#[napi(object)]
-pub struct BindingDecoded {
-  /// Page indices, little-endian u64 each.
-  pub indices: Buffer,
-  /// Page contents, 4 KiB each.
-  pub pages: Buffer,
-}
-
 /// Destination side of the page codec.
 #[napi]
 pub struct PageDecoder {
   inner: Decoder,
+}
+
+/// Worst-case encoded size of `pages` pages (a raw page plus a frame header each).
+#[napi]
+pub fn max_encoded_len(pages: u32) -> u32 {
+  pages * (PAGE_SIZE as u32 + novacron_memdelta::FRAME_HEADER_LEN as u32)
 }
 
 #[napi]
@@ -99,19 +103,31 @@ impl PageDecoder {
     Self { inner: Decoder::new(capacity_pages as usize) }
   }
 
-  /// Decodes a batch of frames. A corrupt or inconsistent frame rejects the whole batch
-  /// (error codes `CODEC_*`) and changes nothing.
+  /// Decodes a batch of frames into JS-owned buffers: page indices (little-endian u64
+  /// each) into `outIndices` and page contents into `outPages`; returns the page count.
+  /// A corrupt or inconsistent frame rejects the whole batch (`CODEC_*`) and changes
+  /// nothing in the decoder.
   #[napi]
-  pub fn decode(&mut self, frames: Buffer) -> Result<BindingDecoded> {
-    let mut indices = Vec::new();
-    let mut pages = Vec::with_capacity(frames.len().max(PAGE_SIZE));
+  pub fn decode_into(&mut self, frames: Buffer, mut out_indices: Buffer, mut out_pages: Buffer) -> Result<u32> {
+    let (idx, pages) = (&mut out_indices[..], &mut out_pages[..]);
+    let mut n = 0usize;
+    let mut overflow = false;
     self
       .inner
       .decode(&frames, |i, p| {
-        indices.extend_from_slice(&i.to_le_bytes());
-        pages.extend_from_slice(p);
+        match (idx.get_mut(n * 8..n * 8 + 8), pages.get_mut(n * PAGE_SIZE..(n + 1) * PAGE_SIZE)) {
+          (Some(di), Some(dp)) => {
+            di.copy_from_slice(&i.to_le_bytes());
+            dp.copy_from_slice(p);
+          }
+          _ => overflow = true,
+        }
+        n += 1;
       })
       .map_err(to_js)?;
-    Ok(BindingDecoded { indices: indices.into(), pages: pages.into() })
+    if overflow {
+      return Err(to_js(CodecError::InvalidArgument("output buffers too small for the decoded pages")));
+    }
+    Ok(n as u32)
   }
 }
