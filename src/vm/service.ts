@@ -14,7 +14,7 @@ import { prefixRange, type Store, type WriteOp } from '../store/store.js';
 import { DriverError, type DiskSnapshot, type DiskSnapshots, type DriverEvent, type DriverInstanceState, type HypervisorDriver, type VmStats } from './driver.js';
 import { newId, type VmRecord } from './record.js';
 import { semanticProblems, type CreateVmRequest, type DiskSpec, type PatchVmRequest, type VmSpec } from './spec.js';
-import { allowedTransitions, canTransition, TRANSITIONAL_STATES, VM_STATES, type VmState } from './state.js';
+import { allowedTransitions, canTransition, VM_STATES, type VmState } from './state.js';
 
 const VM_PREFIX = 'vm/';
 const vmKey = (id: string) => VM_PREFIX + id;
@@ -584,10 +584,6 @@ export class VmService {
         break;
     }
   }
-}
-
-export function isTransitional(state: VmState): boolean {
-  return TRANSITIONAL_STATES.has(state);
 }
 
 function reasonOf(err: unknown): string {

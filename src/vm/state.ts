@@ -37,9 +37,6 @@ const TRANSITIONS: Record<VmState, readonly VmState[]> = {
   error: ['stopping', 'starting', 'deleting', 'stopped'],
 };
 
-/** States in which an operation is in flight; no other operation may begin. */
-export const TRANSITIONAL_STATES: ReadonlySet<VmState> = new Set(['starting', 'pausing', 'resuming', 'stopping', 'migrating', 'deleting']);
-
 export function canTransition(from: VmState, to: VmState): boolean {
   return TRANSITIONS[from].includes(to);
 }

@@ -184,33 +184,3 @@ proptest! {
     }
 }
 
-#[test]
-#[ignore]
-fn timing_probe() {
-    let pages = vec![0u8; 256 * PAGE_SIZE];
-    let idx: Vec<u64> = (0..256).collect();
-    let mut enc = Encoder::new(1024);
-    let mut wire = vec![];
-    enc.encode(&idx, &pages, &mut wire).unwrap();
-    let mut dec = Decoder::new(1024);
-    let t = std::time::Instant::now();
-    for _ in 0..100 {
-        dec.decode(&wire, |_, _| ()).unwrap();
-    }
-    eprintln!("decode zero: {:?} per batch", t.elapsed() / 100);
-    let t = std::time::Instant::now();
-    for _ in 0..100 {
-        let f = frame::parse_all(&wire).unwrap();
-        std::hint::black_box(f);
-    }
-    eprintln!("parse: {:?} per batch", t.elapsed() / 100);
-    let t = std::time::Instant::now();
-    let mut m = Mirror::new(1024);
-    let p = [0u8; PAGE_SIZE];
-    for _ in 0..100 {
-        for i in 0..256u64 {
-            m.remember(i, &p, 5);
-        }
-    }
-    eprintln!("remember: {:?} per batch", t.elapsed() / 100);
-}
