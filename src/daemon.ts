@@ -50,10 +50,7 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
     const metrics = new Metrics({
       vmsByState: () => vms.countByState(),
       lastEventSeq: () => events.lastSeq,
-      vmStats: async () => {
-        const rows = await Promise.all(vms.liveVmIds().map(async (id) => ({ vm: id, name: vms.get(id).name, stats: await vms.stats(id).catch(() => undefined) })));
-        return rows.filter((r): r is { vm: string; name: string; stats: NonNullable<typeof r.stats> } => r.stats !== undefined);
-      },
+      vmStats: async () => (await vms.liveStats()).map(({ vm, stats }) => ({ vm: vm.id, name: vm.name, stats })),
     });
     events.subscribe({ types: ['operation.succeeded', 'operation.failed'] }, (ev) => {
       metrics.operations.inc({ kind: String(ev.data.kind), result: ev.type === 'operation.succeeded' ? 'succeeded' : 'failed' });

@@ -53,13 +53,11 @@ export class TelemetrySampler {
     try {
       const now = Date.now();
       const samples: VmSample[] = [];
-      for (const id of this.vms.liveVmIds()) {
-        const stats = await this.vms.stats(id).catch(() => undefined);
-        if (!stats) continue;
-        const sample: VmSample = { vmId: id, name: this.vms.get(id).name, time: new Date(now).toISOString(), stats };
-        const prev = this.#previous.get(id);
+      for (const { vm, stats } of await this.vms.liveStats()) {
+        const sample: VmSample = { vmId: vm.id, name: vm.name, time: new Date(now).toISOString(), stats };
+        const prev = this.#previous.get(vm.id);
         if (prev && now > prev.at) sample.cpuCores = Math.max(0, (stats.cpuSeconds - prev.cpu) / ((now - prev.at) / 1000));
-        this.#previous.set(id, { at: now, cpu: stats.cpuSeconds });
+        this.#previous.set(vm.id, { at: now, cpu: stats.cpuSeconds });
         samples.push(sample);
       }
       for (const fn of this.#listeners) fn(samples);

@@ -197,7 +197,7 @@ export class VmService {
   /** Starts a lifecycle operation; resolves once it is accepted (202), not finished. */
   async requestAction(ref: string, kind: OperationKind, opts: ActionOptions = {}): Promise<OperationRecord> {
     const vm = this.get(ref);
-    if (this.#active.has(vm.id)) throw new NovaError('VM_BUSY', `an operation is in progress on "${vm.name}"`);
+    if (this.#active.has(vm.id)) throw new NovaError('VM_BUSY', `an operation is in progress on "${vm.name}"`); // before state checks
     const rule = ACTIONS[kind];
     const forcedDelete = kind === 'delete' && opts.force && (vm.state === 'running' || vm.state === 'paused');
     if (!rule.from.includes(vm.state) && !forcedDelete) {
@@ -209,8 +209,7 @@ export class VmService {
     if (kind === 'restore' && !vm.checkpoint) throw new NovaError('VM_INVALID_STATE', `VM "${vm.name}" has no checkpoint to restore`, { state: vm.state });
     if (kind === 'checkpoint' && !this.#deps.driver.checkpoint) throw new NovaError('VM_INVALID_STATE', `the ${this.#deps.driver.name} driver cannot checkpoint VMs`);
     const op = newOperation(kind, vm.id);
-    let done!: () => void;
-    this.#active.set(vm.id, new Promise<void>((r) => (done = r)));
+    const release = this.#claim(vm);
     try {
       const opDraft: EventDraft = { type: 'operation.started', vmId: vm.id, tenant: vm.spec.tenant, operationId: op.id, data: { kind } };
       if (rule.during && !forcedDelete) {
@@ -220,14 +219,10 @@ export class VmService {
       }
       this.#ops.set(op.id, op);
     } catch (err) {
-      this.#active.delete(vm.id);
-      done();
+      release();
       throw err;
     }
-    void this.#run(op, opts).finally(() => {
-      this.#active.delete(vm.id);
-      done();
-    });
+    void this.#run(op, opts).finally(release);
     return op;
   }
 
@@ -239,9 +234,11 @@ export class VmService {
     return stats;
   }
 
-  /** Ids of VMs whose hypervisor process should exist (for metrics collection). */
-  liveVmIds(): string[] {
-    return [...this.#byId.values()].filter((vm) => vm.state === 'running' || vm.state === 'paused').map((vm) => vm.id);
+  /** Statistics of every VM whose hypervisor process should exist (metrics, telemetry). */
+  async liveStats(): Promise<Array<{ vm: VmRecord; stats: VmStats }>> {
+    const live = [...this.#byId.values()].filter((vm) => vm.state === 'running' || vm.state === 'paused');
+    const rows = await Promise.all(live.map(async (vm) => ({ vm, stats: await this.#deps.driver.stats?.(vm.id).catch(() => undefined) })));
+    return rows.filter((r): r is { vm: VmRecord; stats: VmStats } => r.stats !== undefined);
   }
 
   /** Adds a disk to a stopped VM, or hot-plugs it into a running one. */
@@ -250,24 +247,22 @@ export class VmService {
     if (vm.state !== 'stopped' && vm.state !== 'running') {
       throw new NovaError('VM_INVALID_STATE', `disks can be added to stopped or running VMs, not ${vm.state} ones`, { state: vm.state });
     }
-    if (this.#active.has(vm.id)) throw new NovaError('VM_BUSY', `an operation is in progress on "${vm.name}"`);
-    const spec = { ...vm.spec, disks: [...vm.spec.disks, disk] };
-    const problems = this.#problems(spec);
-    if (problems.length > 0) throw new NovaError('VM_SPEC_INVALID', problems.join('; '), { problems });
-    if (!this.#deps.driver.attachDisk) throw new NovaError('VM_INVALID_STATE', `the ${this.#deps.driver.name} driver cannot add disks`);
-    let done!: () => void;
-    this.#active.set(vm.id, new Promise<void>((r) => (done = r)));
+    const release = this.#claim(vm);
     try {
-      await this.#deps.driver.attachDisk(vm, disk, vm.state === 'running').catch((err) => {
+      const spec = { ...vm.spec, disks: [...vm.spec.disks, disk] };
+      const problems = this.#problems(spec);
+      if (problems.length > 0) throw new NovaError('VM_SPEC_INVALID', problems.join('; '), { problems });
+      const attach = this.#deps.driver.attachDisk?.bind(this.#deps.driver);
+      if (!attach) throw new NovaError('VM_INVALID_STATE', `the ${this.#deps.driver.name} driver cannot add disks`);
+      await attach(vm, disk, vm.state === 'running').catch((err) => {
         throw err instanceof DriverError ? driverFailure('attach-disk', err, vm.id) : err;
       });
-      const current = this.#byId.get(vm.id)!;
-      const next: VmRecord = { ...current, spec: { ...current.spec, disks: [...current.spec.disks, disk] }, generation: current.generation + 1, updatedAt: new Date().toISOString() };
+      // The claim kept the record unchanged meanwhile, so `vm` is still current.
+      const next: VmRecord = { ...vm, spec, generation: vm.generation + 1, updatedAt: new Date().toISOString() };
       await this.#persist(next, [{ type: 'vm.updated', data: { diskAdded: disk, hotplug: vm.state === 'running' } }]);
       return next;
     } finally {
-      this.#active.delete(vm.id);
-      done();
+      release();
     }
   }
 
@@ -317,9 +312,7 @@ export class VmService {
     const vm = this.get(ref);
     const snaps = this.#snapshotDriver(vm);
     if (!allowed.includes(vm.state)) throw new NovaError('VM_INVALID_STATE', `cannot ${action.replace(/d$/, '')} a snapshot while the VM is ${vm.state}`, { state: vm.state, allowedFrom: allowed });
-    if (this.#active.has(vm.id)) throw new NovaError('VM_BUSY', `an operation is in progress on "${vm.name}"`);
-    let done!: () => void;
-    this.#active.set(vm.id, new Promise<void>((r) => (done = r)));
+    const release = this.#claim(vm);
     try {
       const existing = await snaps.list(vm, vm.state !== 'stopped');
       try {
@@ -331,9 +324,22 @@ export class VmService {
       const after = await snaps.list(vm, vm.state !== 'stopped');
       return after.find((s) => s.name === name) ?? existing.find((s) => s.name === name)!;
     } finally {
-      this.#active.delete(vm.id);
-      done();
+      release();
     }
+  }
+
+  /**
+   * Claims the VM for one operation at a time (409 VM_BUSY otherwise). The returned
+   * function releases it; `drain()` waits for every claim to be released.
+   */
+  #claim(vm: VmRecord): () => void {
+    if (this.#active.has(vm.id)) throw new NovaError('VM_BUSY', `an operation is in progress on "${vm.name}"`);
+    let release!: () => void;
+    this.#active.set(vm.id, new Promise<void>((r) => (release = r)));
+    return () => {
+      this.#active.delete(vm.id);
+      release();
+    };
   }
 
   /** Waits for running operations to finish (graceful shutdown). */
