@@ -111,8 +111,8 @@ export class QemuDriver implements HypervisorDriver {
 
   /** Makes the disk's image (unless it is used in place); returns its path. */
   #createDisk(vmId: string, disk: DiskSpec): string {
-    if (disk.image && !disk.clone) return disk.image;
-    const path = this.#diskPath(vmId, disk.name, disk.format);
+    const path = this.#diskFile(vmId, disk);
+    if (disk.image && !disk.clone) return path; // used in place
     if (existsSync(path)) return path;
     const args = ['create', '-q', '-f', disk.format];
     if (disk.clone && disk.image) args.push('-b', disk.image, '-F', imageFormat(this.#opts.imgBinary, disk.image));
@@ -178,7 +178,7 @@ export class QemuDriver implements HypervisorDriver {
   #qcow2Disks(vm: VmRecord): Array<{ name: string; path: string }> {
     return vm.spec.disks
       .filter((d) => d.format === 'qcow2' && !d.readOnly)
-      .map((d) => ({ name: d.name, path: d.image && !d.clone ? d.image : this.#diskPath(vm.id, d.name, d.format) }));
+      .map((d) => ({ name: d.name, path: this.#diskFile(vm.id, d) }));
   }
 
   /** CPU time from the vCPU threads (/proc), RSS, and QEMU's block statistics. */
@@ -332,6 +332,11 @@ export class QemuDriver implements HypervisorDriver {
     this.#instances.clear();
   }
 
+  /** The file QEMU opens for a disk: an image used in place, or one in the VM's directory. */
+  #diskFile(vmId: string, disk: DiskSpec): string {
+    return disk.image && !disk.clone ? disk.image : this.#diskPath(vmId, disk.name, disk.format);
+  }
+
   #diskPath(vmId: string, name: string, format: string): string {
     return join(this.vmDir(vmId), `disk-${name}.${format}`);
   }
@@ -363,7 +368,7 @@ export class QemuDriver implements HypervisorDriver {
     for (let i = 0; i < HOTPLUG_PORTS; i++) args.push('-device', `pcie-root-port,id=hp${i},chassis=${i + 1}`);
     if (spec.cdrom) args.push('-drive', `file=${spec.cdrom},media=cdrom,readonly=on,if=none,id=cdrom0`, '-device', 'ide-cd,drive=cdrom0,bus=ide.0');
     for (const d of spec.disks) {
-      const path = d.image && !d.clone ? d.image : this.#diskPath(vm.id, d.name, d.format);
+      const path = this.#diskFile(vm.id, d);
       args.push('-drive', `file=${path},format=${d.format},if=none,id=drive-${d.name}${d.readOnly ? ',readonly=on' : ''}`);
       if (d.bus === 'virtio') args.push('-device', `virtio-blk-pci,drive=drive-${d.name},id=disk-${d.name}`);
       else if (d.bus === 'ide') args.push('-device', `ide-hd,drive=drive-${d.name},id=disk-${d.name}`);
