@@ -11,12 +11,12 @@
 // Targets (issue 3): start overhead <= 100 ms over bare QEMU; pause/resume p99 <= 5 ms.
 import { spawn, execFileSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { createConnection } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { writeResults, printTable, pct } from '../lib/report.mjs';
+import { QmpClient } from '../../dist/vm/qemu/qmp.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = resolve(here, '..', '..');
@@ -83,11 +83,11 @@ try {
   const qmp = await qmpConnect(bareQemu.qmpSock);
   const direct = { pause: [], resume: [] };
   for (let i = 0; i < CYCLES; i++) {
-    direct.pause.push(await timed(() => qmp.exec('stop')));
-    direct.resume.push(await timed(() => qmp.exec('cont')));
+    direct.pause.push(await timed(() => qmp.execute('stop')));
+    direct.resume.push(await timed(() => qmp.execute('cont')));
   }
   const rtt = [];
-  for (let i = 0; i < CYCLES * 10; i++) rtt.push(await timed(() => qmp.exec('query-status')));
+  for (let i = 0; i < CYCLES * 10; i++) rtt.push(await timed(() => qmp.execute('query-status')));
   qmp.close();
   bareQemu.kill();
   results.pauseResume = {
@@ -274,29 +274,15 @@ async function apiPauseResume(url, vmId, cycles) {
   return out;
 }
 
-function qmpConnect(path, retryMs = 20) {
-  return new Promise((res, rej) => {
-    const deadline = Date.now() + 30_000;
-    const attempt = () => {
-      const s = createConnection(path);
-      let buf = '';
-      const pending = [];
-      s.on('error', () => (Date.now() > deadline ? rej(new Error('no QMP')) : setTimeout(attempt, retryMs)));
-      s.on('data', (d) => {
-        buf += d;
-        let i;
-        while ((i = buf.indexOf('\n')) >= 0) {
-          const msg = JSON.parse(buf.slice(0, i));
-          buf = buf.slice(i + 1);
-          if (msg.return !== undefined || msg.error) pending.shift()?.(msg);
-        }
-      });
-      s.once('connect', async () => {
-        const exec = (cmd) => new Promise((r) => { pending.push(r); s.write(JSON.stringify({ execute: cmd }) + '\n'); });
-        await exec('qmp_capabilities'); // answered once the main loop runs
-        res({ exec, close: () => s.destroy() });
-      });
-    };
-    attempt();
-  });
+/** The project's QMP client, retried until the socket accepts (QEMU still starting). */
+async function qmpConnect(path, retryMs = 20) {
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    try {
+      return await QmpClient.connect(path, 30_000); // resolves once capabilities are negotiated
+    } catch (err) {
+      if (Date.now() > deadline) throw err;
+      await new Promise((r) => setTimeout(r, retryMs));
+    }
+  }
 }
