@@ -33,8 +33,8 @@ export declare class NativeStore {
 
 /** Destination side of the page codec. */
 export declare class PageDecoder {
-  /** Must match the encoder's `capacityPages`. */
-  constructor(capacityPages: number)
+  /** Must match the encoder's `capacityPages` and `shards`. */
+  constructor(capacityPages: number, shards?: number | undefined | null)
   /**
    * Decodes a batch of frames into JS-owned buffers: page indices (little-endian u64
    * each) into `outIndices` and page contents into `outPages`; returns the page count.
@@ -44,13 +44,16 @@ export declare class PageDecoder {
   decodeInto(frames: Buffer, outIndices: Buffer, outPages: Buffer): number
 }
 
-/** Source side of the page codec (see the `novacron-memdelta` crate). */
+/**
+ * Source side of the page codec (see the `novacron-memdelta` crate), split into
+ * `shards` encoders that run in parallel on a thread pool.
+ */
 export declare class PageEncoder {
   /**
-   * `capacityPages`: pages remembered for deltas and duplicates; the decoder must use
-   * the same value.
+   * `capacityPages`: pages remembered for deltas and duplicates; `shards`: parallel
+   * encoders (default 1). The decoder must use the same values.
    */
-  constructor(capacityPages: number)
+  constructor(capacityPages: number, shards?: number | undefined | null)
   /**
    * Encodes `pages` (4 KiB each) at `indices` (little-endian u64 per page) into `out`,
    * a JS-owned buffer of at least `maxEncodedLen(pages)` bytes; returns the bytes written.
@@ -115,5 +118,5 @@ export interface BindingWriteOp {
   value?: Buffer
 }
 
-/** Worst-case encoded size of `pages` pages (a raw page plus a frame header each). */
-export declare function maxEncodedLen(pages: number): number
+/** Worst-case encoded size of a batch of `pages` pages over `shards` shards (default 1). */
+export declare function maxEncodedLen(pages: number, shards?: number | undefined | null): number

@@ -24,6 +24,10 @@ export const ConfigSchema = z.strictObject({
   shutdownTimeoutMs: z.int().min(0).default(60_000),
   eventRetention: z.int().min(1000).default(100_000),
   telemetryIntervalMs: z.int().min(100).max(60_000).default(2000),
+  /** Port of the live-migration transport listener (on the listen host); 0 = any free port. */
+  migrationPort: z.int().min(0).max(65535).default(0),
+  /** Fault injection for tests; never set in production. */
+  faults: z.strictObject({ corruptMigrationFrame: z.int().min(1).optional() }).default({}),
   sim: z.strictObject({ latencyMs: simOpRecord.optional(), failureRate: simOpRecord.optional() }).default({}),
 });
 

@@ -8,6 +8,8 @@ import type { Logger } from 'pino';
 import { ApiServer } from './api/server.js';
 import { Router } from './api/router.js';
 import { vmRoutes } from './api/routes/vms.js';
+import { migrationRoutes } from './api/routes/migrations.js';
+import { MigrationService } from './migration/service.js';
 import { systemRoutes } from './api/routes/system.js';
 import { eventsWsRoute } from './api/events-ws.js';
 import { consoleWsRoute } from './api/console-ws.js';
@@ -47,6 +49,12 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
     const events = await EventLog.open(store, { retain: config.eventRetention });
     const driver = selectDriver(config.driver, { sim: config.sim, dataDir, log });
     const vms = await VmService.open({ store, events, driver, nodeId: config.nodeId, log, shutdownTimeoutMs: config.shutdownTimeoutMs });
+    const migrations = await MigrationService.open({
+      store, events, vms, driver, log, nodeId: config.nodeId, dataDir, host: config.host,
+      ...(config.migrationPort ? { transportPort: config.migrationPort } : {}),
+      ...(config.apiToken ? { apiToken: config.apiToken } : {}),
+      ...(config.faults.corruptMigrationFrame ? { corruptPagesFrame: config.faults.corruptMigrationFrame } : {}),
+    });
     const metrics = new Metrics({
       vmsByState: () => vms.countByState(),
       lastEventSeq: () => events.lastSeq,
@@ -63,6 +71,7 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
       info: () => ({ version: VERSION, node: config.nodeId, driver: driver.name, http: uws.info.native ? 'uws-native' : 'uws-fallback', vms: vms.size, lastEventSeq: events.lastSeq }),
     });
     vmRoutes(router, vms);
+    migrationRoutes(router, migrations);
     const server = await ApiServer.listen(
       router,
       { host: config.host, port: config.port, bodyLimitBytes: config.bodyLimitBytes, log, metrics, ...(config.apiToken ? { apiToken: config.apiToken } : {}) },
@@ -83,6 +92,7 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
           ready = false;
           sampler.stop();
           await server.close();
+          await migrations.close();
           await vms.drain();
           await driver.close();
           await store.close();

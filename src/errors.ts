@@ -43,6 +43,17 @@ export const ERROR_CODES = {
   CODEC_INCONSISTENT: { status: 409, message: 'page frame refers to state the decoder does not hold' },
   CODEC_CHECKSUM: { status: 400, message: 'page frame checksum mismatch' },
   CODEC_INVALID_ARGUMENT: { status: 500, message: 'invalid page codec argument' },
+  // Live migration
+  MIGRATION_NOT_FOUND: { status: 404, message: 'no such migration' },
+  MIGRATION_UNSUPPORTED: { status: 409, message: 'this VM cannot be live-migrated by NovaCron' },
+  MIGRATION_NOT_ACTIVE: { status: 409, message: 'the migration has already finished' },
+  MIGRATION_WONT_CONVERGE: { status: 422, message: 'the migration is predicted to miss its downtime target (use force to start anyway)' },
+  MIGRATION_TARGET_UNREACHABLE: { status: 502, message: 'the target daemon could not be reached' },
+  MIGRATION_TARGET_REJECTED: { status: 502, message: 'the target daemon refused the migration' },
+  MIGRATION_TRANSPORT: { status: 502, message: 'the migration connection failed' },
+  MIGRATION_PROTOCOL: { status: 502, message: 'the migration stream violated its protocol' },
+  MIGRATION_FAILED: { status: 500, message: 'the hypervisor failed the migration' },
+  MIGRATION_CANCELLED: { status: 409, message: 'the migration was cancelled' },
   // Daemon
   CONFIG_INVALID: { status: 500, message: 'daemon configuration is invalid' },
   SHUTTING_DOWN: { status: 503, message: 'daemon is shutting down' },

@@ -7,6 +7,8 @@
  *   pure function of (seed, page, version), so the guest can re-derive what each page
  *   must hold and verify the whole set ("VERIFY ok ..." / "VERIFY FAIL ...") every
  *   nc.verify_every seconds, and print a checksum ("SUM <hex>") of it.
+ * - nc.prefill=1 writes every page of the working set once (version 1) before the
+ *   first heartbeat and prints "PREFILLED", so the set is populated from the start.
  *
  * Parameters come from the kernel command line (/proc/cmdline). Static, no libc extras.
  */
@@ -20,7 +22,7 @@
 
 #define PAGE 4096
 
-static unsigned long dirty_mib = 0, rate_mib = 0, verify_every = 0, seed = 1;
+static unsigned long dirty_mib = 0, rate_mib = 0, verify_every = 0, seed = 1, prefill = 0;
 static char model[16] = "half";
 
 static uint64_t now_ms(void) {
@@ -83,6 +85,7 @@ static void parse_cmdline(void) {
     else if (!strncmp(tok, "nc.rate=", 8)) rate_mib = strtoul(tok + 8, 0, 10);
     else if (!strncmp(tok, "nc.verify_every=", 16)) verify_every = strtoul(tok + 16, 0, 10);
     else if (!strncmp(tok, "nc.seed=", 8)) seed = strtoul(tok + 8, 0, 10);
+    else if (!strncmp(tok, "nc.prefill=", 11)) prefill = strtoul(tok + 11, 0, 10);
     else if (!strncmp(tok, "nc.model=", 9)) snprintf(model, sizeof model, "%s", tok + 9);
   }
 }
@@ -98,6 +101,10 @@ int main(void) {
     version = calloc(pages, sizeof *version);
     if (!set || !version) { printf("DIRTY cannot allocate %lu MiB\n", dirty_mib); pages = 0; }
     else printf("DIRTY set=%luMiB rate=%luMiB/s model=%s seed=%lu\n", dirty_mib, rate_mib, model, seed);
+    if (pages && prefill) {
+      for (uint64_t pg = 0; pg < pages; pg++) { version[pg] = 1; page_content(set + pg * PAGE, pg, 1); }
+      printf("PREFILLED pages=%llu\n", (unsigned long long)pages);
+    }
   }
   uint64_t start = now_ms(), next = start, counter = 0, cursor = 0, last_verify = start;
   double budget = 0; /* pages we may still dirty in this tick */

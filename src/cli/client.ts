@@ -1,6 +1,8 @@
 /** A small typed HTTP client for the NovaCron API (used by the CLI and tests). */
 import type { ErrorBody } from '../errors.js';
 import type { OperationRecord } from '../operations/operation.js';
+import type { MigrationRecord } from '../migration/record.js';
+import type { Prediction } from '../migration/predict.js';
 import type { VmRecord } from '../vm/record.js';
 
 export class ApiError extends Error {
@@ -74,6 +76,29 @@ export class NovaClient {
 
   getOperation(id: string): Promise<OperationRecord> {
     return this.request('GET', `/v1/operations/${encodeURIComponent(id)}`);
+  }
+
+  /** 202 with the migration, or (dryRun) 200 with the prediction. */
+  migrate(ref: string, body: Record<string, unknown>): Promise<MigrationRecord | { dryRun: true; prediction: Prediction }> {
+    return this.request('POST', `/v1/vms/${encodeURIComponent(ref)}/migrate`, body);
+  }
+
+  getMigration(id: string): Promise<MigrationRecord> {
+    return this.request('GET', `/v1/migrations/${encodeURIComponent(id)}`);
+  }
+
+  cancelMigration(id: string): Promise<MigrationRecord> {
+    return this.request('DELETE', `/v1/migrations/${encodeURIComponent(id)}`);
+  }
+
+  /** Polls a migration until it finishes, reporting each change. */
+  async waitForMigration(id: string, onProgress?: (m: MigrationRecord) => void, intervalMs = 250): Promise<MigrationRecord> {
+    for (;;) {
+      const m = await this.getMigration(id);
+      onProgress?.(m);
+      if (m.state !== 'running') return m;
+      await new Promise((r) => setTimeout(r, intervalMs));
+    }
   }
 
   /** Polls an operation until it finishes, reporting each change. */

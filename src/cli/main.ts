@@ -9,6 +9,7 @@ import cliProgress from 'cli-progress';
 import { ApiError, ConnectionError, NovaClient } from './client.js';
 import { EXIT } from './exit-codes.js';
 import type { OperationRecord } from '../operations/operation.js';
+import type { MigrationRecord } from '../migration/record.js';
 import type { VmRecord } from '../vm/record.js';
 import { VERSION } from '../version.js';
 
@@ -166,7 +167,82 @@ export function buildProgram(): Command {
       await follow(client(), await client().deleteVm(ref, { force: opts.force, keepDisks: opts.keepDisks }), opts.wait, json());
     });
 
+  vm.command('migrate <vm>')
+    .description('live-migrate a running VM to another NovaCron daemon')
+    .requiredOption('--to <url>', 'target daemon, e.g. http://10.0.0.2:7700')
+    .option('--max-downtime <ms>', 'downtime target (default 50)')
+    .option('--bandwidth <MBps>', 'cap on wire bandwidth, MB/s')
+    .option('--channels <n>', 'parallel multifd channels (default 2)')
+    .option('--dry-run', 'predict downtime and total time, do not migrate')
+    .option('--force', 'migrate even if the prediction misses the target (with auto-converge)')
+    .option('--no-wait', 'return once the migration has started')
+    .action(async (ref: string, opts) => {
+      const body: Record<string, unknown> = { target: opts.to, dryRun: Boolean(opts.dryRun), force: Boolean(opts.force) };
+      if (opts.maxDowntime) body.maxDowntimeMs = toInt(opts.maxDowntime, '--max-downtime');
+      if (opts.bandwidth) body.bandwidthMBps = Number(opts.bandwidth);
+      if (opts.channels) body.channels = toInt(opts.channels, '--channels');
+      const c = client();
+      const r = await c.migrate(ref, body);
+      if ('dryRun' in r) {
+        if (json()) return print(r);
+        const p = r.prediction;
+        console.log(`prediction: ${p.converges ? 'converges' : 'does NOT converge without throttling'}; downtime ${fmtMs(p.downtimeMs)}, total ${fmtMs(p.totalMs)}, ${p.rounds} rounds, ${fmtBytes(p.bytesWire)} on the wire`);
+        console.log(`inputs: dirty rate ${fmtBytes(p.inputs.dirtyBytesPerSec)}/s, codec ratio ${p.inputs.firstRatio.toFixed(2)}× first send, ${p.inputs.resendRatio.toFixed(2)}× re-sends${p.converges ? '' : `; needs ~${p.throttleNeededPercent}% vCPU throttle`}`);
+        return;
+      }
+      if (!opts.wait) return json() ? print(r) : console.log(`migration ${r.id} started`);
+      const tty = process.stderr.isTTY && !json();
+      const bar = tty ? new cliProgress.SingleBar({ format: 'migrate {bar} {percentage}% | {phase} | round {rounds} | {wire} on wire ({ratio}×) | {remaining} left', hideCursor: true }, cliProgress.Presets.shades_classic) : undefined;
+      bar?.start(100, 0, { phase: r.phase, rounds: 0, wire: '0 B', ratio: '1.00', remaining: '?' });
+      const done = await c.waitForMigration(r.id, (m) => {
+        const p = m.progress;
+        const pct = p.totalBytes > 0 ? Math.min(99, Math.round((1 - p.remainingBytes / p.totalBytes) * 100)) : 0;
+        bar?.update(m.state === 'completed' ? 100 : pct, { phase: m.phase, rounds: p.rounds, wire: fmtBytes(p.bytesWire), ratio: p.compressionRatio.toFixed(2), remaining: fmtBytes(p.remainingBytes) });
+      });
+      bar?.stop();
+      if (json()) print(done);
+      else if (done.state === 'completed') console.log(`migrated ${done.vmName} to ${done.peer}: downtime ${done.downtimeMs?.qemu ?? '?'} ms (QEMU), ${done.downtimeMs?.measured ?? '?'} ms stop→resume; total ${fmtMs(done.totalMs ?? 0)}; ${fmtBytes(done.progress.bytesWire)} on the wire for ${fmtBytes(done.progress.bytesRaw)} (${done.progress.compressionRatio}×)`);
+      else console.error(`migration ${done.state}: ${done.error?.code}: ${done.error?.message}`);
+      if (done.state !== 'completed') process.exitCode = EXIT.OPERATION_FAILED;
+    });
+
+  const mig = program.command('migration').description('follow and cancel live migrations');
+  mig.command('list')
+    .description('migrations this daemon took part in, newest first')
+    .action(async () => {
+      const { items } = await client().request<{ items: MigrationRecord[] }>('GET', '/v1/migrations');
+      if (json()) return print(items);
+      const table = new Table({ head: ['ID', 'VM', 'ROLE', 'PEER', 'STATE', 'PHASE', 'DOWNTIME', 'WIRE', 'RATIO'], style: { head: [], border: [] } });
+      for (const m of items) table.push([m.id, m.vmName, m.role, m.peer, m.state, m.phase, m.downtimeMs?.qemu !== undefined ? `${m.downtimeMs.qemu} ms` : '-', fmtBytes(m.progress.bytesWire), `${m.progress.compressionRatio}×`]);
+      console.log(table.toString());
+    });
+  mig.command('get <id>')
+    .description('show one migration')
+    .action(async (id: string) => print(await client().getMigration(id)));
+  mig.command('cancel <id>')
+    .description('cancel a running migration; the VM keeps running on the source')
+    .action(async (id: string) => {
+      const m = await client().cancelMigration(id);
+      if (json()) return print(m);
+      console.log(`cancelling migration ${m.id} of ${m.vmName}`);
+    });
+
   return program;
+}
+
+function fmtBytes(n: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) {
+    n /= 1024;
+    i++;
+  }
+  return `${n.toFixed(i === 0 ? 0 : 1)} ${units[i]}`;
+}
+
+function fmtMs(ms: number): string {
+  if (!Number.isFinite(ms)) return '∞';
+  return ms < 1000 ? `${Math.round(ms)} ms` : `${(ms / 1000).toFixed(1)} s`;
 }
 
 /** Shows an operation to completion with a progress bar (TTY) and sets the exit code. */

@@ -3,11 +3,14 @@
  * end: inputs are borrowed by Rust, and outputs are written into JS-owned buffers that
  * the wrappers reuse, so steady-state encoding and decoding allocate nothing.
  */
+import { availableParallelism } from 'node:os';
 import { binding, callNative, type Binding } from './binding.js';
 
 export const PAGE_SIZE = 4096;
 /** Largest batch decoded at once (64 MiB of pages); larger ones fail with CODEC_INVALID_ARGUMENT. */
 export const MAX_BATCH_PAGES = 16384;
+/** Parallel codec shards: one per core, at most 4 (both ends must agree; it is negotiated). */
+export const DEFAULT_SHARDS = Math.min(4, availableParallelism());
 
 function indexBuffer(indices: BigUint64Array): Buffer {
   return Buffer.from(indices.buffer, indices.byteOffset, indices.byteLength);
@@ -16,10 +19,12 @@ function indexBuffer(indices: BigUint64Array): Buffer {
 export class PageEncoder {
   #native: Binding.PageEncoder;
   #out = Buffer.alloc(0);
+  readonly shards: number;
 
-  /** `capacityPages`: pages remembered for deltas/duplicates; the decoder must match. */
-  constructor(capacityPages: number) {
-    this.#native = new binding.PageEncoder(capacityPages);
+  /** `capacityPages`: pages remembered for deltas/duplicates; the decoder must match (and `shards`). */
+  constructor(capacityPages: number, shards = 1) {
+    this.#native = new binding.PageEncoder(capacityPages, shards);
+    this.shards = shards;
   }
 
   /**
@@ -28,7 +33,7 @@ export class PageEncoder {
    * on a size mismatch.
    */
   encode(indices: BigUint64Array, pages: Buffer): Buffer {
-    const need = binding.maxEncodedLen(indices.length);
+    const need = binding.maxEncodedLen(indices.length, this.shards);
     if (this.#out.length < need) this.#out = Buffer.allocUnsafe(need);
     const n = callNative(() => this.#native.encodeInto(indexBuffer(indices), pages, this.#out));
     return this.#out.subarray(0, n);
@@ -44,8 +49,8 @@ export class PageDecoder {
   #indices = Buffer.alloc(0);
   #pages = Buffer.alloc(0);
 
-  constructor(capacityPages: number) {
-    this.#native = new binding.PageDecoder(capacityPages);
+  constructor(capacityPages: number, shards = 1) {
+    this.#native = new binding.PageDecoder(capacityPages, shards);
   }
 
   /**
@@ -53,8 +58,9 @@ export class PageDecoder {
    * one. The result views internal buffers, valid until the next call.
    */
   decode(frames: Buffer): { indices: BigUint64Array; pages: Buffer } {
-    // Every frame is at least a header, so this bounds the page count.
-    const maxPages = Math.min(Math.floor(frames.length / 24) + 1, MAX_BATCH_PAGES);
+    // The batch header states its page count (bytes 4..8); the decoder checks it against
+    // the frames, and a batch lists one shard byte per page, so its length bounds it too.
+    const maxPages = Math.min(frames.length >= 8 ? frames.readUInt32LE(4) : 0, frames.length, MAX_BATCH_PAGES);
     if (this.#indices.length < maxPages * 8) this.#indices = Buffer.alloc(maxPages * 8);
     if (this.#pages.length < maxPages * PAGE_SIZE) this.#pages = Buffer.allocUnsafe(maxPages * PAGE_SIZE);
     const n = callNative(() => this.#native.decodeInto(frames, this.#indices, this.#pages));

@@ -62,6 +62,8 @@ export interface HypervisorDriver {
   snapshots?: DiskSnapshots;
   /** Where this driver keeps a VM's checkpoint file. */
   checkpointPath?(vmId: string): string;
+  /** Live migration primitives; absent when the driver cannot migrate running VMs. */
+  migration?: LiveMigration;
   /** Force stop: the process is killed. */
   stop(vmId: string): Promise<void>;
   /** ACPI power-off, forced after `timeoutMs`. Resolves with whether force was needed. */
@@ -113,4 +115,59 @@ export class DriverError extends Error {
     super(message);
     this.name = 'DriverError';
   }
+}
+
+/** What the source hypervisor reports about an outgoing migration. */
+export interface MigrationProgress {
+  /** QEMU's status: setup, active, device, completed, failed, cancelled... */
+  status: string;
+  transferredBytes: number;
+  remainingBytes: number;
+  totalBytes: number;
+  /** Guest dirty rate measured by the hypervisor during the last round, bytes/s. */
+  dirtyBytesPerSec: number;
+  /** Completed dirty-bitmap syncs (pre-copy rounds). */
+  rounds: number;
+  expectedDowntimeMs?: number;
+  /** Set once completed: the hypervisor's own downtime figure. */
+  downtimeMs?: number;
+  totalTimeMs?: number;
+  /** vCPU throttle applied to converge, percent. */
+  throttlePercent: number;
+  error?: string;
+}
+
+export interface OutgoingParams {
+  /** Where the hypervisor sends its stream (a unix socket the relay listens on). */
+  socketPath: string;
+  channels: number;
+  downtimeLimitMs: number;
+  /** Let the hypervisor throttle vCPUs when pre-copy does not converge. */
+  autoConverge: boolean;
+}
+
+/**
+ * The hypervisor half of a live migration. NovaCron's relay carries the stream; the
+ * hypervisor tracks dirty pages and saves/loads device state.
+ */
+export interface LiveMigration {
+  /** Why this VM cannot be migrated by NovaCron's transport, or undefined. */
+  unsupported(vmId: string): Promise<string | undefined>;
+  /** Destination: starts the VM's process waiting for a stream on the returned socket. */
+  prepareIncoming(vm: VmRecord, channels: number): Promise<{ socketPath: string; runtime: Record<string, unknown> }>;
+  /** Destination: resolves when the guest runs here (RESUME time, ms since epoch). */
+  waitIncoming(vmId: string, timeoutMs: number): Promise<{ resumedAt: number }>;
+  /** Source: starts streaming the running VM to `params.socketPath`. */
+  startOutgoing(vmId: string, params: OutgoingParams): Promise<void>;
+  progress(vmId: string): Promise<MigrationProgress>;
+  /** Source: stops an outgoing migration; the guest keeps running here. */
+  cancelOutgoing(vmId: string): Promise<void>;
+  /** Source: after a completed stream the destination did not take over — run here again. */
+  resumeHere(vmId: string): Promise<void>;
+  /** When the source guest was stopped for switchover (ms since epoch). */
+  stoppedAt(vmId: string): Promise<number | undefined>;
+  /** Guest dirty rate measured over `seconds`, bytes/s (for dry-run predictions). */
+  measureDirtyRate(vmId: string, seconds: number): Promise<number>;
+  /** A copy of `bytes` of guest RAM from `offset` (guest-physical), for codec sampling. */
+  sampleMemory(vmId: string, offset: number, bytes: number): Promise<Buffer>;
 }

@@ -18,6 +18,8 @@ export interface VmRecord {
   generation: number;
   createdAt: string;
   updatedAt: string;
+  /** Set on the destination while the VM is arriving by live migration. */
+  incoming?: { migrationId: string; source: string };
   /** Driver-reported runtime facts (accelerator, pid, ...). */
   runtime?: Record<string, unknown>;
 }

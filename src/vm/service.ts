@@ -347,6 +347,77 @@ export class VmService {
     await Promise.allSettled([...this.#active.values()]);
   }
 
+  // ---- live migration hooks (driven by MigrationService) ------------------------
+
+  /** Source: claims a running VM for a migration and marks it `migrating`. */
+  async beginMigrationOut(ref: string, event: EventDraft): Promise<{ vm: VmRecord; release: () => void }> {
+    const vm = this.get(ref);
+    if (this.#active.has(vm.id)) throw new NovaError('VM_BUSY', `an operation is in progress on "${vm.name}"`);
+    if (vm.state !== 'running') throw new NovaError('VM_INVALID_STATE', `cannot live-migrate VM "${vm.name}" while it is ${vm.state}`, { state: vm.state, allowedFrom: ['running'] });
+    const release = this.#claim(vm);
+    try {
+      await this.#setState(vm.id, 'migrating', undefined, [], [{ ...event, vmId: vm.id, tenant: vm.spec.tenant }]);
+    } catch (err) {
+      release();
+      throw err;
+    }
+    return { vm, release };
+  }
+
+  /** Source: the VM runs on the destination now; it is no longer ours. */
+  async migratedAway(vmId: string, extraOps: WriteOp[], events: EventDraft[]): Promise<void> {
+    const vm = this.#byId.get(vmId)!;
+    await this.#drop(vm, extraOps, [{ type: 'vm.migrated', vmId, tenant: vm.spec.tenant, data: { name: vm.name } }, ...events]);
+  }
+
+  /**
+   * Source: the migration did not move the VM. With `stuck`, the outcome is unknown and
+   * the VM goes to `error` (never resumed blindly: the destination may be running it).
+   */
+  async migrationAbandoned(vmId: string, reason: string, extraOps: WriteOp[], events: EventDraft[], stuck = false): Promise<void> {
+    const vm = this.#byId.get(vmId);
+    if (!vm) return;
+    let to: VmState = 'error';
+    if (!stuck) {
+      const actual = await this.#deps.driver.inspect(vmId).catch(() => undefined);
+      to = actual?.status === 'running' ? 'running' : actual ? 'error' : 'stopped';
+    }
+    await this.#setState(vmId, to, reason, [], events, undefined, extraOps);
+  }
+
+  /** Destination: records the arriving VM (state `migrating`) and claims it. */
+  async adoptIncoming(incoming: { id: string; name: string; spec: VmSpec }, marker: NonNullable<VmRecord['incoming']>, events: EventDraft[]): Promise<{ vm: VmRecord; release: () => void }> {
+    if (this.#byId.has(incoming.id)) throw new NovaError('VM_NAME_CONFLICT', `VM ${incoming.id} already exists on this node`);
+    if (this.#byName.has(incoming.name) || this.#reserved.has(incoming.name)) throw new NovaError('VM_NAME_CONFLICT', `a VM named "${incoming.name}" already exists on this node`);
+    const problems = this.#problems(incoming.spec);
+    if (problems.length > 0) throw new NovaError('VM_SPEC_INVALID', problems.join('; '), { problems });
+    const now = new Date().toISOString();
+    const vm: VmRecord = { id: incoming.id, name: incoming.name, spec: incoming.spec, state: 'migrating', node: this.#deps.nodeId, incoming: marker, generation: 1, createdAt: now, updatedAt: now };
+    const release = this.#claim(vm);
+    try {
+      await this.#persist(vm, [{ type: 'vm.created', data: { name: vm.name, spec: vm.spec, migrationId: marker.migrationId } }, ...events]);
+    } catch (err) {
+      release();
+      throw err;
+    }
+    return { vm, release };
+  }
+
+  /** Destination: the guest runs here. */
+  async incomingArrived(vmId: string, runtime: Record<string, unknown>, extraOps: WriteOp[], events: EventDraft[]): Promise<void> {
+    const { incoming: _, ...rest } = this.#byId.get(vmId)!;
+    this.#byId.set(vmId, rest);
+    await this.#setState(vmId, 'running', undefined, [], events, runtime, extraOps);
+  }
+
+  /** Destination: the migration failed; the half-arrived VM is removed (its process is gone). */
+  async incomingAbandoned(vmId: string, extraOps: WriteOp[], events: EventDraft[]): Promise<void> {
+    const vm = this.#byId.get(vmId);
+    if (!vm) return;
+    await this.#deps.driver.destroy(vm).catch((err) => this.#deps.log.warn({ err, vmId }, 'cleaning up an aborted incoming VM failed'));
+    await this.#drop(vm, extraOps, [{ type: 'vm.deleted', vmId, tenant: vm.spec.tenant, data: { name: vm.name, reason: 'incoming migration aborted' } }, ...events]);
+  }
+
   // ---- operation execution -----------------------------------------------------
 
   async #run(op: OperationRecord, opts: ActionOptions): Promise<void> {
@@ -472,6 +543,7 @@ export class VmService {
     opsToStore: OperationRecord[] = [],
     extraEvents: EventDraft[] = [],
     runtime?: Record<string, unknown>,
+    extraOps: WriteOp[] = [],
   ): Promise<VmRecord> {
     const vm = this.#byId.get(vmId);
     if (!vm) throw new NovaError('VM_NOT_FOUND', `no VM with id "${vmId}"`);
@@ -484,7 +556,7 @@ export class VmService {
     if (runtime !== undefined) next.runtime = runtime;
     else if (to === 'stopped') delete next.runtime;
     const drafts: EventDraft[] = [{ type: 'vm.state', vmId, tenant: vm.spec.tenant, data: stripUndefined({ from: vm.state, to, reason }) }, ...extraEvents];
-    await this.#persist(next, drafts, opsToStore.map((o) => ({ key: opKey(o.id), value: pack(o) })));
+    await this.#persist(next, drafts, [...opsToStore.map((o) => ({ key: opKey(o.id), value: pack(o) })), ...extraOps]);
     return next;
   }
 
@@ -497,16 +569,18 @@ export class VmService {
   async #remove(vmId: string, op: OperationRecord): Promise<void> {
     const vm = this.#byId.get(vmId)!;
     const { done, event } = this.#finished(op, 'succeeded', {});
-    await this.#deps.events.commit(
-      [{ key: vmKey(vmId) }, { key: opKey(op.id), value: pack(done) }],
-      [{ type: 'vm.deleted', vmId, tenant: vm.spec.tenant, operationId: op.id, data: { name: vm.name } }, event],
-    );
+    await this.#drop(vm, [{ key: opKey(op.id), value: pack(done) }], [{ type: 'vm.deleted', vmId, tenant: vm.spec.tenant, operationId: op.id, data: { name: vm.name } }, event]);
     this.#ops.set(op.id, done);
-    this.#byId.delete(vmId);
+  }
+
+  /** Deletes the VM's record (with `ops` and `events` in the same write) and unindexes it. */
+  async #drop(vm: VmRecord, ops: WriteOp[], events: EventDraft[]): Promise<void> {
+    await this.#deps.events.commit([{ key: vmKey(vm.id) }, ...ops], events);
+    this.#byId.delete(vm.id);
     this.#byName.delete(vm.name);
-    this.#json.delete(vmId);
-    const i = lowerBound(this.#ids, vmId);
-    if (this.#ids[i] === vmId) this.#ids.splice(i, 1);
+    this.#json.delete(vm.id);
+    const i = lowerBound(this.#ids, vm.id);
+    if (this.#ids[i] === vm.id) this.#ids.splice(i, 1);
   }
 
   #index(vm: VmRecord): void {
@@ -543,6 +617,12 @@ export class VmService {
       await this.#finish(op, 'failed', { error: { code: 'INTERNAL', message: 'interrupted by daemon restart' } });
     }
     for (const vm of [...this.#byId.values()]) {
+      if (vm.incoming) {
+        // It never finished arriving: the source still has it (or reports the failure).
+        if (await this.#deps.driver.inspect(vm.id).catch(() => undefined)) await this.#deps.driver.stop(vm.id).catch(() => undefined);
+        await this.incomingAbandoned(vm.id, [], []);
+        continue;
+      }
       if (vm.state === 'stopped' || vm.state === 'error') continue;
       const actual = await this.#deps.driver.inspect(vm.id).catch(() => undefined);
       if (vm.state === 'pending') {

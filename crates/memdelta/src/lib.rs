@@ -16,7 +16,10 @@
 #![deny(missing_docs)]
 
 mod frame;
+mod sharded;
 mod zrle;
+
+pub use sharded::{ShardedDecoder, ShardedEncoder};
 
 pub use frame::{FrameKind, FRAME_HEADER_LEN};
 
@@ -141,13 +144,19 @@ impl Encoder {
         }
         for (i, &index) in indices.iter().enumerate() {
             let page: &[u8; PAGE_SIZE] = pages[i * PAGE_SIZE..(i + 1) * PAGE_SIZE].try_into().unwrap();
-            let before = out.len();
-            let kind = self.encode_page(index, page, out);
-            self.stats.pages += 1;
-            self.stats.wire_bytes += (out.len() - before) as u64;
-            self.stats.by_kind[kind as usize - 1] += 1;
+            self.encode_one(index, page, out);
         }
         Ok(())
+    }
+
+    /// Encodes one page, appending its frame to `out`.
+    pub fn encode_one(&mut self, index: u64, page: &[u8; PAGE_SIZE], out: &mut Vec<u8>) -> FrameKind {
+        let before = out.len();
+        let kind = self.encode_page(index, page, out);
+        self.stats.pages += 1;
+        self.stats.wire_bytes += (out.len() - before) as u64;
+        self.stats.by_kind[kind as usize - 1] += 1;
+        kind
     }
 
     fn encode_page(&mut self, index: u64, page: &[u8; PAGE_SIZE], out: &mut Vec<u8>) -> FrameKind {
@@ -224,9 +233,20 @@ impl Decoder {
     /// Decodes every frame in `input`, calling `apply(index, page)` for each page. The
     /// whole input is validated before anything is applied or remembered: a corrupt or
     /// inconsistent frame anywhere rejects the batch.
-    pub fn decode(&mut self, input: &[u8], mut apply: impl FnMut(u64, &[u8; PAGE_SIZE])) -> Result<usize, CodecError> {
-        // Pass 1: reconstruct into a staging area without touching the mirror's state
-        // for good, so a bad frame leaves the decoder exactly as it was.
+    pub fn decode(&mut self, input: &[u8], apply: impl FnMut(u64, &[u8; PAGE_SIZE])) -> Result<usize, CodecError> {
+        let staged = self.stage(input)?;
+        self.commit(&staged);
+        let mut apply = apply;
+        for (index, page) in staged.pages() {
+            apply(index, page);
+        }
+        Ok(staged.len())
+    }
+
+    /// Pass 1 of [`Decoder::decode`]: reconstructs every page of `input` without changing
+    /// the decoder. Commit the result with [`Decoder::commit`] (before staging anything
+    /// else), or drop it to leave the decoder as it was.
+    pub fn stage(&self, input: &[u8]) -> Result<Staged, CodecError> {
         let frames = frame::parse_all(input)?;
         let mut staged: Vec<(u64, u64, Box<[u8; PAGE_SIZE]>)> = Vec::with_capacity(frames.len());
         let mut pending: std::collections::HashMap<u64, usize> = std::collections::HashMap::new(); // index → staged slot
@@ -286,12 +306,39 @@ impl Decoder {
             pending_hash.insert(f.hash, staged.len());
             staged.push((f.index, f.hash, page));
         }
-        // Pass 2: commit in frame order, exactly as the encoder remembered them.
-        for (index, hash, page) in &staged {
+        Ok(Staged(staged))
+    }
+
+    /// Pass 2: remembers the staged pages in frame order, exactly as the encoder did.
+    pub fn commit(&mut self, staged: &Staged) {
+        for (index, hash, page) in &staged.0 {
             self.mirror.remember(*index, page, *hash);
-            apply(*index, page);
         }
-        Ok(staged.len())
+    }
+}
+
+/// Pages reconstructed and verified by [`Decoder::stage`], not yet applied.
+pub struct Staged(Vec<(u64, u64, Box<[u8; PAGE_SIZE]>)>);
+
+impl Staged {
+    /// Pages staged.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether nothing was staged.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The pages in frame order.
+    pub fn pages(&self) -> impl Iterator<Item = (u64, &[u8; PAGE_SIZE])> {
+        self.0.iter().map(|(i, _, p)| (*i, &**p))
+    }
+
+    fn page(&self, k: usize) -> (u64, &[u8; PAGE_SIZE]) {
+        let (i, _, p) = &self.0[k];
+        (*i, &**p)
     }
 }
 

@@ -184,3 +184,83 @@ proptest! {
     }
 }
 
+
+/// Sharded codec: same pages out, in input order, after encode → decode.
+fn sharded_round_trip(batches: &[Vec<(u64, Vec<u8>)>], capacity: usize, shards: usize) {
+    let mut enc = ShardedEncoder::new(capacity, shards);
+    let mut dec = ShardedDecoder::new(capacity, shards);
+    for batch in batches {
+        let indices: Vec<u64> = batch.iter().map(|(i, _)| *i).collect();
+        let pages: Vec<u8> = batch.iter().flat_map(|(_, p)| p.clone()).collect();
+        let mut wire = vec![];
+        enc.encode(&indices, &pages, &mut wire).unwrap();
+        let mut got = vec![];
+        dec.decode(&wire, |i, p| got.push((i, p.to_vec()))).unwrap();
+        assert_eq!(got.len(), batch.len());
+        for ((gi, gp), (i, p)) in got.iter().zip(batch) {
+            assert_eq!(gi, i);
+            assert!(gp == p, "page {i} differs after decode");
+        }
+    }
+}
+
+#[test]
+fn sharded_codec_round_trips_big_batches_in_parallel() {
+    // 3 rounds over 256 pages (above the parallel threshold), re-dirtying a few bytes.
+    let mut pages: Vec<Vec<u8>> = (0..256).map(|i| if i % 3 == 0 { vec![0; PAGE_SIZE] } else { noise(i) }).collect();
+    let mut batches = vec![];
+    for round in 0..3u8 {
+        let mut b = vec![];
+        for (i, p) in pages.iter_mut().enumerate() {
+            if round > 0 {
+                p[(i * 31) % PAGE_SIZE] ^= round;
+            }
+            b.push((i as u64, p.clone()));
+        }
+        batches.push(b);
+    }
+    sharded_round_trip(&batches, 512, 2);
+    sharded_round_trip(&batches, 64, 3); // evictions
+    sharded_round_trip(&batches, 512, 1);
+}
+
+#[test]
+fn sharded_corrupt_batch_changes_nothing() {
+    let mut enc = ShardedEncoder::new(256, 2);
+    let mut dec = ShardedDecoder::new(256, 2);
+    let pages: Vec<u8> = (0..64).flat_map(noise).collect();
+    let indices: Vec<u64> = (0..64).collect();
+    let mut wire = vec![];
+    enc.encode(&indices, &pages, &mut wire).unwrap();
+    let mut bad = wire.clone();
+    let last = bad.len() - 1;
+    bad[last] ^= 0x40; // inside the last shard's frames
+    let mut applied = 0;
+    assert!(dec.decode(&bad, |_, _| applied += 1).is_err());
+    assert_eq!(applied, 0);
+    // The decoder is as it was: the intact batch still decodes, and so does a delta on it.
+    assert_eq!(dec.decode(&wire, |_, _| ()).unwrap(), 64);
+    let mut changed = pages.clone();
+    changed[10] ^= 1;
+    let mut wire2 = vec![];
+    enc.encode(&indices, &changed, &mut wire2).unwrap();
+    let mut got = vec![];
+    dec.decode(&wire2, |_, p| got.extend_from_slice(p)).unwrap();
+    assert_eq!(got, changed);
+    assert!(wire2.len() < 64 * 64, "deltas of one byte stay tiny: {}", wire2.len());
+    // A decoder with another shard count refuses the batch.
+    assert_eq!(ShardedDecoder::new(256, 3).decode(&wire, |_, _| ()).unwrap_err().code(), "CODEC_INCONSISTENT");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    #[test]
+    fn sharded_decoder_survives_garbage(bytes in prop::collection::vec(any::<u8>(), 0..9000), shards in 1usize..4) {
+        let mut dec = ShardedDecoder::new(16, shards);
+        let mut applied = 0;
+        if dec.decode(&bytes, |_, _| applied += 1).is_err() {
+            prop_assert_eq!(applied, 0);
+        }
+    }
+}

@@ -1,10 +1,10 @@
 //! Binding for `novacron-memdelta`. Page data crosses as Buffers: inputs are borrowed
-//! (no copy), outputs are Rust vectors handed to JS without copying.
+//! (no copy), outputs are written into JS-owned buffers.
 
 use crate::js_error;
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
-use novacron_memdelta::{CodecError, Decoder, Encoder, PAGE_SIZE};
+use novacron_memdelta::{CodecError, ShardedDecoder, ShardedEncoder, PAGE_SIZE};
 
 fn to_js(err: CodecError) -> Error {
   js_error(err.code(), err)
@@ -36,21 +36,22 @@ pub struct BindingEncodeStats {
   pub raw: f64,
 }
 
-/// Source side of the page codec (see the `novacron-memdelta` crate).
+/// Source side of the page codec (see the `novacron-memdelta` crate), split into
+/// `shards` encoders that run in parallel on a thread pool.
 #[napi]
 pub struct PageEncoder {
-  inner: Encoder,
+  inner: ShardedEncoder,
   /// Reused between calls so encoding allocates nothing in steady state.
   scratch: Vec<u8>,
 }
 
 #[napi]
 impl PageEncoder {
-  /// `capacityPages`: pages remembered for deltas and duplicates; the decoder must use
-  /// the same value.
+  /// `capacityPages`: pages remembered for deltas and duplicates; `shards`: parallel
+  /// encoders (default 1). The decoder must use the same values.
   #[napi(constructor)]
-  pub fn new(capacity_pages: u32) -> Self {
-    Self { inner: Encoder::new(capacity_pages as usize), scratch: Vec::new() }
+  pub fn new(capacity_pages: u32, shards: Option<u32>) -> Self {
+    Self { inner: ShardedEncoder::new(capacity_pages as usize, shards.unwrap_or(1) as usize), scratch: Vec::new() }
   }
 
   /// Encodes `pages` (4 KiB each) at `indices` (little-endian u64 per page) into `out`,
@@ -86,21 +87,21 @@ impl PageEncoder {
 /// Destination side of the page codec.
 #[napi]
 pub struct PageDecoder {
-  inner: Decoder,
+  inner: ShardedDecoder,
 }
 
-/// Worst-case encoded size of `pages` pages (a raw page plus a frame header each).
+/// Worst-case encoded size of a batch of `pages` pages over `shards` shards (default 1).
 #[napi]
-pub fn max_encoded_len(pages: u32) -> u32 {
-  pages * (PAGE_SIZE as u32 + novacron_memdelta::FRAME_HEADER_LEN as u32)
+pub fn max_encoded_len(pages: u32, shards: Option<u32>) -> u32 {
+  ShardedEncoder::max_encoded_len(pages as usize, shards.unwrap_or(1).clamp(1, 64) as usize) as u32
 }
 
 #[napi]
 impl PageDecoder {
-  /// Must match the encoder's `capacityPages`.
+  /// Must match the encoder's `capacityPages` and `shards`.
   #[napi(constructor)]
-  pub fn new(capacity_pages: u32) -> Self {
-    Self { inner: Decoder::new(capacity_pages as usize) }
+  pub fn new(capacity_pages: u32, shards: Option<u32>) -> Self {
+    Self { inner: ShardedDecoder::new(capacity_pages as usize, shards.unwrap_or(1) as usize) }
   }
 
   /// Decodes a batch of frames into JS-owned buffers: page indices (little-endian u64

@@ -13,10 +13,11 @@ import { totalmem } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
-import { DriverError, type DiskSnapshot, type DiskSnapshots, type DriverInstanceState, type HypervisorDriver, type ShutdownOptions, type VmStats } from '../driver.js';
+import { DriverError, type DiskSnapshot, type DiskSnapshots, type DriverInstanceState, type HypervisorDriver, type LiveMigration, type ShutdownOptions, type VmStats } from '../driver.js';
 import type { VmRecord } from '../record.js';
 import type { DiskSpec, VmSpec } from '../spec.js';
 import { probeAccelerator } from '../qemu/accel.js';
+import { QemuLiveMigration } from '../qemu/migration.js';
 import { QmpClient, type QmpEvent } from '../qemu/qmp.js';
 
 export interface QemuDriverOptions {
@@ -45,6 +46,9 @@ interface Instance {
   guestShutdown: boolean;
   exited: Promise<void>;
   child?: ChildProcess;
+  /** QMP timestamps (ms since epoch) of the last STOP and RESUME events. */
+  stoppedAt?: number;
+  resumedAt?: number;
 }
 
 const UNIX_PATH_MAX = 107;
@@ -57,8 +61,19 @@ export class QemuDriver implements HypervisorDriver {
   #opts: Required<Omit<QemuDriverOptions, 'accel'>> & Pick<QemuDriverOptions, 'accel'>;
   #instances = new Map<string, Instance>();
 
+  readonly migration: LiveMigration;
+
   constructor(opts: QemuDriverOptions) {
     this.#opts = { binary: 'qemu-system-x86_64', imgBinary: 'qemu-img', hugepagesPath: '/dev/hugepages', ...opts };
+    this.migration = new QemuLiveMigration({
+      vmDir: (id) => this.vmDir(id),
+      spawnIncoming: async (vm) => (await this.#spawn(vm, 'incoming')).runtime,
+      instance: async (id) => {
+        const inst = await this.#require(id, 'migrate');
+        return { qmp: inst.qmp, pid: inst.pid, exited: inst.exited, stoppedAt: () => inst.stoppedAt, resumedAt: () => inst.resumedAt };
+      },
+      stop: (id) => this.stop(id),
+    });
   }
 
   vmDir(vmId: string): string {
@@ -231,6 +246,28 @@ export class QemuDriver implements HypervisorDriver {
 
   async start(vm: VmRecord, opts: { restoreFrom?: string } = {}): Promise<DriverInstanceState> {
     if (opts.restoreFrom && !existsSync(opts.restoreFrom)) throw new DriverError('start', `checkpoint ${opts.restoreFrom} is missing`);
+    const { inst, runtime } = await this.#spawn(vm, opts.restoreFrom ? 'paused-incoming' : 'paused');
+    const { qmp } = inst;
+    try {
+      if (opts.restoreFrom) {
+        await qmp.execute('migrate-incoming', { uri: migrationUri(qmp, opts.restoreFrom, 'in') });
+        await this.#waitMigration(qmp, 'restore');
+      }
+      await qmp.execute('cont');
+    } catch (err) {
+      await this.stop(vm.id).catch(() => undefined);
+      throw new DriverError('start', `QEMU did not start the guest: ${(err as Error).message}`);
+    }
+    return { status: 'running', runtime };
+  }
+
+  /**
+   * Starts the VM's QEMU process and connects QMP. `paused`: vCPUs wait for `cont`;
+   * `paused-incoming`: also waits for `migrate-incoming`; `incoming`: waits for an
+   * incoming migration and runs the guest as soon as it has arrived (no `cont` round
+   * trip inside the migration's downtime).
+   */
+  async #spawn(vm: VmRecord, mode: 'paused' | 'paused-incoming' | 'incoming'): Promise<{ inst: Instance; runtime: Record<string, unknown> }> {
     if (this.#instances.has(vm.id)) throw new DriverError('start', `VM ${vm.id} already has a QEMU process`);
     const dir = this.vmDir(vm.id);
     mkdirSync(dir, { recursive: true });
@@ -241,7 +278,8 @@ export class QemuDriver implements HypervisorDriver {
     const stderrPath = join(dir, 'qemu.stderr');
     const stderrFd = openSync(stderrPath, 'w');
     const args = this.#args(vm, accel);
-    if (opts.restoreFrom) args.push('-incoming', 'defer');
+    if (mode === 'incoming') args.splice(args.indexOf('-S'), 1);
+    if (mode !== 'paused') args.push('-incoming', 'defer');
     const child = spawn(this.#opts.binary, args, { detached: true, stdio: ['ignore', 'ignore', stderrFd] });
     closeSync(stderrFd);
     child.unref(); // The VM must outlive the daemon.
@@ -255,17 +293,7 @@ export class QemuDriver implements HypervisorDriver {
       throw new DriverError('start', `QEMU failed to start: ${stderrTail(stderrPath) || (err as Error).message}`);
     });
     const inst = this.#track(vm.id, child.pid!, qmp, child);
-    try {
-      if (opts.restoreFrom) {
-        await qmp.execute('migrate-incoming', { uri: migrationUri(qmp, opts.restoreFrom, 'in') });
-        await this.#waitMigration(qmp, 'restore');
-      }
-      await qmp.execute('cont');
-    } catch (err) {
-      await this.stop(vm.id).catch(() => undefined);
-      throw new DriverError('start', `QEMU did not start the guest: ${(err as Error).message}`);
-    }
-    return { status: 'running', runtime: { accelerator: accel, accelReason: reason, pid: inst.pid, qemu: versionString(qmp) } };
+    return { inst, runtime: { accelerator: accel, accelReason: reason, pid: inst.pid, qemu: versionString(qmp) } };
   }
 
   async stop(vmId: string): Promise<void> {
@@ -436,10 +464,12 @@ export class QemuDriver implements HypervisorDriver {
         // STOP/RESUME that NovaCron did not ask for (its own are inside an operation,
         // which the VM service ignores driver events during).
         case 'STOP':
+          inst.stoppedAt = eventTime(ev);
           this.events.emit('event', { type: 'paused', vmId, reason: stopReason });
           stopReason = 'stopped by QEMU';
           break;
         case 'RESUME':
+          inst.resumedAt = eventTime(ev);
           this.events.emit('event', { type: 'resumed', vmId });
           break;
       }
@@ -551,6 +581,10 @@ function migrationUri(qmp: QmpClient, path: string, dir: 'in' | 'out'): string {
   if (!v || v.major > 8 || (v.major === 8 && v.minor >= 2)) return `file:${path}`;
   const quoted = `'${path.replace(/'/g, `'\\''`)}'`;
   return dir === 'out' ? `exec:cat > ${quoted}` : `exec:cat ${quoted}`;
+}
+
+function eventTime(ev: QmpEvent): number {
+  return ev.timestamp ? ev.timestamp.seconds * 1000 + ev.timestamp.microseconds / 1000 : Date.now();
 }
 
 function versionString(qmp: QmpClient): string | undefined {

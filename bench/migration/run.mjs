@@ -1,0 +1,364 @@
+#!/usr/bin/env node
+// bench/migration: NovaCron live migration vs QEMU's native migration, same guest, same run.
+//
+//   node bench/migration/run.mjs [--memory 2048] [--working-set 512] [--rates 0,32,128,512]
+//        [--links 125,0] [--runs 3] [--modes novacron,plain,xbzrle,auto-converge]
+//        [--model half] [--timeout 90] [--quick] [--check]
+//
+// Per cell (guest dirty rate × link): each mode migrates the same kind of guest (RAM
+// --memory MiB, --working-set MiB prefilled and re-dirtied at the rate) and we record:
+// QEMU's downtime figure, stop→resume from QMP event timestamps, the longest gap between
+// guest heartbeats as seen on the host (serial console arrivals), total time, bytes on the
+// wire, and whether it converged within --timeout. NovaCron runs between two daemons
+// through its transport (link cap = its token bucket); QEMU's modes run between two bare
+// QEMUs over TCP (link cap = max-bandwidth). A link of 0 means unlimited.
+// Targets (issue 4), per cell against QEMU's best mode: converges everywhere; wire bytes
+// <= 0.6x; total time <= 0.7x; downtime <= QEMU's and <= 50 ms p99; stall <= 100 ms.
+import { spawn, execFileSync } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { connect } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join, resolve, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { writeResults, printTable, pct } from '../lib/report.mjs';
+import { QmpClient } from '../../dist/vm/qemu/qmp.js';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const root = resolve(here, '..', '..');
+const { values: a } = parseArgs({
+  options: {
+    memory: { type: 'string', default: '2048' }, 'working-set': { type: 'string', default: '512' }, rates: { type: 'string', default: '0,32,128,512' },
+    links: { type: 'string', default: '125,0' }, runs: { type: 'string', default: '3' }, modes: { type: 'string', default: 'novacron,plain,xbzrle,auto-converge' },
+    model: { type: 'string', default: 'half' }, timeout: { type: 'string', default: '90' }, quick: { type: 'boolean', default: false }, check: { type: 'boolean', default: false },
+  },
+});
+const Q = a.quick;
+const MEMORY = Q ? 256 : Number(a.memory);
+const WS = Q ? 32 : Number(a['working-set']);
+const RATES = (Q ? '16' : a.rates).split(',').map(Number);
+const LINKS = (Q ? '0' : a.links).split(',').map(Number);
+const RUNS = Q ? 1 : Number(a.runs);
+const MODES = (Q ? 'novacron,plain' : a.modes).split(',');
+const TIMEOUT_MS = (Q ? 60 : Number(a.timeout)) * 1000;
+const TARGETS = { wireRatio: 0.6, timeRatio: 0.7, downtimeP99Ms: 50, stallMs: 100 };
+
+execFileSync('bash', [join(root, 'scripts', 'setup-qemu.sh')], { stdio: 'inherit' });
+const guestDir = execFileSync('bash', [join(root, 'scripts', 'build-test-guest.sh')], { encoding: 'utf8' }).trim().split('\n').at(-1);
+const kernel = join(guestDir, 'vmlinuz');
+const initrd = join(guestDir, 'initrd.img');
+const work = mkdtempSync(join(tmpdir(), 'novacron-bench-mig-'));
+const results = { bench: 'migration', time: new Date().toISOString(), quick: Q, memoryMiB: MEMORY, workingSetMiB: WS, model: a.model, runs: RUNS, timeoutMs: TIMEOUT_MS, targets: TARGETS, cells: [] };
+
+const daemons = [];
+const bares = new Set();
+try {
+  daemons.push(await startDaemon(join(work, 'a')), await startDaemon(join(work, 'b')));
+  for (const rate of RATES) {
+    const cmdline = `console=ttyS0 quiet panic=-1 nc.dirty_mib=${WS} nc.rate=${rate} nc.model=${a.model} nc.prefill=1`;
+    // One guest per system and rate; migrations go back and forth.
+    const nova = MODES.includes('novacron') ? await novaGuest(cmdline, `bench-r${rate}`) : undefined;
+    let bare = MODES.some((m) => m !== 'novacron') ? await bareGuest(cmdline, `r${rate}-0`) : undefined;
+    for (const link of LINKS) {
+      const cell = { dirtyMiBps: rate, linkMBps: link || 'unlimited', modes: {} };
+      for (let run = 0; run < RUNS; run++) {
+        for (const mode of MODES) {
+          let r;
+          if (mode === 'novacron') r = await novaMigrate(nova, link);
+          else {
+            const out = await bareMigrate(bare, mode, link, `r${rate}-l${link}-${run}-${mode}`, cmdline);
+            bare = out.guest;
+            r = out.result;
+          }
+          (cell.modes[mode] ??= []).push(r);
+          console.error(`rate ${rate} MiB/s, link ${link || '∞'}: ${mode} run ${run + 1}: ${r.converged ? `downtime ${r.downtimeMs} ms (stop→resume ${r.stopToResumeMs}), stall ${r.stallMs} ms, total ${r.totalMs} ms, wire ${mib(r.wireBytes)} MiB` : `did not converge in ${TIMEOUT_MS / 1000} s`}`);
+        }
+      }
+      results.cells.push(summarize(cell));
+    }
+    if (nova) await nova.remove();
+    bare?.kill();
+  }
+  results.pass = results.cells.every((c) => Object.values(c.verdict ?? {}).every(Boolean));
+  const out = writeResults(root, 'migration', results);
+  const rows = [];
+  for (const c of results.cells) {
+    for (const [mode, s] of Object.entries(c.summary)) {
+      rows.push([`${c.dirtyMiBps} MiB/s, ${c.linkMBps === 'unlimited' ? '∞' : `${c.linkMBps} MB/s`}`, mode, `${s.converged}/${s.runs}`, s.downtimeP50Ms ?? '-', s.downtimeMaxMs ?? '-', s.stopToResumeP50Ms ?? '-', s.stallMaxMs ?? '-', s.totalP50Ms ?? '-', s.wireMiBP50 ?? '-']);
+    }
+  }
+  printTable(`bench/migration (${MEMORY} MiB guest, ${WS} MiB working set, model ${a.model}, ${RUNS} runs per cell)`, ['cell', 'mode', 'conv', 'down p50', 'down max', 'stop→res p50', 'stall max', 'total p50', 'wire MiB p50'], rows);
+  for (const c of results.cells) console.log(`${c.dirtyMiBps} MiB/s, link ${c.linkMBps}: vs ${c.bestQemuMode ?? '-'} — ${Object.entries(c.verdict ?? {}).map(([k, v]) => `${k} ${v ? 'PASS' : 'MISS'}`).join(', ')}${c.ratios ? ` (wire ${c.ratios.wire}x, time ${c.ratios.time}x)` : ''}`);
+  console.log(`results: ${out}`);
+  if (a.check && !results.pass) process.exitCode = 1;
+} finally {
+  for (const b of bares) b.kill();
+  for (const d of daemons) await d.stop();
+  try {
+    execFileSync('pkill', ['-9', '-f', work]);
+  } catch {
+    /* nothing left */
+  }
+  rmSync(work, { recursive: true, force: true });
+}
+
+// ---- summaries ---------------------------------------------------------------------------
+
+function summarize(cell) {
+  cell.summary = {};
+  for (const [mode, runs] of Object.entries(cell.modes)) {
+    const ok = runs.filter((r) => r.converged);
+    const p = (f, q) => (ok.length ? pct(ok.map(f), q) : undefined);
+    cell.summary[mode] = {
+      runs: runs.length, converged: ok.length,
+      downtimeP50Ms: p((r) => r.downtimeMs, 0.5), downtimeMaxMs: p((r) => r.downtimeMs, 1),
+      stopToResumeP50Ms: p((r) => r.stopToResumeMs, 0.5), stallMaxMs: p((r) => r.stallMs, 1),
+      totalP50Ms: p((r) => r.totalMs, 0.5), wireMiBP50: p((r) => mib(r.wireBytes), 0.5),
+    };
+  }
+  const nova = cell.summary.novacron;
+  const qemuModes = Object.entries(cell.summary).filter(([m, s]) => m !== 'novacron' && s.converged > 0);
+  if (!nova) return cell;
+  // QEMU's best mode in this cell: the converging one with the shortest total time.
+  const best = qemuModes.sort((x, y) => x[1].totalP50Ms - y[1].totalP50Ms)[0];
+  cell.bestQemuMode = best?.[0] ?? 'none converged';
+  cell.verdict = { converges: nova.converged === nova.runs, downtimeP99: nova.downtimeMaxMs !== undefined && nova.downtimeMaxMs <= TARGETS.downtimeP99Ms, stall: nova.stallMaxMs !== undefined && nova.stallMaxMs <= TARGETS.stallMs };
+  if (best && nova.converged) {
+    const s = best[1];
+    cell.ratios = { wire: round(nova.wireMiBP50 / s.wireMiBP50), time: round(nova.totalP50Ms / s.totalP50Ms) };
+    cell.verdict.wire = cell.ratios.wire <= TARGETS.wireRatio;
+    cell.verdict.time = cell.ratios.time <= TARGETS.timeRatio;
+    cell.verdict.downtimeVsQemu = nova.downtimeMaxMs <= s.downtimeMaxMs;
+  }
+  return cell;
+}
+
+function mib(b) {
+  return Math.round((b / 1048576) * 10) / 10;
+}
+
+function round(x) {
+  return Math.round(x * 100) / 100;
+}
+
+// ---- heartbeats seen on the host -----------------------------------------------------------
+
+/** Records when each "HB n" line arrives on a guest's serial console socket. */
+class Heartbeats {
+  beats = [];
+  #socks = [];
+
+  /** Follows a console socket (waits for it to appear). */
+  async follow(path) {
+    for (let i = 0; i < 2000 && !existsSync(path); i++) await sleep(5);
+    const s = connect(path);
+    this.#socks.push(s);
+    let buf = '';
+    s.on('data', (d) => {
+      const t = performance.now();
+      buf += d.toString('latin1');
+      let nl;
+      while ((nl = buf.indexOf('\n')) >= 0) {
+        const m = /^HB (\d+) /.exec(buf.slice(0, nl));
+        if (m) this.beats.push({ n: Number(m[1]), t });
+        buf = buf.slice(nl + 1);
+      }
+    });
+    s.on('error', () => undefined);
+    await new Promise((r) => s.once('connect', r));
+  }
+
+  /** Longest host-side gap between consecutive heartbeats from `t0` on. */
+  maxGap(t0) {
+    const seen = new Map();
+    for (const b of this.beats) if (b.t >= t0 && !seen.has(b.n)) seen.set(b.n, b.t);
+    const ts = [...seen.entries()].sort((x, y) => x[0] - y[0]).map(([, t]) => t);
+    let gap = 0;
+    for (let i = 1; i < ts.length; i++) gap = Math.max(gap, ts[i] - ts[i - 1]);
+    return round(gap);
+  }
+
+  close() {
+    for (const s of this.#socks) s.destroy();
+  }
+}
+
+// ---- NovaCron ----------------------------------------------------------------------------
+
+function startDaemon(dataDir) {
+  const proc = spawn(process.execPath, [join(root, 'bin', 'novacron.js'), 'daemon', '--driver', 'qemu', '--listen', '127.0.0.1:0', '--data-dir', dataDir, '--log-level', 'warn'], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let err = '';
+  return new Promise((res, rej) => {
+    proc.stderr.on('data', (d) => {
+      err += d;
+      const m = /listening on (http:\/\/\S+)/.exec(err);
+      if (m) res({ url: m[1], dataDir, stop: () => new Promise((r) => { proc.on('exit', r); proc.kill('SIGTERM'); }) });
+    });
+    proc.on('exit', (c) => rej(new Error(`daemon exited ${c}: ${err}`)));
+  });
+}
+
+async function call(url, method, path, body) {
+  const res = await fetch(url + path, { method, ...(body ? { headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) } : {}) });
+  const json = await res.json();
+  if (!res.ok) throw new Error(`${method} ${path}: ${res.status} ${JSON.stringify(json)}`);
+  return json;
+}
+
+async function untilPrefilled(serialPath) {
+  const { readFileSync } = await import('node:fs');
+  const deadline = Date.now() + 600_000;
+  while (!(existsSync(serialPath) && /PREFILLED/.test(readFileSync(serialPath, 'latin1')))) {
+    if (Date.now() > deadline) throw new Error(`no PREFILLED in ${serialPath}`);
+    await sleep(200);
+  }
+  await sleep(1000); // let the dirtier reach its rate
+}
+
+async function novaGuest(cmdline, name) {
+  const [A] = daemons;
+  const vm = await call(A.url, 'POST', '/v1/vms', { name, vcpus: 1, memoryMiB: MEMORY, boot: { type: 'kernel', kernel, initrd, cmdline } });
+  const op = await call(A.url, 'POST', `/v1/vms/${vm.id}/start`);
+  for (;;) {
+    const o = await call(A.url, 'GET', `/v1/operations/${op.id}`);
+    if (o.state === 'succeeded') break;
+    if (o.state === 'failed') throw new Error(`start failed: ${JSON.stringify(o.error)}`);
+    await sleep(50);
+  }
+  await untilPrefilled(join(A.dataDir, 'vms', vm.id, 'serial.log'));
+  const g = { id: vm.id, at: 0 };
+  g.remove = async () => {
+    const d = daemons[g.at];
+    await call(d.url, 'DELETE', `/v1/vms/${g.id}?force=true`);
+  };
+  return g;
+}
+
+async function novaMigrate(g, link) {
+  const src = daemons[g.at];
+  const dst = daemons[1 - g.at];
+  const hb = new Heartbeats();
+  await hb.follow(join(src.dataDir, 'vms', g.id, 'console.sock'));
+  const t0 = performance.now();
+  const m = await call(src.url, 'POST', `/v1/vms/${g.id}/migrate`, { target: dst.url, force: true, maxDowntimeMs: 50, ...(link ? { bandwidthMBps: link } : {}) });
+  void hb.follow(join(dst.dataDir, 'vms', g.id, 'console.sock'));
+  let rec;
+  let cancelled = false;
+  for (;;) {
+    rec = await call(src.url, 'GET', `/v1/migrations/${m.id}`);
+    if (rec.state !== 'running') break;
+    if (!cancelled && performance.now() - t0 > TIMEOUT_MS) {
+      cancelled = true;
+      await call(src.url, 'DELETE', `/v1/migrations/${m.id}`).catch(() => undefined);
+    }
+    await sleep(20);
+  }
+  await sleep(1500); // heartbeats after the switchover
+  const stallMs = hb.maxGap(t0);
+  hb.close();
+  if (rec.state !== 'completed') {
+    if (!cancelled) throw new Error(`NovaCron migration ${rec.state}: ${JSON.stringify(rec.error)}`);
+    return { converged: false, totalMs: round(performance.now() - t0), wireBytes: rec.progress.bytesWire, stallMs };
+  }
+  g.at = 1 - g.at;
+  return {
+    converged: true,
+    downtimeMs: rec.downtimeMs.qemu,
+    stopToResumeMs: rec.downtimeMs.measured,
+    stallMs,
+    totalMs: rec.totalMs,
+    wireBytes: rec.progress.bytesWire,
+    rawBytes: rec.progress.bytesRaw,
+    rounds: rec.progress.rounds,
+    dirtyBytesPerSec: rec.progress.dirtyBytesPerSec,
+    predictedTotalMs: round(rec.prediction.totalMs),
+  };
+}
+
+// ---- QEMU native -------------------------------------------------------------------------
+
+let nextPort = 47000 + Math.floor(Math.random() * 1000);
+
+/** A bare QEMU with the driver's machine, devices and guest; optionally waiting for a migration. */
+async function bareQemu(name, cmdline, incomingPort) {
+  const dir = join(work, `bare-${name}`);
+  execFileSync('mkdir', ['-p', dir]);
+  const qmpSock = join(dir, 'qmp.sock');
+  const console = join(dir, 'console.sock');
+  const args = ['-name', `guest=${name}`, '-machine', 'q35,accel=tcg', '-cpu', 'max', '-smp', '1', '-m', `${MEMORY}M`, '-nodefaults', '-no-user-config', '-display', 'none',
+    '-chardev', `socket,id=qmp,path=${qmpSock},server=on,wait=off`, '-mon', 'chardev=qmp,mode=control',
+    '-chardev', `socket,id=serial0,path=${console},server=on,wait=off,logfile=${join(dir, 'serial.log')}`, '-serial', 'chardev:serial0',
+    '-kernel', kernel, '-initrd', initrd, '-append', cmdline];
+  if (incomingPort) args.push('-incoming', `tcp:127.0.0.1:${incomingPort}`);
+  const proc = spawn('qemu-system-x86_64', args, { stdio: 'ignore' });
+  const g = { dir, console, serial: join(dir, 'serial.log'), proc, kill: () => { proc.kill('SIGKILL'); bares.delete(g); } };
+  bares.add(g);
+  for (let i = 0; i < 2000 && !existsSync(qmpSock); i++) await sleep(5);
+  g.qmp = await QmpClient.connect(qmpSock, 5000);
+  g.events = [];
+  g.qmp.on('event', (ev) => g.events.push(ev));
+  return g;
+}
+
+async function bareGuest(cmdline, name) {
+  const g = await bareQemu(name, cmdline);
+  await untilPrefilled(g.serial);
+  return g;
+}
+
+const evTime = (ev) => ev.timestamp.seconds * 1000 + ev.timestamp.microseconds / 1000;
+
+async function bareMigrate(src, mode, link, name, cmdline) {
+  const port = nextPort++;
+  const dst = await bareQemu(name, cmdline, port);
+  const hb = new Heartbeats();
+  await hb.follow(src.console);
+  await hb.follow(dst.console);
+  const caps = [{ capability: 'xbzrle', state: mode === 'xbzrle' }, { capability: 'auto-converge', state: mode === 'auto-converge' }];
+  await src.qmp.execute('migrate-set-capabilities', { capabilities: caps });
+  // xbzrle cache: the same share of RAM NovaCron's codec keeps (25%, <= 256 MiB).
+  await src.qmp.execute('migrate-set-parameters', { 'downtime-limit': 50, 'max-bandwidth': link ? link * 1e6 : 2 ** 40, 'xbzrle-cache-size': Math.min(MEMORY * 1048576 * 0.25, 256 << 20) });
+  const t0 = performance.now();
+  await src.qmp.execute('migrate', { uri: `tcp:127.0.0.1:${port}` });
+  let info;
+  let cancelled = false;
+  for (;;) {
+    info = await src.qmp.execute('query-migrate');
+    if (info.status === 'completed' || info.status === 'failed' || info.status === 'cancelled') break;
+    if (!cancelled && performance.now() - t0 > TIMEOUT_MS) {
+      cancelled = true;
+      await src.qmp.execute('migrate_cancel');
+    }
+    await sleep(20);
+  }
+  const totalMs = round(performance.now() - t0);
+  await sleep(1500);
+  const stallMs = hb.maxGap(t0);
+  hb.close();
+  if (info.status !== 'completed') {
+    dst.kill();
+    if (!cancelled) throw new Error(`QEMU ${mode} migration ${info.status}: ${info['error-desc']}`);
+    // The guest keeps running on the source; it stays the source for the next run.
+    if (!(await src.qmp.execute('query-status')).running) await src.qmp.execute('cont');
+    return { guest: src, result: { converged: false, totalMs, wireBytes: info.ram?.transferred ?? 0, stallMs } };
+  }
+  const stop = src.events.filter((e) => e.event === 'STOP').at(-1);
+  const resume = dst.events.filter((e) => e.event === 'RESUME').at(-1);
+  src.kill();
+  return {
+    guest: dst,
+    result: {
+      converged: true,
+      downtimeMs: info.downtime,
+      stopToResumeMs: stop && resume ? round(evTime(resume) - evTime(stop)) : undefined,
+      stallMs,
+      totalMs: info['total-time'],
+      wireBytes: info.ram.transferred,
+      rounds: info.ram['dirty-sync-count'],
+      dirtyBytesPerSec: (info.ram['dirty-pages-rate'] ?? 0) * 4096,
+      throttlePercent: info['cpu-throttle-percentage'] ?? 0,
+    },
+  };
+}
+

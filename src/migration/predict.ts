@@ -1,0 +1,73 @@
+/**
+ * Dry-run prediction: will pre-copy converge within the downtime target, and how long
+ * will it take? A round-by-round model of pre-copy fed with measured inputs: the
+ * guest's dirty rate (QEMU calc-dirty-rate) and the codec's ratio on a sample of the
+ * guest's own pages — first sends and re-sends (deltas) measured separately.
+ */
+export interface PredictionInput {
+  memoryBytes: number;
+  dirtyBytesPerSec: number;
+  /** raw / wire for pages sent the first time. */
+  firstRatio: number;
+  /** raw / wire for re-sent (dirtied) pages. */
+  resendRatio: number;
+  /** Wire bandwidth cap, bytes/s; undefined = no cap. */
+  wireBytesPerSec?: number;
+  /** Raw bytes/s the path sustains without a cap (hypervisor + relay). */
+  pathRawBytesPerSec: number;
+  maxDowntimeMs: number;
+}
+
+export interface Prediction {
+  converges: boolean;
+  /** Downtime of the final round, ms (Infinity when it does not converge). */
+  downtimeMs: number;
+  totalMs: number;
+  rounds: number;
+  bytesRaw: number;
+  bytesWire: number;
+  /** vCPU throttle needed for the dirty rate to fall below the transfer rate, percent. */
+  throttleNeededPercent: number;
+  inputs: PredictionInput;
+}
+
+/** Fixed cost of the stop-and-copy phase beyond RAM (device state, handshakes). */
+const SWITCHOVER_OVERHEAD_MS = 5;
+const MAX_ROUNDS = 30;
+
+export function predict(inp: PredictionInput): Prediction {
+  const rawRate = (ratio: number) => Math.min(inp.pathRawBytesPerSec, inp.wireBytesPerSec ? inp.wireBytesPerSec * ratio : Infinity);
+  const firstRate = rawRate(inp.firstRatio);
+  const resendRate = rawRate(inp.resendRatio);
+  let toSend = inp.memoryBytes;
+  let rate = firstRate;
+  let ratio = inp.firstRatio;
+  let totalMs = 0;
+  let bytesRaw = 0;
+  let bytesWire = 0;
+  let rounds = 0;
+  let converges = false;
+  let downtimeMs = Infinity;
+  while (rounds < MAX_ROUNDS) {
+    const ms = (toSend / rate) * 1000;
+    if (rounds > 0 && ms + SWITCHOVER_OVERHEAD_MS <= inp.maxDowntimeMs) {
+      converges = true;
+      downtimeMs = ms + SWITCHOVER_OVERHEAD_MS;
+      totalMs += downtimeMs;
+      bytesRaw += toSend;
+      bytesWire += toSend / ratio;
+      break;
+    }
+    totalMs += ms;
+    bytesRaw += toSend;
+    bytesWire += toSend / ratio;
+    rounds++;
+    const next = Math.min(inp.memoryBytes, inp.dirtyBytesPerSec * (ms / 1000));
+    if (rounds > 1 && next >= toSend) break; // not shrinking: pre-copy alone never ends
+    toSend = next;
+    rate = resendRate;
+    ratio = inp.resendRatio;
+  }
+  const throttleNeededPercent = inp.dirtyBytesPerSec <= 0 ? 0 : Math.max(0, Math.min(99, Math.ceil((1 - (resendRate * 0.9) / inp.dirtyBytesPerSec) * 100)));
+  return { converges, downtimeMs, totalMs, rounds, bytesRaw, bytesWire, throttleNeededPercent: converges ? 0 : throttleNeededPercent, inputs: inp };
+}

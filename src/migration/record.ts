@@ -1,0 +1,65 @@
+/** A live migration as stored and served at /v1/migrations/:id (on both daemons). */
+import { z } from 'zod';
+import type { Prediction } from './predict.js';
+
+export const MIGRATION_PHASES = ['plan', 'prepare', 'precopy', 'switchover', 'cleanup', 'done'] as const;
+export type MigrationPhase = (typeof MIGRATION_PHASES)[number];
+
+export interface MigrationProgressFigures {
+  /** Guest bytes the hypervisor sent (before NovaCron's compression). */
+  bytesRaw: number;
+  /** Bytes NovaCron put on the wire. */
+  bytesWire: number;
+  /** bytesRaw / bytesWire. */
+  compressionRatio: number;
+  /** Pre-copy rounds (dirty-bitmap syncs). */
+  rounds: number;
+  dirtyBytesPerSec: number;
+  remainingBytes: number;
+  totalBytes: number;
+  predictedDowntimeMs?: number;
+  throttlePercent: number;
+}
+
+export interface MigrationRecord {
+  id: string;
+  vmId: string;
+  vmName: string;
+  role: 'source' | 'destination';
+  /** Source: the target daemon's address; destination: the source node. */
+  peer: string;
+  state: 'running' | 'completed' | 'failed' | 'cancelled';
+  phase: MigrationPhase;
+  policy: MigrationPolicy;
+  prediction?: Prediction;
+  progress: MigrationProgressFigures;
+  /** Set when completed: the hypervisor's figure and the measured stop → resume gap. */
+  downtimeMs?: { qemu?: number; measured?: number };
+  totalMs?: number;
+  error?: { code: string; message: string };
+  createdAt: string;
+  updatedAt: string;
+  finishedAt?: string;
+}
+
+export const MigrateRequest = z.strictObject({
+  /** The target daemon: http://host:port (its API address). */
+  target: z.string().regex(/^https?:\/\/[^/\s]+$/, 'target must be a daemon address like http://127.0.0.1:7700'),
+  maxDowntimeMs: z.int().min(1).max(60_000).default(50),
+  /** Cap on NovaCron's wire bytes per second, in MB/s (10^6); omitted = unlimited. */
+  bandwidthMBps: z.number().positive().max(100_000).optional(),
+  dryRun: z.boolean().default(false),
+  /** Start even when the prediction misses the downtime target. */
+  force: z.boolean().default(false),
+  /** Parallel multifd channels. */
+  channels: z.int().min(1).max(16).default(2),
+});
+export type MigrateRequest = z.infer<typeof MigrateRequest>;
+export type MigrationPolicy = Omit<MigrateRequest, 'target' | 'dryRun'>;
+
+export const MIG_PREFIX = 'mig/';
+export const migKey = (id: string) => MIG_PREFIX + id;
+
+export function emptyProgress(): MigrationProgressFigures {
+  return { bytesRaw: 0, bytesWire: 0, compressionRatio: 1, rounds: 0, dirtyBytesPerSec: 0, remainingBytes: 0, totalBytes: 0, throttlePercent: 0 };
+}

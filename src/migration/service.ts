@@ -1,0 +1,201 @@
+/**
+ * Live migration, as the API sees it: plan (dry-run prediction), start, follow, cancel
+ * outgoing migrations; accept incoming ones from peer daemons.
+ */
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import type { Logger } from 'pino';
+import { NovaError } from '../errors.js';
+import type { EventLog } from '../events/log.js';
+import { PageEncoder, PAGE_SIZE } from '../native/memdelta.js';
+import type { Store } from '../store/store.js';
+import type { HypervisorDriver, LiveMigration } from '../vm/driver.js';
+import { newId, type VmRecord } from '../vm/record.js';
+import type { VmService } from '../vm/service.js';
+import { MigrationBook } from './book.js';
+import { IncomingMigrations, type IncomingRequest } from './incoming.js';
+import { OutgoingMigration, type IncomingOffer } from './outgoing.js';
+import { predict, type Prediction } from './predict.js';
+import { emptyProgress, type MigrateRequest, type MigrationRecord } from './record.js';
+
+export interface MigrationServiceDeps {
+  store: Store;
+  events: EventLog;
+  vms: VmService;
+  driver: HypervisorDriver;
+  log: Logger;
+  nodeId: string;
+  dataDir: string;
+  /** Address the transport listener binds. */
+  host: string;
+  transportPort?: number;
+  apiToken?: string;
+  corruptPagesFrame?: number;
+}
+
+/** Raw bytes/s the QEMU → relay path sustains with no link cap (measured on TCG guests here; see bench/migration). */
+const PATH_RAW_BYTES_PER_SEC = 400e6;
+/** Source and destination each keep this share of guest RAM as codec cache (capped). */
+const CACHE_SHARE = 0.25;
+const MAX_CACHE_BYTES = 256 << 20;
+/** Guest RAM sampled for the codec ratio: chunks × size. */
+const SAMPLE_CHUNKS = 4;
+const SAMPLE_CHUNK_BYTES = 2 << 20;
+
+export class MigrationService {
+  #deps: MigrationServiceDeps;
+  #book: MigrationBook;
+  #incoming?: IncomingMigrations;
+  #outgoing = new Map<string, OutgoingMigration>();
+  #runs = new Set<Promise<void>>();
+
+  private constructor(deps: MigrationServiceDeps, book: MigrationBook) {
+    this.#deps = deps;
+    this.#book = book;
+  }
+
+  static async open(deps: MigrationServiceDeps): Promise<MigrationService> {
+    const svc = new MigrationService(deps, await MigrationBook.open(deps.store, deps.events));
+    const migration = deps.driver.migration;
+    if (migration) {
+      svc.#incoming = await IncomingMigrations.listen({ vms: deps.vms, driver: deps.driver, migration, book: svc.#book, log: deps.log, host: deps.host }, deps.transportPort ?? 0);
+    }
+    mkdirSync(join(deps.dataDir, 'run'), { recursive: true });
+    return svc;
+  }
+
+  get(id: string): MigrationRecord {
+    return this.#outgoing.get(id)?.record ?? this.#book.get(id);
+  }
+
+  list(): MigrationRecord[] {
+    return this.#book.list().map((r) => this.#outgoing.get(r.id)?.record ?? r);
+  }
+
+  /**
+   * Plans a migration of `vmRef` and, unless it is a dry run or misses its target
+   * without `force`, starts it. Resolves once started (202) or planned (200).
+   */
+  async migrate(vmRef: string, req: MigrateRequest): Promise<{ started: boolean; migration?: MigrationRecord; prediction: Prediction }> {
+    const { vms } = this.#deps;
+    const vm = vms.get(vmRef);
+    const migration = this.#requireSupport(vm);
+    if (vm.state !== 'running') throw new NovaError('VM_INVALID_STATE', `cannot live-migrate VM "${vm.name}" while it is ${vm.state}`, { state: vm.state, allowedFrom: ['running'] });
+    const why = await migration.unsupported(vm.id);
+    if (why) throw new NovaError('MIGRATION_UNSUPPORTED', why);
+    const prediction = await this.#predict(vm, migration, req);
+    if (req.dryRun) return { started: false, prediction };
+    if ((!prediction.converges || prediction.downtimeMs > req.maxDowntimeMs) && !req.force) {
+      throw new NovaError('MIGRATION_WONT_CONVERGE', `predicted not to converge within ${req.maxDowntimeMs} ms downtime (needs ~${prediction.throttleNeededPercent}% vCPU throttle); pass force to migrate with auto-converge`, { prediction });
+    }
+    const now = new Date().toISOString();
+    const { target, dryRun: _, ...policy } = req;
+    const rec: MigrationRecord = {
+      id: newId('mig'), vmId: vm.id, vmName: vm.name, role: 'source', peer: target, state: 'running', phase: 'plan',
+      policy, prediction, progress: emptyProgress(), createdAt: now, updatedAt: now,
+    };
+    this.#book.track(rec);
+    const { release } = await vms.beginMigrationOut(vm.id, this.#book.event(rec, 'migration.started', { target }));
+    await this.#book.save(rec);
+    const out = new OutgoingMigration(
+      {
+        vms, driver: this.#deps.driver, migration, book: this.#book, log: this.#deps.log, nodeId: this.#deps.nodeId, runDir: join(this.#deps.dataDir, 'run'),
+        ...(this.#deps.apiToken ? { apiToken: this.#deps.apiToken } : {}),
+        ...(this.#deps.corruptPagesFrame ? { corruptPagesFrame: this.#deps.corruptPagesFrame } : {}),
+      },
+      rec,
+      target,
+    );
+    this.#outgoing.set(rec.id, out);
+    const cachePages = Math.max(1024, Math.floor(Math.min(vm.spec.memoryMiB * 1048576 * CACHE_SHARE, MAX_CACHE_BYTES) / PAGE_SIZE));
+    const run = out.run(release, cachePages, !prediction.converges).finally(() => {
+      this.#outgoing.delete(rec.id);
+      this.#runs.delete(run);
+    });
+    this.#runs.add(run);
+    return { started: true, migration: rec, prediction };
+  }
+
+  /** Cancels a running outgoing migration; the VM stays where it is. */
+  cancel(id: string): MigrationRecord {
+    const out = this.#outgoing.get(id);
+    if (!out) {
+      const rec = this.#book.get(id);
+      if (rec.role === 'destination' && rec.state === 'running') throw new NovaError('MIGRATION_NOT_ACTIVE', `migration ${id} is incoming here; cancel it on the source (${rec.peer})`);
+      throw new NovaError('MIGRATION_NOT_ACTIVE', `migration ${id} is already ${rec.state}`, { state: rec.state });
+    }
+    out.cancel();
+    return out.record;
+  }
+
+  async acceptIncoming(req: IncomingRequest): Promise<IncomingOffer> {
+    if (!this.#incoming) throw new NovaError('MIGRATION_UNSUPPORTED', `the ${this.#deps.driver.name} driver cannot receive live migrations`);
+    return this.#incoming.accept(req);
+  }
+
+  /** Waits for outgoing migrations to settle and stops accepting incoming ones. */
+  async close(): Promise<void> {
+    for (const out of this.#outgoing.values()) out.cancel();
+    await Promise.allSettled([...this.#runs]);
+    await this.#incoming?.close();
+  }
+
+  #requireSupport(vm: VmRecord): LiveMigration {
+    const migration = this.#deps.driver.migration;
+    if (!migration) throw new NovaError('MIGRATION_UNSUPPORTED', `the ${this.#deps.driver.name} driver cannot live-migrate VMs`);
+    const local = vm.spec.disks.filter((d) => !d.readOnly && (!d.image || d.clone));
+    if (local.length > 0) {
+      throw new NovaError('MIGRATION_UNSUPPORTED', `VM "${vm.name}" has local disks (${local.map((d) => d.name).join(', ')}); live storage migration is not available yet — use shared images or cold migration`);
+    }
+    return migration;
+  }
+
+  /** Dry run: measured dirty rate and codec ratios on the guest's own pages → model. */
+  async #predict(vm: VmRecord, migration: LiveMigration, req: MigrateRequest): Promise<Prediction> {
+    const memoryBytes = vm.spec.memoryMiB * 1048576;
+    const dirtyBytesPerSec = await migration.measureDirtyRate(vm.id, 1);
+    const chunk = Math.min(SAMPLE_CHUNK_BYTES, Math.floor(memoryBytes / SAMPLE_CHUNKS / PAGE_SIZE) * PAGE_SIZE);
+    const low = Math.min(memoryBytes, 2 << 30); // stay below the PCI hole
+    const offsets = Array.from({ length: SAMPLE_CHUNKS }, (_, i) => Math.floor((low / SAMPLE_CHUNKS) * i / PAGE_SIZE) * PAGE_SIZE);
+    const encoder = new PageEncoder(SAMPLE_CHUNKS * (chunk / PAGE_SIZE));
+    const first: Buffer[] = [];
+    let raw = 0;
+    let wire = 0;
+    for (const off of offsets) {
+      const pages = await migration.sampleMemory(vm.id, off, chunk);
+      first.push(pages);
+      wire += encoder.encode(pageIndices(off, pages.length), pages).length;
+      raw += pages.length;
+    }
+    const firstRatio = raw / Math.max(1, wire);
+    // Re-sent pages: sample again, and encode only the pages that changed, against the
+    // versions "sent" above — what pre-copy's later rounds do.
+    raw = 0;
+    wire = 0;
+    for (const [i, off] of offsets.entries()) {
+      const again = await migration.sampleMemory(vm.id, off, chunk);
+      const changed: number[] = [];
+      for (let p = 0; p < again.length / PAGE_SIZE; p++) {
+        if (again.compare(first[i]!, p * PAGE_SIZE, (p + 1) * PAGE_SIZE, p * PAGE_SIZE, (p + 1) * PAGE_SIZE) !== 0) changed.push(p);
+      }
+      if (changed.length === 0) continue;
+      const pages = Buffer.concat(changed.map((p) => again.subarray(p * PAGE_SIZE, (p + 1) * PAGE_SIZE)));
+      wire += encoder.encode(BigUint64Array.from(changed, (p) => BigInt(off / PAGE_SIZE + p)), pages).length;
+      raw += pages.length;
+    }
+    const resendRatio = raw > 0 ? raw / Math.max(1, wire) : firstRatio;
+    return predict({
+      memoryBytes,
+      dirtyBytesPerSec,
+      firstRatio,
+      resendRatio,
+      ...(req.bandwidthMBps ? { wireBytesPerSec: req.bandwidthMBps * 1e6 } : {}),
+      pathRawBytesPerSec: PATH_RAW_BYTES_PER_SEC,
+      maxDowntimeMs: req.maxDowntimeMs,
+    });
+  }
+}
+
+function pageIndices(offset: number, bytes: number): BigUint64Array {
+  return BigUint64Array.from({ length: bytes / PAGE_SIZE }, (_, i) => BigInt(offset / PAGE_SIZE + i));
+}

@@ -1,0 +1,155 @@
+/**
+ * NovaCron's migration transport framing: one TCP connection between the two daemons
+ * carries every QEMU migration channel (main + multifd) plus a control channel.
+ *
+ *   frame = type u8 | channel u16 BE | length u32 BE | payload
+ *
+ * Frames are applied strictly in order on the destination; that ordering is what keeps
+ * the page codec's caches on both ends in lockstep.
+ */
+import { NovaError } from '../errors.js';
+
+export const FRAME_HEADER_LEN = 7;
+/** Largest payload accepted; a bigger length is a corrupt or hostile stream. */
+export const MAX_FRAME_PAYLOAD = 64 << 20;
+export const TRANSPORT_VERSION = 1;
+
+export const FrameType = {
+  /** source → destination, first frame: JSON {version, migrationId, token}. */
+  Hello: 1,
+  /** A QEMU connection was opened; payload: kind u8 (0 main, 1 multifd). */
+  Open: 2,
+  /** Bytes for a channel, forwarded as they are. */
+  Data: 3,
+  /** One multifd RAM packet: u32 header length | header (verbatim) | codec frames. */
+  Pages: 4,
+  /** The QEMU side of a channel closed. */
+  Eof: 5,
+  /** JSON control message, either direction. */
+  Control: 6,
+} as const;
+export type FrameType = (typeof FrameType)[keyof typeof FrameType];
+
+export const ChannelKind = { Main: 0, Multifd: 1 } as const;
+
+export function encodeHeader(type: FrameType, channel: number, length: number): Buffer {
+  const h = Buffer.allocUnsafe(FRAME_HEADER_LEN);
+  h.writeUInt8(type, 0);
+  h.writeUInt16BE(channel, 1);
+  h.writeUInt32BE(length, 3);
+  return h;
+}
+
+export function controlFrame(message: ControlMessage): Buffer[] {
+  const body = Buffer.from(JSON.stringify(message));
+  return [encodeHeader(FrameType.Control, 0, body.length), body];
+}
+
+/** Messages on the control channel. */
+export type ControlMessage =
+  | { type: 'hello'; version: number; migrationId: string; token: string }
+  /** Destination: the guest runs here now (QMP RESUME time, ms since epoch). */
+  | { type: 'resumed'; at: number }
+  /** Either side: the migration cannot go on. */
+  | { type: 'abort'; code: string; message: string };
+
+/**
+ * A FIFO of received chunks that hands out exact byte counts. Reads that fall inside one
+ * chunk are views (no copy); only reads spanning chunks are copied.
+ */
+export class ByteQueue {
+  #chunks: Buffer[] = [];
+  #head = 0; // read offset into #chunks[0]
+  length = 0;
+
+  push(chunk: Buffer): void {
+    if (chunk.length === 0) return;
+    this.#chunks.push(chunk);
+    this.length += chunk.length;
+  }
+
+  /** Reads a big-endian u32 at `offset` without consuming (caller checked length). */
+  peekU32(offset: number): number {
+    const b = this.peek(offset + 4);
+    return b.readUInt32BE(offset);
+  }
+
+  /** The first `n` bytes without consuming them. */
+  peek(n: number): Buffer {
+    const first = this.#chunks[0]!;
+    if (first.length - this.#head >= n) return first.subarray(this.#head, this.#head + n);
+    return this.#gather(n, false);
+  }
+
+  take(n: number): Buffer {
+    if (n > this.length) throw new RangeError(`take(${n}) with ${this.length} queued`);
+    if (n === 0) return Buffer.alloc(0);
+    const first = this.#chunks[0]!;
+    if (first.length - this.#head >= n) {
+      const out = first.subarray(this.#head, this.#head + n);
+      this.#advance(n);
+      return out;
+    }
+    return this.#gather(n, true);
+  }
+
+  #gather(n: number, consume: boolean): Buffer {
+    const out = Buffer.allocUnsafe(n);
+    let copied = 0;
+    let i = 0;
+    let off = this.#head;
+    while (copied < n) {
+      const c = this.#chunks[i]!;
+      const len = Math.min(c.length - off, n - copied);
+      c.copy(out, copied, off, off + len);
+      copied += len;
+      i++;
+      off = 0;
+    }
+    if (consume) this.#advance(n);
+    return out;
+  }
+
+  #advance(n: number): void {
+    this.length -= n;
+    while (n > 0) {
+      const first = this.#chunks[0]!;
+      const left = first.length - this.#head;
+      if (n < left) {
+        this.#head += n;
+        return;
+      }
+      n -= left;
+      this.#chunks.shift();
+      this.#head = 0;
+    }
+  }
+}
+
+export interface Frame {
+  type: FrameType;
+  channel: number;
+  payload: Buffer;
+}
+
+/** Splits a byte stream into frames; throws MIGRATION_PROTOCOL on a malformed header. */
+export class FrameReader {
+  #q = new ByteQueue();
+
+  push(chunk: Buffer): Frame[] {
+    this.#q.push(chunk);
+    const out: Frame[] = [];
+    while (this.#q.length >= FRAME_HEADER_LEN) {
+      const h = this.#q.peek(FRAME_HEADER_LEN);
+      const type = h.readUInt8(0);
+      const len = h.readUInt32BE(3);
+      if (type < FrameType.Hello || type > FrameType.Control) throw new NovaError('MIGRATION_PROTOCOL', `unknown transport frame type ${type}`);
+      if (len > MAX_FRAME_PAYLOAD) throw new NovaError('MIGRATION_PROTOCOL', `transport frame of ${len} bytes exceeds the ${MAX_FRAME_PAYLOAD}-byte limit`);
+      if (this.#q.length < FRAME_HEADER_LEN + len) break;
+      const channel = h.readUInt16BE(1);
+      this.#q.take(FRAME_HEADER_LEN);
+      out.push({ type: type as FrameType, channel, payload: this.#q.take(len) });
+    }
+    return out;
+  }
+}

@@ -1,0 +1,181 @@
+/**
+ * QEMU's half of a NovaCron live migration, over QMP. QEMU tracks dirty pages and saves
+ * or loads device state; its multifd stream goes to (and comes from) NovaCron's relay on
+ * a unix socket. Both ends use the same capabilities: multifd without QEMU-side
+ * compression (the relay compresses), zero-page detection in multifd.
+ */
+import { readFileSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { supportsQemu, MIN_QEMU } from '../../migration/multifd.js';
+import { DriverError, type LiveMigration, type MigrationProgress, type OutgoingParams } from '../driver.js';
+import type { VmRecord } from '../record.js';
+import type { QmpClient } from './qmp.js';
+
+export interface MigrationHost {
+  vmDir(vmId: string): string;
+  /** Starts the VM's QEMU with `-incoming defer`, running the guest once it arrives. */
+  spawnIncoming(vm: VmRecord): Promise<Record<string, unknown>>;
+  instance(vmId: string): Promise<{ qmp: QmpClient; pid: number; exited: Promise<void>; stoppedAt(): number | undefined; resumedAt(): number | undefined }>;
+  stop(vmId: string): Promise<void>;
+}
+
+interface QueryMigrate {
+  status?: string;
+  ram?: { transferred: number; remaining: number; total: number; 'dirty-pages-rate'?: number; 'dirty-sync-count'?: number; 'page-size'?: number };
+  'expected-downtime'?: number;
+  downtime?: number;
+  'total-time'?: number;
+  'cpu-throttle-percentage'?: number;
+  'error-desc'?: string;
+}
+
+/** Effectively unlimited: QEMU's default cap is 128 MiB/s; NovaCron's relay does the capping. */
+const NO_CAP = 2 ** 40;
+
+export class QemuLiveMigration implements LiveMigration {
+  #host: MigrationHost;
+
+  constructor(host: MigrationHost) {
+    this.#host = host;
+  }
+
+  async unsupported(vmId: string): Promise<string | undefined> {
+    const { qmp } = await this.#host.instance(vmId);
+    const v = qmp.version?.qemu;
+    if (!v) return 'QEMU did not report its version';
+    if (!supportsQemu(v)) return `QEMU ${v.major}.${v.minor} uses a multifd packet layout NovaCron's transport does not parse (needs QEMU ≥ ${MIN_QEMU.major}.${MIN_QEMU.minor})`;
+    return undefined;
+  }
+
+  async prepareIncoming(vm: VmRecord, channels: number): Promise<{ socketPath: string; runtime: Record<string, unknown> }> {
+    const socketPath = join(this.#host.vmDir(vm.id), 'migrate-in.sock');
+    const runtime = await this.#host.spawnIncoming(vm);
+    try {
+      const { qmp } = await this.#host.instance(vm.id);
+      await setCapabilities(qmp, { multifd: true, events: true });
+      await qmp.execute('migrate-set-parameters', { 'multifd-channels': channels, 'multifd-compression': 'none' });
+      rmSync(socketPath, { force: true });
+      await qmp.execute('migrate-incoming', { uri: `unix:${socketPath}` });
+    } catch (err) {
+      await this.#host.stop(vm.id).catch(() => undefined);
+      throw new DriverError('migrate-incoming', (err as Error).message);
+    }
+    return { socketPath, runtime };
+  }
+
+  async waitIncoming(vmId: string, timeoutMs: number): Promise<{ resumedAt: number }> {
+    const inst = await this.#host.instance(vmId);
+    let exited = false;
+    void inst.exited.then(() => (exited = true));
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const at = inst.resumedAt();
+      if (at !== undefined) return { resumedAt: at };
+      if (exited) throw new DriverError('migrate-incoming', `destination QEMU exited: ${stderrTail(this.#host.vmDir(vmId))}`);
+      const info = await inst.qmp.execute<QueryMigrate>('query-migrate').catch(() => ({}) as QueryMigrate);
+      if (info.status === 'failed') throw new DriverError('migrate-incoming', `incoming migration failed: ${info['error-desc'] ?? stderrTail(this.#host.vmDir(vmId))}`);
+      if (Date.now() > deadline) throw new DriverError('migrate-incoming', `guest did not resume within ${timeoutMs} ms`);
+      await sleep(5);
+    }
+  }
+
+  async startOutgoing(vmId: string, p: OutgoingParams): Promise<void> {
+    const { qmp } = await this.#host.instance(vmId);
+    await setCapabilities(qmp, { multifd: true, events: true, 'auto-converge': p.autoConverge });
+    await qmp.execute('migrate-set-parameters', {
+      'multifd-channels': p.channels,
+      'multifd-compression': 'none',
+      'downtime-limit': p.downtimeLimitMs,
+      'max-bandwidth': NO_CAP,
+      // Gentle steps: throttle only as much as convergence needs.
+      'cpu-throttle-initial': 10,
+      'cpu-throttle-increment': 10,
+      'cpu-throttle-tailslow': true,
+    });
+    await qmp.execute('migrate', { uri: `unix:${p.socketPath}` });
+  }
+
+  async progress(vmId: string): Promise<MigrationProgress> {
+    const { qmp } = await this.#host.instance(vmId);
+    return toProgress(await qmp.execute<QueryMigrate>('query-migrate'));
+  }
+
+  async cancelOutgoing(vmId: string): Promise<void> {
+    const { qmp } = await this.#host.instance(vmId);
+    await qmp.execute('migrate_cancel');
+    // Wait until QEMU is out of the migration (the guest keeps running throughout).
+    for (let i = 0; i < 500; i++) {
+      const s = (await qmp.execute<QueryMigrate>('query-migrate')).status;
+      if (s !== 'active' && s !== 'setup' && s !== 'cancelling' && s !== 'device' && s !== 'pre-switchover') break;
+      await sleep(10);
+    }
+    await this.#runIfStopped(qmp);
+  }
+
+  async resumeHere(vmId: string): Promise<void> {
+    await this.#runIfStopped((await this.#host.instance(vmId)).qmp);
+  }
+
+  async #runIfStopped(qmp: QmpClient): Promise<void> {
+    const st = await qmp.execute<{ running: boolean; status: string }>('query-status');
+    if (!st.running) await qmp.execute('cont');
+  }
+
+  async stoppedAt(vmId: string): Promise<number | undefined> {
+    return (await this.#host.instance(vmId)).stoppedAt();
+  }
+
+  async measureDirtyRate(vmId: string, seconds: number): Promise<number> {
+    const { qmp } = await this.#host.instance(vmId);
+    await qmp.execute('calc-dirty-rate', { 'calc-time': seconds });
+    const deadline = Date.now() + seconds * 1000 + 10_000;
+    for (;;) {
+      await sleep(Math.min(200, seconds * 250));
+      const r = await qmp.execute<{ status: string; 'dirty-rate'?: number }>('query-dirty-rate');
+      if (r.status === 'measured') return (r['dirty-rate'] ?? 0) * 1024 * 1024; // MiB/s
+      if (Date.now() > deadline) throw new DriverError('calc-dirty-rate', 'dirty-rate measurement did not finish');
+    }
+  }
+
+  async sampleMemory(vmId: string, offset: number, bytes: number): Promise<Buffer> {
+    const { qmp } = await this.#host.instance(vmId);
+    const file = join(this.#host.vmDir(vmId), `sample-${process.pid}-${Date.now()}.bin`);
+    try {
+      await qmp.execute('pmemsave', { val: offset, size: bytes, filename: file });
+      return readFileSync(file);
+    } finally {
+      rmSync(file, { force: true });
+    }
+  }
+}
+
+async function setCapabilities(qmp: QmpClient, caps: Record<string, boolean>): Promise<void> {
+  await qmp.execute('migrate-set-capabilities', { capabilities: Object.entries(caps).map(([capability, state]) => ({ capability, state })) });
+}
+
+function toProgress(q: QueryMigrate): MigrationProgress {
+  const ram = q.ram;
+  const pageSize = ram?.['page-size'] ?? 4096;
+  return {
+    status: q.status ?? 'none',
+    transferredBytes: ram?.transferred ?? 0,
+    remainingBytes: ram?.remaining ?? 0,
+    totalBytes: ram?.total ?? 0,
+    dirtyBytesPerSec: (ram?.['dirty-pages-rate'] ?? 0) * pageSize,
+    rounds: ram?.['dirty-sync-count'] ?? 0,
+    throttlePercent: q['cpu-throttle-percentage'] ?? 0,
+    ...(q['expected-downtime'] !== undefined ? { expectedDowntimeMs: q['expected-downtime'] } : {}),
+    ...(q.downtime !== undefined ? { downtimeMs: q.downtime } : {}),
+    ...(q['total-time'] !== undefined ? { totalTimeMs: q['total-time'] } : {}),
+    ...(q['error-desc'] !== undefined ? { error: q['error-desc'] } : {}),
+  };
+}
+
+function stderrTail(dir: string): string {
+  try {
+    return readFileSync(join(dir, 'qemu.stderr'), 'utf8').trim().split('\n').slice(-3).join(' | ') || 'no detail';
+  } catch {
+    return 'no detail';
+  }
+}

@@ -1,0 +1,240 @@
+/**
+ * Live migration between two real daemons (two "hosts" on one machine: own ports, own
+ * data directories) with real QEMU 10 (TCG) and the test guest dirtying memory while it
+ * moves. The guest itself proves the result: its heartbeat counter continues on the
+ * destination without a reset, and it re-verifies every page of its working set there.
+ */
+import { execFileSync } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { api, removeDir, spawnDaemon, tempDataDir, waitOp, type DaemonHandle } from '../helpers/daemon.js';
+import { EventClient } from '../helpers/events.js';
+import { ensureQemuAndGuest, guestVm, heartbeats, serial, waitUntil } from '../helpers/qemu.js';
+
+const BOOT_MS = 60_000;
+const dirs: string[] = [];
+const daemons: DaemonHandle[] = [];
+
+async function host(extraArgs: string[] = [], dataDir = tempDataDir()): Promise<DaemonHandle> {
+  if (!dirs.includes(dataDir)) dirs.push(dataDir);
+  const d = await spawnDaemon({ dataDir, args: ['--driver', 'qemu', ...extraArgs] });
+  daemons.push(d);
+  return d;
+}
+
+beforeAll(() => {
+  ensureQemuAndGuest();
+}, 300_000);
+afterAll(async () => {
+  await Promise.all(daemons.map((d) => d.kill('SIGKILL')));
+  for (const dir of dirs) {
+    try {
+      execFileSync('pkill', ['-9', '-f', `${dir}/vms/`]);
+    } catch {
+      /* none left */
+    }
+    removeDir(dir);
+  }
+});
+
+async function startGuest(d: DaemonHandle, name: string, cmdline: string): Promise<string> {
+  const created = await api(d.url, 'POST', '/v1/vms', guestVm(name, cmdline));
+  expect(created.status, JSON.stringify(created.body)).toBe(201);
+  const op = await waitOp(d.url, (await api(d.url, 'POST', `/v1/vms/${created.body.id}/start`)).body.id);
+  expect(op.state, JSON.stringify(op)).toBe('succeeded');
+  await waitUntil(() => /VERIFY ok/.test(serial(d.dataDir, created.body.id)), BOOT_MS, 'guest up with its working set verified');
+  return created.body.id;
+}
+
+async function waitMigration(d: DaemonHandle, id: string, timeoutMs = 180_000): Promise<any> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const r = await api(d.url, 'GET', `/v1/migrations/${id}`);
+    expect(r.status).toBe(200);
+    if (r.body.state !== 'running') return r.body;
+    if (Date.now() > deadline) throw new Error(`migration ${id} still running: ${JSON.stringify(r.body)}`);
+    await new Promise((res) => setTimeout(res, 100));
+  }
+}
+
+/** The source still runs the VM, and its guest keeps counting. */
+async function expectStillHere(d: DaemonHandle, id: string): Promise<void> {
+  const vm = (await api(d.url, 'GET', `/v1/vms/${id}`)).body;
+  expect(vm.state, JSON.stringify(vm)).toBe('running');
+  const n = heartbeats(d.dataDir, id).length;
+  await waitUntil(() => heartbeats(d.dataDir, id).length >= n + 5, 20_000, 'heartbeats continue on the source');
+}
+
+async function expectNotThere(d: DaemonHandle, id: string): Promise<void> {
+  for (let i = 0; i < 100; i++) {
+    if ((await api(d.url, 'GET', `/v1/vms/${id}`)).status === 404) return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  expect((await api(d.url, 'GET', `/v1/vms/${id}`)).status).toBe(404);
+}
+
+describe('live migration (real QEMU, two daemons)', { timeout: 300_000 }, () => {
+  it('moves a guest that dirties memory: heartbeat continues, working set verifies, pages went through the codec', async () => {
+    const a = await host();
+    const b = await host();
+    const id = await startGuest(a, 'mig-1', 'nc.dirty_mib=32 nc.rate=8 nc.model=half nc.verify_every=1');
+    const ev = await EventClient.connect(a.url, '?types=migration.*');
+
+    const dry = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: b.url, dryRun: true });
+    expect(dry.status, JSON.stringify(dry.body)).toBe(200);
+    expect(dry.body.prediction).toMatchObject({ converges: expect.any(Boolean), totalMs: expect.any(Number), inputs: { memoryBytes: 256 << 20 } });
+    expect(dry.body.prediction.inputs.firstRatio).toBeGreaterThan(1); // half-zero pages compress
+
+    const started = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: b.url, maxDowntimeMs: 300, force: true });
+    expect(started.status, JSON.stringify(started.body)).toBe(202);
+    expect(started.headers.get('location')).toBe(`/v1/migrations/${started.body.id}`);
+    expect((await api(a.url, 'GET', `/v1/vms/${id}`)).body.state).toBe('migrating');
+    expect((await api(a.url, 'POST', `/v1/vms/${id}/pause`)).body.error.code).toBe('VM_BUSY');
+    const lastBefore = () => heartbeats(a.dataDir, id).at(-1)!;
+
+    const done = await waitMigration(a, started.body.id);
+    expect(done, JSON.stringify(done)).toMatchObject({ state: 'completed', phase: 'done', role: 'source', downtimeMs: { qemu: expect.any(Number), measured: expect.any(Number) } });
+    expect(done.progress.bytesWire).toBeGreaterThan(0);
+    expect(done.progress.bytesRaw / done.progress.bytesWire).toBeGreaterThan(1.2);
+
+    // Gone from the source, running on the destination under the same id.
+    await expectNotThere(a, id);
+    const moved = (await api(b.url, 'GET', `/v1/vms/${id}`)).body;
+    expect(moved).toMatchObject({ state: 'running', name: 'mig-1' });
+    expect(moved.incoming).toBeUndefined();
+    const incoming = (await api(b.url, 'GET', `/v1/migrations/${started.body.id}`)).body;
+    expect(incoming).toMatchObject({ role: 'destination', state: 'completed' });
+
+    // The guest's own evidence: the counter continues (no reboot) and the working set
+    // re-verifies after it arrived.
+    await waitUntil(() => heartbeats(b.dataDir, id).length >= 10, 30_000, 'heartbeats on the destination');
+    const there = heartbeats(b.dataDir, id);
+    const last = lastBefore();
+    expect(there[0]).toBeGreaterThan(0);
+    expect(there[0]!).toBeLessThanOrEqual(last + 1);
+    expect(there[0]!).toBeGreaterThanOrEqual(last - 2);
+    for (let i = 1; i < there.length; i++) expect(there[i]).toBe(there[i - 1]! + 1);
+    expect(serial(b.dataDir, id)).not.toMatch(/NOVACRON-GUEST up/);
+    await waitUntil(() => /VERIFY ok/.test(serial(b.dataDir, id)), 30_000, 'working set verified on the destination');
+    expect(serial(b.dataDir, id)).not.toContain('VERIFY FAIL');
+
+    await ev.waitFor((c) => c.events.some((e) => e.type === 'migration.completed'));
+    const types = ev.events.map((e) => e.type);
+    expect(types[0]).toBe('migration.started');
+    expect(types).toContain('migration.progress');
+    expect(types.at(-1)).toBe('migration.completed');
+    ev.close();
+
+    // And back again, over the same path in the other direction.
+    const back = await api(b.url, 'POST', `/v1/vms/${id}/migrate`, { target: a.url, maxDowntimeMs: 300, force: true });
+    expect(back.status, JSON.stringify(back.body)).toBe(202);
+    expect(await waitMigration(b, back.body.id)).toMatchObject({ state: 'completed' });
+    await expectNotThere(b, id);
+    expect((await api(a.url, 'GET', `/v1/vms/${id}`)).body.state).toBe('running');
+  });
+
+  it('rejects bad requests with stable codes and leaves the VM running', async () => {
+    const a = await host();
+    const id = await startGuest(a, 'mig-bad', '');
+    const bad = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: 'not a url' });
+    expect(bad.status).toBe(400);
+    expect(bad.body.error.code).toBe('VALIDATION_FAILED');
+    expect((await api(a.url, 'POST', `/v1/vms/nope/migrate`, { target: 'http://127.0.0.1:1' })).body.error.code).toBe('VM_NOT_FOUND');
+    expect((await api(a.url, 'GET', '/v1/migrations/mig-000000000000000000000000')).body.error.code).toBe('MIGRATION_NOT_FOUND');
+
+    // Nothing listens on port 1: the target is unreachable; the VM stays, running.
+    const r = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: 'http://127.0.0.1:1', force: true });
+    expect(r.status).toBe(202);
+    const failed = await waitMigration(a, r.body.id, 30_000);
+    expect(failed).toMatchObject({ state: 'failed', error: { code: 'MIGRATION_TARGET_UNREACHABLE' } });
+    expect((await api(a.url, 'DELETE', `/v1/migrations/${r.body.id}`)).body.error.code).toBe('MIGRATION_NOT_ACTIVE');
+    await expectStillHere(a, id);
+
+    // A name the target already uses: the target refuses, nothing changes on either side.
+    const b = await host();
+    const clash = await api(b.url, 'POST', '/v1/vms', guestVm('mig-bad', ''));
+    expect(clash.status).toBe(201);
+    const r2 = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: b.url, force: true });
+    const refused = await waitMigration(a, r2.body.id, 30_000);
+    expect(refused).toMatchObject({ state: 'failed', error: { code: 'MIGRATION_TARGET_REJECTED' } });
+    expect(refused.error.message).toContain('VM_NAME_CONFLICT');
+    await expectStillHere(a, id);
+    expect((await api(b.url, 'GET', `/v1/vms/${clash.body.id}`)).body.state).toBe('stopped');
+  });
+
+  it('cancel mid-flight leaves the VM running on the source and nothing on the destination', async () => {
+    const a = await host();
+    const b = await host();
+    const id = await startGuest(a, 'mig-cancel', 'nc.dirty_mib=64 nc.rate=4 nc.model=random nc.verify_every=1');
+    // 2 MB/s on the wire: 64 MiB of random pages take ~30 s, plenty of time to cancel.
+    const r = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: b.url, bandwidthMBps: 2, force: true });
+    expect(r.status, JSON.stringify(r.body)).toBe(202);
+    for (let i = 0; i < 100; i++) {
+      const m = (await api(a.url, 'GET', `/v1/migrations/${r.body.id}`)).body;
+      if (m.phase === 'precopy' && m.progress.bytesWire > 1 << 20) break;
+      await new Promise((res) => setTimeout(res, 200));
+    }
+    const during = (await api(b.url, 'GET', `/v1/vms/${id}`)).body;
+    expect(during).toMatchObject({ state: 'migrating', incoming: { migrationId: r.body.id } });
+    expect((await api(a.url, 'DELETE', `/v1/migrations/${r.body.id}`)).status).toBe(202);
+    expect(await waitMigration(a, r.body.id, 30_000)).toMatchObject({ state: 'cancelled', error: { code: 'MIGRATION_CANCELLED' } });
+    await expectStillHere(a, id);
+    await expectNotThere(b, id);
+    expect((await api(b.url, 'GET', `/v1/migrations/${r.body.id}`)).body.state).toBe('failed');
+    await waitUntil(() => /VERIFY ok/.test(serial(a.dataDir, id).slice(-4000)), 20_000, 'source working set still verifies');
+    expect(serial(a.dataDir, id)).not.toContain('VERIFY FAIL');
+  });
+
+  it('a corrupt page frame is refused by the destination; the VM stays on the source', async () => {
+    const cfg = join(tempDataDir(), 'faults.json');
+    dirs.push(join(cfg, '..'));
+    writeFileSync(cfg, JSON.stringify({ faults: { corruptMigrationFrame: 5 } }));
+    const a = await host(['--config', cfg]);
+    const b = await host();
+    const id = await startGuest(a, 'mig-corrupt', 'nc.dirty_mib=16 nc.rate=4 nc.model=text nc.verify_every=1');
+    const r = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: b.url, force: true });
+    expect(r.status).toBe(202);
+    const m = await waitMigration(a, r.body.id, 60_000);
+    expect(m, JSON.stringify(m)).toMatchObject({ state: 'failed', error: { code: 'CODEC_CHECKSUM' } });
+    await expectStillHere(a, id);
+    await expectNotThere(b, id);
+    expect(serial(a.dataDir, id)).not.toContain('VERIFY FAIL');
+  });
+
+  it('destination daemon killed mid-flight: source keeps the VM; the restarted destination has no trace of it', async () => {
+    const a = await host();
+    const bDir = tempDataDir();
+    const b = await host([], bDir);
+    const id = await startGuest(a, 'mig-dkill', 'nc.dirty_mib=64 nc.rate=4 nc.model=random');
+    const r = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: b.url, bandwidthMBps: 2, force: true });
+    expect(r.status).toBe(202);
+    for (let i = 0; i < 100; i++) {
+      if ((await api(a.url, 'GET', `/v1/migrations/${r.body.id}`)).body.progress.bytesWire > 1 << 20) break;
+      await new Promise((res) => setTimeout(res, 200));
+    }
+    await b.kill('SIGKILL');
+    expect(await waitMigration(a, r.body.id, 60_000)).toMatchObject({ state: 'failed', error: { code: 'MIGRATION_TRANSPORT' } });
+    await expectStillHere(a, id);
+    const b2 = await host([], bDir);
+    await expectNotThere(b2, id);
+    expect((await api(b2.url, 'GET', `/v1/migrations/${r.body.id}`)).body.state).toBe('failed');
+  });
+
+  it('source daemon killed mid-flight: the guest keeps running there; the restarted source reattaches and records the failure', async () => {
+    const aDir = tempDataDir();
+    const a = await host([], aDir);
+    const b = await host();
+    const id = await startGuest(a, 'mig-skill', 'nc.dirty_mib=64 nc.rate=4 nc.model=random');
+    const r = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: b.url, bandwidthMBps: 2, force: true });
+    expect(r.status).toBe(202);
+    await new Promise((res) => setTimeout(res, 3000));
+    await a.kill('SIGKILL');
+    const n = heartbeats(aDir, id).length;
+    await waitUntil(() => heartbeats(aDir, id).length >= n + 5, 20_000, 'guest keeps running without its daemon');
+    const a2 = await host([], aDir);
+    expect((await api(a2.url, 'GET', `/v1/migrations/${r.body.id}`)).body).toMatchObject({ state: 'failed' });
+    await expectStillHere(a2, id);
+    await expectNotThere(b, id);
+  });
+});
