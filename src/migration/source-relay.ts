@@ -28,7 +28,7 @@ export interface SourceRelayOptions {
   encoder: PageEncoder;
   /** Cap on transport bytes per second; undefined = unlimited. */
   bandwidthBytesPerSec?: number;
-  /** Fault injection (tests): flip a byte in the Nth pages frame's codec payload. */
+  /** Fault injection (tests): flip a byte in the first page-carrying frame from the Nth on. */
   corruptPagesFrame?: number;
   /** Called once with the first fatal error (protocol violation, socket failure). */
   onError: (err: Error) => void;
@@ -52,6 +52,7 @@ export class SourceRelay {
   #bucket?: TokenBucket;
   #paused = { backpressure: false, bucket: false };
   #failed = false;
+  #corrupted = false;
 
   constructor(opts: SourceRelayOptions) {
     this.#opts = opts;
@@ -124,7 +125,9 @@ export class SourceRelay {
       // The encoder's output is a view of its scratch buffer; the socket keeps what it
       // is given until flushed, so hand it a copy.
       const frames = item.indices.length > 0 ? Buffer.from(this.#opts.encoder.encode(item.indices, item.pages)) : Buffer.alloc(0);
-      if (this.stats.packets + 1 === this.#opts.corruptPagesFrame) corruptFirstChecksum(frames);
+      if (this.#opts.corruptPagesFrame !== undefined && this.stats.packets + 1 >= this.#opts.corruptPagesFrame && frames.length > 0 && !this.#corrupted) {
+        this.#corrupted = corruptFirstChecksum(frames);
+      }
       const len = Buffer.allocUnsafe(4);
       len.writeUInt32BE(item.header.length);
       this.#send(encodeHeader(FrameType.Pages, ch.id, 4 + item.header.length + frames.length), len, item.header, frames);
@@ -176,16 +179,17 @@ export class SourceRelay {
 }
 
 /** Fault injection: flips a byte of the first frame's page checksum in a codec batch. */
-function corruptFirstChecksum(batch: Buffer): void {
-  if (batch.length < 8) return;
+function corruptFirstChecksum(batch: Buffer): boolean {
+  if (batch.length < 8) return false;
   const shards = batch[3]!;
   let at = 8 + batch.readUInt32LE(4);
   for (let s = 0; s < shards && at + 4 <= batch.length; s++) {
     const len = batch.readUInt32LE(at);
     if (len >= 24) {
       batch[at + 4 + 12]! ^= 0xff; // frame header: magic 2, version 1, kind 1, index 8, then the hash
-      return;
+      return true;
     }
     at += 4 + len;
   }
+  return false;
 }
