@@ -2,7 +2,7 @@
 // bench/migration: NovaCron live migration vs QEMU's native migration, same guest, same run.
 //
 //   node bench/migration/run.mjs [--memory 2048] [--working-set 512] [--rates 0,32,128,512]
-//        [--links 125,0] [--runs 3] [--modes novacron,plain,xbzrle,auto-converge]
+//        [--links 125,0] [--runs 3] [--modes novacron,plain,xbzrle,auto-converge,multifd]
 //        [--model half] [--timeout 90] [--quick] [--check]
 //
 // Per cell (guest dirty rate × link): each mode migrates the same kind of guest (RAM
@@ -53,55 +53,6 @@ const results = { bench: 'migration', time: new Date().toISOString(), quick: Q, 
 
 const daemons = [];
 const bares = new Set();
-try {
-  daemons.push(await startDaemon(join(work, 'a')), await startDaemon(join(work, 'b')));
-  for (const rate of RATES) {
-    const cmdline = `console=ttyS0 quiet panic=-1 nc.dirty_mib=${WS} nc.rate=${rate} nc.model=${a.model} nc.prefill=1`;
-    // One guest per system and rate; migrations go back and forth.
-    const nova = MODES.includes('novacron') ? await novaGuest(cmdline, `bench-r${rate}`) : undefined;
-    let bare = MODES.some((m) => m !== 'novacron') ? await bareGuest(cmdline, `r${rate}-0`) : undefined;
-    for (const link of LINKS) {
-      const cell = { dirtyMiBps: rate, linkMBps: link || 'unlimited', modes: {} };
-      for (let run = 0; run < RUNS; run++) {
-        for (const mode of MODES) {
-          let r;
-          if (mode === 'novacron') r = await novaMigrate(nova, link);
-          else {
-            const out = await bareMigrate(bare, mode, link, `r${rate}-l${link}-${run}-${mode}`, cmdline);
-            bare = out.guest;
-            r = out.result;
-          }
-          (cell.modes[mode] ??= []).push(r);
-          console.error(`rate ${rate} MiB/s, link ${link || '∞'}: ${mode} run ${run + 1}: ${r.converged ? `downtime ${r.downtimeMs} ms (stop→resume ${r.stopToResumeMs}), stall ${r.stallMs} ms, total ${r.totalMs} ms, wire ${mib(r.wireBytes)} MiB` : `did not converge in ${TIMEOUT_MS / 1000} s`}`);
-        }
-      }
-      results.cells.push(summarize(cell));
-    }
-    if (nova) await nova.remove();
-    bare?.kill();
-  }
-  results.pass = results.cells.every((c) => Object.values(c.verdict ?? {}).every(Boolean));
-  const out = writeResults(root, 'migration', results);
-  const rows = [];
-  for (const c of results.cells) {
-    for (const [mode, s] of Object.entries(c.summary)) {
-      rows.push([`${c.dirtyMiBps} MiB/s, ${c.linkMBps === 'unlimited' ? '∞' : `${c.linkMBps} MB/s`}`, mode, `${s.converged}/${s.runs}`, s.downtimeP50Ms ?? '-', s.downtimeMaxMs ?? '-', s.stopToResumeP50Ms ?? '-', s.stallMaxMs ?? '-', s.totalP50Ms ?? '-', s.wireMiBP50 ?? '-']);
-    }
-  }
-  printTable(`bench/migration (${MEMORY} MiB guest, ${WS} MiB working set, model ${a.model}, ${RUNS} runs per cell)`, ['cell', 'mode', 'conv', 'down p50', 'down max', 'stop→res p50', 'stall max', 'total p50', 'wire MiB p50'], rows);
-  for (const c of results.cells) console.log(`${c.dirtyMiBps} MiB/s, link ${c.linkMBps}: vs ${c.bestQemuMode ?? '-'} — ${Object.entries(c.verdict ?? {}).map(([k, v]) => `${k} ${v ? 'PASS' : 'MISS'}`).join(', ')}${c.ratios ? ` (wire ${c.ratios.wire}x, time ${c.ratios.time}x)` : ''}`);
-  console.log(`results: ${out}`);
-  if (a.check && !results.pass) process.exitCode = 1;
-} finally {
-  for (const b of bares) b.kill();
-  for (const d of daemons) await d.stop();
-  try {
-    execFileSync('pkill', ['-9', '-f', work]);
-  } catch {
-    /* nothing left */
-  }
-  rmSync(work, { recursive: true, force: true });
-}
 
 // ---- summaries ---------------------------------------------------------------------------
 
@@ -114,7 +65,7 @@ function summarize(cell) {
       runs: runs.length, converged: ok.length,
       downtimeP50Ms: p((r) => r.downtimeMs, 0.5), downtimeMaxMs: p((r) => r.downtimeMs, 1),
       stopToResumeP50Ms: p((r) => r.stopToResumeMs, 0.5), stallMaxMs: p((r) => r.stallMs, 1),
-      totalP50Ms: p((r) => r.totalMs, 0.5), wireMiBP50: p((r) => mib(r.wireBytes), 0.5),
+      totalP50Ms: p((r) => r.totalMs, 0.5), streamP50Ms: p((r) => r.streamMs, 0.5), wireMiBP50: p((r) => mib(r.wireBytes), 0.5),
     };
   }
   const nova = cell.summary.novacron;
@@ -268,6 +219,8 @@ async function novaMigrate(g, link) {
     stopToResumeMs: rec.downtimeMs.measured,
     stallMs,
     totalMs: rec.totalMs,
+    streamMs: rec.timings?.streamMs,
+    timings: rec.timings,
     wireBytes: rec.progress.bytesWire,
     rawBytes: rec.progress.bytesRaw,
     rounds: rec.progress.rounds,
@@ -281,7 +234,7 @@ async function novaMigrate(g, link) {
 let nextPort = 47000 + Math.floor(Math.random() * 1000);
 
 /** A bare QEMU with the driver's machine, devices and guest; optionally waiting for a migration. */
-async function bareQemu(name, cmdline, incomingPort) {
+async function bareQemu(name, cmdline, incomingPort, mode) {
   const dir = join(work, `bare-${name}`);
   execFileSync('mkdir', ['-p', dir]);
   const qmpSock = join(dir, 'qmp.sock');
@@ -290,7 +243,7 @@ async function bareQemu(name, cmdline, incomingPort) {
     '-chardev', `socket,id=qmp,path=${qmpSock},server=on,wait=off`, '-mon', 'chardev=qmp,mode=control',
     '-chardev', `socket,id=serial0,path=${console},server=on,wait=off,logfile=${join(dir, 'serial.log')}`, '-serial', 'chardev:serial0',
     '-kernel', kernel, '-initrd', initrd, '-append', cmdline];
-  if (incomingPort) args.push('-incoming', `tcp:127.0.0.1:${incomingPort}`);
+  if (incomingPort) args.push('-incoming', mode === 'multifd' ? 'defer' : `tcp:127.0.0.1:${incomingPort}`);
   const proc = spawn('qemu-system-x86_64', args, { stdio: 'ignore' });
   const g = { dir, console, serial: join(dir, 'serial.log'), proc, kill: () => { proc.kill('SIGKILL'); bares.delete(g); } };
   bares.add(g);
@@ -311,12 +264,21 @@ const evTime = (ev) => ev.timestamp.seconds * 1000 + ev.timestamp.microseconds /
 
 async function bareMigrate(src, mode, link, name, cmdline) {
   const port = nextPort++;
-  const dst = await bareQemu(name, cmdline, port);
+  // Total time counts from starting the destination, as NovaCron's does.
+  const tStart = performance.now();
+  const dst = await bareQemu(name, cmdline, port, mode);
   const hb = new Heartbeats();
   await hb.follow(src.console);
   await hb.follow(dst.console);
-  const caps = [{ capability: 'xbzrle', state: mode === 'xbzrle' }, { capability: 'auto-converge', state: mode === 'auto-converge' }];
+  const caps = [{ capability: 'xbzrle', state: mode === 'xbzrle' }, { capability: 'auto-converge', state: mode === 'auto-converge' }, { capability: 'multifd', state: mode === 'multifd' }];
   await src.qmp.execute('migrate-set-capabilities', { capabilities: caps });
+  if (mode === 'multifd') {
+    // Both ends must agree on multifd before the stream starts.
+    await dst.qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'multifd', state: true }] });
+    await dst.qmp.execute('migrate-set-parameters', { 'multifd-channels': 2 });
+    await dst.qmp.execute('migrate-incoming', { uri: `tcp:127.0.0.1:${port}` });
+    await src.qmp.execute('migrate-set-parameters', { 'multifd-channels': 2 });
+  }
   // xbzrle cache: the same share of RAM NovaCron's codec keeps (25%, <= 256 MiB).
   await src.qmp.execute('migrate-set-parameters', { 'downtime-limit': 50, 'max-bandwidth': link ? link * 1e6 : 2 ** 40, 'xbzrle-cache-size': Math.min(MEMORY * 1048576 * 0.25, 256 << 20) });
   const t0 = performance.now();
@@ -332,7 +294,8 @@ async function bareMigrate(src, mode, link, name, cmdline) {
     }
     await sleep(20);
   }
-  const totalMs = round(performance.now() - t0);
+  const endedAt = performance.now();
+  const totalMs = round(endedAt - t0);
   await sleep(1500);
   const stallMs = hb.maxGap(t0);
   hb.close();
@@ -353,7 +316,8 @@ async function bareMigrate(src, mode, link, name, cmdline) {
       downtimeMs: info.downtime,
       stopToResumeMs: stop && resume ? round(evTime(resume) - evTime(stop)) : undefined,
       stallMs,
-      totalMs: info['total-time'],
+      totalMs: round(endedAt - tStart),
+      streamMs: info['total-time'],
       wireBytes: info.ram.transferred,
       rounds: info.ram['dirty-sync-count'],
       dirtyBytesPerSec: (info.ram['dirty-pages-rate'] ?? 0) * 4096,
@@ -362,3 +326,57 @@ async function bareMigrate(src, mode, link, name, cmdline) {
   };
 }
 
+
+async function main() {
+  try {
+    daemons.push(await startDaemon(join(work, 'a')), await startDaemon(join(work, 'b')));
+    for (const rate of RATES) {
+      const cmdline = `console=ttyS0 quiet panic=-1 nc.dirty_mib=${WS} nc.rate=${rate} nc.model=${a.model} nc.prefill=1`;
+      // One guest per system and rate; migrations go back and forth.
+      const nova = MODES.includes('novacron') ? await novaGuest(cmdline, `bench-r${rate}`) : undefined;
+      let bare = MODES.some((m) => m !== 'novacron') ? await bareGuest(cmdline, `r${rate}-0`) : undefined;
+      for (const link of LINKS) {
+        const cell = { dirtyMiBps: rate, linkMBps: link || 'unlimited', modes: {} };
+        for (let run = 0; run < RUNS; run++) {
+          for (const mode of MODES) {
+            let r;
+            if (mode === 'novacron') r = await novaMigrate(nova, link);
+            else {
+              const out = await bareMigrate(bare, mode, link, `r${rate}-l${link}-${run}-${mode}`, cmdline);
+              bare = out.guest;
+              r = out.result;
+            }
+            (cell.modes[mode] ??= []).push(r);
+            console.error(`rate ${rate} MiB/s, link ${link || '∞'}: ${mode} run ${run + 1}: ${r.converged ? `downtime ${r.downtimeMs} ms (stop→resume ${r.stopToResumeMs}), stall ${r.stallMs} ms, total ${r.totalMs} ms, wire ${mib(r.wireBytes)} MiB` : `did not converge in ${TIMEOUT_MS / 1000} s`}`);
+          }
+        }
+        results.cells.push(summarize(cell));
+      }
+      if (nova) await nova.remove();
+      bare?.kill();
+    }
+    results.pass = results.cells.every((c) => Object.values(c.verdict ?? {}).every(Boolean));
+    const out = writeResults(root, 'migration', results);
+    const rows = [];
+    for (const c of results.cells) {
+      for (const [mode, s] of Object.entries(c.summary)) {
+        rows.push([`${c.dirtyMiBps} MiB/s, ${c.linkMBps === 'unlimited' ? '∞' : `${c.linkMBps} MB/s`}`, mode, `${s.converged}/${s.runs}`, s.downtimeP50Ms ?? '-', s.downtimeMaxMs ?? '-', s.stopToResumeP50Ms ?? '-', s.stallMaxMs ?? '-', s.totalP50Ms ?? '-', s.streamP50Ms ?? '-', s.wireMiBP50 ?? '-']);
+      }
+    }
+    printTable(`bench/migration (${MEMORY} MiB guest, ${WS} MiB working set, model ${a.model}, ${RUNS} runs per cell)`, ['cell', 'mode', 'conv', 'down p50', 'down max', 'stop→res p50', 'stall max', 'total p50', 'stream p50', 'wire MiB p50'], rows);
+    for (const c of results.cells) console.log(`${c.dirtyMiBps} MiB/s, link ${c.linkMBps}: vs ${c.bestQemuMode ?? '-'} — ${Object.entries(c.verdict ?? {}).map(([k, v]) => `${k} ${v ? 'PASS' : 'MISS'}`).join(', ')}${c.ratios ? ` (wire ${c.ratios.wire}x, time ${c.ratios.time}x)` : ''}`);
+    console.log(`results: ${out}`);
+    if (a.check && !results.pass) process.exitCode = 1;
+  } finally {
+    for (const b of bares) b.kill();
+    for (const d of daemons) await d.stop();
+    try {
+      execFileSync('pkill', ['-9', '-f', work]);
+    } catch {
+      /* nothing left */
+    }
+    rmSync(work, { recursive: true, force: true });
+  }
+}
+
+await main();

@@ -69,8 +69,10 @@ export class OutgoingMigration {
     const { migration, vms, book } = this.#deps;
     const vmId = this.#rec.vmId;
     let streamed = false; // QEMU finished sending: the guest is stopped here
+    const t0 = performance.now();
+    const since = (t: number) => Math.round(performance.now() - t);
     try {
-      await this.#update({ phase: 'prepare' });
+      await this.#update({ phase: 'prepare', timings: { planMs: Date.now() - Date.parse(this.#rec.createdAt) } });
       const offer = await this.#prepareTarget(cachePages);
       this.#checkGoing();
       this.#transport = await this.#connect(offer);
@@ -86,7 +88,8 @@ export class OutgoingMigration {
       });
       await this.#relay.listen();
       this.#checkGoing();
-      await this.#update({ phase: 'precopy' });
+      await this.#update({ phase: 'precopy', timings: { ...this.#rec.timings, prepareMs: since(t0) } });
+      const tStream = performance.now();
       await migration.startOutgoing(vmId, { socketPath, channels: this.#rec.policy.channels, downtimeLimitMs: this.#rec.policy.maxDowntimeMs, autoConverge });
       let lastSaved = 0;
       for (;;) {
@@ -106,8 +109,10 @@ export class OutgoingMigration {
         }
         await this.#nap(50);
       }
-      await this.#update({ phase: 'switchover' }, 'migration.progress');
+      await this.#update({ phase: 'switchover', timings: { ...this.#rec.timings, streamMs: since(tStream) } }, 'migration.progress');
+      const tConfirm = performance.now();
       const resumedAt = await this.#awaitResumed();
+      this.#rec = { ...this.#rec, timings: { ...this.#rec.timings, confirmMs: since(tConfirm) } };
       const stoppedAt = await migration.stoppedAt(vmId);
       const qemuDowntime = (await migration.progress(vmId)).downtimeMs;
       this.#rec = { ...this.#rec, downtimeMs: { ...(qemuDowntime !== undefined ? { qemu: qemuDowntime } : {}), ...(stoppedAt !== undefined ? { measured: Math.max(0, Math.round((resumedAt - stoppedAt) * 10) / 10) } : {}) } };

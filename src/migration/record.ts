@@ -36,6 +36,8 @@ export interface MigrationRecord {
   /** Set when completed: the hypervisor's figure and the measured stop → resume gap. */
   downtimeMs?: { qemu?: number; measured?: number };
   totalMs?: number;
+  /** Where the time went (source side), ms: planning, destination start, QEMU's stream, confirmation. */
+  timings?: { planMs?: number; prepareMs?: number; streamMs?: number; confirmMs?: number };
   error?: { code: string; message: string };
   createdAt: string;
   updatedAt: string;

@@ -38,6 +38,8 @@ const PATH_RAW_BYTES_PER_SEC = 400e6;
 /** Source and destination each keep this share of guest RAM as codec cache (capped). */
 const CACHE_SHARE = 0.25;
 const MAX_CACHE_BYTES = 256 << 20;
+/** How long the dry-run measures the guest's dirty rate. */
+const DIRTY_RATE_SAMPLE_MS = 250;
 /** Guest RAM sampled for the codec ratio: chunks × size. */
 const SAMPLE_CHUNKS = 4;
 const SAMPLE_CHUNK_BYTES = 2 << 20;
@@ -153,7 +155,7 @@ export class MigrationService {
   /** Dry run: measured dirty rate and codec ratios on the guest's own pages → model. */
   async #predict(vm: VmRecord, migration: LiveMigration, req: MigrateRequest): Promise<Prediction> {
     const memoryBytes = vm.spec.memoryMiB * 1048576;
-    const dirtyBytesPerSec = await migration.measureDirtyRate(vm.id, 1);
+    const dirtyBytesPerSec = await migration.measureDirtyRate(vm.id, DIRTY_RATE_SAMPLE_MS);
     const chunk = Math.min(SAMPLE_CHUNK_BYTES, Math.floor(memoryBytes / SAMPLE_CHUNKS / PAGE_SIZE) * PAGE_SIZE);
     const low = Math.min(memoryBytes, 2 << 30); // stay below the PCI hole
     const offsets = Array.from({ length: SAMPLE_CHUNKS }, (_, i) => Math.floor((low / SAMPLE_CHUNKS) * i / PAGE_SIZE) * PAGE_SIZE);

@@ -34,6 +34,12 @@ export interface SourceRelayOptions {
   onError: (err: Error) => void;
 }
 
+/**
+ * Transport bytes queued in user space before QEMU's sockets are paused. Far above
+ * Node's 16 KiB default: pausing on every 512 KiB packet would serialise the pipeline.
+ */
+const TRANSPORT_HIGH_WATER = 8 << 20;
+
 interface Channel {
   id: number;
   socket: Socket;
@@ -139,14 +145,13 @@ export class SourceRelay {
   #send(...parts: Buffer[]): void {
     if (this.#failed) return;
     const t = this.#opts.transport;
-    let ok = true;
     let n = 0;
     for (const p of parts) {
-      ok = t.write(p);
+      t.write(p);
       n += p.length;
     }
     this.stats.wireBytes += n;
-    if (!ok && !this.#paused.backpressure) {
+    if (t.writableLength > TRANSPORT_HIGH_WATER && !this.#paused.backpressure) {
       this.#paused.backpressure = true;
       this.#flowChanged();
     }

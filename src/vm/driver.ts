@@ -166,8 +166,8 @@ export interface LiveMigration {
   resumeHere(vmId: string): Promise<void>;
   /** When the source guest was stopped for switchover (ms since epoch). */
   stoppedAt(vmId: string): Promise<number | undefined>;
-  /** Guest dirty rate measured over `seconds`, bytes/s (for dry-run predictions). */
-  measureDirtyRate(vmId: string, seconds: number): Promise<number>;
+  /** Guest dirty rate measured over `ms` milliseconds, bytes/s (for dry-run predictions). */
+  measureDirtyRate(vmId: string, ms: number): Promise<number>;
   /** A copy of `bytes` of guest RAM from `offset` (guest-physical), for codec sampling. */
   sampleMemory(vmId: string, offset: number, bytes: number): Promise<Buffer>;
 }

@@ -448,6 +448,7 @@ export class QemuDriver implements HypervisorDriver {
     this.#instances.set(vmId, inst);
     let stopReason = 'stopped by QEMU';
     qmp.on('event', (ev: QmpEvent) => {
+      this.#opts.log.debug({ vmId, event: ev.event, data: ev.data, at: eventTime(ev) }, 'QMP event');
       switch (ev.event) {
         case 'SHUTDOWN':
           if (ev.data?.guest === true) inst.guestShutdown = true;

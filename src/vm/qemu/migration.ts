@@ -126,12 +126,15 @@ export class QemuLiveMigration implements LiveMigration {
     return (await this.#host.instance(vmId)).stoppedAt();
   }
 
-  async measureDirtyRate(vmId: string, seconds: number): Promise<number> {
+  async measureDirtyRate(vmId: string, ms: number): Promise<number> {
     const { qmp } = await this.#host.instance(vmId);
-    await qmp.execute('calc-dirty-rate', { 'calc-time': seconds });
-    const deadline = Date.now() + seconds * 1000 + 10_000;
+    const v = qmp.version?.qemu;
+    // Millisecond resolution arrived in QEMU 8.2; older ones measure whole seconds.
+    if (v && (v.major > 8 || (v.major === 8 && v.minor >= 2))) await qmp.execute('calc-dirty-rate', { 'calc-time': ms, 'calc-time-unit': 'millisecond' });
+    else await qmp.execute('calc-dirty-rate', { 'calc-time': Math.max(1, Math.round(ms / 1000)) });
+    const deadline = Date.now() + ms + 10_000;
     for (;;) {
-      await sleep(Math.min(200, seconds * 250));
+      await sleep(Math.min(50, ms / 4));
       const r = await qmp.execute<{ status: string; 'dirty-rate'?: number }>('query-dirty-rate');
       if (r.status === 'measured') return (r['dirty-rate'] ?? 0) * 1024 * 1024; // MiB/s
       if (Date.now() > deadline) throw new DriverError('calc-dirty-rate', 'dirty-rate measurement did not finish');
