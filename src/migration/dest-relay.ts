@@ -10,7 +10,10 @@ import type { PageDecoder } from '../native/memdelta.js';
 import { normalPages } from './multifd.js';
 import { FrameType, type Frame } from './wire.js';
 
-/** Bytes queued towards QEMU before the transport stops reading. */
+/**
+ * Safety net: bytes queued towards QEMU before the transport stops reading. The source
+ * honours per-channel windows, so a well-behaved stream never gets near it.
+ */
 const MAX_QUEUED = 256 << 20;
 
 export interface DestRelayOptions {
@@ -19,6 +22,8 @@ export interface DestRelayOptions {
   decoder: PageDecoder;
   /** Stop/resume reading the transport (backpressure from QEMU). */
   pauseTransport: (pause: boolean) => void;
+  /** `bytes` of `channel` reached QEMU's socket: return them to the source's window. */
+  grant: (channel: number, bytes: number) => void;
   onError: (err: Error) => void;
 }
 
@@ -86,7 +91,9 @@ export class DestRelay {
   }
 
   #write(id: number, bytes: Buffer): void {
-    this.#channel(id).write(bytes);
+    this.#channel(id).write(bytes, (err) => {
+      if (!err && !this.#failed) this.#opts.grant(id, bytes.length);
+    });
     this.stats.rawBytes += bytes.length;
     this.#checkFlow();
   }

@@ -16,7 +16,7 @@ import type { MigrationBook } from './book.js';
 import { DestRelay } from './dest-relay.js';
 import { emptyProgress, type MigrationRecord } from './record.js';
 import type { IncomingOffer } from './outgoing.js';
-import { controlFrame, FrameReader, FrameType, TRANSPORT_VERSION, type ControlMessage } from './wire.js';
+import { controlFrame, FrameReader, FrameType, TRANSPORT_VERSION, windowFrame, type ControlMessage } from './wire.js';
 
 export const IncomingRequest = z.strictObject({
   migrationId: z.string().regex(/^mig-[0-9a-f]{24}$/),
@@ -175,6 +175,7 @@ export class IncomingMigrations {
       qemuSocket: p.socketPath,
       decoder: p.decoder,
       pauseTransport: (pause) => (pause ? sock.pause() : sock.resume()),
+      grant: (channel, bytes) => sock.write(windowFrame(channel, bytes)),
       onError: (err) => abort(err instanceof NovaError ? err : new NovaError('MIGRATION_TRANSPORT', err.message)),
     });
     this.#deps.migration

@@ -175,8 +175,9 @@ export class OutgoingMigration {
     s.on('data', (chunk: Buffer) => {
       try {
         for (const f of reader.push(chunk)) {
-          if (f.type !== FrameType.Control) throw new NovaError('MIGRATION_PROTOCOL', `destination sent frame type ${f.type}`);
-          this.#onControl(JSON.parse(f.payload.toString()) as ControlMessage);
+          if (f.type === FrameType.Window && f.payload.length === 4) this.#relay?.grant(f.channel, f.payload.readUInt32BE(0));
+          else if (f.type === FrameType.Control) this.#onControl(JSON.parse(f.payload.toString()) as ControlMessage);
+          else throw new NovaError('MIGRATION_PROTOCOL', `destination sent frame type ${f.type}`);
         }
       } catch (err) {
         this.#fail(toNovaError(err));

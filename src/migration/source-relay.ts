@@ -10,7 +10,7 @@ import { NovaError } from '../errors.js';
 import type { PageEncoder } from '../native/memdelta.js';
 import { MultifdParser, MULTIFD_MAGIC, QEVM_MAGIC } from './multifd.js';
 import { TokenBucket } from './token-bucket.js';
-import { ByteQueue, ChannelKind, encodeHeader, FrameType } from './wire.js';
+import { ByteQueue, CHANNEL_WINDOW, ChannelKind, encodeHeader, FrameType } from './wire.js';
 
 export interface RelayStats {
   /** Bytes QEMU handed us. */
@@ -44,6 +44,8 @@ interface Channel {
   id: number;
   socket: Socket;
   q: ByteQueue;
+  /** Bytes we may still read from QEMU on this channel (see CHANNEL_WINDOW). */
+  credit: number;
   parser?: MultifdParser;
   kind?: number;
 }
@@ -87,11 +89,13 @@ export class SourceRelay {
   }
 
   #accept(socket: Socket): void {
-    const ch: Channel = { id: this.#nextId++, socket, q: new ByteQueue() };
+    const ch: Channel = { id: this.#nextId++, socket, q: new ByteQueue(), credit: CHANNEL_WINDOW };
     this.#channels.set(ch.id, ch);
     if (this.#paused.backpressure || this.#paused.bucket) socket.pause();
     socket.on('data', (chunk: Buffer) => {
       this.stats.rawBytes += chunk.length;
+      ch.credit -= chunk.length;
+      if (ch.credit <= 0) socket.pause();
       ch.q.push(chunk);
       try {
         this.#drain(ch);
@@ -166,11 +170,19 @@ export class SourceRelay {
     }
   }
 
-  /** Reads from QEMU only while the transport keeps up and the cap allows. */
+  /** The destination delivered `bytes` of `channel` to its QEMU. */
+  grant(channel: number, bytes: number): void {
+    const ch = this.#channels.get(channel);
+    if (!ch) return;
+    ch.credit += bytes;
+    this.#flowChanged();
+  }
+
+  /** Reads from QEMU only while the transport keeps up, the cap allows and the channel has credit. */
   #flowChanged(): void {
     const stop = this.#paused.backpressure || this.#paused.bucket;
     for (const ch of this.#channels.values()) {
-      if (stop) ch.socket.pause();
+      if (stop || ch.credit <= 0) ch.socket.pause();
       else ch.socket.resume();
     }
   }

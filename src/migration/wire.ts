@@ -27,6 +27,11 @@ export const FrameType = {
   Eof: 5,
   /** JSON control message, either direction. */
   Control: 6,
+  /**
+   * destination → source: u32 bytes of a channel that reached the destination QEMU's
+   * socket; the source may read that much more from the source QEMU on that channel.
+   */
+  Window: 7,
 } as const;
 export type FrameType = (typeof FrameType)[keyof typeof FrameType];
 
@@ -38,6 +43,24 @@ export function encodeHeader(type: FrameType, channel: number, length: number): 
   h.writeUInt16BE(channel, 1);
   h.writeUInt32BE(length, 3);
   return h;
+}
+
+/**
+ * Per-channel flow-control window, in bytes of QEMU's stream. Data the relays hold is
+ * invisible to QEMU, which counts it as sent: a bounded window keeps that backlog small,
+ * so QEMU's bandwidth and downtime estimates stay true and the switchover is not
+ * followed by a queue draining. Per channel, so a multifd channel parked at a sync point
+ * never blocks the main channel behind it.
+ */
+export const CHANNEL_WINDOW = 4 << 20;
+
+export function windowFrame(channel: number, bytes: number): Buffer {
+  const f = Buffer.allocUnsafe(FRAME_HEADER_LEN + 4);
+  f.writeUInt8(FrameType.Window, 0);
+  f.writeUInt16BE(channel, 1);
+  f.writeUInt32BE(4, 3);
+  f.writeUInt32BE(bytes, FRAME_HEADER_LEN);
+  return f;
 }
 
 export function controlFrame(message: ControlMessage): Buffer[] {
@@ -143,7 +166,7 @@ export class FrameReader {
       const h = this.#q.peek(FRAME_HEADER_LEN);
       const type = h.readUInt8(0);
       const len = h.readUInt32BE(3);
-      if (type < FrameType.Hello || type > FrameType.Control) throw new NovaError('MIGRATION_PROTOCOL', `unknown transport frame type ${type}`);
+      if (type < FrameType.Hello || type > FrameType.Window) throw new NovaError('MIGRATION_PROTOCOL', `unknown transport frame type ${type}`);
       if (len > MAX_FRAME_PAYLOAD) throw new NovaError('MIGRATION_PROTOCOL', `transport frame of ${len} bytes exceeds the ${MAX_FRAME_PAYLOAD}-byte limit`);
       if (this.#q.length < FRAME_HEADER_LEN + len) break;
       const channel = h.readUInt16BE(1);

@@ -14,7 +14,7 @@ import { PageDecoder, PageEncoder } from '../../src/native/memdelta.js';
 import { DestRelay } from '../../src/migration/dest-relay.js';
 import { SourceRelay } from '../../src/migration/source-relay.js';
 import { FLAG_DEVICE_STATE, FLAG_SYNC, MULTIFD_MAGIC, MultifdParser, QEVM_MAGIC } from '../../src/migration/multifd.js';
-import { ByteQueue, FrameReader } from '../../src/migration/wire.js';
+import { ByteQueue, CHANNEL_WINDOW, FrameReader, FrameType, windowFrame } from '../../src/migration/wire.js';
 
 const PAGE = 4096;
 const ALLOC = 128;
@@ -101,7 +101,7 @@ interface Harness {
   dest: DestRelay;
 }
 
-async function harness(expectConnections: number, corruptPagesFrame?: number): Promise<Harness> {
+async function harness(expectConnections: number, corruptPagesFrame?: number, qemuPaused = false): Promise<Harness & { resumeQemu: () => void }> {
   const dir = mkdtempSync(join(tmpdir(), 'nc-relay-'));
   cleanup.push(() => rmSync(dir, { recursive: true, force: true }));
   // Fake destination QEMU: records what each connection delivers.
@@ -109,7 +109,10 @@ async function harness(expectConnections: number, corruptPagesFrame?: number): P
   let endedCount = 0;
   let markEnded!: () => void;
   const ended = new Promise<void>((r) => (markEnded = r));
+  const accepted: Socket[] = [];
   const qemu = createServer((s) => {
+    accepted.push(s);
+    if (qemuPaused) s.pause();
     const chunks: Buffer[] = [];
     received.push(chunks);
     s.on('data', (c) => chunks.push(c));
@@ -131,7 +134,10 @@ async function harness(expectConnections: number, corruptPagesFrame?: number): P
 
   let rejectDest!: (e: Error) => void;
   const destError = new Promise<Error>((r) => (rejectDest = r));
-  const dest = new DestRelay({ qemuSocket: qemuSock, decoder: new PageDecoder(4096, 2), pauseTransport: (p) => (p ? destSide.pause() : destSide.resume()), onError: rejectDest });
+  const dest = new DestRelay({
+    qemuSocket: qemuSock, decoder: new PageDecoder(4096, 2), pauseTransport: (p) => (p ? destSide.pause() : destSide.resume()), onError: rejectDest,
+    grant: (channel, bytes) => destSide.write(windowFrame(channel, bytes)),
+  });
   const reader = new FrameReader();
   destSide.on('data', (c: Buffer) => {
     try {
@@ -145,8 +151,12 @@ async function harness(expectConnections: number, corruptPagesFrame?: number): P
   const sourceSock = join(dir, 'relay.sock');
   const relay = new SourceRelay({ socketPath: sourceSock, transport: srcSide, encoder: new PageEncoder(4096, 2), onError: (e) => rejectDest(e), ...(corruptPagesFrame ? { corruptPagesFrame } : {}) });
   await relay.listen();
+  const back = new FrameReader();
+  srcSide.on('data', (c: Buffer) => {
+    for (const f of back.push(c)) if (f.type === FrameType.Window) relay.grant(f.channel, f.payload.readUInt32BE(0));
+  });
   cleanup.push(() => relay.close());
-  return { relay, sourceSock, received, ended, destError, dest };
+  return { relay, sourceSock, received, ended, destError, dest, resumeQemu: () => accepted.forEach((s) => s.resume()) };
 }
 
 async function sendAsQemu(path: string, bytes: Buffer, chunk = 65536 + 123): Promise<void> {
@@ -173,6 +183,19 @@ describe('migration relays', () => {
     expect(h.relay.stats.pages).toBe(300 + 2 * 75);
     // random main channel (~100 kB) is incompressible; the page stream is not
     expect(h.relay.stats.wireBytes).toBeLessThan(main.length + mf.length * 0.75);
+  });
+
+  it('per-channel windows bound what the relays hold when the destination QEMU stalls', async () => {
+    const h = await harness(1, undefined, true);
+    const big = Buffer.concat([Buffer.from([0x51, 0x45, 0x56, 0x4d]), randomBytes(4 * CHANNEL_WINDOW)]);
+    void sendAsQemu(h.sourceSock, big);
+    await new Promise((r) => setTimeout(r, 500));
+    // Read from QEMU: at most the window plus what the destination's socket buffers hold.
+    expect(h.relay.stats.rawBytes).toBeGreaterThan(CHANNEL_WINDOW / 2);
+    expect(h.relay.stats.rawBytes).toBeLessThan(CHANNEL_WINDOW + (2 << 20));
+    h.resumeQemu();
+    await Promise.race([h.ended, h.destError.then((e) => Promise.reject(e))]);
+    expect(Buffer.concat(h.received[0]!).equals(big)).toBe(true);
   });
 
   it('a corrupted page frame is refused and nothing from it reaches QEMU', async () => {

@@ -25,7 +25,7 @@ export function findOnPath(cmd: string, path = process.env.PATH ?? ''): string |
  * `qemu-img` exist, else the simulator with a loud warning.
  */
 export function selectDriver(kind: 'auto' | 'qemu' | 'sim', opts: { sim: SimDriverOptions; dataDir: string; log: Logger }): HypervisorDriver {
-  if (kind === 'sim') return new SimDriver(opts.sim);
+  if (kind === 'sim') return new SimDriver({ ...opts.sim, runDir: join(opts.dataDir, 'run') });
   const qemu = findOnPath('qemu-system-x86_64');
   const img = findOnPath('qemu-img');
   if (qemu && img) return new QemuDriver({ dataDir: opts.dataDir, log: opts.log, binary: qemu, imgBinary: img });
@@ -33,5 +33,5 @@ export function selectDriver(kind: 'auto' | 'qemu' | 'sim', opts: { sim: SimDriv
     throw new NovaError('DRIVER_UNAVAILABLE', `the qemu driver needs qemu-system-x86_64 and qemu-img on PATH (missing: ${[!qemu && 'qemu-system-x86_64', !img && 'qemu-img'].filter(Boolean).join(', ')}); run scripts/setup-qemu.sh`);
   }
   opts.log.warn('!!! qemu-system-x86_64/qemu-img not found: using the SIMULATED driver; VMs are NOT real');
-  return new SimDriver(opts.sim);
+  return new SimDriver({ ...opts.sim, runDir: join(opts.dataDir, 'run') });
 }

@@ -10,9 +10,11 @@
  * restart: after one, `inspect` reports nothing and the service marks them as lost.
  */
 import { EventEmitter } from 'node:events';
+import { tmpdir } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { DriverError, type DriverInstanceState, type HypervisorDriver, type ShutdownOptions } from '../driver.js';
 import type { VmRecord } from '../record.js';
+import { SIM_DIRTY_LABEL, SimLiveMigration, SimMemory } from './sim-migration.js';
 
 export const SIM_FAIL_LABEL = 'sim.novacron.io/fail';
 export const SIM_OPS = ['create', 'start', 'stop', 'shutdown', 'pause', 'resume', 'reboot', 'destroy'] as const;
@@ -25,12 +27,19 @@ export interface SimDriverOptions {
   failureRate?: Partial<Record<SimOp, number>>;
   /** Deterministic source of randomness for failure injection (tests). */
   random?: () => number;
+  /** Directory for live-migration sockets. Default: the OS temp directory. */
+  runDir?: string;
+  /** Simulated guest RAM per VM is capped at this (allocated only when migrated). Default 64. */
+  migrationMemoryCapMiB?: number;
 }
 
 interface SimInstance {
   status: 'running' | 'paused';
   startedAt: number;
   failOps: ReadonlySet<string>;
+  memoryMiB: number;
+  dirtyMiBps: number;
+  memory?: SimMemory;
 }
 
 export class SimDriver implements HypervisorDriver {
@@ -39,9 +48,39 @@ export class SimDriver implements HypervisorDriver {
   #instances = new Map<string, SimInstance>();
   #failLabels = new Map<string, ReadonlySet<string>>();
   #opts: Required<SimDriverOptions>;
+  readonly migration: SimLiveMigration;
 
   constructor(opts: SimDriverOptions = {}) {
-    this.#opts = { latencyMs: opts.latencyMs ?? {}, failureRate: opts.failureRate ?? {}, random: opts.random ?? Math.random };
+    this.#opts = {
+      latencyMs: opts.latencyMs ?? {}, failureRate: opts.failureRate ?? {}, random: opts.random ?? Math.random,
+      runDir: opts.runDir ?? tmpdir(), migrationMemoryCapMiB: opts.migrationMemoryCapMiB ?? 64,
+    };
+    this.migration = new SimLiveMigration({
+      runDir: this.#opts.runDir,
+      memoryCapMiB: this.#opts.migrationMemoryCapMiB,
+      memory: (vmId) => {
+        const inst = this.#instances.get(vmId);
+        if (!inst) return undefined;
+        inst.memory ??= SimMemory.populated(Math.min(inst.memoryMiB, this.#opts.migrationMemoryCapMiB), inst.dirtyMiBps);
+        inst.memory.run();
+        return inst.memory;
+      },
+      adopt: (vm, memory) => {
+        this.#instances.set(vm.id, { ...this.#newInstance(vm), memory });
+        memory.run();
+      },
+      setRunning: (vmId, running) => {
+        const inst = this.#instances.get(vmId);
+        if (inst) inst.status = running ? 'running' : 'paused';
+      },
+    });
+  }
+
+  #newInstance(vm: VmRecord): SimInstance {
+    return {
+      status: 'running', startedAt: Date.now(), failOps: this.#failLabels.get(vm.id) ?? parseFailLabel(vm),
+      memoryMiB: vm.spec.memoryMiB, dirtyMiBps: Number(vm.spec.labels[SIM_DIRTY_LABEL] ?? 0) || 0,
+    };
   }
 
   async create(vm: VmRecord): Promise<void> {
@@ -53,7 +92,7 @@ export class SimDriver implements HypervisorDriver {
     this.#failLabels.set(vm.id, parseFailLabel(vm));
     await this.#op('start', vm.id);
     if (this.#instances.has(vm.id)) throw new DriverError('start', `VM ${vm.id} is already running`);
-    const inst: SimInstance = { status: 'running', startedAt: Date.now(), failOps: this.#failLabels.get(vm.id)! };
+    const inst = this.#newInstance(vm);
     this.#instances.set(vm.id, inst);
     return { status: 'running', runtime: { accelerator: 'sim', startedAt: new Date(inst.startedAt).toISOString() } };
   }
@@ -65,18 +104,26 @@ export class SimDriver implements HypervisorDriver {
   async checkpoint(vmId: string, _path: string): Promise<{ sizeBytes: number }> {
     await this.#op('stop', vmId);
     this.#require(vmId, 'stop');
-    this.#instances.delete(vmId);
+    this.#end(vmId);
     return { sizeBytes: 0 };
   }
 
   async stop(vmId: string): Promise<void> {
     await this.#op('stop', vmId);
-    this.#instances.delete(vmId);
+    this.#end(vmId);
+  }
+
+  /** The simulated process ends: its dirtier stops and its RAM is released. */
+  #end(vmId: string): boolean {
+    const inst = this.#instances.get(vmId);
+    inst?.memory?.stop();
+    this.migration.forget(vmId);
+    return this.#instances.delete(vmId);
   }
 
   async shutdown(vmId: string, _opts: ShutdownOptions): Promise<{ forced: boolean }> {
     await this.#op('shutdown', vmId);
-    this.#instances.delete(vmId);
+    this.#end(vmId);
     return { forced: false };
   }
 
@@ -97,7 +144,7 @@ export class SimDriver implements HypervisorDriver {
 
   async destroy(vm: VmRecord): Promise<void> {
     await this.#op('destroy', vm.id);
-    this.#instances.delete(vm.id);
+    this.#end(vm.id);
     this.#failLabels.delete(vm.id);
   }
 
@@ -108,12 +155,12 @@ export class SimDriver implements HypervisorDriver {
 
   /** Test hook: the simulated process dies as if killed from outside. */
   crash(vmId: string, reason = 'simulated crash'): void {
-    if (this.#instances.delete(vmId)) this.events.emit('event', { type: 'exited', vmId, reason, expected: false });
+    if (this.#end(vmId)) this.events.emit('event', { type: 'exited', vmId, reason, expected: false });
   }
 
   /** Test hook: the guest powers itself off. */
   guestPowerOff(vmId: string): void {
-    if (this.#instances.delete(vmId)) this.events.emit('event', { type: 'guest-shutdown', vmId });
+    if (this.#end(vmId)) this.events.emit('event', { type: 'guest-shutdown', vmId });
   }
 
   get runningCount(): number {
@@ -121,7 +168,7 @@ export class SimDriver implements HypervisorDriver {
   }
 
   async close(): Promise<void> {
-    this.#instances.clear();
+    for (const id of [...this.#instances.keys()]) this.#end(id);
   }
 
   #require(vmId: string, op: SimOp): SimInstance {

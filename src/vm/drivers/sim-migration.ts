@@ -1,0 +1,371 @@
+/**
+ * Live migration for simulated VMs: the guest's RAM is real memory in this process,
+ * dirtied at a configurable rate with an exact dirty bitmap, and "QEMU" is played by
+ * this module — it speaks QEMU 10's multifd wire format to NovaCron's relay, so a sim
+ * migration exercises the same relay, codec and transport as a real one. The
+ * destination rebuilds the memory from the stream and checks it against the source's
+ * checksum (sent as "device state") before the VM runs there.
+ *
+ * Memory per VM is min(memoryMiB, `memoryCapMiB`) so thousands of sim VMs stay cheap;
+ * it is allocated on first use (a migration or a sample).
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import { rmSync } from 'node:fs';
+import { createServer, connect, type Server, type Socket } from 'node:net';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { ByteQueue } from '../../migration/wire.js';
+import { FLAG_SYNC, MULTIFD_MAGIC, MULTIFD_PACKET_PAYLOAD, MultifdParser, QEVM_MAGIC, RAM_PACKET_FIXED_LEN } from '../../migration/multifd.js';
+import { DriverError, type LiveMigration, type MigrationProgress, type OutgoingParams } from '../driver.js';
+import type { VmRecord } from '../record.js';
+
+export const SIM_DIRTY_LABEL = 'sim.novacron.io/dirty-mibps';
+const PAGE = 4096;
+const SLOTS = MULTIFD_PACKET_PAYLOAD / PAGE;
+const RAMBLOCK = 'pc.ram';
+
+/** A simulated guest's RAM with an exact dirty bitmap and a steady dirtier. */
+export class SimMemory {
+  readonly bytes: Buffer;
+  readonly pages: number;
+  dirty: Uint8Array;
+  #version: Uint32Array;
+  #timer?: NodeJS.Timeout;
+  #cursor = 0;
+
+  /** Wraps `bytes` as guest RAM (as it arrived on a destination). */
+  constructor(bytes: Buffer, readonly dirtyMiBps: number) {
+    this.bytes = bytes;
+    this.pages = bytes.length / PAGE;
+    this.dirty = new Uint8Array(this.pages);
+    this.#version = new Uint32Array(this.pages);
+  }
+
+  /** Fresh RAM with a populated working set: every other page holds data (half random, half zero). */
+  static populated(mib: number, dirtyMiBps: number): SimMemory {
+    const m = new SimMemory(Buffer.alloc(mib << 20), dirtyMiBps);
+    for (let p = 0; p < m.pages; p += 2) m.#write(p);
+    return m;
+  }
+
+  /** Starts dirtying `dirtyMiBps` MiB/s, 100 times a second. */
+  run(): void {
+    if (this.#timer || this.dirtyMiBps <= 0) return;
+    const perTick = Math.max(1, Math.round((this.dirtyMiBps * 256) / 100));
+    this.#timer = setInterval(() => {
+      for (let i = 0; i < perTick; i++) this.#write((this.#cursor = (this.#cursor * 1103515245 + 12345) >>> 0) % this.pages);
+    }, 10);
+  }
+
+  stop(): void {
+    clearInterval(this.#timer);
+    this.#timer = undefined;
+  }
+
+  /** Dirty pages since the last call, clearing the bitmap (a QEMU dirty sync). */
+  sync(): number[] {
+    const out: number[] = [];
+    for (let p = 0; p < this.pages; p++) {
+      if (this.dirty[p]) {
+        out.push(p);
+        this.dirty[p] = 0;
+      }
+    }
+    return out;
+  }
+
+  markAllDirty(): void {
+    this.dirty.fill(1);
+  }
+
+  checksum(): string {
+    return createHash('sha256').update(this.bytes).digest('hex');
+  }
+
+  #write(p: number): void {
+    const v = ++this.#version[p]!;
+    const page = this.bytes.subarray(p * PAGE, (p + 1) * PAGE);
+    randomBytes(PAGE / 2).copy(page);
+    page.fill(0, PAGE / 2);
+    page.writeUInt32LE(v, PAGE - 4);
+    this.dirty[p] = 1;
+  }
+}
+
+interface Outgoing {
+  status: MigrationProgress['status'];
+  downtime?: number;
+  transferred: number;
+  remaining: number;
+  rounds: number;
+  stoppedAt?: number;
+  error?: string;
+  sockets: Socket[];
+  cancelled: boolean;
+}
+
+interface Incoming {
+  server: Server;
+  memory: Buffer;
+  done: Promise<number>;
+}
+
+export interface SimMigrationHost {
+  /** The running VM's RAM (allocated on first use), or undefined if it is not running. */
+  memory(vmId: string): SimMemory | undefined;
+  /** Creates the VM's running instance with this memory (destination). */
+  adopt(vm: VmRecord, memory: SimMemory): void;
+  /** Pauses/continues the guest (switchover / resume after failure). */
+  setRunning(vmId: string, running: boolean): void;
+  runDir: string;
+  memoryCapMiB: number;
+}
+
+export class SimLiveMigration implements LiveMigration {
+  #host: SimMigrationHost;
+  #out = new Map<string, Outgoing>();
+  #in = new Map<string, Incoming>();
+
+  constructor(host: SimMigrationHost) {
+    this.#host = host;
+  }
+
+  async unsupported(): Promise<string | undefined> {
+    return undefined;
+  }
+
+  async prepareIncoming(vm: VmRecord, channels: number): Promise<{ socketPath: string; runtime: Record<string, unknown> }> {
+    const mib = Math.min(vm.spec.memoryMiB, this.#host.memoryCapMiB);
+    const socketPath = join(this.#host.runDir, `sim-${vm.id}-in.sock`);
+    rmSync(socketPath, { force: true });
+    const memory = Buffer.alloc(mib << 20);
+    const server = createServer();
+    const done = new Promise<number>((resolve, reject) => {
+      let open = 0;
+      let ended = 0;
+      let deviceState: Buffer | undefined;
+      const blocks = new Map<string, bigint>();
+      server.on('connection', (s) => {
+        open++;
+        const q = new ByteQueue();
+        let parser: MultifdParser | undefined;
+        let main = false;
+        const mainChunks: Buffer[] = [];
+        s.on('data', (c: Buffer) => {
+          try {
+            if (!main && !parser) {
+              q.push(c);
+              if (q.length < 4) return;
+              if (q.peekU32(0) === QEVM_MAGIC) main = true;
+              else parser = new MultifdParser(blocks);
+              if (main) return void mainChunks.push(q.take(q.length));
+            } else if (main) return void mainChunks.push(c);
+            else q.push(c);
+            for (let item = parser!.next(q); item; item = parser!.next(q)) {
+              if (item.kind !== 'ram') continue;
+              applyPacket(memory, item.header, item.pages);
+            }
+          } catch (err) {
+            s.destroy();
+            reject(err);
+          }
+        });
+        s.on('end', () => {
+          if (main) deviceState = Buffer.concat(mainChunks);
+          if (++ended < open || ended < channels + 1 || !deviceState) return;
+          server.close();
+          const state = JSON.parse(deviceState.subarray(4).toString()) as { checksum: string; dirtyMiBps: number };
+          const got = createHash('sha256').update(memory).digest('hex');
+          if (got !== state.checksum) return reject(new DriverError('migrate-incoming', `sim: memory checksum mismatch after migration (${got.slice(0, 12)} ≠ ${state.checksum.slice(0, 12)})`));
+          this.#host.adopt(vm, new SimMemory(memory, state.dirtyMiBps));
+          resolve(Date.now());
+        });
+        s.on('error', (err) => reject(new DriverError('migrate-incoming', `sim: ${err.message}`)));
+      });
+    });
+    done.catch(() => undefined);
+    await new Promise<void>((r) => server.listen(socketPath, r));
+    this.#in.set(vm.id, { server, memory, done });
+    return { socketPath, runtime: { accelerator: 'sim' } };
+  }
+
+  async waitIncoming(vmId: string, timeoutMs: number): Promise<{ resumedAt: number }> {
+    const inc = this.#in.get(vmId);
+    if (!inc) throw new DriverError('migrate-incoming', `sim: no incoming migration for ${vmId}`);
+    try {
+      const at = await Promise.race([inc.done, sleep(timeoutMs).then(() => Promise.reject(new DriverError('migrate-incoming', 'sim: timed out')))]);
+      return { resumedAt: at };
+    } finally {
+      inc.server.close();
+      this.#in.delete(vmId);
+    }
+  }
+
+  async startOutgoing(vmId: string, p: OutgoingParams): Promise<void> {
+    const mem = this.#host.memory(vmId);
+    if (!mem) throw new DriverError('migrate', `sim: VM ${vmId} is not running`);
+    const out: Outgoing = { status: 'setup', transferred: 0, remaining: mem.pages * PAGE, rounds: 0, sockets: [], cancelled: false };
+    this.#out.set(vmId, out);
+    const open = async () => {
+      const s = connect(p.socketPath);
+      await new Promise<void>((resolve, reject) => {
+        s.once('connect', resolve);
+        s.once('error', reject);
+      });
+      s.on('error', (err) => (out.error ??= err.message));
+      out.sockets.push(s);
+      return s;
+    };
+    const main = await open();
+    const head = Buffer.alloc(4);
+    head.writeUInt32BE(QEVM_MAGIC);
+    main.write(head);
+    const lanes: Socket[] = [];
+    for (let i = 0; i < p.channels; i++) {
+      const s = await open();
+      const init = Buffer.alloc(64);
+      init.writeUInt32BE(MULTIFD_MAGIC, 0);
+      init.writeUInt32BE(1, 4);
+      init.writeUInt8(i, 24);
+      s.write(init);
+      lanes.push(s);
+    }
+    void this.#stream(vmId, mem, out, main, lanes, p).catch((err: Error) => {
+      out.status = out.cancelled ? 'cancelled' : 'failed';
+      out.error ??= err.message;
+      for (const s of out.sockets) s.destroy();
+      mem.run();
+      this.#host.setRunning(vmId, true);
+    });
+  }
+
+  async #stream(vmId: string, mem: SimMemory, out: Outgoing, main: Socket, lanes: Socket[], p: OutgoingParams): Promise<void> {
+    out.status = 'active';
+    mem.markAllDirty();
+    let packetNum = 0n;
+    let lane = 0;
+    const send = async (pages: number[]) => {
+      for (let i = 0; i < pages.length; i += SLOTS) {
+        const batch = pages.slice(i, i + SLOTS);
+        const normal = batch.filter((pg) => !isZeroPage(mem.bytes, pg));
+        const zero = batch.filter((pg) => isZeroPage(mem.bytes, pg));
+        const s = lanes[lane++ % lanes.length]!;
+        const pkt = ramPacket(packetNum++, normal, zero, 0, mem.bytes);
+        out.transferred += pkt.length;
+        if (!s.write(pkt)) await new Promise((r) => s.once('drain', r));
+        if (out.cancelled || out.error) throw new Error(out.error ?? 'cancelled');
+      }
+      for (const s of lanes) s.write(ramPacket(packetNum++, [], [], FLAG_SYNC, mem.bytes));
+    };
+    const t0 = performance.now();
+    for (;;) {
+      const dirty = mem.sync();
+      out.rounds++;
+      out.remaining = dirty.length * PAGE;
+      await send(dirty);
+      const rate = out.transferred / Math.max(1, performance.now() - t0); // bytes per ms so far
+      const next = mem.dirty.reduce((n, d) => n + d, 0) * PAGE;
+      out.remaining = next;
+      // Like QEMU: switch over once the rest fits in the downtime limit.
+      if (next / Math.max(rate, 1) <= p.downtimeLimitMs || out.rounds >= 30) break;
+    }
+    // Switchover: stop the guest, send the rest and the "device state".
+    out.status = 'device';
+    mem.stop();
+    this.#host.setRunning(vmId, false);
+    out.stoppedAt = Date.now();
+    await send(mem.sync());
+    const state = Buffer.from(JSON.stringify({ checksum: mem.checksum(), dirtyMiBps: mem.dirtyMiBps }));
+    main.write(Buffer.concat([Buffer.from('DEV0'), state]));
+    await Promise.all(out.sockets.map((s) => new Promise<void>((r) => s.end(r))));
+    out.remaining = 0;
+    out.status = 'completed';
+    out.downtime = Date.now() - out.stoppedAt;
+  }
+
+  async progress(vmId: string): Promise<MigrationProgress> {
+    const out = this.#out.get(vmId);
+    if (!out) return { status: 'none', transferredBytes: 0, remainingBytes: 0, totalBytes: 0, dirtyBytesPerSec: 0, rounds: 0, throttlePercent: 0 };
+    const mem = this.#host.memory(vmId);
+    return {
+      status: out.status,
+      transferredBytes: out.transferred,
+      remainingBytes: out.remaining,
+      totalBytes: (mem?.pages ?? 0) * PAGE,
+      dirtyBytesPerSec: (mem?.dirtyMiBps ?? 0) * 1048576,
+      rounds: out.rounds,
+      throttlePercent: 0,
+      ...(out.downtime !== undefined ? { downtimeMs: out.downtime } : {}),
+      ...(out.error ? { error: out.error } : {}),
+    };
+  }
+
+  async cancelOutgoing(vmId: string): Promise<void> {
+    const out = this.#out.get(vmId);
+    if (!out) return;
+    out.cancelled = true;
+    for (const s of out.sockets) s.destroy();
+    for (let i = 0; i < 100 && out.status !== 'cancelled' && out.status !== 'failed' && out.status !== 'completed'; i++) await sleep(5);
+    await this.resumeHere(vmId);
+  }
+
+  async resumeHere(vmId: string): Promise<void> {
+    this.#host.memory(vmId)?.run();
+    this.#host.setRunning(vmId, true);
+  }
+
+  async stoppedAt(vmId: string): Promise<number | undefined> {
+    return this.#out.get(vmId)?.stoppedAt;
+  }
+
+  async measureDirtyRate(vmId: string): Promise<number> {
+    return (this.#host.memory(vmId)?.dirtyMiBps ?? 0) * 1048576;
+  }
+
+  async sampleMemory(vmId: string, offset: number, bytes: number): Promise<Buffer> {
+    const mem = this.#host.memory(vmId);
+    if (!mem) throw new DriverError('sample', `sim: VM ${vmId} is not running`);
+    const start = Math.min(offset, mem.bytes.length);
+    return Buffer.from(mem.bytes.subarray(start, Math.min(mem.bytes.length, start + bytes)));
+  }
+
+  /** The VM's instance ended here: drop its migration state on either side. */
+  forget(vmId: string): void {
+    this.#out.delete(vmId);
+    this.#in.get(vmId)?.server.close();
+    this.#in.delete(vmId);
+  }
+}
+
+function isZeroPage(mem: Buffer, pg: number): boolean {
+  for (let i = pg * PAGE; i < (pg + 1) * PAGE; i += 8) if (mem.readBigUInt64LE(i) !== 0n) return false;
+  return true;
+}
+
+/** A QEMU ≥ 9 multifd RAM packet (see migration/multifd.ts) for `normal` and `zero` pages. */
+function ramPacket(num: bigint, normal: number[], zero: number[], flags: number, mem: Buffer): Buffer {
+  const h = Buffer.alloc(RAM_PACKET_FIXED_LEN + 8 * SLOTS);
+  h.writeUInt32BE(MULTIFD_MAGIC, 0);
+  h.writeUInt32BE(1, 4);
+  h.writeUInt32BE(flags, 8);
+  h.writeUInt32BE(flags & FLAG_SYNC ? 0 : SLOTS, 12);
+  h.writeUInt32BE(normal.length, 16);
+  h.writeUInt32BE(normal.length * PAGE, 20);
+  h.writeBigUInt64BE(num, 24);
+  h.writeUInt32BE(zero.length, 32);
+  h.write(RAMBLOCK, 64, 'latin1');
+  [...normal, ...zero].forEach((pg, i) => h.writeBigUInt64BE(BigInt(pg * PAGE), RAM_PACKET_FIXED_LEN + 8 * i));
+  return Buffer.concat([h, ...normal.map((pg) => mem.subarray(pg * PAGE, (pg + 1) * PAGE))]);
+}
+
+/** Applies a RAM packet to memory: normal pages from the payload, zero pages zeroed. */
+function applyPacket(memory: Buffer, header: Buffer, pages: Buffer): void {
+  const normal = header.readUInt32BE(16);
+  const zero = header.readUInt32BE(32);
+  for (let i = 0; i < normal + zero; i++) {
+    const off = Number(header.readBigUInt64BE(RAM_PACKET_FIXED_LEN + 8 * i));
+    if (off + PAGE > memory.length) throw new DriverError('migrate-incoming', `sim: page offset ${off} outside guest RAM`);
+    if (i < normal) pages.copy(memory, off, i * PAGE, (i + 1) * PAGE);
+    else memory.fill(0, off, off + PAGE);
+  }
+}
