@@ -9,8 +9,12 @@ import { binding, callNative, type Binding } from './binding.js';
 export const PAGE_SIZE = 4096;
 /** Largest batch decoded at once (64 MiB of pages); larger ones fail with CODEC_INVALID_ARGUMENT. */
 export const MAX_BATCH_PAGES = 16384;
-/** Parallel codec shards: one per core, at most 4 (both ends must agree; it is negotiated). */
-export const DEFAULT_SHARDS = Math.min(4, availableParallelism());
+/**
+ * Parallel codec shards (both ends must agree; it is negotiated): one per core, at most
+ * 4 — but 1 on hosts with two cores or fewer, where the guest's own vCPUs and QEMU's
+ * migration thread need the other core more than the codec does (measured here).
+ */
+export const DEFAULT_SHARDS = availableParallelism() <= 2 ? 1 : Math.min(4, availableParallelism());
 
 function indexBuffer(indices: BigUint64Array): Buffer {
   return Buffer.from(indices.buffer, indices.byteOffset, indices.byteLength);

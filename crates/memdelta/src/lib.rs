@@ -185,9 +185,10 @@ impl Encoder {
             zrle::encode(&x, &mut z);
             // Flag byte: 0 = zero-run bytes as is, 1 = LZ4 (size-prepended) of them.
             let mut payload = Vec::with_capacity(z.len() + 8);
-            // LZ4 over the zero-run bytes pays only for mid-sized deltas; a delta as big as
-            // the page (mostly rewritten memory) is left to the plain page encodings.
-            if z.len() > 64 && z.len() < PAGE_SIZE {
+            // LZ4 over the zero-run bytes pays only for mid-sized deltas; a delta over half
+            // the page (mostly rewritten memory) is left to the plain page encodings, which
+            // saves a compression attempt that almost never wins.
+            if z.len() > 64 && z.len() <= PAGE_SIZE / 2 {
                 payload.push(1);
                 payload.extend_from_slice(&lz4_flex::block::compress_prepend_size(&z));
             }

@@ -171,14 +171,20 @@ export class SimLiveMigration implements LiveMigration {
           }
         });
         s.on('end', () => {
-          if (main) deviceState = Buffer.concat(mainChunks);
-          if (++ended < open || ended < channels + 1 || !deviceState) return;
-          server.close();
-          const state = JSON.parse(deviceState.subarray(4).toString()) as { checksum: string; dirtyMiBps: number };
-          const got = createHash('sha256').update(memory).digest('hex');
-          if (got !== state.checksum) return reject(new DriverError('migrate-incoming', `sim: memory checksum mismatch after migration (${got.slice(0, 12)} ≠ ${state.checksum.slice(0, 12)})`));
-          this.#host.adopt(vm, new SimMemory(memory, state.dirtyMiBps));
-          resolve(Date.now());
+          try {
+            if (main) deviceState = Buffer.concat(mainChunks);
+            if (++ended < open || ended < channels + 1 || !deviceState) return;
+            server.close();
+            // Main channel: "QEVM", then our "device state": "DEV0" + JSON.
+            if (deviceState.toString('latin1', 4, 8) !== 'DEV0') throw new DriverError('migrate-incoming', 'sim: main channel carries no device state');
+            const state = JSON.parse(deviceState.subarray(8).toString()) as { checksum: string; dirtyMiBps: number };
+            const got = createHash('sha256').update(memory).digest('hex');
+            if (got !== state.checksum) throw new DriverError('migrate-incoming', `sim: memory checksum mismatch after migration (${got.slice(0, 12)} ≠ ${state.checksum.slice(0, 12)})`);
+            this.#host.adopt(vm, new SimMemory(memory, state.dirtyMiBps));
+            resolve(Date.now());
+          } catch (err) {
+            reject(err instanceof DriverError ? err : new DriverError('migrate-incoming', `sim: ${(err as Error).message}`));
+          }
         });
         s.on('error', (err) => reject(new DriverError('migrate-incoming', `sim: ${err.message}`)));
       });
@@ -274,6 +280,7 @@ export class SimLiveMigration implements LiveMigration {
     mem.stop();
     this.#host.setRunning(vmId, false);
     out.stoppedAt = Date.now();
+    out.rounds++; // the final sync counts, as in QEMU's dirty-sync-count
     await send(mem.sync());
     const state = Buffer.from(JSON.stringify({ checksum: mem.checksum(), dirtyMiBps: mem.dirtyMiBps }));
     main.write(Buffer.concat([Buffer.from('DEV0'), state]));
