@@ -23,6 +23,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { writeResults, printTable, pct } from '../lib/report.mjs';
+import { startDaemon, call } from '../lib/daemon.mjs';
 import { QmpClient } from '../../dist/vm/qemu/qmp.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -137,25 +138,6 @@ class Heartbeats {
 
 // ---- NovaCron ----------------------------------------------------------------------------
 
-function startDaemon(dataDir) {
-  const proc = spawn(process.execPath, [join(root, 'bin', 'novacron.js'), 'daemon', '--driver', 'qemu', '--listen', '127.0.0.1:0', '--data-dir', dataDir, '--log-level', 'warn'], { stdio: ['ignore', 'ignore', 'pipe'] });
-  let err = '';
-  return new Promise((res, rej) => {
-    proc.stderr.on('data', (d) => {
-      err += d;
-      const m = /listening on (http:\/\/\S+)/.exec(err);
-      if (m) res({ url: m[1], dataDir, stop: () => new Promise((r) => { proc.on('exit', r); proc.kill('SIGTERM'); }) });
-    });
-    proc.on('exit', (c) => rej(new Error(`daemon exited ${c}: ${err}`)));
-  });
-}
-
-async function call(url, method, path, body) {
-  const res = await fetch(url + path, { method, ...(body ? { headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) } : {}) });
-  const json = await res.json();
-  if (!res.ok) throw new Error(`${method} ${path}: ${res.status} ${JSON.stringify(json)}`);
-  return json;
-}
 
 async function untilPrefilled(serialPath) {
   const { readFileSync } = await import('node:fs');
@@ -329,7 +311,7 @@ async function bareMigrate(src, mode, link, name, cmdline) {
 
 async function main() {
   try {
-    daemons.push(await startDaemon(join(work, 'a')), await startDaemon(join(work, 'b')));
+    daemons.push(await startDaemon(root, join(work, 'a')), await startDaemon(root, join(work, 'b')));
     for (const rate of RATES) {
       const cmdline = `console=ttyS0 quiet panic=-1 nc.dirty_mib=${WS} nc.rate=${rate} nc.model=${a.model} nc.prefill=1`;
       // One guest per system and rate; migrations go back and forth.

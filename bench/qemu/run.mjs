@@ -16,6 +16,7 @@ import { join, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { writeResults, printTable, pct } from '../lib/report.mjs';
+import { startDaemon, call } from '../lib/daemon.mjs';
 import { QmpClient } from '../../dist/vm/qemu/qmp.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -35,7 +36,7 @@ const work = mkdtempSync(join(tmpdir(), 'novacron-bench-qemu-'));
 const results = { bench: 'qemu', time: new Date().toISOString(), quick: args.quick, runs: RUNS, cycles: CYCLES, targets: TARGETS };
 let daemon;
 try {
-  daemon = await startDaemon(join(work, 'data'));
+  daemon = await startDaemon(root, join(work, 'data'));
   const accel = await firstAccel(daemon.url);
   results.accelerator = accel;
 
@@ -134,25 +135,6 @@ async function timed(fn) {
   return round(performance.now() - t);
 }
 
-function startDaemon(dataDir) {
-  const proc = spawn(process.execPath, [join(root, 'bin', 'novacron.js'), 'daemon', '--driver', 'qemu', '--listen', '127.0.0.1:0', '--data-dir', dataDir, '--log-level', 'warn'], { stdio: ['ignore', 'ignore', 'pipe'] });
-  let err = '';
-  return new Promise((res, rej) => {
-    proc.stderr.on('data', (d) => {
-      err += d;
-      const m = /listening on (http:\/\/\S+)/.exec(err);
-      if (m) res({ url: m[1], dataDir, stop: () => new Promise((r) => { proc.on('exit', r); proc.kill('SIGTERM'); }) });
-    });
-    proc.on('exit', (c) => rej(new Error(`daemon exited ${c}: ${err}`)));
-  });
-}
-
-async function call(url, method, path, body) {
-  const res = await fetch(url + path, { method, ...(body ? { headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) } : {}) });
-  const json = await res.json();
-  if (!res.ok) throw new Error(`${method} ${path}: ${res.status} ${JSON.stringify(json)}`);
-  return json;
-}
 
 async function waitOp(url, id) {
   for (;;) {

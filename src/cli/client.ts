@@ -92,22 +92,22 @@ export class NovaClient {
   }
 
   /** Polls a migration until it finishes, reporting each change. */
-  async waitForMigration(id: string, onProgress?: (m: MigrationRecord) => void, intervalMs = 250): Promise<MigrationRecord> {
-    for (;;) {
-      const m = await this.getMigration(id);
-      onProgress?.(m);
-      if (m.state !== 'running') return m;
-      await new Promise((r) => setTimeout(r, intervalMs));
-    }
+  waitForMigration(id: string, onProgress?: (m: MigrationRecord) => void, intervalMs = 250): Promise<MigrationRecord> {
+    return pollUntilDone(() => this.getMigration(id), onProgress, intervalMs);
   }
 
   /** Polls an operation until it finishes, reporting each change. */
-  async waitForOperation(id: string, onProgress?: (op: OperationRecord) => void, intervalMs = 100): Promise<OperationRecord> {
-    for (;;) {
-      const op = await this.getOperation(id);
-      onProgress?.(op);
-      if (op.state !== 'running') return op;
-      await new Promise((r) => setTimeout(r, intervalMs));
-    }
+  waitForOperation(id: string, onProgress?: (op: OperationRecord) => void, intervalMs = 100): Promise<OperationRecord> {
+    return pollUntilDone(() => this.getOperation(id), onProgress, intervalMs);
+  }
+}
+
+/** Fetches `get()` every `intervalMs` until its state is no longer `running`. */
+async function pollUntilDone<T extends { state: string }>(get: () => Promise<T>, onProgress: ((t: T) => void) | undefined, intervalMs: number): Promise<T> {
+  for (;;) {
+    const t = await get();
+    onProgress?.(t);
+    if (t.state !== 'running') return t;
+    await new Promise((r) => setTimeout(r, intervalMs));
   }
 }

@@ -119,14 +119,21 @@ export class IncomingMigrations {
     const reader = new FrameReader();
     let p: Pending | undefined;
     let relay: DestRelay | undefined;
+    let aborted = false;
     const abort = (err: NovaError) => {
+      if (aborted) return;
+      aborted = true;
       if (!p || p.settled) return void sock.destroy();
+      // Tell the source why, then half-close and ignore what is still in flight: a reset
+      // here could discard the abort before the source reads it.
       for (const b of controlFrame({ type: 'abort', code: err.code, message: err.message })) sock.write(b);
       sock.end();
+      setTimeout(() => sock.destroy(), 5000).unref();
       relay?.close();
       void this.#abandon(p, err);
     };
     sock.on('data', (chunk: Buffer) => {
+      if (aborted) return;
       try {
         for (const f of reader.push(chunk)) {
           if (!p) {

@@ -37,6 +37,7 @@ export interface IncomingOffer {
 
 const PROGRESS_EVERY_MS = 500;
 const RESUME_TIMEOUT_MS = 60_000;
+const TRANSPORT_LOSS_GRACE_MS = 250;
 
 export class OutgoingMigration {
   #deps: OutgoingDeps;
@@ -125,7 +126,8 @@ export class OutgoingMigration {
       this.#rec = done;
       await vms.migratedAway(vmId, [book.op(done)], [book.event(done, 'migration.completed', { target: this.#target, downtimeMs: done.downtimeMs, totalMs: done.totalMs })]);
     } catch (err) {
-      const error = this.#cancelled ? new NovaError('MIGRATION_CANCELLED', 'cancelled by request') : toNovaError(err);
+      let error = this.#cancelled ? new NovaError('MIGRATION_CANCELLED', 'cancelled by request') : toNovaError(err);
+      if (error.code === 'MIGRATION_TRANSPORT') error = (await this.#destinationsReason()) ?? error;
       this.#deps.log.warn({ err, migrationId: this.#rec.id, vmId }, 'migration failed; the VM stays on the source');
       this.#teardown();
       if (!streamed) await migration.cancelOutgoing(vmId).catch((e) => this.#deps.log.warn({ err: e, vmId }, 'migrate_cancel failed'));
@@ -165,6 +167,25 @@ export class OutgoingMigration {
     return json as IncomingOffer;
   }
 
+  /**
+   * When the connection broke, the destination may know why (it refused a frame, its
+   * QEMU failed): its record of this migration says, if it can be reached.
+   */
+  async #destinationsReason(): Promise<NovaError | undefined> {
+    try {
+      const res = await fetch(`${this.#target}/v1/migrations/${this.#rec.id}`, {
+        headers: this.#deps.apiToken ? { authorization: `Bearer ${this.#deps.apiToken}` } : {},
+        signal: AbortSignal.timeout(2000),
+      });
+      const rec = (await res.json()) as Partial<MigrationRecord>;
+      const e = rec.error;
+      if (!res.ok || rec.state !== 'failed' || !e || e.code === 'MIGRATION_TRANSPORT' || !isErrorCode(e.code)) return undefined;
+      return new NovaError(e.code, `destination aborted: ${e.message}`);
+    } catch {
+      return undefined;
+    }
+  }
+
   async #connect(offer: IncomingOffer): Promise<Socket> {
     const s = connect({ host: offer.transport.host, port: offer.transport.port, noDelay: true });
     await new Promise<void>((resolve, reject) => {
@@ -183,8 +204,11 @@ export class OutgoingMigration {
         this.#fail(toNovaError(err));
       }
     });
-    s.on('error', (e) => this.#fail(new NovaError('MIGRATION_TRANSPORT', `transport: ${e.message}`)));
-    s.on('close', () => this.#fail(new NovaError('MIGRATION_TRANSPORT', 'the destination closed the migration connection')));
+    // A destination that aborts says why, then closes; our next write may fail before
+    // that message is read. Let the reason win over the broken pipe it causes.
+    const lost = (err: NovaError) => setTimeout(() => this.#fail(err), TRANSPORT_LOSS_GRACE_MS).unref();
+    s.on('error', (e) => lost(new NovaError('MIGRATION_TRANSPORT', `transport: ${e.message}`)));
+    s.on('close', () => lost(new NovaError('MIGRATION_TRANSPORT', 'the destination closed the migration connection')));
     for (const b of controlFrame({ type: 'hello', version: TRANSPORT_VERSION, migrationId: this.#rec.id, token: offer.token })) s.write(b);
     return s;
   }

@@ -5,6 +5,7 @@
  * guest's own pages — first sends and re-sends (deltas) measured separately.
  */
 export interface PredictionInput {
+  /** Guest RAM that is not zero (zero pages cost QEMU only their offsets). */
   memoryBytes: number;
   dirtyBytesPerSec: number;
   /** raw / wire for pages sent the first time. */

@@ -16,6 +16,13 @@ export const MAX_BATCH_PAGES = 16384;
  */
 export const DEFAULT_SHARDS = availableParallelism() <= 2 ? 1 : Math.min(4, availableParallelism());
 
+const ZERO_PAGE = Buffer.alloc(PAGE_SIZE);
+
+/** Whether page number `page` of `buf` is all zeros (a native memcmp). */
+export function isZeroPage(buf: Buffer, page: number): boolean {
+  return ZERO_PAGE.compare(buf, page * PAGE_SIZE, (page + 1) * PAGE_SIZE) === 0;
+}
+
 function indexBuffer(indices: BigUint64Array): Buffer {
   return Buffer.from(indices.buffer, indices.byteOffset, indices.byteLength);
 }

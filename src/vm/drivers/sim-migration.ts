@@ -15,6 +15,7 @@ import { createServer, connect, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ByteQueue } from '../../migration/wire.js';
+import { isZeroPage } from '../../native/memdelta.js';
 import { FLAG_SYNC, MULTIFD_MAGIC, MULTIFD_PACKET_PAYLOAD, MultifdParser, QEVM_MAGIC, RAM_PACKET_FIXED_LEN } from '../../migration/multifd.js';
 import { DriverError, type LiveMigration, type MigrationProgress, type OutgoingParams } from '../driver.js';
 import type { VmRecord } from '../record.js';
@@ -342,11 +343,6 @@ export class SimLiveMigration implements LiveMigration {
     this.#in.get(vmId)?.server.close();
     this.#in.delete(vmId);
   }
-}
-
-function isZeroPage(mem: Buffer, pg: number): boolean {
-  for (let i = pg * PAGE; i < (pg + 1) * PAGE; i += 8) if (mem.readBigUInt64LE(i) !== 0n) return false;
-  return true;
 }
 
 /** A QEMU ≥ 9 multifd RAM packet (see migration/multifd.ts) for `normal` and `zero` pages. */

@@ -1,0 +1,25 @@
+// Shared by bench scripts: a real daemon child process and a JSON API call.
+import { spawn } from 'node:child_process';
+import { join } from 'node:path';
+
+/** Starts `bin/novacron.js daemon` on a free loopback port; resolves once it listens. */
+export function startDaemon(root, dataDir, driver = 'qemu') {
+  const proc = spawn(process.execPath, [join(root, 'bin', 'novacron.js'), 'daemon', '--driver', driver, '--listen', '127.0.0.1:0', '--data-dir', dataDir, '--log-level', 'warn'], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let err = '';
+  return new Promise((res, rej) => {
+    proc.stderr.on('data', (d) => {
+      err += d;
+      const m = /listening on (http:\/\/\S+)/.exec(err);
+      if (m) res({ url: m[1], dataDir, stop: () => new Promise((r) => { proc.on('exit', r); proc.kill('SIGTERM'); }) });
+    });
+    proc.on('exit', (c) => rej(new Error(`daemon exited ${c}: ${err}`)));
+  });
+}
+
+/** A JSON API call that throws on a non-2xx answer. */
+export async function call(url, method, path, body) {
+  const res = await fetch(url + path, { method, ...(body ? { headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) } : {}) });
+  const json = await res.json();
+  if (!res.ok) throw new Error(`${method} ${path}: ${res.status} ${JSON.stringify(json)}`);
+  return json;
+}
