@@ -60,6 +60,17 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
       lastEventSeq: () => events.lastSeq,
       vmStats: async () => (await vms.liveStats()).map(({ vm, stats }) => ({ vm: vm.id, name: vm.name, stats })),
     });
+    events.subscribe({ types: ['migration.completed', 'migration.failed', 'migration.cancelled'] }, (ev) => {
+      const role = String(ev.data.role);
+      metrics.migrations.inc({ role, result: ev.type.slice('migration.'.length) });
+      const d = ev.data as { progress?: { bytesRaw: number; bytesWire: number }; downtimeMs?: { measured?: number } };
+      if (ev.type !== 'migration.completed' || role !== 'source') return;
+      if (d.progress) {
+        metrics.migrationBytes.inc({ kind: 'raw' }, d.progress.bytesRaw);
+        metrics.migrationBytes.inc({ kind: 'wire' }, d.progress.bytesWire);
+      }
+      if (d.downtimeMs?.measured !== undefined) metrics.migrationDowntime.observe({ role }, d.downtimeMs.measured / 1000);
+    });
     events.subscribe({ types: ['operation.succeeded', 'operation.failed'] }, (ev) => {
       metrics.operations.inc({ kind: String(ev.data.kind), result: ev.type === 'operation.succeeded' ? 'succeeded' : 'failed' });
     });

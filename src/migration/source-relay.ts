@@ -44,8 +44,8 @@ interface Channel {
   id: number;
   socket: Socket;
   q: ByteQueue;
-  /** Bytes we may still read from QEMU on this channel (see CHANNEL_WINDOW). */
-  credit: number;
+  /** QEMU bytes forwarded on this channel that the destination has not yet delivered. */
+  unacked: number;
   parser?: MultifdParser;
   kind?: number;
 }
@@ -89,19 +89,18 @@ export class SourceRelay {
   }
 
   #accept(socket: Socket): void {
-    const ch: Channel = { id: this.#nextId++, socket, q: new ByteQueue(), credit: CHANNEL_WINDOW };
+    const ch: Channel = { id: this.#nextId++, socket, q: new ByteQueue(), unacked: 0 };
     this.#channels.set(ch.id, ch);
     if (this.#paused.backpressure || this.#paused.bucket) socket.pause();
     socket.on('data', (chunk: Buffer) => {
       this.stats.rawBytes += chunk.length;
-      ch.credit -= chunk.length;
-      if (ch.credit <= 0) socket.pause();
       ch.q.push(chunk);
       try {
         this.#drain(ch);
       } catch (err) {
         this.#fail(err as Error);
       }
+      if (starved(ch)) socket.pause();
     });
     socket.on('end', () => {
       if (ch.q.length > 0 && !this.#failed) this.#fail(new NovaError('MIGRATION_PROTOCOL', `QEMU channel ${ch.id} ended inside a packet (${ch.q.length} bytes left)`));
@@ -124,14 +123,17 @@ export class SourceRelay {
     }
     if (!ch.parser) {
       const bytes = ch.q.take(ch.q.length);
+      ch.unacked += bytes.length;
       this.#send(encodeHeader(FrameType.Data, ch.id, bytes.length), bytes);
       return;
     }
     for (let item = ch.parser.next(ch.q); item; item = ch.parser.next(ch.q)) {
       if (item.kind === 'opaque') {
+        ch.unacked += item.bytes.length;
         this.#send(encodeHeader(FrameType.Data, ch.id, item.bytes.length), item.bytes);
         continue;
       }
+      ch.unacked += item.header.length + item.pages.length;
       // The encoder's output is a view of its scratch buffer; the socket keeps what it
       // is given until flushed, so hand it a copy.
       const frames = item.indices.length > 0 ? Buffer.from(this.#opts.encoder.encode(item.indices, item.pages)) : Buffer.alloc(0);
@@ -174,15 +176,15 @@ export class SourceRelay {
   grant(channel: number, bytes: number): void {
     const ch = this.#channels.get(channel);
     if (!ch) return;
-    ch.credit += bytes;
+    ch.unacked -= bytes;
     this.#flowChanged();
   }
 
-  /** Reads from QEMU only while the transport keeps up, the cap allows and the channel has credit. */
+  /** Reads from QEMU only while the transport keeps up, the cap allows and the channel's window is open. */
   #flowChanged(): void {
     const stop = this.#paused.backpressure || this.#paused.bucket;
     for (const ch of this.#channels.values()) {
-      if (stop || ch.credit <= 0) ch.socket.pause();
+      if (stop || starved(ch)) ch.socket.pause();
       else ch.socket.resume();
     }
   }
@@ -193,6 +195,15 @@ export class SourceRelay {
     this.close();
     this.#opts.onError(err);
   }
+}
+
+/**
+ * A channel's window is full: what the destination has not delivered plus what waits
+ * here reaches CHANNEL_WINDOW. Never while nothing is in flight, so a packet larger than
+ * the window can still be read whole (its delivery then reopens the window).
+ */
+function starved(ch: Channel): boolean {
+  return ch.unacked > 0 && ch.unacked + ch.q.length >= CHANNEL_WINDOW;
 }
 
 /** Fault injection: flips a byte of the first frame's page checksum in a codec batch. */

@@ -1,5 +1,5 @@
 /** Prometheus metrics for the daemon (prom-client, text exposition format). */
-import { collectDefaultMetrics, Counter, Gauge, Registry } from 'prom-client';
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import { RequestStats } from './request-stats.js';
 
 export interface MetricSources {
@@ -13,6 +13,9 @@ export class Metrics {
   readonly registry = new Registry();
   readonly requests: RequestStats;
   readonly operations: Counter<'kind' | 'result'>;
+  readonly migrations: Counter<'role' | 'result'>;
+  readonly migrationBytes: Counter<'kind'>;
+  readonly migrationDowntime: Histogram<'role'>;
 
   constructor(sources?: MetricSources) {
     collectDefaultMetrics({ register: this.registry, prefix: 'novacron_' });
@@ -21,6 +24,25 @@ export class Metrics {
       name: 'novacron_operations_total',
       help: 'Finished lifecycle operations by kind and result',
       labelNames: ['kind', 'result'],
+      registers: [this.registry],
+    });
+    this.migrations = new Counter({
+      name: 'novacron_migrations_total',
+      help: 'Finished live migrations by role (source/destination) and result',
+      labelNames: ['role', 'result'],
+      registers: [this.registry],
+    });
+    this.migrationBytes = new Counter({
+      name: 'novacron_migration_bytes_total',
+      help: 'Bytes of completed outgoing migrations: raw (what QEMU sent) and wire (what NovaCron sent)',
+      labelNames: ['kind'],
+      registers: [this.registry],
+    });
+    this.migrationDowntime = new Histogram({
+      name: 'novacron_migration_downtime_seconds',
+      help: 'Guest downtime of completed migrations (source STOP to destination RESUME)',
+      labelNames: ['role'],
+      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
       registers: [this.registry],
     });
     if (sources) {

@@ -56,6 +56,12 @@ describe('live migration of sim VMs (real daemons, relays, codec)', { timeout: 6
     // The sim destination refuses to run a VM whose RAM does not match: completed means verified.
     expect((await api(b.url, 'GET', `/v1/migrations/${r.body.id}`)).body).toMatchObject({ role: 'destination', state: 'completed' });
 
+    const metrics = (await api(a.url, 'GET', '/metrics')).body as string;
+    expect(metrics).toMatch(/novacron_migrations_total\{role="source",result="completed"\} 1/);
+    expect(metrics).toMatch(/novacron_migration_bytes_total\{kind="wire"\} [1-9]/);
+    expect(metrics).toMatch(/novacron_migration_downtime_seconds_count\{role="source"\} 1/);
+    expect((await api(b.url, 'GET', '/metrics')).body).toMatch(/novacron_migrations_total\{role="destination",result="completed"\} 1/);
+
     // And back, then a dry run that predicts without moving anything.
     const back = await api(b.url, 'POST', `/v1/vms/${id}/migrate`, { target: a.url });
     expect((await settle(b, back.body.id)).state).toBe('completed');
