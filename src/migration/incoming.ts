@@ -14,19 +14,38 @@ import { VmSpecFields } from '../vm/spec.js';
 import type { VmService } from '../vm/service.js';
 import type { MigrationBook } from './book.js';
 import { DestRelay } from './dest-relay.js';
+import { FileReceiver } from './file-receiver.js';
 import { emptyProgress, type MigrationRecord } from './record.js';
-import type { IncomingOffer } from './outgoing.js';
-import { controlFrame, FrameReader, FrameType, TRANSPORT_VERSION, windowFrame, type ControlMessage } from './wire.js';
+import type { IncomingOffer } from './peer.js';
+import { controlFrame, FrameReader, FrameType, TRANSPORT_VERSION, windowFrame, type ControlMessage, type Frame } from './wire.js';
 
-export const IncomingRequest = z.strictObject({
+const offered = {
   migrationId: z.string().regex(/^mig-[0-9a-f]{24}$/),
   source: z.string().min(1).max(63),
-  vm: z.strictObject({ id: z.string().regex(/^vm-[0-9a-f]{24}$/), name: z.string().min(1).max(63), spec: z.strictObject(VmSpecFields) }),
-  channels: z.int().min(1).max(16),
-  cachePages: z.int().min(1).max(1 << 20),
-  /** Codec shards (parallel encoders) the source uses; the decoder must match. */
-  shards: z.int().min(1).max(64),
-});
+  vm: z.strictObject({
+    id: z.string().regex(/^vm-[0-9a-f]{24}$/),
+    name: z.string().min(1).max(63),
+    spec: z.strictObject(VmSpecFields),
+    /** A checkpoint travelling with a stopped VM (its file is one of `files`). */
+    checkpoint: z.strictObject({ file: z.string().max(255), createdAt: z.string().max(64), sizeBytes: z.int().min(0) }).optional(),
+  }),
+};
+
+export const IncomingRequest = z.discriminatedUnion('mode', [
+  z.strictObject({
+    mode: z.literal('live'),
+    ...offered,
+    channels: z.int().min(1).max(16),
+    cachePages: z.int().min(1).max(1 << 20),
+    /** Codec shards (parallel encoders) the source uses; the decoder must match. */
+    shards: z.int().min(1).max(64),
+  }),
+  z.strictObject({
+    mode: z.literal('cold'),
+    ...offered,
+    files: z.array(z.strictObject({ name: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$/), size: z.int().min(0) })).max(64),
+  }),
+]);
 export type IncomingRequest = z.infer<typeof IncomingRequest>;
 
 /** How long an accepted VM waits for its transport connection. */
@@ -37,18 +56,26 @@ const RESUME_TIMEOUT_MS = 600_000;
 interface Pending {
   rec: MigrationRecord;
   token: Buffer;
-  socketPath: string;
-  runtime: Record<string, unknown>;
-  decoder: PageDecoder;
   release: () => void;
-  timer: NodeJS.Timeout;
+  /** Armed once prepared: the source must connect in time. */
+  timer?: NodeJS.Timeout;
   settled: boolean;
+  live?: { socketPath: string; runtime: Record<string, unknown>; decoder: PageDecoder };
+  cold?: { files: Array<{ name: string; size: number }>; checkpoint?: { file: string; createdAt: string; sizeBytes: number } };
+}
+
+/** What applies transport frames on this side: QEMU's relay (live) or the file writer (cold). */
+interface FrameSink {
+  apply(f: Frame): void;
+  close(): void;
+  readonly stats: { wireBytes: number; rawBytes: number };
 }
 
 export interface IncomingDeps {
   vms: VmService;
   driver: HypervisorDriver;
-  migration: LiveMigration;
+  /** Absent when the driver cannot receive live migrations (cold ones still work). */
+  migration?: LiveMigration;
   book: MigrationBook;
   log: Logger;
   /** Address the transport listener binds (the API's host). */
@@ -81,30 +108,36 @@ export class IncomingMigrations {
   }
 
   async accept(req: IncomingRequest): Promise<IncomingOffer> {
-    const { vms, migration, book } = this.#deps;
+    const { vms, book, driver } = this.#deps;
+    const migration = this.#deps.migration;
+    if (req.mode === 'live' && !migration) throw new NovaError('MIGRATION_UNSUPPORTED', `the ${driver.name} driver cannot receive live migrations`);
+    if (req.mode === 'cold' && req.files.length > 0 && !driver.vmFilePath) throw new NovaError('MIGRATION_UNSUPPORTED', `the ${driver.name} driver cannot receive VM files`);
     const now = new Date().toISOString();
     let rec: MigrationRecord = {
-      id: req.migrationId, vmId: req.vm.id, vmName: req.vm.name, role: 'destination', peer: req.source, state: 'running', phase: 'prepare',
-      policy: { maxDowntimeMs: 0, channels: req.channels, force: false }, progress: emptyProgress(), createdAt: now, updatedAt: now,
+      id: req.migrationId, mode: req.mode, vmId: req.vm.id, vmName: req.vm.name, role: 'destination', peer: req.source, state: 'running', phase: 'prepare',
+      policy: { maxDowntimeMs: 0, channels: req.mode === 'live' ? req.channels : 1, force: false }, progress: emptyProgress(), createdAt: now, updatedAt: now,
     };
     book.track(rec);
-    const { vm, release } = await vms.adoptIncoming(req.vm, { migrationId: rec.id, source: req.source }, [book.event(rec, 'migration.started')]);
-    let prepared: { socketPath: string; runtime: Record<string, unknown> };
-    try {
-      prepared = await migration.prepareIncoming(vm, req.channels);
-    } catch (err) {
-      rec = book.finished(rec, 'failed', { code: 'MIGRATION_FAILED', message: (err as Error).message });
-      await vms.incomingAbandoned(vm.id, [book.op(rec)], [book.event(rec, 'migration.failed')]);
-      release();
-      throw new NovaError('MIGRATION_FAILED', `destination QEMU could not be prepared: ${(err as Error).message}`);
-    }
-    rec = { ...rec, phase: 'precopy' };
-    await book.save(rec);
+    const { checkpoint, ...offeredVm } = req.vm;
+    const { vm, release } = await vms.adoptIncoming(offeredVm, { migrationId: rec.id, source: req.source }, [book.event(rec, 'migration.started')]);
     const token = randomBytes(24);
-    const p: Pending = {
-      rec, token, ...prepared, decoder: new PageDecoder(req.cachePages, req.shards), release, settled: false,
-      timer: setTimeout(() => void this.#abandon(p, new NovaError('MIGRATION_TRANSPORT', 'the source never connected')), CONNECT_TIMEOUT_MS),
-    };
+    const p: Pending = { rec, token, release, settled: false };
+    if (req.mode === 'live') {
+      try {
+        const prepared = await migration!.prepareIncoming(vm, req.channels);
+        p.live = { ...prepared, decoder: new PageDecoder(req.cachePages, req.shards) };
+      } catch (err) {
+        rec = book.finished(rec, 'failed', { code: 'MIGRATION_FAILED', message: (err as Error).message });
+        await vms.incomingAbandoned(vm.id, [book.op(rec)], [book.event(rec, 'migration.failed')]);
+        release();
+        throw new NovaError('MIGRATION_FAILED', `destination QEMU could not be prepared: ${(err as Error).message}`);
+      }
+    } else {
+      p.cold = { files: req.files, ...(checkpoint ? { checkpoint } : {}) };
+    }
+    p.rec = rec = { ...rec, phase: req.mode === 'live' ? 'precopy' : 'copy' };
+    await book.save(rec);
+    p.timer = setTimeout(() => void this.#abandon(p, new NovaError('MIGRATION_TRANSPORT', 'the source never connected')), CONNECT_TIMEOUT_MS);
     this.#pending.set(rec.id, p);
     return { transport: { host: this.#deps.host, port: this.port }, token: token.toString('hex') };
   }
@@ -118,7 +151,7 @@ export class IncomingMigrations {
     sock.setNoDelay(true);
     const reader = new FrameReader();
     let p: Pending | undefined;
-    let relay: DestRelay | undefined;
+    let relay: FrameSink | undefined;
     let aborted = false;
     const abort = (err: NovaError) => {
       if (aborted) return;
@@ -140,7 +173,7 @@ export class IncomingMigrations {
             p = this.#hello(f.type === FrameType.Control ? f.payload : undefined);
             if (!p) return void sock.destroy();
             clearTimeout(p.timer);
-            relay = this.#startRelay(p, sock, abort);
+            relay = p.live ? this.#startRelay(p, p.live, sock, abort) : this.#startFiles(p, sock, abort);
             continue;
           }
           if (f.type === FrameType.Control) continue; // nothing the source may say mid-stream yet
@@ -177,33 +210,55 @@ export class IncomingMigrations {
     return p;
   }
 
-  #startRelay(p: Pending, sock: Socket, abort: (err: NovaError) => void): DestRelay {
+  #startRelay(p: Pending, live: NonNullable<Pending['live']>, sock: Socket, abort: (err: NovaError) => void): DestRelay {
     const relay = new DestRelay({
-      qemuSocket: p.socketPath,
-      decoder: p.decoder,
+      qemuSocket: live.socketPath,
+      decoder: live.decoder,
       pauseTransport: (pause) => (pause ? sock.pause() : sock.resume()),
       grant: (channel, bytes) => sock.write(windowFrame(channel, bytes)),
       onError: (err) => abort(err instanceof NovaError ? err : new NovaError('MIGRATION_TRANSPORT', err.message)),
     });
-    this.#deps.migration
-      .waitIncoming(p.rec.vmId, RESUME_TIMEOUT_MS)
+    this.#deps
+      .migration!.waitIncoming(p.rec.vmId, RESUME_TIMEOUT_MS)
       .then(async ({ resumedAt }) => {
         if (p.settled) return;
         for (const b of controlFrame({ type: 'resumed', at: resumedAt })) sock.write(b);
-        await this.#arrived(p, relay);
+        await this.#arrived(p, relay, { to: 'running', runtime: live.runtime });
       })
       .catch((err: Error) => abort(err instanceof NovaError ? err : new NovaError('MIGRATION_FAILED', err.message)));
     return relay;
   }
 
-  async #arrived(p: Pending, relay: DestRelay): Promise<void> {
+  #startFiles(p: Pending, sock: Socket, abort: (err: NovaError) => void): FileReceiver {
+    const { driver } = this.#deps;
+    const cold = p.cold!;
+    const receiver: FileReceiver = new FileReceiver({
+      files: cold.files,
+      pathOf: (name) => driver.vmFilePath!(p.rec.vmId, name),
+      pauseTransport: (pause) => (pause ? sock.pause() : sock.resume()),
+      onError: (err) => abort(err instanceof NovaError ? err : new NovaError('MIGRATION_FAILED', err.message)),
+      onDone: () => {
+        if (p.settled) return;
+        const ck = cold.checkpoint;
+        const checkpoint = ck ? { path: driver.vmFilePath!(p.rec.vmId, ck.file), createdAt: ck.createdAt, sizeBytes: ck.sizeBytes } : undefined;
+        this.#arrived(p, receiver, { to: 'stopped', ...(checkpoint ? { checkpoint } : {}) })
+          .then(() => {
+            for (const b of controlFrame({ type: 'arrived', at: Date.now() })) sock.write(b);
+          })
+          .catch((err: Error) => abort(new NovaError('MIGRATION_FAILED', err.message)));
+      },
+    });
+    return receiver;
+  }
+
+  async #arrived(p: Pending, sink: FrameSink, arrived: Parameters<VmService['incomingArrived']>[1]): Promise<void> {
     p.settled = true;
     this.#pending.delete(p.rec.id);
     const { book, vms } = this.#deps;
-    const done = book.finished({ ...p.rec, progress: { ...p.rec.progress, bytesWire: relay.stats.wireBytes, bytesRaw: relay.stats.rawBytes } }, 'completed');
+    const done = book.finished({ ...p.rec, progress: { ...p.rec.progress, bytesWire: sink.stats.wireBytes, bytesRaw: sink.stats.rawBytes } }, 'completed');
     book.track(done);
     try {
-      await vms.incomingArrived(p.rec.vmId, p.runtime, [book.op(done)], [book.event(done, 'migration.completed')]);
+      await vms.incomingArrived(p.rec.vmId, arrived, [book.op(done)], [book.event(done, 'migration.completed')]);
     } finally {
       p.release();
     }

@@ -2,7 +2,8 @@
 import { z } from 'zod';
 import type { Prediction } from './predict.js';
 
-export const MIGRATION_PHASES = ['plan', 'prepare', 'precopy', 'switchover', 'cleanup', 'done'] as const;
+/** `copy` is a cold migration's file transfer; the others are live pre-copy's. */
+export const MIGRATION_PHASES = ['plan', 'prepare', 'precopy', 'copy', 'switchover', 'cleanup', 'done'] as const;
 export type MigrationPhase = (typeof MIGRATION_PHASES)[number];
 
 export interface MigrationProgressFigures {
@@ -23,6 +24,8 @@ export interface MigrationProgressFigures {
 
 export interface MigrationRecord {
   id: string;
+  /** live: a running VM (pre-copy); cold: a stopped VM's files. */
+  mode: 'live' | 'cold';
   vmId: string;
   vmName: string;
   role: 'source' | 'destination';

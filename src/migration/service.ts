@@ -14,7 +14,9 @@ import { newId, type VmRecord } from '../vm/record.js';
 import type { VmService } from '../vm/service.js';
 import { MigrationBook } from './book.js';
 import { IncomingMigrations, type IncomingRequest } from './incoming.js';
-import { OutgoingMigration, type IncomingOffer } from './outgoing.js';
+import { ColdMigration } from './cold.js';
+import { OutgoingMigration } from './outgoing.js';
+import type { IncomingOffer } from './peer.js';
 import { predict, type Prediction } from './predict.js';
 import { emptyProgress, type MigrateRequest, type MigrationRecord } from './record.js';
 
@@ -50,7 +52,7 @@ export class MigrationService {
   #deps: MigrationServiceDeps;
   #book: MigrationBook;
   #incoming?: IncomingMigrations;
-  #outgoing = new Map<string, OutgoingMigration>();
+  #outgoing = new Map<string, OutgoingMigration | ColdMigration>();
   #runs = new Set<Promise<void>>();
 
   private constructor(deps: MigrationServiceDeps, book: MigrationBook) {
@@ -61,9 +63,10 @@ export class MigrationService {
   static async open(deps: MigrationServiceDeps): Promise<MigrationService> {
     const svc = new MigrationService(deps, await MigrationBook.open(deps.store, deps.events));
     const migration = deps.driver.migration;
-    if (migration) {
-      svc.#incoming = await IncomingMigrations.listen({ vms: deps.vms, driver: deps.driver, migration, book: svc.#book, log: deps.log, host: deps.host }, deps.transportPort ?? 0);
-    }
+    svc.#incoming = await IncomingMigrations.listen(
+      { vms: deps.vms, driver: deps.driver, ...(migration ? { migration } : {}), book: svc.#book, log: deps.log, host: deps.host },
+      deps.transportPort ?? 0,
+    );
     mkdirSync(join(deps.dataDir, 'run'), { recursive: true });
     return svc;
   }
@@ -83,8 +86,9 @@ export class MigrationService {
   async migrate(vmRef: string, req: MigrateRequest): Promise<{ started: boolean; migration?: MigrationRecord; prediction: Prediction }> {
     const { vms } = this.#deps;
     const vm = vms.get(vmRef);
+    if (vm.state === 'stopped') return this.#migrateCold(vm, req);
     const migration = this.#requireSupport(vm);
-    if (vm.state !== 'running') throw new NovaError('VM_INVALID_STATE', `cannot live-migrate VM "${vm.name}" while it is ${vm.state}`, { state: vm.state, allowedFrom: ['running'] });
+    if (vm.state !== 'running') throw new NovaError('VM_INVALID_STATE', `cannot migrate VM "${vm.name}" while it is ${vm.state}`, { state: vm.state, allowedFrom: ['running', 'stopped'] });
     const why = await migration.unsupported(vm.id);
     if (why) throw new NovaError('MIGRATION_UNSUPPORTED', why);
     const prediction = await this.#predict(vm, migration, req);
@@ -95,12 +99,10 @@ export class MigrationService {
     const now = new Date().toISOString();
     const { target, dryRun: _, ...policy } = req;
     const rec: MigrationRecord = {
-      id: newId('mig'), vmId: vm.id, vmName: vm.name, role: 'source', peer: target, state: 'running', phase: 'plan',
+      id: newId('mig'), mode: 'live', vmId: vm.id, vmName: vm.name, role: 'source', peer: target, state: 'running', phase: 'plan',
       policy, prediction, progress: emptyProgress(), createdAt: now, updatedAt: now,
     };
-    this.#book.track(rec);
-    const { release } = await vms.beginMigrationOut(vm.id, this.#book.event(rec, 'migration.started', { target }));
-    await this.#book.save(rec);
+    const release = await this.#begin(rec);
     const out = new OutgoingMigration(
       {
         vms, driver: this.#deps.driver, migration, book: this.#book, log: this.#deps.log, nodeId: this.#deps.nodeId, runDir: join(this.#deps.dataDir, 'run'),
@@ -110,14 +112,49 @@ export class MigrationService {
       rec,
       target,
     );
-    this.#outgoing.set(rec.id, out);
     const cachePages = Math.max(1024, Math.floor(Math.min(vm.spec.memoryMiB * 1048576 * CACHE_SHARE, MAX_CACHE_BYTES) / PAGE_SIZE));
-    const run = out.run(release, cachePages, !prediction.converges).finally(() => {
-      this.#outgoing.delete(rec.id);
-      this.#runs.delete(run);
-    });
-    this.#runs.add(run);
+    this.#track(out, out.run(release, cachePages, !prediction.converges));
     return { started: true, migration: rec, prediction };
+  }
+
+  /** A stopped VM moves with its files; the "prediction" is the copy at the link's speed. */
+  async #migrateCold(vm: VmRecord, req: MigrateRequest): Promise<{ started: boolean; migration?: MigrationRecord; prediction: Prediction }> {
+    const files = ColdMigration.files(this.#deps.driver, vm);
+    const bytes = files.reduce((n, f) => n + f.size, 0);
+    const prediction = predict({
+      memoryBytes: bytes, dirtyBytesPerSec: 0, firstRatio: 1, resendRatio: 1,
+      ...(req.bandwidthMBps ? { wireBytesPerSec: req.bandwidthMBps * 1e6 } : {}),
+      pathRawBytesPerSec: DEFAULT_PATH_RAW_BYTES_PER_SEC, maxDowntimeMs: Infinity,
+    });
+    if (req.dryRun) return { started: false, prediction };
+    const now = new Date().toISOString();
+    const { target, dryRun: _, ...policy } = req;
+    const rec: MigrationRecord = {
+      id: newId('mig'), mode: 'cold', vmId: vm.id, vmName: vm.name, role: 'source', peer: target, state: 'running', phase: 'plan',
+      policy, prediction, progress: emptyProgress(), createdAt: now, updatedAt: now,
+    };
+    const release = await this.#begin(rec);
+    const { vms, driver, log, nodeId, apiToken } = this.#deps;
+    const out = new ColdMigration({ vms, driver, book: this.#book, log, nodeId, ...(apiToken ? { apiToken } : {}) }, rec, target);
+    this.#track(out, out.run(release));
+    return { started: true, migration: rec, prediction };
+  }
+
+  /** Claims the VM and stores the new migration with its started event. */
+  async #begin(rec: MigrationRecord): Promise<() => void> {
+    this.#book.track(rec);
+    const { release } = await this.#deps.vms.beginMigrationOut(rec.vmId, this.#book.event(rec, 'migration.started', { target: rec.peer, mode: rec.mode }));
+    await this.#book.save(rec);
+    return release;
+  }
+
+  #track(out: OutgoingMigration | ColdMigration, run: Promise<void>): void {
+    this.#outgoing.set(out.record.id, out);
+    const tracked = run.finally(() => {
+      this.#outgoing.delete(out.record.id);
+      this.#runs.delete(tracked);
+    });
+    this.#runs.add(tracked);
   }
 
   /** Cancels a running outgoing migration; the VM stays where it is. */
@@ -133,8 +170,7 @@ export class MigrationService {
   }
 
   async acceptIncoming(req: IncomingRequest): Promise<IncomingOffer> {
-    if (!this.#incoming) throw new NovaError('MIGRATION_UNSUPPORTED', `the ${this.#deps.driver.name} driver cannot receive live migrations`);
-    return this.#incoming.accept(req);
+    return this.#incoming!.accept(req);
   }
 
   /** Waits for outgoing migrations to settle and stops accepting incoming ones. */

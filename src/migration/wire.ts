@@ -35,7 +35,8 @@ export const FrameType = {
 } as const;
 export type FrameType = (typeof FrameType)[keyof typeof FrameType];
 
-export const ChannelKind = { Main: 0, Multifd: 1 } as const;
+/** What a channel carries: QEMU's main or a multifd stream (live), or a file (cold; its name follows). */
+export const ChannelKind = { Main: 0, Multifd: 1, File: 2 } as const;
 
 export function encodeHeader(type: FrameType, channel: number, length: number): Buffer {
   const h = Buffer.allocUnsafe(FRAME_HEADER_LEN);
@@ -74,6 +75,8 @@ export type ControlMessage =
   | { type: 'hello'; version: number; migrationId: string; token: string }
   /** Destination: the guest runs here now (QMP RESUME time, ms since epoch). */
   | { type: 'resumed'; at: number }
+  /** Destination (cold migration): every file arrived intact; the VM is stopped here. */
+  | { type: 'arrived'; at: number }
   /** Either side: the migration cannot go on. */
   | { type: 'abort'; code: string; message: string };
 

@@ -62,6 +62,14 @@ export interface HypervisorDriver {
   snapshots?: DiskSnapshots;
   /** Where this driver keeps a VM's checkpoint file. */
   checkpointPath?(vmId: string): string;
+  /**
+   * The files that make up a stopped VM on this host and move with it in a cold
+   * migration: disk images the driver created (not images used in place) and its
+   * checkpoint. Names are plain file names, unique per VM.
+   */
+  vmFiles?(vm: VmRecord): Array<{ name: string; path: string }>;
+  /** Where this host keeps file `name` of VM `vmId` (its directory is created). */
+  vmFilePath?(vmId: string, name: string): string;
   /** Live migration primitives; absent when the driver cannot migrate running VMs. */
   migration?: LiveMigration;
   /** Force stop: the process is killed. */

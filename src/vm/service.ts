@@ -349,11 +349,11 @@ export class VmService {
 
   // ---- live migration hooks (driven by MigrationService) ------------------------
 
-  /** Source: claims a running VM for a migration and marks it `migrating`. */
+  /** Source: claims a VM (running: live; stopped: cold) for a migration and marks it `migrating`. */
   async beginMigrationOut(ref: string, event: EventDraft): Promise<{ vm: VmRecord; release: () => void }> {
     const vm = this.get(ref);
     if (this.#active.has(vm.id)) throw new NovaError('VM_BUSY', `an operation is in progress on "${vm.name}"`);
-    if (vm.state !== 'running') throw new NovaError('VM_INVALID_STATE', `cannot live-migrate VM "${vm.name}" while it is ${vm.state}`, { state: vm.state, allowedFrom: ['running'] });
+    if (vm.state !== 'running' && vm.state !== 'stopped') throw new NovaError('VM_INVALID_STATE', `cannot migrate VM "${vm.name}" while it is ${vm.state}`, { state: vm.state, allowedFrom: ['running', 'stopped'] });
     const release = this.#claim(vm);
     try {
       await this.#setState(vm.id, 'migrating', undefined, [], [{ ...event, vmId: vm.id, tenant: vm.spec.tenant }]);
@@ -403,11 +403,11 @@ export class VmService {
     return { vm, release };
   }
 
-  /** Destination: the guest runs here. */
-  async incomingArrived(vmId: string, runtime: Record<string, unknown>, extraOps: WriteOp[], events: EventDraft[]): Promise<void> {
+  /** Destination: the VM is here — running (live), or stopped with its files (cold). */
+  async incomingArrived(vmId: string, arrived: { to: 'running' | 'stopped'; runtime?: Record<string, unknown>; checkpoint?: VmRecord['checkpoint'] }, extraOps: WriteOp[], events: EventDraft[]): Promise<void> {
     const { incoming: _, ...rest } = this.#byId.get(vmId)!;
-    this.#byId.set(vmId, rest);
-    await this.#setState(vmId, 'running', undefined, [], events, runtime, extraOps);
+    this.#byId.set(vmId, arrived.checkpoint ? { ...rest, checkpoint: arrived.checkpoint } : rest);
+    await this.#setState(vmId, arrived.to, undefined, [], events, arrived.runtime, extraOps);
   }
 
   /** Destination: the migration failed; the half-arrived VM is removed (its process is gone). */

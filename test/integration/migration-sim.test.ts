@@ -70,6 +70,18 @@ describe('live migration of sim VMs (real daemons, relays, codec)', { timeout: 6
     expect((await api(a.url, 'GET', `/v1/vms/${id}`)).body.state).toBe('running');
   });
 
+  it('cold-migrates a stopped VM', async () => {
+    const [a, b] = [await host(), await host()];
+    const id = await runningVm(a, 'sim-cold', 0);
+    expect((await waitOp(a.url, (await api(a.url, 'POST', `/v1/vms/${id}/stop`)).body.id)).state).toBe('succeeded');
+    const r = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: b.url });
+    expect(r.status, JSON.stringify(r.body)).toBe(202);
+    expect(await settle(a, r.body.id)).toMatchObject({ mode: 'cold', state: 'completed' });
+    expect((await api(a.url, 'GET', `/v1/vms/${id}`)).status).toBe(404);
+    expect((await api(b.url, 'GET', `/v1/vms/${id}`)).body).toMatchObject({ state: 'stopped', name: 'sim-cold' });
+    expect((await waitOp(b.url, (await api(b.url, 'POST', `/v1/vms/${id}/start`)).body.id)).state).toBe('succeeded');
+  });
+
   it('refuses a migration predicted to miss its downtime target unless forced', async () => {
     const [a, b] = [await host(), await host()];
     const id = await runningVm(a, 'sim-fast-dirtier', 400);

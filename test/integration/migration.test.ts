@@ -5,7 +5,7 @@
  * destination without a reset, and it re-verifies every page of its working set there.
  */
 import { execFileSync } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
+import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { api, removeDir, spawnDaemon, tempDataDir, waitOp, type DaemonHandle } from '../helpers/daemon.js';
@@ -135,6 +135,40 @@ describe('live migration (real QEMU, two daemons)', { timeout: 300_000 }, () => 
     expect(await waitMigration(b, back.body.id)).toMatchObject({ state: 'completed' });
     await expectNotThere(b, id);
     expect((await api(a.url, 'GET', `/v1/vms/${id}`)).body.state).toBe('running');
+  });
+
+  it('cold migration: a checkpointed VM moves with its disk and RAM state, and resumes on the target where it stopped', async () => {
+    const a = await host();
+    const b = await host();
+    const created = await api(a.url, 'POST', '/v1/vms', guestVm('mig-cold', 'nc.dirty_mib=8 nc.rate=2 nc.model=sparse nc.verify_every=1', { disks: [{ name: 'data', sizeMiB: 64, format: 'qcow2' }] }));
+    expect(created.status, JSON.stringify(created.body)).toBe(201);
+    const id = created.body.id as string;
+    const diskA = join(a.dataDir, 'vms', id, 'disk-data.qcow2');
+    execFileSync('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0xab 1M 2M', diskA]);
+    expect((await waitOp(a.url, (await api(a.url, 'POST', `/v1/vms/${id}/start`)).body.id)).state).toBe('succeeded');
+    await waitUntil(() => /VERIFY ok/.test(serial(a.dataDir, id)), BOOT_MS, 'guest up');
+    expect((await waitOp(a.url, (await api(a.url, 'POST', `/v1/vms/${id}/checkpoint`)).body.id)).state).toBe('succeeded');
+    const last = heartbeats(a.dataDir, id).at(-1)!;
+
+    const dry = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: b.url, dryRun: true });
+    expect(dry.body.prediction.inputs.memoryBytes).toBeGreaterThan(2 << 20); // disk + checkpoint bytes
+    const r = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: b.url });
+    expect(r.status, JSON.stringify(r.body)).toBe(202);
+    const m = await waitMigration(a, r.body.id, 60_000);
+    expect(m, JSON.stringify(m)).toMatchObject({ mode: 'cold', state: 'completed' });
+    expect(m.progress.bytesRaw).toBe(m.progress.totalBytes);
+    await expectNotThere(a, id);
+    expect(existsSync(join(a.dataDir, 'vms', id))).toBe(false);
+    const there = (await api(b.url, 'GET', `/v1/vms/${id}`)).body;
+    expect(there).toMatchObject({ state: 'stopped', checkpoint: { path: join(b.dataDir, 'vms', id, 'checkpoint.state') } });
+    // The disk's data came along, byte for byte.
+    execFileSync('qemu-io', ['-f', 'qcow2', '-c', 'read -P 0xab 1M 2M', join(b.dataDir, 'vms', id, 'disk-data.qcow2')]);
+    // And the guest resumes from its checkpoint on the target: no reboot, counter continues.
+    expect((await waitOp(b.url, (await api(b.url, 'POST', `/v1/vms/${id}/restore`)).body.id)).state).toBe('succeeded');
+    await waitUntil(() => heartbeats(b.dataDir, id).length >= 5, 30_000, 'heartbeats on the target');
+    expect(heartbeats(b.dataDir, id)[0]).toBe(last + 1);
+    await waitUntil(() => /VERIFY ok/.test(serial(b.dataDir, id)), 30_000, 'working set verified on the target');
+    expect(serial(b.dataDir, id)).not.toContain('VERIFY FAIL');
   });
 
   it('rejects bad requests with stable codes and leaves the VM running', async () => {

@@ -10,7 +10,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { EventEmitter } from 'node:events';
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, statfsSync, statSync } from 'node:fs';
 import { totalmem } from 'node:os';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import { DriverError, type DiskSnapshot, type DiskSnapshots, type DriverInstanceState, type HypervisorDriver, type LiveMigration, type ShutdownOptions, type VmStats } from '../driver.js';
@@ -155,6 +155,18 @@ export class QemuDriver implements HypervisorDriver {
     }
     await qmp.execute('blockdev-del', { 'node-name': node }).catch(() => undefined);
     throw new DriverError('attach-disk', `no free hot-plug port (${HOTPLUG_PORTS} per boot): ${lastError?.message}`);
+  }
+
+  vmFiles(vm: VmRecord): Array<{ name: string; path: string }> {
+    const files = vm.spec.disks.filter((d) => !d.image || d.clone).map((d) => this.#diskFile(vm.id, d));
+    if (vm.checkpoint) files.push(vm.checkpoint.path);
+    return files.map((path) => ({ name: basename(path), path }));
+  }
+
+  vmFilePath(vmId: string, name: string): string {
+    if (!/^[A-Za-z0-9][A-Za-z0-9._-]*$/.test(name)) throw new DriverError('migrate', `refusing file name "${name}"`);
+    mkdirSync(this.vmDir(vmId), { recursive: true });
+    return join(this.vmDir(vmId), name);
   }
 
   /** qcow2 internal snapshots: QMP on a running VM, qemu-img on a stopped one. */

@@ -1,0 +1,148 @@
+/**
+ * The source's link to the destination daemon for one migration: offering the VM over
+ * its API, the transport connection (hello, window credits, control messages), and what
+ * the destination says went wrong. Shared by live and cold migrations.
+ */
+import { connect, type Socket } from 'node:net';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { isErrorCode, NovaError } from '../errors.js';
+import type { MigrationRecord } from './record.js';
+import { controlFrame, FrameReader, FrameType, TRANSPORT_VERSION, type ControlMessage } from './wire.js';
+
+/** Answer of the target's POST /v1/migrations/incoming. */
+export interface IncomingOffer {
+  transport: { host: string; port: number };
+  token: string;
+}
+
+/**
+ * A destination that aborts says why, then closes; our next write may fail before that
+ * message is read. The reason wins over the broken pipe it causes.
+ */
+const TRANSPORT_LOSS_GRACE_MS = 250;
+
+export class PeerLink {
+  /** The first failure seen (transport, protocol, or the destination's abort). */
+  failure?: NovaError;
+  /** When the destination confirmed it has the VM (guest resumed / files arrived), ms since epoch. */
+  confirmedAt?: number;
+  socket?: Socket;
+  #wake?: () => void;
+
+  constructor(
+    readonly target: string,
+    readonly migrationId: string,
+    readonly apiToken: string | undefined,
+    /** Window credit from the destination for a channel. */
+    readonly onWindow: (channel: number, bytes: number) => void = () => undefined,
+  ) {}
+
+  #auth(): Record<string, string> {
+    return this.apiToken ? { authorization: `Bearer ${this.apiToken}` } : {};
+  }
+
+  /** Offers the VM to the target daemon; its answer says where to stream. */
+  async offer(body: Record<string, unknown>): Promise<IncomingOffer> {
+    let res: Response;
+    try {
+      res = await fetch(`${this.target}/v1/migrations/incoming`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', ...this.#auth() },
+        body: JSON.stringify(body),
+        signal: AbortSignal.timeout(60_000),
+      });
+    } catch (err) {
+      const e = err as Error;
+      throw new NovaError('MIGRATION_TARGET_UNREACHABLE', `cannot reach ${this.target}: ${e.cause instanceof Error ? e.cause.message : e.message}`);
+    }
+    const json = (await res.json().catch(() => ({}))) as { error?: { code: string; message: string } } & Partial<IncomingOffer>;
+    if (!res.ok || !json.transport || !json.token) {
+      throw new NovaError('MIGRATION_TARGET_REJECTED', `${this.target} refused the VM: ${json.error ? `${json.error.code}: ${json.error.message}` : `HTTP ${res.status}`}`, { targetError: json.error });
+    }
+    return json as IncomingOffer;
+  }
+
+  async connect(offer: IncomingOffer): Promise<Socket> {
+    const s = connect({ host: offer.transport.host, port: offer.transport.port, noDelay: true });
+    await new Promise<void>((resolve, reject) => {
+      s.once('connect', resolve);
+      s.once('error', (e) => reject(new NovaError('MIGRATION_TRANSPORT', `transport connect to ${offer.transport.host}:${offer.transport.port}: ${e.message}`)));
+    });
+    const reader = new FrameReader();
+    s.on('data', (chunk: Buffer) => {
+      try {
+        for (const f of reader.push(chunk)) {
+          if (f.type === FrameType.Window && f.payload.length === 4) this.onWindow(f.channel, f.payload.readUInt32BE(0));
+          else if (f.type === FrameType.Control) this.#onControl(JSON.parse(f.payload.toString()) as ControlMessage);
+          else throw new NovaError('MIGRATION_PROTOCOL', `destination sent frame type ${f.type}`);
+        }
+      } catch (err) {
+        this.fail(err instanceof NovaError ? err : new NovaError('MIGRATION_PROTOCOL', (err as Error).message));
+      }
+    });
+    const lost = (err: NovaError) => setTimeout(() => this.fail(err), TRANSPORT_LOSS_GRACE_MS).unref();
+    s.on('error', (e) => lost(new NovaError('MIGRATION_TRANSPORT', `transport: ${e.message}`)));
+    s.on('close', () => lost(new NovaError('MIGRATION_TRANSPORT', 'the destination closed the migration connection')));
+    for (const b of controlFrame({ type: 'hello', version: TRANSPORT_VERSION, migrationId: this.migrationId, token: offer.token })) s.write(b);
+    this.socket = s;
+    return s;
+  }
+
+  #onControl(msg: ControlMessage): void {
+    if (msg.type === 'resumed' || msg.type === 'arrived') {
+      this.confirmedAt = msg.at;
+      this.#wake?.();
+    } else if (msg.type === 'abort') {
+      this.fail(new NovaError(isErrorCode(msg.code) ? msg.code : 'MIGRATION_FAILED', `destination aborted: ${msg.message}`));
+    }
+  }
+
+  fail(err: NovaError): void {
+    if (this.confirmedAt !== undefined) return; // done: a late close is not a failure
+    this.failure ??= err;
+    this.#wake?.();
+  }
+
+  /** Wakes a pending `nap` (cancel requests). */
+  wake(): void {
+    this.#wake?.();
+  }
+
+  /** Sleeps up to `ms`, waking early on a control message, a failure or `wake()`. */
+  async nap(ms: number): Promise<void> {
+    await Promise.race([sleep(ms), new Promise<void>((r) => (this.#wake = r))]);
+    this.#wake = undefined;
+  }
+
+  /** Waits for the destination's confirmation; throws the failure if one comes first. */
+  async awaitConfirmed(timeoutMs: number, what: string): Promise<number> {
+    const deadline = Date.now() + timeoutMs;
+    while (this.confirmedAt === undefined) {
+      if (this.failure) throw this.failure;
+      if (Date.now() > deadline) throw new NovaError('MIGRATION_TRANSPORT', `the destination did not confirm ${what} within ${timeoutMs} ms`);
+      await this.nap(100);
+    }
+    return this.confirmedAt;
+  }
+
+  /**
+   * When the connection broke, the destination may know why (it refused a frame, its
+   * QEMU failed): its record of this migration says, if it can be reached.
+   */
+  async reasonFromDestination(): Promise<NovaError | undefined> {
+    try {
+      const res = await fetch(`${this.target}/v1/migrations/${this.migrationId}`, { headers: this.#auth(), signal: AbortSignal.timeout(2000) });
+      const rec = (await res.json()) as Partial<MigrationRecord>;
+      const e = rec.error;
+      if (!res.ok || rec.state !== 'failed' || !e || e.code === 'MIGRATION_TRANSPORT' || !isErrorCode(e.code)) return undefined;
+      return new NovaError(e.code, `destination aborted: ${e.message}`);
+    } catch {
+      return undefined;
+    }
+  }
+
+  close(): void {
+    this.socket?.removeAllListeners('close');
+    this.socket?.destroy();
+  }
+}
