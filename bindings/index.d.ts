@@ -80,6 +80,8 @@ export interface BindingEncodeStats {
   lz4: number
   /** Pages sent raw. */
   raw: number
+  /** Pages sent as their own zero-run encoding. */
+  sparse: number
 }
 
 /** A key-value pair from a scan. */

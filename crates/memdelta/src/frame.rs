@@ -34,6 +34,8 @@ pub enum FrameKind {
     Lz4 = 4,
     /// The page itself.
     Raw = 5,
+    /// The page's own zero-run encoding (mostly-zero pages: cheaper than LZ4 both ways).
+    Sparse = 6,
 }
 
 impl FrameKind {
@@ -44,6 +46,7 @@ impl FrameKind {
             3 => Self::Xor,
             4 => Self::Lz4,
             5 => Self::Raw,
+            6 => Self::Sparse,
             _ => return None,
         })
     }

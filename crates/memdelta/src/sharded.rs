@@ -51,7 +51,7 @@ impl ShardedEncoder {
             let x = s.stats();
             t.pages += x.pages;
             t.wire_bytes += x.wire_bytes;
-            for k in 0..5 {
+            for k in 0..t.by_kind.len() {
                 t.by_kind[k] += x.by_kind[k];
             }
         }

@@ -264,3 +264,13 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn mostly_zero_pages_use_their_own_zero_runs() {
+    let mut half = noise(7);
+    half[PAGE_SIZE / 2..].fill(0);
+    let mut island = vec![0u8; PAGE_SIZE];
+    island[1000..1100].copy_from_slice(&noise(8)[..100]);
+    let kinds = round_trip(&[vec![(0, half), (1, island)]], 8);
+    assert_eq!(kinds, [FrameKind::Sparse, FrameKind::Sparse]);
+}

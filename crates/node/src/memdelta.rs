@@ -34,6 +34,8 @@ pub struct BindingEncodeStats {
   pub lz4: f64,
   /// Pages sent raw.
   pub raw: f64,
+  /// Pages sent as their own zero-run encoding.
+  pub sparse: f64,
 }
 
 /// Source side of the page codec (see the `novacron-memdelta` crate), split into
@@ -80,6 +82,7 @@ impl PageEncoder {
       xor: s.by_kind[2] as f64,
       lz4: s.by_kind[3] as f64,
       raw: s.by_kind[4] as f64,
+      sparse: s.by_kind[5] as f64,
     }
   }
 }
