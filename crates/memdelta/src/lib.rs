@@ -204,20 +204,24 @@ impl Encoder {
                 xor_payload = Some(payload);
             }
         }
-        // The page's own zero runs: nearly free, and as good as LZ4 on pages that are
-        // data plus zeros.
+        // What is left is priced from a sample of the page, so that no encoding is tried
+        // that cannot win: zero runs (nearly free, as good as LZ4 on data-plus-zeros
+        // pages) only where there are zeros, LZ4 only where the bytes are not random.
         let mut sparse = Vec::new();
+        let mut lz = Vec::new();
         if best_len > PAGE_SIZE / 8 {
-            zrle::encode(page, &mut sparse);
-            if sparse.len() < best_len {
-                best_len = sparse.len();
-                best_kind = FrameKind::Sparse;
+            let sample = Sample::of(page);
+            if sample.zeros >= 16 {
+                zrle::encode(page, &mut sparse);
+                if sparse.len() < best_len {
+                    best_len = sparse.len();
+                    best_kind = FrameKind::Sparse;
+                }
+            }
+            if best_len > PAGE_SIZE / 2 + PAGE_SIZE / 16 && sample.distinct <= 90 {
+                lz = lz4_flex::block::compress(page);
             }
         }
-        // LZ4 only where it can still win by much, and not on pages that look random
-        // (it would spend its time failing): a delta under an eighth of a page, or a
-        // zero-run encoding near half of one, already beats what LZ4 does to memory.
-        let lz = if best_len > PAGE_SIZE / 2 + PAGE_SIZE / 16 && !looks_random(page) { lz4_flex::block::compress(page) } else { Vec::new() };
         let payload: &[u8] = if !lz.is_empty() && lz.len() < best_len {
             best_kind = FrameKind::Lz4;
             &lz
@@ -360,19 +364,27 @@ impl Staged {
     }
 }
 
-/// Whether a page looks like random bytes, from 128 bytes sampled across it: random data
-/// shows ~100 distinct values in such a sample, text or code far fewer.
-fn looks_random(page: &[u8; PAGE_SIZE]) -> bool {
-    let mut seen = [false; 256];
-    let mut distinct = 0;
-    for i in (0..PAGE_SIZE).step_by(PAGE_SIZE / 128) {
-        let b = page[i] as usize;
-        if !seen[b] {
-            seen[b] = true;
-            distinct += 1;
+/// 128 bytes sampled across a page: random data shows ~100 distinct values and almost
+/// no zeros; text and code far fewer values; data-plus-zeros pages many zeros.
+struct Sample {
+    distinct: usize,
+    zeros: usize,
+}
+
+impl Sample {
+    fn of(page: &[u8; PAGE_SIZE]) -> Self {
+        let mut seen = [false; 256];
+        let (mut distinct, mut zeros) = (0, 0);
+        for i in (0..PAGE_SIZE).step_by(PAGE_SIZE / 128) {
+            let b = page[i];
+            zeros += (b == 0) as usize;
+            if !seen[b as usize] {
+                seen[b as usize] = true;
+                distinct += 1;
+            }
         }
+        Self { distinct, zeros }
     }
-    distinct > 90
 }
 
 fn is_zero(page: &[u8; PAGE_SIZE]) -> bool {
