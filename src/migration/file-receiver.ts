@@ -29,7 +29,8 @@ export class FileReceiver {
   #channels = new Map<number, Incoming>();
   #opened = new Set<string>();
   #finished = 0;
-  #blocked = 0;
+  /** Files whose write buffer is full; the transport is paused while any is. */
+  #blocked = new Set<WriteStream>();
 
   constructor(opts: FileReceiverOptions) {
     this.#opts = opts;
@@ -46,7 +47,7 @@ export class FileReceiver {
         if (this.#opened.has(name) || this.#channels.has(f.channel)) throw new NovaError('MIGRATION_PROTOCOL', `file "${name}" sent twice`);
         this.#opened.add(name);
         // 'wx': never overwrite something already on this host.
-        const out = createWriteStream(this.#opts.pathOf(name), { flags: 'wx' });
+        const out = createWriteStream(this.#opts.pathOf(name), { flags: 'wx', highWaterMark: 8 << 20 });
         out.on('error', (err) => this.#opts.onError(new NovaError('MIGRATION_FAILED', `writing ${name}: ${err.message}`)));
         this.#channels.set(f.channel, { name, size: spec.size, written: 0, out });
         return;
@@ -56,12 +57,17 @@ export class FileReceiver {
         file.written += f.payload.length;
         if (file.written > file.size) throw new NovaError('MIGRATION_PROTOCOL', `file "${file.name}" is longer than announced (${file.size} bytes)`);
         this.stats.rawBytes += f.payload.length;
-        if (!file.out.write(f.payload)) {
-          // Disk slower than the network: stop reading until this file catches up.
-          if (this.#blocked++ === 0) this.#opts.pauseTransport(true);
-          file.out.once('drain', () => {
-            if (--this.#blocked === 0) this.#opts.pauseTransport(false);
-          });
+        if (!file.out.write(f.payload) && !this.#blocked.has(file.out)) {
+          // Disk slower than the network: stop reading until this file catches up. A
+          // stream ended meanwhile never drains; its finish unblocks it instead.
+          if (this.#blocked.size === 0) this.#opts.pauseTransport(true);
+          this.#blocked.add(file.out);
+          const unblock = () => {
+            if (this.#blocked.delete(file.out) && this.#blocked.size === 0) this.#opts.pauseTransport(false);
+          };
+          file.out.once('drain', unblock);
+          file.out.once('finish', unblock);
+          file.out.once('close', unblock);
         }
         return;
       }
