@@ -7,23 +7,14 @@
  */
 import { createReadStream, statSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { Logger } from 'pino';
-import { NovaError } from '../errors.js';
 import type { HypervisorDriver } from '../vm/driver.js';
-import type { VmService } from '../vm/service.js';
-import type { MigrationBook } from './book.js';
-import { PeerLink } from './peer.js';
+import { SourceMigration, type SourceDeps } from './source-migration.js';
 import type { MigrationRecord } from './record.js';
 import { TokenBucket } from './token-bucket.js';
 import { ChannelKind, encodeHeader, FrameType } from './wire.js';
 
-export interface ColdDeps {
-  vms: VmService;
+export interface ColdDeps extends SourceDeps {
   driver: HypervisorDriver;
-  book: MigrationBook;
-  log: Logger;
-  nodeId: string;
-  apiToken?: string;
 }
 
 const CHUNK = 1 << 20;
@@ -31,27 +22,12 @@ const HIGH_WATER = 8 << 20;
 const PROGRESS_EVERY_MS = 500;
 const ARRIVAL_TIMEOUT_MS = 120_000;
 
-export class ColdMigration {
+export class ColdMigration extends SourceMigration {
   #deps: ColdDeps;
-  #rec: MigrationRecord;
-  #target: string;
-  #peer: PeerLink;
-  #cancelled = false;
 
   constructor(deps: ColdDeps, rec: MigrationRecord, target: string) {
+    super(deps, rec, target);
     this.#deps = deps;
-    this.#rec = rec;
-    this.#target = target;
-    this.#peer = new PeerLink(target, rec.id, deps.apiToken);
-  }
-
-  get record(): MigrationRecord {
-    return this.#rec;
-  }
-
-  cancel(): void {
-    this.#cancelled = true;
-    this.#peer.wake();
   }
 
   /** Lists the files that move, with their sizes. */
@@ -61,23 +37,23 @@ export class ColdMigration {
 
   /** Runs to the end; never throws (the outcome is in the record). */
   async run(release: () => void): Promise<void> {
-    const { vms, driver, book } = this.#deps;
-    const vmId = this.#rec.vmId;
+    const { vms, driver } = this.#deps;
+    const vmId = this.rec.vmId;
     const t0 = performance.now();
     try {
       const vm = vms.get(vmId);
       const files = ColdMigration.files(driver, vm);
-      await this.#update({ phase: 'prepare', progress: { ...this.#rec.progress, totalBytes: files.reduce((n, f) => n + f.size, 0), remainingBytes: files.reduce((n, f) => n + f.size, 0) } });
+      await this.update({ phase: 'prepare', progress: { ...this.rec.progress, totalBytes: files.reduce((n, f) => n + f.size, 0), remainingBytes: files.reduce((n, f) => n + f.size, 0) } });
       const ck = vm.checkpoint && files.find((f) => f.path === vm.checkpoint!.path);
-      const offer = await this.#peer.offer({
-        mode: 'cold', migrationId: this.#rec.id, source: this.#deps.nodeId,
+      const offer = await this.peer.offer({
+        mode: 'cold', migrationId: this.rec.id, source: this.#deps.nodeId,
         vm: { id: vm.id, name: vm.name, spec: vm.spec, ...(ck ? { checkpoint: { file: ck.name, createdAt: vm.checkpoint!.createdAt, sizeBytes: vm.checkpoint!.sizeBytes } } : {}) },
         files: files.map(({ name, size }) => ({ name, size })),
       });
-      this.#check();
-      const sock = await this.#peer.connect(offer);
-      await this.#update({ phase: 'copy', timings: { prepareMs: Math.round(performance.now() - t0) } });
-      const bucket = this.#rec.policy.bandwidthMBps ? new TokenBucket(this.#rec.policy.bandwidthMBps * 1e6) : undefined;
+      this.check();
+      const sock = await this.peer.connect(offer);
+      await this.update({ phase: 'copy', timings: { prepareMs: Math.round(performance.now() - t0) } });
+      const bucket = this.rec.policy.bandwidthMBps ? new TokenBucket(this.rec.policy.bandwidthMBps * 1e6) : undefined;
       let sent = 0;
       let wire = 0;
       let lastSaved = 0;
@@ -88,7 +64,7 @@ export class ColdMigration {
         sock.write(encodeHeader(FrameType.Open, channel, 1 + name.length));
         sock.write(Buffer.concat([Buffer.of(ChannelKind.File), name]));
         for await (const chunk of createReadStream(f.path, { highWaterMark: CHUNK })) {
-          this.#check();
+          this.check();
           const data = chunk as Buffer;
           sock.write(encodeHeader(FrameType.Data, channel, data.length));
           sock.write(data);
@@ -96,48 +72,28 @@ export class ColdMigration {
           wire += data.length + 7;
           const wait = bucket?.spend(data.length + 7) ?? 0;
           if (wait > 0) await sleep(wait);
-          while (sock.writableLength > HIGH_WATER) await this.#peer.nap(5);
+          while (sock.writableLength > HIGH_WATER) await this.peer.nap(5);
           if (Date.now() - lastSaved >= PROGRESS_EVERY_MS) {
             lastSaved = Date.now();
-            await this.#update({ progress: { ...this.#rec.progress, bytesRaw: sent, bytesWire: wire, remainingBytes: this.#rec.progress.totalBytes - sent } }, 'migration.progress');
+            await this.update({ progress: { ...this.rec.progress, bytesRaw: sent, bytesWire: wire, remainingBytes: this.rec.progress.totalBytes - sent } }, 'migration.progress');
           }
         }
         sock.write(encodeHeader(FrameType.Eof, channel, 0));
       }
-      await this.#update({ phase: 'switchover', progress: { ...this.#rec.progress, bytesRaw: sent, bytesWire: wire, compressionRatio: 1, remainingBytes: 0 }, timings: { ...this.#rec.timings, streamMs: Math.round(performance.now() - tCopy) } });
-      await this.#peer.awaitConfirmed(ARRIVAL_TIMEOUT_MS, 'the files arrived');
-      await this.#update({ phase: 'cleanup' });
-      this.#peer.close();
+      await this.update({ phase: 'switchover', progress: { ...this.rec.progress, bytesRaw: sent, bytesWire: wire, compressionRatio: 1, remainingBytes: 0 }, timings: { ...this.rec.timings, streamMs: Math.round(performance.now() - tCopy) } });
+      await this.peer.awaitConfirmed(ARRIVAL_TIMEOUT_MS, 'the files arrived');
+      await this.update({ phase: 'cleanup' });
+      this.peer.close();
       // The destination owns the VM now; its files here are a stale copy.
       await driver.destroy(vm).catch((err) => this.#deps.log.error({ err, vmId }, 'removing the migrated-away VM files failed'));
-      const done = book.finished(this.#rec, 'completed');
-      book.track(done);
-      this.#rec = done;
-      await vms.migratedAway(vmId, [book.op(done)], [book.event(done, 'migration.completed', { target: this.#target, totalMs: done.totalMs })]);
+      await this.settleSuccess({});
     } catch (err) {
-      let error = this.#cancelled ? new NovaError('MIGRATION_CANCELLED', 'cancelled by request') : err instanceof NovaError ? err : new NovaError('MIGRATION_FAILED', (err as Error).message);
-      if (error.code === 'MIGRATION_TRANSPORT') error = (await this.#peer.reasonFromDestination()) ?? error;
-      this.#peer.close();
-      this.#deps.log.warn({ err: error, migrationId: this.#rec.id, vmId }, 'cold migration failed; the VM stays on the source');
-      const state = this.#cancelled ? 'cancelled' : 'failed';
-      const done = book.finished(this.#rec, state, { code: error.code, message: error.message });
-      book.track(done);
-      this.#rec = done;
-      await vms
-        .migrationAbandoned(vmId, `migration ${state}: ${error.message}`, [book.op(done)], [book.event(done, state === 'cancelled' ? 'migration.cancelled' : 'migration.failed', { error: done.error })])
-        .catch((e) => this.#deps.log.error({ err: e, vmId }, 'could not settle VM after failed migration'));
+      const error = await this.errorOf(err);
+      this.peer.close();
+      this.#deps.log.warn({ err: error, migrationId: this.rec.id, vmId }, 'cold migration failed; the VM stays on the source');
+      await this.settleFailure(error, (state) => `migration ${state}: ${error.message}`);
     } finally {
       release();
     }
-  }
-
-  #check(): void {
-    if (this.#cancelled) throw new NovaError('MIGRATION_CANCELLED', 'cancelled by request');
-    if (this.#peer.failure) throw this.#peer.failure;
-  }
-
-  async #update(patch: Partial<MigrationRecord>, event?: 'migration.progress'): Promise<void> {
-    this.#rec = { ...this.#rec, ...patch, updatedAt: new Date().toISOString() };
-    await this.#deps.book.save(this.#rec, event);
   }
 }

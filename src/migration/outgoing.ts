@@ -4,25 +4,17 @@
  * cancel, leave the VM running here, intact.
  */
 import { join } from 'node:path';
-import type { Logger } from 'pino';
 import { NovaError } from '../errors.js';
 import { DEFAULT_SHARDS, PageEncoder } from '../native/memdelta.js';
 import type { HypervisorDriver, LiveMigration, MigrationProgress } from '../vm/driver.js';
-import type { VmService } from '../vm/service.js';
-import type { MigrationBook } from './book.js';
 import type { MigrationRecord } from './record.js';
 import { SourceRelay } from './source-relay.js';
-import { PeerLink } from './peer.js';
+import { SourceMigration, type SourceDeps } from './source-migration.js';
 
-export interface OutgoingDeps {
-  vms: VmService;
+export interface OutgoingDeps extends SourceDeps {
   driver: HypervisorDriver;
   migration: LiveMigration;
-  book: MigrationBook;
-  log: Logger;
-  nodeId: string;
   runDir: string;
-  apiToken?: string;
   /** Fault injection (tests): corrupt the Nth pages frame sent. */
   corruptPagesFrame?: number;
 }
@@ -30,61 +22,46 @@ export interface OutgoingDeps {
 const PROGRESS_EVERY_MS = 500;
 const RESUME_TIMEOUT_MS = 60_000;
 
-export class OutgoingMigration {
+export class OutgoingMigration extends SourceMigration {
   #deps: OutgoingDeps;
-  #rec: MigrationRecord;
-  #target: string;
-  #cancelled = false;
-  #peer: PeerLink;
   #relay?: SourceRelay;
 
   constructor(deps: OutgoingDeps, rec: MigrationRecord, target: string) {
+    super(deps, rec, target, (channel, bytes) => this.#relay?.grant(channel, bytes));
     this.#deps = deps;
-    this.#rec = rec;
-    this.#target = target;
-    this.#peer = new PeerLink(target, rec.id, deps.apiToken, (channel, bytes) => this.#relay?.grant(channel, bytes));
-  }
-
-  get record(): MigrationRecord {
-    return this.#rec;
-  }
-
-  cancel(): void {
-    this.#cancelled = true;
-    this.#peer.wake();
   }
 
   /** Runs to the end; never throws (the outcome is in the record). */
   async run(release: () => void, cachePages: number, autoConverge: boolean): Promise<void> {
-    const { migration, vms, book } = this.#deps;
-    const vmId = this.#rec.vmId;
+    const { migration, vms } = this.#deps;
+    const vmId = this.rec.vmId;
     let streamed = false; // QEMU finished sending: the guest is stopped here
     const t0 = performance.now();
     const since = (t: number) => Math.round(performance.now() - t);
     try {
-      await this.#update({ phase: 'prepare', timings: { planMs: Date.now() - Date.parse(this.#rec.createdAt) } });
+      await this.update({ phase: 'prepare', timings: { planMs: Date.now() - Date.parse(this.rec.createdAt) } });
       const vm = vms.get(vmId);
-      const offer = await this.#peer.offer({
-        migrationId: this.#rec.id, source: this.#deps.nodeId, vm: { id: vm.id, name: vm.name, spec: vm.spec },
-        mode: 'live', channels: this.#rec.policy.channels, cachePages, shards: DEFAULT_SHARDS,
+      const offer = await this.peer.offer({
+        migrationId: this.rec.id, source: this.#deps.nodeId, vm: { id: vm.id, name: vm.name, spec: vm.spec },
+        mode: 'live', channels: this.rec.policy.channels, cachePages, shards: DEFAULT_SHARDS,
       });
-      this.#checkGoing();
-      const transport = await this.#peer.connect(offer);
+      this.check();
+      const transport = await this.peer.connect(offer);
       const encoder = new PageEncoder(cachePages, DEFAULT_SHARDS);
-      const socketPath = join(this.#deps.runDir, `${this.#rec.id}.sock`);
+      const socketPath = join(this.#deps.runDir, `${this.rec.id}.sock`);
       this.#relay = new SourceRelay({
         socketPath,
         transport,
         encoder,
-        ...(this.#rec.policy.bandwidthMBps ? { bandwidthBytesPerSec: this.#rec.policy.bandwidthMBps * 1e6 } : {}),
+        ...(this.rec.policy.bandwidthMBps ? { bandwidthBytesPerSec: this.rec.policy.bandwidthMBps * 1e6 } : {}),
         ...(this.#deps.corruptPagesFrame ? { corruptPagesFrame: this.#deps.corruptPagesFrame } : {}),
-        onError: (err) => this.#peer.fail(err instanceof NovaError ? err : new NovaError('MIGRATION_TRANSPORT', err.message)),
+        onError: (err) => this.peer.fail(err instanceof NovaError ? err : new NovaError('MIGRATION_TRANSPORT', err.message)),
       });
       await this.#relay.listen();
-      this.#checkGoing();
-      await this.#update({ phase: 'precopy', timings: { ...this.#rec.timings, prepareMs: since(t0) } });
+      this.check();
+      await this.update({ phase: 'precopy', timings: { ...this.rec.timings, prepareMs: since(t0) } });
       const tStream = performance.now();
-      await migration.startOutgoing(vmId, { socketPath, channels: this.#rec.policy.channels, downtimeLimitMs: this.#rec.policy.maxDowntimeMs, autoConverge });
+      await migration.startOutgoing(vmId, { socketPath, channels: this.rec.policy.channels, downtimeLimitMs: this.rec.policy.maxDowntimeMs, autoConverge });
       let lastSaved = 0;
       for (;;) {
         const p = await migration.progress(vmId);
@@ -93,63 +70,49 @@ export class OutgoingMigration {
           this.#absorb(p);
           break;
         }
-        if (p.status === 'failed' || p.status === 'cancelled') throw this.#peer.failure ?? new NovaError('MIGRATION_FAILED', `QEMU migration ${p.status}: ${p.error ?? 'no detail'}`);
-        this.#checkGoing();
+        if (p.status === 'failed' || p.status === 'cancelled') throw this.peer.failure ?? new NovaError('MIGRATION_FAILED', `QEMU migration ${p.status}: ${p.error ?? 'no detail'}`);
+        this.check();
         this.#absorb(p);
         const phase = p.status === 'device' || p.status === 'pre-switchover' ? 'switchover' : 'precopy';
-        if (Date.now() - lastSaved >= PROGRESS_EVERY_MS || phase !== this.#rec.phase) {
+        if (Date.now() - lastSaved >= PROGRESS_EVERY_MS || phase !== this.rec.phase) {
           lastSaved = Date.now();
-          await this.#update({ phase }, 'migration.progress');
+          await this.update({ phase }, 'migration.progress');
         }
-        await this.#peer.nap(50);
+        await this.peer.nap(50);
       }
-      await this.#update({ phase: 'switchover', timings: { ...this.#rec.timings, streamMs: since(tStream) } }, 'migration.progress');
+      await this.update({ phase: 'switchover', timings: { ...this.rec.timings, streamMs: since(tStream) } }, 'migration.progress');
       const tConfirm = performance.now();
-      const resumedAt = await this.#peer.awaitConfirmed(RESUME_TIMEOUT_MS, 'the guest resumed');
-      this.#rec = { ...this.#rec, timings: { ...this.#rec.timings, confirmMs: since(tConfirm) } };
+      const resumedAt = await this.peer.awaitConfirmed(RESUME_TIMEOUT_MS, 'the guest resumed');
+      this.rec = { ...this.rec, timings: { ...this.rec.timings, confirmMs: since(tConfirm) } };
       const stoppedAt = await migration.stoppedAt(vmId);
       const qemuDowntime = (await migration.progress(vmId)).downtimeMs;
-      this.#rec = { ...this.#rec, downtimeMs: { ...(qemuDowntime !== undefined ? { qemu: qemuDowntime } : {}), ...(stoppedAt !== undefined ? { measured: Math.max(0, Math.round((resumedAt - stoppedAt) * 10) / 10) } : {}) } };
-      await this.#update({ phase: 'cleanup' });
+      this.rec = { ...this.rec, downtimeMs: { ...(qemuDowntime !== undefined ? { qemu: qemuDowntime } : {}), ...(stoppedAt !== undefined ? { measured: Math.max(0, Math.round((resumedAt - stoppedAt) * 10) / 10) } : {}) } };
+      await this.update({ phase: 'cleanup' });
       this.#teardown();
       // The guest runs on the destination: this copy must never run again.
       await this.#deps.driver.stop(vmId).catch((err) => this.#deps.log.error({ err, vmId }, 'stopping the migrated-away source QEMU failed'));
-      const done = book.finished(this.#rec, 'completed');
-      book.track(done);
-      this.#rec = done;
-      await vms.migratedAway(vmId, [book.op(done)], [book.event(done, 'migration.completed', { target: this.#target, downtimeMs: done.downtimeMs, totalMs: done.totalMs })]);
+      await this.settleSuccess({ downtimeMs: this.rec.downtimeMs });
     } catch (err) {
-      let error = this.#cancelled ? new NovaError('MIGRATION_CANCELLED', 'cancelled by request') : toNovaError(err);
-      if (error.code === 'MIGRATION_TRANSPORT') error = (await this.#peer.reasonFromDestination()) ?? error;
-      this.#deps.log.warn({ err, migrationId: this.#rec.id, vmId }, 'migration failed; the VM stays on the source');
+      const error = await this.errorOf(err);
+      this.#deps.log.warn({ err, migrationId: this.rec.id, vmId }, 'migration failed; the VM stays on the source');
       this.#teardown();
       if (!streamed) await migration.cancelOutgoing(vmId).catch((e) => this.#deps.log.warn({ err: e, vmId }, 'migrate_cancel failed'));
-      const state = this.#cancelled ? 'cancelled' : 'failed';
-      const done = book.finished(this.#rec, state, { code: error.code, message: error.message });
-      book.track(done);
-      this.#rec = done;
-      const reason = streamed
-        ? `migration outcome unknown: QEMU sent everything to ${this.#target} but the destination never confirmed the guest runs there (${error.message}); check the target before resuming this copy`
-        : `migration ${state}: ${error.message}`;
-      await vms
-        .migrationAbandoned(vmId, reason, [book.op(done)], [book.event(done, state === 'cancelled' ? 'migration.cancelled' : 'migration.failed', { error: done.error })], streamed)
-        .catch((e) => this.#deps.log.error({ err: e, vmId }, 'could not settle VM after failed migration'));
+      const reason = (state: string) =>
+        streamed
+          ? `migration outcome unknown: QEMU sent everything to ${this.target} but the destination never confirmed the guest runs there (${error.message}); check the target before resuming this copy`
+          : `migration ${state}: ${error.message}`;
+      await this.settleFailure(error, reason, streamed);
     } finally {
       release();
     }
-  }
-
-  #checkGoing(): void {
-    if (this.#cancelled) throw new NovaError('MIGRATION_CANCELLED', 'cancelled by request');
-    if (this.#peer.failure) throw this.#peer.failure;
   }
 
   #absorb(p: MigrationProgress): void {
     const stats = this.#relay?.stats;
     const bytesRaw = stats?.rawBytes ?? p.transferredBytes;
     const bytesWire = stats?.wireBytes ?? 0;
-    this.#rec = {
-      ...this.#rec,
+    this.rec = {
+      ...this.rec,
       progress: {
         bytesRaw,
         bytesWire,
@@ -164,20 +127,8 @@ export class OutgoingMigration {
     };
   }
 
-  async #update(patch: Partial<MigrationRecord>, event?: 'migration.progress'): Promise<void> {
-    this.#rec = { ...this.#rec, ...patch, updatedAt: new Date().toISOString() };
-    await this.#deps.book.save(this.#rec, event);
-  }
-
   #teardown(): void {
     this.#relay?.close();
-    this.#peer.close();
+    this.peer.close();
   }
-}
-
-function toNovaError(err: unknown): NovaError {
-  if (err instanceof NovaError) return err;
-  const e = err as Error & { code?: string };
-  if (e.name === 'DriverError') return new NovaError('MIGRATION_FAILED', e.message);
-  return new NovaError('MIGRATION_FAILED', e.message ?? String(err));
 }
