@@ -96,13 +96,8 @@ export class MigrationService {
     if ((!prediction.converges || prediction.downtimeMs > req.maxDowntimeMs) && !req.force) {
       throw new NovaError('MIGRATION_WONT_CONVERGE', `predicted not to converge within ${req.maxDowntimeMs} ms downtime (needs ~${prediction.throttleNeededPercent}% vCPU throttle); pass force to migrate with auto-converge`, { prediction });
     }
-    const now = new Date().toISOString();
-    const { target, dryRun: _, ...policy } = req;
-    const rec: MigrationRecord = {
-      id: newId('mig'), mode: 'live', vmId: vm.id, vmName: vm.name, role: 'source', peer: target, state: 'running', phase: 'plan',
-      policy, prediction, progress: emptyProgress(), createdAt: now, updatedAt: now,
-    };
-    const release = await this.#begin(rec);
+    const { rec, release } = await this.#begin(vm, 'live', req, prediction);
+    const { target } = req;
     const out = new OutgoingMigration(
       {
         vms, driver: this.#deps.driver, migration, book: this.#book, log: this.#deps.log, nodeId: this.#deps.nodeId, runDir: join(this.#deps.dataDir, 'run'),
@@ -127,25 +122,26 @@ export class MigrationService {
       pathRawBytesPerSec: DEFAULT_PATH_RAW_BYTES_PER_SEC, maxDowntimeMs: Infinity,
     });
     if (req.dryRun) return { started: false, prediction };
-    const now = new Date().toISOString();
-    const { target, dryRun: _, ...policy } = req;
-    const rec: MigrationRecord = {
-      id: newId('mig'), mode: 'cold', vmId: vm.id, vmName: vm.name, role: 'source', peer: target, state: 'running', phase: 'plan',
-      policy, prediction, progress: emptyProgress(), createdAt: now, updatedAt: now,
-    };
-    const release = await this.#begin(rec);
+    const { rec, release } = await this.#begin(vm, 'cold', req, prediction);
+    const { target } = req;
     const { vms, driver, log, nodeId, apiToken } = this.#deps;
     const out = new ColdMigration({ vms, driver, book: this.#book, log, nodeId, ...(apiToken ? { apiToken } : {}) }, rec, target);
     this.#track(out, out.run(release));
     return { started: true, migration: rec, prediction };
   }
 
-  /** Claims the VM and stores the new migration with its started event. */
-  async #begin(rec: MigrationRecord): Promise<() => void> {
+  /** Claims the VM and stores its new migration record with the started event. */
+  async #begin(vm: VmRecord, mode: MigrationRecord['mode'], req: MigrateRequest, prediction: Prediction): Promise<{ rec: MigrationRecord; release: () => void }> {
+    const now = new Date().toISOString();
+    const { target, dryRun: _, ...policy } = req;
+    const rec: MigrationRecord = {
+      id: newId('mig'), mode, vmId: vm.id, vmName: vm.name, role: 'source', peer: target, state: 'running', phase: 'plan',
+      policy, prediction, progress: emptyProgress(), createdAt: now, updatedAt: now,
+    };
     this.#book.track(rec);
-    const { release } = await this.#deps.vms.beginMigrationOut(rec.vmId, this.#book.event(rec, 'migration.started', { target: rec.peer, mode: rec.mode }));
+    const { release } = await this.#deps.vms.beginMigrationOut(rec.vmId, this.#book.event(rec, 'migration.started', { target, mode }));
     await this.#book.save(rec);
-    return release;
+    return { rec, release };
   }
 
   #track(out: OutgoingMigration | ColdMigration, run: Promise<void>): void {
