@@ -66,19 +66,24 @@ export abstract class SourceMigration {
     const vmId = this.rec.vmId;
     const state = this.cancelled ? 'cancelled' : 'failed';
     const done = book.finished(this.rec, state, { code: error.code, message: error.message });
-    book.track(done);
     this.rec = done;
+    // The record shows the outcome only once the VM is settled, so a client that sees
+    // `cancelled`/`failed` also sees the VM back in its state.
     await vms
       .migrationAbandoned(vmId, reason(state), [book.op(done)], [book.event(done, state === 'cancelled' ? 'migration.cancelled' : 'migration.failed', { error: done.error })], stuck)
       .catch((e) => log.error({ err: e, vmId }, 'could not settle VM after failed migration'));
+    book.track(done);
   }
 
   /** Records success: the VM is the destination's now and leaves this node's records. */
   protected async settleSuccess(extra: Record<string, unknown>): Promise<void> {
     const { book, vms } = this.base;
     const done = book.finished(this.rec, 'completed');
-    book.track(done);
     this.rec = done;
-    await vms.migratedAway(this.rec.vmId, [book.op(done)], [book.event(done, 'migration.completed', { target: this.target, totalMs: done.totalMs, ...extra })]);
+    try {
+      await vms.migratedAway(this.rec.vmId, [book.op(done)], [book.event(done, 'migration.completed', { target: this.target, totalMs: done.totalMs, ...extra })]);
+    } finally {
+      book.track(done);
+    }
   }
 }

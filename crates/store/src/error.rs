@@ -5,7 +5,7 @@
 pub type StoreResult<T> = Result<T, StoreError>;
 
 /// Everything that can go wrong in the store.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum StoreError {
     /// Another process holds the database directory open.
     #[error("data directory is locked by another process: {0}")]
@@ -40,7 +40,8 @@ impl StoreError {
         }
     }
 
-    pub(crate) fn from_rocksdb(err: rocksdb::Error) -> Self {
+    /// Maps a RocksDB error to its NovaCron meaning.
+    pub fn from_rocksdb(err: rocksdb::Error) -> Self {
         use rocksdb::ErrorKind;
         let kind = err.kind();
         let msg = err.into_string();

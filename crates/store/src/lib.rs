@@ -87,20 +87,8 @@ pub struct Store {
 impl Store {
     /// Opens (creating if needed) the store in directory `path`.
     pub fn open(path: impl AsRef<Path>, options: &StoreOptions) -> StoreResult<Self> {
-        let mut opts = Options::default();
+        let mut opts = db_options(options);
         opts.create_if_missing(true);
-        opts.set_paranoid_checks(true);
-        // Keep a damaged WAL tail from being silently dropped: only a torn final record
-        // (the crash case) is tolerated.
-        opts.set_wal_recovery_mode(rocksdb::DBRecoveryMode::TolerateCorruptedTailRecords);
-        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
-        opts.set_bottommost_compression_type(rocksdb::DBCompressionType::Zstd);
-        opts.increase_parallelism(2);
-        let mut table = BlockBasedOptions::default();
-        table.set_block_cache(&rocksdb::Cache::new_lru_cache(options.block_cache_bytes));
-        table.set_bloom_filter(10.0, false);
-        opts.set_block_based_table_factory(&table);
-
         let db = DB::open(&opts, path.as_ref()).map_err(StoreError::from_rocksdb)?;
         let mut write_opts = WriteOptions::default();
         write_opts.set_sync(options.sync_writes);
@@ -133,37 +121,7 @@ impl Store {
 
     /// Returns the pairs in `range`, in key order (or reverse key order).
     pub fn scan(&self, range: &ScanRange<'_>) -> StoreResult<Vec<KeyValue>> {
-        let limit = if range.limit == 0 { usize::MAX } else { range.limit };
-        let mut out = Vec::new();
-        let mode = if range.reverse {
-            if range.end.is_empty() {
-                IteratorMode::End
-            } else {
-                IteratorMode::From(range.end, Direction::Reverse)
-            }
-        } else {
-            IteratorMode::From(range.start, Direction::Forward)
-        };
-        for item in self.db.iterator(mode) {
-            let (key, value) = item.map_err(StoreError::from_rocksdb)?;
-            let below_end = range.end.is_empty() || &*key < range.end;
-            let above_start = &*key >= range.start;
-            if range.reverse {
-                if !below_end {
-                    continue; // Reverse seek lands on `end` itself when it exists.
-                }
-                if !above_start {
-                    break;
-                }
-            } else if !below_end {
-                break;
-            }
-            out.push((key.into_vec(), value.into_vec()));
-            if out.len() >= limit {
-                break;
-            }
-        }
-        Ok(out)
+        collect_range(self.db.iterator(range.iterator_mode()), range)
     }
 
     /// Flushes memtables to SST files and syncs the WAL; used on graceful shutdown so
@@ -172,6 +130,68 @@ impl Store {
         self.db.flush_wal(true).map_err(StoreError::from_rocksdb)?;
         self.db.flush().map_err(StoreError::from_rocksdb)
     }
+}
+
+/// RocksDB options every NovaCron database uses (the single-node store and the Raft
+/// store): paranoid checks, strict WAL recovery, LZ4/Zstd, a block cache and bloom filters.
+pub fn db_options(options: &StoreOptions) -> Options {
+    let mut opts = Options::default();
+    opts.set_paranoid_checks(true);
+    // Keep a damaged WAL tail from being silently dropped: only a torn final record
+    // (the crash case) is tolerated.
+    opts.set_wal_recovery_mode(rocksdb::DBRecoveryMode::TolerateCorruptedTailRecords);
+    opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    opts.set_bottommost_compression_type(rocksdb::DBCompressionType::Zstd);
+    opts.increase_parallelism(2);
+    let mut table = BlockBasedOptions::default();
+    table.set_block_cache(&rocksdb::Cache::new_lru_cache(options.block_cache_bytes));
+    table.set_bloom_filter(10.0, false);
+    opts.set_block_based_table_factory(&table);
+    opts
+}
+
+impl ScanRange<'_> {
+    /// Where a RocksDB iterator for this range starts.
+    pub fn iterator_mode(&self) -> IteratorMode<'_> {
+        if self.reverse {
+            if self.end.is_empty() {
+                IteratorMode::End
+            } else {
+                IteratorMode::From(self.end, Direction::Reverse)
+            }
+        } else {
+            IteratorMode::From(self.start, Direction::Forward)
+        }
+    }
+}
+
+/// Collects the pairs of `range` from an iterator opened at `range.iterator_mode()`.
+pub fn collect_range<I>(iter: I, range: &ScanRange<'_>) -> StoreResult<Vec<KeyValue>>
+where
+    I: Iterator<Item = Result<(Box<[u8]>, Box<[u8]>), rocksdb::Error>>,
+{
+    let limit = if range.limit == 0 { usize::MAX } else { range.limit };
+    let mut out = Vec::new();
+    for item in iter {
+        let (key, value) = item.map_err(StoreError::from_rocksdb)?;
+        let below_end = range.end.is_empty() || &*key < range.end;
+        let above_start = &*key >= range.start;
+        if range.reverse {
+            if !below_end {
+                continue; // Reverse seek lands on `end` itself when it exists.
+            }
+            if !above_start {
+                break;
+            }
+        } else if !below_end {
+            break;
+        }
+        out.push((key.into_vec(), value.into_vec()));
+        if out.len() >= limit {
+            break;
+        }
+    }
+    Ok(out)
 }
 
 fn check_key(key: &[u8]) -> StoreResult<()> {
