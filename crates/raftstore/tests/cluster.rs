@@ -1,0 +1,395 @@
+//! Raft clusters of real nodes on real RocksDB, in one process, with a network the test
+//! controls. (Multi-process fault tests with kill -9 live in the TypeScript suite.)
+
+mod harness;
+
+use harness::*;
+use novacron_raftstore::{
+    Command, Fence, MemberChange, Op, Outcome, RaftError, Request, RequestId,
+};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+#[test]
+fn single_node_commits_and_keeps_its_state_across_restart() {
+    let c = Cluster::new();
+    c.bootstrap(1);
+    let node = c.start(1);
+    node.campaign();
+    assert_eq!(c.leader(), 1);
+    for i in 0..50 {
+        assert!(matches!(
+            put(&node, &format!("k{i}"), &format!("v{i}")),
+            Outcome::Written { .. }
+        ));
+    }
+    assert_eq!(read(&node, "k49").unwrap().as_deref(), Some("v49"));
+    let before = c.status(1);
+    c.stop(1);
+
+    let node = c.start(1);
+    let after = c.status(1);
+    assert!(after.applied >= before.applied, "{after:?} vs {before:?}");
+    assert_eq!(after.term, before.term);
+    assert_eq!(get(&node, "k0").as_deref(), Some("v0"));
+    // A one-member cluster elects itself again without help.
+    assert_eq!(c.leader(), 1);
+    put(&node, "after-restart", "yes");
+    assert_eq!(
+        read(&node, "after-restart").unwrap().as_deref(),
+        Some("yes")
+    );
+}
+
+#[test]
+fn bootstrap_refuses_a_node_that_already_has_state() {
+    let c = Cluster::new();
+    c.bootstrap(1);
+    let err = novacron_raftstore::bootstrap(&c.path(1), 1, "x", &c.options).unwrap_err();
+    assert_eq!(err.code(), "RAFT_INVALID");
+}
+
+#[test]
+fn three_nodes_replicate_writes_made_through_any_member() {
+    let c = Cluster::new();
+    c.form(&[1, 2, 3]);
+    let st = c.status(c.leader());
+    assert_eq!(st.voters, vec![1, 2, 3]);
+    assert!(st.learners.is_empty());
+    assert_eq!(st.addresses.len(), 3, "{st:?}");
+    // A learner catches up by snapshot: node 1's log starts after the bootstrap snapshot.
+    assert!(c.net.snapshots_delivered.load(Ordering::Relaxed) >= 2);
+
+    let leader = c.leader();
+    let follower = [1, 2, 3].into_iter().find(|&id| id != leader).unwrap();
+    put(&c.node(follower), "from-follower", "1");
+    put(&c.node(leader), "from-leader", "2");
+    for id in [1, 2, 3] {
+        let node = c.node(id);
+        assert_eq!(
+            read(&node, "from-follower").unwrap().as_deref(),
+            Some("1"),
+            "node {id}"
+        );
+        assert_eq!(
+            read(&node, "from-leader").unwrap().as_deref(),
+            Some("2"),
+            "node {id}"
+        );
+    }
+}
+
+#[test]
+fn a_new_leader_takes_over_and_the_old_one_catches_up_on_return() {
+    let c = Cluster::new();
+    c.form(&[1, 2, 3]);
+    let old = c.leader();
+    put(&c.node(old), "before", "1");
+    c.stop(old);
+    let rest: Vec<u64> = [1, 2, 3].into_iter().filter(|&id| id != old).collect();
+    let new = c.leader_among(&rest);
+    assert_ne!(new, old);
+    put(&c.node(new), "during", "2");
+
+    c.start(old);
+    let commit = c.status(new).commit;
+    c.wait_applied(old, commit);
+    assert_eq!(get(&c.node(old), "before").as_deref(), Some("1"));
+    assert_eq!(get(&c.node(old), "during").as_deref(), Some("2"));
+}
+
+#[test]
+fn a_partitioned_leader_commits_nothing_and_rejoins_consistent() {
+    let c = Cluster::new();
+    c.form(&[1, 2, 3]);
+    let old = c.leader();
+    let rest: Vec<u64> = [1, 2, 3].into_iter().filter(|&id| id != old).collect();
+    c.isolate(old, &rest);
+
+    // The minority side cannot commit: the write times out (check_quorum also makes the
+    // old leader step down, after which it refuses with NO_LEADER).
+    let lost = propose(&c.node(old), put_request("minority", "x"));
+    assert!(
+        matches!(lost, Err(RaftError::Timeout(_) | RaftError::NoLeader)),
+        "{lost:?}"
+    );
+    // Nor can it serve a linearizable read.
+    assert!(read(&c.node(old), "minority").is_err());
+
+    let new = c.leader_among(&rest);
+    put(&c.node(new), "majority", "y");
+
+    c.heal();
+    let commit = c.status(new).commit;
+    for id in [1, 2, 3] {
+        c.wait_applied(id, commit);
+    }
+    let agreed = c.leader();
+    for id in [1, 2, 3] {
+        let node = c.node(id);
+        assert_eq!(
+            read(&node, "minority").unwrap(),
+            None,
+            "node {id} has the minority write"
+        );
+        assert_eq!(
+            read(&node, "majority").unwrap().as_deref(),
+            Some("y"),
+            "node {id}"
+        );
+    }
+    assert_ne!(agreed, 0);
+}
+
+#[test]
+fn a_node_that_missed_a_compaction_catches_up_by_snapshot() {
+    let mut c = Cluster::new();
+    c.config.compact_threshold = 40;
+    c.config.keep_entries = 10;
+    c.form(&[1, 2, 3]);
+    let leader = c.leader();
+    let lagging = [1, 2, 3].into_iter().find(|&id| id != leader).unwrap();
+    c.stop(lagging);
+    let snapshots_before = c.net.snapshots_delivered.load(Ordering::Relaxed);
+    for i in 0..200 {
+        put(&c.node(leader), &format!("key{i:03}"), &format!("value{i}"));
+    }
+    let st = c.status(leader);
+    assert!(st.first_index > 100, "the leader compacted its log: {st:?}");
+
+    c.start(lagging);
+    c.wait_applied(lagging, st.commit);
+    assert!(c.net.snapshots_delivered.load(Ordering::Relaxed) > snapshots_before);
+    let node = c.node(lagging);
+    for i in [0, 99, 199] {
+        assert_eq!(get(&node, &format!("key{i:03}")), Some(format!("value{i}")));
+    }
+    // And it keeps replicating from the log afterwards, surviving its own restart.
+    put(&c.node(leader), "after", "snap");
+    c.wait_applied(lagging, c.status(leader).commit);
+    c.stop(lagging);
+    let node = c.start(lagging);
+    assert_eq!(get(&node, "after").as_deref(), Some("snap"));
+    assert_eq!(get(&node, "key150").as_deref(), Some("value150"));
+}
+
+#[test]
+fn joint_consensus_replaces_a_voter_and_leaves_the_joint_state() {
+    let c = Cluster::new();
+    c.form(&[1, 2, 3]);
+    c.start(4);
+    let leader = c.leader_among(&[1, 2, 3]);
+    call(|done| {
+        c.node(leader).change_membership(
+            &[MemberChange::AddLearner(4)],
+            vec![(4, Cluster::address(4))],
+            done,
+        )
+    })
+    .unwrap();
+    c.wait_applied(4, c.status(leader).commit);
+    // Swap a follower for node 4 in one change: joint consensus, left automatically.
+    let out = [1, 2, 3].into_iter().find(|&id| id != leader).unwrap();
+    call(|done| {
+        c.node(leader).change_membership(
+            &[MemberChange::AddVoter(4), MemberChange::Remove(out)],
+            vec![],
+            done,
+        )
+    })
+    .unwrap();
+    let mut expected: Vec<u64> = [1, 2, 3, 4].into_iter().filter(|&id| id != out).collect();
+    expected.sort();
+    let left_joint = wait_for(Duration::from_secs(10), || {
+        let st = c.status(leader);
+        let mut voters = st.voters.clone();
+        voters.sort();
+        voters == expected && st.learners.is_empty()
+    });
+    assert!(left_joint, "{:?}", c.status(leader));
+    c.stop(out);
+    put(&c.node(leader), "after-swap", "ok");
+    assert_eq!(
+        read(&c.node(4), "after-swap").unwrap().as_deref(),
+        Some("ok")
+    );
+    assert!(
+        !c.status(leader).addresses.iter().any(|(id, _)| *id == out),
+        "removed member's address is forgotten"
+    );
+}
+
+#[test]
+fn a_retried_request_is_applied_once() {
+    let c = Cluster::new();
+    c.form(&[1, 2, 3]);
+    let leader = c.node(c.leader());
+    let req = put_request("counter", "1");
+    let first = propose(&leader, req.clone()).unwrap();
+    // Something else changes the key; then the client "retries" its first request.
+    put(&leader, "counter", "2");
+    let retry = propose(&leader, req).unwrap();
+    assert_eq!(first, retry, "the retry gets the first outcome");
+    assert_eq!(
+        read(&leader, "counter").unwrap().as_deref(),
+        Some("2"),
+        "the retry did not apply again"
+    );
+}
+
+#[test]
+fn locks_grant_hold_expire_and_fence_stale_holders() {
+    let c = Cluster::new();
+    c.form(&[1, 2, 3]);
+    let leader = c.node(c.leader());
+    let acquire = |holder: &str, now_ms: u64| {
+        propose(
+            &leader,
+            Request {
+                id: RequestId::random(),
+                command: Command::Acquire {
+                    lock: "vm/web".into(),
+                    holder: holder.into(),
+                    ttl_ms: 1000,
+                    now_ms,
+                },
+            },
+        )
+        .unwrap()
+    };
+    let fenced_put = |value: &str, token: u64| {
+        propose(
+            &leader,
+            Request {
+                id: RequestId::random(),
+                command: Command::Write {
+                    ops: vec![Op::Put {
+                        key: b"vm/web/state".to_vec(),
+                        value: value.into(),
+                    }],
+                    fence: Some(Fence {
+                        lock: "vm/web".into(),
+                        token,
+                    }),
+                },
+            },
+        )
+        .unwrap()
+    };
+
+    let Outcome::Granted { token: t1, .. } = acquire("a", 10_000) else {
+        panic!("a should get the free lock")
+    };
+    assert!(
+        matches!(acquire("b", 10_500), Outcome::Held { ref holder, token, .. } if holder == "a" && token == t1)
+    );
+    // Renewal by the holder keeps its token.
+    assert!(matches!(acquire("a", 10_600), Outcome::Granted { token, .. } if token == t1));
+    assert!(matches!(fenced_put("by-a", t1), Outcome::Written { .. }));
+
+    // a's lease (renewed to 11,600) runs out; b takes the lock with a larger token.
+    let Outcome::Granted { token: t2, .. } = acquire("b", 11_700) else {
+        panic!("b should get the expired lock")
+    };
+    assert!(t2 > t1);
+    // a, paused through its expiry, wakes up and writes with its stale token: refused.
+    assert_eq!(
+        fenced_put("by-a-late", t1),
+        Outcome::Fenced { current: Some(t2) }
+    );
+    assert!(matches!(fenced_put("by-b", t2), Outcome::Written { .. }));
+    assert_eq!(
+        read(&leader, "vm/web/state").unwrap().as_deref(),
+        Some("by-b")
+    );
+
+    let release = |token: u64| {
+        propose(
+            &leader,
+            Request {
+                id: RequestId::random(),
+                command: Command::Release {
+                    lock: "vm/web".into(),
+                    token,
+                },
+            },
+        )
+        .unwrap()
+    };
+    assert_eq!(release(t1), Outcome::NotHeld);
+    assert_eq!(release(t2), Outcome::Released);
+    // Every replica agrees on the lock table.
+    let commit = c.status(c.leader()).commit;
+    for id in [1, 2, 3] {
+        c.wait_applied(id, commit);
+        assert_eq!(c.node(id).lock("vm/web").unwrap(), None);
+    }
+}
+
+#[test]
+fn bad_requests_and_messages_are_refused_with_codes() {
+    let c = Cluster::new();
+    c.form(&[1]);
+    let node = c.node(1);
+    let empty = Request {
+        id: RequestId::random(),
+        command: Command::Write {
+            ops: vec![],
+            fence: None,
+        },
+    };
+    assert_eq!(propose(&node, empty).unwrap_err().code(), "RAFT_INVALID");
+    let not_utf8 = Request {
+        id: RequestId::random(),
+        command: Command::Write {
+            ops: vec![Op::Put {
+                key: vec![0xff, 0x01],
+                value: vec![],
+            }],
+            fence: None,
+        },
+    };
+    assert_eq!(propose(&node, not_utf8).unwrap_err().code(), "RAFT_INVALID");
+    let huge = put_request("big", &"x".repeat(2 << 20));
+    assert_eq!(propose(&node, huge).unwrap_err().code(), "RAFT_INVALID");
+    assert_eq!(
+        node.step(b"\xff\xff\xffnot protobuf").unwrap_err().code(),
+        "RAFT_BAD_MESSAGE"
+    );
+    let mut msg = novacron_raftstore::eraftpb::Message { to: 9, from: 2, ..Default::default() };
+    assert_eq!(
+        node.step(&novacron_raftstore::encode_message(&msg))
+            .unwrap_err()
+            .code(),
+        "RAFT_BAD_MESSAGE"
+    );
+    msg.to = 1;
+    msg.set_msg_type(novacron_raftstore::eraftpb::MessageType::MsgHup);
+    assert_eq!(
+        node.step(&novacron_raftstore::encode_message(&msg))
+            .unwrap_err()
+            .code(),
+        "RAFT_BAD_MESSAGE"
+    );
+    let bad_change = call(|done| node.change_membership(&[], vec![], done));
+    assert_eq!(bad_change.unwrap_err().code(), "RAFT_INVALID");
+    // Still healthy.
+    put(&node, "ok", "1");
+    assert_eq!(read(&node, "ok").unwrap().as_deref(), Some("1"));
+}
+
+#[test]
+fn requests_to_a_stopped_node_fail_with_stopped() {
+    let c = Cluster::new();
+    c.form(&[1]);
+    let node = c.node(1);
+    c.stop(1);
+    assert_eq!(
+        propose(&node, put_request("k", "v")).unwrap_err().code(),
+        "RAFT_STOPPED"
+    );
+    assert_eq!(
+        call(|done| node.read_index(done)).unwrap_err().code(),
+        "RAFT_STOPPED"
+    );
+}
