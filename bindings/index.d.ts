@@ -9,6 +9,59 @@
  */
 export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-wasip1'
 
+/** A Raft member with its log and state in RocksDB (see the `novacron-raftstore` crate). */
+export declare class NativeRaftNode {
+  /**
+   * Makes the node in `path` the only member of a new cluster. Throws `RAFT_INVALID`
+   * if it already belongs to one.
+   */
+  static bootstrap(path: string, id: number, address: string, options?: BindingStoreOptions | undefined | null): void
+  /**
+   * Opens the node's database (checking it; `RAFT_CORRUPTION` or `STORE_CORRUPTION`
+   * when damaged) and starts its Raft thread.
+   */
+  static start(path: string, options: RaftNodeOptions, store: BindingStoreOptions | undefined | null, onMessages: (messages: RaftOutbound[]) => void, onDone: (done: RaftCompletion) => void): NativeRaftNode
+  /**
+   * Proposes an atomic write (`value` absent = delete), fenced by a lock token when
+   * `fence` is given. `requestId` (16 bytes) makes a retry apply once.
+   */
+  write(tag: number, requestId: Buffer, ops: Array<BindingWriteOp>, fence?: RaftFence | undefined | null): void
+  /** Takes (or renews) `lock` for `holder` for `ttlMs` from `nowMs`. */
+  acquire(tag: number, requestId: Buffer, lock: string, holder: string, ttlMs: number, nowMs: number): void
+  /** Releases `lock` if `token` is current. */
+  release(tag: number, requestId: Buffer, lock: string, token: number): void
+  /** Confirms leadership with a quorum; answers once that index is applied here. */
+  readIndex(tag: number): void
+  /** Proposes a membership change (ConfChangeV2). */
+  changeMembership(tag: number, changes: Array<RaftMemberChange>, addresses: Array<RaftPeerAddress>): void
+  /** The node's status. */
+  status(tag: number): void
+  /**
+   * Delivers a peer's message. Throws `RAFT_BAD_MESSAGE` for anything malformed or
+   * not addressed to this member.
+   */
+  step(bytes: Buffer): void
+  /** The last message to `id` could not be delivered. */
+  reportUnreachable(id: number): void
+  /** Whether a snapshot sent to `id` arrived. */
+  reportSnapshot(id: number, delivered: boolean): void
+  /** Asks the leader to hand leadership to `id`. */
+  transferLeader(id: number): void
+  /** Starts an election now. */
+  campaign(): void
+  /** Reads a key of the locally applied state. */
+  getSync(key: Buffer): Buffer | null
+  /** Scans the locally applied state. */
+  scanSync(range: BindingScanRange): Array<BindingKeyValue>
+  /** A lock's applied state. */
+  lock(name: string): RaftLock | null
+  /**
+   * Stops the Raft thread and closes the database; pending requests fail with
+   * `RAFT_STOPPED`.
+   */
+  stop(): void
+}
+
 /** A durable RocksDB-backed key-value store (see the `novacron-store` crate). */
 export declare class NativeStore {
   /**
@@ -122,3 +175,149 @@ export interface BindingWriteOp {
 
 /** Worst-case encoded size of a batch of `pages` pages over `shards` shards (default 1). */
 export declare function maxEncodedLen(pages: number, shards?: number | undefined | null): number
+
+/** The answer to one tagged request. Exactly one of `error` / the result fields is set. */
+export interface RaftCompletion {
+  /** The tag the request was made with. */
+  tag: number
+  /** `CODE: message` when the request failed. */
+  error?: string
+  /** Result of `write`, `acquire`, `release`. */
+  outcome?: RaftOutcome
+  /** Result of `readIndex`: the index now applied locally. */
+  index?: number
+  /** Result of `changeMembership`. */
+  members?: RaftMembers
+  /** Result of `status`. */
+  status?: RaftStatus
+}
+
+/** A write's fence: refuse unless `token` is still `lock`'s current token. */
+export interface RaftFence {
+  /** Lock name. */
+  lock: string
+  /** Fencing token from the grant. */
+  token: number
+}
+
+/** A lock's replicated state. */
+export interface RaftLock {
+  /** Holder. */
+  holder: string
+  /** Fencing token. */
+  token: number
+  /** Lease end, ms since the epoch. */
+  expiresMs: number
+}
+
+/** One step of a membership change. */
+export interface RaftMemberChange {
+  /** `addVoter`, `addLearner` or `remove`. */
+  kind: string
+  /** Member id. */
+  id: number
+}
+
+/** Voters and learners. */
+export interface RaftMembers {
+  /** Voting members. */
+  voters: Array<number>
+  /** Learners. */
+  learners: Array<number>
+}
+
+/** Tunables of a Raft member (defaults in `NodeConfig`). */
+export interface RaftNodeOptions {
+  /** This member's id. */
+  id: number
+  /** Tick length in ms. @default 100 */
+  tickMs?: number
+  /** Election timeout in ticks. @default 10 */
+  electionTicks?: number
+  /** Heartbeat interval in ticks. @default 2 */
+  heartbeatTicks?: number
+  /** Deadline for proposals, reads and membership changes, ms. @default 5000 */
+  requestTimeoutMs?: number
+  /** Largest write accepted, bytes. @default 1048576 */
+  maxRequestBytes?: number
+  /** Compact the log once this many applied entries are kept. @default 10000 */
+  compactThreshold?: number
+  /** Applied entries kept after a compaction. @default 1000 */
+  keepEntries?: number
+}
+
+/** A message for another member. */
+export interface RaftOutbound {
+  /** Recipient member id. */
+  to: number
+  /** A snapshot: report its delivery with `reportSnapshot`. */
+  snapshot: boolean
+  /** Encoded message, for the recipient's `step`. */
+  bytes: Buffer
+}
+
+/** What applying a request produced. */
+export interface RaftOutcome {
+  /** `written`, `fenced`, `granted`, `held`, `released` or `notHeld`. */
+  kind: string
+  /** Log index of a write. */
+  index?: number
+  /** Fencing token of a grant (or of the current holder for `held` and `fenced`). */
+  token?: number
+  /** Lease end of a grant or of the current holder, ms since the epoch. */
+  expiresMs?: number
+  /** Current holder (`held`). */
+  holder?: string
+}
+
+/** A member's peer address. */
+export interface RaftPeerAddress {
+  /** Member id. */
+  id: number
+  /** Where its peer endpoint listens. */
+  address: string
+}
+
+/** A member's replication progress as the leader sees it. */
+export interface RaftPeerProgress {
+  /** Member id. */
+  id: number
+  /** Highest index known replicated on it. */
+  matched: number
+  /** Next index to send. */
+  next: number
+  /** `probe`, `replicate` or `snapshot`. */
+  state: string
+  /** Heard from within the last election timeout. */
+  recentActive: boolean
+  /** Non-voting member. */
+  learner: boolean
+}
+
+/** A node's state. */
+export interface RaftStatus {
+  /** This member. */
+  id: number
+  /** `leader`, `follower`, `candidate` or `pre-candidate`. */
+  role: string
+  /** Current term. */
+  term: number
+  /** Known leader, 0 when none. */
+  leader: number
+  /** Commit index. */
+  commit: number
+  /** Applied index. */
+  applied: number
+  /** First index still in the log. */
+  firstIndex: number
+  /** Last index in the log. */
+  lastIndex: number
+  /** Voting members. */
+  voters: Array<number>
+  /** Learners. */
+  learners: Array<number>
+  /** Per-member progress (leader only). */
+  progress: Array<RaftPeerProgress>
+  /** Members' peer addresses. */
+  addresses: Array<RaftPeerAddress>
+}

@@ -773,7 +773,8 @@ if (
   }
 }
 
-const { NativeStore, PageDecoder, PageEncoder, maxEncodedLen } = nativeBinding
+const { NativeRaftNode, NativeStore, PageDecoder, PageEncoder, maxEncodedLen } = nativeBinding
+export { NativeRaftNode }
 export { NativeStore }
 export { PageDecoder }
 export { PageEncoder }

@@ -26,6 +26,19 @@ export const ConfigSchema = z.strictObject({
   telemetryIntervalMs: z.int().min(100).max(60_000).default(2000),
   /** Port of the live-migration transport listener (on the listen host); 0 = any free port. */
   migrationPort: z.int().min(0).max(65535).default(0),
+  /** Shared secret of the cluster: peers authenticate with it. Generated on first start when not given. */
+  clusterSecret: z.string().min(16, 'cluster secrets must be at least 16 characters').optional(),
+  /** HOST:PORT of a member to join on first start (ignored once this daemon is a member). */
+  join: z.string().regex(/^(?:\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$/, 'expected HOST:PORT').optional(),
+  /** Raft timing (defaults suit a LAN; tests shorten them). */
+  raft: z.strictObject({
+    tickMs: z.int().min(1).max(10_000).optional(),
+    electionTicks: z.int().min(2).max(1000).optional(),
+    heartbeatTicks: z.int().min(1).max(100).optional(),
+    requestTimeoutMs: z.int().min(100).max(600_000).optional(),
+    compactThreshold: z.int().min(10).optional(),
+    keepEntries: z.int().min(1).optional(),
+  }).default({}),
   /** Fault injection for tests; never set in production. */
   faults: z.strictObject({ corruptMigrationFrame: z.int().min(1).optional() }).default({}),
   sim: z.strictObject({ latencyMs: simOpRecord.optional(), failureRate: simOpRecord.optional() }).default({}),
@@ -40,6 +53,8 @@ const ENV: Record<string, keyof z.infer<typeof ConfigSchema>> = {
   NOVACRON_NODE_ID: 'nodeId',
   NOVACRON_LOG_LEVEL: 'logLevel',
   NOVACRON_API_TOKEN: 'apiToken',
+  NOVACRON_CLUSTER_SECRET: 'clusterSecret',
+  NOVACRON_JOIN: 'join',
 };
 
 export interface ConfigSources {

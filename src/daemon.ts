@@ -26,6 +26,12 @@ import { Metrics } from './telemetry/metrics.js';
 import { selectDriver } from './vm/drivers/select.js';
 import { VmService } from './vm/service.js';
 import type { HypervisorDriver } from './vm/driver.js';
+import { Cluster } from './cluster/cluster.js';
+import { ReplicatedStore } from './cluster/replicated-store.js';
+import { LockService } from './cluster/locks.js';
+import { peerWsRoute } from './cluster/peer-ws.js';
+import { registerClusterMetrics } from './cluster/metrics.js';
+import { clusterRoutes } from './api/routes/cluster.js';
 
 export { VERSION } from './version.js';
 import { VERSION } from './version.js';
@@ -36,6 +42,7 @@ export interface Daemon {
   log: Logger;
   vms: VmService;
   driver: HypervisorDriver;
+  cluster: Cluster;
   close(): Promise<void>;
 }
 
@@ -45,6 +52,7 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
   mkdirSync(dataDir, { recursive: true });
   const store = RocksStore.open(join(dataDir, 'store'));
   let ready = false;
+  let cluster: Cluster | undefined;
   try {
     const events = await EventLog.open(store, { retain: config.eventRetention });
     const driver = selectDriver(config.driver, { sim: config.sim, dataDir, log });
@@ -86,10 +94,26 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
     const server = await ApiServer.listen(
       router,
       { host: config.host, port: config.port, bodyLimitBytes: config.bodyLimitBytes, log, metrics, ...(config.apiToken ? { apiToken: config.apiToken } : {}) },
-      [eventsWsRoute(events, log), consoleWsRoute(vms, new ConsoleHub(driver), log), telemetryWsRoute(sampler), vncWsRoute(vms, driver)],
+      [eventsWsRoute(events, log), consoleWsRoute(vms, new ConsoleHub(driver), log), telemetryWsRoute(sampler), vncWsRoute(vms, driver), peerWsRoute(() => cluster, log)],
     );
+    // The cluster starts once the API listens: its peer endpoint is this server, and a
+    // joining member is contacted by the leader as soon as it is added.
+    const host = config.host.includes(':') ? `[${config.host}]` : config.host;
+    try {
+      cluster = await Cluster.open({
+        dataDir, address: `${host}:${server.port}`, log, raft: config.raft,
+        ...(config.clusterSecret ? { secret: config.clusterSecret } : {}),
+        ...(config.join ? { join: config.join } : {}),
+      });
+    } catch (err) {
+      await server.close();
+      throw err;
+    }
+    const replicated = new ReplicatedStore(cluster.node);
+    clusterRoutes(router, cluster, replicated, new LockService(cluster.node));
+    registerClusterMetrics(metrics.registry, cluster);
     ready = true;
-    log.info({ listen: `${config.host}:${server.port}`, dataDir, driver: driver.name, vms: vms.size, lastEventSeq: events.lastSeq }, 'novacron daemon ready');
+    log.info({ listen: `${config.host}:${server.port}`, dataDir, driver: driver.name, vms: vms.size, lastEventSeq: events.lastSeq, cluster: cluster.clusterId, member: cluster.memberId }, 'novacron daemon ready');
 
     let closing: Promise<void> | undefined;
     return {
@@ -98,11 +122,13 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
       log,
       vms,
       driver,
+      cluster,
       close: () =>
         (closing ??= (async () => {
           ready = false;
           sampler.stop();
           await server.close();
+          cluster?.close();
           await migrations.close();
           await vms.drain();
           await driver.close();
@@ -111,6 +137,7 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
         })()),
     };
   } catch (err) {
+    cluster?.close();
     await store.close().catch(() => undefined);
     throw err;
   }

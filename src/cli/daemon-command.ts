@@ -11,6 +11,8 @@ export interface DaemonFlags {
   nodeId?: string;
   logLevel?: string;
   apiToken?: string;
+  clusterSecret?: string;
+  join?: string;
   config?: string;
 }
 

@@ -42,6 +42,8 @@ export function buildProgram(): Command {
     .addOption(new Option('--node-id <id>', 'this node\'s id (default: hostname)').env('NOVACRON_NODE_ID'))
     .addOption(new Option('--log-level <level>', 'log level').choices(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).env('NOVACRON_LOG_LEVEL'))
     .addOption(new Option('--api-token <token>', 'require this bearer token on API calls').env('NOVACRON_API_TOKEN'))
+    .addOption(new Option('--join <host:port>', 'join the cluster of this member on first start (default: start a new one-member cluster)').env('NOVACRON_JOIN'))
+    .addOption(new Option('--cluster-secret <secret>', 'shared secret peers authenticate with (generated when starting a new cluster)').env('NOVACRON_CLUSTER_SECRET'))
     .addOption(new Option('--config <file>', 'JSON config file').env('NOVACRON_CONFIG'))
     .action(async (opts) => {
       const { runDaemon } = await import('./daemon-command.js');

@@ -8,9 +8,11 @@
 #![deny(clippy::all)]
 
 mod memdelta;
+mod raft;
 mod store;
 
 pub use memdelta::*;
+pub use raft::*;
 pub use store::*;
 
 /// Formats a domain error for JavaScript: `CODE: message`.

@@ -135,7 +135,7 @@ impl NativeStore {
   }
 }
 
-fn into_pairs(pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Vec<BindingKeyValue> {
+pub(crate) fn into_pairs(pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Vec<BindingKeyValue> {
   pairs.into_iter().map(|(k, v)| BindingKeyValue { key: k.into(), value: v.into() }).collect()
 }
 

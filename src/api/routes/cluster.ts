@@ -1,0 +1,92 @@
+/**
+ * Cluster membership (`/v1/cluster`), the replicated key-value API (`/v1/kv`, like
+ * etcd's: linearizable reads unless `?consistency=stale`, retry-safe writes with a
+ * request id) and leased locks with fencing tokens (`/v1/locks`).
+ */
+import { z } from 'zod';
+import { NovaError } from '../../errors.js';
+import type { Router } from '../router.js';
+import { parseWith } from '../validate.js';
+import type { Cluster } from '../../cluster/cluster.js';
+import type { ReplicatedStore } from '../../cluster/replicated-store.js';
+import type { LockService } from '../../cluster/locks.js';
+import { secretMatches } from '../../cluster/peer-ws.js';
+
+const MemberId = z.coerce.number().int().min(1).max(Number.MAX_SAFE_INTEGER);
+const Address = z.string().regex(/^(?:\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$/, 'expected HOST:PORT');
+const JoinBody = z.strictObject({ id: MemberId, address: Address, secret: z.string().min(1).max(256) });
+const TransferBody = z.strictObject({ to: MemberId });
+const RequestIdHex = z.string().regex(/^[0-9a-f]{32}$/, 'request ids are 32 hex digits');
+const PutBody = z.strictObject({
+  value: z.string().max(1 << 20),
+  requestId: RequestIdHex.optional(),
+  fence: z.strictObject({ lock: z.string().min(1).max(256), token: z.int().min(1) }).optional(),
+});
+const ReadQuery = z.strictObject({ consistency: z.enum(['linearizable', 'stale']).default('linearizable') });
+const KeyParam = z.string().min(1).max(1024);
+const LockName = z.string().min(1).max(256);
+const AcquireBody = z.strictObject({ holder: z.string().min(1).max(256), ttlMs: z.int().min(100).max(3_600_000), requestId: RequestIdHex.optional() });
+const ReleaseQuery = z.strictObject({ token: z.coerce.number().int().min(1) });
+
+/** User keys live under their own prefix, apart from NovaCron's control-plane state. */
+const KV_PREFIX = 'kv/';
+
+export function clusterRoutes(router: Router, cluster: Cluster, store: ReplicatedStore, locks: LockService): void {
+  router.add('GET', '/v1/cluster', async () => ({ status: 200, json: await cluster.status() }));
+  // A daemon asks to join: authenticated by the cluster secret, not the API token.
+  router.add('POST', '/v1/cluster/members', async (req) => {
+    const body = parseWith(JoinBody, req.body);
+    if (!secretMatches(body.secret, cluster.secret)) throw new NovaError('CLUSTER_AUTH');
+    const members = await cluster.addMember(body.id, body.address);
+    return { status: 200, json: { clusterId: cluster.clusterId, memberId: body.id, ...members } };
+  }, { body: true, public: true });
+  router.add('DELETE', '/v1/cluster/members/:id', async (req) => {
+    const id = parseWith(MemberId, req.params.id, 'BAD_QUERY');
+    return { status: 200, json: await cluster.removeMember(id) };
+  });
+  router.add('POST', '/v1/cluster/leader', async (req) => {
+    const { to } = parseWith(TransferBody, req.body);
+    await cluster.transferLeader(to);
+    return { status: 202, json: { transferringTo: to } };
+  }, { body: true });
+
+  router.add('GET', '/v1/kv/:key', async (req) => {
+    const key = parseWith(KeyParam, req.params.key, 'BAD_QUERY');
+    const q = parseWith(ReadQuery, Object.fromEntries(req.query), 'BAD_QUERY');
+    const value = await store.get(KV_PREFIX + key, { stale: q.consistency === 'stale' });
+    if (value === undefined) throw new NovaError('KEY_NOT_FOUND', `no key ${JSON.stringify(key)}`);
+    return { status: 200, json: { key, value: value.toString() } };
+  });
+  router.add('PUT', '/v1/kv/:key', async (req) => {
+    const key = parseWith(KeyParam, req.params.key, 'BAD_QUERY');
+    const body = parseWith(PutBody, req.body);
+    const outcome = await store.writeOutcome([{ key: KV_PREFIX + key, value: Buffer.from(body.value) }], {
+      ...(body.requestId ? { requestId: Buffer.from(body.requestId, 'hex') } : {}),
+      ...(body.fence ? { fence: body.fence } : {}),
+    });
+    if (outcome.kind === 'fenced') throw new NovaError('LOCK_FENCED', undefined, { current: outcome.token ?? null });
+    return { status: 200, json: { key, index: outcome.index } };
+  }, { body: true });
+  router.add('DELETE', '/v1/kv/:key', async (req) => {
+    const key = parseWith(KeyParam, req.params.key, 'BAD_QUERY');
+    const outcome = await store.writeOutcome([{ key: KV_PREFIX + key }]);
+    return { status: 200, json: { key, index: outcome.index } };
+  });
+
+  router.add('GET', '/v1/locks/:name', (req) => {
+    const name = parseWith(LockName, req.params.name, 'BAD_QUERY');
+    return { status: 200, json: locks.get(name) };
+  });
+  router.add('POST', '/v1/locks/:name', async (req) => {
+    const name = parseWith(LockName, req.params.name, 'BAD_QUERY');
+    const body = parseWith(AcquireBody, req.body);
+    const grant = await locks.acquire(name, body.holder, body.ttlMs, body.requestId ? Buffer.from(body.requestId, 'hex') : undefined);
+    return { status: 200, json: grant };
+  }, { body: true });
+  router.add('DELETE', '/v1/locks/:name', async (req) => {
+    const name = parseWith(LockName, req.params.name, 'BAD_QUERY');
+    const { token } = parseWith(ReleaseQuery, Object.fromEntries(req.query), 'BAD_QUERY');
+    await locks.release(name, token);
+    return { status: 200, json: { name, released: true } };
+  });
+}

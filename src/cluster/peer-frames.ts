@@ -1,0 +1,66 @@
+/**
+ * Raft traffic between daemons: binary WebSocket messages on `/v1/cluster/peer`, each
+ * one byte of kind followed by payload. A Raft message larger than one chunk (a
+ * snapshot carries the whole state) is streamed as chunks and reassembled, so no frame
+ * exceeds `CHUNK_BYTES` and a snapshot never needs one giant buffer on the wire.
+ */
+import { NovaError } from '../errors.js';
+
+export const PEER_PATH = '/v1/cluster/peer';
+export const CHUNK_BYTES = 1 << 20;
+/** Largest reassembled message accepted (a snapshot of the whole control-plane state). */
+export const MAX_MESSAGE_BYTES = 512 << 20;
+
+export const enum FrameKind {
+  /** A whole Raft message. */
+  Message = 1,
+  /** Part of a Raft message; more parts follow. */
+  Part = 2,
+  /** The last part of a Raft message. */
+  LastPart = 3,
+}
+
+/** Handshake headers a dialing peer sends with the upgrade request. */
+export const HEADERS = {
+  cluster: 'x-novacron-cluster',
+  secret: 'x-novacron-cluster-secret',
+  member: 'x-novacron-member',
+  address: 'x-novacron-peer-address',
+} as const;
+
+/** Splits one encoded Raft message into frames. */
+export function toFrames(bytes: Buffer): Buffer[] {
+  if (bytes.length <= CHUNK_BYTES) return [Buffer.concat([Buffer.of(FrameKind.Message), bytes])];
+  const frames: Buffer[] = [];
+  for (let off = 0; off < bytes.length; off += CHUNK_BYTES) {
+    const end = Math.min(off + CHUNK_BYTES, bytes.length);
+    frames.push(Buffer.concat([Buffer.of(end === bytes.length ? FrameKind.LastPart : FrameKind.Part), bytes.subarray(off, end)]));
+  }
+  return frames;
+}
+
+/** Reassembles frames from one connection into Raft messages. */
+export class FrameAssembler {
+  #parts: Buffer[] = [];
+  #size = 0;
+
+  /** Returns a complete message, or undefined while parts are outstanding. Throws on a protocol violation. */
+  push(frame: Buffer): Buffer | undefined {
+    if (frame.length < 2) throw new NovaError('RAFT_BAD_MESSAGE', 'empty peer frame');
+    const kind = frame[0];
+    const payload = frame.subarray(1);
+    if (kind === FrameKind.Message) {
+      if (this.#parts.length > 0) throw new NovaError('RAFT_BAD_MESSAGE', 'whole message inside a chunked one');
+      return payload;
+    }
+    if (kind !== FrameKind.Part && kind !== FrameKind.LastPart) throw new NovaError('RAFT_BAD_MESSAGE', `unknown peer frame kind ${kind}`);
+    this.#size += payload.length;
+    if (this.#size > MAX_MESSAGE_BYTES) throw new NovaError('RAFT_BAD_MESSAGE', `peer message exceeds ${MAX_MESSAGE_BYTES} bytes`);
+    this.#parts.push(Buffer.from(payload)); // uWS reuses its buffer after the handler returns.
+    if (kind === FrameKind.Part) return undefined;
+    const whole = Buffer.concat(this.#parts);
+    this.#parts = [];
+    this.#size = 0;
+    return whole;
+  }
+}

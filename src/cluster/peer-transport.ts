@@ -1,0 +1,200 @@
+/**
+ * Outbound Raft traffic: one WebSocket per peer, dialled on demand, re-dialled with
+ * exponential backoff. Messages that cannot go out (peer down, queue full) are dropped
+ * and reported to Raft as unreachable — Raft retries by design, so the transport never
+ * buffers without bound or blocks the Raft thread.
+ */
+import WebSocket from 'ws';
+import type { Logger } from 'pino';
+import type { RaftOutbound } from '../native/raft-node.js';
+import { HEADERS, PEER_PATH, toFrames } from './peer-frames.js';
+
+export interface PeerIdentity {
+  clusterId: string;
+  secret: string;
+  memberId: number;
+  /** Where this member's peer endpoint listens (announced to peers on connect). */
+  address: string;
+}
+
+export interface DeliveryReports {
+  unreachable(id: number): void;
+  snapshot(id: number, delivered: boolean): void;
+}
+
+const BACKOFF_MIN_MS = 50;
+const BACKOFF_MAX_MS = 2000;
+/** Bytes queued on one peer's socket before further messages are dropped. */
+const HIGH_WATER = 64 << 20;
+/** Messages queued while a connection is being (re)established. */
+const MAX_QUEUED = 4096;
+
+class PeerLink {
+  #ws: WebSocket | undefined;
+  #queue: RaftOutbound[] = [];
+  #backoff = BACKOFF_MIN_MS;
+  #retryAt = 0;
+  #closed = false;
+  /** Why the last connection attempt failed, for status pages and logs. */
+  lastError: string | undefined;
+  connected = false;
+
+  constructor(
+    readonly id: number,
+    public address: string,
+    private readonly me: PeerIdentity,
+    private readonly reports: DeliveryReports,
+    private readonly log: Logger,
+  ) {}
+
+  send(msg: RaftOutbound): void {
+    if (this.#closed) return;
+    if (this.#ws?.readyState === WebSocket.OPEN) return this.#write(msg);
+    if (this.#queue.length >= MAX_QUEUED || Date.now() < this.#retryAt) return this.#drop(msg);
+    this.#queue.push(msg);
+    if (!this.#ws) this.#dial();
+  }
+
+  #drop(msg: RaftOutbound): void {
+    this.reports.unreachable(this.id);
+    if (msg.snapshot) this.reports.snapshot(this.id, false);
+  }
+
+  #write(msg: RaftOutbound): void {
+    const ws = this.#ws!;
+    if (ws.bufferedAmount > HIGH_WATER) return this.#drop(msg);
+    const frames = toFrames(msg.bytes);
+    frames.forEach((frame, i) => {
+      const last = i === frames.length - 1;
+      ws.send(frame, { binary: true }, last && msg.snapshot ? (err) => this.reports.snapshot(this.id, !err) : undefined);
+    });
+  }
+
+  #dial(): void {
+    const ws = new WebSocket(`ws://${this.address}${PEER_PATH}`, {
+      headers: {
+        [HEADERS.cluster]: this.me.clusterId,
+        [HEADERS.secret]: this.me.secret,
+        [HEADERS.member]: String(this.me.memberId),
+        [HEADERS.address]: this.me.address,
+      },
+      perMessageDeflate: false,
+      handshakeTimeout: 2000,
+    });
+    this.#ws = ws;
+    ws.on('open', () => {
+      this.connected = true;
+      this.lastError = undefined;
+      this.#backoff = BACKOFF_MIN_MS;
+      for (const msg of this.#queue.splice(0)) this.#write(msg);
+    });
+    ws.on('unexpected-response', (_req, res) => {
+      let body = '';
+      res.on('data', (d: Buffer) => (body += d));
+      res.on('end', () => {
+        this.lastError = `HTTP ${res.statusCode}: ${body.slice(0, 300)}`;
+        this.log.warn({ peer: this.id, address: this.address, error: this.lastError }, 'peer refused the raft connection');
+        ws.terminate();
+      });
+    });
+    ws.on('error', (err) => {
+      this.lastError ??= err.message;
+    });
+    ws.on('close', (code, reason) => {
+      if (code >= 4000) this.log.warn({ peer: this.id, code, reason: reason.toString() }, 'peer closed the raft connection');
+      this.connected = false;
+      if (this.#ws === ws) this.#ws = undefined;
+      for (const msg of this.#queue.splice(0)) this.#drop(msg);
+      this.#retryAt = Date.now() + this.#backoff * (0.5 + Math.random() / 2);
+      this.#backoff = Math.min(this.#backoff * 2, BACKOFF_MAX_MS);
+    });
+  }
+
+  /** The peer moved (it restarted on another port): reconnect to the new address. */
+  moveTo(address: string): void {
+    if (address === this.address) return;
+    this.address = address;
+    this.#retryAt = 0;
+    this.#backoff = BACKOFF_MIN_MS;
+    this.#ws?.terminate();
+  }
+
+  close(): void {
+    this.#closed = true;
+    this.#queue = [];
+    this.#ws?.terminate();
+  }
+}
+
+export interface PeerState {
+  id: number;
+  address: string;
+  connected: boolean;
+  lastError?: string;
+}
+
+export class PeerTransport {
+  #links = new Map<number, PeerLink>();
+  #addresses = new Map<number, string>();
+  /** Addresses peers announced themselves when dialling us: newer than the replicated table. */
+  #announced = new Set<number>();
+
+  constructor(
+    private readonly me: PeerIdentity,
+    private readonly reports: DeliveryReports,
+    private readonly log: Logger,
+  ) {}
+
+  /**
+   * Where member `id` listens, from the replicated member table (`announced` false) or
+   * from the peer's own handshake (`announced` true). A member that restarted on another
+   * port announces itself when it dials us, and that beats the table, which records the
+   * address it joined with.
+   */
+  setAddress(id: number, address: string, announced = false): void {
+    if (id === this.me.memberId) return;
+    if (announced) this.#announced.add(id);
+    else if (this.#announced.has(id)) return;
+    this.#addresses.set(id, address);
+    this.#links.get(id)?.moveTo(address);
+  }
+
+  /** Forgets a removed member. */
+  forget(id: number): void {
+    this.#addresses.delete(id);
+    this.#announced.delete(id);
+    this.#links.get(id)?.close();
+    this.#links.delete(id);
+  }
+
+  send(batch: RaftOutbound[]): void {
+    for (const msg of batch) {
+      let link = this.#links.get(msg.to);
+      if (!link) {
+        const address = this.#addresses.get(msg.to);
+        if (!address) {
+          this.reports.unreachable(msg.to);
+          if (msg.snapshot) this.reports.snapshot(msg.to, false);
+          continue;
+        }
+        link = new PeerLink(msg.to, address, this.me, this.reports, this.log);
+        this.#links.set(msg.to, link);
+      }
+      link.send(msg);
+    }
+  }
+
+  peers(): PeerState[] {
+    return [...this.#addresses].map(([id, address]) => {
+      const link = this.#links.get(id);
+      const out: PeerState = { id, address, connected: link?.connected ?? false };
+      if (link?.lastError) out.lastError = link.lastError;
+      return out;
+    });
+  }
+
+  close(): void {
+    for (const link of this.#links.values()) link.close();
+    this.#links.clear();
+  }
+}
