@@ -12,6 +12,7 @@ import { RaftNode, type RaftMembers, type RaftStatus } from '../native/raft-node
 import { newClusterId, newMemberId, newSecret, readIdentity, writeIdentity, type Identity } from './identity.js';
 import { PeerTransport, type PeerState } from './peer-transport.js';
 import type { PeerEndpoint } from './peer-ws.js';
+import { withRetry } from './replicated-store.js';
 
 export interface RaftTuning {
   tickMs?: number;
@@ -37,6 +38,10 @@ export interface ClusterOptions {
 /** A learner within this many entries of the commit index counts as caught up. */
 const CAUGHT_UP_LAG = 64;
 const HOUSEKEEPING_MS = 500;
+/** How long a membership change keeps retrying while the cluster elects a leader. */
+const MEMBERSHIP_RETRY_MS = 10_000;
+/** How long a joining daemon keeps asking while the member it asks is unreachable or leaderless. */
+const JOIN_RETRY_MS = 30_000;
 
 export interface ClusterStatus extends RaftStatus {
   clusterId: string;
@@ -137,13 +142,13 @@ export class Cluster implements PeerEndpoint {
       this.transport.setAddress(id, address);
       return { voters: st.voters, learners: st.learners };
     }
-    return this.node.changeMembership([{ kind: 'addLearner', id }], [{ id, address }]);
+    return withRetry(() => this.node.changeMembership([{ kind: 'addLearner', id }], [{ id, address }]), Date.now() + MEMBERSHIP_RETRY_MS);
   }
 
   async removeMember(id: number): Promise<RaftMembers> {
     const st = await this.node.status();
     if (!st.voters.includes(id) && !st.learners.includes(id)) throw new NovaError('CLUSTER_MEMBER_NOT_FOUND', `member ${id} is not in the cluster`);
-    const members = await this.node.changeMembership([{ kind: 'remove', id }]);
+    const members = await withRetry(() => this.node.changeMembership([{ kind: 'remove', id }]), Date.now() + MEMBERSHIP_RETRY_MS);
     this.transport.forget(id);
     return members;
   }
@@ -184,22 +189,28 @@ export class Cluster implements PeerEndpoint {
   }
 }
 
-/** Asks a member to add us; returns the cluster id. */
+/** Asks a member to add us; returns the cluster id. Retries while it is down or leaderless. */
 async function requestJoin(via: string, identity: Identity, address: string): Promise<string> {
-  let res: Response;
-  try {
-    res = await fetch(`http://${via}/v1/cluster/members`, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({ id: identity.memberId, address, secret: identity.secret }),
-      signal: AbortSignal.timeout(15_000),
-    });
-  } catch (e) {
-    throw new NovaError('CLUSTER_JOIN_FAILED', `cannot reach ${via}: ${(e as Error).message}`);
+  const deadline = Date.now() + JOIN_RETRY_MS;
+  for (let delay = 100; ; delay = Math.min(delay * 2, 2000)) {
+    let res: Response | undefined;
+    let problem: string;
+    try {
+      res = await fetch(`http://${via}/v1/cluster/members`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ id: identity.memberId, address, secret: identity.secret }),
+        signal: AbortSignal.timeout(15_000),
+      });
+      const body = (await res.json().catch(() => ({}))) as { clusterId?: string; error?: { code: string; message: string } };
+      if (res.ok && body.clusterId) return body.clusterId;
+      problem = body.error ? `${body.error.code}: ${body.error.message}` : `HTTP ${res.status}`;
+    } catch (e) {
+      problem = `cannot reach it: ${(e as Error).message}`;
+    }
+    // 4xx is a definite refusal (wrong secret, bad request); 5xx and network errors may pass.
+    const retryable = !res || res.status >= 500;
+    if (!retryable || Date.now() + delay > deadline) throw new NovaError('CLUSTER_JOIN_FAILED', `${via} refused the join: ${problem}`);
+    await new Promise((r) => setTimeout(r, delay));
   }
-  const body = (await res.json().catch(() => ({}))) as { clusterId?: string; error?: { code: string; message: string } };
-  if (!res.ok || !body.clusterId) {
-    throw new NovaError('CLUSTER_JOIN_FAILED', `${via} refused the join: ${body.error ? `${body.error.code}: ${body.error.message}` : `HTTP ${res.status}`}`);
-  }
-  return body.clusterId;
 }

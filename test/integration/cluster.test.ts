@@ -1,0 +1,276 @@
+/**
+ * The cluster under faults, with real daemons (separate processes, real RocksDB, real
+ * sockets on loopback): elections, kill -9 and SIGSTOP of the leader under load, a
+ * member catching up by snapshot, membership changes, full restarts, and hostile peers.
+ * Client histories are checked for linearizability and for lost acknowledged writes.
+ */
+import { afterEach, describe, expect, it } from 'vitest';
+import WebSocket from 'ws';
+import { api, spawnDaemon, tempDataDir, removeDir } from '../helpers/daemon.js';
+import { SECRET, TestCluster, sleep } from '../helpers/cluster.js';
+import { checkRegister, type RegisterOp } from '../helpers/linearizability.js';
+
+let cluster: TestCluster | undefined;
+afterEach(async () => {
+  await cluster?.close();
+  cluster = undefined;
+});
+
+/** Writers putting unique keys through random live members; returns the acknowledged keys. */
+function writeLoad(c: TestCluster, clients: number, prefix: string) {
+  const acked = new Map<string, string>();
+  const ackTimes: number[] = [];
+  let running = true;
+  const loops = Array.from({ length: clients }, async (_, client) => {
+    for (let n = 0; running; n++) {
+      const live = c.live();
+      const member = live[(n + client) % live.length]!;
+      const key = `${prefix}-${client}-${n}`;
+      try {
+        const r = await c.put(member, key, `v${n}`);
+        if (r.status === 200) {
+          acked.set(key, `v${n}`);
+          ackTimes.push(Date.now());
+        }
+      } catch {
+        // Connection refused or reset (member killed): outcome unknown, not acknowledged.
+      }
+    }
+  });
+  return {
+    acked,
+    ackTimes,
+    stop: async () => {
+      running = false;
+      await Promise.all(loops);
+    },
+  };
+}
+
+async function expectAllPresent(c: TestCluster, acked: Map<string, string>): Promise<void> {
+  for (const i of c.live()) {
+    for (const [key, value] of acked) {
+      const r = await c.get(i, key);
+      expect(r.status, `member ${i} lost acknowledged ${key}: ${JSON.stringify(r.body)}`).toBe(200);
+      expect(r.body.value).toBe(value);
+    }
+  }
+}
+
+describe('cluster', () => {
+  it('three daemons elect a leader and serve linearizable reads of writes made through any member', async () => {
+    cluster = await TestCluster.start(3);
+    const st = await cluster.status(0);
+    expect(st.voters).toHaveLength(3);
+    expect(st.learners).toHaveLength(0);
+    const leader = await cluster.leader();
+    const follower = [0, 1, 2].find((i) => i !== leader)!;
+    expect((await cluster.put(follower, 'greeting', 'hello')).status).toBe(200);
+    for (const i of [0, 1, 2]) expect((await cluster.get(i, 'greeting')).body.value).toBe('hello');
+    expect((await cluster.get(0, 'missing')).body.error.code).toBe('KEY_NOT_FOUND');
+
+    const metrics = await api(cluster.members[leader]!.url, 'GET', '/metrics');
+    expect(metrics.body).toMatch(/novacron_raft_is_leader 1/);
+    expect(metrics.body).toMatch(/novacron_raft_voters 3/);
+  });
+
+  it('kill -9 of the leader under write load loses no acknowledged write, and a new leader takes over within a second or two', async () => {
+    cluster = await TestCluster.start(3);
+    const load = writeLoad(cluster, 4, 'kill');
+    await sleep(1000);
+    const old = await cluster.leader();
+    const killedAt = Date.now();
+    await cluster.kill(old);
+    await sleep(3000);
+    await load.stop();
+    const firstAckAfter = load.ackTimes.find((t) => t > killedAt);
+    expect(firstAckAfter, 'writes resumed after the leader died').toBeDefined();
+    const failoverMs = firstAckAfter! - killedAt;
+    expect(failoverMs).toBeLessThan(5000); // Election timeout 0.5–1 s here; generous for a loaded 2-core CI box.
+    expect(load.acked.size).toBeGreaterThan(20);
+
+    await cluster.startMember(old);
+    const commit = (await cluster.status(await cluster.leader())).commit;
+    await cluster.waitFor(async () => (await cluster!.status(old)).applied >= commit, 'the old leader to catch up');
+    await expectAllPresent(cluster, load.acked);
+  });
+
+  it('a paused (SIGSTOP) old leader commits nothing after a new leader exists, and the history stays linearizable', async () => {
+    cluster = await TestCluster.start(3);
+    const c = cluster;
+    const history: RegisterOp[] = [];
+    const t0 = performance.now();
+    const now = () => performance.now() - t0;
+    let running = true;
+    let counter = 0;
+    // Clients on every member read and write one register; a paused member's requests hang
+    // until it resumes (their outcome is then whatever it answers, or unknown).
+    const clients = [0, 1, 2, 0, 1, 2].map(async (member, client) => {
+      while (running) {
+        const write = Math.random() < 0.5;
+        const value = `c${client}-${counter++}`;
+        const start = now();
+        try {
+          if (write) {
+            const r = await fetchWithTimeout(c, member, 'PUT', { value });
+            if (r.status === 200) history.push({ kind: 'write', value, start, end: now(), client });
+            else if (r.status >= 500) history.push({ kind: 'write', value, start, end: Infinity, client });
+          } else {
+            const r = await fetchWithTimeout(c, member, 'GET');
+            if (r.status === 200) history.push({ kind: 'read', value: r.body.value, start, end: now(), client });
+            else if (r.body?.error?.code === 'KEY_NOT_FOUND') history.push({ kind: 'read', value: null, start, end: now(), client });
+          }
+        } catch {
+          // Aborted or reset: a write may or may not have been applied.
+          if (write) history.push({ kind: 'write', value, start, end: Infinity, client });
+        }
+        await sleep(5);
+      }
+    });
+    await sleep(800);
+    const old = await c.leader();
+    c.members[old]!.daemon!.proc.kill('SIGSTOP');
+    const rest = [0, 1, 2].filter((i) => i !== old);
+    const newLeader = await c.leader(rest);
+    expect(newLeader).not.toBe(old);
+    expect((await c.put(newLeader, 'marker', 'new-term')).status).toBe(200);
+    await sleep(1000);
+    c.members[old]!.daemon!.proc.kill('SIGCONT');
+    await sleep(2000);
+    running = false;
+    await Promise.all(clients);
+
+    // The old leader rejoined as a follower of the new term and sees the new leader's write.
+    await c.waitFor(async () => (await c.status(old)).role === 'follower', 'the old leader to step down');
+    expect((await c.get(old, 'marker')).body.value).toBe('new-term');
+    const oldTerm = (await c.status(old)).term;
+    expect(oldTerm).toBe((await c.status(newLeader)).term);
+    expect(history.filter((o) => o.end !== Infinity).length).toBeGreaterThan(30);
+    const result = checkRegister(history);
+    expect(result.ok, `not linearizable; longest prefix ${JSON.stringify(result.longestPrefix?.slice(-5))}`).toBe(true);
+  });
+
+  it('a member that was down while the log was compacted catches up by snapshot', async () => {
+    cluster = await TestCluster.start(3, { tickMs: 50, electionTicks: 10, heartbeatTicks: 2, compactThreshold: 50, keepEntries: 10 });
+    const leader = await cluster.leader();
+    const lagging = [0, 1, 2].find((i) => i !== leader)!;
+    await cluster.kill(lagging);
+    for (let i = 0; i < 150; i++) expect((await cluster.put(leader, `snap-${i}`, `value-${i}`)).status).toBe(200);
+    const st = await cluster.status(leader);
+    expect(st.firstIndex).toBeGreaterThan(50);
+    await cluster.startMember(lagging);
+    await cluster.waitFor(async () => (await cluster!.status(lagging)).applied >= st.commit, 'the lagging member to catch up');
+    expect((await cluster.get(lagging, 'snap-0', 'stale')).body.value).toBe('value-0');
+    expect((await cluster.get(lagging, 'snap-149', 'stale')).body.value).toBe('value-149');
+  });
+
+  it('members leave and the cluster restarts as a whole with its data', async () => {
+    cluster = await TestCluster.start(3);
+    const leader = await cluster.leader();
+    const leaving = [0, 1, 2].find((i) => i !== leader)!;
+    const r = await api(cluster.members[leader]!.url, 'DELETE', `/v1/cluster/members/${cluster.members[leaving]!.id}`);
+    expect(r.status, JSON.stringify(r.body)).toBe(200);
+    expect(r.body.voters).toHaveLength(2);
+    await cluster.kill(leaving);
+    expect((await cluster.put(leader, 'after-leave', 'yes')).status).toBe(200);
+    const unknown = await api(cluster.members[leader]!.url, 'DELETE', '/v1/cluster/members/12345');
+    expect(unknown.body.error.code).toBe('CLUSTER_MEMBER_NOT_FOUND');
+
+    // Full-cluster restart: every remaining member stops, then all come back.
+    const remaining = cluster.live();
+    for (const i of remaining) await cluster.kill(i);
+    for (const i of remaining) await cluster.startMember(i);
+    await cluster.leader();
+    for (const i of remaining) expect((await cluster.get(i, 'after-leave')).body.value).toBe('yes');
+  });
+
+  it('refuses wrong secrets, foreign clusters and malformed peer traffic, and keeps working', async () => {
+    cluster = await TestCluster.start(1);
+    const m = cluster.members[0]!;
+    const st = await cluster.status(0);
+    const peer = (headers: Record<string, string>) =>
+      new Promise<{ status?: number; body?: string; closeCode?: number; ws?: WebSocket }>((resolve) => {
+        const ws = new WebSocket(`ws://127.0.0.1:${m.port}/v1/cluster/peer`, { headers });
+        ws.on('unexpected-response', (_req, res) => {
+          let body = '';
+          res.on('data', (d: Buffer) => (body += d));
+          res.on('end', () => resolve({ status: res.statusCode!, body }));
+        });
+        ws.on('open', () => resolve({ ws }));
+        ws.on('error', () => undefined);
+      });
+    const good = { 'x-novacron-cluster': st.clusterId, 'x-novacron-cluster-secret': SECRET, 'x-novacron-member': '77' };
+
+    const badSecret = await peer({ ...good, 'x-novacron-cluster-secret': 'wrong-secret-wrong-secret' });
+    expect(badSecret.status).toBe(401);
+    expect(JSON.parse(badSecret.body!).error.code).toBe('CLUSTER_AUTH');
+    const foreign = await peer({ ...good, 'x-novacron-cluster': 'some-other-cluster' });
+    expect(foreign.status).toBe(409);
+    expect(JSON.parse(foreign.body!).error.code).toBe('CLUSTER_MISMATCH');
+
+    for (const garbage of [Buffer.from([1, 0xff, 0xff, 0xff, 0x0f]), Buffer.from([9, 1, 2, 3]), Buffer.from([1])]) {
+      const { ws } = await peer(good);
+      const closed = new Promise<number>((r) => ws!.on('close', (code) => r(code)));
+      ws!.send(garbage);
+      expect(await closed).toBe(4400);
+    }
+
+    // A join with the wrong secret fails clearly and changes nothing.
+    const dir = tempDataDir();
+    try {
+      const err = await spawnDaemon({ dataDir: dir, args: ['--join', `127.0.0.1:${m.port}`, '--cluster-secret', 'wrong-secret-wrong-secret'], expectFailure: true }).catch((e) => e);
+      expect(String(err.output ?? err.message)).toMatch(/CLUSTER_JOIN_FAILED.*CLUSTER_AUTH/);
+    } finally {
+      removeDir(dir);
+    }
+    const join = await api(m.url, 'POST', '/v1/cluster/members', { id: 5, address: 'nonsense', secret: SECRET });
+    expect(join.body.error.code).toBe('VALIDATION_FAILED');
+
+    expect((await cluster.status(0)).voters).toEqual([st.id]);
+    expect((await cluster.put(0, 'still', 'fine')).status).toBe(200);
+    expect((await cluster.get(0, 'still')).body.value).toBe('fine');
+    const metrics = await api(m.url, 'GET', '/metrics');
+    expect(metrics.body).toMatch(/novacron_raft_refused_total\{reason="auth"\} 1/);
+    expect(metrics.body).toMatch(/novacron_raft_refused_total\{reason="message"\} 3/);
+  });
+
+  it('locks fence stale holders through the API', async () => {
+    cluster = await TestCluster.start(3);
+    const url = (i: number) => cluster!.members[i]!.url;
+    const a = await api(url(0), 'POST', '/v1/locks/vm-1', { holder: 'a', ttlMs: 300 });
+    expect(a.status, JSON.stringify(a.body)).toBe(200);
+    const held = await api(url(1), 'POST', '/v1/locks/vm-1', { holder: 'b', ttlMs: 300 });
+    expect(held.status).toBe(409);
+    expect(held.body.error.code).toBe('LOCK_HELD');
+    expect((await cluster.put(2, 'vm-1-state', 'a', { fence: { lock: 'vm-1', token: a.body.token } })).status).toBe(200);
+    await sleep(400); // a's lease runs out
+    const b = await api(url(1), 'POST', '/v1/locks/vm-1', { holder: 'b', ttlMs: 5000 });
+    expect(b.status).toBe(200);
+    expect(b.body.token).toBeGreaterThan(a.body.token);
+    const stale = await cluster.put(2, 'vm-1-state', 'a-late', { fence: { lock: 'vm-1', token: a.body.token } });
+    expect(stale.status).toBe(409);
+    expect(stale.body.error.code).toBe('LOCK_FENCED');
+    expect((await cluster.get(0, 'vm-1-state')).body.value).toBe('a');
+    expect((await api(url(0), 'DELETE', `/v1/locks/vm-1?token=${a.body.token}`)).body.error.code).toBe('LOCK_NOT_HELD');
+    expect((await api(url(0), 'DELETE', `/v1/locks/vm-1?token=${b.body.token}`)).status).toBe(200);
+  });
+
+  it('a retried write with the same request id is applied once', async () => {
+    cluster = await TestCluster.start(1);
+    const requestId = 'a'.repeat(32);
+    const first = await cluster.put(0, 'once', 'first', { requestId });
+    expect((await cluster.put(0, 'once', 'second')).status).toBe(200);
+    const retry = await cluster.put(0, 'once', 'first', { requestId });
+    expect(retry.body.index).toBe(first.body.index);
+    expect((await cluster.get(0, 'once')).body.value).toBe('second');
+  });
+});
+
+async function fetchWithTimeout(c: TestCluster, member: number, method: 'GET' | 'PUT', body?: unknown): Promise<{ status: number; body: any }> {
+  const res = await fetch(`${c.members[member]!.url}/v1/kv/register`, {
+    method,
+    ...(body ? { body: JSON.stringify(body), headers: { 'content-type': 'application/json' } } : {}),
+    signal: AbortSignal.timeout(8000),
+  });
+  return { status: res.status, body: await res.json().catch(() => undefined) };
+}
