@@ -28,7 +28,7 @@ import { VmService } from './vm/service.js';
 import type { HypervisorDriver } from './vm/driver.js';
 import { Cluster } from './cluster/cluster.js';
 import { ReplicatedStore } from './cluster/replicated-store.js';
-import { LockService } from './cluster/locks.js';
+import { LockService, vmLockGuard } from './cluster/locks.js';
 import { peerWsRoute } from './cluster/peer-ws.js';
 import { registerClusterMetrics } from './cluster/metrics.js';
 import { clusterRoutes } from './api/routes/cluster.js';
@@ -110,7 +110,9 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
       throw err;
     }
     const replicated = new ReplicatedStore(cluster.node);
-    clusterRoutes(router, cluster, replicated, new LockService(cluster.node));
+    const locks = new LockService(cluster.node);
+    vms.useLockGuard(vmLockGuard(locks, cluster.memberId));
+    clusterRoutes(router, cluster, replicated, locks);
     registerClusterMetrics(metrics.registry, cluster);
     ready = true;
     log.info({ listen: `${config.host}:${server.port}`, dataDir, driver: driver.name, vms: vms.size, lastEventSeq: events.lastSeq, cluster: cluster.clusterId, member: cluster.memberId }, 'novacron daemon ready');

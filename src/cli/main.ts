@@ -12,6 +12,7 @@ import type { OperationRecord } from '../operations/operation.js';
 import type { MigrationRecord } from '../migration/record.js';
 import type { VmRecord } from '../vm/record.js';
 import { VERSION } from '../version.js';
+import { addClusterCommands } from './cluster-commands.js';
 
 interface GlobalOpts {
   url: string;
@@ -229,6 +230,7 @@ export function buildProgram(): Command {
       console.log(`cancelling migration ${m.id} of ${m.vmName}`);
     });
 
+  addClusterCommands(program, client, json);
   return program;
 }
 

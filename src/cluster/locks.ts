@@ -48,17 +48,42 @@ export class LockService {
     return { name, held: true, holder: l.holder, token: l.token, expiresMs: l.expiresMs };
   }
 
-  /** Runs `fn` while holding `name`, renewing the lease until it finishes. */
-  async withLock<T>(name: string, holder: string, ttlMs: number, fn: (grant: LockGrant) => Promise<T>): Promise<T> {
+  /**
+   * Takes `name` and keeps renewing its lease (every third of the TTL) until the
+   * returned function releases it. If renewal fails for longer than the TTL the lock
+   * lapses and the holder's fencing token goes stale: writes fenced by it are refused.
+   */
+  async hold(name: string, holder: string, ttlMs: number): Promise<{ grant: LockGrant; release: () => Promise<void> }> {
     const grant = await this.acquire(name, holder, ttlMs);
     const renew = setInterval(() => {
       this.acquire(name, holder, ttlMs).catch(() => undefined);
     }, Math.max(50, ttlMs / 3));
-    try {
-      return await fn(grant);
-    } finally {
+    renew.unref();
+    const release = async () => {
       clearInterval(renew);
       await this.release(name, grant.token).catch(() => undefined);
-    }
+    };
+    return { grant, release };
   }
+}
+
+/** VM exclusivity across the cluster (see `VmLockGuard`): lock `vm/<id>`, held by this member. */
+export function vmLockGuard(locks: LockService, memberId: number, ttlMs = 15_000, handoverMs = 3000) {
+  return {
+    async hold(vmId: string, purpose: string): Promise<() => Promise<void>> {
+      // A member finishing with the VM (say, the source of a migration that just
+      // completed) releases it a moment later: wait briefly for that hand-over.
+      const deadline = Date.now() + handoverMs;
+      for (;;) {
+        try {
+          const { release } = await locks.hold(`vm/${vmId}`, `member-${memberId}`, ttlMs);
+          return release;
+        } catch (err) {
+          if (!(err instanceof NovaError) || err.code !== 'LOCK_HELD') throw err;
+          if (Date.now() > deadline) throw new NovaError('VM_BUSY', `another cluster member is working on this VM (${purpose} refused)`, err.details);
+          await new Promise((r) => setTimeout(r, 100));
+        }
+      }
+    },
+  };
 }

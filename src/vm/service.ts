@@ -67,8 +67,18 @@ export interface VmServiceDeps {
   shutdownTimeoutMs?: number;
 }
 
+/**
+ * Cluster-wide exclusivity for a VM: held for the whole of a lifecycle operation or a
+ * migration, so no two members work on one VM at once. `hold` throws VM_BUSY when
+ * another member has it; the returned function gives it back.
+ */
+export interface VmLockGuard {
+  hold(vmId: string, purpose: string): Promise<() => Promise<void>>;
+}
+
 export class VmService {
   #deps: VmServiceDeps;
+  #guard: VmLockGuard | undefined;
   #byId = new Map<string, VmRecord>();
   #byName = new Map<string, string>();
   /** Ids in ascending order (ids are time-ordered), for stable pagination. */
@@ -209,7 +219,7 @@ export class VmService {
     if (kind === 'restore' && !vm.checkpoint) throw new NovaError('VM_INVALID_STATE', `VM "${vm.name}" has no checkpoint to restore`, { state: vm.state });
     if (kind === 'checkpoint' && !this.#deps.driver.checkpoint) throw new NovaError('VM_INVALID_STATE', `the ${this.#deps.driver.name} driver cannot checkpoint VMs`);
     const op = newOperation(kind, vm.id);
-    const release = this.#claim(vm);
+    const release = await this.#claimEverywhere(vm, kind);
     try {
       const opDraft: EventDraft = { type: 'operation.started', vmId: vm.id, tenant: vm.spec.tenant, operationId: op.id, data: { kind } };
       if (rule.during && !forcedDelete) {
@@ -342,6 +352,31 @@ export class VmService {
     };
   }
 
+  /** Makes lifecycle operations and migrations also take the VM's cluster-wide lock. */
+  useLockGuard(guard: VmLockGuard): void {
+    this.#guard = guard;
+  }
+
+  /**
+   * The local claim plus, in a cluster, the VM's cluster-wide lock. The local claim is
+   * released only after the cluster lock is given back, so the next operation here never
+   * overlaps the release.
+   */
+  async #claimEverywhere(vm: VmRecord, purpose: string): Promise<() => void> {
+    const releaseLocal = this.#claim(vm);
+    if (!this.#guard) return releaseLocal;
+    let releaseCluster: () => Promise<void>;
+    try {
+      releaseCluster = await this.#guard.hold(vm.id, purpose);
+    } catch (err) {
+      releaseLocal();
+      throw err;
+    }
+    return () => {
+      releaseCluster().finally(releaseLocal);
+    };
+  }
+
   /** Waits for running operations to finish (graceful shutdown). */
   async drain(): Promise<void> {
     await Promise.allSettled([...this.#active.values()]);
@@ -354,7 +389,7 @@ export class VmService {
     const vm = this.get(ref);
     if (this.#active.has(vm.id)) throw new NovaError('VM_BUSY', `an operation is in progress on "${vm.name}"`);
     if (vm.state !== 'running' && vm.state !== 'stopped') throw new NovaError('VM_INVALID_STATE', `cannot migrate VM "${vm.name}" while it is ${vm.state}`, { state: vm.state, allowedFrom: ['running', 'stopped'] });
-    const release = this.#claim(vm);
+    const release = await this.#claimEverywhere(vm, 'migration');
     try {
       await this.#setState(vm.id, 'migrating', undefined, [], [{ ...event, vmId: vm.id, tenant: vm.spec.tenant }]);
     } catch (err) {

@@ -6,7 +6,7 @@
  */
 import { afterEach, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
-import { api, spawnDaemon, tempDataDir, removeDir } from '../helpers/daemon.js';
+import { api, spawnDaemon, tempDataDir, removeDir, waitOp } from '../helpers/daemon.js';
 import { SECRET, TestCluster, sleep } from '../helpers/cluster.js';
 import { checkRegister, type RegisterOp } from '../helpers/linearizability.js';
 
@@ -253,6 +253,25 @@ describe('cluster', () => {
     expect((await cluster.get(0, 'vm-1-state')).body.value).toBe('a');
     expect((await api(url(0), 'DELETE', `/v1/locks/vm-1?token=${a.body.token}`)).body.error.code).toBe('LOCK_NOT_HELD');
     expect((await api(url(0), 'DELETE', `/v1/locks/vm-1?token=${b.body.token}`)).status).toBe(200);
+  });
+
+  it('a VM lifecycle operation waits for, then refuses, a VM another member holds', async () => {
+    cluster = await TestCluster.start(1);
+    const url = cluster.members[0]!.url;
+    const vm = await api(url, 'POST', '/v1/vms', { name: 'locked', vcpus: 1, memoryMiB: 64, disks: [{ name: 'root', sizeMiB: 64 }] });
+    expect(vm.status, JSON.stringify(vm.body)).toBe(201);
+    const held = await api(url, 'POST', `/v1/locks/vm%2F${vm.body.id}`, { holder: 'member-elsewhere', ttlMs: 60_000 });
+    expect(held.status).toBe(200);
+    const refused = await api(url, 'POST', `/v1/vms/${vm.body.id}/start`);
+    expect(refused.status).toBe(409);
+    expect(refused.body.error.code).toBe('VM_BUSY');
+    expect(refused.body.error.details.holder).toBe('member-elsewhere');
+    expect((await api(url, 'DELETE', `/v1/locks/vm%2F${vm.body.id}?token=${held.body.token}`)).status).toBe(200);
+    const start = await api(url, 'POST', `/v1/vms/${vm.body.id}/start`);
+    expect(start.status, JSON.stringify(start.body)).toBe(202);
+    expect((await waitOp(url, start.body.id)).state).toBe('succeeded');
+    // Released once the operation has finished.
+    await cluster.waitFor(async () => (await api(url, 'GET', `/v1/locks/vm%2F${vm.body.id}`)).body.held === false, 'the VM lock to be released', 5000);
   });
 
   it('a retried write with the same request id is applied once', async () => {

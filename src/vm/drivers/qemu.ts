@@ -490,7 +490,10 @@ export class QemuDriver implements HypervisorDriver {
     // The QMP socket closes when QEMU exits; confirm with the pid, then report. If the
     // process is still there, only the connection was lost: reconnect.
     qmp.once('close', async () => {
-      for (let i = 0; i < 100 && alive(pid); i++) await sleep(20);
+      // After `quit` a loaded host can take seconds to tear QEMU down; report the exit only
+      // once the process is really gone (stop() escalates to SIGKILL meanwhile).
+      const polls = inst.expectedExit ? 1000 : 100;
+      for (let i = 0; i < polls && alive(pid); i++) await sleep(20);
       if (alive(pid) && !inst.expectedExit && this.#instances.get(vmId) === inst) {
         for (let attempt = 0; attempt < 5; attempt++) {
           const again = await QmpClient.connect(join(this.vmDir(vmId), 'qmp.sock'), 2000).catch(() => undefined);

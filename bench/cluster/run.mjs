@@ -1,0 +1,291 @@
+#!/usr/bin/env node
+// bench/cluster: replicated writes, NovaCron's Raft (raft-rs on RocksDB) vs a real etcd
+// cluster (Debian etcd-server, installed when missing), side by side in one run.
+//
+//   node bench/cluster/run.mjs [--duration 5] [--concurrency 1,16,128] [--quick] [--check] [--no-etcd]
+//
+// Both systems: 3 members on loopback, fsync on, 256-byte values, clients spread over
+// every member (followers forward to the leader), HTTP/1.1 keep-alive from one Node
+// load generator: NovaCron's `PUT /v1/kv/:key`, etcd's gRPC gateway `POST /v3/kv/put`.
+// Then: failover (kill -9 of the leader under c=16 load → first acknowledged write),
+// and one member alone at c=128. Writes bench/results/cluster-<time>.json; --check
+// exits 1 when a target is missed.
+import { spawn, spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join, resolve, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { pct, printTable, writeResults } from '../lib/report.mjs';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const root = resolve(here, '..', '..');
+const { values: args } = parseArgs({
+  options: {
+    duration: { type: 'string', default: '5' },
+    concurrency: { type: 'string', default: '1,16,128' },
+    quick: { type: 'boolean', default: false },
+    check: { type: 'boolean', default: false },
+    'no-etcd': { type: 'boolean', default: false },
+  },
+});
+const quick = args.quick;
+const DURATION_MS = (quick ? 1 : Number(args.duration)) * 1000;
+const LEVELS = quick ? [1, 16] : args.concurrency.split(',').map(Number);
+const VALUE = 'x'.repeat(256);
+const TARGETS = { throughputVsEtcdAt128: 1.5, p99NoWorseThanEtcd: true, failoverMs: 1000, singleNodeWritesPerSec: 20_000 };
+const withEtcd = !args['no-etcd'];
+
+const scratch = mkdtempSync(join(tmpdir(), 'novacron-bench-cluster-'));
+const procs = new Set();
+process.on('exit', () => {
+  for (const p of procs) p.kill('SIGKILL');
+  rmSync(scratch, { recursive: true, force: true });
+});
+
+const results = { bench: 'cluster', time: new Date().toISOString(), quick, durationMs: DURATION_MS, valueBytes: 256, targets: TARGETS, novacron: {}, etcd: {} };
+
+if (withEtcd) ensureEtcd();
+
+// ---- NovaCron ---------------------------------------------------------------------
+{
+  const nodes = await novacronCluster(3);
+  results.novacron.three = await loadMatrix(nodes, novacronPut);
+  results.novacron.failover = await failover(nodes, novacronPut, () => novacronLeader(nodes));
+  stopAll(nodes);
+  const single = await novacronCluster(1);
+  results.novacron.single = await load(single, novacronPut, 128);
+  stopAll(single);
+}
+
+// ---- etcd -------------------------------------------------------------------------
+if (withEtcd) {
+  const nodes = await etcdCluster(3);
+  results.etcd.three = await loadMatrix(nodes, etcdPut);
+  results.etcd.failover = await failover(nodes, etcdPut, () => etcdLeader(nodes));
+  stopAll(nodes);
+  const single = await etcdCluster(1);
+  results.etcd.single = await load(single, etcdPut, 128);
+  stopAll(single);
+}
+
+// ---- report -----------------------------------------------------------------------
+const rows = [];
+for (const c of LEVELS) {
+  const n = results.novacron.three[c];
+  const e = results.etcd.three?.[c];
+  rows.push([`3 members, c=${c}`, n.writesPerSec, n.p50Ms, n.p99Ms, e?.writesPerSec ?? '-', e?.p50Ms ?? '-', e?.p99Ms ?? '-', e ? (n.writesPerSec / e.writesPerSec).toFixed(2) : '-']);
+}
+{
+  const n = results.novacron.single;
+  const e = results.etcd.single;
+  rows.push(['1 member, c=128', n.writesPerSec, n.p50Ms, n.p99Ms, e?.writesPerSec ?? '-', e?.p50Ms ?? '-', e?.p99Ms ?? '-', e ? (n.writesPerSec / e.writesPerSec).toFixed(2) : '-']);
+}
+printTable('Replicated 256-byte writes (fsync on)', ['cell', 'novacron w/s', 'p50 ms', 'p99 ms', 'etcd w/s', 'p50 ms', 'p99 ms', 'ratio'], rows);
+printTable('Failover: kill -9 of the leader under c=16 load → first acknowledged write', ['system', 'ms'], [
+  ['novacron', results.novacron.failover.ms],
+  ['etcd', results.etcd.failover?.ms ?? '-'],
+]);
+
+const top = Math.max(...LEVELS);
+const verdicts = {};
+if (withEtcd) {
+  verdicts.throughputVsEtcd = results.novacron.three[top].writesPerSec / results.etcd.three[top].writesPerSec >= TARGETS.throughputVsEtcdAt128;
+  verdicts.p99VsEtcd = results.novacron.three[top].p99Ms <= results.etcd.three[top].p99Ms;
+}
+verdicts.failover = results.novacron.failover.ms <= TARGETS.failoverMs;
+verdicts.singleNode = results.novacron.single.writesPerSec >= TARGETS.singleNodeWritesPerSec;
+results.verdicts = verdicts;
+console.log(`\ntargets (top concurrency ${top}): ${Object.entries(verdicts).map(([k, v]) => `${k} ${v ? 'PASS' : 'MISS'}`).join(', ')}`);
+console.log(`results: ${writeResults(root, 'cluster', results)}`);
+if (args.check && Object.values(verdicts).includes(false)) process.exitCode = 1;
+process.exit();
+
+// ---- load -------------------------------------------------------------------------
+
+async function loadMatrix(nodes, put) {
+  const out = {};
+  for (const c of LEVELS) out[c] = await load(nodes, put, c);
+  return out;
+}
+
+/** `c` clients, each writing in a loop through member (client mod n), for DURATION_MS. */
+async function load(nodes, put, c) {
+  await Promise.all(nodes.map((n, i) => put(n, `warm-${i}`))); // connections + leader known
+  const latencies = [];
+  let errors = 0;
+  const end = performance.now() + DURATION_MS;
+  const start = performance.now();
+  await Promise.all(Array.from({ length: c }, async (_, client) => {
+    const node = nodes[client % nodes.length];
+    for (let i = 0; performance.now() < end; i++) {
+      const t = performance.now();
+      if (await put(node, `k-${c}-${client}-${i}`).catch(() => false)) latencies.push(performance.now() - t);
+      else errors++;
+    }
+  }));
+  const seconds = (performance.now() - start) / 1000;
+  const r = { concurrency: c, writes: latencies.length, errors, writesPerSec: Math.round(latencies.length / seconds), p50Ms: round(pct(latencies, 0.5)), p99Ms: round(pct(latencies, 0.99)) };
+  console.log(`  c=${c}: ${r.writesPerSec} w/s, p50 ${r.p50Ms} ms, p99 ${r.p99Ms} ms, ${errors} errors`);
+  return r;
+}
+
+async function failover(nodes, put, leaderOf) {
+  const leader = await leaderOf();
+  const rest = nodes.filter((n) => n !== leader);
+  let killedAt = 0;
+  let firstAck = 0;
+  let running = true;
+  const clients = Array.from({ length: 16 }, async (_, client) => {
+    for (let i = 0; running; i++) {
+      const ok = await put(rest[client % rest.length], `f-${client}-${i}`).catch(() => false);
+      if (ok && killedAt && !firstAck) firstAck = performance.now();
+    }
+  });
+  await sleep(1000);
+  killedAt = performance.now();
+  leader.proc.kill('SIGKILL');
+  const deadline = performance.now() + 20_000;
+  while (!firstAck && performance.now() < deadline) await sleep(5);
+  running = false;
+  await Promise.all(clients);
+  const ms = firstAck ? round(firstAck - killedAt) : null;
+  console.log(`  failover: ${ms ?? 'no write acknowledged within 20 s'} ms`);
+  return { ms };
+}
+
+// ---- NovaCron cluster --------------------------------------------------------------
+
+async function novacronCluster(n) {
+  const nodes = [];
+  const secret = 'bench-cluster-secret-0123456789';
+  for (let i = 0; i < n; i++) {
+    const port = await freePort();
+    const dir = join(scratch, `novacron-${Date.now()}-${i}`);
+    const argv = [join(root, 'bin', 'novacron.js'), 'daemon', '--driver', 'sim', '--listen', `127.0.0.1:${port}`, '--data-dir', dir, '--log-level', 'warn', '--cluster-secret', secret];
+    if (i > 0) argv.push('--join', `127.0.0.1:${nodes[0].port}`);
+    nodes.push(await startProc(process.execPath, argv, /listening on/, { port, url: `http://127.0.0.1:${port}` }));
+  }
+  await until(async () => (await (await fetch(`${nodes[0].url}/v1/cluster`)).json()).voters.length === n, 'all members to be voters');
+  return nodes;
+}
+
+async function novacronPut(node, key) {
+  const res = await fetch(`${node.url}/v1/kv/${key}`, { method: 'PUT', headers: { 'content-type': 'application/json' }, body: `{"value":"${VALUE}"}` });
+  await res.arrayBuffer();
+  return res.status === 200;
+}
+
+async function novacronLeader(nodes) {
+  for (;;) {
+    const st = await (await fetch(`${nodes[0].url}/v1/cluster`)).json();
+    for (const n of nodes) {
+      const s = await (await fetch(`${n.url}/v1/cluster`)).json();
+      if (s.role === 'leader' && s.id === st.leader) return n;
+    }
+    await sleep(50);
+  }
+}
+
+// ---- etcd cluster ------------------------------------------------------------------
+
+function ensureEtcd() {
+  if (spawnSync('sh', ['-c', 'command -v etcd'], { stdio: 'ignore' }).status === 0) return;
+  console.log('installing etcd-server (Debian) for the side-by-side run…');
+  const r = spawnSync('apt-get', ['install', '-y', '--no-install-recommends', 'etcd-server'], { stdio: 'inherit', env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } });
+  if (r.status !== 0) throw new Error('could not install etcd-server; rerun with --no-etcd');
+  // Debian starts a system etcd on 2379/2380; the bench uses its own ports, but stop it to keep the machine quiet.
+  spawnSync('systemctl', ['disable', '--now', 'etcd'], { stdio: 'ignore' });
+}
+
+async function etcdCluster(n) {
+  const members = [];
+  for (let i = 0; i < n; i++) members.push({ name: `e${i}`, client: await freePort(), peer: await freePort() });
+  const initial = members.map((m) => `${m.name}=http://127.0.0.1:${m.peer}`).join(',');
+  const token = `bench-${Date.now()}`;
+  const nodes = await Promise.all(members.map((m) =>
+    startProc('etcd', [
+      '--name', m.name, '--data-dir', join(scratch, `etcd-${token}-${m.name}`),
+      '--listen-client-urls', `http://127.0.0.1:${m.client}`, '--advertise-client-urls', `http://127.0.0.1:${m.client}`,
+      '--listen-peer-urls', `http://127.0.0.1:${m.peer}`, '--initial-advertise-peer-urls', `http://127.0.0.1:${m.peer}`,
+      '--initial-cluster', initial, '--initial-cluster-token', token, '--initial-cluster-state', 'new', '--log-level', 'error',
+    ], null, { url: `http://127.0.0.1:${m.client}` }),
+  ));
+  await until(async () => (await etcdPut(nodes[0], 'ping')) === true, 'etcd to accept writes');
+  return nodes;
+}
+
+async function etcdPut(node, key) {
+  const res = await fetch(`${node.url}/v3/kv/put`, { method: 'POST', body: JSON.stringify({ key: Buffer.from(key).toString('base64'), value: Buffer.from(VALUE).toString('base64') }) });
+  await res.arrayBuffer();
+  return res.status === 200;
+}
+
+async function etcdLeader(nodes) {
+  for (;;) {
+    for (const n of nodes) {
+      const s = await (await fetch(`${n.url}/v3/maintenance/status`, { method: 'POST', body: '{}' })).json();
+      if (s.leader && s.leader === s.header?.member_id) return n;
+    }
+    await sleep(50);
+  }
+}
+
+// ---- plumbing ---------------------------------------------------------------------
+
+function startProc(cmd, argv, ready, extra) {
+  const proc = spawn(cmd, argv, { stdio: ['ignore', 'ignore', 'pipe'] });
+  procs.add(proc);
+  let err = '';
+  return new Promise((res, rej) => {
+    const timer = setTimeout(() => rej(new Error(`${cmd} did not start: ${err}`)), 30_000);
+    proc.stderr.on('data', (d) => {
+      err += d;
+      if (ready?.test(err)) {
+        clearTimeout(timer);
+        res({ proc, ...extra });
+      }
+    });
+    proc.on('exit', (code) => {
+      procs.delete(proc);
+      rej(new Error(`${cmd} exited ${code}: ${err}`));
+    });
+    if (!ready) {
+      clearTimeout(timer);
+      res({ proc, ...extra }); // readiness is polled by the caller
+    }
+  });
+}
+
+function stopAll(nodes) {
+  for (const n of nodes) n.proc.kill('SIGKILL');
+}
+
+function freePort() {
+  return new Promise((res, rej) => {
+    const srv = createServer();
+    srv.once('error', rej);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address();
+      srv.close(() => res(port));
+    });
+  });
+}
+
+async function until(cond, what, ms = 30_000) {
+  const end = Date.now() + ms;
+  while (Date.now() < end) {
+    if (await cond().catch(() => false)) return;
+    await sleep(50);
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
+function sleep(ms) {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+function round(x) {
+  return Math.round(x * 100) / 100;
+}

@@ -1,0 +1,105 @@
+/** `novacron cluster …`, `novacron kv …` and `novacron lock …`. */
+import type { Command } from 'commander';
+import Table from 'cli-table3';
+import type { NovaClient } from './client.js';
+import type { ClusterStatus } from '../cluster/cluster.js';
+
+export function addClusterCommands(program: Command, client: () => NovaClient, json: () => boolean): void {
+  const print = (v: unknown) => console.log(JSON.stringify(v, null, 2));
+  const cluster = program.command('cluster').description('cluster membership and Raft state (new daemons join with `novacron daemon --join HOST:PORT`)');
+
+  cluster.command('status')
+    .description('term, leader, commit/applied index and every member\'s replication progress')
+    .action(async () => {
+      const st = await client().request<ClusterStatus>('GET', '/v1/cluster');
+      if (json()) return print(st);
+      console.log(`cluster ${st.clusterId}  member ${st.id} (${st.role})  term ${st.term}  leader ${st.leader || 'none'}`);
+      console.log(`log ${st.firstIndex}..${st.lastIndex}  commit ${st.commit}  applied ${st.applied}`);
+      const table = new Table({ head: ['MEMBER', 'ADDRESS', 'ROLE', 'MATCHED', 'STATE', 'LINK'], style: { head: [], border: [] } });
+      const address = new Map(st.addresses.map((a) => [a.id, a.address]));
+      const progress = new Map(st.progress.map((p) => [p.id, p]));
+      const peers = new Map(st.peers.map((p) => [p.id, p]));
+      for (const id of [...st.voters, ...st.learners]) {
+        const p = progress.get(id);
+        const link = id === st.id ? 'self' : peers.get(id)?.connected ? 'connected' : (peers.get(id)?.lastError ?? '-');
+        table.push([
+          id === st.leader ? `${id} *` : String(id),
+          peers.get(id)?.address ?? address.get(id) ?? '?',
+          st.voters.includes(id) ? 'voter' : 'learner',
+          p ? String(p.matched) : '-',
+          p?.state ?? '-',
+          link,
+        ]);
+      }
+      console.log(table.toString());
+    });
+
+  cluster.command('leave')
+    .description('remove the daemon at --url from its cluster (it stops taking part once the change commits)')
+    .action(async () => {
+      const c = client();
+      const { id } = await c.request<ClusterStatus>('GET', '/v1/cluster');
+      const members = await c.request<{ voters: number[]; learners: number[] }>('DELETE', `/v1/cluster/members/${id}`);
+      if (json()) return print(members);
+      console.log(`member ${id} left; voters now ${members.voters.join(', ')}`);
+    });
+
+  cluster.command('remove <member>')
+    .description('remove another member (e.g. a host that is gone for good)')
+    .action(async (member: string) => {
+      const members = await client().request<{ voters: number[] }>('DELETE', `/v1/cluster/members/${encodeURIComponent(member)}`);
+      if (json()) return print(members);
+      console.log(`member ${member} removed; voters now ${members.voters.join(', ')}`);
+    });
+
+  cluster.command('transfer-leader <member>')
+    .description('hand Raft leadership to another voter')
+    .action(async (member: string) => {
+      const c = client();
+      await c.request('POST', '/v1/cluster/leader', { to: Number(member) });
+      for (let i = 0; i < 50; i++) {
+        const st = await c.request<ClusterStatus>('GET', '/v1/cluster');
+        if (String(st.leader) === member) {
+          if (json()) return print({ leader: st.leader, term: st.term });
+          return console.log(`member ${member} leads now (term ${st.term})`);
+        }
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      throw new Error(`leadership did not move to ${member} within 5 s (is it caught up and reachable?)`);
+    });
+
+  const kv = program.command('kv').description('the replicated key-value store (linearizable unless --stale)');
+  kv.command('get <key>')
+    .option('--stale', 'read this member\'s applied state without confirming leadership')
+    .action(async (key: string, opts: { stale?: boolean }) => {
+      const r = await client().request<{ value: string }>('GET', `/v1/kv/${encodeURIComponent(key)}${opts.stale ? '?consistency=stale' : ''}`);
+      if (json()) return print(r);
+      console.log(r.value);
+    });
+  kv.command('put <key> <value>').action(async (key: string, value: string) => {
+    const r = await client().request<{ index: number }>('PUT', `/v1/kv/${encodeURIComponent(key)}`, { value });
+    if (json()) return print(r);
+    console.log(`ok (index ${r.index})`);
+  });
+  kv.command('delete <key>').action(async (key: string) => {
+    const r = await client().request('DELETE', `/v1/kv/${encodeURIComponent(key)}`);
+    if (json()) print(r);
+  });
+
+  const lock = program.command('lock').description('leased locks with fencing tokens');
+  lock.command('acquire <name>')
+    .requiredOption('--holder <holder>', 'who takes the lock')
+    .option('--ttl <ms>', 'lease length in ms', '30000')
+    .action(async (name: string, opts: { holder: string; ttl: string }) => {
+      const g = await client().request<{ token: number; expiresMs: number }>('POST', `/v1/locks/${encodeURIComponent(name)}`, { holder: opts.holder, ttlMs: Number(opts.ttl) });
+      if (json()) return print(g);
+      console.log(`granted: token ${g.token}, expires ${new Date(g.expiresMs).toISOString()}`);
+    });
+  lock.command('release <name>')
+    .requiredOption('--token <token>', 'fencing token from the grant')
+    .action(async (name: string, opts: { token: string }) => {
+      await client().request('DELETE', `/v1/locks/${encodeURIComponent(name)}?token=${encodeURIComponent(opts.token)}`);
+      if (!json()) console.log('released');
+    });
+  lock.command('get <name>').action(async (name: string) => print(await client().request('GET', `/v1/locks/${encodeURIComponent(name)}`)));
+}
