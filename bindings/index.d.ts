@@ -20,7 +20,9 @@ export declare class NativeRaftNode {
    * Opens the node's database (checking it; `RAFT_CORRUPTION` or `STORE_CORRUPTION`
    * when damaged) and starts its Raft thread.
    */
-  static start(path: string, options: RaftNodeOptions, store: BindingStoreOptions | undefined | null, onMessages: (messages: RaftOutbound[]) => void, onDone: (done: RaftCompletion) => void): NativeRaftNode
+  static start(path: string, options: RaftNodeOptions, store: BindingStoreOptions | undefined | null, onMessages: (messages: RaftOutbound[]) => void, onDone: (pending: number) => void): NativeRaftNode
+  /** Takes every answer queued since the last call (`onDone` says when there are some). */
+  takeCompletions(): Array<RaftCompletion>
   /**
    * Proposes an atomic write (`value` absent = delete), fenced by a lock token when
    * `fence` is given. `requestId` (16 bytes) makes a retry apply once.
@@ -230,7 +232,7 @@ export interface RaftMembers {
 export interface RaftNodeOptions {
   /** This member's id. */
   id: number
-  /** Tick length in ms. @default 100 */
+  /** Tick length in ms. @default 50 */
   tickMs?: number
   /** Election timeout in ticks. @default 10 */
   electionTicks?: number

@@ -38,11 +38,19 @@ export class RaftNode {
   #pending = new Map<number, Settle>();
   #nextTag = 1;
   #stopped = false;
+  /**
+   * The completion callback is a weak threadsafe function (a running node alone must not
+   * keep the process alive); this timer is ref'd while requests are pending so awaiting
+   * one does.
+   */
+  #keepAlive = setInterval(() => undefined, 1 << 30).unref();
 
   private constructor(path: string, opts: RaftNodeOptions, onMessages: (batch: RaftOutbound[]) => void) {
     const { syncWrites, ...node } = opts;
     this.#native = callNative(() =>
-      binding.NativeRaftNode.start(path, node, { syncWrites: syncWrites ?? true }, onMessages, (done) => this.#settle(done)),
+      binding.NativeRaftNode.start(path, node, { syncWrites: syncWrites ?? true }, onMessages, () => {
+        for (const done of this.#native.takeCompletions()) this.#settle(done);
+      }),
     );
   }
 
@@ -60,6 +68,7 @@ export class RaftNode {
     const settle = this.#pending.get(c.tag);
     if (!settle) return;
     this.#pending.delete(c.tag);
+    if (this.#pending.size === 0) this.#keepAlive.unref();
     settle(c);
   }
 
@@ -69,10 +78,12 @@ export class RaftNode {
     this.#nextTag = this.#nextTag >= 0xffff_fff0 ? 1 : this.#nextTag + 1;
     return new Promise<T>((resolve, reject) => {
       this.#pending.set(tag, (c) => (c.error ? reject(nativeError(new Error(c.error))) : resolve(pick(c))));
+      if (this.#pending.size === 1) this.#keepAlive.ref();
       try {
         send(tag);
       } catch (e) {
         this.#pending.delete(tag);
+        if (this.#pending.size === 0) this.#keepAlive.unref();
         reject(nativeError(e));
       }
     });
@@ -156,6 +167,7 @@ export class RaftNode {
     setImmediate(() => {
       for (const [tag, settle] of this.#pending) settle({ tag, error: 'RAFT_STOPPED: raft node is stopped' });
       this.#pending.clear();
+      clearInterval(this.#keepAlive);
     });
   }
 }

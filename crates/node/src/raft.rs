@@ -1,6 +1,7 @@
 //! Binding for `novacron-raftstore`. The Raft loop runs on its own Rust thread; JS sends
-//! it requests tagged with a number and gets the answers back through one threadsafe
-//! function (`onDone`), and the messages for peers through another (`onMessages`).
+//! it requests tagged with a number; answers queue up and one threadsafe call (`onDone`)
+//! wakes JS to take them all (`takeCompletions`). Messages for peers come through
+//! another threadsafe function (`onMessages`), a Ready's worth at a time.
 //! Nothing here blocks the event loop: fsync happens on the Raft thread.
 //!
 //! Member ids, indexes and fencing tokens are JS numbers (ids are chosen below 2^53).
@@ -16,7 +17,7 @@ use novacron_raftstore::{
   RequestId, Transport,
 };
 use novacron_store::{ScanRange, StoreOptions};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 fn to_js(err: RaftError) -> Error {
@@ -57,7 +58,7 @@ fn request_id(bytes: &[u8]) -> Result<RequestId> {
 pub struct RaftNodeOptions {
   /// This member's id.
   pub id: i64,
-  /// Tick length in ms. @default 100
+  /// Tick length in ms. @default 50
   pub tick_ms: Option<u32>,
   /// Election timeout in ticks. @default 10
   pub election_ticks: Option<u32>,
@@ -304,7 +305,7 @@ pub struct RaftLock {
   pub expires_ms: i64,
 }
 
-type DoneFn = ThreadsafeFunction<RaftCompletion, (), RaftCompletion, Status, false, true>;
+type WakeFn = ThreadsafeFunction<u32, (), u32, Status, false, true>;
 type MessagesFn = ThreadsafeFunction<Vec<RaftOutbound>, (), Vec<RaftOutbound>, Status, false, true>;
 
 struct JsTransport {
@@ -325,24 +326,42 @@ impl Transport for JsTransport {
   }
 }
 
+/// Answers waiting to be taken by JavaScript. The Raft thread answers a whole Ready's
+/// requests at once; JavaScript is woken once per batch (when the queue turns
+/// non-empty) and takes them all in one call, instead of one threadsafe call each.
+struct Completions {
+  queue: Mutex<Vec<RaftCompletion>>,
+  wake: WakeFn,
+}
+
+impl Completions {
+  fn push(&self, c: RaftCompletion) {
+    let mut queue = self.queue.lock().unwrap();
+    queue.push(c);
+    if queue.len() == 1 {
+      self.wake.call(1, ThreadsafeFunctionCallMode::NonBlocking);
+    }
+  }
+}
+
 /// A Raft member with its log and state in RocksDB (see the `novacron-raftstore` crate).
 #[napi]
 pub struct NativeRaftNode {
   node: Arc<Node>,
-  on_done: Arc<DoneFn>,
+  completions: Arc<Completions>,
 }
 
 impl NativeRaftNode {
   /// A callback that answers request `tag` with `fill(result)`.
   fn reply<T: 'static>(&self, tag: u32, fill: fn(&mut RaftCompletion, T)) -> Callback<T> {
-    let on_done = self.on_done.clone();
+    let completions = self.completions.clone();
     Box::new(move |result| {
       let mut c = RaftCompletion::empty(tag);
       match result {
         Ok(v) => fill(&mut c, v),
         Err(e) => c.error = Some(error_text(&e)),
       }
-      on_done.call(c, ThreadsafeFunctionCallMode::NonBlocking);
+      completions.push(c);
     })
   }
 
@@ -370,11 +389,18 @@ impl NativeRaftNode {
     options: RaftNodeOptions,
     store: Option<BindingStoreOptions>,
     #[napi(ts_arg_type = "(messages: RaftOutbound[]) => void")] on_messages: MessagesFn,
-    #[napi(ts_arg_type = "(done: RaftCompletion) => void")] on_done: DoneFn,
+    #[napi(ts_arg_type = "(pending: number) => void")] on_done: WakeFn,
   ) -> Result<Self> {
     let transport = JsTransport { on_messages: Arc::new(on_messages) };
     let node = Node::start(path.as_ref(), options.to_config()?, &store_options(store), Box::new(transport)).map_err(to_js)?;
-    Ok(Self { node: Arc::new(node), on_done: Arc::new(on_done) })
+    let completions = Arc::new(Completions { queue: Mutex::new(Vec::new()), wake: on_done });
+    Ok(Self { node: Arc::new(node), completions })
+  }
+
+  /// Takes every answer queued since the last call (`onDone` says when there are some).
+  #[napi]
+  pub fn take_completions(&self) -> Vec<RaftCompletion> {
+    std::mem::take(&mut *self.completions.queue.lock().unwrap())
   }
 
   /// Proposes an atomic write (`value` absent = delete), fenced by a lock token when
