@@ -425,6 +425,12 @@ fn fail_input(input: Input, err: RaftError) {
     }
 }
 
+/// A proposal waiting to be applied, kept encoded so it can be proposed again.
+struct Pending {
+    data: Vec<u8>,
+    waiters: Vec<Waiter<Outcome>>,
+}
+
 struct Waiter<T> {
     done: Callback<T>,
     deadline: Instant,
@@ -435,7 +441,9 @@ struct RaftLoop {
     raw: RawNode<RocksStorage>,
     rx: Receiver<Input>,
     transport: Box<dyn Transport>,
-    proposals: HashMap<RequestId, Vec<Waiter<Outcome>>>,
+    proposals: HashMap<RequestId, Pending>,
+    /// The leader the pending proposals and reads were last sent to.
+    leader_seen: u64,
     conf_changes: HashMap<RequestId, Waiter<ConfState>>,
     reads_for_index: HashMap<u64, Waiter<u64>>,
     reads_for_apply: Vec<(u64, Waiter<u64>)>,
@@ -456,6 +464,7 @@ impl RaftLoop {
             rx,
             transport,
             proposals: HashMap::new(),
+            leader_seen: raft::INVALID_ID,
             conf_changes: HashMap::new(),
             reads_for_index: HashMap::new(),
             reads_for_apply: Vec::new(),
@@ -516,13 +525,11 @@ impl RaftLoop {
                     return done(Err(RaftError::NoLeader));
                 }
                 let id = req.id;
-                match self.raw.propose(Vec::new(), encode(&req)) {
+                let data = encode(&req);
+                match self.raw.propose(Vec::new(), data.clone()) {
                     Ok(()) => {
                         let deadline = self.deadline();
-                        self.proposals
-                            .entry(id)
-                            .or_default()
-                            .push(Waiter { done, deadline });
+                        self.proposals.entry(id).or_insert_with(|| Pending { data, waiters: Vec::new() }).waiters.push(Waiter { done, deadline });
                     }
                     Err(e) => done(Err(e.into())),
                 }
@@ -625,16 +632,16 @@ impl RaftLoop {
         let timeout = |what: &str| {
             RaftError::Timeout(format!("{what} was not applied in time (leader change or no quorum); retrying with the same request id is safe"))
         };
-        for waiters in self.proposals.values_mut() {
-            for w in std::mem::take(waiters) {
+        for pending in self.proposals.values_mut() {
+            for w in std::mem::take(&mut pending.waiters) {
                 if w.deadline <= now {
                     (w.done)(Err(timeout("proposal")));
                 } else {
-                    waiters.push(w);
+                    pending.waiters.push(w);
                 }
             }
         }
-        self.proposals.retain(|_, w| !w.is_empty());
+        self.proposals.retain(|_, p| !p.waiters.is_empty());
         let expired: Vec<RequestId> = self
             .conf_changes
             .iter()
@@ -669,8 +676,8 @@ impl RaftLoop {
     }
 
     fn fail_all(&mut self, err: RaftError) {
-        for (_, waiters) in self.proposals.drain() {
-            for w in waiters {
+        for (_, pending) in self.proposals.drain() {
+            for w in pending.waiters {
                 (w.done)(Err(err.clone()));
             }
         }
@@ -729,6 +736,7 @@ impl RaftLoop {
         self.apply(light.take_committed_entries(), commit)?;
         self.raw.advance_apply();
         self.answer_reads();
+        self.resend_on_leader_change();
         self.maybe_compact()
     }
 
@@ -799,8 +807,8 @@ impl RaftLoop {
         // reaches disk replays them (applied and commit move together, so applied ≤ commit).
         store.write(batch, false)?;
         for (id, outcome) in outcomes {
-            if let Some(waiters) = self.proposals.remove(&id) {
-                for w in waiters {
+            if let Some(pending) = self.proposals.remove(&id) {
+                for w in pending.waiters {
                     (w.done)(Ok(outcome.clone()));
                 }
             }
@@ -811,6 +819,29 @@ impl RaftLoop {
             }
         }
         Ok(())
+    }
+
+    /// A follower forwards proposals and reads to its leader; if that leader dies they are
+    /// lost and would wait out their deadline. When a new leader appears, send them again:
+    /// request ids make a proposal that did get through apply once, and a read answered
+    /// twice is answered once.
+    fn resend_on_leader_change(&mut self) {
+        let leader = self.raw.raft.leader_id;
+        if leader == self.leader_seen {
+            return;
+        }
+        self.leader_seen = leader;
+        if leader == raft::INVALID_ID {
+            return;
+        }
+        let data: Vec<Vec<u8>> = self.proposals.values().map(|p| p.data.clone()).collect();
+        for d in data {
+            let _ = self.raw.propose(Vec::new(), d);
+        }
+        let reads: Vec<u64> = self.reads_for_index.keys().copied().collect();
+        for ctx in reads {
+            self.raw.read_index(ctx.to_be_bytes().to_vec());
+        }
     }
 
     fn answer_reads(&mut self) {

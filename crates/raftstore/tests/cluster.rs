@@ -393,3 +393,19 @@ fn requests_to_a_stopped_node_fail_with_stopped() {
         "RAFT_STOPPED"
     );
 }
+
+#[test]
+fn a_proposal_forwarded_to_a_dead_leader_is_sent_again_to_the_next_one() {
+    let mut c = Cluster::new();
+    c.config.request_timeout = Duration::from_secs(10);
+    c.form(&[1, 2, 3]);
+    let old = c.leader();
+    let follower = [1, 2, 3].into_iter().find(|&id| id != old).unwrap();
+    c.stop(old);
+    // The follower still believes in the old leader and forwards to it; the message is lost.
+    let started = std::time::Instant::now();
+    let outcome = propose(&c.node(follower), put_request("forwarded", "1")).unwrap();
+    assert!(matches!(outcome, Outcome::Written { .. }));
+    assert!(started.elapsed() < Duration::from_secs(5), "waited {:?}: the proposal was not re-sent to the new leader", started.elapsed());
+    assert_eq!(read(&c.node(follower), "forwarded").unwrap().as_deref(), Some("1"));
+}
