@@ -43,6 +43,12 @@ export declare class NativeRaftNode {
    * not addressed to this member.
    */
   step(bytes: Buffer): void
+  /**
+   * Delivers several messages packed as `[u32 big-endian length][message]…` (one peer
+   * frame carries a Ready's worth of messages). Stops at the first bad one with
+   * `RAFT_BAD_MESSAGE`; returns how many were stepped.
+   */
+  stepBatch(bytes: Buffer): number
   /** The last message to `id` could not be delivered. */
   reportUnreachable(id: number): void
   /** Whether a snapshot sent to `id` arrived. */

@@ -116,6 +116,10 @@ export class Cluster implements PeerEndpoint {
     this.node.step(bytes);
   }
 
+  stepBatch(bytes: Buffer): void {
+    this.node.stepBatch(bytes);
+  }
+
   peerAddress(id: number, address: string): void {
     this.transport.setAddress(id, address, true);
   }

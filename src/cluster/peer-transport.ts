@@ -7,7 +7,7 @@
 import WebSocket from 'ws';
 import type { Logger } from 'pino';
 import type { RaftOutbound } from '../native/raft-node.js';
-import { HEADERS, PEER_PATH, toFrames } from './peer-frames.js';
+import { HEADERS, PEER_PATH, packFrames, toFrames } from './peer-frames.js';
 
 export interface PeerIdentity {
   clusterId: string;
@@ -47,12 +47,15 @@ class PeerLink {
     private readonly log: Logger,
   ) {}
 
-  send(msg: RaftOutbound): void {
+  /** Sends one Ready's messages for this peer: small ones share frames. */
+  send(batch: RaftOutbound[]): void {
     if (this.#closed) return;
-    if (this.#ws?.readyState === WebSocket.OPEN) return this.#write(msg);
-    if (this.#queue.length >= MAX_QUEUED || Date.now() < this.#retryAt) return this.#drop(msg);
-    this.#queue.push(msg);
-    if (!this.#ws) this.#dial();
+    if (this.#ws?.readyState === WebSocket.OPEN) return this.#write(batch);
+    for (const msg of batch) {
+      if (this.#queue.length >= MAX_QUEUED || Date.now() < this.#retryAt) this.#drop(msg);
+      else this.#queue.push(msg);
+    }
+    if (!this.#ws && this.#queue.length > 0) this.#dial();
   }
 
   #drop(msg: RaftOutbound): void {
@@ -60,14 +63,18 @@ class PeerLink {
     if (msg.snapshot) this.reports.snapshot(this.id, false);
   }
 
-  #write(msg: RaftOutbound): void {
+  #write(batch: RaftOutbound[]): void {
     const ws = this.#ws!;
-    if (ws.bufferedAmount > HIGH_WATER) return this.#drop(msg);
-    const frames = toFrames(msg.bytes);
-    frames.forEach((frame, i) => {
-      const last = i === frames.length - 1;
-      ws.send(frame, { binary: true }, last && msg.snapshot ? (err) => this.reports.snapshot(this.id, !err) : undefined);
-    });
+    if (ws.bufferedAmount > HIGH_WATER) return batch.forEach((m) => this.#drop(m));
+    const plain = batch.filter((m) => !m.snapshot).map((m) => m.bytes);
+    for (const frame of packFrames(plain)) ws.send(frame, { binary: true });
+    for (const msg of batch) {
+      if (!msg.snapshot) continue;
+      const frames = toFrames(msg.bytes);
+      frames.forEach((frame, i) => {
+        ws.send(frame, { binary: true }, i === frames.length - 1 ? (err) => this.reports.snapshot(this.id, !err) : undefined);
+      });
+    }
   }
 
   #dial(): void {
@@ -86,7 +93,7 @@ class PeerLink {
       this.connected = true;
       this.lastError = undefined;
       this.#backoff = BACKOFF_MIN_MS;
-      for (const msg of this.#queue.splice(0)) this.#write(msg);
+      this.#write(this.#queue.splice(0));
     });
     ws.on('unexpected-response', (_req, res) => {
       let body = '';
@@ -168,19 +175,25 @@ export class PeerTransport {
   }
 
   send(batch: RaftOutbound[]): void {
+    const byPeer = new Map<number, RaftOutbound[]>();
     for (const msg of batch) {
-      let link = this.#links.get(msg.to);
+      const list = byPeer.get(msg.to);
+      if (list) list.push(msg);
+      else byPeer.set(msg.to, [msg]);
+    }
+    for (const [to, msgs] of byPeer) {
+      let link = this.#links.get(to);
       if (!link) {
-        const address = this.#addresses.get(msg.to);
+        const address = this.#addresses.get(to);
         if (!address) {
-          this.reports.unreachable(msg.to);
-          if (msg.snapshot) this.reports.snapshot(msg.to, false);
+          this.reports.unreachable(to);
+          if (msgs.some((m) => m.snapshot)) this.reports.snapshot(to, false);
           continue;
         }
-        link = new PeerLink(msg.to, address, this.me, this.reports, this.log);
-        this.#links.set(msg.to, link);
+        link = new PeerLink(to, address, this.me, this.reports, this.log);
+        this.#links.set(to, link);
       }
-      link.send(msg);
+      link.send(msgs);
     }
   }
 

@@ -15,6 +15,8 @@ export interface PeerEndpoint {
   secret: string;
   /** Steps a peer's message into Raft; throws a NovaError for a bad one. */
   step(bytes: Buffer): void;
+  /** Steps length-prefixed messages; throws at the first bad one. */
+  stepBatch(bytes: Buffer): void;
   /** A peer announced where it listens. */
   peerAddress(id: number, address: string): void;
   /** Counts refused messages (metrics). */
@@ -66,7 +68,8 @@ export function peerWsRoute(endpoint: () => PeerEndpoint | undefined, log: Logge
         if (!ep) return ws.end(1013, 'raft node stopped');
         try {
           const whole = conn.assembler.push(Buffer.from(message));
-          if (whole) ep.step(whole);
+          if (whole?.batch) ep.stepBatch(whole.bytes);
+          else if (whole) ep.step(whole.bytes);
         } catch (err) {
           const reason = err instanceof NovaError ? `${err.code}: ${err.message}` : String(err);
           ep.refused('message');

@@ -125,6 +125,11 @@ export class RaftNode {
     callNative(() => this.#native.step(bytes));
   }
 
+  /** Delivers `[u32 BE length][message]…`; throws RAFT_BAD_MESSAGE at the first bad one. */
+  stepBatch(bytes: Buffer): number {
+    return callNative(() => this.#native.stepBatch(bytes));
+  }
+
   reportUnreachable(id: number): void {
     if (!this.#stopped) this.#native.reportUnreachable(id);
   }

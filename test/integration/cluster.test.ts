@@ -208,7 +208,7 @@ describe('cluster', () => {
     expect(foreign.status).toBe(409);
     expect(JSON.parse(foreign.body!).error.code).toBe('CLUSTER_MISMATCH');
 
-    for (const garbage of [Buffer.from([1, 0xff, 0xff, 0xff, 0x0f]), Buffer.from([9, 1, 2, 3]), Buffer.from([1])]) {
+    for (const garbage of [Buffer.from([1, 0xff, 0xff, 0xff, 0x0f]), Buffer.from([9, 1, 2, 3]), Buffer.from([1]), Buffer.from([4, 0, 0, 0, 9, 1, 2])]) {
       const { ws } = await peer(good);
       const closed = new Promise<number>((r) => ws!.on('close', (code) => r(code)));
       ws!.send(garbage);
@@ -231,7 +231,7 @@ describe('cluster', () => {
     expect((await cluster.get(0, 'still')).body.value).toBe('fine');
     const metrics = await api(m.url, 'GET', '/metrics');
     expect(metrics.body).toMatch(/novacron_raft_refused_total\{reason="auth"\} 1/);
-    expect(metrics.body).toMatch(/novacron_raft_refused_total\{reason="message"\} 3/);
+    expect(metrics.body).toMatch(/novacron_raft_refused_total\{reason="message"\} 4/);
   });
 
   it('locks fence stale holders through the API', async () => {

@@ -470,6 +470,25 @@ impl NativeRaftNode {
     self.node.step(&bytes).map_err(to_js)
   }
 
+  /// Delivers several messages packed as `[u32 big-endian length][message]…` (one peer
+  /// frame carries a Ready's worth of messages). Stops at the first bad one with
+  /// `RAFT_BAD_MESSAGE`; returns how many were stepped.
+  #[napi]
+  pub fn step_batch(&self, bytes: Buffer) -> Result<u32> {
+    let mut rest: &[u8] = &bytes;
+    let mut n = 0;
+    while !rest.is_empty() {
+      let bad = |what: &str| to_js(RaftError::BadMessage(format!("batch frame: {what} after {n} messages")));
+      let len = rest.get(..4).ok_or_else(|| bad("truncated length"))?;
+      let len = u32::from_be_bytes(len.try_into().unwrap()) as usize;
+      let msg = rest.get(4..4 + len).ok_or_else(|| bad("truncated message"))?;
+      self.node.step(msg).map_err(to_js)?;
+      rest = &rest[4 + len..];
+      n += 1;
+    }
+    Ok(n)
+  }
+
   /// The last message to `id` could not be delivered.
   #[napi]
   pub fn report_unreachable(&self, id: i64) -> Result<()> {
