@@ -324,6 +324,8 @@ export interface RaftStatus {
   voters: Array<number>
   /** Learners. */
   learners: Array<number>
+  /** The previous voters while in a joint configuration, else empty. */
+  votersOutgoing: Array<number>
   /** Per-member progress (leader only). */
   progress: Array<RaftPeerProgress>
   /** Members' peer addresses. */

@@ -11,6 +11,7 @@ import { NovaError } from './errors.js';
 import { LOG_LEVELS } from './log.js';
 import { SIM_OPS } from './vm/drivers/sim.js';
 
+const HOST_PORT = /^(?:\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$/;
 const simOpRecord = z.partialRecord(z.enum(SIM_OPS), z.number().min(0));
 
 export const ConfigSchema = z.strictObject({
@@ -29,7 +30,9 @@ export const ConfigSchema = z.strictObject({
   /** Shared secret of the cluster: peers authenticate with it. Generated on first start when not given. */
   clusterSecret: z.string().min(16, 'cluster secrets must be at least 16 characters').optional(),
   /** HOST:PORT of a member to join on first start (ignored once this daemon is a member). */
-  join: z.string().regex(/^(?:\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$/, 'expected HOST:PORT').optional(),
+  join: z.string().regex(HOST_PORT, 'expected HOST:PORT').optional(),
+  /** HOST:PORT peers dial to reach this member (default: the listen address); for NAT or a proxy in front. */
+  advertise: z.string().regex(HOST_PORT, 'expected HOST:PORT').optional(),
   /** Raft timing (defaults suit a LAN; tests shorten them). */
   raft: z.strictObject({
     tickMs: z.int().min(1).max(10_000).optional(),
@@ -55,6 +58,7 @@ const ENV: Record<string, keyof z.infer<typeof ConfigSchema>> = {
   NOVACRON_API_TOKEN: 'apiToken',
   NOVACRON_CLUSTER_SECRET: 'clusterSecret',
   NOVACRON_JOIN: 'join',
+  NOVACRON_ADVERTISE: 'advertise',
 };
 
 export interface ConfigSources {

@@ -101,7 +101,7 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
     const host = config.host.includes(':') ? `[${config.host}]` : config.host;
     try {
       cluster = await Cluster.open({
-        dataDir, address: `${host}:${server.port}`, log, raft: config.raft,
+        dataDir, address: config.advertise ?? `${host}:${server.port}`, log, raft: config.raft,
         ...(config.clusterSecret ? { secret: config.clusterSecret } : {}),
         ...(config.join ? { join: config.join } : {}),
       });

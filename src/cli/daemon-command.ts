@@ -13,6 +13,7 @@ export interface DaemonFlags {
   apiToken?: string;
   clusterSecret?: string;
   join?: string;
+  advertise?: string;
   config?: string;
 }
 

@@ -44,6 +44,7 @@ export function buildProgram(): Command {
     .addOption(new Option('--log-level <level>', 'log level').choices(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).env('NOVACRON_LOG_LEVEL'))
     .addOption(new Option('--api-token <token>', 'require this bearer token on API calls').env('NOVACRON_API_TOKEN'))
     .addOption(new Option('--join <host:port>', 'join the cluster of this member on first start (default: start a new one-member cluster)').env('NOVACRON_JOIN'))
+    .addOption(new Option('--advertise <host:port>', 'address peers dial to reach this member (default: the listen address)').env('NOVACRON_ADVERTISE'))
     .addOption(new Option('--cluster-secret <secret>', 'shared secret peers authenticate with (generated when starting a new cluster)').env('NOVACRON_CLUSTER_SECRET'))
     .addOption(new Option('--config <file>', 'JSON config file').env('NOVACRON_CONFIG'))
     .action(async (opts) => {

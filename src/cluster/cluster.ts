@@ -152,9 +152,28 @@ export class Cluster implements PeerEndpoint {
   async removeMember(id: number): Promise<RaftMembers> {
     const st = await this.node.status();
     if (!st.voters.includes(id) && !st.learners.includes(id)) throw new NovaError('CLUSTER_MEMBER_NOT_FOUND', `member ${id} is not in the cluster`);
+    if (st.leader === id && st.voters.length > 1) await this.#handOverLeadership(id);
     const members = await withRetry(() => this.node.changeMembership([{ kind: 'remove', id }]), Date.now() + MEMBERSHIP_RETRY_MS);
     this.transport.forget(id);
     return members;
+  }
+
+  /**
+   * Moves leadership off `from` to the most caught-up other voter and waits for it to
+   * take over, so removing the leader costs one transfer instead of an election timeout
+   * (and the removed leader never has to commit its own removal).
+   */
+  async #handOverLeadership(from: number): Promise<void> {
+    const deadline = Date.now() + MEMBERSHIP_RETRY_MS;
+    for (;;) {
+      const st = await this.node.status();
+      if (st.leader !== 0 && st.leader !== from) return;
+      if (Date.now() > deadline) throw new NovaError('RAFT_TIMEOUT', `leadership could not be moved off member ${from} before removing it`);
+      const others = st.voters.filter((v) => v !== from);
+      const best = st.progress.filter((p) => others.includes(p.id)).sort((a, b) => b.matched - a.matched)[0]?.id ?? others[0]!;
+      if (st.leader === from) this.node.transferLeader(best);
+      await new Promise((r) => setTimeout(r, 100));
+    }
   }
 
   async transferLeader(to: number): Promise<void> {

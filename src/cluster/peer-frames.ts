@@ -83,6 +83,8 @@ export class FrameAssembler {
   #parts: Buffer[] = [];
   #size = 0;
 
+  constructor(private readonly maxMessageBytes = MAX_MESSAGE_BYTES) {}
+
   /**
    * Returns a complete message (`batch` when it holds several, length-prefixed), or
    * undefined while parts are outstanding. Throws on a protocol violation.
@@ -97,7 +99,7 @@ export class FrameAssembler {
     }
     if (kind !== FrameKind.Part && kind !== FrameKind.LastPart) throw new NovaError('RAFT_BAD_MESSAGE', `unknown peer frame kind ${kind}`);
     this.#size += payload.length;
-    if (this.#size > MAX_MESSAGE_BYTES) throw new NovaError('RAFT_BAD_MESSAGE', `peer message exceeds ${MAX_MESSAGE_BYTES} bytes`);
+    if (this.#size > this.maxMessageBytes) throw new NovaError('RAFT_BAD_MESSAGE', `peer message exceeds ${this.maxMessageBytes} bytes`);
     this.#parts.push(Buffer.from(payload)); // uWS reuses its buffer after the handler returns.
     if (kind === FrameKind.Part) return undefined;
     const whole = Buffer.concat(this.#parts);

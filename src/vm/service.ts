@@ -87,6 +87,8 @@ export class VmService {
   #ops = new Map<string, OperationRecord>();
   /** vmId → running operation; at most one long operation per VM. */
   #active = new Map<string, Promise<void>>();
+  /** vmId → a finished operation still giving back the VM's cluster lock (milliseconds). */
+  #handingBack = new Map<string, Promise<void>>();
   /** Names being created right now (reserved before the store write). */
   #reserved = new Set<string>();
 
@@ -206,6 +208,7 @@ export class VmService {
 
   /** Starts a lifecycle operation; resolves once it is accepted (202), not finished. */
   async requestAction(ref: string, kind: OperationKind, opts: ActionOptions = {}): Promise<OperationRecord> {
+    await this.#handBackDone(ref);
     const vm = this.get(ref);
     if (this.#active.has(vm.id)) throw new NovaError('VM_BUSY', `an operation is in progress on "${vm.name}"`); // before state checks
     const rule = ACTIONS[kind];
@@ -373,8 +376,20 @@ export class VmService {
       throw err;
     }
     return () => {
-      releaseCluster().finally(releaseLocal);
+      // The operation already reads as finished; a request arriving now waits for this
+      // hand-back rather than seeing VM_BUSY from a claim that is about to go.
+      const done = releaseCluster().finally(releaseLocal);
+      this.#handingBack.set(vm.id, done);
+      void done.finally(() => {
+        if (this.#handingBack.get(vm.id) === done) this.#handingBack.delete(vm.id);
+      });
     };
+  }
+
+  async #handBackDone(ref: string): Promise<void> {
+    const id = this.#byId.has(ref) ? ref : this.#byName.get(ref);
+    const pending = id && this.#handingBack.get(id);
+    if (pending) await pending;
   }
 
   /** Waits for running operations to finish (graceful shutdown). */
@@ -386,6 +401,7 @@ export class VmService {
 
   /** Source: claims a VM (running: live; stopped: cold) for a migration and marks it `migrating`. */
   async beginMigrationOut(ref: string, event: EventDraft): Promise<{ vm: VmRecord; release: () => void }> {
+    await this.#handBackDone(ref);
     const vm = this.get(ref);
     if (this.#active.has(vm.id)) throw new NovaError('VM_BUSY', `an operation is in progress on "${vm.name}"`);
     if (vm.state !== 'running' && vm.state !== 'stopped') throw new NovaError('VM_INVALID_STATE', `cannot migrate VM "${vm.name}" while it is ${vm.state}`, { state: vm.state, allowedFrom: ['running', 'stopped'] });

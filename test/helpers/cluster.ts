@@ -6,6 +6,8 @@ import { writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { api, removeDir, spawnDaemon, tempDataDir, type DaemonHandle } from './daemon.js';
+import { FaultNet } from './fault-proxy.js';
+import type { RegisterOp } from './linearizability.js';
 
 export const SECRET = 'test-cluster-secret-0123456789';
 
@@ -27,12 +29,16 @@ export interface Member {
   port: number;
   dataDir: string;
   url: string;
+  /** Where peers dial this member (its fault proxy, when the cluster has one). */
+  advertise?: string;
   id?: number;
   daemon?: DaemonHandle;
 }
 
 export class TestCluster {
   readonly members: Member[] = [];
+  /** Set when started `withFaults`: every peer link passes through it. */
+  net?: FaultNet;
   #config: string;
   #dirs: string[] = [];
 
@@ -43,19 +49,33 @@ export class TestCluster {
     writeFileSync(this.#config, JSON.stringify({ raft }));
   }
 
-  /** Starts `n` members: the first bootstraps, the rest join through it and are promoted. */
-  static async start(n: number, raft: Record<string, number> = TEST_RAFT): Promise<TestCluster> {
+  /**
+   * Starts `n` members: the first bootstraps, the rest join through it and are promoted.
+   * `withFaults` puts a fault-injecting proxy (`c.net`) in front of every member.
+   */
+  static async start(n: number, raft: Record<string, number> = TEST_RAFT, opts: { withFaults?: boolean } = {}): Promise<TestCluster> {
     const c = new TestCluster(raft);
-    for (let i = 0; i < n; i++) {
-      const port = await freePort();
-      const dataDir = tempDataDir();
-      c.#dirs.push(dataDir);
-      c.members.push({ port, dataDir, url: `http://127.0.0.1:${port}` });
-    }
+    if (opts.withFaults) c.net = new FaultNet((id) => c.members.findIndex((m) => m.id === id));
+    for (let i = 0; i < n; i++) await c.#newMember();
     await c.startMember(0);
     for (let i = 1; i < n; i++) await c.startMember(i, 0);
     await c.waitFor(async () => (await c.status(0)).voters.length === n, `${n} voters`);
     return c;
+  }
+
+  /** A new member that joins through `via` (as a learner, promoted once caught up); returns its index. */
+  async grow(via: number): Promise<number> {
+    const i = await this.#newMember();
+    await this.startMember(i, via);
+    return i;
+  }
+
+  async #newMember(): Promise<number> {
+    const port = await freePort();
+    const dataDir = tempDataDir();
+    this.#dirs.push(dataDir);
+    const advertise = this.net && `127.0.0.1:${await this.net.front(this.members.length, port)}`;
+    return this.members.push({ port, dataDir, url: `http://127.0.0.1:${port}`, ...(advertise ? { advertise } : {}) }) - 1;
   }
 
   /** (Re)starts member `i`; with `joinVia`, it joins through that member on first start. */
@@ -63,6 +83,7 @@ export class TestCluster {
     const m = this.members[i]!;
     const args = ['--listen', `127.0.0.1:${m.port}`, '--cluster-secret', SECRET, '--config', this.#config, ...extraArgs];
     if (joinVia !== undefined) args.push('--join', `127.0.0.1:${this.members[joinVia]!.port}`);
+    if (m.advertise) args.push('--advertise', m.advertise);
     m.daemon = await spawnDaemon({ dataDir: m.dataDir, args });
     m.id = (await this.status(i)).id;
     return m.daemon;
@@ -117,6 +138,7 @@ export class TestCluster {
   }
 
   async close(): Promise<void> {
+    await this.net?.close();
     await Promise.all(this.members.map((m) => m.daemon?.kill('SIGKILL')));
     for (const m of this.members) m.daemon?.proc.kill('SIGCONT');
     for (const d of this.#dirs) removeDir(d);
@@ -124,3 +146,98 @@ export class TestCluster {
 }
 
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Writers putting unique keys through live members (round robin); the acknowledged keys. */
+export function writeLoad(c: TestCluster, clients: number, prefix: string) {
+  const acked = new Map<string, string>();
+  const ackTimes: number[] = [];
+  let running = true;
+  const loops = Array.from({ length: clients }, async (_, client) => {
+    for (let n = 0; running; n++) {
+      const live = c.live();
+      const member = live[(n + client) % live.length]!;
+      const key = `${prefix}-${client}-${n}`;
+      try {
+        const r = await c.put(member, key, `v${n}`);
+        if (r.status === 200) {
+          acked.set(key, `v${n}`);
+          ackTimes.push(Date.now());
+        }
+      } catch {
+        // Connection refused or reset (member killed): outcome unknown, not acknowledged.
+      }
+    }
+  });
+  return {
+    acked,
+    ackTimes,
+    stop: async () => {
+      running = false;
+      await Promise.all(loops);
+    },
+  };
+}
+
+/** Every live member serves every acknowledged write (linearizable reads). */
+export async function expectAllPresent(c: TestCluster, acked: Map<string, string>): Promise<void> {
+  for (const i of c.live()) {
+    for (const [key, value] of acked) {
+      const r = await c.get(i, key);
+      if (r.status !== 200 || r.body.value !== value) throw new Error(`member ${i} lost acknowledged ${key}=${value}: ${r.status} ${JSON.stringify(r.body)}`);
+    }
+  }
+}
+
+/**
+ * Clients reading and writing one register, each through its own member (`members`,
+ * evaluated per request so joining members can be added), recording a history for the
+ * linearizability checker. A request that fails without an answer (timeout, reset, 5xx)
+ * is a write of unknown outcome: it may or may not take effect, at any later time.
+ */
+export function registerClients(c: TestCluster, members: () => number[], clients: number, key = 'register') {
+  const history: RegisterOp[] = [];
+  const t0 = performance.now();
+  const now = () => performance.now() - t0;
+  let running = true;
+  let counter = 0;
+  const request = async (member: number, method: 'GET' | 'PUT', body?: unknown) => {
+    const res = await fetch(`${c.members[member]!.url}/v1/kv/${key}`, {
+      method,
+      ...(body ? { body: JSON.stringify(body), headers: { 'content-type': 'application/json' } } : {}),
+      signal: AbortSignal.timeout(8000),
+    });
+    return { status: res.status, body: (await res.json().catch(() => undefined)) as any };
+  };
+  const loops = Array.from({ length: clients }, async (_, client) => {
+    while (running) {
+      const list = members();
+      const member = list[client % list.length]!;
+      const write = Math.random() < 0.5;
+      const value = `c${client}-${counter++}`;
+      const start = now();
+      try {
+        if (write) {
+          const r = await request(member, 'PUT', { value });
+          if (r.status === 200) history.push({ kind: 'write', value, start, end: now(), client });
+          else if (r.status >= 500) history.push({ kind: 'write', value, start, end: Infinity, client });
+        } else {
+          const r = await request(member, 'GET');
+          if (r.status === 200) history.push({ kind: 'read', value: r.body.value, start, end: now(), client });
+          else if (r.body?.error?.code === 'KEY_NOT_FOUND') history.push({ kind: 'read', value: null, start, end: now(), client });
+        }
+      } catch {
+        if (write) history.push({ kind: 'write', value, start, end: Infinity, client });
+      }
+      await sleep(5);
+    }
+  });
+  return {
+    history,
+    /** Completed operations so far. */
+    completed: () => history.filter((o) => o.end !== Infinity).length,
+    stop: async () => {
+      running = false;
+      await Promise.all(loops);
+    },
+  };
+}

@@ -7,55 +7,14 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { api, spawnDaemon, tempDataDir, removeDir, waitOp } from '../helpers/daemon.js';
-import { SECRET, TestCluster, sleep } from '../helpers/cluster.js';
-import { checkRegister, type RegisterOp } from '../helpers/linearizability.js';
+import { SECRET, TestCluster, expectAllPresent, registerClients, sleep, writeLoad } from '../helpers/cluster.js';
+import { checkRegister } from '../helpers/linearizability.js';
 
 let cluster: TestCluster | undefined;
 afterEach(async () => {
   await cluster?.close();
   cluster = undefined;
 });
-
-/** Writers putting unique keys through random live members; returns the acknowledged keys. */
-function writeLoad(c: TestCluster, clients: number, prefix: string) {
-  const acked = new Map<string, string>();
-  const ackTimes: number[] = [];
-  let running = true;
-  const loops = Array.from({ length: clients }, async (_, client) => {
-    for (let n = 0; running; n++) {
-      const live = c.live();
-      const member = live[(n + client) % live.length]!;
-      const key = `${prefix}-${client}-${n}`;
-      try {
-        const r = await c.put(member, key, `v${n}`);
-        if (r.status === 200) {
-          acked.set(key, `v${n}`);
-          ackTimes.push(Date.now());
-        }
-      } catch {
-        // Connection refused or reset (member killed): outcome unknown, not acknowledged.
-      }
-    }
-  });
-  return {
-    acked,
-    ackTimes,
-    stop: async () => {
-      running = false;
-      await Promise.all(loops);
-    },
-  };
-}
-
-async function expectAllPresent(c: TestCluster, acked: Map<string, string>): Promise<void> {
-  for (const i of c.live()) {
-    for (const [key, value] of acked) {
-      const r = await c.get(i, key);
-      expect(r.status, `member ${i} lost acknowledged ${key}: ${JSON.stringify(r.body)}`).toBe(200);
-      expect(r.body.value).toBe(value);
-    }
-  }
-}
 
 describe('cluster', () => {
   it('three daemons elect a leader and serve linearizable reads of writes made through any member', async () => {
@@ -98,35 +57,9 @@ describe('cluster', () => {
   it('a paused (SIGSTOP) old leader commits nothing after a new leader exists, and the history stays linearizable', async () => {
     cluster = await TestCluster.start(3);
     const c = cluster;
-    const history: RegisterOp[] = [];
-    const t0 = performance.now();
-    const now = () => performance.now() - t0;
-    let running = true;
-    let counter = 0;
     // Clients on every member read and write one register; a paused member's requests hang
     // until it resumes (their outcome is then whatever it answers, or unknown).
-    const clients = [0, 1, 2, 0, 1, 2].map(async (member, client) => {
-      while (running) {
-        const write = Math.random() < 0.5;
-        const value = `c${client}-${counter++}`;
-        const start = now();
-        try {
-          if (write) {
-            const r = await fetchWithTimeout(c, member, 'PUT', { value });
-            if (r.status === 200) history.push({ kind: 'write', value, start, end: now(), client });
-            else if (r.status >= 500) history.push({ kind: 'write', value, start, end: Infinity, client });
-          } else {
-            const r = await fetchWithTimeout(c, member, 'GET');
-            if (r.status === 200) history.push({ kind: 'read', value: r.body.value, start, end: now(), client });
-            else if (r.body?.error?.code === 'KEY_NOT_FOUND') history.push({ kind: 'read', value: null, start, end: now(), client });
-          }
-        } catch {
-          // Aborted or reset: a write may or may not have been applied.
-          if (write) history.push({ kind: 'write', value, start, end: Infinity, client });
-        }
-        await sleep(5);
-      }
-    });
+    const clients = registerClients(c, () => [0, 1, 2], 6);
     await sleep(800);
     const old = await c.leader();
     c.members[old]!.daemon!.proc.kill('SIGSTOP');
@@ -137,16 +70,15 @@ describe('cluster', () => {
     await sleep(1000);
     c.members[old]!.daemon!.proc.kill('SIGCONT');
     await sleep(2000);
-    running = false;
-    await Promise.all(clients);
+    await clients.stop();
 
     // The old leader rejoined as a follower of the new term and sees the new leader's write.
     await c.waitFor(async () => (await c.status(old)).role === 'follower', 'the old leader to step down');
     expect((await c.get(old, 'marker')).body.value).toBe('new-term');
     const oldTerm = (await c.status(old)).term;
     expect(oldTerm).toBe((await c.status(newLeader)).term);
-    expect(history.filter((o) => o.end !== Infinity).length).toBeGreaterThan(30);
-    const result = checkRegister(history);
+    expect(clients.completed()).toBeGreaterThan(30);
+    const result = checkRegister(clients.history);
     expect(result.ok, `not linearizable; longest prefix ${JSON.stringify(result.longestPrefix?.slice(-5))}`).toBe(true);
   });
 
@@ -213,6 +145,14 @@ describe('cluster', () => {
       const closed = new Promise<number>((r) => ws!.on('close', (code) => r(code)));
       ws!.send(garbage);
       expect(await closed).toBe(4400);
+    }
+
+    // A frame over the size limit: uWS drops the connection without buffering it.
+    {
+      const { ws } = await peer(good);
+      const closed = new Promise<number>((r) => ws!.on('close', (code) => r(code)));
+      ws!.send(Buffer.concat([Buffer.of(1), Buffer.alloc(4 << 20, 0xab)]));
+      expect(await closed).not.toBe(1000);
     }
 
     // A join with the wrong secret fails clearly and changes nothing.
@@ -284,12 +224,3 @@ describe('cluster', () => {
     expect((await cluster.get(0, 'once')).body.value).toBe('second');
   });
 });
-
-async function fetchWithTimeout(c: TestCluster, member: number, method: 'GET' | 'PUT', body?: unknown): Promise<{ status: number; body: any }> {
-  const res = await fetch(`${c.members[member]!.url}/v1/kv/register`, {
-    method,
-    ...(body ? { body: JSON.stringify(body), headers: { 'content-type': 'application/json' } } : {}),
-    signal: AbortSignal.timeout(8000),
-  });
-  return { status: res.status, body: await res.json().catch(() => undefined) };
-}

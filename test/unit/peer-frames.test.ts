@@ -37,4 +37,11 @@ describe('peer frames', () => {
     asm.push(Buffer.from([2, 1, 2, 3]));
     expect(() => asm.push(Buffer.from([1, 1]))).toThrow(/inside a chunked/);
   });
+
+  it('refuses a chunked message that grows past the limit, before holding all of it', () => {
+    const asm = new FrameAssembler(3 * CHUNK_BYTES);
+    const part = Buffer.concat([Buffer.of(2), Buffer.alloc(CHUNK_BYTES)]);
+    for (let i = 0; i < 3; i++) expect(asm.push(part)).toBeUndefined();
+    expect(() => asm.push(part)).toThrow(/exceeds 3145728 bytes/);
+  });
 });

@@ -11,7 +11,7 @@ fn to_js(err: CodecError) -> Error {
 }
 
 fn indices_of(buf: &[u8]) -> Result<Vec<u64>> {
-  if buf.len() % 8 != 0 {
+  if !buf.len().is_multiple_of(8) {
     return Err(to_js(CodecError::InvalidArgument("indices must be little-endian u64s")));
   }
   Ok(buf.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect())

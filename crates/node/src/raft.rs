@@ -7,16 +7,16 @@
 //! Member ids, indexes and fencing tokens are JS numbers (ids are chosen below 2^53).
 
 use crate::js_error;
-use crate::store::{into_pairs, BindingKeyValue, BindingScanRange, BindingStoreOptions, BindingWriteOp};
+use crate::store::{into_pairs, store_options, to_ops, BindingKeyValue, BindingScanRange, BindingStoreOptions, BindingWriteOp};
 use napi::bindgen_prelude::*;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi_derive::napi;
 use novacron_raftstore::eraftpb::{ConfState, Message, MessageType};
 use novacron_raftstore::{
-  bootstrap, encode_message, Callback, Command, Fence, MemberChange, Node, NodeConfig, NodeStatus, Op, Outcome, RaftError, Request,
+  bootstrap, encode_message, Callback, Command, Fence, MemberChange, Node, NodeConfig, NodeStatus, Outcome, RaftError, Request,
   RequestId, Transport,
 };
-use novacron_store::{ScanRange, StoreOptions};
+use novacron_store::ScanRange;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,19 +26,6 @@ fn to_js(err: RaftError) -> Error {
 
 fn error_text(err: &RaftError) -> String {
   format!("{}: {err}", err.code())
-}
-
-fn store_options(options: Option<BindingStoreOptions>) -> StoreOptions {
-  let mut opts = StoreOptions::default();
-  if let Some(o) = options {
-    if let Some(sync) = o.sync_writes {
-      opts.sync_writes = sync;
-    }
-    if let Some(bytes) = o.block_cache_bytes {
-      opts.block_cache_bytes = bytes as usize;
-    }
-  }
-  opts
 }
 
 fn member_id(id: i64) -> Result<u64> {
@@ -235,6 +222,8 @@ pub struct RaftStatus {
   pub voters: Vec<i64>,
   /// Learners.
   pub learners: Vec<i64>,
+  /// The previous voters while in a joint configuration, else empty.
+  pub voters_outgoing: Vec<i64>,
   /// Per-member progress (leader only).
   pub progress: Vec<RaftPeerProgress>,
   /// Members' peer addresses.
@@ -254,6 +243,7 @@ impl From<NodeStatus> for RaftStatus {
       last_index: s.last_index as i64,
       voters: ids(&s.voters),
       learners: ids(&s.learners),
+      voters_outgoing: ids(&s.voters_outgoing),
       progress: s
         .progress
         .into_iter()
@@ -407,13 +397,7 @@ impl NativeRaftNode {
   /// `fence` is given. `requestId` (16 bytes) makes a retry apply once.
   #[napi]
   pub fn write(&self, tag: u32, request_id: Buffer, ops: Vec<BindingWriteOp>, fence: Option<RaftFence>) -> Result<()> {
-    let ops = ops
-      .into_iter()
-      .map(|op| match op.value {
-        Some(value) => Op::Put { key: op.key.to_vec(), value: value.to_vec() },
-        None => Op::Delete { key: op.key.to_vec() },
-      })
-      .collect();
+    let ops = to_ops(ops);
     let fence = fence.map(|f| Fence { lock: f.lock, token: f.token.max(0) as u64 });
     self.propose(tag, &request_id, Command::Write { ops, fence })
   }

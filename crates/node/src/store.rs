@@ -64,16 +64,7 @@ impl NativeStore {
   /// process has it open and `STORE_CORRUPTION` when its files fail verification.
   #[napi(factory)]
   pub fn open(path: String, options: Option<BindingStoreOptions>) -> Result<Self> {
-    let mut opts = StoreOptions::default();
-    if let Some(o) = options {
-      if let Some(sync) = o.sync_writes {
-        opts.sync_writes = sync;
-      }
-      if let Some(bytes) = o.block_cache_bytes {
-        opts.block_cache_bytes = bytes as usize;
-      }
-    }
-    let store = Store::open(path, &opts).map_err(to_js)?;
+    let store = Store::open(path, &store_options(options)).map_err(to_js)?;
     Ok(Self { inner: Arc::new(Mutex::new(Some(Arc::new(store)))) })
   }
 
@@ -90,14 +81,7 @@ impl NativeStore {
   /// Applies `ops` atomically; resolves once they are durable.
   #[napi(ts_return_type = "Promise<void>")]
   pub fn write(&self, ops: Vec<BindingWriteOp>) -> Result<AsyncTask<WriteTask>> {
-    let ops = ops
-      .into_iter()
-      .map(|op| match op.value {
-        Some(value) => Op::Put { key: op.key.to_vec(), value: value.to_vec() },
-        None => Op::Delete { key: op.key.to_vec() },
-      })
-      .collect();
-    Ok(AsyncTask::new(WriteTask { store: self.store()?, ops }))
+    Ok(AsyncTask::new(WriteTask { store: self.store()?, ops: to_ops(ops) }))
   }
 
   /// Returns the pairs in a key range, off the event loop.
@@ -133,6 +117,31 @@ impl NativeStore {
     }
     Ok(())
   }
+}
+
+/// Store options from their JS form (absent fields keep the defaults).
+pub(crate) fn store_options(options: Option<BindingStoreOptions>) -> StoreOptions {
+  let mut opts = StoreOptions::default();
+  if let Some(o) = options {
+    if let Some(sync) = o.sync_writes {
+      opts.sync_writes = sync;
+    }
+    if let Some(bytes) = o.block_cache_bytes {
+      opts.block_cache_bytes = bytes as usize;
+    }
+  }
+  opts
+}
+
+/// Write ops from their JS form: a put when `value` is present, else a delete.
+pub(crate) fn to_ops(ops: Vec<BindingWriteOp>) -> Vec<Op> {
+  ops
+    .into_iter()
+    .map(|op| match op.value {
+      Some(value) => Op::Put { key: op.key.to_vec(), value: value.to_vec() },
+      None => Op::Delete { key: op.key.to_vec() },
+    })
+    .collect()
 }
 
 pub(crate) fn into_pairs(pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Vec<BindingKeyValue> {

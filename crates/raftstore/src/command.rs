@@ -2,6 +2,7 @@
 //! applying them produced. Encoded with postcard behind a format byte.
 
 use crate::error::{RaftError, RaftResult};
+pub use novacron_store::Op;
 use serde::{Deserialize, Serialize};
 
 /// Format byte in front of every encoded request; bump on incompatible changes.
@@ -23,23 +24,6 @@ impl RequestId {
     pub fn is_set(&self) -> bool {
         self.0 != [0; 16]
     }
-}
-
-/// One mutation of the replicated key-value state.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Op {
-    /// Set `key` to `value`.
-    Put {
-        /// Non-empty key.
-        key: Vec<u8>,
-        /// Value bytes.
-        value: Vec<u8>,
-    },
-    /// Remove `key` if present.
-    Delete {
-        /// Non-empty key.
-        key: Vec<u8>,
-    },
 }
 
 /// A lock holder's proof that it still holds `lock`: the state machine refuses a fenced

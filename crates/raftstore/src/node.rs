@@ -128,6 +128,9 @@ pub struct NodeStatus {
     pub voters: Vec<u64>,
     /// Learners.
     pub learners: Vec<u64>,
+    /// The previous voters while in a joint configuration (ConfChangeV2), else empty:
+    /// decisions then need a majority of both sets.
+    pub voters_outgoing: Vec<u64>,
     /// Per-member progress (only on the leader).
     pub progress: Vec<PeerProgress>,
     /// Member addresses recorded by configuration changes.
@@ -623,6 +626,7 @@ impl RaftLoop {
             last_index: raft.raft_log.last_index(),
             voters: cs.voters.clone(),
             learners: cs.learners.clone(),
+            voters_outgoing: cs.voters_outgoing.clone(),
             progress,
             addresses: read_peers(store.db()).unwrap_or_default(),
         }

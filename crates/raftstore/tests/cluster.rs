@@ -7,6 +7,7 @@ use harness::*;
 use novacron_raftstore::{
     Command, Fence, MemberChange, Op, Outcome, RaftError, Request, RequestId,
 };
+use novacron_raftstore::eraftpb::{EntryType, MessageType};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -217,6 +218,77 @@ fn joint_consensus_replaces_a_voter_and_leaves_the_joint_state() {
         !c.status(leader).addresses.iter().any(|(id, _)| *id == out),
         "removed member's address is forgotten"
     );
+}
+
+/// raft-rs leaves a joint configuration by the leader proposing an empty ConfChangeV2
+/// once the joint one is applied. Here the leader enters the joint state, its "leave"
+/// never reaches anyone, and it is cut off: the next leader (elected by majorities of
+/// both the old and the new voters) must finish the change.
+#[test]
+fn a_leader_lost_in_the_middle_of_a_joint_change_is_finished_by_the_next_leader() {
+    let c = Cluster::new();
+    c.form(&[1, 2, 3]);
+    c.start(4);
+    let old = c.leader_among(&[1, 2, 3]);
+    call(|done| {
+        c.node(old)
+            .change_membership(&[MemberChange::AddLearner(4)], vec![(4, Cluster::address(4))], done)
+    })
+    .unwrap();
+    c.wait_applied(4, c.status(old).commit);
+
+    // The auto-leave entry is an empty ConfChangeV2; keep it from leaving the old leader.
+    c.drop_messages(move |m| {
+        m.from == old
+            && m.get_msg_type() == MessageType::MsgAppend
+            && m.get_entries().iter().any(|e| {
+                e.get_entry_type() == EntryType::EntryConfChangeV2 && e.get_data().is_empty()
+            })
+    });
+    let out = [1, 2, 3].into_iter().find(|&id| id != old).unwrap();
+    let keep = [1, 2, 3].into_iter().find(|&id| id != old && id != out).unwrap();
+    call(|done| {
+        c.node(old).change_membership(
+            &[MemberChange::AddVoter(4), MemberChange::Remove(out)],
+            vec![],
+            done,
+        )
+    })
+    .unwrap();
+    // Everyone else applied the joint configuration and is stuck in it.
+    for id in [keep, out, 4] {
+        assert!(
+            wait_for(Duration::from_secs(5), || !c.status(id).voters_outgoing.is_empty()),
+            "member {id} entered the joint state: {:?}",
+            c.status(id)
+        );
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!c.status(keep).voters_outgoing.is_empty(), "the leave entry was dropped");
+
+    c.isolate(old, &[keep, out, 4]);
+    let new = c.leader_among(&[keep, out, 4]);
+    assert_ne!(new, old);
+    let mut expected = vec![old, keep, 4];
+    expected.sort();
+    let left = wait_for(Duration::from_secs(10), || {
+        let st = c.status(new);
+        let mut voters = st.voters.clone();
+        voters.sort();
+        st.voters_outgoing.is_empty() && voters == expected
+    });
+    assert!(left, "the new leader left the joint state: {:?}", c.status(new));
+    put(&c.node(new), "after-joint", "ok");
+
+    // The old leader comes back, drops its unsent leave entry and agrees.
+    c.heal();
+    let commit = c.status(new).commit;
+    c.wait_applied(old, commit);
+    let st = c.status(old);
+    assert!(st.voters_outgoing.is_empty(), "{st:?}");
+    assert_eq!(read(&c.node(old), "after-joint").unwrap().as_deref(), Some("ok"));
+    c.stop(out);
+    put(&c.node(c.leader_among(&[old, keep, 4])), "without-out", "ok");
 }
 
 #[test]

@@ -28,7 +28,7 @@ use rocksdb::{BlockBasedOptions, Direction, IteratorMode, Options, WriteBatch, W
 use std::path::Path;
 
 /// One mutation inside an atomic batch.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Op {
     /// Set `key` to `value`, replacing any previous value.
     Put {

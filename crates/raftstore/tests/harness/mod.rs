@@ -20,16 +20,21 @@ use std::time::{Duration, Instant};
 pub struct Net {
     nodes: Mutex<HashMap<u64, Arc<Node>>>,
     cut: Mutex<HashSet<(u64, u64)>>,
+    /// Drops the messages it matches (lost on the wire), besides cut links.
+    filter: Mutex<Option<MessageFilter>>,
     pub snapshots_delivered: AtomicU64,
 }
+
+pub type MessageFilter = Box<dyn Fn(&Message) -> bool + Send>;
 
 impl Net {
     fn get(&self, id: u64) -> Option<Arc<Node>> {
         self.nodes.lock().unwrap().get(&id).cloned()
     }
 
-    fn is_cut(&self, from: u64, to: u64) -> bool {
-        self.cut.lock().unwrap().contains(&(from, to))
+    fn is_cut(&self, msg: &Message) -> bool {
+        self.cut.lock().unwrap().contains(&(msg.from, msg.to))
+            || self.filter.lock().unwrap().as_ref().is_some_and(|f| f(msg))
     }
 }
 
@@ -42,7 +47,7 @@ impl Transport for NetTransport {
         for msg in messages {
             let (from, to) = (msg.from, msg.to);
             let is_snapshot = msg.get_msg_type() == MessageType::MsgSnapshot;
-            let target = if self.net.is_cut(from, to) {
+            let target = if self.net.is_cut(&msg) {
                 None
             } else {
                 self.net.get(to)
@@ -156,8 +161,14 @@ impl Cluster {
         }
     }
 
+    /// Drops every message `filter` matches until `heal`.
+    pub fn drop_messages(&self, filter: impl Fn(&Message) -> bool + Send + 'static) {
+        *self.net.filter.lock().unwrap() = Some(Box::new(filter));
+    }
+
     pub fn heal(&self) {
         self.net.cut.lock().unwrap().clear();
+        *self.net.filter.lock().unwrap() = None;
     }
 
     pub fn status(&self, id: u64) -> NodeStatus {
