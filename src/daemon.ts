@@ -32,6 +32,7 @@ import { LockService, vmLockGuard } from './cluster/locks.js';
 import { peerWsRoute } from './cluster/peer-ws.js';
 import { registerClusterMetrics } from './cluster/metrics.js';
 import { clusterRoutes } from './api/routes/cluster.js';
+import { PlacementPublisher } from './cluster/placements.js';
 
 export { VERSION } from './version.js';
 import { VERSION } from './version.js';
@@ -99,9 +100,10 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
     // The cluster starts once the API listens: its peer endpoint is this server, and a
     // joining member is contacted by the leader as soon as it is added.
     const host = config.host.includes(':') ? `[${config.host}]` : config.host;
+    const advertised = config.advertise ?? `${host}:${server.port}`;
     try {
       cluster = await Cluster.open({
-        dataDir, address: config.advertise ?? `${host}:${server.port}`, log, raft: config.raft,
+        dataDir, address: advertised, log, raft: config.raft,
         ...(config.clusterSecret ? { secret: config.clusterSecret } : {}),
         ...(config.join ? { join: config.join } : {}),
       });
@@ -112,6 +114,8 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
     const replicated = new ReplicatedStore(cluster.node);
     const locks = new LockService(cluster.node);
     vms.useLockGuard(vmLockGuard(locks, cluster.memberId));
+    const placements = new PlacementPublisher(replicated, vms, { member: cluster.memberId, node: config.nodeId, address: advertised, driver: driver.name }, log);
+    placements.start(events);
     clusterRoutes(router, cluster, replicated, locks);
     registerClusterMetrics(metrics.registry, cluster);
     ready = true;
@@ -130,6 +134,7 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
           ready = false;
           sampler.stop();
           await server.close();
+          placements.stop();
           cluster?.close();
           await migrations.close();
           await vms.drain();

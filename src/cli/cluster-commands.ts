@@ -3,6 +3,7 @@ import type { Command } from 'commander';
 import Table from 'cli-table3';
 import type { NovaClient } from './client.js';
 import type { ClusterStatus } from '../cluster/cluster.js';
+import type { HostRecord, Placement } from '../cluster/placements.js';
 
 export function addClusterCommands(program: Command, client: () => NovaClient, json: () => boolean): void {
   const print = (v: unknown) => console.log(JSON.stringify(v, null, 2));
@@ -31,6 +32,29 @@ export function addClusterCommands(program: Command, client: () => NovaClient, j
           link,
         ]);
       }
+      console.log(table.toString());
+    });
+
+  cluster.command('hosts')
+    .description('every member host: address, role, capacity, VM count, last heartbeat')
+    .action(async () => {
+      const { items } = await client().request<{ items: Array<HostRecord & { role: string }> }>('GET', '/v1/cluster/hosts');
+      if (json()) return print(items);
+      const table = new Table({ head: ['MEMBER', 'NODE', 'ADDRESS', 'ROLE', 'DRIVER', 'CPUS', 'MEMORY', 'VMS', 'HEARTBEAT'], style: { head: [], border: [] } });
+      for (const h of items) table.push([String(h.member), h.node, h.address, h.role, h.driver, String(h.cpus), `${h.memoryMiB} MiB`, String(h.vms), h.heartbeatAt]);
+      console.log(table.toString());
+    });
+
+  cluster.command('vms')
+    .description('every VM in the cluster and the member it runs on')
+    .option('--member <id>', 'only VMs on this member')
+    .option('--name <name>', 'only the VM with this name')
+    .action(async (opts: { member?: string; name?: string }) => {
+      const q = new URLSearchParams({ ...(opts.member ? { member: opts.member } : {}), ...(opts.name ? { name: opts.name } : {}) }).toString();
+      const { items } = await client().request<{ items: Placement[] }>('GET', `/v1/cluster/vms${q ? `?${q}` : ''}`);
+      if (json()) return print(items);
+      const table = new Table({ head: ['ID', 'NAME', 'MEMBER', 'NODE', 'STATE', 'VCPUS', 'MEMORY'], style: { head: [], border: [] } });
+      for (const p of items) table.push([p.vmId, p.name, String(p.member), p.node, p.state, String(p.vcpus), `${p.memoryMiB} MiB`]);
       console.log(table.toString());
     });
 

@@ -214,6 +214,56 @@ describe('cluster', () => {
     await cluster.waitFor(async () => (await api(url, 'GET', `/v1/locks/vm%2F${vm.body.id}`)).body.held === false, 'the VM lock to be released', 5000);
   });
 
+  it('any member lists every host and every VM with the member it runs on; migration, deletion and removal keep it current', async () => {
+    cluster = await TestCluster.start(3);
+    const c = cluster;
+    const url = (i: number) => c.members[i]!.url;
+    const create = async (i: number, name: string) => {
+      const r = await api(url(i), 'POST', '/v1/vms', { name, vcpus: 1, memoryMiB: 64, disks: [{ name: 'root', sizeMiB: 64 }] });
+      expect(r.status, JSON.stringify(r.body)).toBe(201);
+      return r.body.id as string;
+    };
+    const placed = async (i: number) => {
+      const r = await api(url(i), 'GET', '/v1/cluster/vms');
+      expect(r.status, JSON.stringify(r.body)).toBe(200);
+      return (r.body.items as Array<{ vmId: string; member: number }>).map((p) => `${p.vmId}@${p.member}`).sort();
+    };
+    const eventually = (what: string, want: () => Record<string, number>) =>
+      c.waitFor(async () => JSON.stringify(await placed(2)) === JSON.stringify(Object.entries(want()).map(([vm, m]) => `${vm}@${m}`).sort()), what, 10_000);
+
+    const a = await create(0, 'inv-a');
+    const b = await create(1, 'inv-b');
+    await eventually('both VMs to be listed where they were created', () => ({ [a]: c.members[0]!.id!, [b]: c.members[1]!.id! }));
+    const byName = await api(url(2), 'GET', '/v1/cluster/vms?name=inv-b');
+    expect(byName.body.items).toMatchObject([{ vmId: b, name: 'inv-b', state: 'stopped', vcpus: 1, memoryMiB: 64 }]);
+    expect((await api(url(2), 'GET', '/v1/cluster/vms?member=abc')).status).toBe(400);
+
+    await c.waitFor(async () => (await api(url(2), 'GET', '/v1/cluster/hosts')).body.items.length === 3, 'three host records', 5000);
+    const hosts = await api(url(2), 'GET', '/v1/cluster/hosts');
+    expect(hosts.body.items.filter((h: { role: string }) => h.role === 'leader')).toHaveLength(1);
+    expect(hosts.body.items.map((h: { member: number }) => h.member).sort()).toEqual(c.members.map((m) => m.id).sort());
+
+    // Cold migration inside the cluster (the source holds the VM's lock, then hands it on).
+    const mig = await api(url(0), 'POST', `/v1/vms/${a}/migrate`, { target: url(1) });
+    expect(mig.status, JSON.stringify(mig.body)).toBe(202);
+    await c.waitFor(async () => (await api(url(0), 'GET', `/v1/migrations/${mig.body.id}`)).body.state === 'completed', 'the migration');
+    await eventually('the migrated VM to be listed on its new member', () => ({ [a]: c.members[1]!.id!, [b]: c.members[1]!.id! }));
+    const start = await api(url(1), 'POST', `/v1/vms/${a}/start`);
+    expect(start.status, JSON.stringify(start.body)).toBe(202);
+    expect((await waitOp(url(1), start.body.id)).state).toBe('succeeded');
+
+    expect((await api(url(1), 'DELETE', `/v1/vms/${b}`)).status).toBeLessThan(300);
+    await eventually('the deleted VM to disappear', () => ({ [a]: c.members[1]!.id! }));
+
+    // A removed member's host record goes with it.
+    const leader = await c.leader();
+    const gone = [0, 1, 2].find((i) => i !== leader && i !== 1)!;
+    expect((await api(url(leader), 'DELETE', `/v1/cluster/members/${c.members[gone]!.id}`)).status).toBe(200);
+    await c.kill(gone);
+    const left = await api(url(1), 'GET', '/v1/cluster/hosts');
+    expect(left.body.items.map((h: { member: number }) => h.member)).not.toContain(c.members[gone]!.id);
+  });
+
   it('a retried write with the same request id is applied once', async () => {
     cluster = await TestCluster.start(1);
     const requestId = 'a'.repeat(32);

@@ -35,4 +35,9 @@ describe('config', () => {
     expect(() => loadConfig({ flags: { bodyLimitBytes: 5 }, env: {} })).toThrow(/bodyLimitBytes/);
     expect(() => loadConfig({ flags: {}, env: {}, configFile: '/nonexistent.json' })).toThrow(/cannot read config file/);
   });
+
+  it('takes a peer address to advertise and names it when it is not HOST:PORT', () => {
+    expect(loadConfig({ flags: {}, env: { NOVACRON_ADVERTISE: 'hv1.example:7700' } }).advertise).toBe('hv1.example:7700');
+    expect(() => loadConfig({ flags: { advertise: 'hv1.example' }, env: {} })).toThrow(/advertise: expected HOST:PORT/);
+  });
 });

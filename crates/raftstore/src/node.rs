@@ -159,7 +159,10 @@ impl MemberChange {
 
     fn into_single(self) -> raft::eraftpb::ConfChangeSingle {
         use raft::eraftpb::ConfChangeType::*;
-        let mut single = raft::eraftpb::ConfChangeSingle { node_id: self.id(), ..Default::default() };
+        let mut single = raft::eraftpb::ConfChangeSingle {
+            node_id: self.id(),
+            ..Default::default()
+        };
         single.set_change_type(match self {
             MemberChange::AddVoter(_) => AddNode,
             MemberChange::AddLearner(_) => AddLearnerNode,
@@ -208,7 +211,10 @@ pub fn bootstrap(path: &Path, id: u64, address: &str, options: &StoreOptions) ->
     }
     // Start the log at index 1 as if a snapshot of the one-member configuration had been
     // installed: a node joining later gets that snapshot first, and with it the state.
-    let cs = ConfState { voters: vec![id], ..Default::default() };
+    let cs = ConfState {
+        voters: vec![id],
+        ..Default::default()
+    };
     let mut snap = raft::eraftpb::Snapshot::default();
     snap.set_data(crate::snapshot::SnapshotData::default_encoded().into());
     snap.mut_metadata().index = 1;
@@ -452,6 +458,8 @@ struct RaftLoop {
     reads_for_apply: Vec<(u64, Waiter<u64>)>,
     next_read: u64,
     stopping: bool,
+    /// Leadership hand-overs tried since this (removed) leader was removed.
+    handover_tries: u32,
 }
 
 impl RaftLoop {
@@ -467,6 +475,7 @@ impl RaftLoop {
             rx,
             transport,
             proposals: HashMap::new(),
+            handover_tries: 0,
             leader_seen: raft::INVALID_ID,
             conf_changes: HashMap::new(),
             reads_for_index: HashMap::new(),
@@ -481,7 +490,11 @@ impl RaftLoop {
         while !self.stopping {
             // Advancing a Ready can make the next one ready at once (a single voter's entries
             // commit as soon as they are persisted): handle it now, not after a tick.
-            let wait = if self.raw.has_ready() { Duration::ZERO } else { next_tick.saturating_duration_since(Instant::now()) };
+            let wait = if self.raw.has_ready() {
+                Duration::ZERO
+            } else {
+                next_tick.saturating_duration_since(Instant::now())
+            };
             match self.rx.recv_timeout(wait) {
                 Ok(input) => self.handle(input),
                 Err(RecvTimeoutError::Timeout) => {}
@@ -497,6 +510,7 @@ impl RaftLoop {
             let now = Instant::now();
             if now >= next_tick {
                 self.raw.tick();
+                self.step_down_if_removed();
                 self.expire(now);
                 next_tick = now + self.config.tick;
             }
@@ -532,7 +546,14 @@ impl RaftLoop {
                 match self.raw.propose(Vec::new(), data.clone()) {
                     Ok(()) => {
                         let deadline = self.deadline();
-                        self.proposals.entry(id).or_insert_with(|| Pending { data, waiters: Vec::new() }).waiters.push(Waiter { done, deadline });
+                        self.proposals
+                            .entry(id)
+                            .or_insert_with(|| Pending {
+                                data,
+                                waiters: Vec::new(),
+                            })
+                            .waiters
+                            .push(Waiter { done, deadline });
                     }
                     Err(e) => done(Err(e.into())),
                 }
@@ -823,6 +844,43 @@ impl RaftLoop {
             }
         }
         Ok(())
+    }
+
+    /// raft-rs keeps a leader that a configuration change removed in charge (it goes on
+    /// heartbeating, so the remaining voters never elect anyone): hand leadership to the
+    /// most caught-up remaining voter, then step down. Checked on every tick: a transferee
+    /// that has not applied the change yet ignores the hand-over and raft-rs drops it
+    /// after an election timeout, so the first try is retried once before giving up
+    /// the lead anyway (the voters then elect someone after their own timeout).
+    fn step_down_if_removed(&mut self) {
+        let raft = &self.raw.raft;
+        let id = raft.id;
+        if raft.state != StateRole::Leader {
+            self.handover_tries = 0;
+            return;
+        }
+        if raft.lead_transferee.is_some() {
+            return;
+        }
+        let cs = self.raw.store().conf_state();
+        if cs.voters.contains(&id) || cs.voters_outgoing.contains(&id) {
+            return;
+        }
+        let best = cs
+            .voters
+            .iter()
+            .copied()
+            .max_by_key(|v| raft.prs().get(*v).map_or(0, |p| p.matched));
+        match best {
+            Some(to) if self.handover_tries < 2 => {
+                self.handover_tries += 1;
+                self.raw.transfer_leader(to);
+            }
+            _ => {
+                let term = self.raw.raft.term;
+                self.raw.raft.become_follower(term, raft::INVALID_ID);
+            }
+        }
     }
 
     /// A follower forwards proposals and reads to its leader; if that leader dies they are

@@ -4,10 +4,10 @@
 mod harness;
 
 use harness::*;
+use novacron_raftstore::eraftpb::{EntryType, MessageType};
 use novacron_raftstore::{
     Command, Fence, MemberChange, Op, Outcome, RaftError, Request, RequestId,
 };
-use novacron_raftstore::eraftpb::{EntryType, MessageType};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -231,8 +231,11 @@ fn a_leader_lost_in_the_middle_of_a_joint_change_is_finished_by_the_next_leader(
     c.start(4);
     let old = c.leader_among(&[1, 2, 3]);
     call(|done| {
-        c.node(old)
-            .change_membership(&[MemberChange::AddLearner(4)], vec![(4, Cluster::address(4))], done)
+        c.node(old).change_membership(
+            &[MemberChange::AddLearner(4)],
+            vec![(4, Cluster::address(4))],
+            done,
+        )
     })
     .unwrap();
     c.wait_applied(4, c.status(old).commit);
@@ -246,7 +249,10 @@ fn a_leader_lost_in_the_middle_of_a_joint_change_is_finished_by_the_next_leader(
             })
     });
     let out = [1, 2, 3].into_iter().find(|&id| id != old).unwrap();
-    let keep = [1, 2, 3].into_iter().find(|&id| id != old && id != out).unwrap();
+    let keep = [1, 2, 3]
+        .into_iter()
+        .find(|&id| id != old && id != out)
+        .unwrap();
     call(|done| {
         c.node(old).change_membership(
             &[MemberChange::AddVoter(4), MemberChange::Remove(out)],
@@ -258,37 +264,80 @@ fn a_leader_lost_in_the_middle_of_a_joint_change_is_finished_by_the_next_leader(
     // Everyone else applied the joint configuration and is stuck in it.
     for id in [keep, out, 4] {
         assert!(
-            wait_for(Duration::from_secs(5), || !c.status(id).voters_outgoing.is_empty()),
+            wait_for(Duration::from_secs(5), || !c
+                .status(id)
+                .voters_outgoing
+                .is_empty()),
             "member {id} entered the joint state: {:?}",
             c.status(id)
         );
     }
     std::thread::sleep(Duration::from_millis(300));
-    assert!(!c.status(keep).voters_outgoing.is_empty(), "the leave entry was dropped");
+    assert!(
+        !c.status(keep).voters_outgoing.is_empty(),
+        "the leave entry was dropped"
+    );
 
     c.isolate(old, &[keep, out, 4]);
-    let new = c.leader_among(&[keep, out, 4]);
-    assert_ne!(new, old);
+    let elected = wait_for(Duration::from_secs(10), || {
+        ![0, old].contains(&c.status(keep).leader)
+    });
+    assert!(elected, "a new leader among the rest: {:?}", c.status(keep));
     let mut expected = vec![old, keep, 4];
     expected.sort();
     let left = wait_for(Duration::from_secs(10), || {
-        let st = c.status(new);
+        let st = c.status(keep);
         let mut voters = st.voters.clone();
         voters.sort();
         st.voters_outgoing.is_empty() && voters == expected
     });
-    assert!(left, "the new leader left the joint state: {:?}", c.status(new));
-    put(&c.node(new), "after-joint", "ok");
+    assert!(left, "the joint state was left: {:?}", c.status(keep));
+    // The new leader may have been `out` itself: removed, it hands leadership over.
+    let current = c.leader_among(&[keep, 4]);
+    put(&c.node(current), "after-joint", "ok");
 
     // The old leader comes back, drops its unsent leave entry and agrees.
     c.heal();
-    let commit = c.status(new).commit;
+    let commit = c.status(current).commit;
     c.wait_applied(old, commit);
     let st = c.status(old);
     assert!(st.voters_outgoing.is_empty(), "{st:?}");
-    assert_eq!(read(&c.node(old), "after-joint").unwrap().as_deref(), Some("ok"));
+    assert_eq!(
+        read(&c.node(old), "after-joint").unwrap().as_deref(),
+        Some("ok")
+    );
     c.stop(out);
-    put(&c.node(c.leader_among(&[old, keep, 4])), "without-out", "ok");
+    put(
+        &c.node(c.leader_among(&[old, keep, 4])),
+        "without-out",
+        "ok",
+    );
+}
+
+/// raft-rs leaves a leader that removed itself in charge, heartbeating, so the others
+/// would never elect anyone; the node hands leadership over instead.
+#[test]
+fn a_leader_that_removes_itself_hands_over_leadership() {
+    let c = Cluster::new();
+    c.form(&[1, 2, 3]);
+    let old = c.leader();
+    call(|done| {
+        c.node(old)
+            .change_membership(&[MemberChange::Remove(old)], vec![], done)
+    })
+    .unwrap();
+    let rest: Vec<u64> = [1, 2, 3].into_iter().filter(|&id| id != old).collect();
+    let new = c.leader_among(&rest);
+    assert_ne!(new, old);
+    put(&c.node(new), "after-removal", "ok");
+    let st = c.status(new);
+    assert_eq!(st.voters.len(), 2, "{st:?}");
+    // The removed leader hears from nobody; it gives up the lead on its own.
+    assert!(
+        wait_for(Duration::from_secs(10), || c.status(old).role != "leader"),
+        "{:?}",
+        c.status(old)
+    );
 }
 
 #[test]
@@ -428,7 +477,11 @@ fn bad_requests_and_messages_are_refused_with_codes() {
         node.step(b"\xff\xff\xffnot protobuf").unwrap_err().code(),
         "RAFT_BAD_MESSAGE"
     );
-    let mut msg = novacron_raftstore::eraftpb::Message { to: 9, from: 2, ..Default::default() };
+    let mut msg = novacron_raftstore::eraftpb::Message {
+        to: 9,
+        from: 2,
+        ..Default::default()
+    };
     assert_eq!(
         node.step(&novacron_raftstore::encode_message(&msg))
             .unwrap_err()
@@ -478,6 +531,13 @@ fn a_proposal_forwarded_to_a_dead_leader_is_sent_again_to_the_next_one() {
     let started = std::time::Instant::now();
     let outcome = propose(&c.node(follower), put_request("forwarded", "1")).unwrap();
     assert!(matches!(outcome, Outcome::Written { .. }));
-    assert!(started.elapsed() < Duration::from_secs(5), "waited {:?}: the proposal was not re-sent to the new leader", started.elapsed());
-    assert_eq!(read(&c.node(follower), "forwarded").unwrap().as_deref(), Some("1"));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "waited {:?}: the proposal was not re-sent to the new leader",
+        started.elapsed()
+    );
+    assert_eq!(
+        read(&c.node(follower), "forwarded").unwrap().as_deref(),
+        Some("1")
+    );
 }

@@ -11,6 +11,7 @@ import type { Cluster } from '../../cluster/cluster.js';
 import type { ReplicatedStore } from '../../cluster/replicated-store.js';
 import type { LockService } from '../../cluster/locks.js';
 import { secretMatches } from '../../cluster/peer-ws.js';
+import { clusterHosts, clusterPlacements, forgetMember } from '../../cluster/placements.js';
 
 const MemberId = z.coerce.number().int().min(1).max(Number.MAX_SAFE_INTEGER);
 const Address = z.string().regex(/^(?:\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$/, 'expected HOST:PORT');
@@ -22,7 +23,9 @@ const PutBody = z.strictObject({
   requestId: RequestIdHex.optional(),
   fence: z.strictObject({ lock: z.string().min(1).max(256), token: z.int().min(1) }).optional(),
 });
-const ReadQuery = z.strictObject({ consistency: z.enum(['linearizable', 'stale']).default('linearizable') });
+const Consistency = z.enum(['linearizable', 'stale']).default('linearizable');
+const ReadQuery = z.strictObject({ consistency: Consistency });
+const InventoryQuery = z.strictObject({ consistency: Consistency, member: MemberId.optional(), name: z.string().min(1).max(256).optional() });
 const KeyParam = z.string().min(1).max(1024);
 const LockName = z.string().min(1).max(256);
 const AcquireBody = z.strictObject({ holder: z.string().min(1).max(256), ttlMs: z.int().min(100).max(3_600_000), requestId: RequestIdHex.optional() });
@@ -42,7 +45,23 @@ export function clusterRoutes(router: Router, cluster: Cluster, store: Replicate
   }, { body: true, public: true });
   router.add('DELETE', '/v1/cluster/members/:id', async (req) => {
     const id = parseWith(MemberId, req.params.id, 'BAD_QUERY');
-    return { status: 200, json: await cluster.removeMember(id) };
+    const members = await cluster.removeMember(id);
+    // Its inventory goes with it (written by the remaining members; it can no longer write).
+    await forgetMember(store, id).catch(() => undefined);
+    return { status: 200, json: members };
+  });
+  // The cluster-wide inventory: every host, and every VM with the member it runs on.
+  router.add('GET', '/v1/cluster/hosts', async (req) => {
+    const q = parseWith(ReadQuery, Object.fromEntries(req.query), 'BAD_QUERY');
+    const [hosts, st] = await Promise.all([clusterHosts(store, q.consistency === 'stale'), cluster.status()]);
+    const role = (m: number) => (m === st.leader ? 'leader' : st.voters.includes(m) ? 'voter' : st.learners.includes(m) ? 'learner' : 'removed');
+    return { status: 200, json: { items: hosts.map((h) => ({ ...h, role: role(h.member) })) } };
+  });
+  router.add('GET', '/v1/cluster/vms', async (req) => {
+    const q = parseWith(InventoryQuery, Object.fromEntries(req.query), 'BAD_QUERY');
+    const all = await clusterPlacements(store, q.consistency === 'stale');
+    const items = all.filter((p) => (q.member === undefined || p.member === q.member) && (q.name === undefined || p.name === q.name));
+    return { status: 200, json: { items } };
   });
   router.add('POST', '/v1/cluster/leader', async (req) => {
     const { to } = parseWith(TransferBody, req.body);

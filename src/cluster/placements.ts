@@ -1,0 +1,180 @@
+/**
+ * The cluster-wide inventory: which host runs which VM, and what each host is. Every
+ * member publishes its own VMs under `placement/<member>/<vmId>` and itself under
+ * `host/<member>` in the replicated store. Each member writes only its own keys, so
+ * members never race on a record; a VM in flight between two hosts briefly shows on
+ * both (the source's says `migrating`). Any member answers for the whole cluster.
+ */
+import { cpus, hostname, totalmem } from 'node:os';
+import type { Logger } from 'pino';
+import type { EventLog } from '../events/log.js';
+import { prefixRange, type WriteOp } from '../store/store.js';
+import type { VmRecord } from '../vm/record.js';
+import type { VmService } from '../vm/service.js';
+import { VERSION } from '../version.js';
+import type { ReplicatedStore } from './replicated-store.js';
+
+export interface Placement {
+  vmId: string;
+  name: string;
+  member: number;
+  node: string;
+  state: string;
+  tenant?: string;
+  vcpus: number;
+  memoryMiB: number;
+  updatedAt: string;
+}
+
+export interface HostRecord {
+  member: number;
+  node: string;
+  address: string;
+  version: string;
+  driver: string;
+  cpus: number;
+  memoryMiB: number;
+  vms: number;
+  startedAt: string;
+  heartbeatAt: string;
+}
+
+const placementPrefix = (member?: number) => (member === undefined ? 'placement/' : `placement/${member}/`);
+const hostKey = (member: number) => `host/${member}`;
+/** A batch of VMs per replicated write (a 10,000-VM host publishes in 10 entries). */
+const BATCH = 1000;
+const FLUSH_MS = 100;
+const HEARTBEAT_MS = 30_000;
+const RETRY_MS = 2000;
+
+export class PlacementPublisher {
+  #dirty = new Set<string>();
+  #timer: NodeJS.Timeout | undefined;
+  #heartbeat: NodeJS.Timeout | undefined;
+  #flushing: Promise<void> = Promise.resolve();
+  #unsubscribe: (() => void) | undefined;
+  #startedAt = new Date().toISOString();
+  #stopped = false;
+
+  constructor(
+    private readonly store: ReplicatedStore,
+    private readonly vms: VmService,
+    private readonly host: { member: number; node: string; address: string; driver: string },
+    private readonly log: Logger,
+  ) {}
+
+  /**
+   * Publishes this host and all its VMs (dropping ones it no longer has), then follows
+   * VM events. Never waits for the cluster: without a quorum (a whole cluster restarting
+   * member by member) publishing retries in the background.
+   */
+  start(events: EventLog): void {
+    this.#unsubscribe = events.subscribe({}, (ev) => {
+      if (ev.vmId) this.#markDirty(ev.vmId);
+    });
+    const prefix = placementPrefix(this.host.member);
+    this.#flushing = this.store
+      .scan(prefixRange(prefix), { stale: true })
+      .then((published) => {
+        for (const e of published) this.#dirty.add(e.key.slice(prefix.length));
+        for (const vm of this.#localVms()) this.#dirty.add(vm.id);
+        this.#flushSoon(); // Also publishes the host record.
+      })
+      .catch((err) => this.log.warn({ err: (err as Error).message }, 'reading published placements failed'));
+    this.#heartbeat = setInterval(() => void this.#writeHost().catch(() => undefined), HEARTBEAT_MS).unref();
+  }
+
+  #markDirty(vmId: string): void {
+    this.#dirty.add(vmId);
+    if (!this.#stopped) this.#timer ??= setTimeout(() => this.#flushSoon(), FLUSH_MS);
+  }
+
+  /** Stops publishing; a write in flight is left to fail with the stopping Raft node. */
+  stop(): void {
+    this.#stopped = true;
+    this.#unsubscribe?.();
+    clearTimeout(this.#timer);
+    clearInterval(this.#heartbeat);
+  }
+
+  #flushSoon(): void {
+    this.#timer = undefined;
+    this.#flushing = this.#flushing.then(() => this.#flush()).catch((err) => {
+      if (this.#stopped) return;
+      this.log.warn({ err: (err as Error).message }, 'publishing VM placements failed; will retry');
+      this.#timer ??= setTimeout(() => this.#flushSoon(), RETRY_MS);
+    });
+  }
+
+  async #flush(): Promise<void> {
+    const ids = [...this.#dirty];
+    this.#dirty.clear();
+    for (let i = 0; i < ids.length; i += BATCH) {
+      const ops: WriteOp[] = ids.slice(i, i + BATCH).map((id) => {
+        const vm = this.#local(id);
+        const key = placementPrefix(this.host.member) + id;
+        return vm ? { key, value: Buffer.from(JSON.stringify(this.#placement(vm))) } : { key };
+      });
+      try {
+        await this.store.write(ops);
+      } catch (err) {
+        for (const id of ids.slice(i)) this.#dirty.add(id); // Not lost: retried on the next flush.
+        throw err;
+      }
+    }
+    await this.#writeHost();
+  }
+
+  async #writeHost(): Promise<void> {
+    const now = new Date().toISOString();
+    const record: HostRecord = {
+      member: this.host.member, node: this.host.node, address: this.host.address, version: VERSION, driver: this.host.driver,
+      cpus: cpus().length, memoryMiB: Math.floor(totalmem() / 1048576), vms: this.vms.size, startedAt: this.#startedAt, heartbeatAt: now,
+    };
+    await this.store.write([{ key: hostKey(this.host.member), value: Buffer.from(JSON.stringify(record)) }]);
+  }
+
+  #placement(vm: VmRecord): Placement {
+    return {
+      vmId: vm.id, name: vm.name, member: this.host.member, node: vm.node, state: vm.state,
+      ...(vm.spec.tenant ? { tenant: vm.spec.tenant } : {}),
+      vcpus: vm.spec.vcpus, memoryMiB: vm.spec.memoryMiB, updatedAt: vm.updatedAt,
+    };
+  }
+
+  #local(id: string): VmRecord | undefined {
+    try {
+      return this.vms.get(id);
+    } catch {
+      return undefined;
+    }
+  }
+
+  #localVms(): VmRecord[] {
+    const out: VmRecord[] = [];
+    for (let cursor: string | undefined; ; ) {
+      const page = this.vms.list({ limit: 1000, ...(cursor ? { cursor } : {}) });
+      out.push(...page.items);
+      if (!page.nextCursor) return out;
+      cursor = page.nextCursor;
+    }
+  }
+}
+
+/** Every VM in the cluster with the member it runs on (linearizable unless `stale`). */
+export async function clusterPlacements(store: ReplicatedStore, stale = false): Promise<Placement[]> {
+  const entries = await store.scan(prefixRange(placementPrefix()), { stale });
+  return entries.map((e) => JSON.parse(e.value.toString()) as Placement);
+}
+
+export async function clusterHosts(store: ReplicatedStore, stale = false): Promise<HostRecord[]> {
+  const entries = await store.scan(prefixRange('host/'), { stale });
+  return entries.map((e) => JSON.parse(e.value.toString()) as HostRecord);
+}
+
+/** What a removed member left behind: its host record and placements. */
+export async function forgetMember(store: ReplicatedStore, member: number): Promise<void> {
+  const entries = await store.scan(prefixRange(placementPrefix(member)), { stale: true });
+  const ops: WriteOp[] = [{ key: hostKey(member) }, ...entries.map((e) => ({ key: e.key }))];
+  for (let i = 0; i < ops.length; i += BATCH) await store.write(ops.slice(i, i + BATCH));
+}
