@@ -178,17 +178,7 @@ fn a_node_that_missed_a_compaction_catches_up_by_snapshot() {
 fn joint_consensus_replaces_a_voter_and_leaves_the_joint_state() {
     let c = Cluster::new();
     c.form(&[1, 2, 3]);
-    c.start(4);
-    let leader = c.leader_among(&[1, 2, 3]);
-    call(|done| {
-        c.node(leader).change_membership(
-            &[MemberChange::AddLearner(4)],
-            vec![(4, Cluster::address(4))],
-            done,
-        )
-    })
-    .unwrap();
-    c.wait_applied(4, c.status(leader).commit);
+    let leader = c.add_caught_up_learner(4);
     // Swap a follower for node 4 in one change: joint consensus, left automatically.
     let out = [1, 2, 3].into_iter().find(|&id| id != leader).unwrap();
     call(|done| {
@@ -228,17 +218,7 @@ fn joint_consensus_replaces_a_voter_and_leaves_the_joint_state() {
 fn a_leader_lost_in_the_middle_of_a_joint_change_is_finished_by_the_next_leader() {
     let c = Cluster::new();
     c.form(&[1, 2, 3]);
-    c.start(4);
-    let old = c.leader_among(&[1, 2, 3]);
-    call(|done| {
-        c.node(old).change_membership(
-            &[MemberChange::AddLearner(4)],
-            vec![(4, Cluster::address(4))],
-            done,
-        )
-    })
-    .unwrap();
-    c.wait_applied(4, c.status(old).commit);
+    let old = c.add_caught_up_learner(4);
 
     // The auto-leave entry is an empty ConfChangeV2; keep it from leaving the old leader.
     c.drop_messages(move |m| {

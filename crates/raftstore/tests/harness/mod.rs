@@ -161,6 +161,24 @@ impl Cluster {
         }
     }
 
+    /// Starts `id`, adds it as a learner through the leader of the formed cluster and
+    /// waits until it has applied everything; returns that leader.
+    pub fn add_caught_up_learner(&self, id: u64) -> u64 {
+        let voters = self.running();
+        self.start(id);
+        let leader = self.leader_among(&voters);
+        call(|done| {
+            self.node(leader).change_membership(
+                &[MemberChange::AddLearner(id)],
+                vec![(id, Cluster::address(id))],
+                done,
+            )
+        })
+        .unwrap();
+        self.wait_applied(id, self.status(leader).commit);
+        leader
+    }
+
     /// Drops every message `filter` matches until `heal`.
     pub fn drop_messages(&self, filter: impl Fn(&Message) -> bool + Send + 'static) {
         *self.net.filter.lock().unwrap() = Some(Box::new(filter));
