@@ -67,6 +67,7 @@ export const ERROR_CODES = {
   CLUSTER_MISMATCH: { status: 409, message: 'the peer belongs to a different cluster' },
   CLUSTER_MEMBER_NOT_FOUND: { status: 404, message: 'no such cluster member' },
   CLUSTER_JOIN_FAILED: { status: 502, message: 'joining the cluster failed' },
+  CLUSTER_EXISTS: { status: 409, message: 'this data directory already belongs to a cluster' },
   KEY_NOT_FOUND: { status: 404, message: 'no such key' },
   LOCK_HELD: { status: 409, message: 'the lock is held by someone else' },
   LOCK_NOT_HELD: { status: 409, message: 'the token is not the lock\'s current token' },

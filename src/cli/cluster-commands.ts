@@ -2,12 +2,29 @@
 import type { Command } from 'commander';
 import Table from 'cli-table3';
 import type { NovaClient } from './client.js';
+import { NovaError } from '../errors.js';
 import type { ClusterStatus } from '../cluster/cluster.js';
 import type { HostRecord, Placement } from '../cluster/placements.js';
 
 export function addClusterCommands(program: Command, client: () => NovaClient, json: () => boolean): void {
   const print = (v: unknown) => console.log(JSON.stringify(v, null, 2));
   const cluster = program.command('cluster').description('cluster membership and Raft state (new daemons join with `novacron daemon --join HOST:PORT`)');
+
+  cluster.command('init')
+    .description('make a data directory the first member of a new cluster, offline, and print how others join (a daemon started without --join does this itself)')
+    .option('--data-dir <dir>', 'data directory', './data')
+    .option('--advertise <host:port>', 'where peers will reach this member: the daemon\'s --advertise, or its --listen address', '127.0.0.1:7700')
+    .option('--cluster-secret <secret>', 'shared secret (default: generated)')
+    .action(async (opts: { dataDir: string; advertise: string; clusterSecret?: string }) => {
+      const { bootstrapCluster } = await import('../cluster/cluster.js');
+      if (!/^(?:\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$/.test(opts.advertise)) throw new NovaError('CONFIG_INVALID', `--advertise: expected HOST:PORT, got "${opts.advertise}"`);
+      if (opts.clusterSecret !== undefined && opts.clusterSecret.length < 16) throw new NovaError('CONFIG_INVALID', 'cluster secrets must be at least 16 characters');
+      const id = bootstrapCluster(opts.dataDir, opts.advertise, opts.clusterSecret);
+      if (json()) return print({ clusterId: id.clusterId, memberId: id.memberId, secret: id.secret, dataDir: opts.dataDir, advertise: opts.advertise });
+      console.log(`cluster ${id.clusterId}: member ${id.memberId} in ${opts.dataDir}, reachable at ${opts.advertise}`);
+      console.log(`start it:     novacron daemon --data-dir ${opts.dataDir} --listen ${opts.advertise}`);
+      console.log(`join others:  novacron daemon --join ${opts.advertise} --cluster-secret ${id.secret}`);
+    });
 
   cluster.command('status')
     .description('term, leader, commit/applied index and every member\'s replication progress')

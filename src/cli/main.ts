@@ -8,6 +8,7 @@ import Table from 'cli-table3';
 import cliProgress from 'cli-progress';
 import { ApiError, ConnectionError, NovaClient } from './client.js';
 import { EXIT } from './exit-codes.js';
+import { NovaError } from '../errors.js';
 import type { OperationRecord } from '../operations/operation.js';
 import type { MigrationRecord } from '../migration/record.js';
 import type { VmRecord } from '../vm/record.js';
@@ -283,6 +284,10 @@ export function exitCodeFor(err: unknown): number {
     if (err.status >= 400 && err.status < 500) return EXIT.REJECTED;
     return EXIT.FAILURE;
   }
+  if (err instanceof NovaError) {
+    if (err.code === 'CONFIG_INVALID') return EXIT.USAGE;
+    return err.status === 409 ? EXIT.CONFLICT : EXIT.FAILURE;
+  }
   if (err instanceof ConnectionError) return EXIT.UNREACHABLE;
   if (err instanceof UsageError) return EXIT.USAGE;
   return EXIT.FAILURE;
@@ -301,7 +306,7 @@ export async function main(argv: string[]): Promise<void> {
     if (program.opts<GlobalOpts>().json && err instanceof ApiError) {
       console.error(JSON.stringify({ error: { code: err.code, message: err.message, details: err.details } }));
     } else {
-      console.error(`novacron: ${err instanceof ApiError ? `${err.code}: ` : ''}${(err as Error).message}`);
+      console.error(`novacron: ${err instanceof ApiError || err instanceof NovaError ? `${err.code}: ` : ''}${(err as Error).message}`);
     }
     process.exitCode = code;
   }

@@ -88,10 +88,7 @@ export class Cluster implements PeerEndpoint {
         writeIdentity(opts.dataDir, identity);
         opts.log.info({ clusterId, memberId: identity.memberId, via: opts.join }, 'joined the cluster as a learner');
       } else {
-        identity = { memberId: newMemberId(), secret: opts.secret ?? newSecret(), clusterId: newClusterId() };
-        mkdirSync(raftDir, { recursive: true });
-        RaftNode.bootstrap(raftDir, identity.memberId, opts.address);
-        writeIdentity(opts.dataDir, identity);
+        identity = bootstrapCluster(opts.dataDir, opts.address, opts.secret);
         opts.log.info({ clusterId: identity.clusterId, memberId: identity.memberId }, 'bootstrapped a new one-member cluster');
       }
     }
@@ -213,6 +210,22 @@ export class Cluster implements PeerEndpoint {
 }
 
 /** Asks a member to add us; returns the cluster id. Retries while it is down or leaderless. */
+/**
+ * Makes `dataDir` the first member of a new cluster (`novacron cluster init`, or a
+ * daemon's first start without --join). `address` is where peers will dial it.
+ */
+export function bootstrapCluster(dataDir: string, address: string, secret?: string): Required<Identity> {
+  const existing = readIdentity(dataDir);
+  if (existing?.clusterId) throw new NovaError('CLUSTER_EXISTS', `${dataDir} is already member ${existing.memberId} of cluster ${existing.clusterId}`);
+  if (existing) throw new NovaError('CLUSTER_EXISTS', `${dataDir} is in the middle of joining a cluster as member ${existing.memberId}; start its daemon to finish`);
+  const identity = { memberId: newMemberId(), secret: secret ?? newSecret(), clusterId: newClusterId() };
+  const raftDir = join(dataDir, 'raft');
+  mkdirSync(raftDir, { recursive: true });
+  RaftNode.bootstrap(raftDir, identity.memberId, address);
+  writeIdentity(dataDir, identity);
+  return identity;
+}
+
 async function requestJoin(via: string, identity: Identity, address: string): Promise<string> {
   const deadline = Date.now() + JOIN_RETRY_MS;
   for (let delay = 100; ; delay = Math.min(delay * 2, 2000)) {

@@ -6,8 +6,9 @@
  */
 import { afterEach, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
-import { api, spawnDaemon, tempDataDir, removeDir, waitOp } from '../helpers/daemon.js';
-import { SECRET, TestCluster, expectAllPresent, registerClients, sleep, writeLoad } from '../helpers/cluster.js';
+import { spawnSync } from 'node:child_process';
+import { BIN, api, spawnDaemon, tempDataDir, removeDir, waitOp, type DaemonHandle } from '../helpers/daemon.js';
+import { SECRET, TestCluster, expectAllPresent, freePort, registerClients, sleep, writeLoad } from '../helpers/cluster.js';
 import { checkRegister } from '../helpers/linearizability.js';
 
 let cluster: TestCluster | undefined;
@@ -262,6 +263,35 @@ describe('cluster', () => {
     await c.kill(gone);
     const left = await api(url(1), 'GET', '/v1/cluster/hosts');
     expect(left.body.items.map((h: { member: number }) => h.member)).not.toContain(c.members[gone]!.id);
+  });
+
+  it('novacron cluster init prepares a first member offline; its daemon leads that cluster and others join it', async () => {
+    const [dir, other] = [tempDataDir(), tempDataDir()];
+    const port = await freePort();
+    const init = (...args: string[]) => spawnSync(process.execPath, [BIN, '--json', 'cluster', 'init', '--data-dir', dir, ...args], { encoding: 'utf8', timeout: 20_000 });
+    const daemons: DaemonHandle[] = [];
+    try {
+      const r = init('--advertise', `127.0.0.1:${port}`);
+      expect(r.status, r.stderr).toBe(0);
+      const made = JSON.parse(r.stdout);
+      expect(made).toMatchObject({ advertise: `127.0.0.1:${port}`, memberId: expect.any(Number), clusterId: expect.any(String) });
+      const again = init();
+      expect(again.status).toBe(4);
+      expect(again.stderr).toMatch(/CLUSTER_EXISTS/);
+      expect(init('--data-dir', other, '--advertise', 'nope').status).toBe(2);
+
+      const first = await spawnDaemon({ dataDir: dir, args: ['--listen', `127.0.0.1:${port}`] });
+      daemons.push(first);
+      const st = (await api(first.url, 'GET', '/v1/cluster')).body;
+      expect(st).toMatchObject({ clusterId: made.clusterId, id: made.memberId });
+      const second = await spawnDaemon({ dataDir: other, args: ['--join', `127.0.0.1:${port}`, '--cluster-secret', made.secret] });
+      daemons.push(second);
+      expect((await api(second.url, 'GET', '/v1/cluster')).body.clusterId).toBe(made.clusterId);
+    } finally {
+      for (const d of daemons) await d.kill();
+      removeDir(dir);
+      removeDir(other);
+    }
   });
 
   it('a retried write with the same request id is applied once', async () => {
