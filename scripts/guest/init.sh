@@ -16,4 +16,22 @@ if [ -d /sys/firmware/acpi ]; then
   chmod +x /etc/acpi/PWRF/00000080 /etc/acpi/button/power
   acpid -d -c /etc/acpi >/dev/null 2>&1 &
 fi
+# nc.disk=1: write numbered 512-byte records to /dev/vda, one block each, and report a
+# record only once it is fsynced ("DISK n"): a host test can then check that every
+# reported record is in the disk image, wherever the VM ended up running.
+case " $(cat /proc/cmdline) " in
+  *" nc.disk=1 "*)
+    for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk; do insmod /lib/modules/$m.ko; done
+    (
+      i=1
+      while [ ! -b /dev/vda ]; do sleep 0.1; done
+      while :; do
+        printf 'NCREC %08d\n' "$i" | dd of=/dev/vda bs=512 seek="$i" conv=notrunc,fsync 2>/dev/null && echo "DISK $i"
+        i=$((i + 1))
+        [ "$i" -gt 60000 ] && i=1
+        sleep 0.05
+      done
+    ) &
+    ;;
+esac
 exec /bin/heartbeat

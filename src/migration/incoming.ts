@@ -4,7 +4,7 @@
  * runs here, any failure removes the half-arrived VM; the source keeps running it.
  */
 import { randomBytes, timingSafeEqual } from 'node:crypto';
-import { createServer, type Server, type Socket } from 'node:net';
+import { connect, createServer, type Server, type Socket } from 'node:net';
 import type { Logger } from 'pino';
 import { z } from 'zod';
 import { NovaError } from '../errors.js';
@@ -39,6 +39,8 @@ export const IncomingRequest = z.discriminatedUnion('mode', [
     cachePages: z.int().min(1).max(1 << 20),
     /** Codec shards (parallel encoders) the source uses; the decoder must match. */
     shards: z.int().min(1).max(64),
+    /** Local disks the source mirrors here while the VM runs (live storage migration). */
+    storage: z.array(z.string().min(1).max(63)).max(32).optional(),
   }),
   z.strictObject({
     mode: z.literal('cold'),
@@ -60,7 +62,7 @@ interface Pending {
   /** Armed once prepared: the source must connect in time. */
   timer?: NodeJS.Timeout;
   settled: boolean;
-  live?: { socketPath: string; runtime: Record<string, unknown>; decoder: PageDecoder };
+  live?: { socketPath: string; runtime: Record<string, unknown>; decoder: PageDecoder; nbdSocket?: string };
   cold?: { files: Array<{ name: string; size: number }>; checkpoint?: { file: string; createdAt: string; sizeBytes: number } };
 }
 
@@ -126,8 +128,13 @@ export class IncomingMigrations {
       try {
         const prepared = await migration!.prepareIncoming(vm, req.channels);
         p.live = { ...prepared, decoder: new PageDecoder(req.cachePages, req.shards) };
+        if (req.storage && req.storage.length > 0) {
+          if (!migration!.storage) throw new NovaError('MIGRATION_UNSUPPORTED', `the ${driver.name} driver cannot receive disks of a running VM`);
+          p.live.nbdSocket = await migration!.storage.exportDisks(vm.id, req.storage);
+        }
       } catch (err) {
         rec = book.finished(rec, 'failed', { code: 'MIGRATION_FAILED', message: (err as Error).message });
+        await driver.stop(vm.id).catch(() => undefined);
         await vms.incomingAbandoned(vm.id, [book.op(rec)], [book.event(rec, 'migration.failed')]);
         release();
         throw new NovaError('MIGRATION_FAILED', `destination QEMU could not be prepared: ${(err as Error).message}`);
@@ -165,13 +172,20 @@ export class IncomingMigrations {
       relay?.close();
       void this.#abandon(p, err);
     };
-    sock.on('data', (chunk: Buffer) => {
+    const onData = (chunk: Buffer) => {
       if (aborted) return;
       try {
         for (const f of reader.push(chunk)) {
           if (!p) {
-            p = this.#hello(f.type === FrameType.Control ? f.payload : undefined);
-            if (!p) return void sock.destroy();
+            const hello = this.#hello(f.type === FrameType.Control ? f.payload : undefined);
+            if (!hello) return void sock.destroy();
+            if (hello.stream === 'nbd') {
+              // A disk-mirror connection: splice it onto the destination QEMU's NBD server.
+              sock.off('data', onData);
+              sock.off('close', onClose);
+              return this.#spliceNbd(hello.p, sock);
+            }
+            p = hello.p;
             clearTimeout(p.timer);
             relay = p.live ? this.#startRelay(p, p.live, sock, abort) : this.#startFiles(p, sock, abort);
             continue;
@@ -182,9 +196,8 @@ export class IncomingMigrations {
       } catch (err) {
         abort(err instanceof NovaError ? err : new NovaError('MIGRATION_PROTOCOL', (err as Error).message));
       }
-    });
-    sock.on('error', () => undefined); // 'close' follows
-    sock.on('close', () => {
+    };
+    const onClose = () => {
       // QEMU's sockets end too; if it had everything it resumes the guest (success),
       // otherwise it fails and exits — waitIncoming reports either.
       relay?.close();
@@ -192,10 +205,25 @@ export class IncomingMigrations {
         const pending = p;
         setTimeout(() => void this.#abandon(pending, new NovaError('MIGRATION_TRANSPORT', 'the source connection was lost before the guest resumed here')), 10_000).unref();
       }
-    });
+    };
+    sock.on('data', onData);
+    sock.on('error', () => undefined); // 'close' follows
+    sock.on('close', onClose);
   }
 
-  #hello(payload: Buffer | undefined): Pending | undefined {
+  /** Joins a tunnelled NBD client to the disk export; bytes pass through unchanged. */
+  #spliceNbd(p: Pending, sock: Socket): void {
+    const path = p.live?.nbdSocket;
+    if (!path) return void sock.destroy();
+    const nbd = connect(path);
+    nbd.on('error', () => sock.destroy());
+    nbd.on('close', () => sock.destroy());
+    sock.on('close', () => nbd.destroy());
+    sock.pipe(nbd);
+    nbd.pipe(sock);
+  }
+
+  #hello(payload: Buffer | undefined): { p: Pending; stream?: 'nbd' } | undefined {
     if (!payload) return undefined;
     let msg: ControlMessage;
     try {
@@ -207,7 +235,7 @@ export class IncomingMigrations {
     const p = this.#pending.get(msg.migrationId);
     const given = Buffer.from(String(msg.token), 'hex');
     if (!p || p.settled || given.length !== p.token.length || !timingSafeEqual(given, p.token)) return undefined;
-    return p;
+    return { p, ...(msg.stream === 'nbd' ? { stream: 'nbd' as const } : {}) };
   }
 
   #startRelay(p: Pending, live: NonNullable<Pending['live']>, sock: Socket, abort: (err: NovaError) => void): DestRelay {
@@ -223,6 +251,7 @@ export class IncomingMigrations {
       .then(async ({ resumedAt }) => {
         if (p.settled) return;
         for (const b of controlFrame({ type: 'resumed', at: resumedAt })) sock.write(b);
+        if (live.nbdSocket) await this.#deps.migration!.storage!.unexportDisks(p.rec.vmId).catch(() => undefined);
         await this.#arrived(p, relay, { to: 'running', runtime: live.runtime });
       })
       .catch((err: Error) => abort(err instanceof NovaError ? err : new NovaError('MIGRATION_FAILED', err.message)));

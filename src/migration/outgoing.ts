@@ -6,7 +6,9 @@
 import { join } from 'node:path';
 import { NovaError } from '../errors.js';
 import { DEFAULT_SHARDS, PageEncoder } from '../native/memdelta.js';
-import type { HypervisorDriver, LiveMigration, MigrationProgress } from '../vm/driver.js';
+import type { HypervisorDriver, LiveMigration, MigrationProgress, MirroredDisk } from '../vm/driver.js';
+import type { VmSpec } from '../vm/spec.js';
+import { NbdTunnel } from './nbd-tunnel.js';
 import type { MigrationRecord } from './record.js';
 import { SourceRelay } from './source-relay.js';
 import { SourceMigration, type SourceDeps } from './source-migration.js';
@@ -21,10 +23,18 @@ export interface OutgoingDeps extends SourceDeps {
 
 const PROGRESS_EVERY_MS = 500;
 const RESUME_TIMEOUT_MS = 60_000;
+/** The guest is paused while the mirrors copy their last writes. */
+const MIRROR_FINISH_TIMEOUT_MS = 30_000;
+
+/** Disks that live on this host only (not a shared image used in place): they must be copied. */
+export function localDisks(spec: VmSpec): MirroredDisk[] {
+  return spec.disks.filter((d) => !d.readOnly && (!d.image || d.clone)).map((d) => ({ name: d.name, sync: d.clone ? 'top' : 'full' }));
+}
 
 export class OutgoingMigration extends SourceMigration {
   #deps: OutgoingDeps;
   #relay?: SourceRelay;
+  #tunnel?: NbdTunnel;
 
   constructor(deps: OutgoingDeps, rec: MigrationRecord, target: string) {
     super(deps, rec, target, (channel, bytes) => this.#relay?.grant(channel, bytes));
@@ -41,9 +51,11 @@ export class OutgoingMigration extends SourceMigration {
     try {
       await this.update({ phase: 'prepare', timings: { planMs: Date.now() - Date.parse(this.rec.createdAt) } });
       const vm = vms.get(vmId);
+      const disks = localDisks(vm.spec);
       const offer = await this.peer.offer({
         migrationId: this.rec.id, source: this.#deps.nodeId, vm: { id: vm.id, name: vm.name, spec: vm.spec },
         mode: 'live', channels: this.rec.policy.channels, cachePages, shards: DEFAULT_SHARDS,
+        ...(disks.length > 0 ? { storage: disks.map((d) => d.name) } : {}),
       });
       this.check();
       const transport = await this.peer.connect(offer);
@@ -61,10 +73,19 @@ export class OutgoingMigration extends SourceMigration {
       this.check();
       await this.update({ phase: 'precopy', timings: { ...this.rec.timings, prepareMs: since(t0) } });
       const tStream = performance.now();
-      await migration.startOutgoing(vmId, { socketPath, channels: this.rec.policy.channels, downtimeLimitMs: this.rec.policy.maxDowntimeMs, autoConverge });
+      if (disks.length > 0) await this.#mirrorDisks(disks, offer);
+      await migration.startOutgoing(vmId, {
+        socketPath, channels: this.rec.policy.channels, downtimeLimitMs: this.rec.policy.maxDowntimeMs, autoConverge, pauseBeforeSwitchover: disks.length > 0,
+      });
       let lastSaved = 0;
       for (;;) {
         const p = await migration.progress(vmId);
+        if (p.status === 'pre-switchover') {
+          // Guest paused, device state not sent yet: the disks catch up, then QEMU goes on.
+          await migration.storage!.completeMirrors(vmId, MIRROR_FINISH_TIMEOUT_MS);
+          await migration.continueSwitchover(vmId);
+          continue;
+        }
         if (p.status === 'completed') {
           streamed = true;
           this.#absorb(p);
@@ -97,6 +118,8 @@ export class OutgoingMigration extends SourceMigration {
       this.#deps.log.warn({ err, migrationId: this.rec.id, vmId }, 'migration failed; the VM stays on the source');
       this.#teardown();
       if (!streamed) await migration.cancelOutgoing(vmId).catch((e) => this.#deps.log.warn({ err: e, vmId }, 'migrate_cancel failed'));
+      // The source disks stay authoritative; whatever reached the destination is dropped with it.
+      await migration.storage?.cancelMirrors(vmId).catch((e) => this.#deps.log.warn({ err: e, vmId }, 'cancelling disk mirrors failed'));
       const reason = (state: string) =>
         streamed
           ? `migration outcome unknown: QEMU sent everything to ${this.target} but the destination never confirmed the guest runs there (${error.message}); check the target before resuming this copy`
@@ -114,6 +137,7 @@ export class OutgoingMigration extends SourceMigration {
     this.rec = {
       ...this.rec,
       progress: {
+        ...this.rec.progress,
         bytesRaw,
         bytesWire,
         compressionRatio: bytesWire > 0 ? Math.round((bytesRaw / bytesWire) * 100) / 100 : 1,
@@ -127,7 +151,34 @@ export class OutgoingMigration extends SourceMigration {
     };
   }
 
+  /**
+   * Live storage migration, before RAM: mirror every local disk through the tunnel until
+   * all mirrors are ready (they then copy guest writes as they happen), with progress.
+   */
+  async #mirrorDisks(disks: MirroredDisk[], offer: { transport: { host: string; port: number }; token: string }): Promise<void> {
+    const { migration, runDir } = this.#deps;
+    const vmId = this.rec.vmId;
+    const storage = migration.storage!;
+    this.#tunnel = await NbdTunnel.open(join(runDir, `${this.rec.id}-nbd.sock`), { ...offer.transport, migrationId: this.rec.id, token: offer.token }, (err) =>
+      this.peer.fail(new NovaError('MIGRATION_TRANSPORT', err.message)),
+    );
+    await storage.startMirrors(vmId, disks, this.#tunnel.socketPath);
+    let lastSaved = 0;
+    for (;;) {
+      this.check();
+      const m = await storage.mirrorProgress(vmId);
+      this.rec = { ...this.rec, progress: { ...this.rec.progress, storageCopiedBytes: m.copiedBytes, storageTotalBytes: m.totalBytes } };
+      if (m.ready) return;
+      if (Date.now() - lastSaved >= PROGRESS_EVERY_MS) {
+        lastSaved = Date.now();
+        await this.update({}, 'migration.progress');
+      }
+      await this.peer.nap(50);
+    }
+  }
+
   #teardown(): void {
+    this.#tunnel?.close();
     this.#relay?.close();
     this.peer.close();
   }

@@ -20,6 +20,9 @@ export interface MigrationProgressFigures {
   totalBytes: number;
   predictedDowntimeMs?: number;
   throttlePercent: number;
+  /** Live storage migration: disk bytes the mirrors copied, of their current total. */
+  storageCopiedBytes?: number;
+  storageTotalBytes?: number;
 }
 
 export interface MigrationRecord {

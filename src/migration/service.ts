@@ -15,7 +15,7 @@ import type { VmService } from '../vm/service.js';
 import { MigrationBook } from './book.js';
 import { IncomingMigrations, type IncomingRequest } from './incoming.js';
 import { ColdMigration } from './cold.js';
-import { OutgoingMigration } from './outgoing.js';
+import { OutgoingMigration, localDisks } from './outgoing.js';
 import type { IncomingOffer } from './peer.js';
 import { predict, type Prediction } from './predict.js';
 import { emptyProgress, type MigrateRequest, type MigrationRecord } from './record.js';
@@ -179,9 +179,9 @@ export class MigrationService {
   #requireSupport(vm: VmRecord): LiveMigration {
     const migration = this.#deps.driver.migration;
     if (!migration) throw new NovaError('MIGRATION_UNSUPPORTED', `the ${this.#deps.driver.name} driver cannot live-migrate VMs`);
-    const local = vm.spec.disks.filter((d) => !d.readOnly && (!d.image || d.clone));
-    if (local.length > 0) {
-      throw new NovaError('MIGRATION_UNSUPPORTED', `VM "${vm.name}" has local disks (${local.map((d) => d.name).join(', ')}); live storage migration is not available yet — use shared images or cold migration`);
+    const local = localDisks(vm.spec);
+    if (local.length > 0 && !migration.storage) {
+      throw new NovaError('MIGRATION_UNSUPPORTED', `VM "${vm.name}" has local disks (${local.map((d) => d.name).join(', ')}) and the ${this.#deps.driver.name} driver cannot copy disks of a running VM — use shared images or cold migration`);
     }
     return migration;
   }

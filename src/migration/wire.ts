@@ -72,7 +72,8 @@ export function controlFrame(message: ControlMessage): Buffer[] {
 
 /** Messages on the control channel. */
 export type ControlMessage =
-  | { type: 'hello'; version: number; migrationId: string; token: string }
+  /** `stream: 'nbd'`: this connection tunnels one NBD client to the destination's disk export. */
+  | { type: 'hello'; version: number; migrationId: string; token: string; stream?: 'nbd' }
   /** Destination: the guest runs here now (QMP RESUME time, ms since epoch). */
   | { type: 'resumed'; at: number }
   /** Destination (cold migration): every file arrived intact; the VM is stopped here. */

@@ -152,6 +152,40 @@ export interface OutgoingParams {
   downtimeLimitMs: number;
   /** Let the hypervisor throttle vCPUs when pre-copy does not converge. */
   autoConverge: boolean;
+  /** Stop at pre-switchover (guest paused, device state not yet sent) until `continueSwitchover`. */
+  pauseBeforeSwitchover: boolean;
+}
+
+/** A local disk copied during a live migration. */
+export interface MirroredDisk {
+  name: string;
+  /** `top`: only the overlay's own data (the base image exists on both hosts); `full`: everything. */
+  sync: 'full' | 'top';
+}
+
+export interface MirrorProgress {
+  /** Every mirror has caught up and now copies guest writes as they happen. */
+  ready: boolean;
+  copiedBytes: number;
+  totalBytes: number;
+}
+
+/**
+ * Live storage migration: the destination serves its fresh copies of the VM's local
+ * disks over NBD on a unix socket (which NovaCron tunnels), the source mirrors into it.
+ */
+export interface StorageMigration {
+  /** Destination (after prepareIncoming): serve these disks, writable, on the returned socket. */
+  exportDisks(vmId: string, disks: string[]): Promise<string>;
+  /** Destination: stop serving (the guest runs here, or the migration failed). */
+  unexportDisks(vmId: string): Promise<void>;
+  /** Source: mirror each disk to the export of the same name behind `socketPath`. */
+  startMirrors(vmId: string, disks: MirroredDisk[], socketPath: string): Promise<void>;
+  mirrorProgress(vmId: string): Promise<MirrorProgress>;
+  /** Source, guest paused at pre-switchover: copy what is left and end the mirrors. */
+  completeMirrors(vmId: string, timeoutMs: number): Promise<void>;
+  /** Source: abandon the mirrors; the source disks stay authoritative. */
+  cancelMirrors(vmId: string): Promise<void>;
 }
 
 /**
@@ -178,4 +212,8 @@ export interface LiveMigration {
   measureDirtyRate(vmId: string, ms: number): Promise<number>;
   /** A copy of `bytes` of guest RAM from `offset` (guest-physical), for codec sampling. */
   sampleMemory(vmId: string, offset: number, bytes: number): Promise<Buffer>;
+  /** Source, at pre-switchover: go on and send the device state. */
+  continueSwitchover(vmId: string): Promise<void>;
+  /** Present when the driver can move local disks of a running VM. */
+  storage?: StorageMigration;
 }

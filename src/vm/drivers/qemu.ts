@@ -67,7 +67,10 @@ export class QemuDriver implements HypervisorDriver {
     this.#opts = { binary: 'qemu-system-x86_64', imgBinary: 'qemu-img', hugepagesPath: '/dev/hugepages', ...opts };
     this.migration = new QemuLiveMigration({
       vmDir: (id) => this.vmDir(id),
-      spawnIncoming: async (vm) => (await this.#spawn(vm, 'incoming')).runtime,
+      spawnIncoming: async (vm) => {
+        await this.create(vm); // fresh local disks for a storage migration to fill (shared images are used in place)
+        return (await this.#spawn(vm, 'incoming')).runtime;
+      },
       instance: async (id) => {
         const inst = await this.#require(id, 'migrate');
         return { qmp: inst.qmp, pid: inst.pid, exited: inst.exited, stoppedAt: () => inst.stoppedAt, resumedAt: () => inst.resumedAt };

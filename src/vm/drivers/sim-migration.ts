@@ -208,6 +208,10 @@ export class SimLiveMigration implements LiveMigration {
     }
   }
 
+  async continueSwitchover(): Promise<void> {
+    // The sim never pauses before switchover (it has no disks to mirror).
+  }
+
   async startOutgoing(vmId: string, p: OutgoingParams): Promise<void> {
     const mem = this.#host.memory(vmId);
     if (!mem) throw new DriverError('migrate', `sim: VM ${vmId} is not running`);

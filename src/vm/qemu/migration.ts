@@ -11,6 +11,7 @@ import { supportsQemu, MIN_QEMU } from '../../migration/multifd.js';
 import { DriverError, type LiveMigration, type MigrationProgress, type OutgoingParams } from '../driver.js';
 import type { VmRecord } from '../record.js';
 import type { QmpClient } from './qmp.js';
+import { QemuStorageMirror } from './storage-mirror.js';
 
 export interface MigrationHost {
   vmDir(vmId: string): string;
@@ -35,9 +36,11 @@ const NO_CAP = 2 ** 40;
 
 export class QemuLiveMigration implements LiveMigration {
   #host: MigrationHost;
+  readonly storage: QemuStorageMirror;
 
   constructor(host: MigrationHost) {
     this.#host = host;
+    this.storage = new QemuStorageMirror(host);
   }
 
   async unsupported(vmId: string): Promise<string | undefined> {
@@ -82,7 +85,7 @@ export class QemuLiveMigration implements LiveMigration {
 
   async startOutgoing(vmId: string, p: OutgoingParams): Promise<void> {
     const { qmp } = await this.#host.instance(vmId);
-    await setCapabilities(qmp, { multifd: true, events: true, 'auto-converge': p.autoConverge });
+    await setCapabilities(qmp, { multifd: true, events: true, 'auto-converge': p.autoConverge, 'pause-before-switchover': p.pauseBeforeSwitchover });
     await qmp.execute('migrate-set-parameters', {
       'multifd-channels': p.channels,
       'multifd-compression': 'none',
@@ -111,6 +114,10 @@ export class QemuLiveMigration implements LiveMigration {
       await sleep(10);
     }
     await this.#runIfStopped(qmp);
+  }
+
+  async continueSwitchover(vmId: string): Promise<void> {
+    await (await this.#host.instance(vmId)).qmp.execute('migrate-continue', { state: 'pre-switchover' });
   }
 
   async resumeHere(vmId: string): Promise<void> {

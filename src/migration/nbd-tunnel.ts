@@ -1,0 +1,64 @@
+/**
+ * The source end of the disk-mirror tunnel: a unix socket the source QEMU's NBD client
+ * connects to. Each of its connections becomes one more connection to the destination
+ * daemon's migration port, authenticated by the migration's token (a `hello` naming the
+ * `nbd` stream), which the destination splices onto its QEMU's NBD server. Bytes pass
+ * through unchanged in both directions.
+ */
+import { connect, createServer, type Server, type Socket } from 'node:net';
+import { rmSync } from 'node:fs';
+import { controlFrame, TRANSPORT_VERSION } from './wire.js';
+
+export interface TunnelTarget {
+  host: string;
+  port: number;
+  migrationId: string;
+  token: string;
+}
+
+export class NbdTunnel {
+  #server: Server;
+  #sockets = new Set<Socket>();
+
+  private constructor(
+    readonly socketPath: string,
+    private readonly target: TunnelTarget,
+    private readonly onError: (err: Error) => void,
+  ) {
+    this.#server = createServer((local) => this.#splice(local));
+  }
+
+  static async open(socketPath: string, target: TunnelTarget, onError: (err: Error) => void): Promise<NbdTunnel> {
+    rmSync(socketPath, { force: true });
+    const t = new NbdTunnel(socketPath, target, onError);
+    await new Promise<void>((resolve, reject) => {
+      t.#server.once('error', reject);
+      t.#server.listen(socketPath, resolve);
+    });
+    return t;
+  }
+
+  #splice(local: Socket): void {
+    const remote = connect({ host: this.target.host, port: this.target.port, noDelay: true });
+    for (const s of [local, remote]) {
+      this.#sockets.add(s);
+      s.on('close', () => {
+        this.#sockets.delete(s);
+        local.destroy();
+        remote.destroy();
+      });
+    }
+    local.on('error', () => undefined);
+    remote.on('error', (err) => this.onError(new Error(`disk mirror tunnel to ${this.target.host}:${this.target.port}: ${err.message}`)));
+    // NBD servers speak first, so nothing from QEMU is sent before the hello.
+    for (const b of controlFrame({ type: 'hello', version: TRANSPORT_VERSION, migrationId: this.target.migrationId, token: this.target.token, stream: 'nbd' })) remote.write(b);
+    local.pipe(remote);
+    remote.pipe(local);
+  }
+
+  close(): void {
+    this.#server.close();
+    for (const s of this.#sockets) s.destroy();
+    rmSync(this.socketPath, { force: true });
+  }
+}
