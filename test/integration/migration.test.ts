@@ -176,6 +176,39 @@ describe('live migration (real QEMU, two daemons)', { timeout: 300_000 }, () => 
     expect(image.subarray(8 << 20, 10 << 20).every((x) => x === 0xcd)).toBe(true);
   });
 
+  it('cancel while the disks are being mirrored: the VM and its disk stay on the source, untouched', async () => {
+    const a = await host();
+    const b = await host();
+    const created = await api(a.url, 'POST', '/v1/vms', guestVm('mig-disk-cancel', 'nc.disk=1', { disks: [{ name: 'data', sizeMiB: 1024, format: 'qcow2' }] }));
+    expect(created.status, JSON.stringify(created.body)).toBe(201);
+    const id = created.body.id as string;
+    // A gigabyte of data makes the mirror take long enough to cancel it in flight.
+    execFileSync('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x5a 16M 1000M', join(a.dataDir, 'vms', id, 'disk-data.qcow2')]);
+    expect((await waitOp(a.url, (await api(a.url, 'POST', `/v1/vms/${id}/start`)).body.id)).state).toBe('succeeded');
+    const records = () => [...serial(a.dataDir, id).matchAll(/^DISK (\d+)/gm)].map((m) => Number(m[1]));
+    await waitUntil(() => records().length >= 3, BOOT_MS, 'guest up and writing its disk');
+
+    const started = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: b.url, force: true });
+    expect(started.status, JSON.stringify(started.body)).toBe(202);
+    for (let i = 0; ; i++) {
+      const m = (await api(a.url, 'GET', `/v1/migrations/${started.body.id}`)).body;
+      if ((m.progress?.storageCopiedBytes ?? 0) > 0) break;
+      if (m.state !== 'running' || i > 3000) throw new Error(`the mirror never started copying: ${JSON.stringify(m)}`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    expect((await api(a.url, 'DELETE', `/v1/migrations/${started.body.id}`)).status).toBeLessThan(300);
+    const done = await waitMigration(a, started.body.id);
+    expect(done, JSON.stringify(done)).toMatchObject({ state: 'cancelled' });
+    expect(done.progress.storageCopiedBytes).toBeLessThan(done.progress.storageTotalBytes);
+
+    await expectStillHere(a, id);
+    const n = records().length;
+    await waitUntil(() => records().length >= n + 3, 20_000, 'the guest keeps writing its disk on the source');
+    await expectNotThere(b, id);
+    expect((await waitOp(a.url, (await api(a.url, 'POST', `/v1/vms/${id}/stop`)).body.id)).state).toBe('succeeded');
+    execFileSync('qemu-io', ['-f', 'qcow2', '-c', 'read -P 0x5a 16M 1000M', join(a.dataDir, 'vms', id, 'disk-data.qcow2')]);
+  });
+
   it('cold migration: a checkpointed VM moves with its disk and RAM state, and resumes on the target where it stopped', async () => {
     const a = await host();
     const b = await host();
