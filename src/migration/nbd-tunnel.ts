@@ -7,6 +7,7 @@
  */
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { rmSync } from 'node:fs';
+import type { TokenBucket } from './token-bucket.js';
 import { controlFrame, TRANSPORT_VERSION } from './wire.js';
 
 export interface TunnelTarget {
@@ -24,13 +25,14 @@ export class NbdTunnel {
     readonly socketPath: string,
     private readonly target: TunnelTarget,
     private readonly onError: (err: Error) => void,
+    private readonly bucket?: TokenBucket,
   ) {
     this.#server = createServer((local) => this.#splice(local));
   }
 
-  static async open(socketPath: string, target: TunnelTarget, onError: (err: Error) => void): Promise<NbdTunnel> {
+  static async open(socketPath: string, target: TunnelTarget, onError: (err: Error) => void, bucket?: TokenBucket): Promise<NbdTunnel> {
     rmSync(socketPath, { force: true });
-    const t = new NbdTunnel(socketPath, target, onError);
+    const t = new NbdTunnel(socketPath, target, onError, bucket);
     await new Promise<void>((resolve, reject) => {
       t.#server.once('error', reject);
       t.#server.listen(socketPath, resolve);
@@ -52,8 +54,31 @@ export class NbdTunnel {
     remote.on('error', (err) => this.onError(new Error(`disk mirror tunnel to ${this.target.host}:${this.target.port}: ${err.message}`)));
     // NBD servers speak first, so nothing from QEMU is sent before the hello.
     for (const b of controlFrame({ type: 'hello', version: TRANSPORT_VERSION, migrationId: this.target.migrationId, token: this.target.token, stream: 'nbd' })) remote.write(b);
-    local.pipe(remote);
-    remote.pipe(local);
+    this.#forward(local, remote);
+    remote.pipe(local); // replies to the mirror's requests: small, uncapped
+  }
+
+  /** Source → destination (the disk data), under the link's cap and the socket's backpressure. */
+  #forward(local: Socket, remote: Socket): void {
+    const held = { cap: false, drain: false };
+    const flow = () => (held.cap || held.drain ? local.pause() : local.resume());
+    remote.on('drain', () => {
+      held.drain = false;
+      flow();
+    });
+    local.on('data', (chunk: Buffer) => {
+      if (!remote.write(chunk)) held.drain = true;
+      const wait = this.bucket?.spend(chunk.length) ?? 0;
+      if (wait > 0 && !held.cap) {
+        held.cap = true;
+        setTimeout(() => {
+          held.cap = false;
+          flow();
+        }, wait).unref();
+      }
+      flow();
+    });
+    local.on('end', () => remote.end());
   }
 
   close(): void {

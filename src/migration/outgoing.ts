@@ -9,6 +9,7 @@ import { DEFAULT_SHARDS, PageEncoder } from '../native/memdelta.js';
 import type { HypervisorDriver, LiveMigration, MigrationProgress, MirroredDisk } from '../vm/driver.js';
 import type { VmSpec } from '../vm/spec.js';
 import { NbdTunnel } from './nbd-tunnel.js';
+import { TokenBucket } from './token-bucket.js';
 import type { MigrationRecord } from './record.js';
 import { SourceRelay } from './source-relay.js';
 import { SourceMigration, type SourceDeps } from './source-migration.js';
@@ -35,10 +36,13 @@ export class OutgoingMigration extends SourceMigration {
   #deps: OutgoingDeps;
   #relay?: SourceRelay;
   #tunnel?: NbdTunnel;
+  /** The link's bandwidth cap, shared by the RAM relay and the disk-mirror tunnel. */
+  #bucket?: TokenBucket;
 
   constructor(deps: OutgoingDeps, rec: MigrationRecord, target: string) {
     super(deps, rec, target, (channel, bytes) => this.#relay?.grant(channel, bytes));
     this.#deps = deps;
+    if (rec.policy.bandwidthMBps) this.#bucket = new TokenBucket(rec.policy.bandwidthMBps * 1e6);
   }
 
   /** Runs to the end; never throws (the outcome is in the record). */
@@ -65,7 +69,7 @@ export class OutgoingMigration extends SourceMigration {
         socketPath,
         transport,
         encoder,
-        ...(this.rec.policy.bandwidthMBps ? { bandwidthBytesPerSec: this.rec.policy.bandwidthMBps * 1e6 } : {}),
+        ...(this.#bucket ? { bucket: this.#bucket } : {}),
         ...(this.#deps.corruptPagesFrame ? { corruptPagesFrame: this.#deps.corruptPagesFrame } : {}),
         onError: (err) => this.peer.fail(err instanceof NovaError ? err : new NovaError('MIGRATION_TRANSPORT', err.message)),
       });
@@ -159,8 +163,11 @@ export class OutgoingMigration extends SourceMigration {
     const { migration, runDir } = this.#deps;
     const vmId = this.rec.vmId;
     const storage = migration.storage!;
-    this.#tunnel = await NbdTunnel.open(join(runDir, `${this.rec.id}-nbd.sock`), { ...offer.transport, migrationId: this.rec.id, token: offer.token }, (err) =>
-      this.peer.fail(new NovaError('MIGRATION_TRANSPORT', err.message)),
+    this.#tunnel = await NbdTunnel.open(
+      join(runDir, `${this.rec.id}-nbd.sock`),
+      { ...offer.transport, migrationId: this.rec.id, token: offer.token },
+      (err) => this.peer.fail(new NovaError('MIGRATION_TRANSPORT', err.message)),
+      this.#bucket,
     );
     await storage.startMirrors(vmId, disks, this.#tunnel.socketPath);
     let lastSaved = 0;

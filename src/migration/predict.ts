@@ -17,6 +17,8 @@ export interface PredictionInput {
   /** Raw bytes/s the path sustains without a cap (hypervisor + relay). */
   pathRawBytesPerSec: number;
   maxDowntimeMs: number;
+  /** Live storage migration: allocated bytes of the local disks the mirrors copy first. */
+  diskBytes?: number;
 }
 
 export interface Prediction {
@@ -29,6 +31,8 @@ export interface Prediction {
   bytesWire: number;
   /** vCPU throttle needed for the dirty rate to fall below the transfer rate, percent. */
   throttleNeededPercent: number;
+  /** Time the disk mirrors need before RAM pre-copy starts (included in totalMs). */
+  diskMs: number;
   inputs: PredictionInput;
 }
 
@@ -69,6 +73,9 @@ export function predict(inp: PredictionInput): Prediction {
     rate = resendRate;
     ratio = inp.resendRatio;
   }
+  // Disk data is not page-coded: it crosses the link as it is, before RAM pre-copy.
+  const diskMs = inp.diskBytes ? (inp.diskBytes / Math.min(inp.pathRawBytesPerSec, inp.wireBytesPerSec ?? Infinity)) * 1000 : 0;
+  totalMs += diskMs;
   const throttleNeededPercent = inp.dirtyBytesPerSec <= 0 ? 0 : Math.max(0, Math.min(99, Math.ceil((1 - (resendRate * 0.9) / inp.dirtyBytesPerSec) * 100)));
-  return { converges, downtimeMs, totalMs, rounds, bytesRaw, bytesWire, throttleNeededPercent: converges ? 0 : throttleNeededPercent, inputs: inp };
+  return { converges, downtimeMs, totalMs, rounds, bytesRaw, bytesWire, throttleNeededPercent: converges ? 0 : throttleNeededPercent, diskMs, inputs: inp };
 }

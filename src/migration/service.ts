@@ -239,6 +239,8 @@ export class MigrationService {
       raw += pages.length;
     }
     const resendRatio = raw > 0 ? raw / Math.max(1, wire) : firstRatio;
+    const disks = localDisks(vm.spec).map((d) => d.name);
+    const diskBytes = disks.length > 0 && migration.storage ? await migration.storage.allocatedBytes(vm.id, disks) : 0;
     return predict({
       memoryBytes: Math.round(memoryBytes * nonZeroFraction),
       dirtyBytesPerSec,
@@ -247,6 +249,7 @@ export class MigrationService {
       ...(req.bandwidthMBps ? { wireBytesPerSec: req.bandwidthMBps * 1e6 } : {}),
       pathRawBytesPerSec,
       maxDowntimeMs: req.maxDowntimeMs,
+      ...(diskBytes > 0 ? { diskBytes } : {}),
     });
   }
 }

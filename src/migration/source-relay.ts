@@ -26,8 +26,8 @@ export interface SourceRelayOptions {
   socketPath: string;
   transport: Socket;
   encoder: PageEncoder;
-  /** Cap on transport bytes per second; undefined = unlimited. */
-  bandwidthBytesPerSec?: number;
+  /** The link's bandwidth cap (shared with the disk-mirror tunnel: one cap for the whole link). */
+  bucket?: TokenBucket;
   /** Fault injection (tests): flip a byte in the first page-carrying frame from the Nth on. */
   corruptPagesFrame?: number;
   /** Called once with the first fatal error (protocol violation, socket failure). */
@@ -64,7 +64,7 @@ export class SourceRelay {
 
   constructor(opts: SourceRelayOptions) {
     this.#opts = opts;
-    if (opts.bandwidthBytesPerSec) this.#bucket = new TokenBucket(opts.bandwidthBytesPerSec);
+    if (opts.bucket) this.#bucket = opts.bucket;
     opts.transport.on('drain', () => {
       this.#paused.backpressure = false;
       this.#flowChanged();

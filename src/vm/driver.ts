@@ -186,6 +186,8 @@ export interface StorageMigration {
   completeMirrors(vmId: string, timeoutMs: number): Promise<void>;
   /** Source: abandon the mirrors; the source disks stay authoritative. */
   cancelMirrors(vmId: string): Promise<void>;
+  /** Source: bytes the disks' images hold (what a full mirror copies), for predictions. */
+  allocatedBytes(vmId: string, disks: string[]): Promise<number>;
 }
 
 /**

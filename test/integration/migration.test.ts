@@ -148,6 +148,10 @@ describe('live migration (real QEMU, two daemons)', { timeout: 300_000 }, () => 
     expect((await waitOp(a.url, (await api(a.url, 'POST', `/v1/vms/${id}/start`)).body.id)).state).toBe('succeeded');
     const records = (d: DaemonHandle) => [...serial(d.dataDir, id).matchAll(/^DISK (\d+)/gm)].map((m) => Number(m[1]));
     await waitUntil(() => records(a).length >= 5 && /VERIFY ok/.test(serial(a.dataDir, id)), BOOT_MS, 'guest up and writing its disk');
+    // The dry run counts the disk copy: at least the 2 MiB written above.
+    const dry = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: b.url, dryRun: true });
+    expect(dry.body.prediction.inputs.diskBytes).toBeGreaterThanOrEqual(2 << 20);
+    expect(dry.body.prediction.diskMs).toBeGreaterThan(0);
 
     const started = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: b.url, maxDowntimeMs: 300, force: true });
     expect(started.status, JSON.stringify(started.body)).toBe(202);

@@ -19,7 +19,7 @@ export interface MirrorHost {
 
 interface QueryBlock {
   device: string;
-  inserted?: { 'node-name': string };
+  inserted?: { 'node-name': string; image?: { 'actual-size'?: number } };
 }
 interface QueryJob {
   id: string;
@@ -84,6 +84,12 @@ export class QemuStorageMirror implements StorageMigration {
       });
       started.push(jobId(d.name));
     }
+  }
+
+  async allocatedBytes(vmId: string, disks: string[]): Promise<number> {
+    const { qmp } = await this.host.instance(vmId);
+    const blocks = await qmp.execute<QueryBlock[]>('query-block');
+    return disks.reduce((sum, name) => sum + (blocks.find((b) => b.device === `drive-${name}`)?.inserted?.image?.['actual-size'] ?? 0), 0);
   }
 
   async mirrorProgress(vmId: string): Promise<MirrorProgress> {
