@@ -75,6 +75,22 @@ async function expectNotThere(d: DaemonHandle, id: string): Promise<void> {
   expect((await api(d.url, 'GET', `/v1/vms/${id}`)).status).toBe(404);
 }
 
+/** Records the test guest reported as fsynced to its disk (`nc.disk=1`). */
+function diskRecords(d: DaemonHandle, id: string): number[] {
+  return [...serial(d.dataDir, id).matchAll(/^DISK (\d+)/gm)].map((m) => Number(m[1]));
+}
+
+/** A guest writing records to a local qcow2 disk of `sizeMiB` that `prefill` (a qemu-io command) wrote before boot. */
+async function startDiskWriter(d: DaemonHandle, name: string, cmdline: string, sizeMiB: number, prefill: string): Promise<string> {
+  const created = await api(d.url, 'POST', '/v1/vms', guestVm(name, `nc.disk=1 ${cmdline}`.trim(), { disks: [{ name: 'data', sizeMiB, format: 'qcow2' }] }));
+  expect(created.status, JSON.stringify(created.body)).toBe(201);
+  const id = created.body.id as string;
+  execFileSync('qemu-io', ['-f', 'qcow2', '-c', prefill, join(d.dataDir, 'vms', id, 'disk-data.qcow2')]);
+  expect((await waitOp(d.url, (await api(d.url, 'POST', `/v1/vms/${id}/start`)).body.id)).state).toBe('succeeded');
+  await waitUntil(() => diskRecords(d, id).length >= 3, BOOT_MS, 'guest up and writing its disk');
+  return id;
+}
+
 describe('live migration (real QEMU, two daemons)', { timeout: 300_000 }, () => {
   it('moves a guest that dirties memory: heartbeat continues, working set verifies, pages went through the codec', async () => {
     const a = await host();
@@ -140,14 +156,10 @@ describe('live migration (real QEMU, two daemons)', { timeout: 300_000 }, () => 
   it('live storage migration: a guest writing to its local disk moves with it; every record it fsynced is in the destination image', async () => {
     const a = await host();
     const b = await host();
-    const created = await api(a.url, 'POST', '/v1/vms', guestVm('mig-disk', 'nc.disk=1 nc.dirty_mib=8 nc.rate=2 nc.model=half nc.verify_every=1', { disks: [{ name: 'data', sizeMiB: 64, format: 'qcow2' }] }));
-    expect(created.status, JSON.stringify(created.body)).toBe(201);
-    const id = created.body.id as string;
     // Data that was on the disk before the VM started must come along too.
-    execFileSync('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0xcd 8M 2M', join(a.dataDir, 'vms', id, 'disk-data.qcow2')]);
-    expect((await waitOp(a.url, (await api(a.url, 'POST', `/v1/vms/${id}/start`)).body.id)).state).toBe('succeeded');
-    const records = (d: DaemonHandle) => [...serial(d.dataDir, id).matchAll(/^DISK (\d+)/gm)].map((m) => Number(m[1]));
-    await waitUntil(() => records(a).length >= 5 && /VERIFY ok/.test(serial(a.dataDir, id)), BOOT_MS, 'guest up and writing its disk');
+    const id = await startDiskWriter(a, 'mig-disk', 'nc.dirty_mib=8 nc.rate=2 nc.model=half nc.verify_every=1', 64, 'write -P 0xcd 8M 2M');
+    const records = (d: DaemonHandle) => diskRecords(d, id);
+    await waitUntil(() => /VERIFY ok/.test(serial(a.dataDir, id)), BOOT_MS, 'working set verified');
     // The dry run counts the disk copy: at least the 2 MiB written above.
     const dry = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: b.url, dryRun: true });
     expect(dry.body.prediction.inputs.diskBytes).toBeGreaterThanOrEqual(2 << 20);
@@ -183,14 +195,9 @@ describe('live migration (real QEMU, two daemons)', { timeout: 300_000 }, () => 
   it('cancel while the disks are being mirrored: the VM and its disk stay on the source, untouched', async () => {
     const a = await host();
     const b = await host();
-    const created = await api(a.url, 'POST', '/v1/vms', guestVm('mig-disk-cancel', 'nc.disk=1', { disks: [{ name: 'data', sizeMiB: 1024, format: 'qcow2' }] }));
-    expect(created.status, JSON.stringify(created.body)).toBe(201);
-    const id = created.body.id as string;
     // A gigabyte of data makes the mirror take long enough to cancel it in flight.
-    execFileSync('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x5a 16M 1000M', join(a.dataDir, 'vms', id, 'disk-data.qcow2')]);
-    expect((await waitOp(a.url, (await api(a.url, 'POST', `/v1/vms/${id}/start`)).body.id)).state).toBe('succeeded');
-    const records = () => [...serial(a.dataDir, id).matchAll(/^DISK (\d+)/gm)].map((m) => Number(m[1]));
-    await waitUntil(() => records().length >= 3, BOOT_MS, 'guest up and writing its disk');
+    const id = await startDiskWriter(a, 'mig-disk-cancel', '', 1024, 'write -P 0x5a 16M 1000M');
+    const records = () => diskRecords(a, id);
 
     const started = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: b.url, force: true });
     expect(started.status, JSON.stringify(started.body)).toBe(202);
