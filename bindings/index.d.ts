@@ -32,6 +32,8 @@ export declare class NativeRaftNode {
   acquire(tag: number, requestId: Buffer, lock: string, holder: string, ttlMs: number, nowMs: number): void
   /** Releases `lock` if `token` is current. */
   release(tag: number, requestId: Buffer, lock: string, token: number): void
+  /** Records a member's new peer address in the replicated state. */
+  setAddress(tag: number, requestId: Buffer, member: number, address: string): void
   /** Confirms leadership with a quorum; answers once that index is applied here. */
   readIndex(tag: number): void
   /** Proposes a membership change (ConfChangeV2). */

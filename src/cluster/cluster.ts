@@ -54,13 +54,17 @@ export class Cluster implements PeerEndpoint {
   readonly memberId: number;
   readonly clusterId: string;
   readonly secret: string;
+  /** Where peers reach this member now. */
+  readonly address: string;
   #log: Logger;
   #timer: NodeJS.Timeout;
   #last: RaftStatus | undefined;
   #promoting = new Set<number>();
+  #addressFixed = false;
   refusedMessages = new Map<string, number>();
 
-  private constructor(identity: Required<Identity>, node: RaftNode, transport: PeerTransport, log: Logger) {
+  private constructor(identity: Required<Identity>, address: string, node: RaftNode, transport: PeerTransport, log: Logger) {
+    this.address = address;
     this.memberId = identity.memberId;
     this.clusterId = identity.clusterId;
     this.secret = identity.secret;
@@ -100,7 +104,7 @@ export class Cluster implements PeerEndpoint {
       opts.log,
     );
     const node = RaftNode.start(raftDir, { id: full.memberId, ...opts.raft }, (batch) => transport.send(batch));
-    cluster = new Cluster(full, node, transport, opts.log);
+    cluster = new Cluster(full, opts.address, node, transport, opts.log);
     await cluster.#housekeeping();
     // The only voter need not wait out an election timeout to lead again.
     const st = cluster.lastStatus;
@@ -156,6 +160,28 @@ export class Cluster implements PeerEndpoint {
   }
 
   /**
+   * A member restarted on another address (new --listen or --advertise) records it in
+   * the replicated state, so members that restart later still find it (peers it dials
+   * learn it at once from the handshake). Once per start, retried until it lands.
+   */
+  #correctOwnAddress(st: RaftStatus): void {
+    if (this.#addressFixed || st.leader === 0) return;
+    const recorded = st.addresses.find((a) => a.id === this.memberId)?.address;
+    if (recorded === undefined || recorded === this.address) {
+      this.#addressFixed = recorded !== undefined;
+      return;
+    }
+    this.#addressFixed = true;
+    this.node.setAddress(this.memberId, this.address).then(
+      () => this.#log.info({ from: recorded, to: this.address }, 'recorded this member\'s new address in the cluster'),
+      (err) => {
+        this.#addressFixed = false;
+        this.#log.warn({ err: (err as Error).message }, 'recording this member\'s new address failed; will retry');
+      },
+    );
+  }
+
+  /**
    * Moves leadership off `from` to the most caught-up other voter and waits for it to
    * take over, so removing the leader costs one transfer instead of an election timeout
    * (and the removed leader never has to commit its own removal).
@@ -173,6 +199,14 @@ export class Cluster implements PeerEndpoint {
     }
   }
 
+  /** Records a member's new peer address cluster-wide (`PATCH /v1/cluster/members/:id`). */
+  async updateAddress(id: number, address: string): Promise<void> {
+    const st = await this.node.status();
+    if (!st.voters.includes(id) && !st.learners.includes(id)) throw new NovaError('CLUSTER_MEMBER_NOT_FOUND', `member ${id} is not in the cluster`);
+    await withRetry(() => this.node.setAddress(id, address), Date.now() + MEMBERSHIP_RETRY_MS);
+    this.transport.setAddress(id, address);
+  }
+
   async transferLeader(to: number): Promise<void> {
     const st = await this.node.status();
     if (!st.voters.includes(to)) throw new NovaError('CLUSTER_MEMBER_NOT_FOUND', `member ${to} is not a voter`);
@@ -188,6 +222,7 @@ export class Cluster implements PeerEndpoint {
     }
     this.#last = st;
     for (const { id, address } of st.addresses) this.transport.setAddress(id, address);
+    this.#correctOwnAddress(st);
     // One membership change at a time: raft-rs refuses a second while one is pending.
     if (st.role !== 'leader' || this.#promoting.size > 0) return;
     for (const p of st.progress) {

@@ -107,6 +107,11 @@ export class RaftNode {
     return this.#request((c) => c.outcome!, (tag) => this.#native.release(tag, requestId, lock, token));
   }
 
+  /** Records where `member` listens now, in the replicated state (ignored for non-members). */
+  setAddress(member: number, address: string, requestId = newRequestId()): Promise<RaftOutcome> {
+    return this.#request((c) => c.outcome!, (tag) => this.#native.setAddress(tag, requestId, member, address));
+  }
+
   /** Resolves once a quorum confirmed leadership and this node applied up to that point. */
   readIndex(): Promise<number> {
     return this.#request((c) => c.index!, (tag) => this.#native.readIndex(tag));

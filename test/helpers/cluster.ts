@@ -89,6 +89,14 @@ export class TestCluster {
     return m.daemon;
   }
 
+  /** Gives stopped member `i` a new port (its next start listens there). */
+  async movePort(i: number): Promise<void> {
+    const m = this.members[i]!;
+    if (m.daemon) throw new Error(`member ${i} is running`);
+    m.port = await freePort();
+    m.url = `http://127.0.0.1:${m.port}`;
+  }
+
   async kill(i: number, signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
     await this.members[i]!.daemon?.kill(signal);
     this.members[i]!.daemon = undefined;

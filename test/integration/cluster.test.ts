@@ -294,6 +294,32 @@ describe('cluster', () => {
     }
   });
 
+  it('a member that comes back on another port records its new address, so the others find it even after they all restart', async () => {
+    cluster = await TestCluster.start(3);
+    const c = cluster;
+    const moved = [0, 1, 2].find((i) => i !== 0)!;
+    await c.kill(moved);
+    await c.movePort(moved);
+    await c.startMember(moved);
+    const want = `127.0.0.1:${c.members[moved]!.port}`;
+    const recorded = async (i: number) => (await c.status(i)).addresses.find((a: { id: number }) => a.id === c.members[moved]!.id)?.address;
+    await c.waitFor(async () => (await recorded(0)) === want, 'the new address in the replicated state');
+
+    // Everyone else restarts: they only know the moved member from the replicated state.
+    const others = [0, 1, 2].filter((i) => i !== moved);
+    for (const i of others) await c.kill(i);
+    for (const i of others) await c.startMember(i);
+    await c.leader([0, 1, 2]);
+    expect((await c.put(moved, 'after-move', 'ok')).status).toBe(200);
+    for (const i of [0, 1, 2]) expect((await c.get(i, 'after-move')).body.value).toBe('ok');
+
+    const url = c.members[0]!.url;
+    expect((await api(url, 'PATCH', `/v1/cluster/members/${c.members[moved]!.id}`, { address: 'not an address' })).body.error.code).toBe('VALIDATION_FAILED');
+    expect((await api(url, 'PATCH', '/v1/cluster/members/12345', { address: '127.0.0.1:1' })).body.error.code).toBe('CLUSTER_MEMBER_NOT_FOUND');
+    const patched = await api(url, 'PATCH', `/v1/cluster/members/${c.members[moved]!.id}`, { address: want });
+    expect(patched.status, JSON.stringify(patched.body)).toBe(200);
+  });
+
   it('a retried write with the same request id is applied once', async () => {
     cluster = await TestCluster.start(1);
     const requestId = 'a'.repeat(32);

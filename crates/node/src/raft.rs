@@ -415,6 +415,12 @@ impl NativeRaftNode {
     self.propose(tag, &request_id, Command::Release { lock, token: token.max(0) as u64 })
   }
 
+  /// Records a member's new peer address in the replicated state.
+  #[napi]
+  pub fn set_address(&self, tag: u32, request_id: Buffer, member: i64, address: String) -> Result<()> {
+    self.propose(tag, &request_id, Command::SetAddress { member: member_id(member)?, address })
+  }
+
   /// Confirms leadership with a quorum; answers once that index is applied here.
   #[napi]
   pub fn read_index(&self, tag: u32) {

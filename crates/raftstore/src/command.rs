@@ -66,6 +66,14 @@ pub enum Command {
         /// Fencing token from the grant.
         token: u64,
     },
+    /// Record where `member` listens now (it moved, or an operator corrected it). Ignored
+    /// for an id that is not a member.
+    SetAddress {
+        /// Member id.
+        member: u64,
+        /// `host:port` peers dial.
+        address: String,
+    },
 }
 
 /// A client request as stored in one log entry.
@@ -199,6 +207,13 @@ impl Request {
             Command::Release { lock, .. } => {
                 if lock.is_empty() {
                     return Err(RaftError::Invalid("lock must not be empty".into()));
+                }
+            }
+            Command::SetAddress { member, address } => {
+                if *member == 0 || address.is_empty() || address.len() > 255 {
+                    return Err(RaftError::Invalid(
+                        "a member address needs a member id and 1-255 characters".into(),
+                    ));
                 }
             }
         }

@@ -70,6 +70,13 @@ impl<'a> Applier<'a> {
                 now_ms,
             } => self.acquire(index, lock, holder, *ttl_ms, *now_ms)?,
             Command::Release { lock, token } => self.release(lock, *token)?,
+            Command::SetAddress { member, address } => {
+                let key = prefixed(PEER_PREFIX, &member.to_be_bytes());
+                if self.sys_get(&key)?.is_some() {
+                    self.sys_put(key, address.as_bytes().to_vec());
+                }
+                Outcome::Written { index }
+            }
         };
         if req.id.is_set() {
             self.sys_put(req_key, encode(&outcome));

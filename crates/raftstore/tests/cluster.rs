@@ -321,6 +321,46 @@ fn a_leader_that_removes_itself_hands_over_leadership() {
 }
 
 #[test]
+fn a_member_address_change_is_replicated_and_ignored_for_strangers() {
+    let c = Cluster::new();
+    c.form(&[1, 2, 3]);
+    let leader = c.leader();
+    let set = |member: u64, address: &str| {
+        propose(
+            &c.node(leader),
+            Request {
+                id: RequestId::random(),
+                command: Command::SetAddress {
+                    member,
+                    address: address.into(),
+                },
+            },
+        )
+        .unwrap()
+    };
+    set(2, "10.0.0.2:7700");
+    set(99, "10.0.0.99:7700");
+    c.wait_applied(3, c.status(leader).commit);
+    let addresses = c.status(3).addresses;
+    assert!(
+        addresses.contains(&(2, "10.0.0.2:7700".into())),
+        "{addresses:?}"
+    );
+    assert!(!addresses.iter().any(|(id, _)| *id == 99), "{addresses:?}");
+    let bad = propose(
+        &c.node(leader),
+        Request {
+            id: RequestId::random(),
+            command: Command::SetAddress {
+                member: 2,
+                address: String::new(),
+            },
+        },
+    );
+    assert!(matches!(bad, Err(RaftError::Invalid(_))), "{bad:?}");
+}
+
+#[test]
 fn a_retried_request_is_applied_once() {
     let c = Cluster::new();
     c.form(&[1, 2, 3]);

@@ -17,6 +17,7 @@ const MemberId = z.coerce.number().int().min(1).max(Number.MAX_SAFE_INTEGER);
 const Address = z.string().regex(/^(?:\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$/, 'expected HOST:PORT');
 const JoinBody = z.strictObject({ id: MemberId, address: Address, secret: z.string().min(1).max(256) });
 const TransferBody = z.strictObject({ to: MemberId });
+const AddressBody = z.strictObject({ address: Address });
 const RequestIdHex = z.string().regex(/^[0-9a-f]{32}$/, 'request ids are 32 hex digits');
 const PutBody = z.strictObject({
   value: z.string().max(1 << 20),
@@ -50,6 +51,13 @@ export function clusterRoutes(router: Router, cluster: Cluster, store: Replicate
     await forgetMember(store, id).catch(() => undefined);
     return { status: 200, json: members };
   });
+  // A member's peer address changed (etcd's `member update`); a restarted member also does this itself.
+  router.add('PATCH', '/v1/cluster/members/:id', async (req) => {
+    const id = parseWith(MemberId, req.params.id, 'BAD_QUERY');
+    const { address } = parseWith(AddressBody, req.body);
+    await cluster.updateAddress(id, address);
+    return { status: 200, json: { id, address } };
+  }, { body: true });
   // The cluster-wide inventory: every host, and every VM with the member it runs on.
   router.add('GET', '/v1/cluster/hosts', async (req) => {
     const q = parseWith(ReadQuery, Object.fromEntries(req.query), 'BAD_QUERY');
