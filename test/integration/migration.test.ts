@@ -91,6 +91,22 @@ async function startDiskWriter(d: DaemonHandle, name: string, cmdline: string, s
   return id;
 }
 
+/**
+ * Stops the VM on `d` and checks its disk image holds every record the guest reported
+ * (on any host: numbering continues across a migration). Returns the image's bytes.
+ */
+async function stopAndCheckRecords(d: DaemonHandle, id: string): Promise<Buffer> {
+  expect((await waitOp(d.url, (await api(d.url, 'POST', `/v1/vms/${id}/stop`)).body.id)).state).toBe('succeeded');
+  const last = Math.max(...diskRecords(d, id));
+  const raw = join(d.dataDir, 'check.raw');
+  execFileSync('qemu-img', ['convert', '-O', 'raw', join(d.dataDir, 'vms', id, 'disk-data.qcow2'), raw]);
+  const image = readFileSync(raw);
+  const missing: number[] = [];
+  for (let i = 1; i <= last; i++) if (image.toString('latin1', i * 512, i * 512 + 14) !== `NCREC ${String(i).padStart(8, '0')}`) missing.push(i);
+  expect(missing, `records missing from the disk (of ${last})`).toEqual([]);
+  return image;
+}
+
 describe('live migration (real QEMU, two daemons)', { timeout: 300_000 }, () => {
   it('moves a guest that dirties memory: heartbeat continues, working set verifies, pages went through the codec', async () => {
     const a = await host();
@@ -179,16 +195,8 @@ describe('live migration (real QEMU, two daemons)', { timeout: 300_000 }, () => 
     await waitUntil(() => records(b).length >= 5, 30_000, 'disk records on the destination');
     expect(serial(b.dataDir, id)).not.toMatch(/NOVACRON-GUEST up/);
     expect(records(b)[0]).toBeLessThanOrEqual(lastOnSource + 1);
-    expect((await waitOp(b.url, (await api(b.url, 'POST', `/v1/vms/${id}/stop`)).body.id)).state).toBe('succeeded');
-
     // Every record the guest reported as fsynced, on either host, is in the destination's image.
-    const last = Math.max(...records(b));
-    const raw = join(b.dataDir, 'check.raw');
-    execFileSync('qemu-img', ['convert', '-O', 'raw', join(b.dataDir, 'vms', id, 'disk-data.qcow2'), raw]);
-    const image = readFileSync(raw);
-    const missing: number[] = [];
-    for (let i = 1; i <= last; i++) if (image.toString('latin1', i * 512, i * 512 + 14) !== `NCREC ${String(i).padStart(8, '0')}`) missing.push(i);
-    expect(missing, `records missing from the migrated disk (of ${last})`).toEqual([]);
+    const image = await stopAndCheckRecords(b, id);
     expect(image.subarray(8 << 20, 10 << 20).every((x) => x === 0xcd)).toBe(true);
   });
 
@@ -339,6 +347,35 @@ describe('live migration (real QEMU, two daemons)', { timeout: 300_000 }, () => 
     const b2 = await host([], bDir);
     await expectNotThere(b2, id);
     expect((await api(b2.url, 'GET', `/v1/migrations/${r.body.id}`)).body.state).toBe('failed');
+  });
+
+  it('destination daemon killed while the disks are mirrored: the source keeps the VM and its disk, and a later migration elsewhere carries every record', async () => {
+    const a = await host();
+    const bDir = tempDataDir();
+    const b = await host([], bDir);
+    const c = await host();
+    const id = await startDiskWriter(a, 'mig-disk-kill', '', 1024, 'write -P 0x5a 16M 1000M');
+    // Capped at 20 MB/s, the gigabyte takes long enough to kill the destination mid-copy.
+    const r = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: b.url, bandwidthMBps: 20, force: true });
+    expect(r.status, JSON.stringify(r.body)).toBe(202);
+    for (let i = 0; ; i++) {
+      const m = (await api(a.url, 'GET', `/v1/migrations/${r.body.id}`)).body;
+      if ((m.progress?.storageCopiedBytes ?? 0) > 1 << 20) break;
+      if (m.state !== 'running' || i > 3000) throw new Error(`the mirror never got going: ${JSON.stringify(m)}`);
+      await new Promise((res) => setTimeout(res, 20));
+    }
+    await b.kill('SIGKILL');
+    expect(await waitMigration(a, r.body.id, 60_000)).toMatchObject({ state: 'failed' });
+    await expectStillHere(a, id);
+    const b2 = await host([], bDir);
+    await expectNotThere(b2, id);
+
+    const again = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: c.url, force: true });
+    expect(again.status, JSON.stringify(again.body)).toBe(202);
+    expect(await waitMigration(a, again.body.id)).toMatchObject({ state: 'completed' });
+    await waitUntil(() => diskRecords(c, id).length >= 3, 30_000, 'disk records on the new host');
+    const image = await stopAndCheckRecords(c, id);
+    expect(image.subarray(16 << 20, (16 << 20) + (1000 << 20)).every((x) => x === 0x5a)).toBe(true);
   });
 
   it('source daemon killed mid-flight: the guest keeps running there; the restarted source reattaches and records the failure', async () => {

@@ -70,6 +70,12 @@ export class QemuStorageMirror implements StorageMigration {
 
   async startMirrors(vmId: string, disks: MirroredDisk[], socketPath: string): Promise<void> {
     const { qmp } = await this.host.instance(vmId);
+    // A daemon that died mid-mirror leaves its jobs in QEMU (finished ones are kept for
+    // their error): clear them so the ids are free again.
+    const ids = disks.map((d) => jobId(d.name));
+    const stale = (await qmp.execute<QueryJob[]>('query-jobs')).filter((j) => ids.includes(j.id)).map((j) => j.id);
+    for (const id of stale) await qmp.execute('block-job-cancel', { device: id, force: true }).catch(() => undefined);
+    if (stale.length > 0) await this.#settle(qmp, stale, 30_000);
     const started: string[] = [];
     this.#jobs.set(vmId, started);
     for (const d of disks) {
