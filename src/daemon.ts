@@ -5,10 +5,11 @@
 import { mkdirSync } from 'node:fs';
 import { resolve, join } from 'node:path';
 import type { Logger } from 'pino';
+import { NovaError } from './errors.js';
 import { ApiServer } from './api/server.js';
 import { Router } from './api/router.js';
 import { vmRoutes } from './api/routes/vms.js';
-import { migrationRoutes } from './api/routes/migrations.js';
+import { migrationRoutes, type TargetResolver } from './api/routes/migrations.js';
 import { MigrationService } from './migration/service.js';
 import { systemRoutes } from './api/routes/system.js';
 import { eventsWsRoute } from './api/events-ws.js';
@@ -32,7 +33,7 @@ import { LockService, vmLockGuard } from './cluster/locks.js';
 import { peerWsRoute } from './cluster/peer-ws.js';
 import { registerClusterMetrics } from './cluster/metrics.js';
 import { clusterRoutes } from './api/routes/cluster.js';
-import { PlacementPublisher } from './cluster/placements.js';
+import { PlacementPublisher, resolveMember } from './cluster/placements.js';
 
 export { VERSION } from './version.js';
 import { VERSION } from './version.js';
@@ -91,7 +92,12 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
       info: () => ({ version: VERSION, node: config.nodeId, driver: driver.name, http: uws.info.native ? 'uws-native' : 'uws-fallback', vms: vms.size, lastEventSeq: events.lastSeq }),
     });
     vmRoutes(router, vms);
-    migrationRoutes(router, migrations);
+    // Members are named by id or node name once the cluster runs (it starts after the API).
+    let resolveTarget: TargetResolver = async (t) => {
+      if (/^https?:\/\//.test(t)) return t;
+      throw new NovaError('MIGRATION_TARGET_UNKNOWN', 'the cluster is not running yet; give the target as an address');
+    };
+    migrationRoutes(router, migrations, (t) => resolveTarget(t));
     const server = await ApiServer.listen(
       router,
       { host: config.host, port: config.port, bodyLimitBytes: config.bodyLimitBytes, log, metrics, ...(config.apiToken ? { apiToken: config.apiToken } : {}) },
@@ -116,6 +122,8 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
     vms.useLockGuard(vmLockGuard(locks, cluster.memberId));
     const placements = new PlacementPublisher(replicated, vms, { member: cluster.memberId, node: config.nodeId, address: advertised, driver: driver.name }, log);
     placements.start(events);
+    const self = cluster.memberId;
+    resolveTarget = (t) => resolveMember(replicated, self, t);
     clusterRoutes(router, cluster, replicated, locks);
     registerClusterMetrics(metrics.registry, cluster);
     ready = true;

@@ -54,6 +54,7 @@ export const ERROR_CODES = {
   MIGRATION_PROTOCOL: { status: 502, message: 'the migration stream violated its protocol' },
   MIGRATION_FAILED: { status: 500, message: 'the hypervisor failed the migration' },
   MIGRATION_CANCELLED: { status: 409, message: 'the migration was cancelled' },
+  MIGRATION_TARGET_UNKNOWN: { status: 404, message: 'no cluster member matches the migration target' },
   // Cluster (RAFT_* codes come from crates/raftstore/src/error.rs)
   RAFT_NO_LEADER: { status: 503, message: 'the cluster has no leader right now; retry' },
   RAFT_TIMEOUT: { status: 503, message: 'the request was not committed in time; retrying with the same request id is safe' },

@@ -174,7 +174,7 @@ export function buildProgram(): Command {
 
   vm.command('migrate <vm>')
     .description('live-migrate a running VM to another NovaCron daemon')
-    .requiredOption('--to <url>', 'target daemon, e.g. http://10.0.0.2:7700')
+    .requiredOption('--to <target>', 'target: a cluster member id or node name, or a daemon address like http://10.0.0.2:7700')
     .option('--max-downtime <ms>', 'downtime target (default 50)')
     .option('--bandwidth <MBps>', 'cap on wire bandwidth, MB/s')
     .option('--channels <n>', 'parallel multifd channels (default 2)')

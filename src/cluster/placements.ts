@@ -7,6 +7,7 @@
  */
 import { cpus, hostname, totalmem } from 'node:os';
 import type { Logger } from 'pino';
+import { NovaError } from '../errors.js';
 import type { EventLog } from '../events/log.js';
 import { prefixRange, type WriteOp } from '../store/store.js';
 import type { VmRecord } from '../vm/record.js';
@@ -170,6 +171,21 @@ export async function clusterPlacements(store: ReplicatedStore, stale = false): 
 export async function clusterHosts(store: ReplicatedStore, stale = false): Promise<HostRecord[]> {
   const entries = await store.scan(prefixRange('host/'), { stale });
   return entries.map((e) => JSON.parse(e.value.toString()) as HostRecord);
+}
+
+/**
+ * The API address of the member a migration names by id or node name (an address is
+ * used as it is). A name several members share must be given as an id.
+ */
+export async function resolveMember(store: ReplicatedStore, self: number, target: string): Promise<string> {
+  if (/^https?:\/\//.test(target)) return target;
+  const hosts = await clusterHosts(store);
+  const matches = hosts.filter((h) => String(h.member) === target || h.node === target);
+  if (matches.length === 0) throw new NovaError('MIGRATION_TARGET_UNKNOWN', `no cluster member has the id or name "${target}"`);
+  if (matches.length > 1) throw new NovaError('MIGRATION_TARGET_UNKNOWN', `${matches.length} members are named "${target}"; name one by id (${matches.map((h) => h.member).join(', ')})`, { members: matches.map((h) => h.member) });
+  const host = matches[0]!;
+  if (host.member === self) throw new NovaError('VALIDATION_FAILED', `the VM is already on member ${self}`);
+  return `http://${host.address}`;
 }
 
 /** What a removed member left behind: its host record and placements. */

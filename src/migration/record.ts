@@ -51,8 +51,8 @@ export interface MigrationRecord {
 }
 
 export const MigrateRequest = z.strictObject({
-  /** The target daemon: http://host:port (its API address). */
-  target: z.string().regex(/^https?:\/\/[^/\s]+$/, 'target must be a daemon address like http://127.0.0.1:7700'),
+  /** The target: a cluster member's id or node name, or any daemon's API address (http://host:port). */
+  target: z.string().max(255).regex(/^(?:https?:\/\/[^/\s]+|[A-Za-z0-9][A-Za-z0-9._-]*)$/, 'target must be a cluster member (id or node name) or a daemon address like http://127.0.0.1:7700'),
   maxDowntimeMs: z.int().min(1).max(60_000).default(50),
   /** Cap on NovaCron's wire bytes per second, in MB/s (10^6); omitted = unlimited. */
   bandwidthMBps: z.number().positive().max(100_000).optional(),

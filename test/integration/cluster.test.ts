@@ -245,7 +245,13 @@ describe('cluster', () => {
     expect(hosts.body.items.map((h: { member: number }) => h.member).sort()).toEqual(c.members.map((m) => m.id).sort());
 
     // Cold migration inside the cluster (the source holds the VM's lock, then hands it on).
-    const mig = await api(url(0), 'POST', `/v1/vms/${a}/migrate`, { target: url(1) });
+    // Members are named by id (all three share this machine's node name, which is ambiguous).
+    expect((await api(url(0), 'POST', `/v1/vms/${a}/migrate`, { target: '424242' })).body.error.code).toBe('MIGRATION_TARGET_UNKNOWN');
+    const nodeName = hosts.body.items[0].node as string;
+    const ambiguous = await api(url(0), 'POST', `/v1/vms/${a}/migrate`, { target: nodeName });
+    expect(ambiguous.body.error).toMatchObject({ code: 'MIGRATION_TARGET_UNKNOWN', details: { members: expect.any(Array) } });
+    expect((await api(url(0), 'POST', `/v1/vms/${a}/migrate`, { target: String(c.members[0]!.id) })).body.error.code).toBe('VALIDATION_FAILED');
+    const mig = await api(url(0), 'POST', `/v1/vms/${a}/migrate`, { target: String(c.members[1]!.id) });
     expect(mig.status, JSON.stringify(mig.body)).toBe(202);
     await c.waitFor(async () => (await api(url(0), 'GET', `/v1/migrations/${mig.body.id}`)).body.state === 'completed', 'the migration');
     await eventually('the migrated VM to be listed on its new member', () => ({ [a]: c.members[1]!.id!, [b]: c.members[1]!.id! }));

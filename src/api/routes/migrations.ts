@@ -4,10 +4,13 @@ import { IncomingRequest } from '../../migration/incoming.js';
 import { MigrateRequest } from '../../migration/record.js';
 import type { MigrationService } from '../../migration/service.js';
 
-export function migrationRoutes(router: Router, migrations: MigrationService): void {
+/** Turns a migration target (a member id or name, or an address) into the daemon's API address. */
+export type TargetResolver = (target: string) => Promise<string>;
+
+export function migrationRoutes(router: Router, migrations: MigrationService, resolveTarget: TargetResolver): void {
   router.add('POST', '/v1/vms/:id/migrate', async (req) => {
     const body = parseWith(MigrateRequest, req.body ?? {});
-    const r = await migrations.migrate(req.params.id!, body);
+    const r = await migrations.migrate(req.params.id!, { ...body, target: await resolveTarget(body.target) });
     if (!r.started) return { status: 200, json: { dryRun: true, prediction: r.prediction } };
     return { status: 202, json: r.migration, headers: { location: `/v1/migrations/${r.migration!.id}` } };
   }, { body: true });
