@@ -33,7 +33,7 @@ import { LockService, vmLockGuard } from './cluster/locks.js';
 import { peerWsRoute } from './cluster/peer-ws.js';
 import { registerClusterMetrics } from './cluster/metrics.js';
 import { clusterRoutes } from './api/routes/cluster.js';
-import { PlacementPublisher, resolveMember } from './cluster/placements.js';
+import { InventoryPublisher, resolveMember } from './cluster/inventory.js';
 
 export { VERSION } from './version.js';
 import { VERSION } from './version.js';
@@ -120,8 +120,14 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
     const replicated = new ReplicatedStore(cluster.node);
     const locks = new LockService(cluster.node);
     vms.useLockGuard(vmLockGuard(locks, cluster.memberId));
-    const placements = new PlacementPublisher(replicated, vms, { member: cluster.memberId, node: config.nodeId, address: advertised, driver: driver.name }, log);
-    placements.start(events);
+    const inventory = new InventoryPublisher(replicated, vms, { member: cluster.memberId, node: config.nodeId, address: advertised, driver: driver.name }, log, (id) => {
+      try {
+        return migrations.get(id);
+      } catch {
+        return undefined;
+      }
+    });
+    inventory.start(events);
     const self = cluster.memberId;
     resolveTarget = (t) => resolveMember(replicated, self, t);
     clusterRoutes(router, cluster, replicated, locks);
@@ -142,7 +148,7 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
           ready = false;
           sampler.stop();
           await server.close();
-          placements.stop();
+          inventory.stop();
           cluster?.close();
           await migrations.close();
           await vms.drain();

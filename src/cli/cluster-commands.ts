@@ -4,7 +4,7 @@ import Table from 'cli-table3';
 import type { NovaClient } from './client.js';
 import { NovaError } from '../errors.js';
 import type { ClusterStatus } from '../cluster/cluster.js';
-import type { HostRecord, Placement } from '../cluster/placements.js';
+import type { HostRecord, MigrationSummary, Placement } from '../cluster/inventory.js';
 
 export function addClusterCommands(program: Command, client: () => NovaClient, json: () => boolean): void {
   const print = (v: unknown) => console.log(JSON.stringify(v, null, 2));
@@ -72,6 +72,17 @@ export function addClusterCommands(program: Command, client: () => NovaClient, j
       if (json()) return print(items);
       const table = new Table({ head: ['ID', 'NAME', 'MEMBER', 'NODE', 'STATE', 'VCPUS', 'MEMORY'], style: { head: [], border: [] } });
       for (const p of items) table.push([p.vmId, p.name, String(p.member), p.node, p.state, String(p.vcpus), `${p.memoryMiB} MiB`]);
+      console.log(table.toString());
+    });
+
+  cluster.command('migrations')
+    .description('migrations in flight and recently finished, across the cluster (both sides of each)')
+    .option('--state <state>', 'only running, completed, failed or cancelled ones')
+    .action(async (opts: { state?: string }) => {
+      const { items } = await client().request<{ items: MigrationSummary[] }>('GET', `/v1/cluster/migrations${opts.state ? `?state=${encodeURIComponent(opts.state)}` : ''}`);
+      if (json()) return print(items);
+      const table = new Table({ head: ['ID', 'VM', 'MEMBER', 'ROLE', 'MODE', 'STATE', 'PHASE', 'PEER'], style: { head: [], border: [] } });
+      for (const m of items) table.push([m.id, m.vmName, String(m.member), m.role, m.mode, m.state, m.phase, m.peer]);
       console.log(table.toString());
     });
 

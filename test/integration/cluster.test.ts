@@ -255,6 +255,13 @@ describe('cluster', () => {
     expect(mig.status, JSON.stringify(mig.body)).toBe(202);
     await c.waitFor(async () => (await api(url(0), 'GET', `/v1/migrations/${mig.body.id}`)).body.state === 'completed', 'the migration');
     await eventually('the migrated VM to be listed on its new member', () => ({ [a]: c.members[1]!.id!, [b]: c.members[1]!.id! }));
+    // Both sides of the migration, seen from a third member.
+    await c.waitFor(async () => (await api(url(2), 'GET', `/v1/cluster/migrations?vm=${a}&state=completed`)).body.items.length === 2, 'both sides of the migration in the cluster view', 10_000);
+    const sides = (await api(url(2), 'GET', `/v1/cluster/migrations?vm=${a}`)).body.items;
+    expect(sides.map((m: { role: string; member: number; id: string }) => [m.role, m.member, m.id]).sort()).toEqual(
+      [['destination', c.members[1]!.id, mig.body.id], ['source', c.members[0]!.id, mig.body.id]],
+    );
+    expect((await api(url(2), 'GET', '/v1/cluster/migrations?state=bogus')).status).toBe(400);
     const start = await api(url(1), 'POST', `/v1/vms/${a}/start`);
     expect(start.status, JSON.stringify(start.body)).toBe(202);
     expect((await waitOp(url(1), start.body.id)).state).toBe('succeeded');

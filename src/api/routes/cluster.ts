@@ -11,7 +11,7 @@ import type { Cluster } from '../../cluster/cluster.js';
 import type { ReplicatedStore } from '../../cluster/replicated-store.js';
 import type { LockService } from '../../cluster/locks.js';
 import { secretMatches } from '../../cluster/peer-ws.js';
-import { clusterHosts, clusterPlacements, forgetMember } from '../../cluster/placements.js';
+import { clusterHosts, clusterMigrations, clusterPlacements, forgetMember } from '../../cluster/inventory.js';
 
 const MemberId = z.coerce.number().int().min(1).max(Number.MAX_SAFE_INTEGER);
 const Address = z.string().regex(/^(?:\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$/, 'expected HOST:PORT');
@@ -26,6 +26,7 @@ const PutBody = z.strictObject({
 });
 const Consistency = z.enum(['linearizable', 'stale']).default('linearizable');
 const ReadQuery = z.strictObject({ consistency: Consistency });
+const MigrationsQuery = z.strictObject({ consistency: Consistency, state: z.enum(['running', 'completed', 'failed', 'cancelled']).optional(), vm: z.string().min(1).max(64).optional() });
 const InventoryQuery = z.strictObject({ consistency: Consistency, member: MemberId.optional(), name: z.string().min(1).max(256).optional() });
 const KeyParam = z.string().min(1).max(1024);
 const LockName = z.string().min(1).max(256);
@@ -64,6 +65,11 @@ export function clusterRoutes(router: Router, cluster: Cluster, store: Replicate
     const [hosts, st] = await Promise.all([clusterHosts(store, q.consistency === 'stale'), cluster.status()]);
     const role = (m: number) => (m === st.leader ? 'leader' : st.voters.includes(m) ? 'voter' : st.learners.includes(m) ? 'learner' : 'removed');
     return { status: 200, json: { items: hosts.map((h) => ({ ...h, role: role(h.member) })) } };
+  });
+  router.add('GET', '/v1/cluster/migrations', async (req) => {
+    const q = parseWith(MigrationsQuery, Object.fromEntries(req.query), 'BAD_QUERY');
+    const all = await clusterMigrations(store, q.consistency === 'stale');
+    return { status: 200, json: { items: all.filter((m) => (q.state === undefined || m.state === q.state) && (q.vm === undefined || m.vmId === q.vm || m.vmName === q.vm)) } };
   });
   router.add('GET', '/v1/cluster/vms', async (req) => {
     const q = parseWith(InventoryQuery, Object.fromEntries(req.query), 'BAD_QUERY');

@@ -1,7 +1,8 @@
 /**
- * The cluster-wide inventory: which host runs which VM, and what each host is. Every
- * member publishes its own VMs under `placement/<member>/<vmId>` and itself under
- * `host/<member>` in the replicated store. Each member writes only its own keys, so
+ * The cluster-wide inventory: which host runs which VM, what each host is, and the
+ * migrations in flight (and recently finished). Every member publishes its own VMs under
+ * `placement/<member>/<vmId>`, its migrations under `migration/<member>/<id>` and itself
+ * under `host/<member>` in the replicated store. Each member writes only its own keys, so
  * members never race on a record; a VM in flight between two hosts briefly shows on
  * both (the source's says `migrating`). Any member answers for the whole cluster.
  */
@@ -10,6 +11,7 @@ import type { Logger } from 'pino';
 import { NovaError } from '../errors.js';
 import type { EventLog } from '../events/log.js';
 import { prefixRange, type WriteOp } from '../store/store.js';
+import type { MigrationRecord } from '../migration/record.js';
 import type { VmRecord } from '../vm/record.js';
 import type { VmService } from '../vm/service.js';
 import { VERSION } from '../version.js';
@@ -41,6 +43,27 @@ export interface HostRecord {
 }
 
 const placementPrefix = (member?: number) => (member === undefined ? 'placement/' : `placement/${member}/`);
+const migrationPrefix = (member?: number) => (member === undefined ? 'migration/' : `migration/${member}/`);
+/** Finished migrations each member keeps in the cluster view (its own store keeps them all). */
+const KEEP_FINISHED_MIGRATIONS = 100;
+
+/** A migration as the cluster shows it (either side's record). */
+export interface MigrationSummary {
+  id: string;
+  member: number;
+  role: string;
+  mode: string;
+  vmId: string;
+  vmName: string;
+  peer: string;
+  state: string;
+  phase: string;
+  progress: { bytesRaw: number; bytesWire: number; remainingBytes: number };
+  downtimeMs?: { qemu?: number; measured?: number };
+  error?: { code: string; message: string };
+  createdAt: string;
+  finishedAt?: string;
+}
 const hostKey = (member: number) => `host/${member}`;
 /** A batch of VMs per replicated write (a 10,000-VM host publishes in 10 entries). */
 const BATCH = 1000;
@@ -48,8 +71,11 @@ const FLUSH_MS = 100;
 const HEARTBEAT_MS = 30_000;
 const RETRY_MS = 2000;
 
-export class PlacementPublisher {
+export class InventoryPublisher {
   #dirty = new Set<string>();
+  #dirtyMigrations = new Set<string>();
+  /** Finished migrations published, oldest first (trimmed to KEEP_FINISHED_MIGRATIONS). */
+  #finished: string[] = [];
   #timer: NodeJS.Timeout | undefined;
   #heartbeat: NodeJS.Timeout | undefined;
   #flushing: Promise<void> = Promise.resolve();
@@ -62,6 +88,8 @@ export class PlacementPublisher {
     private readonly vms: VmService,
     private readonly host: { member: number; node: string; address: string; driver: string },
     private readonly log: Logger,
+    /** This member's record of a migration, if it still has one. */
+    private readonly migrationOf: (id: string) => MigrationRecord | undefined = () => undefined,
   ) {}
 
   /**
@@ -71,14 +99,21 @@ export class PlacementPublisher {
    */
   start(events: EventLog): void {
     this.#unsubscribe = events.subscribe({}, (ev) => {
+      if (ev.type.startsWith('migration.') && typeof ev.data.migrationId === 'string') this.#dirtyMigrations.add(ev.data.migrationId);
       if (ev.vmId) this.#markDirty(ev.vmId);
     });
     const prefix = placementPrefix(this.host.member);
     this.#flushing = this.store
       .scan(prefixRange(prefix), { stale: true })
-      .then((published) => {
+      .then(async (published) => {
         for (const e of published) this.#dirty.add(e.key.slice(prefix.length));
         for (const vm of this.#localVms()) this.#dirty.add(vm.id);
+        const migs = await this.store.scan(prefixRange(migrationPrefix(this.host.member)), { stale: true });
+        for (const e of migs) {
+          const m = JSON.parse(e.value.toString()) as MigrationSummary;
+          if (m.state === 'running') this.#dirtyMigrations.add(m.id); // re-published as this daemon now knows it
+          else this.#finished.push(m.id);
+        }
         this.#flushSoon(); // Also publishes the host record.
       })
       .catch((err) => this.log.warn({ err: (err as Error).message }, 'reading published placements failed'));
@@ -108,6 +143,7 @@ export class PlacementPublisher {
   }
 
   async #flush(): Promise<void> {
+    await this.#flushMigrations();
     const ids = [...this.#dirty];
     this.#dirty.clear();
     for (let i = 0; i < ids.length; i += BATCH) {
@@ -124,6 +160,41 @@ export class PlacementPublisher {
       }
     }
     await this.#writeHost();
+  }
+
+  async #flushMigrations(): Promise<void> {
+    const ids = [...this.#dirtyMigrations];
+    if (ids.length === 0) return;
+    this.#dirtyMigrations.clear();
+    const ops: WriteOp[] = [];
+    for (const id of ids) {
+      const key = migrationPrefix(this.host.member) + id;
+      const rec = this.migrationOf(id);
+      if (!rec) {
+        ops.push({ key });
+        continue;
+      }
+      ops.push({ key, value: Buffer.from(JSON.stringify(this.#summary(rec))) });
+      if (rec.state !== 'running' && !this.#finished.includes(id)) this.#finished.push(id);
+    }
+    const expired = this.#finished.splice(0, Math.max(0, this.#finished.length - KEEP_FINISHED_MIGRATIONS));
+    for (const id of expired) ops.push({ key: migrationPrefix(this.host.member) + id });
+    try {
+      await this.store.write(ops);
+    } catch (err) {
+      for (const id of ids) this.#dirtyMigrations.add(id);
+      this.#finished.unshift(...expired);
+      throw err;
+    }
+  }
+
+  #summary(rec: MigrationRecord): MigrationSummary {
+    return {
+      id: rec.id, member: this.host.member, role: rec.role, mode: rec.mode, vmId: rec.vmId, vmName: rec.vmName, peer: rec.peer, state: rec.state, phase: rec.phase,
+      progress: { bytesRaw: rec.progress.bytesRaw, bytesWire: rec.progress.bytesWire, remainingBytes: rec.progress.remainingBytes },
+      ...(rec.downtimeMs ? { downtimeMs: rec.downtimeMs } : {}), ...(rec.error ? { error: rec.error } : {}),
+      createdAt: rec.createdAt, ...(rec.finishedAt ? { finishedAt: rec.finishedAt } : {}),
+    };
   }
 
   async #writeHost(): Promise<void> {
@@ -168,6 +239,12 @@ export async function clusterPlacements(store: ReplicatedStore, stale = false): 
   return entries.map((e) => JSON.parse(e.value.toString()) as Placement);
 }
 
+/** Migrations every member took part in (both sides of each), newest first. */
+export async function clusterMigrations(store: ReplicatedStore, stale = false): Promise<MigrationSummary[]> {
+  const entries = await store.scan(prefixRange(migrationPrefix()), { stale });
+  return entries.map((e) => JSON.parse(e.value.toString()) as MigrationSummary).sort((a, b) => (a.createdAt < b.createdAt ? 1 : -1));
+}
+
 export async function clusterHosts(store: ReplicatedStore, stale = false): Promise<HostRecord[]> {
   const entries = await store.scan(prefixRange('host/'), { stale });
   return entries.map((e) => JSON.parse(e.value.toString()) as HostRecord);
@@ -190,7 +267,10 @@ export async function resolveMember(store: ReplicatedStore, self: number, target
 
 /** What a removed member left behind: its host record and placements. */
 export async function forgetMember(store: ReplicatedStore, member: number): Promise<void> {
-  const entries = await store.scan(prefixRange(placementPrefix(member)), { stale: true });
+  const entries = [
+    ...(await store.scan(prefixRange(placementPrefix(member)), { stale: true })),
+    ...(await store.scan(prefixRange(migrationPrefix(member)), { stale: true })),
+  ];
   const ops: WriteOp[] = [{ key: hostKey(member) }, ...entries.map((e) => ({ key: e.key }))];
   for (let i = 0; i < ops.length; i += BATCH) await store.write(ops.slice(i, i + BATCH));
 }
