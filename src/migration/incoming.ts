@@ -250,9 +250,12 @@ export class IncomingMigrations {
       .migration!.waitIncoming(p.rec.vmId, RESUME_TIMEOUT_MS)
       .then(async ({ resumedAt }) => {
         if (p.settled) return;
-        for (const b of controlFrame({ type: 'resumed', at: resumedAt })) sock.write(b);
-        if (live.nbdSocket) await this.#deps.migration!.storage!.unexportDisks(p.rec.vmId).catch(() => undefined);
+        // Recorded as ours before the source hears of it: once the source lets go, this
+        // member already answers for the VM.
         await this.#arrived(p, relay, { to: 'running', runtime: live.runtime });
+        for (const b of controlFrame({ type: 'resumed', at: resumedAt })) sock.write(b);
+        // The disks are the guest's now; stop serving them (after the VM is recorded as running here).
+        if (live.nbdSocket) await this.#deps.migration!.storage!.unexportDisks(p.rec.vmId).catch(() => undefined);
       })
       .catch((err: Error) => abort(err instanceof NovaError ? err : new NovaError('MIGRATION_FAILED', err.message)));
     return relay;
