@@ -66,12 +66,12 @@ export abstract class SourceMigration {
     const vmId = this.rec.vmId;
     const state = this.cancelled ? 'cancelled' : 'failed';
     const done = book.finished(this.rec, state, { code: error.code, message: error.message });
-    this.rec = done;
     // The record shows the outcome only once the VM is settled, so a client that sees
     // `cancelled`/`failed` also sees the VM back in its state.
     await vms
       .migrationAbandoned(vmId, reason(state), [book.op(done)], [book.event(done, state === 'cancelled' ? 'migration.cancelled' : 'migration.failed', { error: done.error })], stuck)
       .catch((e) => log.error({ err: e, vmId }, 'could not settle VM after failed migration'));
+    this.rec = done;
     book.track(done);
   }
 
@@ -79,10 +79,11 @@ export abstract class SourceMigration {
   protected async settleSuccess(extra: Record<string, unknown>): Promise<void> {
     const { book, vms } = this.base;
     const done = book.finished(this.rec, 'completed');
-    this.rec = done;
     try {
-      await vms.migratedAway(this.rec.vmId, [book.op(done)], [book.event(done, 'migration.completed', { target: this.target, totalMs: done.totalMs, ...extra })]);
+      await vms.migratedAway(done.vmId, [book.op(done)], [book.event(done, 'migration.completed', { target: this.target, totalMs: done.totalMs, ...extra })]);
     } finally {
+      // Shown as completed only once the VM has left this node's records (as for failures).
+      this.rec = done;
       book.track(done);
     }
   }
