@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { NovaError } from '../errors.js';
 import { DEFAULT_SHARDS, PageEncoder } from '../native/memdelta.js';
 import type { HypervisorDriver, LiveMigration, MigrationProgress, MirroredDisk } from '../vm/driver.js';
-import type { VmSpec } from '../vm/spec.js';
+import { usedInPlace, type VmSpec } from '../vm/spec.js';
 import { NbdTunnel } from './nbd-tunnel.js';
 import { TokenBucket } from './token-bucket.js';
 import type { MigrationRecord } from './record.js';
@@ -29,7 +29,7 @@ const MIRROR_FINISH_TIMEOUT_MS = 30_000;
 
 /** Disks that live on this host only (not a shared image used in place): they must be copied. */
 export function localDisks(spec: VmSpec): MirroredDisk[] {
-  return spec.disks.filter((d) => !d.readOnly && (!d.image || d.clone)).map((d) => ({ name: d.name, sync: d.clone ? 'top' : 'full' }));
+  return spec.disks.filter((d) => !d.readOnly && !usedInPlace(d)).map((d) => ({ name: d.name, sync: d.clone ? 'top' : 'full' }));
 }
 
 export class OutgoingMigration extends SourceMigration {

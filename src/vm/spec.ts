@@ -74,6 +74,11 @@ export type CreateVmRequest = z.infer<typeof CreateVmRequest>;
 export type PatchVmRequest = z.infer<typeof PatchVmRequest>;
 export type VmSpec = Omit<CreateVmRequest, 'name'>;
 export type DiskSpec = z.infer<typeof DiskSpec>;
+
+/** A shared image the VM uses where it is (no copy of its own; not cloned). */
+export function usedInPlace(disk: DiskSpec): boolean {
+  return disk.image !== undefined && !disk.clone;
+}
 export type NicSpec = z.infer<typeof NicSpec>;
 
 /**

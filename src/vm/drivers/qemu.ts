@@ -15,7 +15,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import { DriverError, type DiskSnapshot, type DiskSnapshots, type DriverInstanceState, type HypervisorDriver, type LiveMigration, type ShutdownOptions, type VmStats } from '../driver.js';
 import type { VmRecord } from '../record.js';
-import type { DiskSpec, VmSpec } from '../spec.js';
+import { usedInPlace, type DiskSpec, type VmSpec } from '../spec.js';
 import { probeAccelerator } from '../qemu/accel.js';
 import { QemuLiveMigration } from '../qemu/migration.js';
 import { QmpClient, type QmpEvent } from '../qemu/qmp.js';
@@ -130,7 +130,7 @@ export class QemuDriver implements HypervisorDriver {
   /** Makes the disk's image (unless it is used in place); returns its path. */
   #createDisk(vmId: string, disk: DiskSpec): string {
     const path = this.#diskFile(vmId, disk);
-    if (disk.image && !disk.clone) return path; // used in place
+    if (usedInPlace(disk)) return path;
     if (existsSync(path)) return path;
     const args = ['create', '-q', '-f', disk.format];
     if (disk.clone && disk.image) args.push('-b', disk.image, '-F', imageFormat(this.#opts.imgBinary, disk.image));
@@ -161,7 +161,7 @@ export class QemuDriver implements HypervisorDriver {
   }
 
   vmFiles(vm: VmRecord): Array<{ name: string; path: string }> {
-    const files = vm.spec.disks.filter((d) => !d.image || d.clone).map((d) => this.#diskFile(vm.id, d));
+    const files = vm.spec.disks.filter((d) => !usedInPlace(d)).map((d) => this.#diskFile(vm.id, d));
     if (vm.checkpoint) files.push(vm.checkpoint.path);
     return files.map((path) => ({ name: basename(path), path }));
   }
@@ -377,7 +377,7 @@ export class QemuDriver implements HypervisorDriver {
 
   /** The file QEMU opens for a disk: an image used in place, or one in the VM's directory. */
   #diskFile(vmId: string, disk: DiskSpec): string {
-    return disk.image && !disk.clone ? disk.image : this.#diskPath(vmId, disk.name, disk.format);
+    return usedInPlace(disk) ? disk.image! : this.#diskPath(vmId, disk.name, disk.format);
   }
 
   #diskPath(vmId: string, name: string, format: string): string {
