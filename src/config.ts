@@ -11,7 +11,8 @@ import { NovaError } from './errors.js';
 import { LOG_LEVELS } from './log.js';
 import { SIM_OPS } from './vm/drivers/sim.js';
 
-const HOST_PORT = /^(?:\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$/;
+/** A peer or API address: `host:port` or `[v6]:port`. */
+export const HostPort = z.string().regex(/^(?:\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$/, 'expected HOST:PORT');
 const simOpRecord = z.partialRecord(z.enum(SIM_OPS), z.number().min(0));
 
 export const ConfigSchema = z.strictObject({
@@ -30,9 +31,9 @@ export const ConfigSchema = z.strictObject({
   /** Shared secret of the cluster: peers authenticate with it. Generated on first start when not given. */
   clusterSecret: z.string().min(16, 'cluster secrets must be at least 16 characters').optional(),
   /** HOST:PORT of a member to join on first start (ignored once this daemon is a member). */
-  join: z.string().regex(HOST_PORT, 'expected HOST:PORT').optional(),
+  join: HostPort.optional(),
   /** HOST:PORT peers dial to reach this member (default: the listen address); for NAT or a proxy in front. */
-  advertise: z.string().regex(HOST_PORT, 'expected HOST:PORT').optional(),
+  advertise: HostPort.optional(),
   /** Raft timing (defaults suit a LAN; tests shorten them). */
   raft: z.strictObject({
     tickMs: z.int().min(1).max(10_000).optional(),

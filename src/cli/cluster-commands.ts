@@ -16,9 +16,11 @@ export function addClusterCommands(program: Command, client: () => NovaClient, j
     .option('--advertise <host:port>', 'where peers will reach this member: the daemon\'s --advertise, or its --listen address', '127.0.0.1:7700')
     .option('--cluster-secret <secret>', 'shared secret (default: generated)')
     .action(async (opts: { dataDir: string; advertise: string; clusterSecret?: string }) => {
-      const { bootstrapCluster } = await import('../cluster/cluster.js');
-      if (!/^(?:\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$/.test(opts.advertise)) throw new NovaError('CONFIG_INVALID', `--advertise: expected HOST:PORT, got "${opts.advertise}"`);
-      if (opts.clusterSecret !== undefined && opts.clusterSecret.length < 16) throw new NovaError('CONFIG_INVALID', 'cluster secrets must be at least 16 characters');
+      const [{ bootstrapCluster }, { ConfigSchema }] = await Promise.all([import('../cluster/cluster.js'), import('../config.js')]);
+      // The daemon's own rules for these two settings.
+      const checked = ConfigSchema.pick({ advertise: true, clusterSecret: true }).safeParse({ advertise: opts.advertise, clusterSecret: opts.clusterSecret });
+      const flag = (key: PropertyKey) => String(key).replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
+      if (!checked.success) throw new NovaError('CONFIG_INVALID', checked.error.issues.map((i) => `--${i.path.map(flag).join('.')}: ${i.message}`).join('; '));
       const id = bootstrapCluster(opts.dataDir, opts.advertise, opts.clusterSecret);
       if (json()) return print({ clusterId: id.clusterId, memberId: id.memberId, secret: id.secret, dataDir: opts.dataDir, advertise: opts.advertise });
       console.log(`cluster ${id.clusterId}: member ${id.memberId} in ${opts.dataDir}, reachable at ${opts.advertise}`);

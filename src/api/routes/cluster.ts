@@ -11,13 +11,13 @@ import type { Cluster } from '../../cluster/cluster.js';
 import type { ReplicatedStore } from '../../cluster/replicated-store.js';
 import type { LockService } from '../../cluster/locks.js';
 import { secretMatches } from '../../cluster/peer-ws.js';
+import { HostPort } from '../../config.js';
 import { clusterHosts, clusterMigrations, clusterPlacements, forgetMember } from '../../cluster/inventory.js';
 
 const MemberId = z.coerce.number().int().min(1).max(Number.MAX_SAFE_INTEGER);
-const Address = z.string().regex(/^(?:\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$/, 'expected HOST:PORT');
-const JoinBody = z.strictObject({ id: MemberId, address: Address, secret: z.string().min(1).max(256) });
+const JoinBody = z.strictObject({ id: MemberId, address: HostPort, secret: z.string().min(1).max(256) });
 const TransferBody = z.strictObject({ to: MemberId });
-const AddressBody = z.strictObject({ address: Address });
+const AddressBody = z.strictObject({ address: HostPort });
 const RequestIdHex = z.string().regex(/^[0-9a-f]{32}$/, 'request ids are 32 hex digits');
 const PutBody = z.strictObject({
   value: z.string().max(1 << 20),
