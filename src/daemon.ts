@@ -9,7 +9,7 @@ import { NovaError } from './errors.js';
 import { ApiServer } from './api/server.js';
 import { Router } from './api/router.js';
 import { vmRoutes } from './api/routes/vms.js';
-import { migrationRoutes, type TargetResolver } from './api/routes/migrations.js';
+import { migrationRoutes, type MemberResolver } from './api/routes/migrations.js';
 import { MigrationService } from './migration/service.js';
 import { systemRoutes } from './api/routes/system.js';
 import { eventsWsRoute } from './api/events-ws.js';
@@ -93,11 +93,10 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
     });
     vmRoutes(router, vms);
     // Members are named by id or node name once the cluster runs (it starts after the API).
-    let resolveTarget: TargetResolver = async (t) => {
-      if (/^https?:\/\//.test(t)) return t;
+    let resolveTarget: MemberResolver = async () => {
       throw new NovaError('MIGRATION_TARGET_UNKNOWN', 'the cluster is not running yet; give the target as an address');
     };
-    migrationRoutes(router, migrations, (t) => resolveTarget(t));
+    migrationRoutes(router, migrations, (member) => resolveTarget(member));
     const server = await ApiServer.listen(
       router,
       { host: config.host, port: config.port, bodyLimitBytes: config.bodyLimitBytes, log, metrics, ...(config.apiToken ? { apiToken: config.apiToken } : {}) },

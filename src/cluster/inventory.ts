@@ -6,7 +6,7 @@
  * members never race on a record; a VM in flight between two hosts briefly shows on
  * both (the source's says `migrating`). Any member answers for the whole cluster.
  */
-import { cpus, hostname, totalmem } from 'node:os';
+import { cpus, totalmem } from 'node:os';
 import type { Logger } from 'pino';
 import { NovaError } from '../errors.js';
 import type { EventLog } from '../events/log.js';
@@ -251,11 +251,10 @@ export async function clusterHosts(store: ReplicatedStore, stale = false): Promi
 }
 
 /**
- * The API address of the member a migration names by id or node name (an address is
- * used as it is). A name several members share must be given as an id.
+ * The API address of the member a migration names by id or node name. A name several
+ * members share must be given as an id.
  */
 export async function resolveMember(store: ReplicatedStore, self: number, target: string): Promise<string> {
-  if (/^https?:\/\//.test(target)) return target;
   const hosts = await clusterHosts(store);
   const matches = hosts.filter((h) => String(h.member) === target || h.node === target);
   if (matches.length === 0) throw new NovaError('MIGRATION_TARGET_UNKNOWN', `no cluster member has the id or name "${target}"`);

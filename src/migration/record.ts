@@ -50,6 +50,11 @@ export interface MigrationRecord {
   finishedAt?: string;
 }
 
+/** A migration target given as a daemon's address rather than a cluster member. */
+export function isDaemonAddress(target: string): boolean {
+  return /^https?:\/\//.test(target);
+}
+
 export const MigrateRequest = z.strictObject({
   /** The target: a cluster member's id or node name, or any daemon's API address (http://host:port). */
   target: z.string().max(255).regex(/^(?:https?:\/\/[^/\s]+|[A-Za-z0-9][A-Za-z0-9._-]*)$/, 'target must be a cluster member (id or node name) or a daemon address like http://127.0.0.1:7700'),

@@ -1,16 +1,17 @@
 import type { Router } from '../router.js';
 import { parseWith } from '../validate.js';
 import { IncomingRequest } from '../../migration/incoming.js';
-import { MigrateRequest } from '../../migration/record.js';
+import { isDaemonAddress, MigrateRequest } from '../../migration/record.js';
 import type { MigrationService } from '../../migration/service.js';
 
-/** Turns a migration target (a member id or name, or an address) into the daemon's API address. */
-export type TargetResolver = (target: string) => Promise<string>;
+/** The API address (`http://host:port`) of the cluster member a migration names by id or node name. */
+export type MemberResolver = (member: string) => Promise<string>;
 
-export function migrationRoutes(router: Router, migrations: MigrationService, resolveTarget: TargetResolver): void {
+export function migrationRoutes(router: Router, migrations: MigrationService, resolveMember: MemberResolver): void {
   router.add('POST', '/v1/vms/:id/migrate', async (req) => {
     const body = parseWith(MigrateRequest, req.body ?? {});
-    const r = await migrations.migrate(req.params.id!, { ...body, target: await resolveTarget(body.target) });
+    const target = isDaemonAddress(body.target) ? body.target : await resolveMember(body.target);
+    const r = await migrations.migrate(req.params.id!, { ...body, target });
     if (!r.started) return { status: 200, json: { dryRun: true, prediction: r.prediction } };
     return { status: 202, json: r.migration, headers: { location: `/v1/migrations/${r.migration!.id}` } };
   }, { body: true });
