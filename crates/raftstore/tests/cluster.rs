@@ -181,14 +181,11 @@ fn joint_consensus_replaces_a_voter_and_leaves_the_joint_state() {
     let leader = c.add_caught_up_learner(4);
     // Swap a follower for node 4 in one change: joint consensus, left automatically.
     let out = [1, 2, 3].into_iter().find(|&id| id != leader).unwrap();
-    call(|done| {
-        c.node(leader).change_membership(
-            &[MemberChange::AddVoter(4), MemberChange::Remove(out)],
-            vec![],
-            done,
-        )
-    })
-    .unwrap();
+    c.change_membership(
+        leader,
+        &[MemberChange::AddVoter(4), MemberChange::Remove(out)],
+        vec![],
+    );
     let mut expected: Vec<u64> = [1, 2, 3, 4].into_iter().filter(|&id| id != out).collect();
     expected.sort();
     let left_joint = wait_for(Duration::from_secs(10), || {
@@ -233,14 +230,11 @@ fn a_leader_lost_in_the_middle_of_a_joint_change_is_finished_by_the_next_leader(
         .into_iter()
         .find(|&id| id != old && id != out)
         .unwrap();
-    call(|done| {
-        c.node(old).change_membership(
-            &[MemberChange::AddVoter(4), MemberChange::Remove(out)],
-            vec![],
-            done,
-        )
-    })
-    .unwrap();
+    c.change_membership(
+        old,
+        &[MemberChange::AddVoter(4), MemberChange::Remove(out)],
+        vec![],
+    );
     // Everyone else applied the joint configuration and is stuck in it.
     for id in [keep, out, 4] {
         assert!(
@@ -301,11 +295,7 @@ fn a_leader_that_removes_itself_hands_over_leadership() {
     let c = Cluster::new();
     c.form(&[1, 2, 3]);
     let old = c.leader();
-    call(|done| {
-        c.node(old)
-            .change_membership(&[MemberChange::Remove(old)], vec![], done)
-    })
-    .unwrap();
+    c.change_membership(old, &[MemberChange::Remove(old)], vec![]);
     let rest: Vec<u64> = [1, 2, 3].into_iter().filter(|&id| id != old).collect();
     let new = c.leader_among(&rest);
     assert_ne!(new, old);

@@ -3,7 +3,7 @@
 
 #![allow(dead_code)]
 
-use novacron_raftstore::eraftpb::{Message, MessageType};
+use novacron_raftstore::eraftpb::{ConfState, Message, MessageType};
 use novacron_raftstore::{
     bootstrap, encode_message, Command, MemberChange, Node, NodeConfig, NodeStatus, Op, Outcome,
     RaftError, RaftResult, Request, RequestId, Transport,
@@ -167,16 +167,23 @@ impl Cluster {
         let voters = self.running();
         self.start(id);
         let leader = self.leader_among(&voters);
-        call(|done| {
-            self.node(leader).change_membership(
-                &[MemberChange::AddLearner(id)],
-                vec![(id, Cluster::address(id))],
-                done,
-            )
-        })
-        .unwrap();
+        self.change_membership(
+            leader,
+            &[MemberChange::AddLearner(id)],
+            vec![(id, Cluster::address(id))],
+        );
         self.wait_applied(id, self.status(leader).commit);
         leader
+    }
+
+    /// Proposes a membership change through `via` and waits until it is applied there.
+    pub fn change_membership(
+        &self,
+        via: u64,
+        changes: &[MemberChange],
+        addresses: Vec<(u64, String)>,
+    ) -> ConfState {
+        call(|done| self.node(via).change_membership(changes, addresses, done)).unwrap()
     }
 
     /// Drops every message `filter` matches until `heal`.
@@ -220,22 +227,8 @@ impl Cluster {
         self.node(ids[0]).campaign();
         self.leader_among(&ids[..1]);
         for &id in &ids[1..] {
-            self.start(id);
-            let leader = self.leader_among(&ids[..1]);
-            call(|done| {
-                self.node(leader).change_membership(
-                    &[MemberChange::AddLearner(id)],
-                    vec![(id, Self::address(id))],
-                    done,
-                )
-            })
-            .unwrap();
-            self.wait_applied(id, self.status(leader).commit);
-            call(|done| {
-                self.node(leader)
-                    .change_membership(&[MemberChange::AddVoter(id)], vec![], done)
-            })
-            .unwrap();
+            let leader = self.add_caught_up_learner(id);
+            self.change_membership(leader, &[MemberChange::AddVoter(id)], vec![]);
         }
         let leader = self.leader();
         let commit = self.status(leader).commit;
