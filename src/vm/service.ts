@@ -109,7 +109,7 @@ export class VmService {
   // ---- reads -------------------------------------------------------------------
 
   get(ref: string): VmRecord {
-    const vm = this.#byId.get(ref) ?? this.#byId.get(this.#byName.get(ref) ?? '');
+    const vm = this.#find(ref);
     if (!vm) throw new NovaError('VM_NOT_FOUND', `no VM with id or name "${ref}"`);
     return vm;
   }
@@ -387,9 +387,14 @@ export class VmService {
   }
 
   async #handBackDone(ref: string): Promise<void> {
-    const id = this.#byId.has(ref) ? ref : this.#byName.get(ref);
-    const pending = id && this.#handingBack.get(id);
+    const vm = this.#find(ref);
+    const pending = vm && this.#handingBack.get(vm.id);
     if (pending) await pending;
+  }
+
+  /** By id or name. */
+  #find(ref: string): VmRecord | undefined {
+    return this.#byId.get(ref) ?? this.#byId.get(this.#byName.get(ref) ?? '');
   }
 
   /** Waits for running operations to finish (graceful shutdown). */
