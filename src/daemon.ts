@@ -119,13 +119,20 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
     const replicated = new ReplicatedStore(cluster.node);
     const locks = new LockService(cluster.node);
     vms.useLockGuard(vmLockGuard(locks, cluster.memberId));
-    const inventory = new InventoryPublisher(replicated, vms, { member: cluster.memberId, node: config.nodeId, address: advertised, driver: driver.name }, log, (id) => {
-      try {
-        return migrations.get(id);
-      } catch {
-        return undefined;
-      }
-    });
+    const inventory = new InventoryPublisher(
+      replicated,
+      vms,
+      { member: cluster.memberId, node: config.nodeId, address: advertised, driver: driver.name },
+      log,
+      (id) => {
+        try {
+          return migrations.get(id);
+        } catch {
+          return undefined;
+        }
+      },
+      () => cluster?.lastStatus,
+    );
     inventory.start(events);
     const self = cluster.memberId;
     resolveTarget = (t) => resolveMember(replicated, self, t);

@@ -69,6 +69,8 @@ const hostKey = (member: number) => `host/${member}`;
 const BATCH = 1000;
 const FLUSH_MS = 100;
 const HEARTBEAT_MS = 30_000;
+/** How often the leader clears inventory that members no longer in the cluster left behind. */
+const SWEEP_MS = 2000;
 const RETRY_MS = 2000;
 
 export class InventoryPublisher {
@@ -78,6 +80,7 @@ export class InventoryPublisher {
   #finished: string[] = [];
   #timer: NodeJS.Timeout | undefined;
   #heartbeat: NodeJS.Timeout | undefined;
+  #sweeper: NodeJS.Timeout | undefined;
   #flushing: Promise<void> = Promise.resolve();
   #unsubscribe: (() => void) | undefined;
   #startedAt = new Date().toISOString();
@@ -90,6 +93,8 @@ export class InventoryPublisher {
     private readonly log: Logger,
     /** This member's record of a migration, if it still has one. */
     private readonly migrationOf: (id: string) => MigrationRecord | undefined = () => undefined,
+    /** The latest Raft view: who leads and who the members are. */
+    private readonly membership: () => { leader: number; voters: number[]; learners: number[] } | undefined = () => undefined,
   ) {}
 
   /**
@@ -118,6 +123,19 @@ export class InventoryPublisher {
       })
       .catch((err) => this.log.warn({ err: (err as Error).message }, 'reading published placements failed'));
     this.#heartbeat = setInterval(() => void this.#writeHost().catch(() => undefined), HEARTBEAT_MS).unref();
+    this.#sweeper = setInterval(() => void this.#sweepRemoved().catch(() => undefined), SWEEP_MS).unref();
+  }
+
+  /**
+   * Leader only: drops the records of members no longer in the cluster. Removal through
+   * another member deletes them at once; a member that removed itself cannot (it is no
+   * longer a member when it tries), so the leader does.
+   */
+  async #sweepRemoved(): Promise<void> {
+    const st = this.membership();
+    if (!st || st.leader !== this.host.member) return;
+    const members = new Set([...st.voters, ...st.learners]);
+    for (const h of await clusterHosts(this.store, true)) if (!members.has(h.member)) await forgetMember(this.store, h.member);
   }
 
   #markDirty(vmId: string): void {
@@ -131,6 +149,7 @@ export class InventoryPublisher {
     this.#unsubscribe?.();
     clearTimeout(this.#timer);
     clearInterval(this.#heartbeat);
+    clearInterval(this.#sweeper);
   }
 
   #flushSoon(): void {

@@ -276,6 +276,18 @@ describe('cluster', () => {
     await c.kill(gone);
     const left = await api(url(1), 'GET', '/v1/cluster/hosts');
     expect(left.body.items.map((h: { member: number }) => h.member)).not.toContain(c.members[gone]!.id);
+
+    // A member that removes itself (`novacron cluster leave`) cannot delete its own records; the leader does.
+    const stays = await c.leader();
+    const quitter = c.live().find((i) => i !== stays)!;
+    expect((await api(url(quitter), 'DELETE', `/v1/cluster/members/${c.members[quitter]!.id}`)).status).toBe(200);
+    await c.kill(quitter);
+    await c.waitFor(
+      async () => !(await api(url(stays), 'GET', '/v1/cluster/hosts')).body.items.some((h: { member: number }) => h.member === c.members[quitter]!.id),
+      'the leader to clear the records of a member that left by itself',
+      10_000,
+    );
+    expect((await api(url(stays), 'GET', '/v1/cluster/vms')).body.items.map((p: { member: number }) => p.member)).not.toContain(c.members[quitter]!.id);
   });
 
   it('novacron cluster init prepares a first member offline; its daemon leads that cluster and others join it', async () => {

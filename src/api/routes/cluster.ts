@@ -48,8 +48,9 @@ export function clusterRoutes(router: Router, cluster: Cluster, store: Replicate
   router.add('DELETE', '/v1/cluster/members/:id', async (req) => {
     const id = parseWith(MemberId, req.params.id, 'BAD_QUERY');
     const members = await cluster.removeMember(id);
-    // Its inventory goes with it (written by the remaining members; it can no longer write).
-    await forgetMember(store, id).catch(() => undefined);
+    // Its inventory goes with it, written by a remaining member. A member that removed
+    // itself can no longer write: the leader's sweep clears its records instead.
+    if (id !== cluster.memberId) await forgetMember(store, id).catch(() => undefined);
     return { status: 200, json: members };
   });
   // A member's peer address changed (etcd's `member update`); a restarted member also does this itself.
