@@ -9,6 +9,24 @@
  */
 export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-wasip1'
 
+/** A link's bandwidth cap, shared by everything one migration sends. */
+export declare class LinkBucket {
+  constructor(bytesPerSecond: number)
+  /** Records `bytes` sent; returns the ms to wait before sending more (0: none). */
+  spend(bytes: number): number
+}
+
+/** Destination end (see the `novacron-miglink` crate). */
+export declare class NativeDestLink {
+  static start(options: DestLinkOptions, onFailFn: (failure: LinkFailure) => void): NativeDestLink
+  /** The port the source connects to. */
+  get port(): number
+  stats(): LinkCounters
+  /** The first failure, if there was one (also reported through `onFail`). */
+  failure(): LinkFailure | null
+  close(): void
+}
+
 /** A Raft member with its log and state in RocksDB (see the `novacron-raftstore` crate). */
 export declare class NativeRaftNode {
   /**
@@ -70,6 +88,19 @@ export declare class NativeRaftNode {
    * `RAFT_STOPPED`.
    */
   stop(): void
+}
+
+/** Source end (see the `novacron-miglink` crate). */
+export declare class NativeSourceLink {
+  /**
+   * Connects to the destination and listens for QEMU; throws `MIGRATION_TRANSPORT` if
+   * either cannot be done. `onFail(code, message)` is called once, off the hot path.
+   */
+  static start(options: SourceLinkOptions, bucket: LinkBucket | undefined | null, onFailFn: (failure: LinkFailure) => void): NativeSourceLink
+  stats(): LinkCounters
+  /** The first failure, if there was one (also reported through `onFail`). */
+  failure(): LinkFailure | null
+  close(): void
 }
 
 /** A durable RocksDB-backed key-value store (see the `novacron-store` crate). */
@@ -181,6 +212,35 @@ export interface BindingWriteOp {
   key: Buffer
   /** New value; omit to delete the key. */
   value?: Buffer
+}
+
+export interface DestLinkOptions {
+  /** Address to listen on; the port is chosen by the system. */
+  bindHost: string
+  /** The destination QEMU's incoming unix socket. */
+  qemuSocket: string
+  token: Buffer
+  capacityPages: number
+  shards: number
+}
+
+/** Counters of one end of a migration link. */
+export interface LinkCounters {
+  /** Bytes of QEMU's stream (read from the source QEMU / written to the destination QEMU). */
+  rawBytes: number
+  /** Bytes on the link, frame headers included. */
+  wireBytes: number
+  /** Guest pages that went through the codec. */
+  pages: number
+  /** RAM packets. */
+  packets: number
+}
+
+/** The first failure of a link end. */
+export interface LinkFailure {
+  /** Stable code (`MIGRATION_PROTOCOL`, `MIGRATION_TRANSPORT`, `CODEC_*`). */
+  code: string
+  message: string
 }
 
 /** Worst-case encoded size of a batch of `pages` pages over `shards` shards (default 1). */
@@ -332,4 +392,18 @@ export interface RaftStatus {
   progress: Array<RaftPeerProgress>
   /** Members' peer addresses. */
   addresses: Array<RaftPeerAddress>
+}
+
+export interface SourceLinkOptions {
+  /** Unix socket QEMU migrates to. */
+  socketPath: string
+  /** The destination's data listener, `host:port`. */
+  dest: string
+  token: Buffer
+  capacityPages: number
+  shards: number
+  /** Per-channel flow-control window in bytes. */
+  window: number
+  /** Fault injection (tests): corrupt the Nth RAM packet's batch. */
+  corruptPagesFrame?: number
 }

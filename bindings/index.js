@@ -773,8 +773,11 @@ if (
   }
 }
 
-const { NativeRaftNode, NativeStore, PageDecoder, PageEncoder, maxEncodedLen } = nativeBinding
+const { LinkBucket, NativeDestLink, NativeRaftNode, NativeSourceLink, NativeStore, PageDecoder, PageEncoder, maxEncodedLen } = nativeBinding
+export { LinkBucket }
+export { NativeDestLink }
 export { NativeRaftNode }
+export { NativeSourceLink }
 export { NativeStore }
 export { PageDecoder }
 export { PageEncoder }

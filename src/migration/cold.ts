@@ -10,7 +10,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { HypervisorDriver } from '../vm/driver.js';
 import { SourceMigration, type SourceDeps } from './source-migration.js';
 import type { MigrationRecord } from './record.js';
-import { TokenBucket } from './token-bucket.js';
+import { LinkBucket } from '../native/miglink.js';
 import { ChannelKind, encodeHeader, FrameType } from './wire.js';
 
 export interface ColdDeps extends SourceDeps {
@@ -53,7 +53,7 @@ export class ColdMigration extends SourceMigration {
       this.check();
       const sock = await this.peer.connect(offer);
       await this.update({ phase: 'copy', timings: { prepareMs: Math.round(performance.now() - t0) } });
-      const bucket = this.rec.policy.bandwidthMBps ? new TokenBucket(this.rec.policy.bandwidthMBps * 1e6) : undefined;
+      const bucket = this.rec.policy.bandwidthMBps ? new LinkBucket(this.rec.policy.bandwidthMBps * 1e6) : undefined;
       let sent = 0;
       let wire = 0;
       let lastSaved = 0;

@@ -1,6 +1,7 @@
 /**
  * The destination side: accepts a VM offered by a source daemon, starts its QEMU waiting
- * for the stream, and serves the transport connection that feeds it. Until the guest
+ * for the stream and the data link (crates/miglink) that feeds it, and serves the control
+ * connection (a cold migration's files too). Until the guest
  * runs here, any failure removes the half-arrived VM; the source keeps running it.
  */
 import { randomBytes, timingSafeEqual } from 'node:crypto';
@@ -8,16 +9,15 @@ import { connect, createServer, type Server, type Socket } from 'node:net';
 import type { Logger } from 'pino';
 import { z } from 'zod';
 import { NovaError } from '../errors.js';
-import { PageDecoder } from '../native/memdelta.js';
+import { DestLink } from '../native/miglink.js';
 import type { HypervisorDriver, LiveMigration } from '../vm/driver.js';
 import { VmSpecFields } from '../vm/spec.js';
 import type { VmService } from '../vm/service.js';
 import type { MigrationBook } from './book.js';
-import { DestRelay } from './dest-relay.js';
 import { FileReceiver } from './file-receiver.js';
 import { emptyProgress, type MigrationRecord } from './record.js';
 import type { IncomingOffer } from './peer.js';
-import { controlFrame, FrameReader, FrameType, TRANSPORT_VERSION, windowFrame, type ControlMessage, type Frame } from './wire.js';
+import { controlFrame, FrameReader, FrameType, TRANSPORT_VERSION, type ControlMessage, type Frame } from './wire.js';
 
 const offered = {
   migrationId: z.string().regex(/^mig-[0-9a-f]{24}$/),
@@ -52,6 +52,8 @@ export type IncomingRequest = z.infer<typeof IncomingRequest>;
 
 /** How long an accepted VM waits for its transport connection. */
 const CONNECT_TIMEOUT_MS = 30_000;
+/** How long a lost data link waits for QEMU's own verdict before the VM is abandoned. */
+const LINK_LOSS_GRACE_MS = 10_000;
 /** How long the guest may take to resume after the stream ended. */
 const RESUME_TIMEOUT_MS = 600_000;
 
@@ -62,16 +64,12 @@ interface Pending {
   /** Armed once prepared: the source must connect in time. */
   timer?: NodeJS.Timeout;
   settled: boolean;
-  live?: { socketPath: string; runtime: Record<string, unknown>; decoder: PageDecoder; nbdSocket?: string };
+  /** Set once the source's control connection said hello: aborts and tells the source why. */
+  abort?: (err: NovaError) => void;
+  live?: { socketPath: string; runtime: Record<string, unknown>; link?: DestLink; nbdSocket?: string };
   cold?: { files: Array<{ name: string; size: number }>; checkpoint?: { file: string; createdAt: string; sizeBytes: number } };
 }
 
-/** What applies transport frames on this side: QEMU's relay (live) or the file writer (cold). */
-interface FrameSink {
-  apply(f: Frame): void;
-  close(): void;
-  readonly stats: { wireBytes: number; rawBytes: number };
-}
 
 export interface IncomingDeps {
   vms: VmService;
@@ -127,12 +125,17 @@ export class IncomingMigrations {
     if (req.mode === 'live') {
       try {
         const prepared = await migration!.prepareIncoming(vm, req.channels);
-        p.live = { ...prepared, decoder: new PageDecoder(req.cachePages, req.shards) };
+        p.live = prepared;
+        p.live.link = new DestLink(
+          { bindHost: this.#deps.host, qemuSocket: prepared.socketPath, token, capacityPages: req.cachePages, shards: req.shards },
+          (err) => this.#linkFailed(p, err),
+        );
         if (req.storage && req.storage.length > 0) {
           if (!migration!.storage) throw new NovaError('MIGRATION_UNSUPPORTED', `the ${driver.name} driver cannot receive disks of a running VM`);
           p.live.nbdSocket = await migration!.storage.exportDisks(vm.id, req.storage);
         }
       } catch (err) {
+        p.live?.link?.close();
         rec = book.finished(rec, 'failed', { code: 'MIGRATION_FAILED', message: (err as Error).message });
         await driver.stop(vm.id).catch(() => undefined);
         await vms.incomingAbandoned(vm.id, [book.op(rec)], [book.event(rec, 'migration.failed')]);
@@ -146,7 +149,7 @@ export class IncomingMigrations {
     await book.save(rec);
     p.timer = setTimeout(() => void this.#abandon(p, new NovaError('MIGRATION_TRANSPORT', 'the source never connected')), CONNECT_TIMEOUT_MS);
     this.#pending.set(rec.id, p);
-    return { transport: { host: this.#deps.host, port: this.port }, token: token.toString('hex') };
+    return { transport: { host: this.#deps.host, port: this.port }, token: token.toString('hex'), ...(p.live?.link ? { data: { port: p.live.link.port } } : {}) };
   }
 
   async close(): Promise<void> {
@@ -158,7 +161,7 @@ export class IncomingMigrations {
     sock.setNoDelay(true);
     const reader = new FrameReader();
     let p: Pending | undefined;
-    let relay: FrameSink | undefined;
+    let files: FileReceiver | undefined;
     let aborted = false;
     const abort = (err: NovaError) => {
       if (aborted) return;
@@ -169,7 +172,7 @@ export class IncomingMigrations {
       for (const b of controlFrame({ type: 'abort', code: err.code, message: err.message })) sock.write(b);
       sock.end();
       setTimeout(() => sock.destroy(), 5000).unref();
-      relay?.close();
+      files?.close();
       void this.#abandon(p, err);
     };
     const onData = (chunk: Buffer) => {
@@ -187,23 +190,26 @@ export class IncomingMigrations {
             }
             p = hello.p;
             clearTimeout(p.timer);
-            relay = p.live ? this.#startRelay(p, p.live, sock, abort) : this.#startFiles(p, sock, abort);
+            p.abort = abort;
+            if (p.live) this.#awaitGuest(p, p.live, sock, abort);
+            else files = this.#startFiles(p, sock, abort);
             continue;
           }
           if (f.type === FrameType.Control) continue; // nothing the source may say mid-stream yet
-          relay!.apply(f);
+          if (!files) throw new NovaError('MIGRATION_PROTOCOL', `frame type ${f.type} on a live migration's control connection (QEMU's stream goes over the data link)`);
+          files.apply(f);
         }
       } catch (err) {
         abort(err instanceof NovaError ? err : new NovaError('MIGRATION_PROTOCOL', (err as Error).message));
       }
     };
     const onClose = () => {
-      // QEMU's sockets end too; if it had everything it resumes the guest (success),
-      // otherwise it fails and exits — waitIncoming reports either.
-      relay?.close();
+      // A live migration's data link may still deliver the rest; if QEMU gets everything
+      // it resumes the guest (success), otherwise it fails — waitIncoming reports either.
+      files?.close();
       if (p && !p.settled) {
         const pending = p;
-        setTimeout(() => void this.#abandon(pending, new NovaError('MIGRATION_TRANSPORT', 'the source connection was lost before the guest resumed here')), 10_000).unref();
+        setTimeout(() => void this.#abandon(pending, new NovaError('MIGRATION_TRANSPORT', 'the source connection was lost before the guest resumed here')), LINK_LOSS_GRACE_MS).unref();
       }
     };
     sock.on('data', onData);
@@ -238,27 +244,38 @@ export class IncomingMigrations {
     return { p, ...(msg.stream === 'nbd' ? { stream: 'nbd' as const } : {}) };
   }
 
-  #startRelay(p: Pending, live: NonNullable<Pending['live']>, sock: Socket, abort: (err: NovaError) => void): DestRelay {
-    const relay = new DestRelay({
-      qemuSocket: live.socketPath,
-      decoder: live.decoder,
-      pauseTransport: (pause) => (pause ? sock.pause() : sock.resume()),
-      grant: (channel, bytes) => sock.write(windowFrame(channel, bytes)),
-      onError: (err) => abort(err instanceof NovaError ? err : new NovaError('MIGRATION_TRANSPORT', err.message)),
-    });
+  /**
+   * The data link failed. A refused frame aborts at once; a lost connection may come after
+   * QEMU already has everything (it then resumes the guest), so it waits for QEMU's verdict.
+   */
+  #linkFailed(p: Pending, err: NovaError): void {
+    if (p.settled) return;
+    if (err.code === 'MIGRATION_TRANSPORT') {
+      setTimeout(() => void this.#abandon(p, err), LINK_LOSS_GRACE_MS).unref();
+      return;
+    }
+    if (p.abort) p.abort(err);
+    else void this.#abandon(p, err);
+  }
+
+  /** Live: the data link feeds QEMU; this waits for the guest to resume here. */
+  #awaitGuest(p: Pending, live: NonNullable<Pending['live']>, sock: Socket, abort: (err: NovaError) => void): void {
+    const link = live.link!;
     this.#deps
       .migration!.waitIncoming(p.rec.vmId, RESUME_TIMEOUT_MS)
       .then(async ({ resumedAt }) => {
         if (p.settled) return;
         // Recorded as ours before the source hears of it: once the source lets go, this
         // member already answers for the VM.
-        await this.#arrived(p, relay, { to: 'running', runtime: live.runtime });
+        await this.#arrived(p, link.stats(), { to: 'running', runtime: live.runtime });
+        // The source closes the link once it hears of the resume; a source that never does is cut off.
+        setTimeout(() => link.close(), LINK_LOSS_GRACE_MS).unref();
         for (const b of controlFrame({ type: 'resumed', at: resumedAt })) sock.write(b);
         // The disks are the guest's now; stop serving them (after the VM is recorded as running here).
         if (live.nbdSocket) await this.#deps.migration!.storage!.unexportDisks(p.rec.vmId).catch(() => undefined);
       })
-      .catch((err: Error) => abort(err instanceof NovaError ? err : new NovaError('MIGRATION_FAILED', err.message)));
-    return relay;
+      // QEMU fails when the link refuses a frame and shuts its sockets: the link's reason is the cause.
+      .catch((err: Error) => abort(link.failure() ?? (err instanceof NovaError ? err : new NovaError('MIGRATION_FAILED', err.message))));
   }
 
   #startFiles(p: Pending, sock: Socket, abort: (err: NovaError) => void): FileReceiver {
@@ -273,7 +290,7 @@ export class IncomingMigrations {
         if (p.settled) return;
         const ck = cold.checkpoint;
         const checkpoint = ck ? { path: driver.vmFilePath!(p.rec.vmId, ck.file), createdAt: ck.createdAt, sizeBytes: ck.sizeBytes } : undefined;
-        this.#arrived(p, receiver, { to: 'stopped', ...(checkpoint ? { checkpoint } : {}) })
+        this.#arrived(p, receiver.stats, { to: 'stopped', ...(checkpoint ? { checkpoint } : {}) })
           .then(() => {
             for (const b of controlFrame({ type: 'arrived', at: Date.now() })) sock.write(b);
           })
@@ -283,11 +300,11 @@ export class IncomingMigrations {
     return receiver;
   }
 
-  async #arrived(p: Pending, sink: FrameSink, arrived: Parameters<VmService['incomingArrived']>[1]): Promise<void> {
+  async #arrived(p: Pending, sink: { wireBytes: number; rawBytes: number }, arrived: Parameters<VmService['incomingArrived']>[1]): Promise<void> {
     p.settled = true;
     this.#pending.delete(p.rec.id);
     const { book, vms } = this.#deps;
-    const done = book.finished({ ...p.rec, progress: { ...p.rec.progress, bytesWire: sink.stats.wireBytes, bytesRaw: sink.stats.rawBytes } }, 'completed');
+    const done = book.finished({ ...p.rec, progress: { ...p.rec.progress, bytesWire: sink.wireBytes, bytesRaw: sink.rawBytes } }, 'completed');
     book.track(done);
     try {
       await vms.incomingArrived(p.rec.vmId, arrived, [book.op(done)], [book.event(done, 'migration.completed')]);
@@ -300,6 +317,7 @@ export class IncomingMigrations {
     if (p.settled) return;
     p.settled = true;
     clearTimeout(p.timer);
+    p.live?.link?.close();
     this.#pending.delete(p.rec.id);
     this.#deps.log.warn({ migrationId: p.rec.id, vmId: p.rec.vmId, err: err.message }, 'incoming migration abandoned');
     const { book, vms, driver } = this.#deps;

@@ -7,7 +7,7 @@
  */
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { rmSync } from 'node:fs';
-import type { TokenBucket } from './token-bucket.js';
+import type { LinkBucket } from '../native/miglink.js';
 import { controlFrame, TRANSPORT_VERSION } from './wire.js';
 
 export interface TunnelTarget {
@@ -25,12 +25,12 @@ export class NbdTunnel {
     readonly socketPath: string,
     private readonly target: TunnelTarget,
     private readonly onError: (err: Error) => void,
-    private readonly bucket?: TokenBucket,
+    private readonly bucket?: LinkBucket,
   ) {
     this.#server = createServer((local) => this.#splice(local));
   }
 
-  static async open(socketPath: string, target: TunnelTarget, onError: (err: Error) => void, bucket?: TokenBucket): Promise<NbdTunnel> {
+  static async open(socketPath: string, target: TunnelTarget, onError: (err: Error) => void, bucket?: LinkBucket): Promise<NbdTunnel> {
     rmSync(socketPath, { force: true });
     const t = new NbdTunnel(socketPath, target, onError, bucket);
     await new Promise<void>((resolve, reject) => {

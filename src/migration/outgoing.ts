@@ -5,14 +5,14 @@
  */
 import { join } from 'node:path';
 import { NovaError } from '../errors.js';
-import { DEFAULT_SHARDS, PageEncoder } from '../native/memdelta.js';
+import { DEFAULT_SHARDS } from '../native/memdelta.js';
+import { LinkBucket, SourceLink } from '../native/miglink.js';
 import type { HypervisorDriver, LiveMigration, MigrationProgress, MirroredDisk } from '../vm/driver.js';
 import { usedInPlace, type VmSpec } from '../vm/spec.js';
 import { NbdTunnel } from './nbd-tunnel.js';
-import { TokenBucket } from './token-bucket.js';
 import type { MigrationRecord } from './record.js';
-import { SourceRelay } from './source-relay.js';
 import { SourceMigration, type SourceDeps } from './source-migration.js';
+import { CHANNEL_WINDOW } from './wire.js';
 
 export interface OutgoingDeps extends SourceDeps {
   driver: HypervisorDriver;
@@ -34,15 +34,15 @@ export function localDisks(spec: VmSpec): MirroredDisk[] {
 
 export class OutgoingMigration extends SourceMigration {
   #deps: OutgoingDeps;
-  #relay?: SourceRelay;
+  #link?: SourceLink;
   #tunnel?: NbdTunnel;
-  /** The link's bandwidth cap, shared by the RAM relay and the disk-mirror tunnel. */
-  #bucket?: TokenBucket;
+  /** The link's bandwidth cap, shared by QEMU's stream and the disk-mirror tunnel. */
+  #bucket?: LinkBucket;
 
   constructor(deps: OutgoingDeps, rec: MigrationRecord, target: string) {
-    super(deps, rec, target, (channel, bytes) => this.#relay?.grant(channel, bytes));
+    super(deps, rec, target);
     this.#deps = deps;
-    if (rec.policy.bandwidthMBps) this.#bucket = new TokenBucket(rec.policy.bandwidthMBps * 1e6);
+    if (rec.policy.bandwidthMBps) this.#bucket = new LinkBucket(rec.policy.bandwidthMBps * 1e6);
   }
 
   /** Runs to the end; never throws (the outcome is in the record). */
@@ -62,18 +62,18 @@ export class OutgoingMigration extends SourceMigration {
         ...(disks.length > 0 ? { storage: disks.map((d) => d.name) } : {}),
       });
       this.check();
-      const transport = await this.peer.connect(offer);
-      const encoder = new PageEncoder(cachePages, DEFAULT_SHARDS);
+      await this.peer.connect(offer);
+      if (!offer.data) throw new NovaError('MIGRATION_TARGET_REJECTED', `${this.target} offered no data link (a NovaCron without the native migration link)`);
       const socketPath = join(this.#deps.runDir, `${this.rec.id}.sock`);
-      this.#relay = new SourceRelay({
-        socketPath,
-        transport,
-        encoder,
-        ...(this.#bucket ? { bucket: this.#bucket } : {}),
-        ...(this.#deps.corruptPagesFrame ? { corruptPagesFrame: this.#deps.corruptPagesFrame } : {}),
-        onError: (err) => this.peer.fail(err instanceof NovaError ? err : new NovaError('MIGRATION_TRANSPORT', err.message)),
-      });
-      await this.#relay.listen();
+      this.#link = new SourceLink(
+        {
+          socketPath, host: offer.transport.host, port: offer.data.port, token: Buffer.from(offer.token, 'hex'),
+          capacityPages: cachePages, shards: DEFAULT_SHARDS, window: CHANNEL_WINDOW,
+          ...(this.#bucket ? { bucket: this.#bucket } : {}),
+          ...(this.#deps.corruptPagesFrame ? { corruptPagesFrame: this.#deps.corruptPagesFrame } : {}),
+        },
+        (err) => this.#linkFailed(err),
+      );
       this.check();
       await this.update({ phase: 'precopy', timings: { ...this.rec.timings, prepareMs: since(t0) } });
       const tStream = performance.now();
@@ -95,7 +95,12 @@ export class OutgoingMigration extends SourceMigration {
           this.#absorb(p);
           break;
         }
-        if (p.status === 'failed' || p.status === 'cancelled') throw this.peer.failure ?? new NovaError('MIGRATION_FAILED', `QEMU migration ${p.status}: ${p.error ?? 'no detail'}`);
+        if (p.status === 'failed' || p.status === 'cancelled') {
+          // The link shuts QEMU's sockets when it fails, so QEMU may report first: read the cause.
+          const cause = this.#link?.failure();
+          if (cause) this.#linkFailed(cause);
+          throw (await this.peer.reason()) ?? new NovaError('MIGRATION_FAILED', `QEMU migration ${p.status}: ${p.error ?? 'no detail'}`);
+        }
         this.check();
         this.#absorb(p);
         const phase = p.status === 'device' || p.status === 'pre-switchover' ? 'switchover' : 'precopy';
@@ -134,8 +139,14 @@ export class OutgoingMigration extends SourceMigration {
     }
   }
 
+  /** A broken link is often the destination refusing something: its abort says why. */
+  #linkFailed(err: NovaError): void {
+    if (err.code === 'MIGRATION_TRANSPORT') this.peer.lost(err);
+    else this.peer.fail(err);
+  }
+
   #absorb(p: MigrationProgress): void {
-    const stats = this.#relay?.stats;
+    const stats = this.#link?.stats();
     const bytesRaw = stats?.rawBytes ?? p.transferredBytes;
     const bytesWire = stats?.wireBytes ?? 0;
     this.rec = {
@@ -186,7 +197,7 @@ export class OutgoingMigration extends SourceMigration {
 
   #teardown(): void {
     this.#tunnel?.close();
-    this.#relay?.close();
+    this.#link?.close();
     this.peer.close();
   }
 }

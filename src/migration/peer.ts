@@ -1,7 +1,7 @@
 /**
  * The source's link to the destination daemon for one migration: offering the VM over
- * its API, the transport connection (hello, window credits, control messages), and what
- * the destination says went wrong. Shared by live and cold migrations.
+ * its API, the control connection (hello, control messages; a cold migration's files
+ * too), and what the destination says went wrong. Shared by live and cold migrations.
  */
 import { connect, type Socket } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -13,6 +13,8 @@ import { controlFrame, FrameReader, FrameType, TRANSPORT_VERSION, type ControlMe
 export interface IncomingOffer {
   transport: { host: string; port: number };
   token: string;
+  /** Live migrations: the destination's data link (crates/miglink) for QEMU's stream. */
+  data?: { port: number };
 }
 
 /**
@@ -28,13 +30,12 @@ export class PeerLink {
   confirmedAt?: number;
   socket?: Socket;
   #wake?: () => void;
+  #loss?: Promise<void>;
 
   constructor(
     readonly target: string,
     readonly migrationId: string,
     readonly apiToken: string | undefined,
-    /** Window credit from the destination for a channel. */
-    readonly onWindow: (channel: number, bytes: number) => void = () => undefined,
   ) {}
 
   #auth(): Record<string, string> {
@@ -72,17 +73,15 @@ export class PeerLink {
     s.on('data', (chunk: Buffer) => {
       try {
         for (const f of reader.push(chunk)) {
-          if (f.type === FrameType.Window && f.payload.length === 4) this.onWindow(f.channel, f.payload.readUInt32BE(0));
-          else if (f.type === FrameType.Control) this.#onControl(JSON.parse(f.payload.toString()) as ControlMessage);
+          if (f.type === FrameType.Control) this.#onControl(JSON.parse(f.payload.toString()) as ControlMessage);
           else throw new NovaError('MIGRATION_PROTOCOL', `destination sent frame type ${f.type}`);
         }
       } catch (err) {
         this.fail(err instanceof NovaError ? err : new NovaError('MIGRATION_PROTOCOL', (err as Error).message));
       }
     });
-    const lost = (err: NovaError) => setTimeout(() => this.fail(err), TRANSPORT_LOSS_GRACE_MS).unref();
-    s.on('error', (e) => lost(new NovaError('MIGRATION_TRANSPORT', `transport: ${e.message}`)));
-    s.on('close', () => lost(new NovaError('MIGRATION_TRANSPORT', 'the destination closed the migration connection')));
+    s.on('error', (e) => this.lost(new NovaError('MIGRATION_TRANSPORT', `transport: ${e.message}`)));
+    s.on('close', () => this.lost(new NovaError('MIGRATION_TRANSPORT', 'the destination closed the migration connection')));
     for (const b of controlFrame({ type: 'hello', version: TRANSPORT_VERSION, migrationId: this.migrationId, token: offer.token })) s.write(b);
     this.socket = s;
     return s;
@@ -95,6 +94,25 @@ export class PeerLink {
     } else if (msg.type === 'abort') {
       this.fail(new NovaError(isErrorCode(msg.code) ? msg.code : 'MIGRATION_FAILED', `destination aborted: ${msg.message}`));
     }
+  }
+
+  /** A broken connection: a failure unless the destination's own reason arrives first. */
+  lost(err: NovaError): void {
+    this.#loss ??= new Promise<void>((resolve) =>
+      setTimeout(() => {
+        this.fail(err);
+        resolve();
+      }, TRANSPORT_LOSS_GRACE_MS).unref(),
+    );
+  }
+
+  /**
+   * Why the migration failed, as far as the link knows: the failure, or — if the
+   * connection broke moments ago — the reason that settles once the grace is over.
+   */
+  async reason(): Promise<NovaError | undefined> {
+    if (!this.failure && this.#loss) await this.#loss;
+    return this.failure;
   }
 
   fail(err: NovaError): void {

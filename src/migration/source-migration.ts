@@ -27,10 +27,9 @@ export abstract class SourceMigration {
     protected readonly base: SourceDeps,
     rec: MigrationRecord,
     protected readonly target: string,
-    onWindow?: (channel: number, bytes: number) => void,
   ) {
     this.rec = rec;
-    this.peer = new PeerLink(target, rec.id, base.apiToken, onWindow);
+    this.peer = new PeerLink(target, rec.id, base.apiToken);
   }
 
   get record(): MigrationRecord {

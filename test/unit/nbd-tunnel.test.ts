@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { NbdTunnel } from '../../src/migration/nbd-tunnel.js';
-import { TokenBucket } from '../../src/migration/token-bucket.js';
+import { LinkBucket } from '../../src/native/miglink.js';
 import { FrameReader, FrameType } from '../../src/migration/wire.js';
 
 const cleanups: Array<() => void> = [];
@@ -39,7 +39,7 @@ describe('disk-mirror tunnel', () => {
     const dir = mkdtempSync(join(tmpdir(), 'nc-tunnel-'));
     cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
     const errors: Error[] = [];
-    const tunnel = await NbdTunnel.open(join(dir, 't.sock'), { host: '127.0.0.1', port: dest.port, migrationId: 'mig-1', token: 'ab'.repeat(24) }, (e) => errors.push(e), new TokenBucket(8e6));
+    const tunnel = await NbdTunnel.open(join(dir, 't.sock'), { host: '127.0.0.1', port: dest.port, migrationId: 'mig-1', token: 'ab'.repeat(24) }, (e) => errors.push(e), new LinkBucket(8e6));
     cleanups.push(() => tunnel.close());
 
     const client = connect(tunnel.socketPath);

@@ -8,10 +8,12 @@
 #![deny(clippy::all)]
 
 mod memdelta;
+mod miglink;
 mod raft;
 mod store;
 
 pub use memdelta::*;
+pub use miglink::*;
 pub use raft::*;
 pub use store::*;
 

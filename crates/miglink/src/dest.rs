@@ -1,0 +1,271 @@
+//! Destination end of the data link. It listens for the one source connection of a
+//! migration (authenticated by the migration's token), opens a connection to the
+//! destination QEMU's incoming socket for each channel the source opens, and feeds it
+//! byte-exact what the source QEMU wrote: RAM packets are rebuilt from their verbatim
+//! header and the decoded pages. A batch the codec refuses is never applied; the link
+//! fails instead.
+//!
+//! Threads: the link reader (frames in order, decoding), one writer per QEMU channel
+//! (which returns window credit once bytes reach QEMU's socket), and the acceptor.
+
+use crate::multifd::{normal_pages, PAGE_SIZE};
+use crate::wire::{self, FrameType};
+use crate::{LinkError, LinkStats};
+use novacron_memdelta::ShardedDecoder;
+use std::collections::HashMap;
+use std::io::{BufReader, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::mpsc::{channel, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub struct DestConfig {
+    /// Address to listen on (the daemon's migration host); the port is chosen by the system.
+    pub bind_host: String,
+    /// The destination QEMU's incoming unix socket.
+    pub qemu_socket: PathBuf,
+    pub token: Vec<u8>,
+    pub capacity_pages: usize,
+    pub shards: usize,
+}
+
+/// Time a connection gets to say hello before it is dropped.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+const LINK_READ_BUFFER: usize = 1 << 20;
+
+struct Shared {
+    stats: LinkStats,
+    closing: AtomicBool,
+    failure: Mutex<Option<(&'static str, String)>>,
+    on_fail: crate::FailFn,
+    /// Back-channel for window credits; set once the source connected.
+    link: Mutex<Option<TcpStream>>,
+    qemu: Mutex<Vec<UnixStream>>,
+    port: u16,
+    host: String,
+}
+
+impl Shared {
+    fn fail(&self, err: LinkError) {
+        if self.closing.swap(true, Relaxed) {
+            return;
+        }
+        // Recorded before anything is shut down: whoever sees the consequences (QEMU
+        // failing) can already read the cause.
+        *self.failure.lock().unwrap() = Some((err.code(), err.to_string()));
+        (self.on_fail)(err);
+        self.shutdown();
+    }
+
+    fn shutdown(&self) {
+        if let Some(l) = self.link.lock().unwrap().as_ref() {
+            let _ = l.shutdown(Shutdown::Both);
+        }
+        for s in self.qemu.lock().unwrap().drain(..) {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+
+    fn credit(&self, channel: u16, bytes: usize) -> Result<(), LinkError> {
+        let mut f = wire::frame_with_capacity(FrameType::Window, channel, 4);
+        f.extend_from_slice(&(bytes as u32).to_be_bytes());
+        wire::seal(&mut f);
+        let mut link = self.link.lock().unwrap();
+        let l = link.as_mut().ok_or_else(|| LinkError::Transport("no migration link".into()))?;
+        l.write_all(&f).map_err(|e| LinkError::io("returning window credit", e))
+    }
+}
+
+pub struct DestLink {
+    shared: Arc<Shared>,
+}
+
+impl DestLink {
+    /// Binds the listener; the source may connect from now on.
+    pub fn start(cfg: DestConfig, on_fail: crate::FailFn) -> Result<Self, LinkError> {
+        let listener = TcpListener::bind((cfg.bind_host.as_str(), 0)).map_err(|e| LinkError::io(format!("binding a data link on {}", cfg.bind_host), e))?;
+        let port = listener.local_addr().map_err(|e| LinkError::io("data link", e))?.port();
+        let shared = Arc::new(Shared {
+            stats: LinkStats::default(),
+            closing: AtomicBool::new(false),
+            failure: Mutex::new(None),
+            on_fail,
+            link: Mutex::new(None),
+            qemu: Mutex::new(Vec::new()),
+            port,
+            host: cfg.bind_host.clone(),
+        });
+        let s = shared.clone();
+        std::thread::Builder::new()
+            .name("nc-mig-recv".into())
+            .spawn(move || {
+                if let Err(e) = serve(&s, listener, cfg) {
+                    s.fail(e);
+                }
+            })
+            .expect("spawning a migration thread");
+        Ok(Self { shared })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.shared.port
+    }
+
+    pub fn stats(&self) -> crate::StatsSnapshot {
+        self.shared.stats.snapshot()
+    }
+
+    /// The first failure (code, message), if there was one.
+    pub fn failure(&self) -> Option<(&'static str, String)> {
+        self.shared.failure.lock().unwrap().clone()
+    }
+
+    /// Stops everything; QEMU's connections and the link are shut down. Idempotent.
+    pub fn close(&self) {
+        if self.shared.closing.swap(true, Relaxed) {
+            return;
+        }
+        self.shared.shutdown();
+        // Wake the acceptor if nobody connected yet.
+        let _ = TcpStream::connect((self.shared.host.as_str(), self.shared.port));
+    }
+}
+
+/// Constant-time comparison: the token must not leak through timing.
+fn same_token(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Accepts connections until one says hello with the token; then serves it alone.
+fn accept(shared: &Shared, listener: TcpListener, token: &[u8]) -> Result<Option<TcpStream>, LinkError> {
+    for conn in listener.incoming() {
+        if shared.closing.load(Relaxed) {
+            return Ok(None);
+        }
+        let Ok(mut s) = conn else { continue };
+        let _ = s.set_read_timeout(Some(HELLO_TIMEOUT));
+        match wire::read_frame(&mut s, "the source") {
+            Ok(Some(f)) if f.kind == FrameType::Hello && same_token(&f.payload, token) => {
+                s.set_read_timeout(None).map_err(|e| LinkError::io("data link", e))?;
+                s.set_nodelay(true).map_err(|e| LinkError::io("data link", e))?;
+                return Ok(Some(s));
+            }
+            _ => continue, // not our source: drop it, keep waiting
+        }
+    }
+    Ok(None)
+}
+
+fn serve(shared: &Arc<Shared>, listener: TcpListener, cfg: DestConfig) -> Result<(), LinkError> {
+    let Some(link) = accept(shared, listener, &cfg.token)? else { return Ok(()) };
+    *shared.link.lock().unwrap() = Some(link.try_clone().map_err(|e| LinkError::io("data link", e))?);
+    if shared.closing.load(Relaxed) {
+        shared.shutdown();
+        return Ok(());
+    }
+    let mut r = BufReader::with_capacity(LINK_READ_BUFFER, link);
+    let mut decoder = ShardedDecoder::new(cfg.capacity_pages, cfg.shards);
+    let mut channels: HashMap<u16, Sender<Vec<u8>>> = HashMap::new();
+    loop {
+        let f = match wire::read_frame(&mut r, "the source") {
+            Ok(Some(f)) => f,
+            Ok(None) if channels.is_empty() => return Ok(()), // every channel ended: a clean close
+            Ok(None) => return Err(LinkError::Transport("the source closed the migration link with channels still open".into())),
+            Err(e) if shared.closing.load(Relaxed) => return Err(e), // swallowed by fail()
+            Err(e) => return Err(e),
+        };
+        shared.stats.wire_bytes.fetch_add((wire::HEADER_LEN + f.payload.len()) as u64, Relaxed);
+        let id = f.channel;
+        match f.kind {
+            FrameType::Open => {
+                if channels.contains_key(&id) {
+                    return Err(LinkError::Protocol(format!("channel {id} opened twice")));
+                }
+                let qemu = UnixStream::connect(&cfg.qemu_socket).map_err(|e| LinkError::io(format!("destination QEMU channel {id}"), e))?;
+                if let Ok(c) = qemu.try_clone() {
+                    shared.qemu.lock().unwrap().push(c);
+                }
+                let (tx, rx) = channel::<Vec<u8>>();
+                let s = shared.clone();
+                std::thread::Builder::new()
+                    .name(format!("nc-mig-qemu{id}"))
+                    .spawn(move || {
+                        let mut qemu = qemu;
+                        for buf in rx {
+                            if let Err(e) = qemu.write_all(&buf) {
+                                return s.fail(LinkError::io(format!("destination QEMU channel {id}"), e));
+                            }
+                            if let Err(e) = s.credit(id, buf.len()) {
+                                return s.fail(e);
+                            }
+                        }
+                        let _ = qemu.shutdown(Shutdown::Write);
+                    })
+                    .expect("spawning a migration thread");
+                channels.insert(id, tx);
+            }
+            FrameType::Data => {
+                shared.stats.raw_bytes.fetch_add(f.payload.len() as u64, Relaxed);
+                deliver(&channels, id, f.payload)?;
+            }
+            FrameType::Pages => {
+                let out = rebuild_packet(&mut decoder, &f.payload)?;
+                shared.stats.pages.fetch_add(normal_pages(&out) as u64, Relaxed);
+                shared.stats.packets.fetch_add(1, Relaxed);
+                shared.stats.raw_bytes.fetch_add(out.len() as u64, Relaxed);
+                deliver(&channels, id, out)?;
+            }
+            FrameType::Eof => {
+                channels.remove(&id).ok_or_else(|| LinkError::Protocol(format!("end of unknown channel {id}")))?;
+            }
+            FrameType::Hello | FrameType::Window => {
+                return Err(LinkError::Protocol(format!("unexpected {:?} frame on channel {id}", f.kind)));
+            }
+        }
+    }
+}
+
+fn deliver(channels: &HashMap<u16, Sender<Vec<u8>>>, id: u16, bytes: Vec<u8>) -> Result<(), LinkError> {
+    let ch = channels.get(&id).ok_or_else(|| LinkError::Protocol(format!("frame for unknown channel {id}")))?;
+    // A closed writer has already failed the link with its reason.
+    ch.send(bytes).map_err(|_| LinkError::Transport(format!("destination QEMU channel {id} is gone")))
+}
+
+/// A Pages frame back into QEMU's packet: its verbatim header, then the decoded pages.
+fn rebuild_packet(decoder: &mut ShardedDecoder, payload: &[u8]) -> Result<Vec<u8>, LinkError> {
+    if payload.len() < 4 {
+        return Err(LinkError::Protocol("pages frame without a header length".into()));
+    }
+    let hlen = u32::from_be_bytes(payload[..4].try_into().unwrap()) as usize;
+    if hlen < 20 || 4 + hlen > payload.len() {
+        return Err(LinkError::Protocol(format!("pages frame header length {hlen} overruns the frame")));
+    }
+    let header = &payload[4..4 + hlen];
+    let want = normal_pages(header) as usize;
+    let batch = &payload[4 + hlen..];
+    if want > batch.len() {
+        return Err(LinkError::Protocol(format!("packet announces {want} pages, the frame cannot hold them")));
+    }
+    let mut out = Vec::with_capacity(hlen + want * PAGE_SIZE);
+    out.extend_from_slice(header);
+    if want > 0 {
+        let mut n = 0usize;
+        // The decoder checks everything before applying anything, so pages are only
+        // appended for a batch it accepted; the count is checked after.
+        decoder.decode(batch, |_, p| {
+            if n < want {
+                out.extend_from_slice(p);
+            }
+            n += 1;
+        })?;
+        if n != want {
+            return Err(LinkError::Protocol(format!("packet announces {want} pages, frames hold {n}")));
+        }
+    } else if !batch.is_empty() {
+        return Err(LinkError::Protocol("a packet without pages carries page frames".into()));
+    }
+    Ok(out)
+}

@@ -1,0 +1,298 @@
+//! Both ends of the data link over real sockets, without QEMU: a synthetic QEMU 10 stream
+//! (main channel + multifd channels with RAM, SYNC and device-state packets) goes in at
+//! the source's unix socket and must come out of the destination byte for byte — or,
+//! when a batch is corrupted, not at all past it.
+
+use novacron_miglink::{DestConfig, DestLink, LinkError, SourceConfig, SourceLink, TokenBucket};
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::sync::mpsc::{channel, Receiver};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+const PAGE: usize = 4096;
+const SLOTS: usize = 128;
+const MULTIFD_MAGIC: u32 = 0x1122_3344;
+
+fn init_packet(id: u8) -> Vec<u8> {
+    let mut b = vec![0u8; 64];
+    b[..4].copy_from_slice(&MULTIFD_MAGIC.to_be_bytes());
+    b[4..8].copy_from_slice(&1u32.to_be_bytes());
+    b[24] = id;
+    b
+}
+
+fn ram_packet(num: u64, block: &str, normal: &[(u64, Vec<u8>)], zero: &[u64], flags: u32) -> Vec<u8> {
+    let mut h = vec![0u8; 320 + 8 * SLOTS];
+    h[..4].copy_from_slice(&MULTIFD_MAGIC.to_be_bytes());
+    h[4..8].copy_from_slice(&1u32.to_be_bytes());
+    h[8..12].copy_from_slice(&flags.to_be_bytes());
+    h[12..16].copy_from_slice(&(if flags & 1 != 0 { 0 } else { SLOTS as u32 }).to_be_bytes());
+    h[16..20].copy_from_slice(&(normal.len() as u32).to_be_bytes());
+    h[20..24].copy_from_slice(&((normal.len() * PAGE) as u32).to_be_bytes());
+    h[24..32].copy_from_slice(&num.to_be_bytes());
+    h[32..36].copy_from_slice(&(zero.len() as u32).to_be_bytes());
+    h[64..64 + block.len()].copy_from_slice(block.as_bytes());
+    for (i, off) in normal.iter().map(|n| n.0).chain(zero.iter().copied()).enumerate() {
+        h[320 + 8 * i..328 + 8 * i].copy_from_slice(&off.to_be_bytes());
+    }
+    for (_, p) in normal {
+        h.extend_from_slice(p);
+    }
+    h
+}
+
+fn device_state_packet(payload: &[u8]) -> Vec<u8> {
+    let mut h = vec![0u8; 12 + 256 + 8];
+    h[..4].copy_from_slice(&MULTIFD_MAGIC.to_be_bytes());
+    h[4..8].copy_from_slice(&1u32.to_be_bytes());
+    h[8..12].copy_from_slice(&(32u32 << 1).to_be_bytes());
+    h[12..12 + 17].copy_from_slice(b"0000:00:01.0/vfio");
+    h[12 + 256 + 4..].copy_from_slice(&(payload.len() as u32).to_be_bytes());
+    h.extend_from_slice(payload);
+    h
+}
+
+/// xorshift: deterministic "random" bytes.
+fn noise(seed: u64, n: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Several rounds over the same pages, some re-dirtied by a byte (the delta path).
+fn multifd_stream(id: u8, seed: u64) -> Vec<u8> {
+    let mut out = init_packet(id);
+    let mut pages: Vec<Vec<u8>> = (0..300)
+        .map(|i| match i % 3 {
+            0 => [noise(seed + i, PAGE / 2), vec![0; PAGE / 2]].concat(),
+            1 => noise(seed + i, PAGE),
+            _ => format!("page {i} ").repeat(600).into_bytes()[..PAGE].to_vec(),
+        })
+        .collect();
+    let mut num = 0;
+    for round in 0..3u64 {
+        for first in (0..pages.len()).step_by(100) {
+            let mut normal = vec![];
+            for (i, p) in pages.iter_mut().enumerate().skip(first).take(100) {
+                if round > 0 && i % 4 != 0 {
+                    continue;
+                }
+                if round > 0 {
+                    p[(i * 7 + round as usize) % PAGE] ^= 0x5a;
+                }
+                normal.push(((i * PAGE) as u64 + seed * (1 << 30), p.clone()));
+            }
+            out.extend(ram_packet(num, "pc.ram", &normal, if round == 0 { &[400 * PAGE as u64] } else { &[] }, 0));
+            num += 1;
+        }
+        out.extend(ram_packet(num, "", &[], &[], 1));
+        num += 1;
+    }
+    out.extend(device_state_packet(&noise(seed, 5000)));
+    out
+}
+
+struct Harness {
+    dir: tempfile::TempDir,
+    source: SourceLink,
+    dest: DestLink,
+    failures: Receiver<(&'static str, String)>,
+    /// Per connection to the fake destination QEMU: what it received, once it ended.
+    received: Receiver<(u8, Vec<u8>)>,
+    _qemu: JoinHandle<()>,
+}
+
+fn fail_to(tx: std::sync::mpsc::Sender<(&'static str, String)>, who: &'static str) -> Box<dyn Fn(LinkError) + Send + Sync> {
+    let tx = std::sync::Mutex::new(tx);
+    Box::new(move |e| {
+        let _ = tx.lock().unwrap().send((who, format!("{}: {e}", e.code())));
+    })
+}
+
+/// A fake destination QEMU: accepts connections and reports each one's bytes at its end
+/// (tagged by its first byte after the magic, to tell channels apart). `stall` delays reading.
+fn harness(corrupt: Option<u64>, stall: Duration, bucket: Option<Arc<TokenBucket>>) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let qemu_sock = dir.path().join("qemu-in.sock");
+    let listener = UnixListener::bind(&qemu_sock).unwrap();
+    let (rtx, received) = channel();
+    let qemu = std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut s) = conn else { return };
+            let rtx = rtx.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(stall);
+                let mut all = vec![];
+                let _ = s.read_to_end(&mut all);
+                let tag = all.get(24).copied().unwrap_or(255);
+                let _ = rtx.send((tag, all));
+            });
+        }
+    });
+    let (ftx, failures) = channel();
+    let token = b"0123456789abcdef01234567".to_vec();
+    let dest = DestLink::start(
+        DestConfig { bind_host: "127.0.0.1".into(), qemu_socket: qemu_sock, token: token.clone(), capacity_pages: 4096, shards: 2 },
+        fail_to(ftx.clone(), "dest"),
+    )
+    .unwrap();
+    let source = SourceLink::start(
+        SourceConfig {
+            socket_path: dir.path().join("relay.sock"),
+            dest: format!("127.0.0.1:{}", dest.port()),
+            token,
+            capacity_pages: 4096,
+            shards: 2,
+            window: 4 << 20,
+            bucket,
+            corrupt_pages_frame: corrupt,
+        },
+        fail_to(ftx, "source"),
+    )
+    .unwrap();
+    Harness { dir, source, dest, failures, received, _qemu: qemu }
+}
+
+fn send_as_qemu(path: &Path, bytes: Vec<u8>, chunk: usize) -> JoinHandle<()> {
+    let mut s = UnixStream::connect(path).unwrap();
+    std::thread::spawn(move || {
+        for c in bytes.chunks(chunk) {
+            if s.write_all(c).is_err() {
+                return; // the relay closed on us (failure tests)
+            }
+        }
+    })
+}
+
+#[test]
+fn main_and_multifd_channels_arrive_byte_exact_and_compressed() {
+    let h = harness(None, Duration::ZERO, None);
+    let sock = h.dir.path().join("relay.sock");
+    let mut main = b"QEVM".to_vec();
+    main.extend(noise(99, 100_000));
+    let streams = [multifd_stream(1, 1), multifd_stream(2, 2)];
+    let senders = vec![send_as_qemu(&sock, main.clone(), 65_536 + 123), send_as_qemu(&sock, streams[0].clone(), 4000), send_as_qemu(&sock, streams[1].clone(), 100_000)];
+    for s in senders {
+        s.join().unwrap();
+    }
+    let mut got = vec![];
+    for _ in 0..3 {
+        got.push(h.received.recv_timeout(Duration::from_secs(10)).expect("a channel ended"));
+    }
+    assert!(h.failures.try_recv().is_err());
+    got.sort_by_key(|g| g.0);
+    assert_eq!(got[0].1, streams[0]);
+    assert_eq!(got[1].1, streams[1]);
+    assert_eq!(got[2].1, main);
+    let (s, d) = (h.source.stats(), h.dest.stats());
+    let raw = (main.len() + streams[0].len() + streams[1].len()) as u64;
+    assert_eq!(s.raw_bytes, raw);
+    assert_eq!(d.raw_bytes, raw);
+    assert_eq!(s.pages, 2 * (300 + 2 * 75));
+    assert_eq!(d.pages, s.pages);
+    assert_eq!(d.wire_bytes + 7 + 24, s.wire_bytes, "everything sent was received (the hello is not counted there)");
+    // the random main channel (100 kB) is incompressible; the page stream is not
+    assert!((s.wire_bytes as f64) < main.len() as f64 + (streams[0].len() * 2) as f64 * 0.75, "wire {}", s.wire_bytes);
+    h.source.close();
+    h.dest.close();
+}
+
+#[test]
+fn windows_bound_what_the_ends_hold_when_the_destination_qemu_stalls() {
+    let h = harness(None, Duration::from_millis(700), None);
+    let sock = h.dir.path().join("relay.sock");
+    let mut big = b"QEVM".to_vec();
+    big.extend(noise(5, 16 << 20));
+    let sender = send_as_qemu(&sock, big.clone(), 1 << 20);
+    std::thread::sleep(Duration::from_millis(400));
+    // Read from QEMU: the 4 MiB window plus what socket buffers and read buffers hold.
+    let held = h.source.stats().raw_bytes;
+    assert!(held >= 2 << 20 && held < 6 << 20, "held {held}");
+    sender.join().unwrap();
+    let (_, got) = h.received.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert!(got == big);
+    h.source.close();
+    h.dest.close();
+}
+
+#[test]
+fn a_corrupted_batch_is_refused_and_nothing_of_it_reaches_qemu() {
+    let h = harness(Some(2), Duration::ZERO, None);
+    let sock = h.dir.path().join("relay.sock");
+    let mf = multifd_stream(1, 7);
+    let _sender = send_as_qemu(&sock, mf.clone(), 65_536);
+    let (who, err) = h.failures.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!((who, err.split(':').next().unwrap()), ("dest", "CODEC_CHECKSUM"), "{err}");
+    let (_, got) = h.received.recv_timeout(Duration::from_secs(10)).unwrap();
+    // init packet + the first RAM packet at most: a strict prefix of the stream
+    assert!(got.len() <= 64 + 320 + 8 * SLOTS + 100 * PAGE, "{} bytes reached QEMU", got.len());
+    assert_eq!(&mf[..got.len()], &got[..]);
+    // the source learns it too: the destination dropped the link
+    let (who, err) = h.failures.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!((who, err.split(':').next().unwrap()), ("source", "MIGRATION_TRANSPORT"), "{err}");
+    h.source.close();
+}
+
+#[test]
+fn the_bandwidth_cap_paces_the_link() {
+    let h = harness(None, Duration::ZERO, Some(Arc::new(TokenBucket::new(8e6))));
+    let sock = h.dir.path().join("relay.sock");
+    let mut data = b"QEVM".to_vec();
+    data.extend(noise(3, 4 << 20));
+    let t = Instant::now();
+    send_as_qemu(&sock, data.clone(), 1 << 20).join().unwrap();
+    let (_, got) = h.received.recv_timeout(Duration::from_secs(10)).unwrap();
+    let took = t.elapsed();
+    assert!(got == data);
+    // 4 MiB at 8 MB/s, less the 400 kB burst: ≥ 0.47 s
+    assert!(took >= Duration::from_millis(470), "took {took:?}");
+    h.source.close();
+}
+
+#[test]
+fn a_connection_without_the_token_is_dropped_and_the_real_source_still_gets_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let qemu_sock = dir.path().join("q.sock");
+    let _l = UnixListener::bind(&qemu_sock).unwrap();
+    let (ftx, failures) = channel();
+    let dest = DestLink::start(
+        DestConfig { bind_host: "127.0.0.1".into(), qemu_socket: qemu_sock, token: vec![7; 24], capacity_pages: 64, shards: 1 },
+        fail_to(ftx, "dest"),
+    )
+    .unwrap();
+    let mut intruder = std::net::TcpStream::connect(("127.0.0.1", dest.port())).unwrap();
+    intruder.write_all(&[1, 0, 0, 0, 0, 0, 24]).unwrap();
+    intruder.write_all(&[8; 24]).unwrap();
+    let mut buf = [0u8; 1];
+    assert_eq!(intruder.read(&mut buf).unwrap_or(0), 0, "dropped");
+    let (stx, _sf) = channel();
+    let source = SourceLink::start(
+        SourceConfig {
+            socket_path: dir.path().join("r.sock"),
+            dest: format!("127.0.0.1:{}", dest.port()),
+            token: vec![7; 24],
+            capacity_pages: 64,
+            shards: 1,
+            window: 1 << 20,
+            bucket: None,
+            corrupt_pages_frame: None,
+        },
+        fail_to(stx, "source"),
+    )
+    .unwrap();
+    send_as_qemu(&dir.path().join("r.sock"), b"QEVMhello".to_vec(), 10).join().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(failures.try_recv().is_err());
+    assert_eq!(dest.stats().raw_bytes, 9);
+    source.close();
+    dest.close();
+}

@@ -1,0 +1,116 @@
+/**
+ * Typed wrappers over the live-migration data path (crates/miglink). Both ends run on
+ * their own threads: the JavaScript thread only starts them, reads their counters and
+ * hears of the first failure (as a NovaError with the Rust side's stable code).
+ */
+import { NovaError, isErrorCode } from '../errors.js';
+import { binding, callNative, type Binding } from './binding.js';
+
+export type LinkCounters = Binding.LinkCounters;
+type OnFail = (err: NovaError) => void;
+
+function toError(f: Binding.LinkFailure): NovaError {
+  return new NovaError(isErrorCode(f.code) ? f.code : 'MIGRATION_TRANSPORT', f.message);
+}
+
+function failure(onFail: OnFail): (f: Binding.LinkFailure) => void {
+  return (f) => onFail(toError(f));
+}
+
+/** The link's bandwidth cap on bytes on the wire, shared by all of one migration's streams. */
+export class LinkBucket {
+  readonly native: Binding.LinkBucket;
+
+  constructor(bytesPerSecond: number) {
+    this.native = new binding.LinkBucket(bytesPerSecond);
+  }
+
+  /** Records `bytes` sent; returns the ms to wait before sending more (0: none). */
+  spend(bytes: number): number {
+    return this.native.spend(bytes);
+  }
+}
+
+export interface SourceLinkOptions {
+  /** Unix socket QEMU migrates to. */
+  socketPath: string;
+  /** The destination's data listener. */
+  host: string;
+  port: number;
+  token: Buffer;
+  capacityPages: number;
+  shards: number;
+  /** Per-channel flow-control window, bytes. */
+  window: number;
+  bucket?: LinkBucket;
+  corruptPagesFrame?: number;
+}
+
+export class SourceLink {
+  #native: Binding.NativeSourceLink;
+
+  /** Connects to the destination and listens for QEMU; throws MIGRATION_TRANSPORT if it cannot. */
+  constructor(o: SourceLinkOptions, onFail: OnFail) {
+    const host = o.host.includes(':') ? `[${o.host}]` : o.host;
+    this.#native = callNative(() =>
+      binding.NativeSourceLink.start(
+        {
+          socketPath: o.socketPath, dest: `${host}:${o.port}`, token: o.token, capacityPages: o.capacityPages, shards: o.shards, window: o.window,
+          ...(o.corruptPagesFrame !== undefined ? { corruptPagesFrame: o.corruptPagesFrame } : {}),
+        },
+        o.bucket?.native,
+        failure(onFail),
+      ),
+    );
+  }
+
+  stats(): LinkCounters {
+    return this.#native.stats();
+  }
+
+  /** The first failure, read synchronously: it is recorded before its consequences show. */
+  failure(): NovaError | undefined {
+    const f = this.#native.failure();
+    return f ? toError(f) : undefined;
+  }
+
+  close(): void {
+    this.#native.close();
+  }
+}
+
+export interface DestLinkOptions {
+  bindHost: string;
+  /** The destination QEMU's incoming unix socket. */
+  qemuSocket: string;
+  token: Buffer;
+  capacityPages: number;
+  shards: number;
+}
+
+export class DestLink {
+  #native: Binding.NativeDestLink;
+
+  /** Listens for the migration's source on a system-chosen port (`port`). */
+  constructor(o: DestLinkOptions, onFail: OnFail) {
+    this.#native = callNative(() => binding.NativeDestLink.start(o, failure(onFail)));
+  }
+
+  get port(): number {
+    return this.#native.port;
+  }
+
+  stats(): LinkCounters {
+    return this.#native.stats();
+  }
+
+  /** The first failure, read synchronously: it is recorded before its consequences show. */
+  failure(): NovaError | undefined {
+    const f = this.#native.failure();
+    return f ? toError(f) : undefined;
+  }
+
+  close(): void {
+    this.#native.close();
+  }
+}
