@@ -225,7 +225,7 @@ async function bareQemu(name, cmdline, incomingPort, mode) {
     '-chardev', `socket,id=qmp,path=${qmpSock},server=on,wait=off`, '-mon', 'chardev=qmp,mode=control',
     '-chardev', `socket,id=serial0,path=${console},server=on,wait=off,logfile=${join(dir, 'serial.log')}`, '-serial', 'chardev:serial0',
     '-kernel', kernel, '-initrd', initrd, '-append', cmdline];
-  if (incomingPort) args.push('-incoming', mode === 'multifd' ? 'defer' : `tcp:127.0.0.1:${incomingPort}`);
+  if (incomingPort) args.push('-incoming', mode === 'multifd' || mode === 'link' ? 'defer' : `tcp:127.0.0.1:${incomingPort}`);
   const proc = spawn('qemu-system-x86_64', args, { stdio: 'ignore' });
   const g = { dir, console, serial: join(dir, 'serial.log'), proc, kill: () => { proc.kill('SIGKILL'); bares.delete(g); } };
   bares.add(g);
@@ -252,19 +252,27 @@ async function bareMigrate(src, mode, link, name, cmdline) {
   const hb = new Heartbeats();
   await hb.follow(src.console);
   await hb.follow(dst.console);
-  const caps = [{ capability: 'xbzrle', state: mode === 'xbzrle' }, { capability: 'auto-converge', state: mode === 'auto-converge' }, { capability: 'multifd', state: mode === 'multifd' }];
+  const multifd = mode === 'multifd' || mode === 'link';
+  const caps = [{ capability: 'xbzrle', state: mode === 'xbzrle' }, { capability: 'auto-converge', state: mode === 'auto-converge' }, { capability: 'multifd', state: multifd }];
   await src.qmp.execute('migrate-set-capabilities', { capabilities: caps });
-  if (mode === 'multifd') {
+  let uri = `tcp:127.0.0.1:${port}`;
+  let links;
+  if (multifd) {
     // Both ends must agree on multifd before the stream starts.
     await dst.qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'multifd', state: true }] });
     await dst.qmp.execute('migrate-set-parameters', { 'multifd-channels': 2 });
-    await dst.qmp.execute('migrate-incoming', { uri: `tcp:127.0.0.1:${port}` });
     await src.qmp.execute('migrate-set-parameters', { 'multifd-channels': 2 });
+    if (mode === 'link') {
+      // Diagnostic: NovaCron's native data link between two bare QEMUs, without daemons.
+      links = await nativeLinks(dst, link);
+      uri = `unix:${links.sourceSock}`;
+    } else await dst.qmp.execute('migrate-incoming', { uri });
   }
   // xbzrle cache: the same share of RAM NovaCron's codec keeps (25%, <= 256 MiB).
   await src.qmp.execute('migrate-set-parameters', { 'downtime-limit': 50, 'max-bandwidth': link ? link * 1e6 : 2 ** 40, 'xbzrle-cache-size': Math.min(MEMORY * 1048576 * 0.25, 256 << 20) });
   const t0 = performance.now();
-  await src.qmp.execute('migrate', { uri: `tcp:127.0.0.1:${port}` });
+  const cpu0 = linkCpuMs();
+  await src.qmp.execute('migrate', { uri });
   let info;
   let cancelled = false;
   for (;;) {
@@ -278,6 +286,14 @@ async function bareMigrate(src, mode, link, name, cmdline) {
   }
   const endedAt = performance.now();
   const totalMs = round(endedAt - t0);
+  const linkWire = links?.source.stats().wireBytes;
+  const linkCpu = links ? round(linkCpuMs() - cpu0) : undefined;
+  if (links) {
+    // QEMU's source is done once it has handed everything to the link; the destination
+    // resumes after the link delivered it (the daemon waits for that confirmation too).
+    for (let i = 0; i < 1000 && !dst.events.some((e) => e.event === 'RESUME') && info.status === 'completed'; i++) await sleep(5);
+    links.close();
+  }
   await sleep(1500);
   const stallMs = hb.maxGap(t0);
   hb.close();
@@ -300,7 +316,8 @@ async function bareMigrate(src, mode, link, name, cmdline) {
       stallMs,
       totalMs: round(endedAt - tStart),
       streamMs: info['total-time'],
-      wireBytes: info.ram.transferred,
+      wireBytes: linkWire ?? info.ram.transferred,
+      ...(linkCpu !== undefined ? { linkCpuMs: linkCpu } : {}),
       rounds: info.ram['dirty-sync-count'],
       dirtyBytesPerSec: (info.ram['dirty-pages-rate'] ?? 0) * 4096,
       throttlePercent: info['cpu-throttle-percentage'] ?? 0,
@@ -308,6 +325,34 @@ async function bareMigrate(src, mode, link, name, cmdline) {
   };
 }
 
+/**
+ * CPU time (user + system, ms) of this process: in `link` mode, NovaCron's link threads
+ * (both ends) plus this script's polling loop, which is small.
+ */
+function linkCpuMs() {
+  const u = process.cpuUsage();
+  return (u.user + u.system) / 1000;
+}
+
+/** Source and destination ends of NovaCron's data link, in this process, for `dst`. */
+async function nativeLinks(dst, link) {
+  const { SourceLink, DestLink, LinkBucket } = await import('../../dist/native/miglink.js');
+  const { DEFAULT_SHARDS } = await import('../../dist/native/memdelta.js');
+  const { CHANNEL_WINDOW } = await import('../../dist/migration/wire.js');
+  const { randomBytes } = await import('node:crypto');
+  const token = randomBytes(24);
+  const qemuSocket = join(dst.dir, 'in.sock');
+  await dst.qmp.execute('migrate-incoming', { uri: `unix:${qemuSocket}` });
+  const capacityPages = Math.min((MEMORY * 256) / 4, 65536);
+  const fail = (err) => console.error(`link: ${err.code}: ${err.message}`);
+  const dest = new DestLink({ bindHost: '127.0.0.1', qemuSocket, token, capacityPages, shards: DEFAULT_SHARDS }, fail);
+  const sourceSock = join(dst.dir, 'out.sock');
+  const source = new SourceLink(
+    { socketPath: sourceSock, host: '127.0.0.1', port: dest.port, token, capacityPages, shards: DEFAULT_SHARDS, window: CHANNEL_WINDOW, ...(link ? { bucket: new LinkBucket(link * 1e6) } : {}) },
+    fail,
+  );
+  return { source, dest, sourceSock, close: () => (source.close(), dest.close()) };
+}
 
 async function main() {
   try {

@@ -10,6 +10,7 @@
 
 use crate::multifd::{normal_pages, PAGE_SIZE};
 use crate::wire::{self, FrameType};
+use crate::pool::Pool;
 use crate::{LinkError, LinkStats};
 use novacron_memdelta::ShardedDecoder;
 use std::collections::HashMap;
@@ -46,6 +47,8 @@ struct Shared {
     qemu: Mutex<Vec<UnixStream>>,
     port: u16,
     host: String,
+    /// Frame and packet buffers, recycled.
+    buffers: Pool,
 }
 
 impl Shared {
@@ -97,6 +100,7 @@ impl DestLink {
             qemu: Mutex::new(Vec::new()),
             port,
             host: cfg.bind_host.clone(),
+            buffers: Pool::default(),
         });
         let s = shared.clone();
         std::thread::Builder::new()
@@ -170,7 +174,7 @@ fn serve(shared: &Arc<Shared>, listener: TcpListener, cfg: DestConfig) -> Result
     let mut decoder = ShardedDecoder::new(cfg.capacity_pages, cfg.shards);
     let mut channels: HashMap<u16, Sender<Vec<u8>>> = HashMap::new();
     loop {
-        let f = match wire::read_frame(&mut r, "the source") {
+        let f = match wire::read_frame_into(&mut r, "the source", shared.buffers.take(0)) {
             Ok(Some(f)) => f,
             Ok(None) if channels.is_empty() => return Ok(()), // every channel ended: a clean close
             Ok(None) => return Err(LinkError::Transport("the source closed the migration link with channels still open".into())),
@@ -201,6 +205,7 @@ fn serve(shared: &Arc<Shared>, listener: TcpListener, cfg: DestConfig) -> Result
                             if let Err(e) = s.credit(id, buf.len()) {
                                 return s.fail(e);
                             }
+                            s.buffers.give(buf);
                         }
                         let _ = qemu.shutdown(Shutdown::Write);
                     })
@@ -212,7 +217,8 @@ fn serve(shared: &Arc<Shared>, listener: TcpListener, cfg: DestConfig) -> Result
                 deliver(&channels, id, f.payload)?;
             }
             FrameType::Pages => {
-                let out = rebuild_packet(&mut decoder, &f.payload)?;
+                let out = rebuild_packet(&mut decoder, &f.payload, shared.buffers.take(0))?;
+                shared.buffers.give(f.payload);
                 shared.stats.pages.fetch_add(normal_pages(&out) as u64, Relaxed);
                 shared.stats.packets.fetch_add(1, Relaxed);
                 shared.stats.raw_bytes.fetch_add(out.len() as u64, Relaxed);
@@ -235,7 +241,7 @@ fn deliver(channels: &HashMap<u16, Sender<Vec<u8>>>, id: u16, bytes: Vec<u8>) ->
 }
 
 /// A Pages frame back into QEMU's packet: its verbatim header, then the decoded pages.
-fn rebuild_packet(decoder: &mut ShardedDecoder, payload: &[u8]) -> Result<Vec<u8>, LinkError> {
+fn rebuild_packet(decoder: &mut ShardedDecoder, payload: &[u8], mut out: Vec<u8>) -> Result<Vec<u8>, LinkError> {
     if payload.len() < 4 {
         return Err(LinkError::Protocol("pages frame without a header length".into()));
     }
@@ -249,7 +255,8 @@ fn rebuild_packet(decoder: &mut ShardedDecoder, payload: &[u8]) -> Result<Vec<u8
     if want > batch.len() {
         return Err(LinkError::Protocol(format!("packet announces {want} pages, the frame cannot hold them")));
     }
-    let mut out = Vec::with_capacity(hlen + want * PAGE_SIZE);
+    out.clear();
+    out.reserve(hlen + want * PAGE_SIZE);
     out.extend_from_slice(header);
     if want > 0 {
         let mut n = 0usize;

@@ -120,8 +120,9 @@ impl<'a> MultifdReader<'a> {
         Ok(init)
     }
 
-    /// The next packet; `None` when QEMU closed the channel between packets.
-    pub fn next(&self, r: &mut impl Read) -> Result<Option<Item>, LinkError> {
+    /// The next packet; `None` when QEMU closed the channel between packets. A RAM
+    /// packet's pages go into `pages` (a recycled buffer; it is emptied first).
+    pub fn next(&self, r: &mut impl Read, mut pages: Vec<u8>) -> Result<Option<Item>, LinkError> {
         let mut head = [0u8; HDR_LEN];
         if !fill(r, &mut head)? {
             return Ok(None);
@@ -154,8 +155,11 @@ impl<'a> MultifdReader<'a> {
         if normal + zero > slots {
             return Err(LinkError::Protocol(format!("implausible multifd packet: {normal} normal + {zero} zero pages in {slots} slots")));
         }
-        let mut pages = vec![0u8; normal * PAGE_SIZE];
-        fill_all(r, &mut pages)?;
+        pages.clear();
+        crate::wire::read_n(r, &mut pages, normal * PAGE_SIZE).map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => LinkError::Protocol("QEMU channel ended inside a packet".into()),
+            _ => LinkError::io("QEMU channel", e),
+        })?;
         let mut indices = Vec::with_capacity(normal);
         if normal > 0 {
             let name = &header[64..320];

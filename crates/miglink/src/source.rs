@@ -10,6 +10,7 @@
 
 use crate::multifd::{BlockNumbers, Item, MultifdReader, MULTIFD_MAGIC, QEVM_MAGIC};
 use crate::wire::{self, FrameType, KIND_MAIN, KIND_MULTIFD};
+use crate::pool::Pool;
 use crate::{LinkError, LinkStats, TokenBucket};
 use novacron_memdelta::ShardedEncoder;
 use std::collections::HashMap;
@@ -66,6 +67,8 @@ struct Shared {
     window_moved: Condvar,
     encoding: Mutex<Encoding>,
     blocks: BlockNumbers,
+    /// Page and frame buffers, recycled.
+    buffers: Pool,
     /// Everything to shut down on close: the link and QEMU's connections.
     link: TcpStream,
     qemu: Mutex<Vec<UnixStream>>,
@@ -153,6 +156,7 @@ impl SourceLink {
             window_moved: Condvar::new(),
             encoding: Mutex::new(Encoding { encoder, packets: 0, corrupted: false }),
             blocks: BlockNumbers::default(),
+            buffers: Pool::default(),
             link,
             qemu: Mutex::new(Vec::new()),
         });
@@ -251,7 +255,7 @@ fn channel_loop(shared: &Shared, id: u16, stream: UnixStream, tx: SyncSender<Vec
             send(wire::frame(FrameType::Data, id, &init))?;
             loop {
                 shared.wait_window(id)?;
-                match parser.next(&mut r)? {
+                match parser.next(&mut r, shared.buffers.take(0))? {
                     None => break,
                     Some(Item::Opaque(bytes)) => {
                         shared.in_flight(id, bytes.len() as u64);
@@ -262,7 +266,7 @@ fn channel_loop(shared: &Shared, id: u16, stream: UnixStream, tx: SyncSender<Vec
                         // Encode and queue under one lock: the wire order is the encode order.
                         let mut enc = shared.encoding.lock().unwrap();
                         let max = ShardedEncoder::max_encoded_len(indices.len(), shared.cfg.shards);
-                        let mut f = wire::frame_with_capacity(FrameType::Pages, id, 4 + header.len() + max);
+                        let mut f = wire::begin(shared.buffers.take(wire::HEADER_LEN + 4 + header.len() + max), FrameType::Pages, id);
                         f.extend_from_slice(&(header.len() as u32).to_be_bytes());
                         f.extend_from_slice(&header);
                         let batch_at = f.len();
@@ -279,6 +283,8 @@ fn channel_loop(shared: &Shared, id: u16, stream: UnixStream, tx: SyncSender<Vec
                         shared.stats.pages.fetch_add(indices.len() as u64, Relaxed);
                         shared.stats.packets.fetch_add(1, Relaxed);
                         send(f)?;
+                        drop(enc);
+                        shared.buffers.give(pages);
                     }
                 }
             }
@@ -303,6 +309,7 @@ fn send_loop(shared: &Shared, link: TcpStream, rx: Receiver<Vec<u8>>) -> Result<
             }
             w.write_all(&f).map_err(io)?;
             shared.stats.wire_bytes.fetch_add(f.len() as u64, Relaxed);
+            shared.buffers.give(f);
             match rx.try_recv() {
                 Ok(next) => f = next,
                 Err(TryRecvError::Empty) => break,

@@ -47,9 +47,14 @@ impl FrameType {
 pub const KIND_MAIN: u8 = 0;
 pub const KIND_MULTIFD: u8 = 1;
 
-/// A frame with `payload_len` bytes of payload still to be appended by the caller.
+/// A frame with `capacity` bytes of payload still to be appended by the caller.
 pub fn frame_with_capacity(t: FrameType, channel: u16, capacity: usize) -> Vec<u8> {
-    let mut f = Vec::with_capacity(HEADER_LEN + capacity);
+    begin(Vec::with_capacity(HEADER_LEN + capacity), t, channel)
+}
+
+/// Starts a frame in `f` (emptied first); append the payload, then [`seal`] it.
+pub fn begin(mut f: Vec<u8>, t: FrameType, channel: u16) -> Vec<u8> {
+    f.clear();
     f.push(t as u8);
     f.extend_from_slice(&channel.to_be_bytes());
     f.extend_from_slice(&[0; 4]);
@@ -77,6 +82,20 @@ pub struct Frame {
 
 /// Reads one frame; `Ok(None)` on a clean end of stream between frames.
 pub fn read_frame(r: &mut impl Read, who: &str) -> Result<Option<Frame>, LinkError> {
+    read_frame_into(r, who, Vec::new())
+}
+
+/// Appends exactly `n` bytes from `r` to `buf` (no zero-filling first).
+pub fn read_n(r: &mut impl Read, buf: &mut Vec<u8>, n: usize) -> std::io::Result<()> {
+    let got = r.take(n as u64).read_to_end(buf)?;
+    if got < n {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(())
+}
+
+/// [`read_frame`] into `buf` (a recycled buffer), which becomes the payload.
+pub fn read_frame_into(r: &mut impl Read, who: &str, mut buf: Vec<u8>) -> Result<Option<Frame>, LinkError> {
     let mut h = [0u8; HEADER_LEN];
     let mut got = 0;
     while got < HEADER_LEN {
@@ -94,9 +113,9 @@ pub fn read_frame(r: &mut impl Read, who: &str) -> Result<Option<Frame>, LinkErr
     if len > MAX_PAYLOAD {
         return Err(LinkError::Protocol(format!("transport frame of {len} bytes exceeds the {MAX_PAYLOAD}-byte limit")));
     }
-    let mut payload = vec![0u8; len];
-    r.read_exact(&mut payload).map_err(|e| LinkError::io(format!("{who} (inside a frame)"), e))?;
-    Ok(Some(Frame { kind, channel, payload }))
+    buf.clear();
+    read_n(r, &mut buf, len).map_err(|e| LinkError::io(format!("{who} (inside a frame)"), e))?;
+    Ok(Some(Frame { kind, channel, payload: buf }))
 }
 
 #[cfg(test)]

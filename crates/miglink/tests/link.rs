@@ -296,3 +296,36 @@ fn a_connection_without_the_token_is_dropped_and_the_real_source_still_gets_in()
     source.close();
     dest.close();
 }
+
+/// Throughput probe (not a benchmark claim: run by hand with `--ignored --nocapture`).
+#[test]
+#[ignore]
+fn probe_throughput() {
+    let h = harness(None, Duration::ZERO, None);
+    let sock = h.dir.path().join("relay.sock");
+    // 128 MiB of half-random pages in full packets over 2 channels.
+    let mk = |id: u8, seed: u64| {
+        let mut out = init_packet(id);
+        for pkt in 0..128u64 {
+            let normal: Vec<(u64, Vec<u8>)> = (0..128u64)
+                .map(|i| (((pkt * 128 + i) * PAGE as u64) + seed * (1 << 32), [noise(seed * 1_000_000 + pkt * 128 + i, PAGE / 2), vec![0; PAGE / 2]].concat()))
+                .collect();
+            out.extend(ram_packet(pkt, "pc.ram", &normal, &[], 0));
+        }
+        out
+    };
+    let (a, b) = (mk(1, 1), mk(2, 2));
+    let total = a.len() + b.len();
+    let t = Instant::now();
+    let s1 = send_as_qemu(&sock, a, 1 << 20);
+    let s2 = send_as_qemu(&sock, b, 1 << 20);
+    s1.join().unwrap();
+    s2.join().unwrap();
+    for _ in 0..2 {
+        h.received.recv_timeout(Duration::from_secs(60)).unwrap();
+    }
+    let secs = t.elapsed().as_secs_f64();
+    eprintln!("{} MiB in {:.0} ms: {:.0} MB/s raw, wire {} MiB", total >> 20, secs * 1e3, total as f64 / secs / 1e6, h.source.stats().wire_bytes >> 20);
+    h.source.close();
+    h.dest.close();
+}
