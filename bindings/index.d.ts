@@ -406,4 +406,6 @@ export interface SourceLinkOptions {
   window: number
   /** Fault injection (tests): corrupt the Nth RAM packet's batch. */
   corruptPagesFrame?: number
+  /** Fault injection (tests): cut the link after this many bytes. */
+  cutAfterBytes?: number
 }

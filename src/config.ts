@@ -43,8 +43,8 @@ export const ConfigSchema = z.strictObject({
     compactThreshold: z.int().min(10).optional(),
     keepEntries: z.int().min(1).optional(),
   }).default({}),
-  /** Fault injection for tests; never set in production. */
-  faults: z.strictObject({ corruptMigrationFrame: z.int().min(1).optional() }).default({}),
+  /** Fault injection for tests; never set in production: corrupt the Nth RAM packet's pages; cut the migration link after N MiB. */
+  faults: z.strictObject({ corruptMigrationFrame: z.int().min(1).optional(), cutMigrationLinkAfterMiB: z.int().min(1).optional() }).default({}),
   sim: z.strictObject({ latencyMs: simOpRecord.optional(), failureRate: simOpRecord.optional() }).default({}),
 });
 

@@ -63,7 +63,10 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
       store, events, vms, driver, log, nodeId: config.nodeId, dataDir, host: config.host,
       ...(config.migrationPort ? { transportPort: config.migrationPort } : {}),
       ...(config.apiToken ? { apiToken: config.apiToken } : {}),
-      ...(config.faults.corruptMigrationFrame ? { corruptPagesFrame: config.faults.corruptMigrationFrame } : {}),
+      faults: {
+        ...(config.faults.corruptMigrationFrame ? { corruptPagesFrame: config.faults.corruptMigrationFrame } : {}),
+        ...(config.faults.cutMigrationLinkAfterMiB ? { cutAfterBytes: config.faults.cutMigrationLinkAfterMiB * 1048576 } : {}),
+      },
     });
     const metrics = new Metrics({
       vmsByState: () => vms.countByState(),

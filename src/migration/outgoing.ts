@@ -6,7 +6,7 @@
 import { join } from 'node:path';
 import { NovaError } from '../errors.js';
 import { DEFAULT_SHARDS } from '../native/memdelta.js';
-import { LinkBucket, SourceLink } from '../native/miglink.js';
+import { LinkBucket, SourceLink, type LinkFaults } from '../native/miglink.js';
 import type { HypervisorDriver, LiveMigration, MigrationProgress, MirroredDisk } from '../vm/driver.js';
 import { usedInPlace, type VmSpec } from '../vm/spec.js';
 import { NbdTunnel } from './nbd-tunnel.js';
@@ -18,8 +18,8 @@ export interface OutgoingDeps extends SourceDeps {
   driver: HypervisorDriver;
   migration: LiveMigration;
   runDir: string;
-  /** Fault injection (tests): corrupt the Nth pages frame sent. */
-  corruptPagesFrame?: number;
+  /** Fault injection (tests). */
+  faults?: LinkFaults;
 }
 
 const PROGRESS_EVERY_MS = 500;
@@ -70,7 +70,7 @@ export class OutgoingMigration extends SourceMigration {
           socketPath, host: offer.transport.host, port: offer.data.port, token: Buffer.from(offer.token, 'hex'),
           capacityPages: cachePages, shards: DEFAULT_SHARDS, window: CHANNEL_WINDOW,
           ...(this.#bucket ? { bucket: this.#bucket } : {}),
-          ...(this.#deps.corruptPagesFrame ? { corruptPagesFrame: this.#deps.corruptPagesFrame } : {}),
+          ...(this.#deps.faults ? { faults: this.#deps.faults } : {}),
         },
         (err) => this.#linkFailed(err),
       );
@@ -124,6 +124,7 @@ export class OutgoingMigration extends SourceMigration {
       await this.settleSuccess({ downtimeMs: this.rec.downtimeMs });
     } catch (err) {
       const error = await this.errorOf(err);
+      this.#absorbLink(); // what was sent before it failed
       this.#deps.log.warn({ err, migrationId: this.rec.id, vmId }, 'migration failed; the VM stays on the source');
       this.#teardown();
       if (!streamed) await migration.cancelOutgoing(vmId).catch((e) => this.#deps.log.warn({ err: e, vmId }, 'migrate_cancel failed'));
@@ -139,6 +140,15 @@ export class OutgoingMigration extends SourceMigration {
     }
   }
 
+  /** The link's counters into the record (`qemuBytes`: QEMU's own count, until the link has one). */
+  #absorbLink(qemuBytes?: number): void {
+    const stats = this.#link?.stats();
+    const bytesRaw = stats?.rawBytes ?? qemuBytes ?? this.rec.progress.bytesRaw;
+    const bytesWire = stats?.wireBytes ?? this.rec.progress.bytesWire;
+    const compressionRatio = bytesWire > 0 ? Math.round((bytesRaw / bytesWire) * 100) / 100 : 1;
+    this.rec = { ...this.rec, progress: { ...this.rec.progress, bytesRaw, bytesWire, compressionRatio } };
+  }
+
   /** A broken link is often the destination refusing something: its abort says why. */
   #linkFailed(err: NovaError): void {
     if (err.code === 'MIGRATION_TRANSPORT') this.peer.lost(err);
@@ -146,16 +156,11 @@ export class OutgoingMigration extends SourceMigration {
   }
 
   #absorb(p: MigrationProgress): void {
-    const stats = this.#link?.stats();
-    const bytesRaw = stats?.rawBytes ?? p.transferredBytes;
-    const bytesWire = stats?.wireBytes ?? 0;
+    this.#absorbLink(p.transferredBytes);
     this.rec = {
       ...this.rec,
       progress: {
         ...this.rec.progress,
-        bytesRaw,
-        bytesWire,
-        compressionRatio: bytesWire > 0 ? Math.round((bytesRaw / bytesWire) * 100) / 100 : 1,
         rounds: p.rounds,
         dirtyBytesPerSec: p.dirtyBytesPerSec,
         remainingBytes: p.remainingBytes,

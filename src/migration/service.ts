@@ -8,6 +8,7 @@ import type { Logger } from 'pino';
 import { NovaError } from '../errors.js';
 import type { EventLog } from '../events/log.js';
 import { isZeroPage, PageEncoder, PAGE_SIZE } from '../native/memdelta.js';
+import type { LinkFaults } from '../native/miglink.js';
 import type { Store } from '../store/store.js';
 import type { HypervisorDriver, LiveMigration } from '../vm/driver.js';
 import { newId, type VmRecord } from '../vm/record.js';
@@ -32,7 +33,8 @@ export interface MigrationServiceDeps {
   host: string;
   transportPort?: number;
   apiToken?: string;
-  corruptPagesFrame?: number;
+  /** Fault injection (tests) for outgoing live migrations. */
+  faults?: LinkFaults;
 }
 
 /** Raw bytes/s assumed for the relay path when the sample had nothing to measure it on. */
@@ -102,7 +104,7 @@ export class MigrationService {
       {
         vms, driver: this.#deps.driver, migration, book: this.#book, log: this.#deps.log, nodeId: this.#deps.nodeId, runDir: join(this.#deps.dataDir, 'run'),
         ...(this.#deps.apiToken ? { apiToken: this.#deps.apiToken } : {}),
-        ...(this.#deps.corruptPagesFrame ? { corruptPagesFrame: this.#deps.corruptPagesFrame } : {}),
+        ...(this.#deps.faults ? { faults: this.#deps.faults } : {}),
       },
       rec,
       target,

@@ -43,7 +43,13 @@ export interface SourceLinkOptions {
   /** Per-channel flow-control window, bytes. */
   window: number;
   bucket?: LinkBucket;
+  faults?: LinkFaults;
+}
+
+/** Fault injection for tests: corrupt the Nth RAM packet's page batch; cut the link after N bytes. */
+export interface LinkFaults {
   corruptPagesFrame?: number;
+  cutAfterBytes?: number;
 }
 
 export class SourceLink {
@@ -56,7 +62,8 @@ export class SourceLink {
       binding.NativeSourceLink.start(
         {
           socketPath: o.socketPath, dest: `${host}:${o.port}`, token: o.token, capacityPages: o.capacityPages, shards: o.shards, window: o.window,
-          ...(o.corruptPagesFrame !== undefined ? { corruptPagesFrame: o.corruptPagesFrame } : {}),
+          ...(o.faults?.corruptPagesFrame !== undefined ? { corruptPagesFrame: o.faults.corruptPagesFrame } : {}),
+          ...(o.faults?.cutAfterBytes !== undefined ? { cutAfterBytes: o.faults.cutAfterBytes } : {}),
         },
         o.bucket?.native,
         failure(onFail),

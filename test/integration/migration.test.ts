@@ -330,6 +330,33 @@ describe('live migration (real QEMU, two daemons)', { timeout: 300_000 }, () => 
     expect(serial(a.dataDir, id)).not.toContain('VERIFY FAIL');
   });
 
+  it('network cut mid-flight (the data link dies, both daemons live): the VM stays on the source, the destination cleans up, and a retry over a healthy link succeeds', async () => {
+    const cfg = join(tempDataDir(), 'faults.json');
+    dirs.push(join(cfg, '..'));
+    writeFileSync(cfg, JSON.stringify({ faults: { cutMigrationLinkAfterMiB: 4 } }));
+    const aDir = tempDataDir();
+    let a = await host(['--config', cfg], aDir);
+    const b = await host();
+    const id = await startGuest(a, 'mig-cut', 'nc.dirty_mib=16 nc.rate=4 nc.model=text nc.verify_every=1');
+    const r = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: b.url, force: true });
+    expect(r.status).toBe(202);
+    const m = await waitMigration(a, r.body.id, 60_000);
+    expect(m, JSON.stringify(m)).toMatchObject({ state: 'failed', error: { code: 'MIGRATION_TRANSPORT' } });
+    expect(m.progress.bytesWire).toBeGreaterThanOrEqual(4 << 20);
+    await expectStillHere(a, id);
+    await expectNotThere(b, id);
+    expect(await waitMigration(b, r.body.id, 30_000)).toMatchObject({ state: 'failed' });
+    // The source daemon restarts without the fault (the guest runs on meanwhile); the retry goes through.
+    await a.kill('SIGKILL');
+    a = await host([], aDir);
+    await expectStillHere(a, id);
+    const again = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: b.url, force: true });
+    expect(again.status, JSON.stringify(again.body)).toBe(202);
+    expect(await waitMigration(a, again.body.id, 120_000)).toMatchObject({ state: 'completed' });
+    await waitUntil(() => /VERIFY ok/.test(serial(b.dataDir, id).slice(-4000)), 30_000, 'working set verifies on the destination');
+    expect(serial(b.dataDir, id)).not.toContain('VERIFY FAIL');
+  });
+
   it('destination daemon killed mid-flight: source keeps the VM; the restarted destination has no trace of it', async () => {
     const a = await host();
     const bDir = tempDataDir();

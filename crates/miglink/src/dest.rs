@@ -171,10 +171,21 @@ fn serve(shared: &Arc<Shared>, listener: TcpListener, cfg: DestConfig) -> Result
         return Ok(());
     }
     let mut r = BufReader::with_capacity(LINK_READ_BUFFER, link);
-    let mut decoder = ShardedDecoder::new(cfg.capacity_pages, cfg.shards);
     let mut channels: HashMap<u16, Sender<Vec<u8>>> = HashMap::new();
+    let result = pump(shared, &mut r, &cfg, &mut channels);
+    if let Err(e) = result {
+        // Recorded while the QEMU channels are still open: closing them makes QEMU fail,
+        // and whoever sees that must already find the cause.
+        shared.fail(e);
+    }
+    Ok(())
+}
+
+/// Applies the link's frames in order until it ends.
+fn pump(shared: &Arc<Shared>, r: &mut impl std::io::Read, cfg: &DestConfig, channels: &mut HashMap<u16, Sender<Vec<u8>>>) -> Result<(), LinkError> {
+    let mut decoder = ShardedDecoder::new(cfg.capacity_pages, cfg.shards);
     loop {
-        let f = match wire::read_frame_into(&mut r, "the source", shared.buffers.take(0)) {
+        let f = match wire::read_frame_into(r, "the source", shared.buffers.take(0)) {
             Ok(Some(f)) => f,
             Ok(None) if channels.is_empty() => return Ok(()), // every channel ended: a clean close
             Ok(None) => return Err(LinkError::Transport("the source closed the migration link with channels still open".into())),
@@ -214,7 +225,7 @@ fn serve(shared: &Arc<Shared>, listener: TcpListener, cfg: DestConfig) -> Result
             }
             FrameType::Data => {
                 shared.stats.raw_bytes.fetch_add(f.payload.len() as u64, Relaxed);
-                deliver(&channels, id, f.payload)?;
+                deliver(channels, id, f.payload)?;
             }
             FrameType::Pages => {
                 let out = rebuild_packet(&mut decoder, &f.payload, shared.buffers.take(0))?;
@@ -222,7 +233,7 @@ fn serve(shared: &Arc<Shared>, listener: TcpListener, cfg: DestConfig) -> Result
                 shared.stats.pages.fetch_add(normal_pages(&out) as u64, Relaxed);
                 shared.stats.packets.fetch_add(1, Relaxed);
                 shared.stats.raw_bytes.fetch_add(out.len() as u64, Relaxed);
-                deliver(&channels, id, out)?;
+                deliver(channels, id, out)?;
             }
             FrameType::Eof => {
                 channels.remove(&id).ok_or_else(|| LinkError::Protocol(format!("end of unknown channel {id}")))?;

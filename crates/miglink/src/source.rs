@@ -40,6 +40,9 @@ pub struct SourceConfig {
     pub bucket: Option<Arc<TokenBucket>>,
     /// Fault injection (tests): flip a checksum byte in the first page batch from the Nth RAM packet on.
     pub corrupt_pages_frame: Option<u64>,
+    /// Fault injection (tests): cut the link (shut the TCP connection both ways, as a
+    /// failed network would) once this many bytes were sent.
+    pub cut_after_bytes: Option<u64>,
 }
 
 pub type FailFn = Box<dyn Fn(LinkError) + Send + Sync>;
@@ -220,8 +223,18 @@ fn accept_loop(shared: &Arc<Shared>, listener: UnixListener, tx: SyncSender<Vec<
 }
 
 fn channel_loop(shared: &Shared, id: u16, stream: UnixStream, tx: SyncSender<Vec<u8>>) -> Result<(), LinkError> {
-    let send = |f: Vec<u8>| tx.send(f).map_err(|_| shared.closed());
     let mut r = BufReader::with_capacity(QEMU_READ_BUFFER, stream);
+    if let Err(e) = forward_channel(shared, id, &mut r, &tx) {
+        // Recorded while QEMU's socket is still open: its closing makes QEMU fail, and
+        // whoever sees that must already find the cause.
+        shared.fail(e);
+    }
+    Ok(())
+}
+
+/// Reads one QEMU channel to its end, queueing its frames.
+fn forward_channel(shared: &Shared, id: u16, r: &mut BufReader<UnixStream>, tx: &SyncSender<Vec<u8>>) -> Result<(), LinkError> {
+    let send = |f: Vec<u8>| tx.send(f).map_err(|_| shared.closed());
     let mut magic = [0u8; 4];
     if let Err(e) = r.read_exact(&mut magic) {
         if e.kind() == std::io::ErrorKind::UnexpectedEof {
@@ -250,12 +263,12 @@ fn channel_loop(shared: &Shared, id: u16, stream: UnixStream, tx: SyncSender<Vec
         MULTIFD_MAGIC => {
             send(wire::frame(FrameType::Open, id, &[KIND_MULTIFD]))?;
             let parser = MultifdReader::new(&shared.blocks);
-            let init = parser.init(&mut r, magic)?;
+            let init = parser.init(r, magic)?;
             shared.in_flight(id, init.len() as u64);
             send(wire::frame(FrameType::Data, id, &init))?;
             loop {
                 shared.wait_window(id)?;
-                match parser.next(&mut r, shared.buffers.take(0))? {
+                match parser.next(r, shared.buffers.take(0))? {
                     None => break,
                     Some(Item::Opaque(bytes)) => {
                         shared.in_flight(id, bytes.len() as u64);
@@ -308,7 +321,10 @@ fn send_loop(shared: &Shared, link: TcpStream, rx: Receiver<Vec<u8>>) -> Result<
                 }
             }
             w.write_all(&f).map_err(io)?;
-            shared.stats.wire_bytes.fetch_add(f.len() as u64, Relaxed);
+            let sent = shared.stats.wire_bytes.fetch_add(f.len() as u64, Relaxed) + f.len() as u64;
+            if shared.cfg.cut_after_bytes.is_some_and(|cut| sent >= cut) {
+                let _ = shared.link.shutdown(Shutdown::Both);
+            }
             shared.buffers.give(f);
             match rx.try_recv() {
                 Ok(next) => f = next,

@@ -155,6 +155,7 @@ fn harness(corrupt: Option<u64>, stall: Duration, bucket: Option<Arc<TokenBucket
             window: 4 << 20,
             bucket,
             corrupt_pages_frame: corrupt,
+            cut_after_bytes: None,
         },
         fail_to(ftx, "source"),
     )
@@ -285,6 +286,7 @@ fn a_connection_without_the_token_is_dropped_and_the_real_source_still_gets_in()
             window: 1 << 20,
             bucket: None,
             corrupt_pages_frame: None,
+            cut_after_bytes: None,
         },
         fail_to(stx, "source"),
     )

@@ -81,6 +81,8 @@ pub struct SourceLinkOptions {
   pub window: u32,
   /// Fault injection (tests): corrupt the Nth RAM packet's batch.
   pub corrupt_pages_frame: Option<u32>,
+  /// Fault injection (tests): cut the link after this many bytes.
+  pub cut_after_bytes: Option<f64>,
 }
 
 /// Source end (see the `novacron-miglink` crate).
@@ -108,6 +110,7 @@ impl NativeSourceLink {
       window: options.window as u64,
       bucket: bucket.map(|b| b.inner.clone()),
       corrupt_pages_frame: options.corrupt_pages_frame.map(u64::from),
+      cut_after_bytes: options.cut_after_bytes.map(|b| b as u64),
     };
     Ok(Self { inner: novacron_miglink::SourceLink::start(cfg, on_fail(on_fail_fn)).map_err(to_js)? })
   }
