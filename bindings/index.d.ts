@@ -215,8 +215,11 @@ export interface BindingWriteOp {
 }
 
 export interface DestLinkOptions {
-  /** Address to listen on; the port is chosen by the system. */
+  /** Address to listen on. */
   bindHost: string
+  /** First and last port to try (both given), else one the system picks. */
+  portFrom?: number
+  portTo?: number
   /** The destination QEMU's incoming unix socket. */
   qemuSocket: string
   token: Buffer

@@ -23,6 +23,11 @@ run('node', [join(root, 'scripts', 'build.mjs')]);
 const git = spawnSync('git', ['diff', '--exit-code', '--stat', '--', 'bindings/index.js', 'bindings/index.d.ts'], { cwd: root, stdio: 'inherit' });
 if (git.status === 1) finish(1, 'bindings/ is out of date with crates/node; commit the regenerated loader and .d.ts');
 
+// The tests are type-checked too (vitest only strips types): a stale option in a test
+// would otherwise pass silently.
+const types = spawnSync(join(root, 'node_modules', '.bin', 'tsc'), ['-p', join(root, 'tsconfig.test.json')], { cwd: root, stdio: 'inherit' });
+if (types.status !== 0) finish(1, 'type errors in src/ or test/ (tsc -p tsconfig.test.json)');
+
 const report = join(mkdtempSync(join(tmpdir(), 'novacron-vitest-')), 'report.json');
 const vitest = spawnSync(join(root, 'node_modules', '.bin', 'vitest'), ['run', '--reporter=default', '--reporter=json', `--outputFile.json=${report}`, ...process.argv.slice(2)], { cwd: root, stdio: 'inherit' });
 try {

@@ -28,6 +28,14 @@ export const ConfigSchema = z.strictObject({
   telemetryIntervalMs: z.int().min(100).max(60_000).default(2000),
   /** Port of the live-migration transport listener (on the listen host); 0 = any free port. */
   migrationPort: z.int().min(0).max(65535).default(0),
+  /** Ports for live migrations' data links, `FROM-TO` (one per incoming migration); default: any free port. */
+  migrationDataPorts: z
+    .string()
+    .regex(/^\d{1,5}-\d{1,5}$/, 'expected FROM-TO, e.g. 49152-49215')
+    .transform((r) => r.split('-').map(Number) as [number, number])
+    .refine(([from, to]) => from >= 1 && from <= to && to <= 65535, 'expected 1 <= FROM <= TO <= 65535')
+    .transform(([from, to]) => ({ from, to }))
+    .optional(),
   /** Shared secret of the cluster: peers authenticate with it. Generated on first start when not given. */
   clusterSecret: z.string().min(16, 'cluster secrets must be at least 16 characters').optional(),
   /** HOST:PORT of a member to join on first start (ignored once this daemon is a member). */
@@ -60,6 +68,7 @@ const ENV: Record<string, keyof z.infer<typeof ConfigSchema>> = {
   NOVACRON_CLUSTER_SECRET: 'clusterSecret',
   NOVACRON_JOIN: 'join',
   NOVACRON_ADVERTISE: 'advertise',
+  NOVACRON_MIGRATION_DATA_PORTS: 'migrationDataPorts',
 };
 
 export interface ConfigSources {

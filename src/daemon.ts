@@ -62,6 +62,7 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
     const migrations = await MigrationService.open({
       store, events, vms, driver, log, nodeId: config.nodeId, dataDir, host: config.host,
       ...(config.migrationPort ? { transportPort: config.migrationPort } : {}),
+      ...(config.migrationDataPorts ? { dataPorts: config.migrationDataPorts } : {}),
       ...(config.apiToken ? { apiToken: config.apiToken } : {}),
       faults: {
         ...(config.faults.corruptMigrationFrame ? { corruptPagesFrame: config.faults.corruptMigrationFrame } : {}),

@@ -80,6 +80,8 @@ export interface IncomingDeps {
   log: Logger;
   /** Address the transport listener binds (the API's host). */
   host: string;
+  /** Ports for data links (default: any free port). */
+  dataPorts?: { from: number; to: number };
 }
 
 export class IncomingMigrations {
@@ -127,7 +129,7 @@ export class IncomingMigrations {
         const prepared = await migration!.prepareIncoming(vm, req.channels);
         p.live = prepared;
         p.live.link = new DestLink(
-          { bindHost: this.#deps.host, qemuSocket: prepared.socketPath, token, capacityPages: req.cachePages, shards: req.shards },
+          { bindHost: this.#deps.host, ...(this.#deps.dataPorts ? { ports: this.#deps.dataPorts } : {}), qemuSocket: prepared.socketPath, token, capacityPages: req.cachePages, shards: req.shards },
           (err) => this.#linkFailed(p, err),
         );
         if (req.storage && req.storage.length > 0) {

@@ -32,6 +32,8 @@ export interface MigrationServiceDeps {
   /** Address the transport listener binds. */
   host: string;
   transportPort?: number;
+  /** Ports for incoming migrations' data links (default: any free port). */
+  dataPorts?: { from: number; to: number };
   apiToken?: string;
   /** Fault injection (tests) for outgoing live migrations. */
   faults?: LinkFaults;
@@ -66,7 +68,7 @@ export class MigrationService {
     const svc = new MigrationService(deps, await MigrationBook.open(deps.store, deps.events));
     const migration = deps.driver.migration;
     svc.#incoming = await IncomingMigrations.listen(
-      { vms: deps.vms, driver: deps.driver, ...(migration ? { migration } : {}), book: svc.#book, log: deps.log, host: deps.host },
+      { vms: deps.vms, driver: deps.driver, ...(migration ? { migration } : {}), book: svc.#book, log: deps.log, host: deps.host, ...(deps.dataPorts ? { dataPorts: deps.dataPorts } : {}) },
       deps.transportPort ?? 0,
     );
     mkdirSync(join(deps.dataDir, 'run'), { recursive: true });

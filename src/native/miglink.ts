@@ -52,13 +52,33 @@ export interface LinkFaults {
   cutAfterBytes?: number;
 }
 
-export class SourceLink {
-  #native: Binding.NativeSourceLink;
+/** What both ends offer once started. */
+abstract class LinkEnd {
+  protected abstract readonly native: Binding.NativeSourceLink | Binding.NativeDestLink;
+
+  stats(): LinkCounters {
+    return this.native.stats();
+  }
+
+  /** The first failure, read synchronously: it is recorded before its consequences show. */
+  failure(): NovaError | undefined {
+    const f = this.native.failure();
+    return f ? toError(f) : undefined;
+  }
+
+  close(): void {
+    this.native.close();
+  }
+}
+
+export class SourceLink extends LinkEnd {
+  protected readonly native: Binding.NativeSourceLink;
 
   /** Connects to the destination and listens for QEMU; throws MIGRATION_TRANSPORT if it cannot. */
   constructor(o: SourceLinkOptions, onFail: OnFail) {
+    super();
     const host = o.host.includes(':') ? `[${o.host}]` : o.host;
-    this.#native = callNative(() =>
+    this.native = callNative(() =>
       binding.NativeSourceLink.start(
         {
           socketPath: o.socketPath, dest: `${host}:${o.port}`, token: o.token, capacityPages: o.capacityPages, shards: o.shards, window: o.window,
@@ -70,24 +90,12 @@ export class SourceLink {
       ),
     );
   }
-
-  stats(): LinkCounters {
-    return this.#native.stats();
-  }
-
-  /** The first failure, read synchronously: it is recorded before its consequences show. */
-  failure(): NovaError | undefined {
-    const f = this.#native.failure();
-    return f ? toError(f) : undefined;
-  }
-
-  close(): void {
-    this.#native.close();
-  }
 }
 
 export interface DestLinkOptions {
   bindHost: string;
+  /** Ports to listen on, first free one wins; absent: one the system picks. */
+  ports?: { from: number; to: number };
   /** The destination QEMU's incoming unix socket. */
   qemuSocket: string;
   token: Buffer;
@@ -95,29 +103,17 @@ export interface DestLinkOptions {
   shards: number;
 }
 
-export class DestLink {
-  #native: Binding.NativeDestLink;
+export class DestLink extends LinkEnd {
+  protected readonly native: Binding.NativeDestLink;
 
   /** Listens for the migration's source on a system-chosen port (`port`). */
   constructor(o: DestLinkOptions, onFail: OnFail) {
-    this.#native = callNative(() => binding.NativeDestLink.start(o, failure(onFail)));
+    super();
+    const { ports, ...rest } = o;
+    this.native = callNative(() => binding.NativeDestLink.start({ ...rest, ...(ports ? { portFrom: ports.from, portTo: ports.to } : {}) }, failure(onFail)));
   }
 
   get port(): number {
-    return this.#native.port;
-  }
-
-  stats(): LinkCounters {
-    return this.#native.stats();
-  }
-
-  /** The first failure, read synchronously: it is recorded before its consequences show. */
-  failure(): NovaError | undefined {
-    const f = this.#native.failure();
-    return f ? toError(f) : undefined;
-  }
-
-  close(): void {
-    this.#native.close();
+    return this.native.port;
   }
 }

@@ -40,4 +40,11 @@ describe('config', () => {
     expect(loadConfig({ flags: {}, env: { NOVACRON_ADVERTISE: 'hv1.example:7700' } }).advertise).toBe('hv1.example:7700');
     expect(() => loadConfig({ flags: { advertise: 'hv1.example' }, env: {} })).toThrow(/advertise: expected HOST:PORT/);
   });
+
+  it('takes a port range for migration data links and names it when it is malformed', () => {
+    expect(loadConfig({ flags: {}, env: { NOVACRON_MIGRATION_DATA_PORTS: '49152-49215' } }).migrationDataPorts).toEqual({ from: 49152, to: 49215 });
+    expect(loadConfig({ flags: {}, env: {} }).migrationDataPorts).toBeUndefined();
+    expect(() => loadConfig({ flags: { migrationDataPorts: '49215-49152' }, env: {} })).toThrow(/migrationDataPorts: expected 1 <= FROM <= TO/);
+    expect(() => loadConfig({ flags: { migrationDataPorts: '49152' }, env: {} })).toThrow(/migrationDataPorts: expected FROM-TO/);
+  });
 });

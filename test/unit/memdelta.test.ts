@@ -16,7 +16,7 @@ describe('page codec through the native binding', () => {
     expect(out1.pages.equals(batch1)).toBe(true);
 
     const b = Buffer.from(a);
-    b[17] ^= 0xff;
+    b[17] = b[17]! ^ 0xff;
     // Page 9 gets page 1's content (a dup), then page 1 changes by one byte (an xor delta).
     const frames = enc.encode(idx(9, 1), Buffer.concat([a, b]));
     expect(frames.length).toBeLessThan(100);
@@ -28,7 +28,7 @@ describe('page codec through the native binding', () => {
   it('maps Rust codec errors to NovaError codes and applies nothing', () => {
     const enc = new PageEncoder(16);
     const frames = Buffer.from(enc.encode(idx(3), randomBytes(PAGE_SIZE)));
-    frames[frames.length - 1] ^= 1;
+    frames[frames.length - 1] = frames[frames.length - 1]! ^ 1;
     const dec = new PageDecoder(16);
     expect(() => dec.decode(frames)).toThrow(NovaError);
     try {

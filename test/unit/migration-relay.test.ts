@@ -71,14 +71,15 @@ function pageOf(kind: 'half' | 'random' | 'text', seed: number): Buffer {
 /** Several rounds over the same pages, some re-dirtied by a few bytes (the delta path). */
 function multifdStream(): Buffer {
   const parts = [initPacket(0)];
-  const pages = Array.from({ length: 300 }, (_, i) => pageOf((['half', 'random', 'text'] as const)[i % 3], i));
+  const pages = Array.from({ length: 300 }, (_, i) => pageOf((['half', 'random', 'text'] as const)[i % 3]!, i));
   let num = 0;
   for (let round = 0; round < 3; round++) {
     for (let first = 0; first < pages.length; first += 100) {
       const normal = [];
       for (let i = first; i < Math.min(first + 100, pages.length); i++) {
         if (round > 0 && i % 4 !== 0) continue;
-        if (round > 0) pages[i]![(i * 7 + round) % PAGE] ^= 0x5a;
+        const at = (i * 7 + round) % PAGE;
+        if (round > 0) pages[i]![at] = pages[i]![at]! ^ 0x5a;
         normal.push({ offset: i * PAGE, page: Buffer.from(pages[i]!) });
       }
       parts.push(ramPacket(num++, round === 2 ? 'pc.ram' : 'pc.ram', normal, round === 0 ? [400 * PAGE, 401 * PAGE] : []));
@@ -129,7 +130,7 @@ async function harness(expectConnections: number, corruptPagesFrame?: number): P
   cleanup.push(() => dest.close());
   const sourceSock = join(dir, 'relay.sock');
   const source = new SourceLink(
-    { socketPath: sourceSock, host: '127.0.0.1', port: dest.port, token, capacityPages: 4096, shards: 2, window: CHANNEL_WINDOW, ...(corruptPagesFrame ? { corruptPagesFrame } : {}) },
+    { socketPath: sourceSock, host: '127.0.0.1', port: dest.port, token, capacityPages: 4096, shards: 2, window: CHANNEL_WINDOW, ...(corruptPagesFrame ? { faults: { corruptPagesFrame } } : {}) },
     (err) => fail({ end: 'source', err }),
   );
   cleanup.push(() => source.close());

@@ -36,7 +36,7 @@ async function setup(driver = new SimDriver(), dir = mkdtempSync(join(tmpdir(), 
   return { store, events, vms, driver, seen, dir, close };
 }
 
-const spec = (name: string) => ({ name, vcpus: 1, memoryMiB: 64, disks: [{ name: 'r', sizeMiB: 1, format: 'qcow2' as const, clone: false, bus: 'virtio' as const, readOnly: false }], nics: [], boot: { type: 'disk' as const }, labels: {}, tenant: 'default' });
+const spec = (name: string) => ({ name, vcpus: 1, memoryMiB: 64, memoryBacking: 'anonymous' as const, disks: [{ name: 'r', sizeMiB: 1, format: 'qcow2' as const, clone: false, bus: 'virtio' as const, readOnly: false }], nics: [], boot: { type: 'disk' as const }, labels: {}, tenant: 'default' });
 
 async function settle(vms: VmService, opId: string) {
   for (;;) {

@@ -24,8 +24,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub struct DestConfig {
-    /// Address to listen on (the daemon's migration host); the port is chosen by the system.
+    /// Address to listen on (the daemon's migration host).
     pub bind_host: String,
+    /// Ports to listen on, first free one wins (`None`: one the system picks). A range
+    /// lets operators open a fixed window in their firewalls.
+    pub ports: Option<(u16, u16)>,
     /// The destination QEMU's incoming unix socket.
     pub qemu_socket: PathBuf,
     pub token: Vec<u8>,
@@ -89,7 +92,7 @@ pub struct DestLink {
 impl DestLink {
     /// Binds the listener; the source may connect from now on.
     pub fn start(cfg: DestConfig, on_fail: crate::FailFn) -> Result<Self, LinkError> {
-        let listener = TcpListener::bind((cfg.bind_host.as_str(), 0)).map_err(|e| LinkError::io(format!("binding a data link on {}", cfg.bind_host), e))?;
+        let listener = bind(&cfg.bind_host, cfg.ports)?;
         let port = listener.local_addr().map_err(|e| LinkError::io("data link", e))?.port();
         let shared = Arc::new(Shared {
             stats: LinkStats::default(),
@@ -136,6 +139,24 @@ impl DestLink {
         // Wake the acceptor if nobody connected yet.
         let _ = TcpStream::connect((self.shared.host.as_str(), self.shared.port));
     }
+}
+
+fn bind(host: &str, ports: Option<(u16, u16)>) -> Result<TcpListener, LinkError> {
+    let Some((from, to)) = ports else {
+        return TcpListener::bind((host, 0)).map_err(|e| LinkError::io(format!("binding a data link on {host}"), e));
+    };
+    let mut last = None;
+    for port in from..=to {
+        match TcpListener::bind((host, port)) {
+            Ok(l) => return Ok(l),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => last = Some(e),
+            Err(e) => return Err(LinkError::io(format!("binding a data link on {host}:{port}"), e)),
+        }
+    }
+    Err(LinkError::Transport(format!(
+        "no free data-link port on {host} in {from}-{to} (all in use by other migrations?){}",
+        last.map(|e| format!(": {e}")).unwrap_or_default()
+    )))
 }
 
 /// Constant-time comparison: the token must not leak through timing.

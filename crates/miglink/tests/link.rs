@@ -141,7 +141,7 @@ fn harness(corrupt: Option<u64>, stall: Duration, bucket: Option<Arc<TokenBucket
     let (ftx, failures) = channel();
     let token = b"0123456789abcdef01234567".to_vec();
     let dest = DestLink::start(
-        DestConfig { bind_host: "127.0.0.1".into(), qemu_socket: qemu_sock, token: token.clone(), capacity_pages: 4096, shards: 2 },
+        DestConfig { bind_host: "127.0.0.1".into(), ports: None, qemu_socket: qemu_sock, token: token.clone(), capacity_pages: 4096, shards: 2 },
         fail_to(ftx.clone(), "dest"),
     )
     .unwrap();
@@ -266,7 +266,7 @@ fn a_connection_without_the_token_is_dropped_and_the_real_source_still_gets_in()
     let _l = UnixListener::bind(&qemu_sock).unwrap();
     let (ftx, failures) = channel();
     let dest = DestLink::start(
-        DestConfig { bind_host: "127.0.0.1".into(), qemu_socket: qemu_sock, token: vec![7; 24], capacity_pages: 64, shards: 1 },
+        DestConfig { bind_host: "127.0.0.1".into(), ports: None, qemu_socket: qemu_sock, token: vec![7; 24], capacity_pages: 64, shards: 1 },
         fail_to(ftx, "dest"),
     )
     .unwrap();
@@ -330,4 +330,24 @@ fn probe_throughput() {
     eprintln!("{} MiB in {:.0} ms: {:.0} MB/s raw, wire {} MiB", total >> 20, secs * 1e3, total as f64 / secs / 1e6, h.source.stats().wire_bytes >> 20);
     h.source.close();
     h.dest.close();
+}
+
+#[test]
+fn a_port_range_is_used_first_free_first_and_a_full_one_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    // A free range of three: find one by binding and releasing.
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = probe.local_addr().unwrap().port();
+    drop(probe);
+    let range = Some((base, base.saturating_add(1)));
+    let cfg = || DestConfig { bind_host: "127.0.0.1".into(), ports: range, qemu_socket: dir.path().join("q.sock"), token: vec![1; 24], capacity_pages: 64, shards: 1 };
+    let nop = || -> Box<dyn Fn(LinkError) + Send + Sync> { Box::new(|_| ()) };
+    let Ok(first) = DestLink::start(cfg(), nop()) else { return }; // someone took the port meanwhile: nothing to learn
+    let second = DestLink::start(cfg(), nop()).unwrap();
+    assert_eq!((first.port(), second.port()), (base, base + 1));
+    let third = DestLink::start(cfg(), nop()).err().expect("the range is full");
+    assert_eq!(third.code(), "MIGRATION_TRANSPORT");
+    assert!(third.to_string().contains("no free data-link port"), "{third}");
+    first.close();
+    second.close();
 }

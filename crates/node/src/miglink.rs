@@ -134,8 +134,11 @@ impl NativeSourceLink {
 
 #[napi(object)]
 pub struct DestLinkOptions {
-  /// Address to listen on; the port is chosen by the system.
+  /// Address to listen on.
   pub bind_host: String,
+  /// First and last port to try (both given), else one the system picks.
+  pub port_from: Option<u32>,
+  pub port_to: Option<u32>,
   /// The destination QEMU's incoming unix socket.
   pub qemu_socket: String,
   pub token: Buffer,
@@ -158,6 +161,10 @@ impl NativeDestLink {
   ) -> Result<Self> {
     let cfg = DestConfig {
       bind_host: options.bind_host,
+      ports: match (options.port_from, options.port_to) {
+        (Some(from), Some(to)) => Some((from.min(65535) as u16, to.min(65535) as u16)),
+        _ => None,
+      },
       qemu_socket: options.qemu_socket.into(),
       token: options.token.to_vec(),
       capacity_pages: options.capacity_pages as usize,
