@@ -1,11 +1,9 @@
 /**
- * NovaCron's migration transport framing: one TCP connection between the two daemons
- * carries every QEMU migration channel (main + multifd) plus a control channel.
+ * NovaCron's migration framing, shared by the control connection (TypeScript: hello,
+ * control messages, a cold migration's files) and the live data link (Rust,
+ * crates/miglink/src/wire.rs: QEMU's channels, page batches, window credit):
  *
  *   frame = type u8 | channel u16 BE | length u32 BE | payload
- *
- * Frames are applied strictly in order on the destination; that ordering is what keeps
- * the page codec's caches on both ends in lockstep.
  */
 import { NovaError } from '../errors.js';
 
@@ -21,16 +19,13 @@ export const FrameType = {
   Open: 2,
   /** Bytes for a channel, forwarded as they are. */
   Data: 3,
-  /** One multifd RAM packet: u32 header length | header (verbatim) | codec frames. */
+  /** Data link only: one multifd RAM packet (u32 header length | header | codec batch). */
   Pages: 4,
   /** The QEMU side of a channel closed. */
   Eof: 5,
   /** JSON control message, either direction. */
   Control: 6,
-  /**
-   * destination → source: u32 bytes of a channel that reached the destination QEMU's
-   * socket; the source may read that much more from the source QEMU on that channel.
-   */
+  /** Data link only: destination → source, u32 bytes of a channel delivered to QEMU. */
   Window: 7,
 } as const;
 export type FrameType = (typeof FrameType)[keyof typeof FrameType];
@@ -47,7 +42,7 @@ export function encodeHeader(type: FrameType, channel: number, length: number): 
 }
 
 /**
- * Per-channel flow-control window, in bytes of QEMU's stream. Data the relays hold is
+ * Per-channel flow-control window of the data link, in bytes of QEMU's stream. Data the link holds is
  * invisible to QEMU, which counts it as sent: a bounded window keeps that backlog small,
  * so QEMU's bandwidth and downtime estimates stay true and the switchover is not
  * followed by a queue draining. Per channel, so a multifd channel parked at a sync point
@@ -55,15 +50,6 @@ export function encodeHeader(type: FrameType, channel: number, length: number): 
  * half in bench/migration without a better stop→resume; what is in flight drains at switchover.
  */
 export const CHANNEL_WINDOW = 4 << 20;
-
-export function windowFrame(channel: number, bytes: number): Buffer {
-  const f = Buffer.allocUnsafe(FRAME_HEADER_LEN + 4);
-  f.writeUInt8(FrameType.Window, 0);
-  f.writeUInt16BE(channel, 1);
-  f.writeUInt32BE(4, 3);
-  f.writeUInt32BE(bytes, FRAME_HEADER_LEN);
-  return f;
-}
 
 export function controlFrame(message: ControlMessage): Buffer[] {
   const body = Buffer.from(JSON.stringify(message));
