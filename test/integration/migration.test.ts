@@ -399,7 +399,8 @@ describe('live migration (real QEMU, two daemons)', { timeout: 300_000 }, () => 
 
     const again = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: c.url, force: true });
     expect(again.status, JSON.stringify(again.body)).toBe(202);
-    expect(await waitMigration(a, again.body.id)).toMatchObject({ state: 'completed' });
+    const moved = await waitMigration(a, again.body.id);
+    expect(moved, JSON.stringify(moved)).toMatchObject({ state: 'completed' });
     await waitUntil(() => diskRecords(c, id).length >= 3, 30_000, 'disk records on the new host');
     const image = await stopAndCheckRecords(c, id);
     expect(image.subarray(16 << 20, (16 << 20) + (1000 << 20)).every((x) => x === 0x5a)).toBe(true);

@@ -8,7 +8,7 @@
 //! Threads: the link reader (frames in order, decoding), one writer per QEMU channel
 //! (which returns window credit once bytes reach QEMU's socket), and the acceptor.
 
-use crate::multifd::{normal_pages, PAGE_SIZE};
+use crate::multifd::{normal_pages, PACKET_SLOTS, PAGE_SIZE};
 use crate::wire::{self, FrameType};
 use crate::pool::Pool;
 use crate::{LinkError, LinkStats};
@@ -284,8 +284,9 @@ fn rebuild_packet(decoder: &mut ShardedDecoder, payload: &[u8], mut out: Vec<u8>
     let header = &payload[4..4 + hlen];
     let want = normal_pages(header) as usize;
     let batch = &payload[4 + hlen..];
-    if want > batch.len() {
-        return Err(LinkError::Protocol(format!("packet announces {want} pages, the frame cannot hold them")));
+    // Checked before anything is sized by it: a hostile count must not become an allocation.
+    if want > PACKET_SLOTS || want > batch.len() {
+        return Err(LinkError::Protocol(format!("packet announces {want} pages, more than a packet or this frame can hold")));
     }
     out.clear();
     out.reserve(hlen + want * PAGE_SIZE);
@@ -307,4 +308,23 @@ fn rebuild_packet(decoder: &mut ShardedDecoder, payload: &[u8], mut out: Vec<u8>
         return Err(LinkError::Protocol("a packet without pages carries page frames".into()));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hostile_page_count_is_refused_before_it_sizes_anything() {
+        let mut header = vec![0u8; 20];
+        header[16..20].copy_from_slice(&u32::MAX.to_be_bytes());
+        let mut payload = (header.len() as u32).to_be_bytes().to_vec();
+        payload.extend_from_slice(&header);
+        payload.extend_from_slice(&[0u8; 4096]);
+        let err = rebuild_packet(&mut ShardedDecoder::new(16, 1), &payload, Vec::new()).unwrap_err();
+        assert_eq!(err.code(), "MIGRATION_PROTOCOL");
+        let mut short = 8u32.to_be_bytes().to_vec();
+        short.extend_from_slice(&[0u8; 4]);
+        assert_eq!(rebuild_packet(&mut ShardedDecoder::new(16, 1), &short, Vec::new()).unwrap_err().code(), "MIGRATION_PROTOCOL");
+    }
 }

@@ -36,8 +36,10 @@ const FLAG_DEVICE_STATE: u32 = 32 << 1;
 /// A page index for the codec: ramblock number in the high bits, page number below.
 const BLOCK_SHIFT: u32 = 40;
 pub const PAGE_SIZE: usize = novacron_memdelta::PAGE_SIZE;
+/// Pages one RAM packet can carry (4 KiB pages).
+pub const PACKET_SLOTS: usize = PACKET_PAYLOAD / PAGE_SIZE;
 /// RAM packet header length with 4 KiB pages.
-pub const RAM_HEADER_LEN: usize = RAM_FIXED_LEN + 8 * (PACKET_PAYLOAD / PAGE_SIZE);
+pub const RAM_HEADER_LEN: usize = RAM_FIXED_LEN + 8 * PACKET_SLOTS;
 
 /// Ramblock names → small numbers, shared by a migration's channels.
 #[derive(Default)]

@@ -94,6 +94,9 @@ impl Shared {
         for s in self.qemu.lock().unwrap().drain(..) {
             let _ = s.shutdown(Shutdown::Both);
         }
+        // Under the lock: a channel between its `closing` check and its wait would
+        // otherwise miss this wake-up and wait forever.
+        let _windows = self.windows.lock().unwrap();
         self.window_moved.notify_all();
     }
 
