@@ -52,7 +52,7 @@ export type IncomingRequest = z.infer<typeof IncomingRequest>;
 
 /** How long an accepted VM waits for its transport connection. */
 const CONNECT_TIMEOUT_MS = 30_000;
-/** How long a lost data link waits for QEMU's own verdict before the VM is abandoned. */
+/** How long a lost connection (data link or control) waits for QEMU's own verdict before the VM is abandoned. */
 const LINK_LOSS_GRACE_MS = 10_000;
 /** How long the guest may take to resume after the stream ended. */
 const RESUME_TIMEOUT_MS = 600_000;
@@ -69,7 +69,6 @@ interface Pending {
   live?: { socketPath: string; runtime: Record<string, unknown>; link?: DestLink; nbdSocket?: string };
   cold?: { files: Array<{ name: string; size: number }>; checkpoint?: { file: string; createdAt: string; sizeBytes: number } };
 }
-
 
 export interface IncomingDeps {
   vms: VmService;
@@ -209,10 +208,7 @@ export class IncomingMigrations {
       // A live migration's data link may still deliver the rest; if QEMU gets everything
       // it resumes the guest (success), otherwise it fails — waitIncoming reports either.
       files?.close();
-      if (p && !p.settled) {
-        const pending = p;
-        setTimeout(() => void this.#abandon(pending, new NovaError('MIGRATION_TRANSPORT', 'the source connection was lost before the guest resumed here')), LINK_LOSS_GRACE_MS).unref();
-      }
+      if (p && !p.settled) this.#abandonLater(p, new NovaError('MIGRATION_TRANSPORT', 'the source connection was lost before the guest resumed here'));
     };
     sock.on('data', onData);
     sock.on('error', () => undefined); // 'close' follows
@@ -252,12 +248,14 @@ export class IncomingMigrations {
    */
   #linkFailed(p: Pending, err: NovaError): void {
     if (p.settled) return;
-    if (err.code === 'MIGRATION_TRANSPORT') {
-      setTimeout(() => void this.#abandon(p, err), LINK_LOSS_GRACE_MS).unref();
-      return;
-    }
-    if (p.abort) p.abort(err);
+    if (err.code === 'MIGRATION_TRANSPORT') this.#abandonLater(p, err);
+    else if (p.abort) p.abort(err);
     else void this.#abandon(p, err);
+  }
+
+  /** A lost connection: QEMU may still have everything and resume; abandon only if it has not by then. */
+  #abandonLater(p: Pending, err: NovaError): void {
+    setTimeout(() => void this.#abandon(p, err), LINK_LOSS_GRACE_MS).unref();
   }
 
   /** Live: the data link feeds QEMU; this waits for the guest to resume here. */

@@ -10,6 +10,7 @@
 
 use crate::multifd::{normal_pages, PACKET_SLOTS, PAGE_SIZE};
 use crate::wire::{self, FrameType};
+use crate::outcome::Outcome;
 use crate::pool::Pool;
 use crate::{LinkError, LinkStats};
 use novacron_memdelta::ShardedDecoder;
@@ -18,7 +19,7 @@ use std::io::{BufReader, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -42,9 +43,7 @@ const LINK_READ_BUFFER: usize = 1 << 20;
 
 struct Shared {
     stats: LinkStats,
-    closing: AtomicBool,
-    failure: Mutex<Option<(&'static str, String)>>,
-    on_fail: crate::FailFn,
+    outcome: Outcome,
     /// Back-channel for window credits; set once the source connected.
     link: Mutex<Option<TcpStream>>,
     qemu: Mutex<Vec<UnixStream>>,
@@ -56,14 +55,9 @@ struct Shared {
 
 impl Shared {
     fn fail(&self, err: LinkError) {
-        if self.closing.swap(true, Relaxed) {
-            return;
+        if self.outcome.fail(err) {
+            self.shutdown();
         }
-        // Recorded before anything is shut down: whoever sees the consequences (QEMU
-        // failing) can already read the cause.
-        *self.failure.lock().unwrap() = Some((err.code(), err.to_string()));
-        (self.on_fail)(err);
-        self.shutdown();
     }
 
     fn shutdown(&self) {
@@ -96,9 +90,7 @@ impl DestLink {
         let port = listener.local_addr().map_err(|e| LinkError::io("data link", e))?.port();
         let shared = Arc::new(Shared {
             stats: LinkStats::default(),
-            closing: AtomicBool::new(false),
-            failure: Mutex::new(None),
-            on_fail,
+            outcome: Outcome::new(on_fail),
             link: Mutex::new(None),
             qemu: Mutex::new(Vec::new()),
             port,
@@ -127,12 +119,12 @@ impl DestLink {
 
     /// The first failure (code, message), if there was one.
     pub fn failure(&self) -> Option<(&'static str, String)> {
-        self.shared.failure.lock().unwrap().clone()
+        self.shared.outcome.failure()
     }
 
     /// Stops everything; QEMU's connections and the link are shut down. Idempotent.
     pub fn close(&self) {
-        if self.shared.closing.swap(true, Relaxed) {
+        if !self.shared.outcome.close() {
             return;
         }
         self.shared.shutdown();
@@ -167,7 +159,7 @@ fn same_token(a: &[u8], b: &[u8]) -> bool {
 /// Accepts connections until one says hello with the token; then serves it alone.
 fn accept(shared: &Shared, listener: TcpListener, token: &[u8]) -> Result<Option<TcpStream>, LinkError> {
     for conn in listener.incoming() {
-        if shared.closing.load(Relaxed) {
+        if shared.outcome.closing() {
             return Ok(None);
         }
         let Ok(mut s) = conn else { continue };
@@ -187,7 +179,7 @@ fn accept(shared: &Shared, listener: TcpListener, token: &[u8]) -> Result<Option
 fn serve(shared: &Arc<Shared>, listener: TcpListener, cfg: DestConfig) -> Result<(), LinkError> {
     let Some(link) = accept(shared, listener, &cfg.token)? else { return Ok(()) };
     *shared.link.lock().unwrap() = Some(link.try_clone().map_err(|e| LinkError::io("data link", e))?);
-    if shared.closing.load(Relaxed) {
+    if shared.outcome.closing() {
         shared.shutdown();
         return Ok(());
     }
@@ -210,8 +202,7 @@ fn pump(shared: &Arc<Shared>, r: &mut impl std::io::Read, cfg: &DestConfig, chan
             Ok(Some(f)) => f,
             Ok(None) if channels.is_empty() => return Ok(()), // every channel ended: a clean close
             Ok(None) => return Err(LinkError::Transport("the source closed the migration link with channels still open".into())),
-            Err(e) if shared.closing.load(Relaxed) => return Err(e), // swallowed by fail()
-            Err(e) => return Err(e),
+            Err(e) => return Err(e), // after a close, fail() swallows it
         };
         shared.stats.wire_bytes.fetch_add((wire::HEADER_LEN + f.payload.len()) as u64, Relaxed);
         let id = f.channel;

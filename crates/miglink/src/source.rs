@@ -10,6 +10,7 @@
 
 use crate::multifd::{BlockNumbers, Item, MultifdReader, MULTIFD_MAGIC, QEVM_MAGIC};
 use crate::wire::{self, FrameType, KIND_MAIN, KIND_MULTIFD};
+use crate::outcome::Outcome;
 use crate::pool::Pool;
 use crate::{LinkError, LinkStats, TokenBucket};
 use novacron_memdelta::ShardedEncoder;
@@ -18,7 +19,7 @@ use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -62,9 +63,7 @@ struct Encoding {
 struct Shared {
     cfg: SourceConfig,
     stats: LinkStats,
-    closing: AtomicBool,
-    failure: Mutex<Option<(&'static str, String)>>,
-    on_fail: FailFn,
+    outcome: Outcome,
     /// Unacknowledged bytes per channel.
     windows: Mutex<HashMap<u16, u64>>,
     window_moved: Condvar,
@@ -79,14 +78,9 @@ struct Shared {
 
 impl Shared {
     fn fail(&self, err: LinkError) {
-        if self.closing.swap(true, Relaxed) {
-            return; // closing, or an earlier failure was reported: the rest are echoes
+        if self.outcome.fail(err) {
+            self.shutdown();
         }
-        // Recorded before anything is shut down: whoever sees the consequences (QEMU
-        // failing) can already read the cause.
-        *self.failure.lock().unwrap() = Some((err.code(), err.to_string()));
-        (self.on_fail)(err);
-        self.shutdown();
     }
 
     fn shutdown(&self) {
@@ -107,10 +101,10 @@ impl Shared {
     /// Blocks while channel `id` has a full window in flight.
     fn wait_window(&self, id: u16) -> Result<(), LinkError> {
         let mut w = self.windows.lock().unwrap();
-        while !self.closing.load(Relaxed) && w.get(&id).copied().unwrap_or(0) >= self.cfg.window {
+        while !self.outcome.closing() && w.get(&id).copied().unwrap_or(0) >= self.cfg.window {
             w = self.window_moved.wait(w).unwrap();
         }
-        if self.closing.load(Relaxed) {
+        if self.outcome.closing() {
             return Err(self.closed());
         }
         Ok(())
@@ -155,9 +149,7 @@ impl SourceLink {
         let shared = Arc::new(Shared {
             cfg,
             stats: LinkStats::default(),
-            closing: AtomicBool::new(false),
-            failure: Mutex::new(None),
-            on_fail,
+            outcome: Outcome::new(on_fail),
             windows: Mutex::new(HashMap::new()),
             window_moved: Condvar::new(),
             encoding: Mutex::new(Encoding { encoder, packets: 0, corrupted: false }),
@@ -180,12 +172,12 @@ impl SourceLink {
 
     /// The first failure (code, message), if there was one.
     pub fn failure(&self) -> Option<(&'static str, String)> {
-        self.shared.failure.lock().unwrap().clone()
+        self.shared.outcome.failure()
     }
 
     /// Stops everything; QEMU's connections and the link are shut down. Idempotent.
     pub fn close(&self) {
-        self.shared.closing.store(true, Relaxed);
+        self.shared.outcome.close();
         self.shared.shutdown();
         // Wake the acceptor so it sees `closing` and drops the listener.
         let _ = UnixStream::connect(&self.shared.cfg.socket_path);
@@ -209,7 +201,7 @@ fn spawn(name: &str, shared: &Arc<Shared>, f: impl FnOnce(Arc<Shared>) -> Result
 fn accept_loop(shared: &Arc<Shared>, listener: UnixListener, tx: SyncSender<Vec<u8>>) -> Result<(), LinkError> {
     let mut next_id: u16 = 1;
     for conn in listener.incoming() {
-        if shared.closing.load(Relaxed) {
+        if shared.outcome.closing() {
             return Ok(());
         }
         let stream = conn.map_err(|e| LinkError::io("accepting a QEMU migration channel", e))?;
@@ -313,7 +305,7 @@ fn forward_channel(shared: &Shared, id: u16, r: &mut BufReader<UnixStream>, tx: 
 /// Owns the link's send side: applies the bandwidth cap and flushes when the queue runs dry.
 fn send_loop(shared: &Shared, link: TcpStream, rx: Receiver<Vec<u8>>) -> Result<(), LinkError> {
     let mut w = BufWriter::with_capacity(LINK_WRITE_BUFFER, link);
-    let io = |e| if shared.closing.load(Relaxed) { shared.closed() } else { LinkError::io("data link", e) };
+    let io = |e| if shared.outcome.closing() { shared.closed() } else { LinkError::io("data link", e) };
     while let Ok(mut f) = rx.recv() {
         loop {
             if let Some(b) = &shared.cfg.bucket {
@@ -336,7 +328,7 @@ fn send_loop(shared: &Shared, link: TcpStream, rx: Receiver<Vec<u8>>) -> Result<
             }
         }
         w.flush().map_err(io)?;
-        if shared.closing.load(Relaxed) {
+        if shared.outcome.closing() {
             return Ok(());
         }
     }
