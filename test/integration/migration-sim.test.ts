@@ -64,7 +64,8 @@ describe('live migration of sim VMs (real daemons, relays, codec)', { timeout: 6
 
     // And back, then a dry run that predicts without moving anything.
     const back = await api(b.url, 'POST', `/v1/vms/${id}/migrate`, { target: a.url });
-    expect((await settle(b, back.body.id)).state).toBe('completed');
+    const returned = await settle(b, back.body.id);
+    expect(returned.state, JSON.stringify(returned)).toBe('completed');
     const dry = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: b.url, dryRun: true, bandwidthMBps: 100 });
     expect(dry.body.prediction).toMatchObject({ converges: true, inputs: { dirtyBytesPerSec: 16 * 1048576, wireBytesPerSec: 100e6 } });
     expect((await api(a.url, 'GET', `/v1/vms/${id}`)).body.state).toBe('running');
