@@ -188,7 +188,7 @@ export class VmService {
   }
 
   async patch(ref: string, req: PatchVmRequest): Promise<VmRecord> {
-    const vm = this.get(ref);
+    const vm = await this.#getSettled(ref);
     if (vm.state !== 'stopped' && vm.state !== 'pending') {
       throw new NovaError('VM_INVALID_STATE', `VM "${vm.name}" is ${vm.state}; only stopped VMs can be changed`, { state: vm.state });
     }
@@ -208,8 +208,7 @@ export class VmService {
 
   /** Starts a lifecycle operation; resolves once it is accepted (202), not finished. */
   async requestAction(ref: string, kind: OperationKind, opts: ActionOptions = {}): Promise<OperationRecord> {
-    await this.#handBackDone(ref);
-    const vm = this.get(ref);
+    const vm = await this.#getSettled(ref);
     if (this.#active.has(vm.id)) throw new NovaError('VM_BUSY', `an operation is in progress on "${vm.name}"`); // before state checks
     const rule = ACTIONS[kind];
     const forcedDelete = kind === 'delete' && opts.force && (vm.state === 'running' || vm.state === 'paused');
@@ -256,7 +255,7 @@ export class VmService {
 
   /** Adds a disk to a stopped VM, or hot-plugs it into a running one. */
   async addDisk(ref: string, disk: DiskSpec): Promise<VmRecord> {
-    const vm = this.get(ref);
+    const vm = await this.#getSettled(ref);
     if (vm.state !== 'stopped' && vm.state !== 'running') {
       throw new NovaError('VM_INVALID_STATE', `disks can be added to stopped or running VMs, not ${vm.state} ones`, { state: vm.state });
     }
@@ -322,7 +321,7 @@ export class VmService {
     allowed: VmState[],
     body: (vm: VmRecord, snaps: DiskSnapshots, existing: DiskSnapshot[]) => Promise<void>,
   ): Promise<DiskSnapshot> {
-    const vm = this.get(ref);
+    const vm = await this.#getSettled(ref);
     const snaps = this.#snapshotDriver(vm);
     if (!allowed.includes(vm.state)) throw new NovaError('VM_INVALID_STATE', `cannot ${action.replace(/d$/, '')} a snapshot while the VM is ${vm.state}`, { state: vm.state, allowedFrom: allowed });
     const release = this.#claim(vm);
@@ -386,10 +385,16 @@ export class VmService {
     };
   }
 
-  async #handBackDone(ref: string): Promise<void> {
-    const vm = this.#find(ref);
-    const pending = vm && this.#handingBack.get(vm.id);
-    if (pending) await pending;
+  /**
+   * The VM once a just-finished operation has handed its cluster lock back. Every claim
+   * goes through here: the finished operation already reads as done to clients, so a
+   * request arriving in that gap must wait, not see VM_BUSY.
+   */
+  async #getSettled(ref: string): Promise<VmRecord> {
+    const found = this.#find(ref);
+    const pending = found && this.#handingBack.get(found.id);
+    if (pending) await pending.catch(() => undefined); // a failed hand-back is logged where it fails
+    return this.get(ref);
   }
 
   /** By id or name. */
@@ -406,8 +411,7 @@ export class VmService {
 
   /** Source: claims a VM (running: live; stopped: cold) for a migration and marks it `migrating`. */
   async beginMigrationOut(ref: string, event: EventDraft): Promise<{ vm: VmRecord; release: () => void }> {
-    await this.#handBackDone(ref);
-    const vm = this.get(ref);
+    const vm = await this.#getSettled(ref);
     if (this.#active.has(vm.id)) throw new NovaError('VM_BUSY', `an operation is in progress on "${vm.name}"`);
     if (vm.state !== 'running' && vm.state !== 'stopped') throw new NovaError('VM_INVALID_STATE', `cannot migrate VM "${vm.name}" while it is ${vm.state}`, { state: vm.state, allowedFrom: ['running', 'stopped'] });
     const release = await this.#claimEverywhere(vm, 'migration');

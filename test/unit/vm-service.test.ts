@@ -89,6 +89,29 @@ describe('VmService', () => {
     expect(replay.map((e) => e.seq)).toEqual(Array.from({ length: last }, (_, i) => i + 1));
   });
 
+  it('a request right after an operation finishes waits for the cluster lock hand-back instead of VM_BUSY', async () => {
+    const { vms } = await setup();
+    let held = 0;
+    vms.useLockGuard({
+      hold: async () => {
+        held++;
+        return async () => {
+          await new Promise((r) => setTimeout(r, 150)); // a slow replicated release
+          held--;
+        };
+      },
+    });
+    const vm = await vms.create(spec('e'));
+    await settle(vms, (await vms.requestAction(vm.id, 'start')).id);
+    expect((await settle(vms, (await vms.requestAction(vm.id, 'stop')).id)).state).toBe('succeeded');
+    expect(held).toBe(1); // the stop's lock is still being handed back
+    expect((await vms.patch(vm.id, { vcpus: 2 })).spec.vcpus).toBe(2);
+    expect(held).toBe(0);
+    const started = await vms.requestAction(vm.id, 'start');
+    expect((await settle(vms, started.id)).state).toBe('succeeded');
+    await expect(vms.addDisk(vm.id, { ...spec('x').disks[0]!, name: 'extra' })).rejects.toMatchObject({ code: 'VM_INVALID_STATE' }); // sim cannot hot-plug; not VM_BUSY
+  });
+
   it('the sim driver scales to 10,000 VMs', async () => {
     const { vms, driver } = await setup();
     const N = 10_000;
