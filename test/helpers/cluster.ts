@@ -14,14 +14,30 @@ export const SECRET = 'test-cluster-secret-0123456789';
 /** Raft timing for tests: 50 ms ticks, elections after 0.5–1 s. */
 export const TEST_RAFT = { tickMs: 50, electionTicks: 10, heartbeatTicks: 2, requestTimeoutMs: 3000 };
 
+/**
+ * Members keep fixed ports across restarts, so they come from below the kernel's
+ * ephemeral range (32768+ here): a killed member's port is then never taken meanwhile by
+ * an outgoing connection's source port or a `listen(0)`. Each vitest worker gets its own
+ * block, so parallel test files never pick the same one; the bind check skips any port
+ * something else holds.
+ */
+const PORT_BLOCK = 1000;
+let nextPort = 20_000 + (Number(process.env.VITEST_POOL_ID ?? 0) % 12) * PORT_BLOCK;
+const blockEnd = nextPort + PORT_BLOCK;
+
 export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
+  while (nextPort < blockEnd) {
+    const port = nextPort++;
+    if (await canListen(port)) return port;
+  }
+  throw new Error('this worker used up its test port block');
+}
+
+function canListen(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
     const srv = createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const port = (srv.address() as { port: number }).port;
-      srv.close(() => resolve(port));
-    });
+    srv.once('error', () => resolve(false));
+    srv.listen(port, '127.0.0.1', () => srv.close(() => resolve(true)));
   });
 }
 
