@@ -180,12 +180,14 @@ export function buildProgram(): Command {
     .option('--channels <n>', 'parallel multifd channels (default 2)')
     .option('--dry-run', 'predict downtime and total time, do not migrate')
     .option('--force', 'migrate even if the prediction misses the target (with auto-converge)')
+    .option('--max-throttle <percent>', 'ceiling on the vCPU throttle of a forced migration (default 85; each pause is 10 ms × p/(100−p))')
     .option('--no-wait', 'return once the migration has started')
     .action(async (ref: string, opts) => {
       const body: Record<string, unknown> = { target: opts.to, dryRun: Boolean(opts.dryRun), force: Boolean(opts.force) };
       if (opts.maxDowntime) body.maxDowntimeMs = toInt(opts.maxDowntime, '--max-downtime');
       if (opts.bandwidth) body.bandwidthMBps = Number(opts.bandwidth);
       if (opts.channels) body.channels = toInt(opts.channels, '--channels');
+      if (opts.maxThrottle) body.maxThrottlePercent = toInt(opts.maxThrottle, '--max-throttle');
       const c = client();
       const r = await c.migrate(ref, body);
       if ('dryRun' in r) {

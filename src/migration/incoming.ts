@@ -116,7 +116,7 @@ export class IncomingMigrations {
     const now = new Date().toISOString();
     let rec: MigrationRecord = {
       id: req.migrationId, mode: req.mode, vmId: req.vm.id, vmName: req.vm.name, role: 'destination', peer: req.source, state: 'running', phase: 'prepare',
-      policy: { maxDowntimeMs: 0, channels: req.mode === 'live' ? req.channels : 1, force: false }, progress: emptyProgress(), createdAt: now, updatedAt: now,
+      policy: { maxDowntimeMs: 0, channels: req.mode === 'live' ? req.channels : 1, force: false, maxThrottlePercent: 0 }, progress: emptyProgress(), createdAt: now, updatedAt: now,
     };
     book.track(rec);
     const { checkpoint, ...offeredVm } = req.vm;

@@ -79,7 +79,7 @@ export class OutgoingMigration extends SourceMigration {
       const tStream = performance.now();
       if (disks.length > 0) await this.#mirrorDisks(disks, offer);
       await migration.startOutgoing(vmId, {
-        socketPath, channels: this.rec.policy.channels, downtimeLimitMs: this.rec.policy.maxDowntimeMs, autoConverge, pauseBeforeSwitchover: disks.length > 0,
+        socketPath, channels: this.rec.policy.channels, downtimeLimitMs: this.rec.policy.maxDowntimeMs, autoConverge, maxThrottlePercent: this.rec.policy.maxThrottlePercent, pauseBeforeSwitchover: disks.length > 0,
       });
       let lastSaved = 0;
       for (;;) {

@@ -66,6 +66,12 @@ export const MigrateRequest = z.strictObject({
   force: z.boolean().default(false),
   /** Parallel multifd channels. */
   channels: z.int().min(1).max(16).default(2),
+  /**
+   * Ceiling on the vCPU throttle of a forced migration, percent. QEMU pauses a throttled
+   * vCPU 10 ms × p/(1−p) per slice, so this bounds the longest stall the guest sees:
+   * 85% ≈ 57 ms, 90% = 90 ms, 99% ≈ 1 s. A lower ceiling may not converge.
+   */
+  maxThrottlePercent: z.int().min(1).max(99).default(85),
 });
 export type MigrateRequest = z.infer<typeof MigrateRequest>;
 export type MigrationPolicy = Omit<MigrateRequest, 'target' | 'dryRun'>;

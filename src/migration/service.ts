@@ -98,7 +98,7 @@ export class MigrationService {
     const prediction = await this.#predict(vm, migration, req);
     if (req.dryRun) return { started: false, prediction };
     if ((!prediction.converges || prediction.downtimeMs > req.maxDowntimeMs) && !req.force) {
-      throw new NovaError('MIGRATION_WONT_CONVERGE', `predicted not to converge within ${req.maxDowntimeMs} ms downtime (needs ~${prediction.throttleNeededPercent}% vCPU throttle); pass force to migrate with auto-converge`, { prediction });
+      throw new NovaError('MIGRATION_WONT_CONVERGE', `predicted not to converge within ${req.maxDowntimeMs} ms downtime (needs ~${prediction.throttleNeededPercent}% vCPU throttle, ceiling ${req.maxThrottlePercent}%); pass force to migrate with auto-converge`, { prediction });
     }
     const { rec, release } = await this.#begin(vm, 'live', req, prediction);
     const { target } = req;

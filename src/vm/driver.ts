@@ -152,6 +152,8 @@ export interface OutgoingParams {
   downtimeLimitMs: number;
   /** Let the hypervisor throttle vCPUs when pre-copy does not converge. */
   autoConverge: boolean;
+  /** The throttle never goes above this, percent (bounds each vCPU pause). */
+  maxThrottlePercent: number;
   /** Stop at pre-switchover (guest paused, device state not yet sent) until `continueSwitchover`. */
   pauseBeforeSwitchover: boolean;
 }

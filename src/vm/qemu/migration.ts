@@ -121,6 +121,7 @@ export class QemuLiveMigration implements LiveMigration {
       'cpu-throttle-initial': 10,
       'cpu-throttle-increment': 10,
       'cpu-throttle-tailslow': true,
+      'max-cpu-throttle': p.maxThrottlePercent,
     });
     await qmp.execute('migrate', { uri: `unix:${p.socketPath}` });
   }
