@@ -193,8 +193,10 @@ async function novaMigrate(g, link) {
   void hb.follow(join(dst.dataDir, 'vms', g.id, 'console.sock'));
   let rec;
   let cancelled = false;
+  let throttlePercent = 0; // the highest seen: QEMU lifts the throttle once it completes
   for (;;) {
     rec = await call(src.url, 'GET', `/v1/migrations/${m.id}`);
+    throttlePercent = Math.max(throttlePercent, rec.progress.throttlePercent ?? 0);
     if (rec.state !== 'running') break;
     if (!cancelled && performance.now() - t0 > TIMEOUT_MS) {
       cancelled = true;
@@ -207,7 +209,7 @@ async function novaMigrate(g, link) {
   hb.close();
   if (rec.state !== 'completed') {
     if (!cancelled) throw new Error(`NovaCron migration ${rec.state}: ${JSON.stringify(rec.error)}`);
-    return { converged: false, totalMs: round(performance.now() - t0), wireBytes: rec.progress.bytesWire, stallMs, maxGapMs };
+    return { converged: false, totalMs: round(performance.now() - t0), wireBytes: rec.progress.bytesWire, stallMs, maxGapMs, throttlePercent };
   }
   g.at = 1 - g.at;
   return {
@@ -223,6 +225,7 @@ async function novaMigrate(g, link) {
     rawBytes: rec.progress.bytesRaw,
     rounds: rec.progress.rounds,
     dirtyBytesPerSec: rec.progress.dirtyBytesPerSec,
+    throttlePercent,
     predictedTotalMs: round(rec.prediction.totalMs),
   };
 }
@@ -355,7 +358,7 @@ function linkCpuMs() {
 async function nativeLinks(dst, link) {
   const { SourceLink, DestLink, LinkBucket } = await import('../../dist/native/miglink.js');
   const { DEFAULT_SHARDS } = await import('../../dist/native/memdelta.js');
-  const { CHANNEL_WINDOW } = await import('../../dist/migration/wire.js');
+  const { channelWindow } = await import('../../dist/migration/wire.js');
   const { randomBytes } = await import('node:crypto');
   const token = randomBytes(24);
   const qemuSocket = join(dst.dir, 'in.sock');
@@ -365,7 +368,7 @@ async function nativeLinks(dst, link) {
   const dest = new DestLink({ bindHost: '127.0.0.1', qemuSocket, token, capacityPages, shards: DEFAULT_SHARDS }, fail);
   const sourceSock = join(dst.dir, 'out.sock');
   const source = new SourceLink(
-    { socketPath: sourceSock, host: '127.0.0.1', port: dest.port, token, capacityPages, shards: DEFAULT_SHARDS, window: CHANNEL_WINDOW, ...(link ? { bucket: new LinkBucket(link * 1e6) } : {}) },
+    { socketPath: sourceSock, host: '127.0.0.1', port: dest.port, token, capacityPages, shards: DEFAULT_SHARDS, window: channelWindow(link || undefined), ...(link ? { bucket: new LinkBucket(link * 1e6) } : {}) },
     fail,
   );
   return { source, dest, sourceSock, close: () => (source.close(), dest.close()) };

@@ -12,7 +12,9 @@ import { usedInPlace, type VmSpec } from '../vm/spec.js';
 import { NbdTunnel } from './nbd-tunnel.js';
 import type { MigrationRecord } from './record.js';
 import { SourceMigration, type SourceDeps } from './source-migration.js';
-import { CHANNEL_WINDOW } from './wire.js';
+import { RecentRate } from './rate.js';
+import { SwitchoverTuner } from './switchover.js';
+import { channelWindow } from './wire.js';
 
 export interface OutgoingDeps extends SourceDeps {
   driver: HypervisorDriver;
@@ -65,10 +67,12 @@ export class OutgoingMigration extends SourceMigration {
       await this.peer.connect(offer);
       if (!offer.data) throw new NovaError('MIGRATION_TARGET_REJECTED', `${this.target} offered no data link (a NovaCron without the native migration link)`);
       const socketPath = join(this.#deps.runDir, `${this.rec.id}.sock`);
+      const window = channelWindow(this.rec.policy.bandwidthMBps);
+      const switchover = new SwitchoverTuner(this.rec.policy.maxDowntimeMs, window * (this.rec.policy.channels + 1));
       this.#link = new SourceLink(
         {
           socketPath, host: offer.transport.host, port: offer.data.port, token: Buffer.from(offer.token, 'hex'),
-          capacityPages: cachePages, shards: DEFAULT_SHARDS, window: CHANNEL_WINDOW,
+          capacityPages: cachePages, shards: DEFAULT_SHARDS, window,
           ...(this.#bucket ? { bucket: this.#bucket } : {}),
           ...(this.#deps.faults ? { faults: this.#deps.faults } : {}),
         },
@@ -79,9 +83,11 @@ export class OutgoingMigration extends SourceMigration {
       const tStream = performance.now();
       if (disks.length > 0) await this.#mirrorDisks(disks, offer);
       await migration.startOutgoing(vmId, {
-        socketPath, channels: this.rec.policy.channels, downtimeLimitMs: this.rec.policy.maxDowntimeMs, autoConverge, maxThrottlePercent: this.rec.policy.maxThrottlePercent, pauseBeforeSwitchover: disks.length > 0,
+        socketPath, channels: this.rec.policy.channels, downtimeLimitMs: switchover.settings.downtimeLimitMs, autoConverge, maxThrottlePercent: this.rec.policy.maxThrottlePercent, pauseBeforeSwitchover: disks.length > 0,
       });
       let lastSaved = 0;
+      const linkRate = new RecentRate(1000);
+      this.rec = { ...this.rec, progress: { ...this.rec.progress, downtimeLimitMs: switchover.settings.downtimeLimitMs } };
       for (;;) {
         const p = await migration.progress(vmId);
         if (p.status === 'pre-switchover') {
@@ -103,6 +109,11 @@ export class OutgoingMigration extends SourceMigration {
         }
         this.check();
         this.#absorb(p);
+        const tuned = p.status === 'active' ? switchover.next(p.rounds, linkRate.sample(this.rec.progress.bytesRaw)) : undefined;
+        if (tuned) {
+          await migration.tuneSwitchover(vmId, tuned);
+          this.rec = { ...this.rec, progress: { ...this.rec.progress, downtimeLimitMs: tuned.downtimeLimitMs, ...(tuned.bytesPerSec ? { switchoverBytesPerSec: tuned.bytesPerSec } : {}) } };
+        }
         const phase = p.status === 'device' || p.status === 'pre-switchover' ? 'switchover' : 'precopy';
         if (Date.now() - lastSaved >= PROGRESS_EVERY_MS || phase !== this.rec.phase) {
           lastSaved = Date.now();

@@ -19,6 +19,10 @@ export interface MigrationProgressFigures {
   remainingBytes: number;
   totalBytes: number;
   predictedDowntimeMs?: number;
+  /** The downtime limit QEMU works to now: it starts low and steps up toward the target. */
+  downtimeLimitMs?: number;
+  /** The switchover bandwidth QEMU was given (the link's measured raw rate), bytes/s. */
+  switchoverBytesPerSec?: number;
   throttlePercent: number;
   /** Live storage migration: disk bytes the mirrors copied, of their current total. */
   storageCopiedBytes?: number;

@@ -218,6 +218,11 @@ export interface LiveMigration {
   sampleMemory(vmId: string, offset: number, bytes: number): Promise<Buffer>;
   /** Source, at pre-switchover: go on and send the device state. */
   continueSwitchover(vmId: string): Promise<void>;
+  /**
+   * Source, mid-flight: switch over once the rest fits in `downtimeLimitMs` at
+   * `bytesPerSec` (raw bytes; when omitted, the hypervisor's own estimate).
+   */
+  tuneSwitchover(vmId: string, s: { downtimeLimitMs: number; bytesPerSec?: number }): Promise<void>;
   /** Present when the driver can move local disks of a running VM. */
   storage?: StorageMigration;
 }

@@ -99,6 +99,9 @@ interface Outgoing {
   transferred: number;
   remaining: number;
   rounds: number;
+  /** Switch over once the rest fits in this many ms at the rate so far (or the one given). */
+  downtimeLimitMs: number;
+  bytesPerSec?: number;
   stoppedAt?: number;
   error?: string;
   sockets: Socket[];
@@ -212,10 +215,17 @@ export class SimLiveMigration implements LiveMigration {
     // The sim never pauses before switchover (it has no disks to mirror).
   }
 
+  async tuneSwitchover(vmId: string, s: { downtimeLimitMs: number; bytesPerSec?: number }): Promise<void> {
+    const out = this.#out.get(vmId);
+    if (!out) return;
+    out.downtimeLimitMs = s.downtimeLimitMs;
+    if (s.bytesPerSec) out.bytesPerSec = s.bytesPerSec;
+  }
+
   async startOutgoing(vmId: string, p: OutgoingParams): Promise<void> {
     const mem = this.#host.memory(vmId);
     if (!mem) throw new DriverError('migrate', `sim: VM ${vmId} is not running`);
-    const out: Outgoing = { status: 'setup', transferred: 0, remaining: mem.pages * PAGE, rounds: 0, sockets: [], cancelled: false };
+    const out: Outgoing = { status: 'setup', transferred: 0, remaining: mem.pages * PAGE, rounds: 0, downtimeLimitMs: p.downtimeLimitMs, sockets: [], cancelled: false };
     this.#out.set(vmId, out);
     const open = async () => {
       const s = connect(p.socketPath);
@@ -274,11 +284,11 @@ export class SimLiveMigration implements LiveMigration {
       out.rounds++;
       out.remaining = dirty.length * PAGE;
       await send(dirty);
-      const rate = out.transferred / Math.max(1, performance.now() - t0); // bytes per ms so far
+      const rate = out.bytesPerSec ? out.bytesPerSec / 1000 : out.transferred / Math.max(1, performance.now() - t0); // bytes per ms
       const next = mem.dirty.reduce((n, d) => n + d, 0) * PAGE;
       out.remaining = next;
       // Like QEMU: switch over once the rest fits in the downtime limit.
-      if (next / Math.max(rate, 1) <= p.downtimeLimitMs || out.rounds >= 30) break;
+      if (next / Math.max(rate, 1) <= out.downtimeLimitMs || out.rounds >= 30) break;
     }
     // Switchover: stop the guest, send the rest and the "device state".
     out.status = 'device';
