@@ -148,11 +148,9 @@ export class QemuLiveMigration implements LiveMigration {
   }
 
   async tuneSwitchover(vmId: string, s: { downtimeLimitMs: number; bytesPerSec?: number }): Promise<void> {
-    const { qmp } = await this.#host.instance(vmId);
-    const v = qmp.version?.qemu;
-    // avail-switchover-bandwidth arrived in QEMU 8.2; older ones keep their own estimate.
-    const bandwidth = s.bytesPerSec && v && (v.major > 8 || (v.major === 8 && v.minor >= 2)) ? { 'avail-switchover-bandwidth': Math.round(s.bytesPerSec) } : {};
-    await qmp.execute('migrate-set-parameters', { 'downtime-limit': s.downtimeLimitMs, ...bandwidth });
+    // avail-switchover-bandwidth arrived in QEMU 8.2; live migration needs 9.0 (unsupported()).
+    const bandwidth = s.bytesPerSec ? { 'avail-switchover-bandwidth': Math.round(s.bytesPerSec) } : {};
+    await (await this.#host.instance(vmId)).qmp.execute('migrate-set-parameters', { 'downtime-limit': s.downtimeLimitMs, ...bandwidth });
   }
 
   async resumeHere(vmId: string): Promise<void> {
