@@ -109,7 +109,7 @@ export class OutgoingMigration extends SourceMigration {
         }
         this.check();
         this.#absorb(p);
-        const tuned = p.status === 'active' ? switchover.next(p.rounds, linkRate.sample(this.rec.progress.bytesRaw)) : undefined;
+        const tuned = p.status === 'active' ? switchover.next(p.rounds, p.remainingBytes, linkRate.sample(this.rec.progress.bytesRaw)) : undefined;
         if (tuned) {
           await migration.tuneSwitchover(vmId, tuned);
           this.rec = { ...this.rec, progress: { ...this.rec.progress, downtimeLimitMs: tuned.downtimeLimitMs, ...(tuned.bytesPerSec ? { switchoverBytesPerSec: tuned.bytesPerSec } : {}) } };

@@ -11,18 +11,18 @@
  * - **What the link holds.** QEMU counts bytes in the link as sent; they drain after the
  *   guest stops. The limit QEMU works to is the target less that drain time.
  *
- * The limit itself steps up (as OpenStack Nova's live_migration_downtime_steps do): it
- * starts at an eighth of the target and grows by half every two rounds without
- * switchover, so a migration that can stop the guest briefly does, and one that cannot
- * still reaches its whole budget within a few rounds.
+ * The limit itself steps up (like OpenStack Nova's live_migration_downtime_steps, but
+ * driven by the rounds rather than the clock): it starts at an eighth of the target and
+ * stays there while each round's dirty set is under half the one before, since such
+ * rounds soon leave little enough to stop the guest briefly. When a round shrinks less
+ * than that (the dirty rate is close to the link's), a low limit would only buy more
+ * rounds, so the limit doubles, up to the budget.
  */
 
 /** The first limit is this share of the target. */
 const START_SHARE = 1 / 8;
-/** Each step raises the limit by this factor... */
-const STEP = 1.5;
-/** ...after this many rounds at the current limit (the first pass is round 1). */
-const ROUNDS_PER_STEP = 2;
+/** A round whose dirty set is at least this share of the previous one's doubles the limit. */
+const SLOW_SHRINK = 0.5;
 /** QEMU always gets at least this share of the target. */
 const MIN_BUDGET_SHARE = 1 / 4;
 /** Only re-sends are like what is left at switchover (a first pass is mostly zero pages). */
@@ -40,7 +40,9 @@ export class SwitchoverTuner {
   /** Bytes the link can hold in flight (all channels' windows). */
   readonly #inFlightBytes: number;
   #limitMs: number;
-  #roundAtLimit = 0;
+  /** The last round seen, and its dirty set when first seen (bytes). */
+  #round = 0;
+  #roundDirty = 0;
   /** The link's best raw throughput while re-sending, bytes/s. */
   #peakBytesPerSec = 0;
 
@@ -61,18 +63,22 @@ export class SwitchoverTuner {
   }
 
   /**
-   * After a progress report (`round`: QEMU's dirty-sync count; `rawBytesPerSec`: the
-   * link's throughput over the last second): the new settings when they changed.
+   * After a progress report: `round` is QEMU's dirty-sync count, `remainingBytes` what it
+   * has left to send, `rawBytesPerSec` the link's throughput over the last second.
+   * Returns the new settings when they changed.
    */
-  next(round: number, rawBytesPerSec: number): SwitchoverSettings | undefined {
+  next(round: number, remainingBytes: number, rawBytesPerSec: number): SwitchoverSettings | undefined {
     const before = this.settings;
     if (round >= FIRST_RESEND_ROUND + 1 && rawBytesPerSec > this.#peakBytesPerSec) this.#peakBytesPerSec = rawBytesPerSec;
     const budget = Math.max(1, Math.floor(this.budgetMs()));
     let limit = Math.min(this.#limitMs, budget);
-    if (this.#roundAtLimit === 0) this.#roundAtLimit = round;
-    else if (round >= this.#roundAtLimit + ROUNDS_PER_STEP) {
-      this.#roundAtLimit = round;
-      limit = Math.min(budget, Math.max(limit + 1, Math.round(limit * STEP)));
+    if (round > this.#round) {
+      // Right after a sync, what QEMU has left is the round's dirty set. The first pass
+      // (round 1) is the whole of RAM, no measure of the dirty rate.
+      const slow = this.#round >= FIRST_RESEND_ROUND && remainingBytes >= this.#roundDirty * SLOW_SHRINK;
+      if (slow) limit = Math.min(budget, limit * 2);
+      this.#round = round;
+      this.#roundDirty = remainingBytes;
     }
     this.#limitMs = limit;
     const after = this.settings;

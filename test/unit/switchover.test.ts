@@ -5,30 +5,37 @@ import { SwitchoverTuner } from '../../src/migration/switchover.js';
 const MB = 1e6;
 
 describe('SwitchoverTuner', () => {
-  it('starts at an eighth of the target, steps up by half every two rounds, up to the target less the link drain', () => {
+  it('holds an eighth of the target while rounds shrink fast, and doubles toward the budget once they do not', () => {
     const t = new SwitchoverTuner(50, 3 * MB);
     expect(t.settings).toEqual({ downtimeLimitMs: 6 });
-    const limits: number[] = [];
     // 375 MB/s while re-sending: QEMU is told 300 MB/s; 3 MB drain in 10 ms, so the budget is 40 ms.
-    for (let round = 1; round <= 14; round++) limits.push((t.next(round, round >= 3 ? 375 * MB : 900 * MB) ?? t.settings).downtimeLimitMs);
-    expect(limits).toEqual([6, 6, 9, 9, 14, 14, 21, 21, 32, 32, 40, 40, 40, 40]);
+    const rounds: Array<[number, number]> = [[1, 2000], [2, 400], [3, 100], [4, 30], [5, 25], [6, 24], [7, 20], [8, 6], [9, 5]];
+    const limits = rounds.map(([round, dirtyMB]) => (t.next(round, dirtyMB * MB, round >= 3 ? 375 * MB : 900 * MB) ?? t.settings).downtimeLimitMs);
+    expect(limits).toEqual([6, 6, 6, 6, 12, 24, 40, 40, 40]);
     expect(t.settings.bytesPerSec).toBe(300 * MB);
     expect(t.budgetMs()).toBe(40);
   });
 
+  it('judges a round by its dirty set when first seen, not by what is left of it later', () => {
+    const t = new SwitchoverTuner(50, MB);
+    t.next(2, 100 * MB, 300 * MB);
+    t.next(2, 10 * MB, 300 * MB); // the same round, mostly sent
+    expect(t.next(3, 20 * MB, 300 * MB)?.downtimeLimitMs ?? t.settings.downtimeLimitMs).toBe(6); // 20 of 100: fast
+  });
+
   it('learns the bandwidth only from re-sends (a first pass of zero pages is no guide), and keeps the best', () => {
     const t = new SwitchoverTuner(50, 12 * MB);
-    expect(t.next(1, 2000 * MB)).toBeUndefined();
-    expect(t.next(2, 2000 * MB)).toBeUndefined();
+    expect(t.next(1, 2000 * MB, 2000 * MB)).toBeUndefined();
+    expect(t.next(2, 100 * MB, 2000 * MB)).toBeUndefined();
     expect(t.settings.bytesPerSec).toBeUndefined();
-    expect(t.next(3, 250 * MB)).toEqual({ downtimeLimitMs: 9, bytesPerSec: 200 * MB });
-    t.next(4, 100 * MB); // a quiet second does not lower it
+    expect(t.next(3, 10 * MB, 250 * MB)).toEqual({ downtimeLimitMs: 6, bytesPerSec: 200 * MB });
+    t.next(4, 1 * MB, 100 * MB); // a quiet second does not lower it
     expect(t.settings.bytesPerSec).toBe(200 * MB);
   });
 
   it('never leaves QEMU less than a quarter of the target, however much the link holds', () => {
     const t = new SwitchoverTuner(50, 64 * MB);
-    for (let round = 1; round <= 30; round++) t.next(round, 250 * MB);
+    for (let round = 1; round <= 30; round++) t.next(round, 100 * MB, 250 * MB);
     expect(t.budgetMs()).toBe(12.5);
     expect(t.settings.downtimeLimitMs).toBe(12);
   });
