@@ -64,6 +64,7 @@ describe('live migration of sim VMs (real daemons, relays, codec)', { timeout: 6
 
     // And back, then a dry run that predicts without moving anything.
     const back = await api(b.url, 'POST', `/v1/vms/${id}/migrate`, { target: a.url });
+    expect(back.status, JSON.stringify(back.body)).toBe(202);
     const returned = await settle(b, back.body.id);
     expect(returned.state, JSON.stringify(returned)).toBe('completed');
     const dry = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: b.url, dryRun: true, bandwidthMBps: 100 });
