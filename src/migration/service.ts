@@ -203,9 +203,9 @@ export class MigrationService {
     let wire = 0;
     let zero = 0;
     let sampled = 0;
-    // The codec's speed is the best chunk's: one descheduled chunk on a busy host would
+    // The codec's speed is the median chunk's: one descheduled chunk on a busy host would
     // otherwise make the whole path look slow and the plan refuse a migration that fits.
-    let bestBytesPerMs = 0;
+    const chunkBytesPerMs: number[] = [];
     for (const off of offsets) {
       const pages = await migration.sampleMemory(vm.id, off, chunk);
       first.push(pages);
@@ -222,14 +222,15 @@ export class MigrationService {
       const t = performance.now();
       wire += encoder.encode(BigUint64Array.from(nonZero, (p) => BigInt(off / PAGE_SIZE + p)), batch).length;
       const ms = performance.now() - t;
-      if (ms > 0) bestBytesPerMs = Math.max(bestBytesPerMs, batch.length / ms);
+      if (ms > 0) chunkBytesPerMs.push(batch.length / ms);
       raw += batch.length;
     }
     const firstRatio = raw > 0 ? raw / Math.max(1, wire) : 1;
     const nonZeroFraction = sampled > 0 ? 1 - zero / sampled : 1;
     // The relay does more than encode (parsing, copies, sockets, the decode on the far
     // side): half the codec's measured speed, as bench/migration showed on this host class.
-    const pathRawBytesPerSec = bestBytesPerMs > 0 ? bestBytesPerMs * 1000 * RELAY_SHARE_OF_CODEC_SPEED : DEFAULT_PATH_RAW_BYTES_PER_SEC;
+    const codecBytesPerMs = median(chunkBytesPerMs);
+    const pathRawBytesPerSec = codecBytesPerMs > 0 ? codecBytesPerMs * 1000 * RELAY_SHARE_OF_CODEC_SPEED : DEFAULT_PATH_RAW_BYTES_PER_SEC;
     // Re-sent pages: sample again, and encode only the pages that changed, against the
     // versions "sent" above — what pre-copy's later rounds do.
     raw = 0;
@@ -261,3 +262,10 @@ export class MigrationService {
   }
 }
 
+/** The median of `xs` (0 when empty). */
+function median(xs: number[]): number {
+  if (xs.length === 0) return 0;
+  const s = [...xs].sort((a, b) => a - b);
+  const mid = s.length >> 1;
+  return s.length % 2 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
+}
