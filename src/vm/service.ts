@@ -393,7 +393,9 @@ export class VmService {
   async #getSettled(ref: string): Promise<VmRecord> {
     const found = this.#find(ref);
     const pending = found && this.#handingBack.get(found.id);
-    if (pending) await pending.catch(() => undefined); // a failed hand-back is logged where it fails
+    // The cluster guard's release swallows its own failures (the lock then lapses on its
+    // TTL); should another guard's reject, the request goes on and meets the lock instead.
+    if (pending) await pending.catch(() => undefined);
     return this.get(ref);
   }
 
