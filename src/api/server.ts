@@ -9,6 +9,7 @@ import { timingSafeEqual } from 'node:crypto';
 import type { Logger } from 'pino';
 import { NovaError, toErrorBody } from '../errors.js';
 import type { ApiReply, ApiRequest, Handler, Router } from './router.js';
+import { parseJsonBody } from './json-body.js';
 import { loadUws, type UWS } from './uws.js';
 import type { Metrics } from '../telemetry/metrics.js';
 import type { RouteStats } from '../telemetry/request-stats.js';
@@ -166,18 +167,12 @@ export class ApiServer {
       }
       chunks.push(Buffer.from(chunk.slice(0))); // uWS reuses the chunk's memory.
       if (!isLast) return;
-      const text = Buffer.concat(chunks).toString('utf8');
-      if (text.trim().length > 0) {
-        try {
-          request.body = JSON.parse(text);
-        } catch (e) {
-          return x.fail(new NovaError('BAD_JSON', `request body is not valid JSON: ${(e as Error).message}`));
-        }
-        // Own "__proto__" keys survive JSON.parse and are silently dropped by schema
-        // libraries; refuse them outright rather than store something other than was sent.
-        if (text.includes('__proto__') && hasProtoKey(request.body)) {
-          return x.fail(new NovaError('VALIDATION_FAILED', 'the key "__proto__" is not allowed'));
-        }
+      // Nothing thrown in a uWS callback may escape: it would end the process.
+      try {
+        const text = Buffer.concat(chunks).toString('utf8');
+        if (text.trim().length > 0) request.body = parseJsonBody(text);
+      } catch (err) {
+        return x.fail(err);
       }
       this.#run(x, route.handler, request);
     });
@@ -207,12 +202,6 @@ export class ApiServer {
     this.#inFlight--;
     if (this.#inFlight === 0) for (const r of this.#drained.splice(0)) r();
   }
-}
-
-function hasProtoKey(value: unknown): boolean {
-  if (value === null || typeof value !== 'object') return false;
-  if (Object.hasOwn(value, '__proto__')) return true;
-  return Object.values(value).some(hasProtoKey);
 }
 
 const METHODS: Record<string, string> = { get: 'GET', post: 'POST', put: 'PUT', patch: 'PATCH', delete: 'DELETE', head: 'HEAD', options: 'OPTIONS' };

@@ -108,3 +108,31 @@ describe('API fuzzing: no crash, clean 4xx, nothing stored is lost', () => {
     await expectIntact();
   });
 });
+
+describe('pre-auth: hostile bodies to the public join endpoint', () => {
+  const token = 'fuzz-token-0123456789abcdef';
+  let t: DaemonHandle;
+  beforeAll(async () => {
+    t = await spawnDaemon({ env: { NOVACRON_API_TOKEN: token } });
+  });
+  afterAll(async () => {
+    await t.kill();
+    removeDir(t.dataDir);
+  });
+
+  it('a body nested 50,000 deep around "__proto__", sent without credentials, gets a 400 and the daemon keeps answering', async () => {
+    const depth = 50_000;
+    for (const body of ['['.repeat(depth) + '{"__proto__":1}' + ']'.repeat(depth), '{"a":'.repeat(depth) + '{"__proto__":{}}' + '}'.repeat(depth)]) {
+      const r = await api(t.url, 'POST', '/v1/cluster/members', body);
+      expect(r.status).toBe(400);
+      expect(r.body.error.code).toBe('VALIDATION_FAILED');
+      expect(r.body.error.message).toMatch(/deeper than 64/);
+    }
+    const shallow = await api(t.url, 'POST', '/v1/cluster/members', '{"nodeId":"x","address":"127.0.0.1:1","__proto__":{"admin":true}}');
+    expect(shallow.status).toBe(400);
+    expect(shallow.body.error.code).toBe('VALIDATION_FAILED');
+    expect((await api(t.url, 'GET', '/healthz')).status).toBe(200);
+    expect(t.proc.exitCode).toBeNull();
+  });
+});
+
