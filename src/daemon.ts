@@ -58,7 +58,7 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
   try {
     const events = await EventLog.open(store, { retain: config.eventRetention });
     const driver = selectDriver(config.driver, { sim: config.sim, dataDir, log });
-    const vms = await VmService.open({ store, events, driver, nodeId: config.nodeId, log, shutdownTimeoutMs: config.shutdownTimeoutMs });
+    const vms = await VmService.open({ store, events, driver, nodeId: config.nodeId, log, shutdownTimeoutMs: config.shutdownTimeoutMs, apiAuthenticated: config.apiToken !== undefined });
     const migrations = await MigrationService.open({
       store, events, vms, driver, log, nodeId: config.nodeId, dataDir, host: config.host,
       ...(config.migrationPort ? { transportPort: config.migrationPort } : {}),

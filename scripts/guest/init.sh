@@ -34,4 +34,25 @@ case " $(cat /proc/cmdline) " in
     ) &
     ;;
 esac
+# nc.api=PORT: bring up the virtio NIC with a DHCP lease from QEMU's user-mode network
+# ("NCNET lease <ip>" proves the NIC works), then try to drive the host's NovaCron API
+# through the user-mode gateway 10.0.2.2 once, and report what came back ("NCAPI ...").
+for arg in $(cat /proc/cmdline); do
+  case "$arg" in
+    nc.api=*)
+      port=${arg#nc.api=}
+      for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci failover net_failover virtio_net; do insmod /lib/modules/$m.ko 2>/dev/null; done
+      printf '#!/bin/sh\n[ "$1" = bound ] && ip addr add "$ip/24" dev "$interface" && echo "NCNET lease $ip" > /dev/console\nexit 0\n' > /etc/udhcpc.sh
+      chmod +x /etc/udhcpc.sh
+      ip link set lo up
+      ip link set eth0 up
+      udhcpc -i eth0 -n -q -t 10 -T 1 -s /etc/udhcpc.sh >/dev/null 2>&1 || echo "NCNET no lease"
+      # (busybox 1.35's wget crashes when -T meets a long option: bound it with timeout instead)
+      out=$(timeout 15 wget -q -O - --header 'Content-Type: application/json' \
+        --post-data '{"name":"made-by-guest","vcpus":1,"memoryMiB":64,"disks":[{"name":"r","sizeMiB":1}]}' \
+        "http://10.0.2.2:$port/v1/vms" 2>&1)
+      echo "NCAPI rc=$? $(echo "$out" | tr '\n' ' ')"
+      ;;
+  esac
+done
 exec /bin/heartbeat

@@ -13,7 +13,7 @@ import { newOperation, opKey, OP_PREFIX, type OperationKind, type OperationRecor
 import { prefixRange, type Store, type WriteOp } from '../store/store.js';
 import { DriverError, type DiskSnapshot, type DiskSnapshots, type DriverEvent, type DriverInstanceState, type HypervisorDriver, type VmStats } from './driver.js';
 import { newId, type VmRecord } from './record.js';
-import { semanticProblems, type CreateVmRequest, type DiskSpec, type PatchVmRequest, type VmSpec } from './spec.js';
+import { semanticProblems, unrestrictedUserNic, type CreateVmRequest, type DiskSpec, type PatchVmRequest, type VmSpec } from './spec.js';
 import { allowedTransitions, canTransition, VM_STATES, type VmState } from './state.js';
 
 const VM_PREFIX = 'vm/';
@@ -65,6 +65,8 @@ export interface VmServiceDeps {
   log: Logger;
   /** Default ACPI shutdown timeout. */
   shutdownTimeoutMs?: number;
+  /** True when this host's API requires a token; only then may a guest's NIC reach the host's loopback. */
+  apiAuthenticated?: boolean;
 }
 
 /**
@@ -203,6 +205,11 @@ export class VmService {
 
   #problems(spec: VmSpec): string[] {
     const problems = semanticProblems(spec);
+    if (!this.#deps.apiAuthenticated) {
+      for (const n of spec.nics.filter(unrestrictedUserNic)) {
+        problems.push(`nic "${n.name}": an unrestricted user-mode NIC lets the guest reach this host's loopback, where the API serves without a token; configure an API token first`);
+      }
+    }
     return problems.length > 0 ? problems : (this.#deps.driver.validate?.(spec) ?? []);
   }
 

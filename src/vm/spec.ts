@@ -28,6 +28,13 @@ export const NicSpec = z.strictObject({
   bridge: z.string().regex(/^[A-Za-z0-9_.-]{1,15}$/).optional(),
   mac: z.string().regex(/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/).optional(),
   model: z.enum(['virtio', 'e1000']).default('virtio'),
+  /**
+   * User mode only. Restricted (the default, QEMU's `restrict=on`): the guest gets its
+   * DHCP lease and reaches nothing on the host or beyond it. `false` lets the guest open
+   * connections out through the host, including to the host's loopback services (QEMU
+   * maps the gateway 10.0.2.2 onto 127.0.0.1); refused while the daemon's API has no token.
+   */
+  restrict: z.boolean().optional(),
 });
 
 export const BootSpec = z.discriminatedUnion('type', [
@@ -81,6 +88,11 @@ export function usedInPlace(disk: DiskSpec): boolean {
 }
 export type NicSpec = z.infer<typeof NicSpec>;
 
+/** A user-mode NIC through which the guest can reach the host's loopback (and the outside). */
+export function unrestrictedUserNic(n: NicSpec): boolean {
+  return n.mode === 'user' && n.restrict === false;
+}
+
 /**
  * Cross-field rules zod cannot express per field. Returns human-readable problems;
  * an empty list means the spec is consistent (→ 422 VM_SPEC_INVALID otherwise).
@@ -104,6 +116,7 @@ export function semanticProblems(spec: VmSpec): string[] {
   for (const n of spec.nics) {
     if (n.mode === 'bridge' && !n.bridge) problems.push(`nic "${n.name}": bridge mode needs a bridge name`);
     if (n.mode === 'user' && n.bridge) problems.push(`nic "${n.name}": bridge is only valid in bridge mode`);
+    if (n.mode === 'bridge' && n.restrict !== undefined) problems.push(`nic "${n.name}": restrict is only valid in user mode`);
   }
   if (spec.boot.type === 'disk') {
     const bootDisk = spec.boot.disk;

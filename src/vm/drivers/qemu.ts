@@ -15,7 +15,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import { DriverError, type DiskSnapshot, type DiskSnapshots, type DriverInstanceState, type HypervisorDriver, type LiveMigration, type ShutdownOptions, type VmStats } from '../driver.js';
 import type { VmRecord } from '../record.js';
-import { usedInPlace, type DiskSpec, type VmSpec } from '../spec.js';
+import { unrestrictedUserNic, usedInPlace, type DiskSpec, type VmSpec } from '../spec.js';
 import { probeAccelerator } from '../qemu/accel.js';
 import { QemuLiveMigration } from '../qemu/migration.js';
 import { QmpClient, type QmpEvent } from '../qemu/qmp.js';
@@ -418,7 +418,7 @@ export class QemuDriver implements HypervisorDriver {
       else args.push('-device', `virtio-scsi-pci,id=scsi-${d.name}`, '-device', `scsi-hd,drive=drive-${d.name},id=disk-${d.name},bus=scsi-${d.name}.0`);
     }
     for (const n of spec.nics) {
-      args.push('-netdev', n.mode === 'user' ? `user,id=net-${n.name}` : `bridge,id=net-${n.name},br=${n.bridge}`);
+      args.push('-netdev', n.mode === 'user' ? `user,id=net-${n.name}${unrestrictedUserNic(n) ? '' : ',restrict=on'}` : `bridge,id=net-${n.name},br=${n.bridge}`);
       args.push('-device', `${n.model === 'virtio' ? 'virtio-net-pci' : 'e1000'},netdev=net-${n.name}${n.mac ? `,mac=${n.mac}` : ''}`);
     }
     if (spec.boot.type === 'kernel') {
