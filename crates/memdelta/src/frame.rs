@@ -74,26 +74,51 @@ pub(crate) fn parse_all(input: &[u8]) -> Result<Vec<Frame<'_>>, CodecError> {
     let mut frames = Vec::with_capacity(input.len() / 64 + 1);
     let mut at = 0;
     while at < input.len() {
-        let header = input.get(at..at + FRAME_HEADER_LEN).ok_or(CodecError::Truncated(at))?;
+        let header = input
+            .get(at..at + FRAME_HEADER_LEN)
+            .ok_or(CodecError::Truncated(at))?;
         if header[0..2] != MAGIC {
-            return Err(CodecError::Malformed { offset: at, reason: "bad magic" });
+            return Err(CodecError::Malformed {
+                offset: at,
+                reason: "bad magic",
+            });
         }
         if header[2] != VERSION {
-            return Err(CodecError::Malformed { offset: at, reason: "unknown format version" });
+            return Err(CodecError::Malformed {
+                offset: at,
+                reason: "unknown format version",
+            });
         }
-        let kind = FrameKind::from_u8(header[3]).ok_or(CodecError::Malformed { offset: at, reason: "unknown frame kind" })?;
+        let kind = FrameKind::from_u8(header[3]).ok_or(CodecError::Malformed {
+            offset: at,
+            reason: "unknown frame kind",
+        })?;
         let index = u64::from_le_bytes(header[4..12].try_into().unwrap());
         let hash = u64::from_le_bytes(header[12..20].try_into().unwrap());
         let len = u32::from_le_bytes(header[20..24].try_into().unwrap()) as usize;
         if len > MAX_PAYLOAD {
-            return Err(CodecError::Malformed { offset: at, reason: "payload too large" });
+            return Err(CodecError::Malformed {
+                offset: at,
+                reason: "payload too large",
+            });
         }
         if matches!(kind, FrameKind::Zero | FrameKind::Dup) && len != 0 {
-            return Err(CodecError::Malformed { offset: at, reason: "zero/dup frames carry no payload" });
+            return Err(CodecError::Malformed {
+                offset: at,
+                reason: "zero/dup frames carry no payload",
+            });
         }
         let start = at + FRAME_HEADER_LEN;
-        let payload = input.get(start..start + len).ok_or(CodecError::Truncated(at))?;
-        frames.push(Frame { offset: at, kind, index, hash, payload });
+        let payload = input
+            .get(start..start + len)
+            .ok_or(CodecError::Truncated(at))?;
+        frames.push(Frame {
+            offset: at,
+            kind,
+            index,
+            hash,
+            payload,
+        });
         at = start + len;
     }
     Ok(frames)

@@ -95,7 +95,10 @@ struct Mirror {
 impl Mirror {
     fn new(capacity_pages: usize) -> Self {
         let cap = NonZeroUsize::new(capacity_pages.max(1)).unwrap();
-        Self { last: LruCache::new(cap), contents: LruCache::new(cap) }
+        Self {
+            last: LruCache::new(cap),
+            contents: LruCache::new(cap),
+        }
     }
 
     /// Records that the destination now holds `page` at `index`.
@@ -129,7 +132,11 @@ impl Encoder {
     /// An encoder whose caches hold up to `capacity_pages` pages (the decoder must use
     /// the same capacity).
     pub fn new(capacity_pages: usize) -> Self {
-        Self { mirror: Mirror::new(capacity_pages), scratch: Vec::with_capacity(2 * PAGE_SIZE), stats: EncodeStats::default() }
+        Self {
+            mirror: Mirror::new(capacity_pages),
+            scratch: Vec::with_capacity(2 * PAGE_SIZE),
+            stats: EncodeStats::default(),
+        }
     }
 
     /// Counters since creation.
@@ -139,19 +146,33 @@ impl Encoder {
 
     /// Encodes `pages` (a multiple of 4 KiB) whose page indices are `indices`, appending
     /// frames to `out`.
-    pub fn encode(&mut self, indices: &[u64], pages: &[u8], out: &mut Vec<u8>) -> Result<(), CodecError> {
+    pub fn encode(
+        &mut self,
+        indices: &[u64],
+        pages: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), CodecError> {
         if pages.len() != indices.len() * PAGE_SIZE {
-            return Err(CodecError::InvalidArgument("pages must hold exactly one 4 KiB page per index"));
+            return Err(CodecError::InvalidArgument(
+                "pages must hold exactly one 4 KiB page per index",
+            ));
         }
         for (i, &index) in indices.iter().enumerate() {
-            let page: &[u8; PAGE_SIZE] = pages[i * PAGE_SIZE..(i + 1) * PAGE_SIZE].try_into().unwrap();
+            let page: &[u8; PAGE_SIZE] = pages[i * PAGE_SIZE..(i + 1) * PAGE_SIZE]
+                .try_into()
+                .unwrap();
             self.encode_one(index, page, out);
         }
         Ok(())
     }
 
     /// Encodes one page, appending its frame to `out`.
-    pub fn encode_one(&mut self, index: u64, page: &[u8; PAGE_SIZE], out: &mut Vec<u8>) -> FrameKind {
+    pub fn encode_one(
+        &mut self,
+        index: u64,
+        page: &[u8; PAGE_SIZE],
+        out: &mut Vec<u8>,
+    ) -> FrameKind {
         let before = out.len();
         let kind = self.encode_page(index, page, out);
         self.stats.pages += 1;
@@ -246,13 +267,19 @@ pub struct Decoder {
 impl Decoder {
     /// A decoder mirroring an [`Encoder`] created with the same capacity.
     pub fn new(capacity_pages: usize) -> Self {
-        Self { mirror: Mirror::new(capacity_pages) }
+        Self {
+            mirror: Mirror::new(capacity_pages),
+        }
     }
 
     /// Decodes every frame in `input`, calling `apply(index, page)` for each page. The
     /// whole input is validated before anything is applied or remembered: a corrupt or
     /// inconsistent frame anywhere rejects the batch.
-    pub fn decode(&mut self, input: &[u8], apply: impl FnMut(u64, &[u8; PAGE_SIZE])) -> Result<usize, CodecError> {
+    pub fn decode(
+        &mut self,
+        input: &[u8],
+        apply: impl FnMut(u64, &[u8; PAGE_SIZE]),
+    ) -> Result<usize, CodecError> {
         let staged = self.stage(input)?;
         self.commit(&staged);
         let mut apply = apply;
@@ -269,24 +296,39 @@ impl Decoder {
         let frames = frame::parse_all(input)?;
         let mut staged: Vec<(u64, u64, Box<[u8; PAGE_SIZE]>)> = Vec::with_capacity(frames.len());
         let mut pending: std::collections::HashMap<u64, usize> = std::collections::HashMap::new(); // index → staged slot
-        let mut pending_hash: std::collections::HashMap<u64, usize> = std::collections::HashMap::new();
+        let mut pending_hash: std::collections::HashMap<u64, usize> =
+            std::collections::HashMap::new();
         for f in &frames {
             let mut page = Box::new([0u8; PAGE_SIZE]);
             match f.kind {
                 FrameKind::Zero => {}
                 FrameKind::Sparse => {
-                    zrle::decode(f.payload, &mut page).map_err(|reason| CodecError::Malformed { offset: f.offset, reason })?;
+                    zrle::decode(f.payload, &mut page).map_err(|reason| CodecError::Malformed {
+                        offset: f.offset,
+                        reason,
+                    })?;
                 }
                 FrameKind::Raw => {
                     if f.payload.len() != PAGE_SIZE {
-                        return Err(CodecError::Malformed { offset: f.offset, reason: "raw payload is not one page" });
+                        return Err(CodecError::Malformed {
+                            offset: f.offset,
+                            reason: "raw payload is not one page",
+                        });
                     }
                     page.copy_from_slice(f.payload);
                 }
                 FrameKind::Lz4 => {
-                    let n = lz4_flex::block::decompress_into(f.payload, &mut page[..]).map_err(|_| CodecError::Malformed { offset: f.offset, reason: "bad lz4 payload" })?;
+                    let n = lz4_flex::block::decompress_into(f.payload, &mut page[..]).map_err(
+                        |_| CodecError::Malformed {
+                            offset: f.offset,
+                            reason: "bad lz4 payload",
+                        },
+                    )?;
                     if n != PAGE_SIZE {
-                        return Err(CodecError::Malformed { offset: f.offset, reason: "lz4 payload is not one page" });
+                        return Err(CodecError::Malformed {
+                            offset: f.offset,
+                            reason: "lz4 payload is not one page",
+                        });
                     }
                 }
                 FrameKind::Dup => {
@@ -294,28 +336,61 @@ impl Decoder {
                         Some(&slot) => Some(*staged[slot].2),
                         None => self.mirror.content(f.hash).copied(),
                     };
-                    *page = held.ok_or(CodecError::Inconsistent { page: f.index, reason: "dup of content the decoder does not hold" })?;
+                    *page = held.ok_or(CodecError::Inconsistent {
+                        page: f.index,
+                        reason: "dup of content the decoder does not hold",
+                    })?;
                 }
                 FrameKind::Xor => {
                     let base = match pending.get(&f.index) {
                         Some(&slot) => *staged[slot].2,
-                        None => *self.mirror.last.peek(&f.index).ok_or(CodecError::Inconsistent { page: f.index, reason: "xor against a page the decoder does not hold" })?.as_ref(),
+                        None => *self
+                            .mirror
+                            .last
+                            .peek(&f.index)
+                            .ok_or(CodecError::Inconsistent {
+                                page: f.index,
+                                reason: "xor against a page the decoder does not hold",
+                            })?
+                            .as_ref(),
                     };
-                    let (&flag, body) = f.payload.split_first().ok_or(CodecError::Malformed { offset: f.offset, reason: "empty xor payload" })?;
+                    let (&flag, body) = f.payload.split_first().ok_or(CodecError::Malformed {
+                        offset: f.offset,
+                        reason: "empty xor payload",
+                    })?;
                     let z = match flag {
                         0 => body.to_vec(),
                         1 => {
                             // A delta never expands past a page of literals plus run headers.
-                            let claimed = body.get(..4).map(|b| u32::from_le_bytes(b.try_into().unwrap()) as usize).unwrap_or(usize::MAX);
+                            let claimed = body
+                                .get(..4)
+                                .map(|b| u32::from_le_bytes(b.try_into().unwrap()) as usize)
+                                .unwrap_or(usize::MAX);
                             if claimed > 2 * PAGE_SIZE {
-                                return Err(CodecError::Malformed { offset: f.offset, reason: "xor delta size out of range" });
+                                return Err(CodecError::Malformed {
+                                    offset: f.offset,
+                                    reason: "xor delta size out of range",
+                                });
                             }
-                            lz4_flex::block::decompress_size_prepended(body).map_err(|_| CodecError::Malformed { offset: f.offset, reason: "bad lz4 in xor payload" })?
+                            lz4_flex::block::decompress_size_prepended(body).map_err(|_| {
+                                CodecError::Malformed {
+                                    offset: f.offset,
+                                    reason: "bad lz4 in xor payload",
+                                }
+                            })?
                         }
-                        _ => return Err(CodecError::Malformed { offset: f.offset, reason: "unknown xor payload flag" }),
+                        _ => {
+                            return Err(CodecError::Malformed {
+                                offset: f.offset,
+                                reason: "unknown xor payload flag",
+                            })
+                        }
                     };
                     let mut x = [0u8; PAGE_SIZE];
-                    zrle::decode(&z, &mut x).map_err(|reason| CodecError::Malformed { offset: f.offset, reason })?;
+                    zrle::decode(&z, &mut x).map_err(|reason| CodecError::Malformed {
+                        offset: f.offset,
+                        reason,
+                    })?;
                     for j in 0..PAGE_SIZE {
                         page[j] = base[j] ^ x[j];
                     }
@@ -393,7 +468,9 @@ fn is_zero(page: &[u8; PAGE_SIZE]) -> bool {
         // pattern; align_to handles the unaligned head and tail.
         page.align_to::<u64>()
     };
-    prefix.iter().all(|&b| b == 0) && words.iter().all(|&w| w == 0) && suffix.iter().all(|&b| b == 0)
+    prefix.iter().all(|&b| b == 0)
+        && words.iter().all(|&w| w == 0)
+        && suffix.iter().all(|&b| b == 0)
 }
 
 #[cfg(test)]

@@ -41,7 +41,11 @@ impl ShardedEncoder {
     pub fn new(capacity_pages: usize, shards: usize) -> Self {
         let n = shards.clamp(1, 64);
         let per = capacity_pages.div_ceil(n).max(1);
-        Self { shards: (0..n).map(|_| Encoder::new(per)).collect(), outs: vec![Vec::new(); n], picks: vec![Vec::new(); n] }
+        Self {
+            shards: (0..n).map(|_| Encoder::new(per)).collect(),
+            outs: vec![Vec::new(); n],
+            picks: vec![Vec::new(); n],
+        }
     }
 
     /// Counters summed over shards.
@@ -64,9 +68,16 @@ impl ShardedEncoder {
     }
 
     /// Encodes `pages` (4 KiB each) at `indices`, appending one batch to `out`.
-    pub fn encode(&mut self, indices: &[u64], pages: &[u8], out: &mut Vec<u8>) -> Result<(), CodecError> {
+    pub fn encode(
+        &mut self,
+        indices: &[u64],
+        pages: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), CodecError> {
         if pages.len() != indices.len() * PAGE_SIZE {
-            return Err(CodecError::InvalidArgument("pages must hold exactly one 4 KiB page per index"));
+            return Err(CodecError::InvalidArgument(
+                "pages must hold exactly one 4 KiB page per index",
+            ));
         }
         if indices.len() > u32::MAX as usize {
             return Err(CodecError::InvalidArgument("too many pages in one batch"));
@@ -87,14 +98,22 @@ impl ShardedEncoder {
         let work = |(enc, (o, picks)): (&mut Encoder, (&mut Vec<u8>, &Vec<usize>))| {
             o.clear();
             for &i in picks {
-                let page: &[u8; PAGE_SIZE] = pages[i * PAGE_SIZE..(i + 1) * PAGE_SIZE].try_into().unwrap();
+                let page: &[u8; PAGE_SIZE] = pages[i * PAGE_SIZE..(i + 1) * PAGE_SIZE]
+                    .try_into()
+                    .unwrap();
                 enc.encode_one(indices[i], page, o);
             }
         };
         if n > 1 && indices.len() >= PARALLEL_MIN_PAGES {
-            self.shards.par_iter_mut().zip(self.outs.par_iter_mut().zip(self.picks.par_iter())).for_each(work);
+            self.shards
+                .par_iter_mut()
+                .zip(self.outs.par_iter_mut().zip(self.picks.par_iter()))
+                .for_each(work);
         } else {
-            self.shards.iter_mut().zip(self.outs.iter_mut().zip(self.picks.iter())).for_each(work);
+            self.shards
+                .iter_mut()
+                .zip(self.outs.iter_mut().zip(self.picks.iter()))
+                .for_each(work);
         }
         for o in &self.outs {
             out.extend_from_slice(&(o.len() as u32).to_le_bytes());
@@ -114,50 +133,91 @@ impl ShardedDecoder {
     pub fn new(capacity_pages: usize, shards: usize) -> Self {
         let n = shards.clamp(1, 64);
         let per = capacity_pages.div_ceil(n).max(1);
-        Self { shards: (0..n).map(|_| Decoder::new(per)).collect() }
+        Self {
+            shards: (0..n).map(|_| Decoder::new(per)).collect(),
+        }
     }
 
     /// Decodes one batch, calling `apply(index, page)` in the encoder's input order. A
     /// corrupt or inconsistent batch (any shard) is rejected whole and changes nothing.
-    pub fn decode(&mut self, input: &[u8], mut apply: impl FnMut(u64, &[u8; PAGE_SIZE])) -> Result<usize, CodecError> {
+    pub fn decode(
+        &mut self,
+        input: &[u8],
+        mut apply: impl FnMut(u64, &[u8; PAGE_SIZE]),
+    ) -> Result<usize, CodecError> {
         let n = self.shards.len();
         let header = input.get(..HEADER_LEN).ok_or(CodecError::Truncated(0))?;
         if header[..2] != MAGIC || header[2] != VERSION {
-            return Err(CodecError::Malformed { offset: 0, reason: "not a sharded batch (magic or version)" });
+            return Err(CodecError::Malformed {
+                offset: 0,
+                reason: "not a sharded batch (magic or version)",
+            });
         }
         if header[3] as usize != n {
-            return Err(CodecError::Inconsistent { page: 0, reason: "batch has a different shard count than the decoder" });
+            return Err(CodecError::Inconsistent {
+                page: 0,
+                reason: "batch has a different shard count than the decoder",
+            });
         }
         let count = u32::from_le_bytes(header[4..8].try_into().unwrap()) as usize;
-        let ids = input.get(HEADER_LEN..HEADER_LEN + count).ok_or(CodecError::Truncated(HEADER_LEN))?;
+        let ids = input
+            .get(HEADER_LEN..HEADER_LEN + count)
+            .ok_or(CodecError::Truncated(HEADER_LEN))?;
         let mut expected = vec![0usize; n];
         for &s in ids {
-            *expected.get_mut(s as usize).ok_or(CodecError::Malformed { offset: HEADER_LEN, reason: "page assigned to a shard that does not exist" })? += 1;
+            *expected.get_mut(s as usize).ok_or(CodecError::Malformed {
+                offset: HEADER_LEN,
+                reason: "page assigned to a shard that does not exist",
+            })? += 1;
         }
         let mut segments = Vec::with_capacity(n);
         let mut at = HEADER_LEN + count;
         for _ in 0..n {
-            let len = input.get(at..at + 4).map(|b| u32::from_le_bytes(b.try_into().unwrap()) as usize).ok_or(CodecError::Truncated(at))?;
-            let seg = input.get(at + 4..at + 4 + len).ok_or(CodecError::Truncated(at + 4))?;
+            let len = input
+                .get(at..at + 4)
+                .map(|b| u32::from_le_bytes(b.try_into().unwrap()) as usize)
+                .ok_or(CodecError::Truncated(at))?;
+            let seg = input
+                .get(at + 4..at + 4 + len)
+                .ok_or(CodecError::Truncated(at + 4))?;
             segments.push(seg);
             at += 4 + len;
         }
         if at != input.len() {
-            return Err(CodecError::Malformed { offset: at, reason: "trailing bytes after the last shard" });
+            return Err(CodecError::Malformed {
+                offset: at,
+                reason: "trailing bytes after the last shard",
+            });
         }
         let stage = |(d, seg): (&Decoder, &&[u8])| d.stage(seg);
-        let staged: Vec<Result<Staged, CodecError>> =
-            if n > 1 && count >= PARALLEL_MIN_PAGES { self.shards.par_iter().zip(segments.par_iter()).map(stage).collect() } else { self.shards.iter().zip(segments.iter()).map(stage).collect() };
+        let staged: Vec<Result<Staged, CodecError>> = if n > 1 && count >= PARALLEL_MIN_PAGES {
+            self.shards
+                .par_iter()
+                .zip(segments.par_iter())
+                .map(stage)
+                .collect()
+        } else {
+            self.shards.iter().zip(segments.iter()).map(stage).collect()
+        };
         let staged: Vec<Staged> = staged.into_iter().collect::<Result<_, _>>()?;
         for (s, st) in staged.iter().enumerate() {
             if st.len() != expected[s] {
-                return Err(CodecError::Inconsistent { page: 0, reason: "shard holds a different number of pages than the batch lists" });
+                return Err(CodecError::Inconsistent {
+                    page: 0,
+                    reason: "shard holds a different number of pages than the batch lists",
+                });
             }
         }
         if n > 1 && count >= PARALLEL_MIN_PAGES {
-            self.shards.par_iter_mut().zip(staged.par_iter()).for_each(|(d, st)| d.commit(st));
+            self.shards
+                .par_iter_mut()
+                .zip(staged.par_iter())
+                .for_each(|(d, st)| d.commit(st));
         } else {
-            self.shards.iter_mut().zip(staged.iter()).for_each(|(d, st)| d.commit(st));
+            self.shards
+                .iter_mut()
+                .zip(staged.iter())
+                .for_each(|(d, st)| d.commit(st));
         }
         let mut cursor = vec![0usize; n];
         for &s in ids {

@@ -54,13 +54,27 @@ fn picks_the_right_kind_per_page() {
     let text = page_of(|i| b"the quick brown fox "[i % 20]);
     let kinds = round_trip(
         &[
-            vec![(0, vec![0; PAGE_SIZE]), (1, base.clone()), (2, text.clone())],
+            vec![
+                (0, vec![0; PAGE_SIZE]),
+                (1, base.clone()),
+                (2, text.clone()),
+            ],
             // Page 3 duplicates page 1's content before page 1 changes.
             vec![(3, base.clone()), (1, changed), (4, noise(2))],
         ],
         1024,
     );
-    assert_eq!(kinds, [FrameKind::Zero, FrameKind::Raw, FrameKind::Lz4, FrameKind::Dup, FrameKind::Xor, FrameKind::Raw]);
+    assert_eq!(
+        kinds,
+        [
+            FrameKind::Zero,
+            FrameKind::Raw,
+            FrameKind::Lz4,
+            FrameKind::Dup,
+            FrameKind::Xor,
+            FrameKind::Raw
+        ]
+    );
 }
 
 #[test]
@@ -73,14 +87,23 @@ fn a_few_changed_bytes_cost_a_few_bytes() {
     next[10] = next[10].wrapping_add(1);
     out.clear();
     enc.encode(&[7], &next, &mut out).unwrap();
-    assert!(out.len() <= FRAME_HEADER_LEN + 8, "xor frame is {} bytes", out.len());
+    assert!(
+        out.len() <= FRAME_HEADER_LEN + 8,
+        "xor frame is {} bytes",
+        out.len()
+    );
 }
 
 #[test]
 fn corrupt_frames_are_rejected_and_nothing_is_applied() {
     let mut enc = Encoder::new(64);
     let mut wire = vec![];
-    enc.encode(&[1, 2], &[noise(3), page_of(|i| (i % 7) as u8)].concat(), &mut wire).unwrap();
+    enc.encode(
+        &[1, 2],
+        &[noise(3), page_of(|i| (i % 7) as u8)].concat(),
+        &mut wire,
+    )
+    .unwrap();
     for at in [0, 3, 13, FRAME_HEADER_LEN + 5, wire.len() - 1] {
         let mut bad = wire.clone();
         bad[at] ^= 0x40;
@@ -90,7 +113,12 @@ fn corrupt_frames_are_rejected_and_nothing_is_applied() {
         assert_eq!(applied, 0, "flip at {at} applied pages despite {err}");
     }
     let mut dec = Decoder::new(64);
-    assert_eq!(dec.decode(&wire[..wire.len() - 1], |_, _| ()).unwrap_err().code(), "CODEC_TRUNCATED");
+    assert_eq!(
+        dec.decode(&wire[..wire.len() - 1], |_, _| ())
+            .unwrap_err()
+            .code(),
+        "CODEC_TRUNCATED"
+    );
 }
 
 #[test]
@@ -104,7 +132,10 @@ fn references_to_state_the_decoder_lacks_are_inconsistent() {
     let mut second = vec![];
     enc.encode(&[5], &changed, &mut second).unwrap();
     let mut fresh = Decoder::new(64); // never saw the first batch
-    assert_eq!(fresh.decode(&second, |_, _| ()).unwrap_err().code(), "CODEC_INCONSISTENT");
+    assert_eq!(
+        fresh.decode(&second, |_, _| ()).unwrap_err().code(),
+        "CODEC_INCONSISTENT"
+    );
 }
 
 #[derive(Debug, Clone)]
@@ -184,7 +215,6 @@ proptest! {
     }
 }
 
-
 /// Sharded codec: same pages out, in input order, after encode → decode.
 fn sharded_round_trip(batches: &[Vec<(u64, Vec<u8>)>], capacity: usize, shards: usize) {
     let mut enc = ShardedEncoder::new(capacity, shards);
@@ -207,7 +237,15 @@ fn sharded_round_trip(batches: &[Vec<(u64, Vec<u8>)>], capacity: usize, shards: 
 #[test]
 fn sharded_codec_round_trips_big_batches_in_parallel() {
     // 3 rounds over 256 pages (above the parallel threshold), re-dirtying a few bytes.
-    let mut pages: Vec<Vec<u8>> = (0..256).map(|i| if i % 3 == 0 { vec![0; PAGE_SIZE] } else { noise(i) }).collect();
+    let mut pages: Vec<Vec<u8>> = (0..256)
+        .map(|i| {
+            if i % 3 == 0 {
+                vec![0; PAGE_SIZE]
+            } else {
+                noise(i)
+            }
+        })
+        .collect();
     let mut batches = vec![];
     for round in 0..3u8 {
         let mut b = vec![];
@@ -247,9 +285,19 @@ fn sharded_corrupt_batch_changes_nothing() {
     let mut got = vec![];
     dec.decode(&wire2, |_, p| got.extend_from_slice(p)).unwrap();
     assert_eq!(got, changed);
-    assert!(wire2.len() < 64 * 64, "deltas of one byte stay tiny: {}", wire2.len());
+    assert!(
+        wire2.len() < 64 * 64,
+        "deltas of one byte stay tiny: {}",
+        wire2.len()
+    );
     // A decoder with another shard count refuses the batch.
-    assert_eq!(ShardedDecoder::new(256, 3).decode(&wire, |_, _| ()).unwrap_err().code(), "CODEC_INCONSISTENT");
+    assert_eq!(
+        ShardedDecoder::new(256, 3)
+            .decode(&wire, |_, _| ())
+            .unwrap_err()
+            .code(),
+        "CODEC_INCONSISTENT"
+    );
 }
 
 proptest! {

@@ -42,10 +42,13 @@ pub(crate) fn encode(x: &[u8; PAGE_SIZE], out: &mut Vec<u8>) {
         // A literal ends at the next run of at least 3 zeros. Words without any zero byte
         // cannot hold one: skip them eight bytes at a time (dense data is mostly such words).
         loop {
-            while i + 8 <= PAGE_SIZE && !has_zero_byte(u64::from_ne_bytes(x[i..i + 8].try_into().unwrap())) {
+            while i + 8 <= PAGE_SIZE
+                && !has_zero_byte(u64::from_ne_bytes(x[i..i + 8].try_into().unwrap()))
+            {
                 i += 8;
             }
-            if i >= PAGE_SIZE || (x[i] == 0 && i + 2 < PAGE_SIZE && x[i + 1] == 0 && x[i + 2] == 0) {
+            if i >= PAGE_SIZE || (x[i] == 0 && i + 2 < PAGE_SIZE && x[i + 1] == 0 && x[i + 2] == 0)
+            {
                 break;
             }
             i += 1;
@@ -67,8 +70,14 @@ pub(crate) fn decode(input: &[u8], x: &mut [u8; PAGE_SIZE]) -> Result<(), &'stat
     while at < input.len() {
         let zeros = get_varint(input, &mut at)?;
         let lit = get_varint(input, &mut at)?;
-        pos = pos.checked_add(zeros).filter(|&p| p <= PAGE_SIZE).ok_or("zero run past the page")?;
-        let end = pos.checked_add(lit).filter(|&e| e <= PAGE_SIZE).ok_or("literal past the page")?;
+        pos = pos
+            .checked_add(zeros)
+            .filter(|&p| p <= PAGE_SIZE)
+            .ok_or("zero run past the page")?;
+        let end = pos
+            .checked_add(lit)
+            .filter(|&e| e <= PAGE_SIZE)
+            .ok_or("literal past the page")?;
         let bytes = input.get(at..at + lit).ok_or("truncated literal")?;
         x[pos..end].copy_from_slice(bytes);
         at += lit;

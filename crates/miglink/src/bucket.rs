@@ -16,7 +16,11 @@ impl TokenBucket {
     /// `burst`: what may be sent at once after idling — 50 ms at the rate, at least 256 KiB.
     pub fn new(bytes_per_sec: f64) -> Self {
         let burst = (bytes_per_sec * 0.05).max(256.0 * 1024.0);
-        Self { bytes_per_sec, burst, state: Mutex::new((burst, Instant::now())) }
+        Self {
+            bytes_per_sec,
+            burst,
+            state: Mutex::new((burst, Instant::now())),
+        }
     }
 
     /// Records `n` bytes sent; returns how long to wait before sending more.
@@ -44,6 +48,9 @@ mod tests {
         assert_eq!(b.spend(256 * 1024), Duration::ZERO);
         let wait = b.spend(100_000);
         // 100 kB over the burst at 1 MB/s: about 100 ms
-        assert!(wait > Duration::from_millis(90) && wait <= Duration::from_millis(101), "{wait:?}");
+        assert!(
+            wait > Duration::from_millis(90) && wait <= Duration::from_millis(101),
+            "{wait:?}"
+        );
     }
 }

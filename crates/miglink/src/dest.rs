@@ -9,9 +9,9 @@
 //! (which returns window credit once bytes reach QEMU's socket), and the acceptor.
 
 use crate::multifd::{normal_pages, PACKET_SLOTS, PAGE_SIZE};
-use crate::wire::{self, FrameType};
 use crate::outcome::Outcome;
 use crate::pool::Pool;
+use crate::wire::{self, FrameType};
 use crate::{LinkError, LinkStats};
 use novacron_memdelta::ShardedDecoder;
 use std::collections::HashMap;
@@ -74,8 +74,11 @@ impl Shared {
         f.extend_from_slice(&(bytes as u32).to_be_bytes());
         wire::seal(&mut f);
         let mut link = self.link.lock().unwrap();
-        let l = link.as_mut().ok_or_else(|| LinkError::Transport("no migration link".into()))?;
-        l.write_all(&f).map_err(|e| LinkError::io("returning window credit", e))
+        let l = link
+            .as_mut()
+            .ok_or_else(|| LinkError::Transport("no migration link".into()))?;
+        l.write_all(&f)
+            .map_err(|e| LinkError::io("returning window credit", e))
     }
 }
 
@@ -87,7 +90,10 @@ impl DestLink {
     /// Binds the listener; the source may connect from now on.
     pub fn start(cfg: DestConfig, on_fail: crate::FailFn) -> Result<Self, LinkError> {
         let listener = bind(&cfg.bind_host, cfg.ports)?;
-        let port = listener.local_addr().map_err(|e| LinkError::io("data link", e))?.port();
+        let port = listener
+            .local_addr()
+            .map_err(|e| LinkError::io("data link", e))?
+            .port();
         let shared = Arc::new(Shared {
             stats: LinkStats::default(),
             outcome: Outcome::new(on_fail),
@@ -135,14 +141,20 @@ impl DestLink {
 
 fn bind(host: &str, ports: Option<(u16, u16)>) -> Result<TcpListener, LinkError> {
     let Some((from, to)) = ports else {
-        return TcpListener::bind((host, 0)).map_err(|e| LinkError::io(format!("binding a data link on {host}"), e));
+        return TcpListener::bind((host, 0))
+            .map_err(|e| LinkError::io(format!("binding a data link on {host}"), e));
     };
     let mut last = None;
     for port in from..=to {
         match TcpListener::bind((host, port)) {
             Ok(l) => return Ok(l),
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => last = Some(e),
-            Err(e) => return Err(LinkError::io(format!("binding a data link on {host}:{port}"), e)),
+            Err(e) => {
+                return Err(LinkError::io(
+                    format!("binding a data link on {host}:{port}"),
+                    e,
+                ))
+            }
         }
     }
     Err(LinkError::Transport(format!(
@@ -157,7 +169,11 @@ fn same_token(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Accepts connections until one says hello with the token; then serves it alone.
-fn accept(shared: &Shared, listener: TcpListener, token: &[u8]) -> Result<Option<TcpStream>, LinkError> {
+fn accept(
+    shared: &Shared,
+    listener: TcpListener,
+    token: &[u8],
+) -> Result<Option<TcpStream>, LinkError> {
     for conn in listener.incoming() {
         if shared.outcome.closing() {
             return Ok(None);
@@ -166,8 +182,10 @@ fn accept(shared: &Shared, listener: TcpListener, token: &[u8]) -> Result<Option
         let _ = s.set_read_timeout(Some(HELLO_TIMEOUT));
         match wire::read_frame(&mut s, "the source") {
             Ok(Some(f)) if f.kind == FrameType::Hello && same_token(&f.payload, token) => {
-                s.set_read_timeout(None).map_err(|e| LinkError::io("data link", e))?;
-                s.set_nodelay(true).map_err(|e| LinkError::io("data link", e))?;
+                s.set_read_timeout(None)
+                    .map_err(|e| LinkError::io("data link", e))?;
+                s.set_nodelay(true)
+                    .map_err(|e| LinkError::io("data link", e))?;
                 return Ok(Some(s));
             }
             _ => continue, // not our source: drop it, keep waiting
@@ -177,8 +195,13 @@ fn accept(shared: &Shared, listener: TcpListener, token: &[u8]) -> Result<Option
 }
 
 fn serve(shared: &Arc<Shared>, listener: TcpListener, cfg: DestConfig) -> Result<(), LinkError> {
-    let Some(link) = accept(shared, listener, &cfg.token)? else { return Ok(()) };
-    *shared.link.lock().unwrap() = Some(link.try_clone().map_err(|e| LinkError::io("data link", e))?);
+    let Some(link) = accept(shared, listener, &cfg.token)? else {
+        return Ok(());
+    };
+    *shared.link.lock().unwrap() = Some(
+        link.try_clone()
+            .map_err(|e| LinkError::io("data link", e))?,
+    );
     if shared.outcome.closing() {
         shared.shutdown();
         return Ok(());
@@ -195,23 +218,36 @@ fn serve(shared: &Arc<Shared>, listener: TcpListener, cfg: DestConfig) -> Result
 }
 
 /// Applies the link's frames in order until it ends.
-fn pump(shared: &Arc<Shared>, r: &mut impl std::io::Read, cfg: &DestConfig, channels: &mut HashMap<u16, Sender<Vec<u8>>>) -> Result<(), LinkError> {
+fn pump(
+    shared: &Arc<Shared>,
+    r: &mut impl std::io::Read,
+    cfg: &DestConfig,
+    channels: &mut HashMap<u16, Sender<Vec<u8>>>,
+) -> Result<(), LinkError> {
     let mut decoder = ShardedDecoder::new(cfg.capacity_pages, cfg.shards);
     loop {
         let f = match wire::read_frame_into(r, "the source", shared.buffers.take(0)) {
             Ok(Some(f)) => f,
             Ok(None) if channels.is_empty() => return Ok(()), // every channel ended: a clean close
-            Ok(None) => return Err(LinkError::Transport("the source closed the migration link with channels still open".into())),
+            Ok(None) => {
+                return Err(LinkError::Transport(
+                    "the source closed the migration link with channels still open".into(),
+                ))
+            }
             Err(e) => return Err(e), // after a close, fail() swallows it
         };
-        shared.stats.wire_bytes.fetch_add((wire::HEADER_LEN + f.payload.len()) as u64, Relaxed);
+        shared
+            .stats
+            .wire_bytes
+            .fetch_add((wire::HEADER_LEN + f.payload.len()) as u64, Relaxed);
         let id = f.channel;
         match f.kind {
             FrameType::Open => {
                 if channels.contains_key(&id) {
                     return Err(LinkError::Protocol(format!("channel {id} opened twice")));
                 }
-                let qemu = UnixStream::connect(&cfg.qemu_socket).map_err(|e| LinkError::io(format!("destination QEMU channel {id}"), e))?;
+                let qemu = UnixStream::connect(&cfg.qemu_socket)
+                    .map_err(|e| LinkError::io(format!("destination QEMU channel {id}"), e))?;
                 if let Ok(c) = qemu.try_clone() {
                     shared.qemu.lock().unwrap().push(c);
                 }
@@ -223,7 +259,10 @@ fn pump(shared: &Arc<Shared>, r: &mut impl std::io::Read, cfg: &DestConfig, chan
                         let mut qemu = qemu;
                         for buf in rx {
                             if let Err(e) = qemu.write_all(&buf) {
-                                return s.fail(LinkError::io(format!("destination QEMU channel {id}"), e));
+                                return s.fail(LinkError::io(
+                                    format!("destination QEMU channel {id}"),
+                                    e,
+                                ));
                             }
                             if let Err(e) = s.credit(id, buf.len()) {
                                 return s.fail(e);
@@ -236,48 +275,76 @@ fn pump(shared: &Arc<Shared>, r: &mut impl std::io::Read, cfg: &DestConfig, chan
                 channels.insert(id, tx);
             }
             FrameType::Data => {
-                shared.stats.raw_bytes.fetch_add(f.payload.len() as u64, Relaxed);
+                shared
+                    .stats
+                    .raw_bytes
+                    .fetch_add(f.payload.len() as u64, Relaxed);
                 deliver(channels, id, f.payload)?;
             }
             FrameType::Pages => {
                 let out = rebuild_packet(&mut decoder, &f.payload, shared.buffers.take(0))?;
                 shared.buffers.give(f.payload);
-                shared.stats.pages.fetch_add(normal_pages(&out) as u64, Relaxed);
+                shared
+                    .stats
+                    .pages
+                    .fetch_add(normal_pages(&out) as u64, Relaxed);
                 shared.stats.packets.fetch_add(1, Relaxed);
                 shared.stats.raw_bytes.fetch_add(out.len() as u64, Relaxed);
                 deliver(channels, id, out)?;
             }
             FrameType::Eof => {
-                channels.remove(&id).ok_or_else(|| LinkError::Protocol(format!("end of unknown channel {id}")))?;
+                channels
+                    .remove(&id)
+                    .ok_or_else(|| LinkError::Protocol(format!("end of unknown channel {id}")))?;
             }
             FrameType::Hello | FrameType::Window => {
-                return Err(LinkError::Protocol(format!("unexpected {:?} frame on channel {id}", f.kind)));
+                return Err(LinkError::Protocol(format!(
+                    "unexpected {:?} frame on channel {id}",
+                    f.kind
+                )));
             }
         }
     }
 }
 
-fn deliver(channels: &HashMap<u16, Sender<Vec<u8>>>, id: u16, bytes: Vec<u8>) -> Result<(), LinkError> {
-    let ch = channels.get(&id).ok_or_else(|| LinkError::Protocol(format!("frame for unknown channel {id}")))?;
+fn deliver(
+    channels: &HashMap<u16, Sender<Vec<u8>>>,
+    id: u16,
+    bytes: Vec<u8>,
+) -> Result<(), LinkError> {
+    let ch = channels
+        .get(&id)
+        .ok_or_else(|| LinkError::Protocol(format!("frame for unknown channel {id}")))?;
     // A closed writer has already failed the link with its reason.
-    ch.send(bytes).map_err(|_| LinkError::Transport(format!("destination QEMU channel {id} is gone")))
+    ch.send(bytes)
+        .map_err(|_| LinkError::Transport(format!("destination QEMU channel {id} is gone")))
 }
 
 /// A Pages frame back into QEMU's packet: its verbatim header, then the decoded pages.
-fn rebuild_packet(decoder: &mut ShardedDecoder, payload: &[u8], mut out: Vec<u8>) -> Result<Vec<u8>, LinkError> {
+fn rebuild_packet(
+    decoder: &mut ShardedDecoder,
+    payload: &[u8],
+    mut out: Vec<u8>,
+) -> Result<Vec<u8>, LinkError> {
     if payload.len() < 4 {
-        return Err(LinkError::Protocol("pages frame without a header length".into()));
+        return Err(LinkError::Protocol(
+            "pages frame without a header length".into(),
+        ));
     }
     let hlen = u32::from_be_bytes(payload[..4].try_into().unwrap()) as usize;
     if hlen < 20 || 4 + hlen > payload.len() {
-        return Err(LinkError::Protocol(format!("pages frame header length {hlen} overruns the frame")));
+        return Err(LinkError::Protocol(format!(
+            "pages frame header length {hlen} overruns the frame"
+        )));
     }
     let header = &payload[4..4 + hlen];
     let want = normal_pages(header) as usize;
     let batch = &payload[4 + hlen..];
     // Checked before anything is sized by it: a hostile count must not become an allocation.
     if want > PACKET_SLOTS || want > batch.len() {
-        return Err(LinkError::Protocol(format!("packet announces {want} pages, more than a packet or this frame can hold")));
+        return Err(LinkError::Protocol(format!(
+            "packet announces {want} pages, more than a packet or this frame can hold"
+        )));
     }
     out.clear();
     out.reserve(hlen + want * PAGE_SIZE);
@@ -293,10 +360,14 @@ fn rebuild_packet(decoder: &mut ShardedDecoder, payload: &[u8], mut out: Vec<u8>
             n += 1;
         })?;
         if n != want {
-            return Err(LinkError::Protocol(format!("packet announces {want} pages, frames hold {n}")));
+            return Err(LinkError::Protocol(format!(
+                "packet announces {want} pages, frames hold {n}"
+            )));
         }
     } else if !batch.is_empty() {
-        return Err(LinkError::Protocol("a packet without pages carries page frames".into()));
+        return Err(LinkError::Protocol(
+            "a packet without pages carries page frames".into(),
+        ));
     }
     Ok(out)
 }
@@ -312,10 +383,16 @@ mod tests {
         let mut payload = (header.len() as u32).to_be_bytes().to_vec();
         payload.extend_from_slice(&header);
         payload.extend_from_slice(&[0u8; 4096]);
-        let err = rebuild_packet(&mut ShardedDecoder::new(16, 1), &payload, Vec::new()).unwrap_err();
+        let err =
+            rebuild_packet(&mut ShardedDecoder::new(16, 1), &payload, Vec::new()).unwrap_err();
         assert_eq!(err.code(), "MIGRATION_PROTOCOL");
         let mut short = 8u32.to_be_bytes().to_vec();
         short.extend_from_slice(&[0u8; 4]);
-        assert_eq!(rebuild_packet(&mut ShardedDecoder::new(16, 1), &short, Vec::new()).unwrap_err().code(), "MIGRATION_PROTOCOL");
+        assert_eq!(
+            rebuild_packet(&mut ShardedDecoder::new(16, 1), &short, Vec::new())
+                .unwrap_err()
+                .code(),
+            "MIGRATION_PROTOCOL"
+        );
     }
 }

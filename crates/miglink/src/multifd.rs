@@ -57,7 +57,11 @@ pub enum Item {
     /// Bytes to forward unchanged (init and device-state packets).
     Opaque(Vec<u8>),
     /// A RAM packet: its header verbatim, the normal pages, and their codec indices.
-    Ram { header: Vec<u8>, pages: Vec<u8>, indices: Vec<u64> },
+    Ram {
+        header: Vec<u8>,
+        pages: Vec<u8>,
+        indices: Vec<u64>,
+    },
 }
 
 /// Normal-page count of a RAM packet header.
@@ -72,10 +76,14 @@ fn be32(b: &[u8], at: usize) -> u32 {
 fn check_magic(b: &[u8]) -> Result<(), LinkError> {
     let (magic, version) = (be32(b, 0), be32(b, 4));
     if magic != MULTIFD_MAGIC {
-        return Err(LinkError::Protocol(format!("bad multifd magic 0x{magic:x}")));
+        return Err(LinkError::Protocol(format!(
+            "bad multifd magic 0x{magic:x}"
+        )));
     }
     if version != VERSION {
-        return Err(LinkError::Protocol(format!("unsupported multifd version {version}")));
+        return Err(LinkError::Protocol(format!(
+            "unsupported multifd version {version}"
+        )));
     }
     Ok(())
 }
@@ -86,7 +94,12 @@ fn fill(r: &mut impl Read, buf: &mut [u8]) -> Result<bool, LinkError> {
     while got < buf.len() {
         match r.read(&mut buf[got..]) {
             Ok(0) if got == 0 => return Ok(false),
-            Ok(0) => return Err(LinkError::Protocol(format!("QEMU channel ended inside a packet ({got} of {} bytes)", buf.len()))),
+            Ok(0) => {
+                return Err(LinkError::Protocol(format!(
+                    "QEMU channel ended inside a packet ({got} of {} bytes)",
+                    buf.len()
+                )))
+            }
             Ok(n) => got += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(LinkError::io("QEMU channel", e)),
@@ -99,7 +112,9 @@ fn fill_all(r: &mut impl Read, buf: &mut [u8]) -> Result<(), LinkError> {
     if buf.is_empty() || fill(r, buf)? {
         Ok(())
     } else {
-        Err(LinkError::Protocol("QEMU channel ended inside a packet".into()))
+        Err(LinkError::Protocol(
+            "QEMU channel ended inside a packet".into(),
+        ))
     }
 }
 
@@ -137,7 +152,9 @@ impl<'a> MultifdReader<'a> {
             fill_all(r, &mut p[HDR_LEN..])?;
             let size = be32(&p, DEVICE_STATE_LEN - 4) as usize;
             if size > crate::wire::MAX_PAYLOAD / 2 {
-                return Err(LinkError::Protocol(format!("implausible multifd device-state packet of {size} bytes")));
+                return Err(LinkError::Protocol(format!(
+                    "implausible multifd device-state packet of {size} bytes"
+                )));
             }
             p.resize(DEVICE_STATE_LEN + size, 0);
             fill_all(r, &mut p[DEVICE_STATE_LEN..])?;
@@ -155,11 +172,15 @@ impl<'a> MultifdReader<'a> {
         let normal = normal_pages(&header) as usize;
         let zero = be32(&header, 32) as usize;
         if normal + zero > slots {
-            return Err(LinkError::Protocol(format!("implausible multifd packet: {normal} normal + {zero} zero pages in {slots} slots")));
+            return Err(LinkError::Protocol(format!(
+                "implausible multifd packet: {normal} normal + {zero} zero pages in {slots} slots"
+            )));
         }
         pages.clear();
         crate::wire::read_n(r, &mut pages, normal * PAGE_SIZE).map_err(|e| match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => LinkError::Protocol("QEMU channel ended inside a packet".into()),
+            std::io::ErrorKind::UnexpectedEof => {
+                LinkError::Protocol("QEMU channel ended inside a packet".into())
+            }
             _ => LinkError::io("QEMU channel", e),
         })?;
         let mut indices = Vec::with_capacity(normal);
@@ -173,6 +194,10 @@ impl<'a> MultifdReader<'a> {
                 indices.push(block | (offset / PAGE_SIZE as u64));
             }
         }
-        Ok(Some(Item::Ram { header, pages, indices }))
+        Ok(Some(Item::Ram {
+            header,
+            pages,
+            indices,
+        }))
     }
 }

@@ -13,7 +13,11 @@ pub(crate) struct Outcome {
 
 impl Outcome {
     pub(crate) fn new(on_fail: FailFn) -> Self {
-        Self { closing: AtomicBool::new(false), failure: Mutex::new(None), on_fail }
+        Self {
+            closing: AtomicBool::new(false),
+            failure: Mutex::new(None),
+            on_fail,
+        }
     }
 
     /// Closing or failed: threads stop, their errors are not reported.

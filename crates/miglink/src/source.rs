@@ -9,9 +9,9 @@
 //! frames reach the wire in encode order — the order the destination decodes in.
 
 use crate::multifd::{BlockNumbers, Item, MultifdReader, MULTIFD_MAGIC, QEVM_MAGIC};
-use crate::wire::{self, FrameType, KIND_MAIN, KIND_MULTIFD};
 use crate::outcome::Outcome;
 use crate::pool::Pool;
+use crate::wire::{self, FrameType, KIND_MAIN, KIND_MULTIFD};
 use crate::{LinkError, LinkStats, TokenBucket};
 use novacron_memdelta::ShardedEncoder;
 use std::collections::HashMap;
@@ -137,22 +137,38 @@ impl SourceLink {
             .to_socket_addrs()
             .map_err(|e| LinkError::io(format!("data link address {}", cfg.dest), e))?
             .next()
-            .ok_or_else(|| LinkError::Transport(format!("data link address {} resolves to nothing", cfg.dest)))?;
-        let link = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT).map_err(|e| LinkError::io(format!("data link to {}", cfg.dest), e))?;
-        link.set_nodelay(true).map_err(|e| LinkError::io("data link", e))?;
+            .ok_or_else(|| {
+                LinkError::Transport(format!(
+                    "data link address {} resolves to nothing",
+                    cfg.dest
+                ))
+            })?;
+        let link = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
+            .map_err(|e| LinkError::io(format!("data link to {}", cfg.dest), e))?;
+        link.set_nodelay(true)
+            .map_err(|e| LinkError::io("data link", e))?;
         let _ = std::fs::remove_file(&cfg.socket_path);
-        let listener = UnixListener::bind(&cfg.socket_path).map_err(|e| LinkError::io(format!("binding {}", cfg.socket_path.display()), e))?;
+        let listener = UnixListener::bind(&cfg.socket_path)
+            .map_err(|e| LinkError::io(format!("binding {}", cfg.socket_path.display()), e))?;
         let hello = wire::frame(FrameType::Hello, 0, &cfg.token);
         let encoder = ShardedEncoder::new(cfg.capacity_pages, cfg.shards);
-        let reader = link.try_clone().map_err(|e| LinkError::io("data link", e))?;
-        let writer = link.try_clone().map_err(|e| LinkError::io("data link", e))?;
+        let reader = link
+            .try_clone()
+            .map_err(|e| LinkError::io("data link", e))?;
+        let writer = link
+            .try_clone()
+            .map_err(|e| LinkError::io("data link", e))?;
         let shared = Arc::new(Shared {
             cfg,
             stats: LinkStats::default(),
             outcome: Outcome::new(on_fail),
             windows: Mutex::new(HashMap::new()),
             window_moved: Condvar::new(),
-            encoding: Mutex::new(Encoding { encoder, packets: 0, corrupted: false }),
+            encoding: Mutex::new(Encoding {
+                encoder,
+                packets: 0,
+                corrupted: false,
+            }),
             blocks: BlockNumbers::default(),
             buffers: Pool::default(),
             link,
@@ -162,7 +178,9 @@ impl SourceLink {
         tx.send(hello).expect("fresh queue");
         spawn("nc-mig-send", &shared, move |s| send_loop(&s, writer, rx));
         spawn("nc-mig-credit", &shared, move |s| credit_loop(&s, reader));
-        spawn("nc-mig-accept", &shared, move |s| accept_loop(&s, listener, tx));
+        spawn("nc-mig-accept", &shared, move |s| {
+            accept_loop(&s, listener, tx)
+        });
         Ok(Self { shared })
     }
 
@@ -186,7 +204,11 @@ impl SourceLink {
 }
 
 /// Runs `f` on a named thread; its error, unless the link is closing, fails the link.
-fn spawn(name: &str, shared: &Arc<Shared>, f: impl FnOnce(Arc<Shared>) -> Result<(), LinkError> + Send + 'static) {
+fn spawn(
+    name: &str,
+    shared: &Arc<Shared>,
+    f: impl FnOnce(Arc<Shared>) -> Result<(), LinkError> + Send + 'static,
+) {
     let s = shared.clone();
     std::thread::Builder::new()
         .name(name.into())
@@ -198,7 +220,11 @@ fn spawn(name: &str, shared: &Arc<Shared>, f: impl FnOnce(Arc<Shared>) -> Result
         .expect("spawning a migration thread");
 }
 
-fn accept_loop(shared: &Arc<Shared>, listener: UnixListener, tx: SyncSender<Vec<u8>>) -> Result<(), LinkError> {
+fn accept_loop(
+    shared: &Arc<Shared>,
+    listener: UnixListener,
+    tx: SyncSender<Vec<u8>>,
+) -> Result<(), LinkError> {
     let mut next_id: u16 = 1;
     for conn in listener.incoming() {
         if shared.outcome.closing() {
@@ -209,15 +235,24 @@ fn accept_loop(shared: &Arc<Shared>, listener: UnixListener, tx: SyncSender<Vec<
             shared.qemu.lock().unwrap().push(clone);
         }
         let id = next_id;
-        next_id = next_id.checked_add(1).ok_or_else(|| LinkError::Protocol("QEMU opened too many migration channels".into()))?;
+        next_id = next_id
+            .checked_add(1)
+            .ok_or_else(|| LinkError::Protocol("QEMU opened too many migration channels".into()))?;
         shared.windows.lock().unwrap().insert(id, 0);
         let tx = tx.clone();
-        spawn(&format!("nc-mig-ch{id}"), shared, move |s| channel_loop(&s, id, stream, tx));
+        spawn(&format!("nc-mig-ch{id}"), shared, move |s| {
+            channel_loop(&s, id, stream, tx)
+        });
     }
     Ok(())
 }
 
-fn channel_loop(shared: &Shared, id: u16, stream: UnixStream, tx: SyncSender<Vec<u8>>) -> Result<(), LinkError> {
+fn channel_loop(
+    shared: &Shared,
+    id: u16,
+    stream: UnixStream,
+    tx: SyncSender<Vec<u8>>,
+) -> Result<(), LinkError> {
     let mut r = BufReader::with_capacity(QEMU_READ_BUFFER, stream);
     if let Err(e) = forward_channel(shared, id, &mut r, &tx) {
         // Recorded while QEMU's socket is still open: its closing makes QEMU fail, and
@@ -228,7 +263,12 @@ fn channel_loop(shared: &Shared, id: u16, stream: UnixStream, tx: SyncSender<Vec
 }
 
 /// Reads one QEMU channel to its end, queueing its frames.
-fn forward_channel(shared: &Shared, id: u16, r: &mut BufReader<UnixStream>, tx: &SyncSender<Vec<u8>>) -> Result<(), LinkError> {
+fn forward_channel(
+    shared: &Shared,
+    id: u16,
+    r: &mut BufReader<UnixStream>,
+    tx: &SyncSender<Vec<u8>>,
+) -> Result<(), LinkError> {
     let send = |f: Vec<u8>| tx.send(f).map_err(|_| shared.closed());
     let mut magic = [0u8; 4];
     if let Err(e) = r.read_exact(&mut magic) {
@@ -244,7 +284,9 @@ fn forward_channel(shared: &Shared, id: u16, r: &mut BufReader<UnixStream>, tx: 
             send(wire::frame(FrameType::Data, id, &magic))?;
             loop {
                 shared.wait_window(id)?;
-                let buf = r.fill_buf().map_err(|e| LinkError::io(format!("QEMU channel {id}"), e))?;
+                let buf = r
+                    .fill_buf()
+                    .map_err(|e| LinkError::io(format!("QEMU channel {id}"), e))?;
                 if buf.is_empty() {
                     break;
                 }
@@ -269,12 +311,22 @@ fn forward_channel(shared: &Shared, id: u16, r: &mut BufReader<UnixStream>, tx: 
                         shared.in_flight(id, bytes.len() as u64);
                         send(wire::frame(FrameType::Data, id, &bytes))?;
                     }
-                    Some(Item::Ram { header, pages, indices }) => {
+                    Some(Item::Ram {
+                        header,
+                        pages,
+                        indices,
+                    }) => {
                         shared.in_flight(id, (header.len() + pages.len()) as u64);
                         // Encode and queue under one lock: the wire order is the encode order.
                         let mut enc = shared.encoding.lock().unwrap();
                         let max = ShardedEncoder::max_encoded_len(indices.len(), shared.cfg.shards);
-                        let mut f = wire::begin(shared.buffers.take(wire::HEADER_LEN + 4 + header.len() + max), FrameType::Pages, id);
+                        let mut f = wire::begin(
+                            shared
+                                .buffers
+                                .take(wire::HEADER_LEN + 4 + header.len() + max),
+                            FrameType::Pages,
+                            id,
+                        );
                         f.extend_from_slice(&(header.len() as u32).to_be_bytes());
                         f.extend_from_slice(&header);
                         let batch_at = f.len();
@@ -297,7 +349,11 @@ fn forward_channel(shared: &Shared, id: u16, r: &mut BufReader<UnixStream>, tx: 
                 }
             }
         }
-        other => return Err(LinkError::Protocol(format!("QEMU opened a channel with unknown magic 0x{other:x}"))),
+        other => {
+            return Err(LinkError::Protocol(format!(
+                "QEMU opened a channel with unknown magic 0x{other:x}"
+            )))
+        }
     }
     send(wire::frame(FrameType::Eof, id, &[]))
 }
@@ -305,7 +361,13 @@ fn forward_channel(shared: &Shared, id: u16, r: &mut BufReader<UnixStream>, tx: 
 /// Owns the link's send side: applies the bandwidth cap and flushes when the queue runs dry.
 fn send_loop(shared: &Shared, link: TcpStream, rx: Receiver<Vec<u8>>) -> Result<(), LinkError> {
     let mut w = BufWriter::with_capacity(LINK_WRITE_BUFFER, link);
-    let io = |e| if shared.outcome.closing() { shared.closed() } else { LinkError::io("data link", e) };
+    let io = |e| {
+        if shared.outcome.closing() {
+            shared.closed()
+        } else {
+            LinkError::io("data link", e)
+        }
+    };
     while let Ok(mut f) = rx.recv() {
         loop {
             if let Some(b) = &shared.cfg.bucket {
@@ -341,13 +403,23 @@ fn credit_loop(shared: &Shared, link: TcpStream) -> Result<(), LinkError> {
     loop {
         let f = match wire::read_frame(&mut r, "the destination") {
             Ok(Some(f)) => f,
-            Ok(None) => return Err(LinkError::Transport("the destination closed the migration link".into())),
+            Ok(None) => {
+                return Err(LinkError::Transport(
+                    "the destination closed the migration link".into(),
+                ))
+            }
             Err(e) => return Err(e),
         };
         if f.kind != FrameType::Window || f.payload.len() != 4 {
-            return Err(LinkError::Protocol(format!("the destination sent a {:?} frame on the data link", f.kind)));
+            return Err(LinkError::Protocol(format!(
+                "the destination sent a {:?} frame on the data link",
+                f.kind
+            )));
         }
-        shared.grant(f.channel, u32::from_be_bytes(f.payload[..4].try_into().unwrap()) as u64);
+        shared.grant(
+            f.channel,
+            u32::from_be_bytes(f.payload[..4].try_into().unwrap()) as u64,
+        );
     }
 }
 

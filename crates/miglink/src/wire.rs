@@ -95,27 +95,42 @@ pub fn read_n(r: &mut impl Read, buf: &mut Vec<u8>, n: usize) -> std::io::Result
 }
 
 /// [`read_frame`] into `buf` (a recycled buffer), which becomes the payload.
-pub fn read_frame_into(r: &mut impl Read, who: &str, mut buf: Vec<u8>) -> Result<Option<Frame>, LinkError> {
+pub fn read_frame_into(
+    r: &mut impl Read,
+    who: &str,
+    mut buf: Vec<u8>,
+) -> Result<Option<Frame>, LinkError> {
     let mut h = [0u8; HEADER_LEN];
     let mut got = 0;
     while got < HEADER_LEN {
         match r.read(&mut h[got..]) {
             Ok(0) if got == 0 => return Ok(None),
-            Ok(0) => return Err(LinkError::Transport(format!("{who} closed the link inside a frame header"))),
+            Ok(0) => {
+                return Err(LinkError::Transport(format!(
+                    "{who} closed the link inside a frame header"
+                )))
+            }
             Ok(n) => got += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(LinkError::io(who, e)),
         }
     }
-    let kind = FrameType::from_u8(h[0]).ok_or_else(|| LinkError::Protocol(format!("unknown transport frame type {}", h[0])))?;
+    let kind = FrameType::from_u8(h[0])
+        .ok_or_else(|| LinkError::Protocol(format!("unknown transport frame type {}", h[0])))?;
     let channel = u16::from_be_bytes([h[1], h[2]]);
     let len = u32::from_be_bytes([h[3], h[4], h[5], h[6]]) as usize;
     if len > MAX_PAYLOAD {
-        return Err(LinkError::Protocol(format!("transport frame of {len} bytes exceeds the {MAX_PAYLOAD}-byte limit")));
+        return Err(LinkError::Protocol(format!(
+            "transport frame of {len} bytes exceeds the {MAX_PAYLOAD}-byte limit"
+        )));
     }
     buf.clear();
     read_n(r, &mut buf, len).map_err(|e| LinkError::io(format!("{who} (inside a frame)"), e))?;
-    Ok(Some(Frame { kind, channel, payload: buf }))
+    Ok(Some(Frame {
+        kind,
+        channel,
+        payload: buf,
+    }))
 }
 
 #[cfg(test)]
@@ -127,11 +142,18 @@ mod tests {
         let f = frame(FrameType::Data, 1, &[9, 8, 7]);
         assert_eq!(f, [3, 0, 1, 0, 0, 0, 3, 9, 8, 7]);
         let got = read_frame(&mut &f[..], "t").unwrap().unwrap();
-        assert_eq!((got.kind, got.channel, got.payload), (FrameType::Data, 1, vec![9, 8, 7]));
+        assert_eq!(
+            (got.kind, got.channel, got.payload),
+            (FrameType::Data, 1, vec![9, 8, 7])
+        );
         assert!(read_frame(&mut &[][..], "t").unwrap().is_none());
-        let e = read_frame(&mut &[9u8, 0, 0, 0, 0, 0, 0][..], "t").err().unwrap();
+        let e = read_frame(&mut &[9u8, 0, 0, 0, 0, 0, 0][..], "t")
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("unknown transport frame type"));
-        let e = read_frame(&mut &[3u8, 0, 0, 0xff, 0xff, 0xff, 0xff][..], "t").err().unwrap();
+        let e = read_frame(&mut &[3u8, 0, 0, 0xff, 0xff, 0xff, 0xff][..], "t")
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("exceeds"));
         let e = read_frame(&mut &f[..5], "t").err().unwrap();
         assert_eq!(e.code(), "MIGRATION_TRANSPORT");

@@ -24,7 +24,13 @@ fn init_packet(id: u8) -> Vec<u8> {
     b
 }
 
-fn ram_packet(num: u64, block: &str, normal: &[(u64, Vec<u8>)], zero: &[u64], flags: u32) -> Vec<u8> {
+fn ram_packet(
+    num: u64,
+    block: &str,
+    normal: &[(u64, Vec<u8>)],
+    zero: &[u64],
+    flags: u32,
+) -> Vec<u8> {
     let mut h = vec![0u8; 320 + 8 * SLOTS];
     h[..4].copy_from_slice(&MULTIFD_MAGIC.to_be_bytes());
     h[4..8].copy_from_slice(&1u32.to_be_bytes());
@@ -35,7 +41,12 @@ fn ram_packet(num: u64, block: &str, normal: &[(u64, Vec<u8>)], zero: &[u64], fl
     h[24..32].copy_from_slice(&num.to_be_bytes());
     h[32..36].copy_from_slice(&(zero.len() as u32).to_be_bytes());
     h[64..64 + block.len()].copy_from_slice(block.as_bytes());
-    for (i, off) in normal.iter().map(|n| n.0).chain(zero.iter().copied()).enumerate() {
+    for (i, off) in normal
+        .iter()
+        .map(|n| n.0)
+        .chain(zero.iter().copied())
+        .enumerate()
+    {
         h[320 + 8 * i..328 + 8 * i].copy_from_slice(&off.to_be_bytes());
     }
     for (_, p) in normal {
@@ -91,7 +102,17 @@ fn multifd_stream(id: u8, seed: u64) -> Vec<u8> {
                 }
                 normal.push(((i * PAGE) as u64 + seed * (1 << 30), p.clone()));
             }
-            out.extend(ram_packet(num, "pc.ram", &normal, if round == 0 { &[400 * PAGE as u64] } else { &[] }, 0));
+            out.extend(ram_packet(
+                num,
+                "pc.ram",
+                &normal,
+                if round == 0 {
+                    &[400 * PAGE as u64]
+                } else {
+                    &[]
+                },
+                0,
+            ));
             num += 1;
         }
         out.extend(ram_packet(num, "", &[], &[], 1));
@@ -111,7 +132,10 @@ struct Harness {
     _qemu: JoinHandle<()>,
 }
 
-fn fail_to(tx: std::sync::mpsc::Sender<(&'static str, String)>, who: &'static str) -> Box<dyn Fn(LinkError) + Send + Sync> {
+fn fail_to(
+    tx: std::sync::mpsc::Sender<(&'static str, String)>,
+    who: &'static str,
+) -> Box<dyn Fn(LinkError) + Send + Sync> {
     let tx = std::sync::Mutex::new(tx);
     Box::new(move |e| {
         let _ = tx.lock().unwrap().send((who, format!("{}: {e}", e.code())));
@@ -141,7 +165,14 @@ fn harness(corrupt: Option<u64>, stall: Duration, bucket: Option<Arc<TokenBucket
     let (ftx, failures) = channel();
     let token = b"0123456789abcdef01234567".to_vec();
     let dest = DestLink::start(
-        DestConfig { bind_host: "127.0.0.1".into(), ports: None, qemu_socket: qemu_sock, token: token.clone(), capacity_pages: 4096, shards: 2 },
+        DestConfig {
+            bind_host: "127.0.0.1".into(),
+            ports: None,
+            qemu_socket: qemu_sock,
+            token: token.clone(),
+            capacity_pages: 4096,
+            shards: 2,
+        },
         fail_to(ftx.clone(), "dest"),
     )
     .unwrap();
@@ -160,7 +191,14 @@ fn harness(corrupt: Option<u64>, stall: Duration, bucket: Option<Arc<TokenBucket
         fail_to(ftx, "source"),
     )
     .unwrap();
-    Harness { dir, source, dest, failures, received, _qemu: qemu }
+    Harness {
+        dir,
+        source,
+        dest,
+        failures,
+        received,
+        _qemu: qemu,
+    }
 }
 
 fn send_as_qemu(path: &Path, bytes: Vec<u8>, chunk: usize) -> JoinHandle<()> {
@@ -181,13 +219,21 @@ fn main_and_multifd_channels_arrive_byte_exact_and_compressed() {
     let mut main = b"QEVM".to_vec();
     main.extend(noise(99, 100_000));
     let streams = [multifd_stream(1, 1), multifd_stream(2, 2)];
-    let senders = vec![send_as_qemu(&sock, main.clone(), 65_536 + 123), send_as_qemu(&sock, streams[0].clone(), 4000), send_as_qemu(&sock, streams[1].clone(), 100_000)];
+    let senders = vec![
+        send_as_qemu(&sock, main.clone(), 65_536 + 123),
+        send_as_qemu(&sock, streams[0].clone(), 4000),
+        send_as_qemu(&sock, streams[1].clone(), 100_000),
+    ];
     for s in senders {
         s.join().unwrap();
     }
     let mut got = vec![];
     for _ in 0..3 {
-        got.push(h.received.recv_timeout(Duration::from_secs(10)).expect("a channel ended"));
+        got.push(
+            h.received
+                .recv_timeout(Duration::from_secs(10))
+                .expect("a channel ended"),
+        );
     }
     assert!(h.failures.try_recv().is_err());
     got.sort_by_key(|g| g.0);
@@ -200,9 +246,17 @@ fn main_and_multifd_channels_arrive_byte_exact_and_compressed() {
     assert_eq!(d.raw_bytes, raw);
     assert_eq!(s.pages, 2 * (300 + 2 * 75));
     assert_eq!(d.pages, s.pages);
-    assert_eq!(d.wire_bytes + 7 + 24, s.wire_bytes, "everything sent was received (the hello is not counted there)");
+    assert_eq!(
+        d.wire_bytes + 7 + 24,
+        s.wire_bytes,
+        "everything sent was received (the hello is not counted there)"
+    );
     // the random main channel (100 kB) is incompressible; the page stream is not
-    assert!((s.wire_bytes as f64) < main.len() as f64 + (streams[0].len() * 2) as f64 * 0.75, "wire {}", s.wire_bytes);
+    assert!(
+        (s.wire_bytes as f64) < main.len() as f64 + (streams[0].len() * 2) as f64 * 0.75,
+        "wire {}",
+        s.wire_bytes
+    );
     h.source.close();
     h.dest.close();
 }
@@ -232,14 +286,26 @@ fn a_corrupted_batch_is_refused_and_nothing_of_it_reaches_qemu() {
     let mf = multifd_stream(1, 7);
     let _sender = send_as_qemu(&sock, mf.clone(), 65_536);
     let (who, err) = h.failures.recv_timeout(Duration::from_secs(10)).unwrap();
-    assert_eq!((who, err.split(':').next().unwrap()), ("dest", "CODEC_CHECKSUM"), "{err}");
+    assert_eq!(
+        (who, err.split(':').next().unwrap()),
+        ("dest", "CODEC_CHECKSUM"),
+        "{err}"
+    );
     let (_, got) = h.received.recv_timeout(Duration::from_secs(10)).unwrap();
     // init packet + the first RAM packet at most: a strict prefix of the stream
-    assert!(got.len() <= 64 + 320 + 8 * SLOTS + 100 * PAGE, "{} bytes reached QEMU", got.len());
+    assert!(
+        got.len() <= 64 + 320 + 8 * SLOTS + 100 * PAGE,
+        "{} bytes reached QEMU",
+        got.len()
+    );
     assert_eq!(&mf[..got.len()], &got[..]);
     // the source learns it too: the destination dropped the link
     let (who, err) = h.failures.recv_timeout(Duration::from_secs(10)).unwrap();
-    assert_eq!((who, err.split(':').next().unwrap()), ("source", "MIGRATION_TRANSPORT"), "{err}");
+    assert_eq!(
+        (who, err.split(':').next().unwrap()),
+        ("source", "MIGRATION_TRANSPORT"),
+        "{err}"
+    );
     h.source.close();
 }
 
@@ -266,7 +332,14 @@ fn a_connection_without_the_token_is_dropped_and_the_real_source_still_gets_in()
     let _l = UnixListener::bind(&qemu_sock).unwrap();
     let (ftx, failures) = channel();
     let dest = DestLink::start(
-        DestConfig { bind_host: "127.0.0.1".into(), ports: None, qemu_socket: qemu_sock, token: vec![7; 24], capacity_pages: 64, shards: 1 },
+        DestConfig {
+            bind_host: "127.0.0.1".into(),
+            ports: None,
+            qemu_socket: qemu_sock,
+            token: vec![7; 24],
+            capacity_pages: 64,
+            shards: 1,
+        },
         fail_to(ftx, "dest"),
     )
     .unwrap();
@@ -291,7 +364,9 @@ fn a_connection_without_the_token_is_dropped_and_the_real_source_still_gets_in()
         fail_to(stx, "source"),
     )
     .unwrap();
-    send_as_qemu(&dir.path().join("r.sock"), b"QEVMhello".to_vec(), 10).join().unwrap();
+    send_as_qemu(&dir.path().join("r.sock"), b"QEVMhello".to_vec(), 10)
+        .join()
+        .unwrap();
     std::thread::sleep(Duration::from_millis(200));
     assert!(failures.try_recv().is_err());
     assert_eq!(dest.stats().raw_bytes, 9);
@@ -310,7 +385,16 @@ fn probe_throughput() {
         let mut out = init_packet(id);
         for pkt in 0..128u64 {
             let normal: Vec<(u64, Vec<u8>)> = (0..128u64)
-                .map(|i| (((pkt * 128 + i) * PAGE as u64) + seed * (1 << 32), [noise(seed * 1_000_000 + pkt * 128 + i, PAGE / 2), vec![0; PAGE / 2]].concat()))
+                .map(|i| {
+                    (
+                        ((pkt * 128 + i) * PAGE as u64) + seed * (1 << 32),
+                        [
+                            noise(seed * 1_000_000 + pkt * 128 + i, PAGE / 2),
+                            vec![0; PAGE / 2],
+                        ]
+                        .concat(),
+                    )
+                })
                 .collect();
             out.extend(ram_packet(pkt, "pc.ram", &normal, &[], 0));
         }
@@ -327,7 +411,13 @@ fn probe_throughput() {
         h.received.recv_timeout(Duration::from_secs(60)).unwrap();
     }
     let secs = t.elapsed().as_secs_f64();
-    eprintln!("{} MiB in {:.0} ms: {:.0} MB/s raw, wire {} MiB", total >> 20, secs * 1e3, total as f64 / secs / 1e6, h.source.stats().wire_bytes >> 20);
+    eprintln!(
+        "{} MiB in {:.0} ms: {:.0} MB/s raw, wire {} MiB",
+        total >> 20,
+        secs * 1e3,
+        total as f64 / secs / 1e6,
+        h.source.stats().wire_bytes >> 20
+    );
     h.source.close();
     h.dest.close();
 }
@@ -340,14 +430,28 @@ fn a_port_range_is_used_first_free_first_and_a_full_one_is_a_clear_error() {
     let base = probe.local_addr().unwrap().port();
     drop(probe);
     let range = Some((base, base.saturating_add(1)));
-    let cfg = || DestConfig { bind_host: "127.0.0.1".into(), ports: range, qemu_socket: dir.path().join("q.sock"), token: vec![1; 24], capacity_pages: 64, shards: 1 };
+    let cfg = || DestConfig {
+        bind_host: "127.0.0.1".into(),
+        ports: range,
+        qemu_socket: dir.path().join("q.sock"),
+        token: vec![1; 24],
+        capacity_pages: 64,
+        shards: 1,
+    };
     let nop = || -> Box<dyn Fn(LinkError) + Send + Sync> { Box::new(|_| ()) };
-    let Ok(first) = DestLink::start(cfg(), nop()) else { return }; // someone took the port meanwhile: nothing to learn
+    let Ok(first) = DestLink::start(cfg(), nop()) else {
+        return;
+    }; // someone took the port meanwhile: nothing to learn
     let second = DestLink::start(cfg(), nop()).unwrap();
     assert_eq!((first.port(), second.port()), (base, base + 1));
-    let third = DestLink::start(cfg(), nop()).err().expect("the range is full");
+    let third = DestLink::start(cfg(), nop())
+        .err()
+        .expect("the range is full");
     assert_eq!(third.code(), "MIGRATION_TRANSPORT");
-    assert!(third.to_string().contains("no free data-link port"), "{third}");
+    assert!(
+        third.to_string().contains("no free data-link port"),
+        "{third}"
+    );
     first.close();
     second.close();
 }

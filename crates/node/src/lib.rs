@@ -19,5 +19,5 @@ pub use store::*;
 
 /// Formats a domain error for JavaScript: `CODE: message`.
 pub(crate) fn js_error(code: &str, message: impl std::fmt::Display) -> napi::Error {
-  napi::Error::from_reason(format!("{code}: {message}"))
+    napi::Error::from_reason(format!("{code}: {message}"))
 }

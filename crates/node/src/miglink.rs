@@ -12,186 +12,213 @@ use std::sync::Arc;
 /// The first failure of a link end.
 #[napi(object)]
 pub struct LinkFailure {
-  /// Stable code (`MIGRATION_PROTOCOL`, `MIGRATION_TRANSPORT`, `CODEC_*`).
-  pub code: String,
-  pub message: String,
+    /// Stable code (`MIGRATION_PROTOCOL`, `MIGRATION_TRANSPORT`, `CODEC_*`).
+    pub code: String,
+    pub message: String,
 }
 
 type FailFn = ThreadsafeFunction<LinkFailure, (), LinkFailure, Status, false, true>;
 
 fn on_fail(f: FailFn) -> novacron_miglink::FailFn {
-  Box::new(move |e: LinkError| {
-    f.call(LinkFailure { code: e.code().to_string(), message: e.to_string() }, ThreadsafeFunctionCallMode::NonBlocking);
-  })
+    Box::new(move |e: LinkError| {
+        f.call(
+            LinkFailure {
+                code: e.code().to_string(),
+                message: e.to_string(),
+            },
+            ThreadsafeFunctionCallMode::NonBlocking,
+        );
+    })
 }
 
 fn to_js(e: LinkError) -> Error {
-  js_error(e.code(), e)
+    js_error(e.code(), e)
 }
 
 /// Counters of one end of a migration link.
 #[napi(object)]
 pub struct LinkCounters {
-  /// Bytes of QEMU's stream (read from the source QEMU / written to the destination QEMU).
-  pub raw_bytes: f64,
-  /// Bytes on the link, frame headers included.
-  pub wire_bytes: f64,
-  /// Guest pages that went through the codec.
-  pub pages: f64,
-  /// RAM packets.
-  pub packets: f64,
+    /// Bytes of QEMU's stream (read from the source QEMU / written to the destination QEMU).
+    pub raw_bytes: f64,
+    /// Bytes on the link, frame headers included.
+    pub wire_bytes: f64,
+    /// Guest pages that went through the codec.
+    pub pages: f64,
+    /// RAM packets.
+    pub packets: f64,
 }
 
 impl From<StatsSnapshot> for LinkCounters {
-  fn from(s: StatsSnapshot) -> Self {
-    Self { raw_bytes: s.raw_bytes as f64, wire_bytes: s.wire_bytes as f64, pages: s.pages as f64, packets: s.packets as f64 }
-  }
+    fn from(s: StatsSnapshot) -> Self {
+        Self {
+            raw_bytes: s.raw_bytes as f64,
+            wire_bytes: s.wire_bytes as f64,
+            pages: s.pages as f64,
+            packets: s.packets as f64,
+        }
+    }
 }
 
 /// A link's bandwidth cap, shared by everything one migration sends.
 #[napi]
 pub struct LinkBucket {
-  inner: Arc<TokenBucket>,
+    inner: Arc<TokenBucket>,
 }
 
 #[napi]
 impl LinkBucket {
-  #[napi(constructor)]
-  pub fn new(bytes_per_second: f64) -> Self {
-    Self { inner: Arc::new(TokenBucket::new(bytes_per_second)) }
-  }
+    #[napi(constructor)]
+    pub fn new(bytes_per_second: f64) -> Self {
+        Self {
+            inner: Arc::new(TokenBucket::new(bytes_per_second)),
+        }
+    }
 
-  /// Records `bytes` sent; returns the ms to wait before sending more (0: none).
-  #[napi]
-  pub fn spend(&self, bytes: u32) -> u32 {
-    self.inner.spend(bytes as usize).as_millis().try_into().unwrap_or(u32::MAX)
-  }
+    /// Records `bytes` sent; returns the ms to wait before sending more (0: none).
+    #[napi]
+    pub fn spend(&self, bytes: u32) -> u32 {
+        self.inner
+            .spend(bytes as usize)
+            .as_millis()
+            .try_into()
+            .unwrap_or(u32::MAX)
+    }
 }
 
 #[napi(object)]
 pub struct SourceLinkOptions {
-  /// Unix socket QEMU migrates to.
-  pub socket_path: String,
-  /// The destination's data listener, `host:port`.
-  pub dest: String,
-  pub token: Buffer,
-  pub capacity_pages: u32,
-  pub shards: u32,
-  /// Per-channel flow-control window in bytes.
-  pub window: u32,
-  /// Fault injection (tests): corrupt the Nth RAM packet's batch.
-  pub corrupt_pages_frame: Option<u32>,
-  /// Fault injection (tests): cut the link after this many bytes.
-  pub cut_after_bytes: Option<f64>,
+    /// Unix socket QEMU migrates to.
+    pub socket_path: String,
+    /// The destination's data listener, `host:port`.
+    pub dest: String,
+    pub token: Buffer,
+    pub capacity_pages: u32,
+    pub shards: u32,
+    /// Per-channel flow-control window in bytes.
+    pub window: u32,
+    /// Fault injection (tests): corrupt the Nth RAM packet's batch.
+    pub corrupt_pages_frame: Option<u32>,
+    /// Fault injection (tests): cut the link after this many bytes.
+    pub cut_after_bytes: Option<f64>,
 }
 
 /// Source end (see the `novacron-miglink` crate).
 #[napi]
 pub struct NativeSourceLink {
-  inner: novacron_miglink::SourceLink,
+    inner: novacron_miglink::SourceLink,
 }
 
 #[napi]
 impl NativeSourceLink {
-  /// Connects to the destination and listens for QEMU; throws `MIGRATION_TRANSPORT` if
-  /// either cannot be done. `onFail(code, message)` is called once, off the hot path.
-  #[napi(factory)]
-  pub fn start(
-    options: SourceLinkOptions,
-    bucket: Option<&LinkBucket>,
-    #[napi(ts_arg_type = "(failure: LinkFailure) => void")] on_fail_fn: FailFn,
-  ) -> Result<Self> {
-    let cfg = SourceConfig {
-      socket_path: options.socket_path.into(),
-      dest: options.dest,
-      token: options.token.to_vec(),
-      capacity_pages: options.capacity_pages as usize,
-      shards: options.shards as usize,
-      window: options.window as u64,
-      bucket: bucket.map(|b| b.inner.clone()),
-      corrupt_pages_frame: options.corrupt_pages_frame.map(u64::from),
-      cut_after_bytes: options.cut_after_bytes.map(|b| b as u64),
-    };
-    Ok(Self { inner: novacron_miglink::SourceLink::start(cfg, on_fail(on_fail_fn)).map_err(to_js)? })
-  }
+    /// Connects to the destination and listens for QEMU; throws `MIGRATION_TRANSPORT` if
+    /// either cannot be done. `onFail(code, message)` is called once, off the hot path.
+    #[napi(factory)]
+    pub fn start(
+        options: SourceLinkOptions,
+        bucket: Option<&LinkBucket>,
+        #[napi(ts_arg_type = "(failure: LinkFailure) => void")] on_fail_fn: FailFn,
+    ) -> Result<Self> {
+        let cfg = SourceConfig {
+            socket_path: options.socket_path.into(),
+            dest: options.dest,
+            token: options.token.to_vec(),
+            capacity_pages: options.capacity_pages as usize,
+            shards: options.shards as usize,
+            window: options.window as u64,
+            bucket: bucket.map(|b| b.inner.clone()),
+            corrupt_pages_frame: options.corrupt_pages_frame.map(u64::from),
+            cut_after_bytes: options.cut_after_bytes.map(|b| b as u64),
+        };
+        Ok(Self {
+            inner: novacron_miglink::SourceLink::start(cfg, on_fail(on_fail_fn)).map_err(to_js)?,
+        })
+    }
 
-  #[napi]
-  pub fn stats(&self) -> LinkCounters {
-    self.inner.stats().into()
-  }
+    #[napi]
+    pub fn stats(&self) -> LinkCounters {
+        self.inner.stats().into()
+    }
 
-  /// The first failure, if there was one (also reported through `onFail`).
-  #[napi]
-  pub fn failure(&self) -> Option<LinkFailure> {
-    self.inner.failure().map(|(code, message)| LinkFailure { code: code.into(), message })
-  }
+    /// The first failure, if there was one (also reported through `onFail`).
+    #[napi]
+    pub fn failure(&self) -> Option<LinkFailure> {
+        self.inner.failure().map(|(code, message)| LinkFailure {
+            code: code.into(),
+            message,
+        })
+    }
 
-  #[napi]
-  pub fn close(&self) {
-    self.inner.close();
-  }
+    #[napi]
+    pub fn close(&self) {
+        self.inner.close();
+    }
 }
 
 #[napi(object)]
 pub struct DestLinkOptions {
-  /// Address to listen on.
-  pub bind_host: String,
-  /// First and last port to try (both given), else one the system picks.
-  pub port_from: Option<u32>,
-  pub port_to: Option<u32>,
-  /// The destination QEMU's incoming unix socket.
-  pub qemu_socket: String,
-  pub token: Buffer,
-  pub capacity_pages: u32,
-  pub shards: u32,
+    /// Address to listen on.
+    pub bind_host: String,
+    /// First and last port to try (both given), else one the system picks.
+    pub port_from: Option<u32>,
+    pub port_to: Option<u32>,
+    /// The destination QEMU's incoming unix socket.
+    pub qemu_socket: String,
+    pub token: Buffer,
+    pub capacity_pages: u32,
+    pub shards: u32,
 }
 
 /// Destination end (see the `novacron-miglink` crate).
 #[napi]
 pub struct NativeDestLink {
-  inner: novacron_miglink::DestLink,
+    inner: novacron_miglink::DestLink,
 }
 
 #[napi]
 impl NativeDestLink {
-  #[napi(factory)]
-  pub fn start(
-    options: DestLinkOptions,
-    #[napi(ts_arg_type = "(failure: LinkFailure) => void")] on_fail_fn: FailFn,
-  ) -> Result<Self> {
-    let cfg = DestConfig {
-      bind_host: options.bind_host,
-      ports: match (options.port_from, options.port_to) {
-        (Some(from), Some(to)) => Some((from.min(65535) as u16, to.min(65535) as u16)),
-        _ => None,
-      },
-      qemu_socket: options.qemu_socket.into(),
-      token: options.token.to_vec(),
-      capacity_pages: options.capacity_pages as usize,
-      shards: options.shards as usize,
-    };
-    Ok(Self { inner: novacron_miglink::DestLink::start(cfg, on_fail(on_fail_fn)).map_err(to_js)? })
-  }
+    #[napi(factory)]
+    pub fn start(
+        options: DestLinkOptions,
+        #[napi(ts_arg_type = "(failure: LinkFailure) => void")] on_fail_fn: FailFn,
+    ) -> Result<Self> {
+        let cfg = DestConfig {
+            bind_host: options.bind_host,
+            ports: match (options.port_from, options.port_to) {
+                (Some(from), Some(to)) => Some((from.min(65535) as u16, to.min(65535) as u16)),
+                _ => None,
+            },
+            qemu_socket: options.qemu_socket.into(),
+            token: options.token.to_vec(),
+            capacity_pages: options.capacity_pages as usize,
+            shards: options.shards as usize,
+        };
+        Ok(Self {
+            inner: novacron_miglink::DestLink::start(cfg, on_fail(on_fail_fn)).map_err(to_js)?,
+        })
+    }
 
-  /// The port the source connects to.
-  #[napi(getter)]
-  pub fn port(&self) -> u32 {
-    self.inner.port() as u32
-  }
+    /// The port the source connects to.
+    #[napi(getter)]
+    pub fn port(&self) -> u32 {
+        self.inner.port() as u32
+    }
 
-  #[napi]
-  pub fn stats(&self) -> LinkCounters {
-    self.inner.stats().into()
-  }
+    #[napi]
+    pub fn stats(&self) -> LinkCounters {
+        self.inner.stats().into()
+    }
 
-  /// The first failure, if there was one (also reported through `onFail`).
-  #[napi]
-  pub fn failure(&self) -> Option<LinkFailure> {
-    self.inner.failure().map(|(code, message)| LinkFailure { code: code.into(), message })
-  }
+    /// The first failure, if there was one (also reported through `onFail`).
+    #[napi]
+    pub fn failure(&self) -> Option<LinkFailure> {
+        self.inner.failure().map(|(code, message)| LinkFailure {
+            code: code.into(),
+            message,
+        })
+    }
 
-  #[napi]
-  pub fn close(&self) {
-    self.inner.close();
-  }
+    #[napi]
+    pub fn close(&self) {
+        self.inner.close();
+    }
 }

@@ -56,7 +56,10 @@ pub struct StoreOptions {
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        Self { sync_writes: true, block_cache_bytes: 64 << 20 }
+        Self {
+            sync_writes: true,
+            block_cache_bytes: 64 << 20,
+        }
     }
 }
 
@@ -116,7 +119,9 @@ impl Store {
                 }
             }
         }
-        self.db.write_opt(batch, &self.write_opts).map_err(StoreError::from_rocksdb)
+        self.db
+            .write_opt(batch, &self.write_opts)
+            .map_err(StoreError::from_rocksdb)
     }
 
     /// Returns the pairs in `range`, in key order (or reverse key order).
@@ -170,7 +175,11 @@ pub fn collect_range<I>(iter: I, range: &ScanRange<'_>) -> StoreResult<Vec<KeyVa
 where
     I: Iterator<Item = Result<(Box<[u8]>, Box<[u8]>), rocksdb::Error>>,
 {
-    let limit = if range.limit == 0 { usize::MAX } else { range.limit };
+    let limit = if range.limit == 0 {
+        usize::MAX
+    } else {
+        range.limit
+    };
     let mut out = Vec::new();
     for item in iter {
         let (key, value) = item.map_err(StoreError::from_rocksdb)?;
