@@ -85,7 +85,7 @@ export class ColdMigration extends SourceMigration {
       await this.update({ phase: 'cleanup' });
       this.peer.close();
       // The destination owns the VM now; its files here are a stale copy.
-      await driver.destroy(vm).catch((err) => this.#deps.log.error({ err, vmId }, 'removing the migrated-away VM files failed'));
+      await driver.destroy(vm, { keepDisks: false }).catch((err) => this.#deps.log.error({ err, vmId }, 'removing the migrated-away VM files failed'));
       await this.settleSuccess({});
     } catch (err) {
       const error = await this.errorOf(err);

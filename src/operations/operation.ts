@@ -1,4 +1,5 @@
-import { newId } from '../vm/record.js';
+import type { ErrorCode } from '../errors.js';
+import { newId } from '../ids.js';
 
 export const OPERATION_KINDS = ['start', 'stop', 'shutdown', 'pause', 'resume', 'reboot', 'delete', 'checkpoint', 'restore'] as const;
 export type OperationKind = (typeof OPERATION_KINDS)[number];
@@ -10,7 +11,8 @@ export interface OperationRecord {
   vmId: string;
   state: 'running' | 'succeeded' | 'failed';
   progress: { percent: number; message: string };
-  error?: { code: string; message: string };
+  /** A registered code (never a raw system error such as ENOENT) and a message for operators. */
+  error?: { code: ErrorCode; message: string };
   result?: Record<string, unknown>;
   createdAt: string;
   updatedAt: string;

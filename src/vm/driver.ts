@@ -79,11 +79,19 @@ export interface HypervisorDriver {
   pause(vmId: string): Promise<void>;
   resume(vmId: string): Promise<void>;
   reboot(vmId: string): Promise<void>;
-  /** Removes everything the driver made for the VM (it is stopped). */
-  destroy(vm: VmRecord): Promise<void>;
+  /**
+   * Removes what the driver made for the VM (stopping it first if it still runs). With
+   * `keepDisks`, the disk images (and the VM's directory) stay; everything else goes.
+   */
+  destroy(vm: VmRecord, opts: DestroyOptions): Promise<void>;
   /** What is really there for this VM now, or undefined if nothing is running. */
   inspect(vmId: string): Promise<DriverInstanceState | undefined>;
   close(): Promise<void>;
+}
+
+export interface DestroyOptions {
+  /** Keep the VM's disk images. */
+  keepDisks: boolean;
 }
 
 export interface VmStats {

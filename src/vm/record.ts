@@ -1,4 +1,3 @@
-import { randomBytes } from 'node:crypto';
 import type { VmSpec } from './spec.js';
 import type { VmState } from './state.js';
 
@@ -22,17 +21,4 @@ export interface VmRecord {
   incoming?: { migrationId: string; source: string };
   /** Driver-reported runtime facts (accelerator, pid, ...). */
   runtime?: Record<string, unknown>;
-}
-
-let lastMs = 0;
-let counter = 0;
-/**
- * Time-ordered ids (`vm-` + 12 hex ms + 4 hex counter + 8 hex random), so listing in id
- * order is listing in creation order and pagination cursors are stable.
- */
-export function newId(prefix: string): string {
-  const now = Date.now();
-  counter = now === lastMs ? counter + 1 : 0;
-  lastMs = now;
-  return `${prefix}-${now.toString(16).padStart(12, '0')}${(counter & 0xffff).toString(16).padStart(4, '0')}${randomBytes(4).toString('hex')}`;
 }

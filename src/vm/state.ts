@@ -1,6 +1,6 @@
 /**
- * The VM lifecycle state machine. Every state change goes through `assertTransition`;
- * an illegal one is a 409 VM_INVALID_STATE.
+ * The VM lifecycle state machine. Every state change is written by `VmRegistry.commit`,
+ * which checks it here; an illegal one is a 409 VM_INVALID_STATE.
  *
  *   pending ──► stopped ◄──────────────── stopping ◄──┐
  *                 │  ▲                                │

@@ -8,6 +8,12 @@ import { EventLog } from '../../src/events/log.js';
 import { RocksStore } from '../../src/native/rocks-store.js';
 import { SimDriver } from '../../src/vm/drivers/sim.js';
 import { VmService } from '../../src/vm/service.js';
+import { ACTIONS } from '../../src/vm/actions.js';
+import { canTransition } from '../../src/vm/state.js';
+import { OPERATION_KINDS } from '../../src/operations/operation.js';
+import { LockService } from '../../src/cluster/locks.js';
+import { NovaError } from '../../src/errors.js';
+import type { RaftNode } from '../../src/native/raft-node.js';
 import type { NovaEvent } from '../../src/events/types.js';
 
 const log = pino({ level: 'silent' });
@@ -95,9 +101,13 @@ describe('VmService', () => {
     vms.useLockGuard({
       hold: async () => {
         held++;
-        return async () => {
-          await new Promise((r) => setTimeout(r, 150)); // a slow replicated release
-          held--;
+        return {
+          token: held,
+          lost: new AbortController().signal,
+          release: async () => {
+            await new Promise((r) => setTimeout(r, 150)); // a slow replicated release
+            held--;
+          },
         };
       },
     });
@@ -129,4 +139,100 @@ describe('VmService', () => {
     expect(page.items.length).toBe(1000);
     expect(page.nextCursor).toBeDefined();
   }, 120_000);
+
+  it('an operation whose cluster lease is lost mid-way fails with LOCK_FENCED and the VM settles to what the hypervisor reports', async () => {
+    const { vms } = await setup(new SimDriver({ latencyMs: { start: 200 } }));
+    const leases: AbortController[] = [];
+    vms.useLockGuard({
+      hold: async () => {
+        const lost = new AbortController();
+        leases.push(lost);
+        return { token: leases.length, lost: lost.signal, release: async () => undefined };
+      },
+    });
+    const vm = await vms.create(spec('f'));
+    const op = await vms.requestAction(vm.id, 'start');
+    leases[0]!.abort();
+    const done = await settle(vms, op.id);
+    expect(done.state).toBe('failed');
+    expect(done.error?.code).toBe('LOCK_FENCED');
+    expect(vms.get(vm.id).state).toBe('running'); // the sim did start it: the record follows the hypervisor
+  });
+
+  it('a failed store write leaves the VM record in memory as it was', async () => {
+    const { vms, events } = await setup();
+    const vm = await vms.create(spec('g'));
+    const commit = events.commit.bind(events);
+    events.commit = async () => {
+      throw new NovaError('STORE_IO', 'disk full');
+    };
+    await expect(vms.patch(vm.id, { vcpus: 4 })).rejects.toMatchObject({ code: 'STORE_IO' });
+    await expect(vms.requestAction(vm.id, 'start')).rejects.toMatchObject({ code: 'STORE_IO' });
+    events.commit = commit;
+    expect(vms.get(vm.id)).toEqual(vm);
+    expect(JSON.parse(vms.getJson(vm.id))).toEqual(vm);
+  });
+
+  it('a raw system error from the driver reaches the operation record as INTERNAL, without its message', async () => {
+    class Faulty extends SimDriver {
+      override async start(): Promise<never> {
+        throw Object.assign(new Error("ENOENT: no such file or directory, open '/var/secret/vm.img'"), { code: 'ENOENT' });
+      }
+    }
+    const { vms } = await setup(new Faulty());
+    const vm = await vms.create(spec('h'));
+    const done = await settle(vms, (await vms.requestAction(vm.id, 'start')).id);
+    expect(done.state).toBe('failed');
+    expect(done.error).toEqual({ code: 'INTERNAL', message: 'internal error (see the daemon log)' });
+    expect(vms.get(vm.id).state).toBe('stopped');
+  });
+});
+
+describe('lifecycle actions', () => {
+  it('every action starts only from states with a legal transition into its running state', () => {
+    for (const kind of OPERATION_KINDS) {
+      const { from, during } = ACTIONS[kind];
+      expect(from.length, kind).toBeGreaterThan(0);
+      if (during) for (const s of from) expect(canTransition(s, during), `${kind}: ${s} → ${during}`).toBe(true);
+    }
+  });
+});
+
+describe('LockService.hold', () => {
+  function fakeNode(acquire: () => Promise<unknown>): RaftNode {
+    return { acquire, release: async () => ({ kind: 'released' }) } as unknown as RaftNode;
+  }
+
+  it('marks the lease lost at once when another holder has the lock', async () => {
+    let calls = 0;
+    const locks = new LockService(fakeNode(async () => (calls++ === 0 ? { kind: 'granted', token: 7, expiresMs: Date.now() + 300 } : { kind: 'held', holder: 'member-2', token: 9 })), 10);
+    const held = await locks.hold('vm/x', 'member-1', 300);
+    await expect.poll(() => held.lost.aborted, { timeout: 2000 }).toBe(true);
+    expect((held.lost.reason as NovaError).code).toBe('LOCK_FENCED');
+    expect((held.lost.reason as NovaError).message).toMatch(/taken by member-2/);
+    expect(calls).toBe(2);
+    await held.release();
+  });
+
+  it('marks the lease lost at its expiry when renewals keep failing, and not before', async () => {
+    let calls = 0;
+    const granted = Date.now();
+    const locks = new LockService(fakeNode(async () => {
+      if (calls++ === 0) return { kind: 'granted', token: 7, expiresMs: granted + 400 };
+      throw new NovaError('RAFT_NO_LEADER');
+    }), 10);
+    const held = await locks.hold('vm/x', 'member-1', 400);
+    await expect.poll(() => held.lost.aborted, { timeout: 2000 }).toBe(true);
+    expect(Date.now() - granted).toBeGreaterThanOrEqual(390);
+    expect((held.lost.reason as NovaError).message).toMatch(/expired/);
+    await held.release();
+  });
+
+  it('keeps the lease while renewals succeed with the same token', async () => {
+    const locks = new LockService(fakeNode(async () => ({ kind: 'granted', token: 7, expiresMs: Date.now() + 150 })), 10);
+    const held = await locks.hold('vm/x', 'member-1', 150);
+    await new Promise((r) => setTimeout(r, 600));
+    expect(held.lost.aborted).toBe(false);
+    await held.release();
+  });
 });

@@ -13,7 +13,7 @@ import { totalmem } from 'node:os';
 import { basename, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
-import { DriverError, type DiskSnapshot, type DiskSnapshots, type DriverInstanceState, type HypervisorDriver, type LiveMigration, type ShutdownOptions, type VmStats } from '../driver.js';
+import { DriverError, type DiskSnapshot, type DiskSnapshots, type DestroyOptions, type DriverInstanceState, type HypervisorDriver, type LiveMigration, type ShutdownOptions, type VmStats } from '../driver.js';
 import type { VmRecord } from '../record.js';
 import { unrestrictedUserNic, usedInPlace, type DiskSpec, type VmSpec } from '../spec.js';
 import { probeAccelerator } from '../qemu/accel.js';
@@ -342,10 +342,10 @@ export class QemuDriver implements HypervisorDriver {
     await (await this.#require(vmId, 'reboot')).qmp.execute('system_reset');
   }
 
-  async destroy(vm: VmRecord): Promise<void> {
+  async destroy(vm: VmRecord, { keepDisks }: DestroyOptions): Promise<void> {
     if (this.#instances.has(vm.id) || (await this.inspect(vm.id))) await this.stop(vm.id);
     const dir = this.vmDir(vm.id);
-    if (vm.runtime?.keepDisks) {
+    if (keepDisks) {
       for (const f of ['qmp.sock', 'console.sock', 'vnc.sock', 'qemu.pid']) rmSync(join(dir, f), { force: true });
     } else {
       rmSync(dir, { recursive: true, force: true });

@@ -1,0 +1,152 @@
+/**
+ * The lifecycle actions, one handler each: the states an action may start from, the
+ * state the VM is in while it runs, the checks it makes before it is accepted, and the
+ * driver work it does. The operation runner (`runner.ts`) owns everything around them:
+ * claims, records, events, failure settling.
+ */
+import { NovaError } from '../errors.js';
+import type { OperationKind } from '../operations/operation.js';
+import type { HypervisorDriver } from './driver.js';
+import type { VmRecord } from './record.js';
+import type { VmState } from './state.js';
+
+export interface ActionOptions {
+  /** ACPI shutdown timeout before forcing. */
+  timeoutMs?: number;
+  /** delete: stop a running VM first. */
+  force?: boolean;
+  /** delete: keep disk images. */
+  keepDisks?: boolean;
+}
+
+/** What an action's handler may use. */
+export interface ActionContext {
+  vm: VmRecord;
+  driver: HypervisorDriver;
+  opts: ActionOptions;
+  /** Default ACPI shutdown timeout. */
+  shutdownTimeoutMs: number;
+  /** Moves the VM through an intermediate state (delete of a running VM). */
+  step(to: VmState): Promise<void>;
+}
+
+/** How an action ended; the runner writes it with the finished operation in one batch. */
+export interface ActionOutcome {
+  /** The settled state; omitted: the state stays (reboot). */
+  to?: VmState;
+  reason?: string;
+  runtime?: Record<string, unknown>;
+  result?: Record<string, unknown>;
+  /** A checkpoint the VM now has. */
+  checkpoint?: NonNullable<VmRecord['checkpoint']>;
+  /** The checkpoint was resumed from: it is spent and its file is removed after the write. */
+  consumedCheckpoint?: NonNullable<VmRecord['checkpoint']>;
+  /** The VM is gone: its record is deleted. */
+  removed?: boolean;
+}
+
+export interface ActionHandler {
+  /** States the action may start from (a subset of those with a legal transition to `during`). */
+  from: readonly VmState[];
+  /** The state while it runs; omitted: the state does not change until it ends. */
+  during?: VmState;
+  /** Refuses the request before anything is recorded. */
+  check?(vm: VmRecord, driver: HypervisorDriver, opts: ActionOptions): void;
+  run(ctx: ActionContext): Promise<ActionOutcome>;
+}
+
+/** delete with `force` also starts from these, stopping the VM first. */
+export const FORCED_DELETE_FROM: readonly VmState[] = ['running', 'paused'];
+
+const startOrRestore: ActionHandler['run'] = async ({ vm, driver }) => {
+  // A VM with a checkpoint resumes from it (like libvirt's managed save).
+  const saved = vm.checkpoint;
+  const state = await driver.start(vm, saved ? { restoreFrom: saved.path } : {});
+  return { to: 'running', runtime: state.runtime ?? {}, ...(saved ? { consumedCheckpoint: saved, result: { restoredFrom: saved.path } } : {}) };
+};
+
+export const ACTIONS: Record<OperationKind, ActionHandler> = {
+  start: { from: ['stopped', 'error'], during: 'starting', run: startOrRestore },
+  restore: {
+    from: ['stopped'],
+    during: 'starting',
+    check(vm) {
+      if (!vm.checkpoint) throw new NovaError('VM_INVALID_STATE', `VM "${vm.name}" has no checkpoint to restore`, { state: vm.state });
+    },
+    run: startOrRestore,
+  },
+  checkpoint: {
+    from: ['running', 'paused'],
+    during: 'stopping',
+    check(_vm, driver) {
+      if (!driver.checkpoint || !driver.checkpointPath) throw new NovaError('VM_INVALID_STATE', `the ${driver.name} driver cannot checkpoint VMs`);
+    },
+    async run({ vm, driver }) {
+      const path = driver.checkpointPath!(vm.id);
+      const { sizeBytes } = await driver.checkpoint!(vm.id, path);
+      return { to: 'stopped', reason: 'checkpointed', checkpoint: { path, createdAt: new Date().toISOString(), sizeBytes }, result: { path, sizeBytes } };
+    },
+  },
+  stop: {
+    from: ['running', 'paused', 'error'],
+    during: 'stopping',
+    async run({ vm, driver }) {
+      await driver.stop(vm.id);
+      return { to: 'stopped' };
+    },
+  },
+  shutdown: {
+    from: ['running'],
+    during: 'stopping',
+    async run({ vm, driver, opts, shutdownTimeoutMs }) {
+      const { forced } = await driver.shutdown(vm.id, { timeoutMs: opts.timeoutMs ?? shutdownTimeoutMs });
+      return { to: 'stopped', result: { forced }, ...(forced ? { reason: 'guest did not power off in time; forced' } : {}) };
+    },
+  },
+  pause: {
+    from: ['running'],
+    during: 'pausing',
+    async run({ vm, driver }) {
+      await driver.pause(vm.id);
+      return { to: 'paused' };
+    },
+  },
+  resume: {
+    from: ['paused'],
+    during: 'resuming',
+    async run({ vm, driver }) {
+      await driver.resume(vm.id);
+      return { to: 'running' };
+    },
+  },
+  reboot: {
+    from: ['running'],
+    async run({ vm, driver }) {
+      await driver.reboot(vm.id);
+      return {};
+    },
+  },
+  delete: {
+    from: ['stopped', 'error', 'pending'],
+    during: 'deleting',
+    async run({ vm, driver, opts, step }) {
+      if (FORCED_DELETE_FROM.includes(vm.state)) {
+        await step('stopping');
+        await driver.stop(vm.id);
+        await step('stopped');
+        await step('deleting');
+      }
+      await driver.destroy(vm, { keepDisks: opts.keepDisks ?? false });
+      return { removed: true };
+    },
+  },
+};
+
+/** Whether `kind` may start on `vm` now (with delete's `force`, also from a running or paused VM). */
+export function actionAllowed(kind: OperationKind, vm: VmRecord, opts: ActionOptions): boolean {
+  return ACTIONS[kind].from.includes(vm.state) || isForcedDelete(kind, vm, opts);
+}
+
+export function isForcedDelete(kind: OperationKind, vm: VmRecord, opts: ActionOptions): boolean {
+  return kind === 'delete' && opts.force === true && FORCED_DELETE_FROM.includes(vm.state);
+}

@@ -1,0 +1,199 @@
+/**
+ * Runs lifecycle operations: accepts a request (state and claim checks, the operation
+ * record and the VM's `during` state in one write), runs the action's handler under a
+ * cluster claim, and writes the outcome with the finished operation in one write. A
+ * failed operation settles the VM to what the hypervisor reports, and its record keeps
+ * a registered error code, never a raw system error.
+ */
+import { rmSync } from 'node:fs';
+import { pack, unpack } from 'msgpackr';
+import type { Logger } from 'pino';
+import { NovaError, type ErrorCode } from '../errors.js';
+import type { EventLog } from '../events/log.js';
+import type { EventDraft } from '../events/types.js';
+import { newOperation, opKey, OP_PREFIX, type OperationKind, type OperationRecord } from '../operations/operation.js';
+import { prefixRange, type Store, type WriteOp } from '../store/store.js';
+import { ACTIONS, actionAllowed, isForcedDelete, type ActionOptions, type ActionOutcome } from './actions.js';
+import type { VmClaim, VmClaims } from './claims.js';
+import { DriverError, type DriverInstanceState, type HypervisorDriver } from './driver.js';
+import { stripUndefined, type VmRegistry } from './registry.js';
+import { canTransition, type VmState } from './state.js';
+
+export interface RunnerDeps {
+  store: Store;
+  events: EventLog;
+  driver: HypervisorDriver;
+  registry: VmRegistry;
+  claims: VmClaims;
+  log: Logger;
+  /** Default ACPI shutdown timeout. */
+  shutdownTimeoutMs: number;
+}
+
+/** Finished operations kept in memory (older ones are read from the store). */
+const OPS_CACHE = 10_000;
+
+export class OperationRunner {
+  #deps: RunnerDeps;
+  #ops = new Map<string, OperationRecord>();
+
+  constructor(deps: RunnerDeps) {
+    this.#deps = deps;
+  }
+
+  async get(id: string): Promise<OperationRecord> {
+    const cached = this.#ops.get(id);
+    if (cached) return cached;
+    const raw = id.startsWith('op-') ? await this.#deps.store.get(opKey(id)) : undefined;
+    if (!raw) throw new NovaError('OPERATION_NOT_FOUND', `no operation "${id}"`);
+    return unpack(raw) as OperationRecord;
+  }
+
+  /** Starts a lifecycle operation; resolves once it is accepted (202), not finished. */
+  async request(ref: string, kind: OperationKind, opts: ActionOptions = {}): Promise<OperationRecord> {
+    const { registry, claims, driver } = this.#deps;
+    await claims.settled(registry.find(ref)?.id);
+    const vm = registry.get(ref);
+    claims.assertFree(vm); // before state checks
+    const action = ACTIONS[kind];
+    if (!actionAllowed(kind, vm, opts)) {
+      throw new NovaError('VM_INVALID_STATE', `cannot ${kind} VM "${vm.name}" while it is ${vm.state}`, { state: vm.state, allowedFrom: action.from });
+    }
+    action.check?.(vm, driver, opts);
+    const op = newOperation(kind, vm.id);
+    const claim = await claims.cluster(vm, kind);
+    try {
+      const started: EventDraft = { type: 'operation.started', vmId: vm.id, tenant: vm.spec.tenant, operationId: op.id, data: { kind } };
+      if (action.during && !isForcedDelete(kind, vm, opts)) {
+        await registry.commit(vm.id, { to: action.during, alsoWrite: [opWrite(op)], events: [started] });
+      } else {
+        await this.#deps.events.commit([opWrite(op)], [started]);
+      }
+      this.#ops.set(op.id, op);
+    } catch (err) {
+      claim.release();
+      throw err;
+    }
+    void this.#run(op, vm.id, opts, claim).finally(() => claim.release());
+    return op;
+  }
+
+  /** Marks operations left running by a previous daemon as failed (their outcome is unknown). */
+  async failInterrupted(): Promise<void> {
+    for (const e of await this.#deps.store.scan(prefixRange(OP_PREFIX))) {
+      const op = unpack(e.value) as OperationRecord;
+      if (op.state === 'running') await this.#finishAlone(op, 'failed', { error: { code: 'INTERNAL', message: 'interrupted by daemon restart' } });
+    }
+  }
+
+  async #run(op: OperationRecord, vmId: string, opts: ActionOptions, claim: VmClaim): Promise<void> {
+    const { registry, driver } = this.#deps;
+    const vm = registry.get(vmId);
+    try {
+      const outcome = await ACTIONS[op.kind].run({
+        vm,
+        driver,
+        opts,
+        shutdownTimeoutMs: this.#deps.shutdownTimeoutMs,
+        step: async (to) => {
+          claim.assertHeld();
+          await registry.commit(vmId, { to });
+        },
+      });
+      claim.assertHeld();
+      await this.#record(op, vmId, outcome);
+    } catch (err) {
+      this.#deps.log.warn({ err, op: op.id, vmId, kind: op.kind }, 'operation failed');
+      await this.#settleAfterFailure(vmId, op.kind, err).catch((e) => this.#deps.log.error({ err: e, vmId }, 'could not settle VM state'));
+      await this.#finishAlone(op, 'failed', { error: operationError(err) }).catch((e) => this.#deps.log.error({ err: e, op: op.id }, 'could not record operation failure'));
+    }
+  }
+
+  /** Writes an action's outcome and the finished operation in one batch. */
+  async #record(op: OperationRecord, vmId: string, outcome: ActionOutcome): Promise<void> {
+    const { registry } = this.#deps;
+    const { done, event } = this.#finished(op, 'succeeded', outcome.result ? { result: outcome.result } : {});
+    if (outcome.removed) {
+      const vm = registry.get(vmId);
+      await registry.drop(vm, [opWrite(done)], [{ type: 'vm.deleted', vmId, tenant: vm.spec.tenant, operationId: op.id, data: { name: vm.name } }, event]);
+    } else if (outcome.to || outcome.checkpoint || outcome.consumedCheckpoint) {
+      await registry.commit(vmId, stripUndefined({
+        to: outcome.to,
+        reason: outcome.reason,
+        runtime: outcome.runtime,
+        ...(outcome.checkpoint ? { set: { checkpoint: outcome.checkpoint } } : {}),
+        ...(outcome.consumedCheckpoint ? { clear: ['checkpoint' as const] } : {}),
+        alsoWrite: [opWrite(done)],
+        events: [event],
+      }));
+    } else {
+      await this.#deps.events.commit([opWrite(done)], [event]);
+    }
+    this.#ops.set(op.id, done);
+    // Only once the record no longer points at it: a restored checkpoint is spent.
+    if (outcome.consumedCheckpoint) rmSync(outcome.consumedCheckpoint.path, { force: true });
+  }
+
+  /** After a failed operation, set the state to what the hypervisor says is true. */
+  async #settleAfterFailure(vmId: string, kind: OperationKind, err: unknown): Promise<void> {
+    const { registry } = this.#deps;
+    const vm = registry.find(vmId);
+    if (!vm) return;
+    const reason = `${kind} failed: ${reasonOf(err)}`;
+    let actual: DriverInstanceState | undefined;
+    try {
+      actual = await this.#deps.driver.inspect(vmId);
+    } catch (inspectErr) {
+      await registry.commit(vmId, { to: 'error', reason: `${reason}; inspect failed: ${reasonOf(inspectErr)}` });
+      return;
+    }
+    const target: VmState = kind === 'delete' ? 'error' : actual ? actual.status : 'stopped';
+    await registry.commit(vmId, { to: canTransition(vm.state, target) ? target : 'error', reason });
+  }
+
+  /** The finished form of an operation and its event, to be written by the caller. */
+  #finished(op: OperationRecord, state: 'succeeded' | 'failed', extra: Pick<OperationRecord, 'error' | 'result'>): { done: OperationRecord; event: EventDraft } {
+    const now = new Date().toISOString();
+    const done: OperationRecord = { ...op, ...stripUndefined(extra), state, progress: { percent: 100, message: state }, updatedAt: now, finishedAt: now };
+    const vm = this.#deps.registry.find(op.vmId);
+    const event: EventDraft = { type: `operation.${state}`, vmId: op.vmId, operationId: op.id, data: { kind: op.kind, ...stripUndefined(extra) } };
+    if (vm) event.tenant = vm.spec.tenant;
+    this.#trimCache();
+    return { done, event };
+  }
+
+  /** Writes a finished operation on its own (no VM change with it). */
+  async #finishAlone(op: OperationRecord, state: 'succeeded' | 'failed', extra: Pick<OperationRecord, 'error' | 'result'>): Promise<void> {
+    const { done, event } = this.#finished(op, state, extra);
+    await this.#deps.events.commit([opWrite(done)], [event]);
+    this.#ops.set(op.id, done);
+  }
+
+  #trimCache(): void {
+    if (this.#ops.size <= OPS_CACHE) return;
+    for (const [id, op] of this.#ops) {
+      if (op.state !== 'running') this.#ops.delete(id);
+      if (this.#ops.size <= OPS_CACHE * 0.9) break;
+    }
+  }
+}
+
+function opWrite(op: OperationRecord): WriteOp {
+  return { key: opKey(op.id), value: pack(op) };
+}
+
+/**
+ * The error an operation record keeps: a registered code and a message meant for
+ * operators. A driver failure keeps its message (it names what the hypervisor said);
+ * anything unexpected (a raw system error such as ENOENT) is INTERNAL, its details only
+ * in the log.
+ */
+export function operationError(err: unknown): { code: ErrorCode; message: string } {
+  if (err instanceof NovaError) return { code: err.code, message: err.message };
+  if (err instanceof DriverError) return { code: 'DRIVER_FAILED', message: err.message };
+  return { code: 'INTERNAL', message: 'internal error (see the daemon log)' };
+}
+
+export function reasonOf(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
