@@ -30,7 +30,7 @@ import type { HypervisorDriver } from './vm/driver.js';
 import { Cluster } from './cluster/cluster.js';
 import { ReplicatedStore } from './cluster/replicated-store.js';
 import { LockService, vmLockGuard } from './cluster/locks.js';
-import { peerWsRoute } from './cluster/peer-ws.js';
+import { peerWsRoute } from './api/peer-ws.js';
 import { registerClusterMetrics } from './cluster/metrics.js';
 import { clusterRoutes } from './api/routes/cluster.js';
 import { InventoryPublisher, resolveMember } from './cluster/inventory.js';

@@ -11,7 +11,7 @@ import { NovaError } from '../errors.js';
 import { RaftNode, type RaftMembers, type RaftStatus } from '../native/raft-node.js';
 import { newClusterId, newMemberId, newSecret, readIdentity, writeIdentity, type Identity } from './identity.js';
 import { PeerTransport, type PeerState } from './peer-transport.js';
-import type { PeerEndpoint } from './peer-ws.js';
+import type { PeerEndpoint } from './peer-frames.js';
 import { withRetry } from './replicated-store.js';
 
 export interface RaftTuning {

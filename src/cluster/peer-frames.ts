@@ -4,6 +4,7 @@
  * snapshot carries the whole state) is streamed as chunks and reassembled, so no frame
  * exceeds `CHUNK_BYTES` and a snapshot never needs one giant buffer on the wire.
  */
+import { timingSafeEqual } from 'node:crypto';
 import { NovaError } from '../errors.js';
 
 export const PEER_PATH = '/v1/cluster/peer';
@@ -107,4 +108,25 @@ export class FrameAssembler {
     this.#size = 0;
     return { bytes: whole, batch: false };
   }
+}
+
+/** What the inbound peer route (api/peer-ws.ts) needs of the cluster. */
+export interface PeerEndpoint {
+  clusterId: string;
+  secret: string;
+  /** Steps a peer's message into Raft; throws a NovaError for a bad one. */
+  step(bytes: Buffer): void;
+  /** Steps length-prefixed messages; throws at the first bad one. */
+  stepBatch(bytes: Buffer): void;
+  /** A peer announced where it listens. */
+  peerAddress(id: number, address: string): void;
+  /** Counts refused messages (metrics). */
+  refused(reason: string): void;
+}
+
+/** Constant-time comparison of a presented cluster secret. */
+export function secretMatches(given: string, expected: string): boolean {
+  const a = Buffer.from(given);
+  const b = Buffer.from(expected);
+  return a.length === b.length && timingSafeEqual(a, b);
 }

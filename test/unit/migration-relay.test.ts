@@ -15,8 +15,9 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { NovaError } from '../../src/errors.js';
 import { DestLink, SourceLink } from '../../src/native/miglink.js';
-import { FLAG_DEVICE_STATE, FLAG_SYNC, MULTIFD_MAGIC, MultifdParser, QEVM_MAGIC } from '../../src/migration/multifd.js';
-import { ByteQueue, CHANNEL_WINDOW, FrameReader } from '../../src/migration/wire.js';
+import { FLAG_DEVICE_STATE, FLAG_SYNC, MULTIFD_MAGIC, MultifdParser, QEVM_MAGIC } from '../../src/vm/drivers/sim-multifd.js';
+import { CHANNEL_WINDOW, FrameReader } from '../../src/migration/wire.js';
+import { ByteQueue } from '../../src/util/byte-queue.js';
 
 const PAGE = 4096;
 const ALLOC = 128;

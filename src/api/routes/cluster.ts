@@ -10,7 +10,7 @@ import { parseWith } from '../validate.js';
 import type { Cluster } from '../../cluster/cluster.js';
 import type { ReplicatedStore } from '../../cluster/replicated-store.js';
 import type { LockService } from '../../cluster/locks.js';
-import { secretMatches } from '../../cluster/peer-ws.js';
+import { secretMatches } from '../../cluster/peer-frames.js';
 import { HostPort } from '../../config.js';
 import { clusterHosts, clusterMigrations, clusterPlacements, forgetMember } from '../../cluster/inventory.js';
 

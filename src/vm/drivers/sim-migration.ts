@@ -14,9 +14,9 @@ import { rmSync } from 'node:fs';
 import { createServer, connect, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { ByteQueue } from '../../migration/wire.js';
+import { ByteQueue } from '../../util/byte-queue.js';
 import { isZeroPage } from '../../native/memdelta.js';
-import { FLAG_SYNC, MULTIFD_MAGIC, MULTIFD_PACKET_PAYLOAD, MultifdParser, QEVM_MAGIC, RAM_PACKET_FIXED_LEN } from '../../migration/multifd.js';
+import { FLAG_SYNC, MULTIFD_MAGIC, MULTIFD_PACKET_PAYLOAD, MultifdParser, QEVM_MAGIC, RAM_PACKET_FIXED_LEN } from './sim-multifd.js';
 import { DriverError, type LiveMigration, type MigrationProgress, type OutgoingParams } from '../driver.js';
 import type { VmRecord } from '../record.js';
 

@@ -7,11 +7,17 @@
 import { readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { supportsQemu, MIN_QEMU } from '../../migration/multifd.js';
 import { DriverError, type LiveMigration, type MigrationProgress, type OutgoingParams } from '../driver.js';
 import type { VmRecord } from '../record.js';
 import type { QmpClient, QmpEvent } from './qmp.js';
 import { QemuStorageMirror } from './storage-mirror.js';
+
+/** Oldest QEMU whose multifd RAM packet layout NovaCron's data link (crates/miglink) parses. */
+export const MIN_QEMU = { major: 9, minor: 0 };
+
+export function supportsQemu(v: { major: number; minor: number }): boolean {
+  return v.major > MIN_QEMU.major || (v.major === MIN_QEMU.major && v.minor >= MIN_QEMU.minor);
+}
 
 export interface MigrationHost {
   vmDir(vmId: string): string;

@@ -1,5 +1,7 @@
 /**
- * QEMU's migration channel formats, as much as the relay needs to find guest pages.
+ * QEMU's migration channel formats, as the sim driver's stand-in for QEMU writes and reads
+ * them (the real data path parses QEMU's streams in Rust: crates/miglink/src/multifd.rs;
+ * both parsers decode the recorded stream under testdata/).
  *
  * A connection from QEMU starts with a 4-byte magic: the main channel ("QEVM", device
  * state and sync markers — forwarded as is) or a multifd channel, which sends a 64-byte
@@ -15,11 +17,11 @@
  *   Device-state packet (flag bit 6): magic | version | flags | idstr[256] |
  *     instance_id u32 | next_packet_size u32, then that many opaque bytes.
  *
- * Older QEMU (< 9.0) laid the RAM packet out differently; the relay refuses it rather
- * than guess (MIGRATION_UNSUPPORTED, checked with query-version before starting).
+ * Older QEMU (< 9.0) laid the RAM packet out differently; the QEMU driver refuses it
+ * rather than guess (MIGRATION_UNSUPPORTED, see `supportsQemu` in vm/qemu/migration.ts).
  */
-import { NovaError } from '../errors.js';
-import type { ByteQueue } from './wire.js';
+import { NovaError } from '../../errors.js';
+import type { ByteQueue } from '../../util/byte-queue.js';
 
 export const QEVM_MAGIC = 0x5145564d;
 export const MULTIFD_MAGIC = 0x11223344;
@@ -36,13 +38,6 @@ export const FLAG_COMPRESSION_MASK = 0x1f << 1;
 export const FLAG_DEVICE_STATE = 32 << 1;
 /** A page index for the codec: ramblock number in the high bits, page number below. */
 const BLOCK_SHIFT = 40n;
-
-/** Oldest QEMU whose multifd RAM packet layout the relay understands. */
-export const MIN_QEMU = { major: 9, minor: 0 };
-
-export function supportsQemu(v: { major: number; minor: number }): boolean {
-  return v.major > MIN_QEMU.major || (v.major === MIN_QEMU.major && v.minor >= MIN_QEMU.minor);
-}
 
 export type ChannelItem =
   | { kind: 'opaque'; bytes: Buffer }
@@ -119,11 +114,6 @@ export class MultifdParser {
     }
     return n;
   }
-}
-
-/** Normal-page count of a RAM packet header (destination check). */
-export function normalPages(header: Buffer): number {
-  return header.readUInt32BE(16);
 }
 
 function checkMagic(b: Buffer): void {

@@ -4,34 +4,14 @@
  * error. A malformed frame or message closes the connection (code 4400 with the
  * reason) and is never stepped into Raft.
  */
-import { timingSafeEqual } from 'node:crypto';
 import type { Logger } from 'pino';
 import { NovaError } from '../errors.js';
-import { upgradeWebSocket, type WsRouteInstaller } from '../api/server.js';
-import { CHUNK_BYTES, FrameAssembler, HEADERS, PEER_PATH } from './peer-frames.js';
-
-export interface PeerEndpoint {
-  clusterId: string;
-  secret: string;
-  /** Steps a peer's message into Raft; throws a NovaError for a bad one. */
-  step(bytes: Buffer): void;
-  /** Steps length-prefixed messages; throws at the first bad one. */
-  stepBatch(bytes: Buffer): void;
-  /** A peer announced where it listens. */
-  peerAddress(id: number, address: string): void;
-  /** Counts refused messages (metrics). */
-  refused(reason: string): void;
-}
+import { upgradeWebSocket, type WsRouteInstaller } from './server.js';
+import { CHUNK_BYTES, FrameAssembler, HEADERS, PEER_PATH, secretMatches, type PeerEndpoint } from '../cluster/peer-frames.js';
 
 interface Conn {
   member: number;
   assembler: FrameAssembler;
-}
-
-export function secretMatches(given: string, expected: string): boolean {
-  const a = Buffer.from(given);
-  const b = Buffer.from(expected);
-  return a.length === b.length && timingSafeEqual(a, b);
 }
 
 export function peerWsRoute(endpoint: () => PeerEndpoint | undefined, log: Logger): WsRouteInstaller {
