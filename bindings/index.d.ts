@@ -11,6 +11,7 @@ export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-was
 
 /** A link's bandwidth cap, shared by everything one migration sends. */
 export declare class LinkBucket {
+  /** A cap of `bytes_per_second` on the wire. */
   constructor(bytesPerSecond: number)
   /** Records `bytes` sent; returns the ms to wait before sending more (0: none). */
   spend(bytes: number): number
@@ -18,12 +19,15 @@ export declare class LinkBucket {
 
 /** Destination end (see the `novacron-miglink` crate). */
 export declare class NativeDestLink {
+  /** Listens for the source and starts the threads that feed the destination QEMU. */
   static start(options: DestLinkOptions, onFailFn: (failure: LinkFailure) => void): NativeDestLink
   /** The port the source connects to. */
   get port(): number
+  /** Byte and page counters so far. */
   stats(): LinkCounters
   /** The first failure, if there was one (also reported through `onFail`). */
   failure(): LinkFailure | null
+  /** Stops the link's threads and closes its sockets. */
   close(): void
 }
 
@@ -97,9 +101,11 @@ export declare class NativeSourceLink {
    * either cannot be done. `onFail(code, message)` is called once, off the hot path.
    */
   static start(options: SourceLinkOptions, bucket: LinkBucket | undefined | null, onFailFn: (failure: LinkFailure) => void): NativeSourceLink
+  /** Byte and page counters so far. */
   stats(): LinkCounters
   /** The first failure, if there was one (also reported through `onFail`). */
   failure(): LinkFailure | null
+  /** Stops the link's threads and closes its sockets. */
   close(): void
 }
 
@@ -116,8 +122,6 @@ export declare class NativeStore {
   write(ops: Array<BindingWriteOp>): Promise<void>
   /** Returns the pairs in a key range, off the event loop. */
   scan(range: BindingScanRange): Promise<Array<BindingKeyValue>>
-  /** Synchronous scan, for start-up loading where nothing else can run yet. */
-  scanSync(range: BindingScanRange): Array<BindingKeyValue>
   /**
    * Flushes and closes the store. In-flight writes finish first (they hold their own
    * reference); later calls throw `STORE_CLOSED`.
@@ -214,16 +218,21 @@ export interface BindingWriteOp {
   value?: Buffer
 }
 
+/** Options of `NativeDestLink.start` (see `DestConfig` in the crate). */
 export interface DestLinkOptions {
   /** Address to listen on. */
   bindHost: string
   /** First and last port to try (both given), else one the system picks. */
   portFrom?: number
+  /** Last port to try (with `port_from`). */
   portTo?: number
   /** The destination QEMU's incoming unix socket. */
   qemuSocket: string
+  /** The migration's token: the source's hello must carry exactly these bytes. */
   token: Buffer
+  /** Codec cache size in pages; must equal the source's. */
   capacityPages: number
+  /** Codec shards; must equal the source's. */
   shards: number
 }
 
@@ -243,6 +252,7 @@ export interface LinkCounters {
 export interface LinkFailure {
   /** Stable code (`MIGRATION_PROTOCOL`, `MIGRATION_TRANSPORT`, `CODEC_*`). */
   code: string
+  /** What went wrong, for operators. */
   message: string
 }
 
@@ -397,13 +407,17 @@ export interface RaftStatus {
   addresses: Array<RaftPeerAddress>
 }
 
+/** Options of `NativeSourceLink.start` (see `SourceConfig` in the crate). */
 export interface SourceLinkOptions {
   /** Unix socket QEMU migrates to. */
   socketPath: string
   /** The destination's data listener, `host:port`. */
   dest: string
+  /** The migration's token, sent in the hello. */
   token: Buffer
+  /** Codec cache size in pages; the destination uses the same. */
   capacityPages: number
+  /** Codec shards; the destination uses the same. */
   shards: number
   /** Per-channel flow-control window in bytes. */
   window: number

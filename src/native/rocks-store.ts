@@ -66,15 +66,6 @@ export class RocksStore implements Store {
     return pairs.map((p) => ({ key: p.key.toString(), value: p.value }));
   }
 
-  /** Synchronous scan for start-up loading, before the event loop has work to do. */
-  scanSync(range: KeyRange): Entry[] {
-    this.#checkOpen();
-    const pairs = callNative(() =>
-      this.#native.scanSync({ start: Buffer.from(range.start), end: Buffer.from(range.end), limit: range.limit ?? 0, reverse: range.reverse ?? false }),
-    );
-    return pairs.map((p) => ({ key: p.key.toString(), value: p.value }));
-  }
-
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;

@@ -463,11 +463,9 @@ impl Sample {
 }
 
 fn is_zero(page: &[u8; PAGE_SIZE]) -> bool {
-    let (prefix, words, suffix) = unsafe {
-        // SAFETY: reinterpreting initialised bytes as u64 words is valid for any bit
-        // pattern; align_to handles the unaligned head and tail.
-        page.align_to::<u64>()
-    };
+    // SAFETY: reinterpreting initialised bytes as u64 words is valid for any bit
+    // pattern; align_to handles the unaligned head and tail.
+    let (prefix, words, suffix) = unsafe { page.align_to::<u64>() };
     prefix.iter().all(|&b| b == 0)
         && words.iter().all(|&w| w == 0)
         && suffix.iter().all(|&b| b == 0)

@@ -6,6 +6,7 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+/// A token bucket in bytes: `bytes_per_sec` refill, `burst` depth; shared by the senders of one migration.
 pub struct TokenBucket {
     bytes_per_sec: f64,
     burst: f64,

@@ -24,6 +24,7 @@ use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// How the destination end of a data link listens and feeds its QEMU.
 pub struct DestConfig {
     /// Address to listen on (the daemon's migration host).
     pub bind_host: String,
@@ -32,8 +33,11 @@ pub struct DestConfig {
     pub ports: Option<(u16, u16)>,
     /// The destination QEMU's incoming unix socket.
     pub qemu_socket: PathBuf,
+    /// The migration's token: the source's hello must carry exactly these bytes.
     pub token: Vec<u8>,
+    /// Codec cache size in pages; must equal the source's.
     pub capacity_pages: usize,
+    /// Codec shards; must equal the source's.
     pub shards: usize,
 }
 
@@ -82,6 +86,7 @@ impl Shared {
     }
 }
 
+/// A running destination end: its listener thread and the QEMU feeding threads.
 pub struct DestLink {
     shared: Arc<Shared>,
 }
@@ -115,10 +120,12 @@ impl DestLink {
         Ok(Self { shared })
     }
 
+    /// The port the listener bound (from `DestConfig::ports`, or the system's pick).
     pub fn port(&self) -> u16 {
         self.shared.port
     }
 
+    /// Byte and page counters so far.
     pub fn stats(&self) -> crate::StatsSnapshot {
         self.shared.stats.snapshot()
     }

@@ -2,6 +2,7 @@
 
 use novacron_memdelta::CodecError;
 
+/// Why a link end failed.
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
     /// The peer or QEMU sent something this end does not understand or refuses.
@@ -16,6 +17,7 @@ pub enum LinkError {
 }
 
 impl LinkError {
+    /// The stable error code (registered in src/errors.ts).
     pub fn code(&self) -> &'static str {
         match self {
             LinkError::Protocol(_) => "MIGRATION_PROTOCOL",

@@ -21,7 +21,9 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::sync::Mutex;
 
+/// The first 4 bytes of QEMU's main migration channel ("QEVM").
 pub const QEVM_MAGIC: u32 = 0x5145_564d;
+/// The first 4 bytes of a multifd channel, and of each of its packets.
 pub const MULTIFD_MAGIC: u32 = 0x1122_3344;
 const VERSION: u32 = 1;
 const INIT_LEN: usize = 64;
@@ -35,6 +37,7 @@ const FLAG_COMPRESSION_MASK: u32 = 0x1f << 1;
 const FLAG_DEVICE_STATE: u32 = 32 << 1;
 /// A page index for the codec: ramblock number in the high bits, page number below.
 const BLOCK_SHIFT: u32 = 40;
+/// Guest page size the parser handles (x86 4 KiB pages).
 pub const PAGE_SIZE: usize = novacron_memdelta::PAGE_SIZE;
 /// Pages one RAM packet can carry (4 KiB pages).
 pub const PACKET_SLOTS: usize = PACKET_PAYLOAD / PAGE_SIZE;
@@ -53,13 +56,17 @@ impl BlockNumbers {
     }
 }
 
+/// One unit of a multifd channel, as the source's link sends it on.
 pub enum Item {
     /// Bytes to forward unchanged (init and device-state packets).
     Opaque(Vec<u8>),
     /// A RAM packet: its header verbatim, the normal pages, and their codec indices.
     Ram {
+        /// The packet's header and offset array, verbatim.
         header: Vec<u8>,
+        /// The normal (non-zero) pages, `PAGE_SIZE` bytes each.
         pages: Vec<u8>,
+        /// Each page's codec index (ramblock number and page number).
         indices: Vec<u64>,
     },
 }
@@ -124,6 +131,7 @@ pub struct MultifdReader<'a> {
 }
 
 impl<'a> MultifdReader<'a> {
+    /// A reader numbering ramblocks with the migration's shared `blocks`.
     pub fn new(blocks: &'a BlockNumbers) -> Self {
         Self { blocks }
     }

@@ -24,6 +24,7 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
+/// How the source end of a data link takes QEMU's channels and reaches the destination.
 pub struct SourceConfig {
     /// Where QEMU connects (its `migrate` URI is `unix:<path>`).
     pub socket_path: PathBuf,
@@ -33,11 +34,13 @@ pub struct SourceConfig {
     pub token: Vec<u8>,
     /// Codec cache size and shards; the destination uses the same.
     pub capacity_pages: usize,
+    /// Codec shards (see `capacity_pages`).
     pub shards: usize,
     /// Bytes of a channel's QEMU stream that may be in flight (read here, not yet
     /// delivered to the destination QEMU). Bounded, so QEMU's bandwidth and downtime
     /// estimates stay true and no queue drains after the switchover.
     pub window: u64,
+    /// The migration's bandwidth cap, shared with its disk-mirror tunnel (`None`: uncapped).
     pub bucket: Option<Arc<TokenBucket>>,
     /// Fault injection (tests): flip a checksum byte in the first page batch from the Nth RAM packet on.
     pub corrupt_pages_frame: Option<u64>,
@@ -46,6 +49,7 @@ pub struct SourceConfig {
     pub cut_after_bytes: Option<u64>,
 }
 
+/// Called once with the first failure of a link end (on the thread that saw it).
 pub type FailFn = Box<dyn Fn(LinkError) + Send + Sync>;
 
 /// Frames queued for the writer; with channel windows, a bound on what waits here.
@@ -184,6 +188,7 @@ impl SourceLink {
         Ok(Self { shared })
     }
 
+    /// Byte and page counters so far.
     pub fn stats(&self) -> crate::StatsSnapshot {
         self.shared.stats.snapshot()
     }

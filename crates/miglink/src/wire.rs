@@ -8,10 +8,12 @@
 use crate::LinkError;
 use std::io::Read;
 
+/// Bytes of a frame header: type, channel, length.
 pub const HEADER_LEN: usize = 7;
 /// Largest payload accepted; a bigger length is a corrupt or hostile stream.
 pub const MAX_PAYLOAD: usize = 64 << 20;
 
+/// A frame's type (its first byte).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum FrameType {
@@ -43,8 +45,9 @@ impl FrameType {
     }
 }
 
-/// What a channel carries.
+/// What a channel carries: QEMU's main migration stream.
 pub const KIND_MAIN: u8 = 0;
+/// What a channel carries: one of QEMU's multifd streams.
 pub const KIND_MULTIFD: u8 = 1;
 
 /// A frame with `capacity` bytes of payload still to be appended by the caller.
@@ -67,6 +70,7 @@ pub fn seal(frame: &mut [u8]) {
     frame[3..7].copy_from_slice(&len.to_be_bytes());
 }
 
+/// A complete frame around a copy of `payload`.
 pub fn frame(t: FrameType, channel: u16, payload: &[u8]) -> Vec<u8> {
     let mut f = frame_with_capacity(t, channel, payload.len());
     f.extend_from_slice(payload);
@@ -74,9 +78,13 @@ pub fn frame(t: FrameType, channel: u16, payload: &[u8]) -> Vec<u8> {
     f
 }
 
+/// A frame as read off the link.
 pub struct Frame {
+    /// Its type.
     pub kind: FrameType,
+    /// The QEMU connection it belongs to (0 for link-level frames).
     pub channel: u16,
+    /// Its payload, `length` bytes.
     pub payload: Vec<u8>,
 }
 

@@ -14,6 +14,7 @@ use std::sync::Arc;
 pub struct LinkFailure {
     /// Stable code (`MIGRATION_PROTOCOL`, `MIGRATION_TRANSPORT`, `CODEC_*`).
     pub code: String,
+    /// What went wrong, for operators.
     pub message: String,
 }
 
@@ -67,6 +68,7 @@ pub struct LinkBucket {
 
 #[napi]
 impl LinkBucket {
+    /// A cap of `bytes_per_second` on the wire.
     #[napi(constructor)]
     pub fn new(bytes_per_second: f64) -> Self {
         Self {
@@ -85,14 +87,18 @@ impl LinkBucket {
     }
 }
 
+/// Options of `NativeSourceLink.start` (see `SourceConfig` in the crate).
 #[napi(object)]
 pub struct SourceLinkOptions {
     /// Unix socket QEMU migrates to.
     pub socket_path: String,
     /// The destination's data listener, `host:port`.
     pub dest: String,
+    /// The migration's token, sent in the hello.
     pub token: Buffer,
+    /// Codec cache size in pages; the destination uses the same.
     pub capacity_pages: u32,
+    /// Codec shards; the destination uses the same.
     pub shards: u32,
     /// Per-channel flow-control window in bytes.
     pub window: u32,
@@ -134,6 +140,7 @@ impl NativeSourceLink {
         })
     }
 
+    /// Byte and page counters so far.
     #[napi]
     pub fn stats(&self) -> LinkCounters {
         self.inner.stats().into()
@@ -148,23 +155,29 @@ impl NativeSourceLink {
         })
     }
 
+    /// Stops the link's threads and closes its sockets.
     #[napi]
     pub fn close(&self) {
         self.inner.close();
     }
 }
 
+/// Options of `NativeDestLink.start` (see `DestConfig` in the crate).
 #[napi(object)]
 pub struct DestLinkOptions {
     /// Address to listen on.
     pub bind_host: String,
     /// First and last port to try (both given), else one the system picks.
     pub port_from: Option<u32>,
+    /// Last port to try (with `port_from`).
     pub port_to: Option<u32>,
     /// The destination QEMU's incoming unix socket.
     pub qemu_socket: String,
+    /// The migration's token: the source's hello must carry exactly these bytes.
     pub token: Buffer,
+    /// Codec cache size in pages; must equal the source's.
     pub capacity_pages: u32,
+    /// Codec shards; must equal the source's.
     pub shards: u32,
 }
 
@@ -176,6 +189,7 @@ pub struct NativeDestLink {
 
 #[napi]
 impl NativeDestLink {
+    /// Listens for the source and starts the threads that feed the destination QEMU.
     #[napi(factory)]
     pub fn start(
         options: DestLinkOptions,
@@ -203,6 +217,7 @@ impl NativeDestLink {
         self.inner.port() as u32
     }
 
+    /// Byte and page counters so far.
     #[napi]
     pub fn stats(&self) -> LinkCounters {
         self.inner.stats().into()
@@ -217,6 +232,7 @@ impl NativeDestLink {
         })
     }
 
+    /// Stops the link's threads and closes its sockets.
     #[napi]
     pub fn close(&self) {
         self.inner.close();

@@ -1,6 +1,6 @@
 //! Binding for `novacron-store`. Writes and scans run on libuv's thread pool so the
-//! WAL fsync never blocks the JS event loop; concurrent writes from the pool are
-//! grouped into one fsync by RocksDB.
+//! WAL fsync never blocks the JS event loop. Batching is the caller's: `RocksStore`
+//! keeps one write in flight and sends the writes queued meanwhile as the next batch.
 
 use crate::js_error;
 use napi::bindgen_prelude::*;
@@ -103,18 +103,6 @@ impl NativeStore {
             limit: range.limit.unwrap_or(0) as usize,
             reverse: range.reverse.unwrap_or(false),
         }))
-    }
-
-    /// Synchronous scan, for start-up loading where nothing else can run yet.
-    #[napi]
-    pub fn scan_sync(&self, range: BindingScanRange) -> Result<Vec<BindingKeyValue>> {
-        let r = ScanRange {
-            start: &range.start,
-            end: &range.end,
-            limit: range.limit.unwrap_or(0) as usize,
-            reverse: range.reverse.unwrap_or(false),
-        };
-        Ok(into_pairs(self.store()?.scan(&r).map_err(to_js)?))
     }
 
     /// Flushes and closes the store. In-flight writes finish first (they hold their own

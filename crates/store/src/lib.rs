@@ -14,9 +14,9 @@
 //! * **One owner**: RocksDB's LOCK file makes a second process opening the same
 //!   directory fail with [`StoreError::Locked`] instead of corrupting it.
 //!
-//! Concurrent writers from several threads are grouped by RocksDB into one WAL fsync
-//! (group commit), which is why callers should issue writes from a thread pool rather
-//! than serialising them.
+//! Each [`Store::write`] is one synced RocksDB write. NovaCron's TypeScript wrapper
+//! (`RocksStore`, src/native/rocks-store.ts) keeps one write in flight and merges the
+//! writes that queue up meanwhile into the next batch: group commit, in call order.
 
 #![deny(missing_docs)]
 
