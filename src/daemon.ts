@@ -8,7 +8,8 @@ import type { Logger } from 'pino';
 import { NovaError } from './errors.js';
 import { ApiServer } from './api/server.js';
 import { Router } from './api/router.js';
-import { vmRoutes } from './api/routes/vms.js';
+import { vmRoutes, type ClusterListing } from './api/routes/vms.js';
+import { ClusterForwarder } from './api/forwarding.js';
 import { migrationRoutes, type MemberResolver } from './api/routes/migrations.js';
 import { MigrationService } from './migration/service.js';
 import { systemRoutes } from './api/routes/system.js';
@@ -95,7 +96,8 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
       ready: () => ready,
       info: () => ({ version: VERSION, node: config.nodeId, driver: driver.name, http: uws.info.native ? 'uws-native' : 'uws-fallback', vms: vms.size, lastEventSeq: events.lastSeq }),
     });
-    vmRoutes(router, vms);
+    const listing: ClusterListing = {};
+    vmRoutes(router, vms, listing);
     // Members are named by id or node name once the cluster runs (it starts after the API).
     let resolveTarget: MemberResolver = async () => {
       throw new NovaError('MIGRATION_TARGET_UNKNOWN', 'the cluster is not running yet; give the target as an address');
@@ -141,6 +143,11 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
     const self = cluster.memberId;
     resolveTarget = (t) => resolveMember(replicated, self, t);
     clusterRoutes(router, cluster, replicated, locks);
+    // Any member answers for any VM: requests about another member's VM go there.
+    const forwarder = new ClusterForwarder(replicated, self);
+    listing.forwarder = forwarder;
+    listing.self = self;
+    server.useForwarder(forwarder);
     registerClusterMetrics(metrics.registry, cluster);
     ready = true;
     log.info({ listen: `${config.host}:${server.port}`, dataDir, driver: driver.name, vms: vms.size, lastEventSeq: events.lastSeq, cluster: cluster.clusterId, member: cluster.memberId }, 'novacron daemon ready');
@@ -158,6 +165,7 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
           ready = false;
           sampler.stop();
           await server.close();
+          forwarder.close();
           inventory.stop();
           cluster?.close();
           await migrations.close();

@@ -74,6 +74,7 @@ export const ERROR_CODES = {
   LOCK_NOT_HELD: { status: 409, message: 'the token is not the lock\'s current token' },
   LOCK_FENCED: { status: 409, message: 'the write\'s fencing token is stale' },
   LOCK_NOT_FOUND: { status: 404, message: 'no such lock' },
+  CLUSTER_MEMBER_UNREACHABLE: { status: 502, message: 'the cluster member that has this resource did not answer' },
   // Daemon
   CONFIG_INVALID: { status: 500, message: 'daemon configuration is invalid' },
   SHUTTING_DOWN: { status: 503, message: 'daemon is shutting down' },

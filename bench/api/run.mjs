@@ -4,6 +4,10 @@
 //
 //   node bench/api/run.mjs [--vms 10000] [--duration 10] [--connections 64] [--quick] [--check]
 //
+// Also measures forwarding: in a two-member cluster, GET by id of member A's VMs sent
+// to A and sent to B (which forwards to A), at the same fixed offered rate; the target
+// is at most 1 ms added to the p50.
+//
 // The server under test is pinned to CPU 0 and wrk to CPU 1 (taskset), so "one core"
 // is literal. Writes bench/results/api-<time>.json and prints a table. With --check,
 // exits 1 when a target is missed (the SLA runner mode).
@@ -30,12 +34,16 @@ const quick = args.quick;
 const VMS = quick ? 1000 : Number(args.vms);
 const DURATION = quick ? 2 : Number(args.duration);
 const CONNS = Number(args.connections);
-const TARGETS = { getRps: 30_000, getP99Ms: 2, ratioVsNodeHttp: 2 };
+const TARGETS = { getRps: 30_000, getP99Ms: 2, ratioVsNodeHttp: 2, forwardAddedP50Ms: 1 };
+/** Offered rate and connections of the forwarding comparison: a latency measurement, well below saturation. */
+const FORWARD_RPS = 2000;
+const FORWARD_CONNS = 8;
 
 ensurePackage('wrk', 'wrk');
 ensurePackage('h2load', 'nghttp2-client');
 const twoCores = cpus().length >= 2;
 const pin = (cpu, cmd) => (twoCores ? ['taskset', ['-c', String(cpu), ...cmd]] : [cmd[0], cmd.slice(1)]);
+const unpinned = (cmd) => [cmd[0], cmd.slice(1)];
 
 const dataDir = mkdtempSync(join(tmpdir(), 'novacron-bench-api-'));
 const results = { bench: 'api', time: new Date().toISOString(), quick, vms: VMS, durationS: DURATION, connections: CONNS, pinned: twoCores, targets: TARGETS, runs: {} };
@@ -57,6 +65,8 @@ try {
   results.runs.nodeHttp = await measure(baseline.url, files);
   await baseline.stop();
 
+  results.forwarding = await measureForwarding();
+
   const n = results.runs.novacron;
   const b = results.runs.nodeHttp;
   results.ratio = { getRps: round(n.get.rps / b.get.rps), listRps: round(n.list.rps / b.list.rps), getP99AtTarget: round(b.getAtTarget.p99Ms / n.getAtTarget.p99Ms) };
@@ -65,7 +75,8 @@ try {
     // "30,000 req/s with p99 <= 2 ms": the p99 measured while 30,000 req/s are offered.
     getP99: n.getAtTarget.p99Ms <= TARGETS.getP99Ms && n.getAtTarget.rps >= TARGETS.getRps * 0.98,
     ratio: results.ratio.getRps >= TARGETS.ratioVsNodeHttp,
-    errorsFree: [n.get, n.getAtTarget, n.list].every((r) => r.errors === 0),
+    errorsFree: [n.get, n.getAtTarget, n.list, results.forwarding.direct, results.forwarding.forwarded].every((r) => r.errors === 0),
+    forwarding: results.forwarding.addedP50Ms <= TARGETS.forwardAddedP50Ms,
   };
   results.pass = Object.values(results.verdict).every(Boolean);
 
@@ -78,6 +89,51 @@ try {
   }
 } finally {
   rmSync(dataDir, { recursive: true, force: true });
+}
+
+/**
+ * Two members on loopback (a cluster secret, fixed ports); VMs created on A; the same
+ * GET-by-id paths at the same offered rate, to A directly and to B, which forwards them.
+ */
+async function measureForwarding() {
+  const count = quick ? 200 : 1000;
+  const secret = 'bench-cluster-secret-0123456789';
+  const dirs = [mkdtempSync(join(tmpdir(), 'novacron-bench-fwd-a-')), mkdtempSync(join(tmpdir(), 'novacron-bench-fwd-b-'))];
+  const ports = [await freePort(), await freePort()];
+  // Not pinned: two members share this host's two cores as the scheduler sees fit (on
+  // separate hosts each would have its own); the load generator is light at this rate.
+  const member = (i, extra) => unpinned([process.execPath, join(root, 'bin', 'novacron.js'), 'daemon', '--driver', 'sim', '--listen', `127.0.0.1:${ports[i]}`, '--data-dir', dirs[i], '--log-level', 'warn', '--cluster-secret', secret, ...extra]);
+  const a = await startServer(member(0, []), /listening on (http:\/\/[^\s]+)/);
+  const b = await startServer(member(1, ['--join', `127.0.0.1:${ports[0]}`]), /listening on (http:\/\/[^\s]+)/);
+  try {
+    const ids = await seed(a.url, count);
+    // B forwards once its copy of the inventory places A's VMs.
+    for (const deadline = Date.now() + 60_000; ; ) {
+      const r = await fetch(`${b.url}/v1/cluster/vms?consistency=stale`).then((res) => res.json()).catch(() => undefined);
+      if (r?.items?.length === count) break;
+      if (Date.now() > deadline) throw new Error('member B never saw member A\'s VMs in its inventory');
+      await new Promise((res) => setTimeout(res, 200));
+    }
+    const files = writePathFiles(ids);
+    fixedRate(b.url, files.get, FORWARD_RPS, 1, FORWARD_CONNS, unpinned); // warm-up: connections between the members, JIT
+    const direct = fixedRate(a.url, files.get, FORWARD_RPS, DURATION, FORWARD_CONNS, unpinned);
+    const forwarded = fixedRate(b.url, files.get, FORWARD_RPS, DURATION, FORWARD_CONNS, unpinned);
+    return { vms: count, offeredRps: FORWARD_RPS, connections: FORWARD_CONNS, direct, forwarded, addedP50Ms: round(forwarded.p50Ms - direct.p50Ms), addedP99Ms: round(forwarded.p99Ms - direct.p99Ms) };
+  } finally {
+    await b.stop();
+    await a.stop();
+    for (const d of dirs) rmSync(d, { recursive: true, force: true });
+  }
+}
+
+async function freePort() {
+  const { createServer } = await import('node:net');
+  return new Promise((res) => {
+    const srv = createServer().listen(0, '127.0.0.1', () => {
+      const { port } = srv.address();
+      srv.close(() => res(port));
+    });
+  });
 }
 
 function ensurePackage(cmd, pkg) {
@@ -164,13 +220,13 @@ function repeatFixedRate(url, pathsFile, rps, seconds) {
   return { ...median, repetitions: reps.map(({ rps: r, p50Ms, p99Ms, maxMs }) => ({ rps: r, p50Ms, p99Ms, maxMs })) };
 }
 
-function fixedRate(url, pathsFile, rps, seconds) {
+function fixedRate(url, pathsFile, rps, seconds, conns = CONNS, place = (cmd) => pin(1, cmd)) {
   const dir = mkdtempSync(join(tmpdir(), 'novacron-bench-h2load-'));
   const urls = join(dir, 'urls.txt');
   const logFile = join(dir, 'log.tsv');
   writeFileSync(urls, readFileSync(pathsFile, 'utf8').trim().split('\n').map((p) => url + p).join('\n') + '\n');
-  const perClient = Math.ceil(rps / CONNS);
-  const [cmd, cmdArgs] = pin(1, ['h2load', '--h1', `-c${CONNS}`, '-m1', `--rps=${perClient}`, `-D`, String(seconds), '--warm-up-time=1', '-i', urls, `--log-file=${logFile}`]);
+  const perClient = Math.ceil(rps / conns);
+  const [cmd, cmdArgs] = place(['h2load', '--h1', `-c${conns}`, '-m1', `--rps=${perClient}`, `-D`, String(seconds), '--warm-up-time=1', '-i', urls, `--log-file=${logFile}`]);
   const r = spawnSync(cmd, cmdArgs, { encoding: 'utf8' });
   const m = /finished in [\d.]+s, ([\d.]+) req\/s/.exec(r.stdout);
   if (!m) throw new Error(`h2load failed: ${r.stderr}\n${r.stdout}`);
@@ -182,7 +238,7 @@ function fixedRate(url, pathsFile, rps, seconds) {
   const lat = rows.map((f) => Number(f[2])).sort((a, b) => a - b);
   const errors = rows.filter((f) => !f[1].startsWith('2')).length;
   const ms = (q) => pct(lat, q) / 1000;
-  return { rps: Math.round(Number(m[1])), offeredRps: perClient * CONNS, p50Ms: ms(0.5), p90Ms: ms(0.9), p99Ms: ms(0.99), maxMs: lat.at(-1) / 1000, requests: lat.length, errors };
+  return { rps: Math.round(Number(m[1])), offeredRps: perClient * conns, p50Ms: ms(0.5), p90Ms: ms(0.9), p99Ms: ms(0.99), maxMs: lat.at(-1) / 1000, requests: lat.length, errors };
 }
 
 function wrk(url, pathsFile, seconds) {
@@ -214,5 +270,7 @@ function printTable(r) {
   printRows(`bench/api: ${r.vms} VMs, ${r.connections} connections, ${r.durationS}s per run${r.pinned ? ', server on CPU 0, load generator on CPU 1' : ''}`, ['server', 'request', 'req/s', 'p50 ms', 'p99 ms', 'max ms', 'errors'], rows);
   console.log('(get, list: closed loop at saturation, wrk; getAtTarget: open loop at a fixed offered rate, h2load)');
   console.log(`\nGET by id: ${r.ratio.getRps}x node:http throughput (target >= ${r.targets.ratioVsNodeHttp}x); list: ${r.ratio.listRps}x; p99 at ${r.targets.getRps} req/s: ${r.ratio.getP99AtTarget}x lower than node:http`);
+  const f = r.forwarding;
+  console.log(`forwarding (2 members, ${f.offeredRps} req/s offered, ${f.connections} connections): GET by id p50 ${f.direct.p50Ms} ms direct, ${f.forwarded.p50Ms} ms through the other member: +${f.addedP50Ms} ms p50 (target <= ${r.targets.forwardAddedP50Ms} ms) ${r.verdict.forwarding ? 'PASS' : 'MISS'}; p99 +${f.addedP99Ms} ms`);
   console.log(`targets: GET >= ${r.targets.getRps} req/s ${r.verdict.getRps ? 'PASS' : 'MISS'}, p99 <= ${r.targets.getP99Ms} ms at ${r.targets.getRps} req/s ${r.verdict.getP99 ? 'PASS' : 'MISS'}, ratio ${r.verdict.ratio ? 'PASS' : 'MISS'}, errors ${r.verdict.errorsFree ? 'none' : 'PRESENT'}`);
 }

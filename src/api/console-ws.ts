@@ -8,6 +8,7 @@ import { NovaError } from '../errors.js';
 import type { ConsoleHub, ConsoleViewer } from '../vm/console.js';
 import type { VmService } from '../vm/service.js';
 import { upgradeWebSocket, type WsRouteInstaller } from './server.js';
+import { relaying } from './ws-relay.js';
 import { vmFromParam } from './vm-param.js';
 
 interface ConsoleConn {
@@ -17,14 +18,14 @@ interface ConsoleConn {
 }
 
 export function consoleWsRoute(vms: VmService, hub: ConsoleHub, log: Logger): WsRouteInstaller {
-  return (app, authorize) => {
-    app.ws<ConsoleConn>('/v1/vms/:id/console', {
+  return (app, authorize, forwarder) => {
+    app.ws<ConsoleConn>('/v1/vms/:id/console', relaying<ConsoleConn>({
       compression: 0,
       maxPayloadLength: 64 * 1024,
       maxBackpressure: 4 << 20,
       idleTimeout: 0,
       upgrade: (res, req, context) =>
-        upgradeWebSocket(res, req, context, authorize, (r): ConsoleConn => ({ vmId: vmFromParam(vms, r.getParameter(0) ?? '').id, closed: false })),
+        upgradeWebSocket(res, req, context, authorize, (r): ConsoleConn => ({ vmId: vmFromParam(vms, r.getParameter(0) ?? '').id, closed: false }), { forwarder }),
       open: (ws) => {
         const conn = ws.getUserData();
         try {
@@ -53,6 +54,6 @@ export function consoleWsRoute(vms: VmService, hub: ConsoleHub, log: Logger): Ws
         conn.closed = true;
         conn.viewer?.close();
       },
-    });
+    }));
   };
 }

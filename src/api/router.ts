@@ -12,6 +12,8 @@ export interface ApiRequest {
   params: Record<string, string>;
   /** Parsed JSON body (routes declared with `body: true` only). */
   body: unknown;
+  /** The caller's credentials and content headers (routes declared with `callerHeaders` only). */
+  callerHeaders?: Record<string, string>;
 }
 
 export interface ApiReply {
@@ -31,6 +33,13 @@ export interface RouteOptions {
   body?: boolean;
   /** Reachable without the API token (health probes). */
   public?: boolean;
+  /**
+   * What the route's `:id` names. When this member answers that it has no such thing,
+   * the request is forwarded to the member that does (see api/forwarding.ts).
+   */
+  forward?: import('./forwarding.js').ForwardKind;
+  /** The handler asks other members on the caller's behalf: `req.callerHeaders` carries the caller's credentials. */
+  callerHeaders?: boolean;
 }
 
 export interface Route extends RouteOptions {

@@ -8,8 +8,10 @@ import { STATUS_CODES } from 'node:http';
 import { timingSafeEqual } from 'node:crypto';
 import type { Logger } from 'pino';
 import { NovaError, toErrorBody } from '../errors.js';
-import type { ApiReply, ApiRequest, Handler, Router } from './router.js';
+import { ANSWERED_BY, FORWARDED_BY, NOT_HERE, type ForwardKind, type ForwardRequest, type Forwarder } from './forwarding.js';
+import type { ApiReply, ApiRequest, Route, Router } from './router.js';
 import { parseJsonBody } from './json-body.js';
+import { relayTarget } from './ws-relay.js';
 import { loadUws, type UWS } from './uws.js';
 import type { Metrics } from '../telemetry/metrics.js';
 import type { RouteStats } from '../telemetry/request-stats.js';
@@ -26,13 +28,15 @@ export interface ServerOptions {
 }
 
 export interface WsRouteInstaller {
-  (app: UWS.TemplatedApp, authorize: (header: string) => boolean): void;
+  (app: UWS.TemplatedApp, authorize: (header: string) => boolean, forwarder: () => Forwarder | undefined): void;
 }
 
 /**
  * The shared WebSocket upgrade: checks the bearer token, lets `build` read the request
  * (synchronously, as uWS requires) into the connection's user data, and answers a
  * NovaError from either step with its HTTP status and error body instead of upgrading.
+ * With `relay`, a route about a VM that `build` does not find here is upgraded as a
+ * relay to the VM's member (see ws-relay.ts; the route's handlers must be `relaying`).
  */
 export function upgradeWebSocket<T>(
   res: UWS.HttpResponse,
@@ -40,17 +44,43 @@ export function upgradeWebSocket<T>(
   context: UWS.us_socket_context_t,
   authorize: (header: string) => boolean,
   build: (req: UWS.HttpRequest) => T,
+  relay?: { forwarder: () => Forwarder | undefined },
 ): void {
   const key = req.getHeader('sec-websocket-key');
   const protocol = req.getHeader('sec-websocket-protocol');
   const extensions = req.getHeader('sec-websocket-extensions');
-  let data: T;
-  try {
-    if (!authorize(req.getHeader('authorization'))) throw new NovaError('UNAUTHORIZED');
-    data = build(req);
-  } catch (err) {
+  const authorization = req.getHeader('authorization');
+  const refuse = (err: unknown) => {
     const { status, body } = toErrorBody(err);
     res.cork(() => res.writeStatus(statusLine(status)).writeHeader('content-type', 'application/json').end(JSON.stringify(body)));
+  };
+  let data: T;
+  try {
+    if (!authorize(authorization)) throw new NovaError('UNAUTHORIZED');
+    data = build(req);
+  } catch (err) {
+    const forwarder = relay?.forwarder();
+    if (!forwarder || !(err instanceof NovaError) || err.code !== 'VM_NOT_FOUND' || req.getHeader(FORWARDED_BY) !== '') return refuse(err);
+    const query = req.getQuery();
+    const url = query ? `${req.getUrl()}?${query}` : req.getUrl();
+    let ref: string;
+    try {
+      ref = decodeURIComponent(req.getParameter(0) ?? '');
+    } catch {
+      return refuse(err);
+    }
+    let aborted = false;
+    res.onAborted(() => (aborted = true));
+    forwarder.locate('vm', ref, authorization ? { authorization } : {}).then(
+      (owner) => {
+        if (aborted) return;
+        if (!owner) return refuse(err);
+        res.cork(() => res.upgrade(relayTarget(forwarder, owner.address, url, authorization) as T, key, protocol, extensions, context));
+      },
+      (e) => {
+        if (!aborted) refuse(e);
+      },
+    );
     return;
   }
   res.cork(() => res.upgrade(data, key, protocol, extensions, context));
@@ -77,6 +107,7 @@ export class ApiServer {
   #closing = false;
   #port = 0;
   #unmatched: RouteStats;
+  #forwarder: Forwarder | undefined;
 
   private constructor(app: UWS.TemplatedApp, router: Router, opts: ServerOptions) {
     this.#app = app;
@@ -91,7 +122,7 @@ export class ApiServer {
     const { uws } = loadUws();
     const app = uws.App();
     const server = new ApiServer(app, router, opts);
-    for (const install of installWs) install(app, (h) => server.authorized(h));
+    for (const install of installWs) install(app, (h) => server.authorized(h), () => server.#forwarder);
     app.any('/*', (res, req) => server.#handle(res, req));
     const socket = await new Promise<UWS.us_listen_socket>((resolve, reject) => {
       app.listen(opts.host, opts.port, (s) => (s ? resolve(s) : reject(new Error(`cannot listen on ${opts.host}:${opts.port} (address in use or not available)`))));
@@ -99,6 +130,11 @@ export class ApiServer {
     server.#listenSocket = socket;
     server.#port = uws.us_socket_local_port(socket);
     return server;
+  }
+
+  /** From now on, requests about resources another member owns are forwarded there. */
+  useForwarder(forwarder: Forwarder): void {
+    this.#forwarder = forwarder;
   }
 
   /** The bound port (useful with port 0). */
@@ -138,9 +174,16 @@ export class ApiServer {
     const { route, params } = match;
     x.stats = (route.stats ??= this.#opts.metrics.requests.for(route.method, route.pattern));
     if (!route.public && this.#token && !this.authorized(req.getHeader('authorization'))) return x.fail(new NovaError('UNAUTHORIZED'));
-    const request = new Request(method, path, req.getQuery() ?? '', params);
+    const query = req.getQuery() ?? '';
+    const request = new Request(method, path, query, params);
+    if (route.callerHeaders) request.callerHeaders = forwardHeaders(req);
+    // What forwarding a request needs is read from uWS's req, which is valid only during
+    // this callback: #run takes it while still synchronous, and only when it may be needed.
+    const forwardable = route.forward !== undefined && this.#forwarder !== undefined;
+    const capture = (): ForwardRequest | undefined =>
+      forwardable && req.getHeader(FORWARDED_BY) === '' ? { method, url: query ? `${path}?${query}` : path, headers: forwardHeaders(req) } : undefined;
 
-    if (!route.body) return this.#run(x, route.handler, request);
+    if (!route.body) return this.#run(x, route, request, forwardable ? capture : undefined);
 
     // JSON body: check type and declared size up front, then stream with a hard cap.
     const contentLength = req.getHeader('content-length');
@@ -148,13 +191,14 @@ export class ApiServer {
     if (declared !== undefined && declared > this.#opts.bodyLimitBytes) {
       return x.fail(new NovaError('BODY_TOO_LARGE', `body of ${declared} bytes exceeds the ${this.#opts.bodyLimitBytes}-byte limit`));
     }
-    if (declared === 0 || (declared === undefined && req.getHeader('transfer-encoding') === '')) return this.#run(x, route.handler, request);
+    if (declared === 0 || (declared === undefined && req.getHeader('transfer-encoding') === '')) return this.#run(x, route, request, forwardable ? capture : undefined);
     if (declared !== undefined && !Number.isSafeInteger(declared)) return x.fail(new NovaError('VALIDATION_FAILED', 'invalid Content-Length'));
     const contentType = req.getHeader('content-type');
     const mediaType = contentType.split(';')[0]!.trim().toLowerCase();
     if (mediaType !== 'application/json') {
       return x.fail(new NovaError('UNSUPPORTED_MEDIA_TYPE', `Content-Type must be application/json, got "${contentType || '(none)'}"`));
     }
+    const fwd = capture(); // the body arrives after req is gone
     x.watchAbort();
     const chunks: Buffer[] = [];
     let size = 0;
@@ -169,33 +213,57 @@ export class ApiServer {
       if (!isLast) return;
       // Nothing thrown in a uWS callback may escape: it would end the process.
       try {
-        const text = Buffer.concat(chunks).toString('utf8');
+        const raw = Buffer.concat(chunks);
+        const text = raw.toString('utf8');
         if (text.trim().length > 0) request.body = parseJsonBody(text);
+        if (fwd) fwd.body = raw;
       } catch (err) {
         return x.fail(err);
       }
-      this.#run(x, route.handler, request);
+      this.#run(x, route, request, fwd && (() => fwd));
     });
   }
 
   /**
    * Calls the handler. A synchronous reply is written at once (uWS has us corked, and
-   * no abort can happen in between); an async one gets an abort watcher first.
+   * no abort can happen in between); an async one gets an abort watcher first. When the
+   * handler says the route's resource is not here and `capture` gives what forwarding
+   * needs, the request goes on to the member that has it.
    */
-  #run(x: Exchange, handler: Handler, request: Request): void {
+  #run(x: Exchange, route: Route, request: Request, capture?: () => ForwardRequest | undefined): void {
     let result: ApiReply | Promise<ApiReply>;
     try {
-      result = handler(request);
+      result = route.handler(request);
     } catch (err) {
-      return x.fail(err);
+      const fwd = notHere(route, err) ? capture?.() : undefined;
+      return fwd ? this.#forward(x, route.forward!, request.params.id!, fwd, err as NovaError) : x.fail(err);
     }
     if (!(result instanceof Promise)) return x.send(result);
+    const fwd = capture?.(); // still synchronous: the last moment req can be read
     x.watchAbort();
     this.#inFlight++;
     result.then(
       (reply) => x.send(reply),
-      (err) => x.fail(err),
+      (err) => (fwd && notHere(route, err) ? this.#forward(x, route.forward!, request.params.id!, fwd, err) : x.fail(err)),
     ).finally(() => this.#done());
+  }
+
+  /** Sends the request to the member that owns `ref`; without one, the local `notHere` error stands. */
+  #forward(x: Exchange, kind: ForwardKind, ref: string, fwd: ForwardRequest, notHere: NovaError): void {
+    const forwarder = this.#forwarder!;
+    x.watchAbort();
+    this.#inFlight++;
+    forwarder
+      .locate(kind, ref, fwd.headers)
+      .then(async (owner) => {
+        if (!owner) return x.fail(notHere);
+        const reply = await forwarder.send(owner, fwd);
+        const headers: Record<string, string> = { [ANSWERED_BY]: String(reply.member) };
+        if (reply.location) headers.location = reply.location;
+        x.send({ status: reply.status, text: { body: reply.body.toString('utf8'), contentType: reply.contentType ?? 'application/json' }, headers });
+      })
+      .catch((err) => x.fail(err))
+      .finally(() => this.#done());
   }
 
   #done(): void {
@@ -204,10 +272,26 @@ export class ApiServer {
   }
 }
 
+/** The route's resource is not on this member (the error that makes a request go on to its owner). */
+function notHere(route: Route, err: unknown): err is NovaError {
+  return route.forward !== undefined && err instanceof NovaError && err.code === NOT_HERE[route.forward];
+}
+
+/** The caller's headers a forwarded request carries: its credentials and what its body is. */
+function forwardHeaders(req: UWS.HttpRequest): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const name of ['authorization', 'content-type', 'accept']) {
+    const v = req.getHeader(name);
+    if (v !== '') out[name] = v;
+  }
+  return out;
+}
+
 const METHODS: Record<string, string> = { get: 'GET', post: 'POST', put: 'PUT', patch: 'PATCH', delete: 'DELETE', head: 'HEAD', options: 'OPTIONS' };
 
 class Request implements ApiRequest {
   body: unknown = undefined;
+  callerHeaders?: Record<string, string>;
   #rawQuery: string;
   #query: URLSearchParams | undefined;
 

@@ -7,6 +7,7 @@ import { NovaError } from '../errors.js';
 import type { HypervisorDriver } from '../vm/driver.js';
 import type { VmService } from '../vm/service.js';
 import { upgradeWebSocket, type WsRouteInstaller } from './server.js';
+import { relaying } from './ws-relay.js';
 import { vmFromParam } from './vm-param.js';
 
 interface VncConn {
@@ -16,8 +17,8 @@ interface VncConn {
 }
 
 export function vncWsRoute(vms: VmService, driver: HypervisorDriver): WsRouteInstaller {
-  return (app, authorize) => {
-    app.ws<VncConn>('/v1/vms/:id/vnc', {
+  return (app, authorize, forwarder) => {
+    app.ws<VncConn>('/v1/vms/:id/vnc', relaying<VncConn>({
       compression: 0,
       maxPayloadLength: 1 << 20,
       maxBackpressure: 8 << 20,
@@ -28,7 +29,7 @@ export function vncWsRoute(vms: VmService, driver: HypervisorDriver): WsRouteIns
           const path = driver.vncSocket?.(vm.id);
           if (!path) throw new NovaError('VM_INVALID_STATE', `VM "${vm.name}" has no display right now (is it running under the qemu driver?)`, { state: vm.state });
           return { path, closed: false };
-        }),
+        }, { forwarder }),
       open: (ws) => {
         const conn = ws.getUserData();
         const socket = createConnection(conn.path);
@@ -62,6 +63,6 @@ export function vncWsRoute(vms: VmService, driver: HypervisorDriver): WsRouteIns
         conn.closed = true;
         conn.socket?.destroy();
       },
-    });
+    }));
   };
 }

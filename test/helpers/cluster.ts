@@ -57,8 +57,15 @@ export class TestCluster {
   net?: FaultNet;
   #config: string;
   #dirs: string[] = [];
+  /** Sent on every API call of the helpers (set when the cluster runs with an API token). */
+  readonly headers: Record<string, string> = {};
+  #apiToken: string | undefined;
 
-  private constructor(raft: Record<string, number>) {
+  private constructor(raft: Record<string, number>, apiToken?: string) {
+    if (apiToken) {
+      this.#apiToken = apiToken;
+      this.headers.authorization = `Bearer ${apiToken}`;
+    }
     const dir = tempDataDir();
     this.#dirs.push(dir);
     this.#config = join(dir, 'config.json');
@@ -69,8 +76,8 @@ export class TestCluster {
    * Starts `n` members: the first bootstraps, the rest join through it and are promoted.
    * `withFaults` puts a fault-injecting proxy (`c.net`) in front of every member.
    */
-  static async start(n: number, raft: Record<string, number> = TEST_RAFT, opts: { withFaults?: boolean } = {}): Promise<TestCluster> {
-    const c = new TestCluster(raft);
+  static async start(n: number, raft: Record<string, number> = TEST_RAFT, opts: { withFaults?: boolean; apiToken?: string } = {}): Promise<TestCluster> {
+    const c = new TestCluster(raft, opts.apiToken);
     if (opts.withFaults) c.net = new FaultNet((id) => c.members.findIndex((m) => m.id === id));
     for (let i = 0; i < n; i++) await c.#newMember();
     await c.startMember(0);
@@ -100,7 +107,7 @@ export class TestCluster {
     const args = ['--listen', `127.0.0.1:${m.port}`, '--cluster-secret', SECRET, '--config', this.#config, ...extraArgs];
     if (joinVia !== undefined) args.push('--join', `127.0.0.1:${this.members[joinVia]!.port}`);
     if (m.advertise) args.push('--advertise', m.advertise);
-    m.daemon = await spawnDaemon({ dataDir: m.dataDir, args });
+    m.daemon = await spawnDaemon({ dataDir: m.dataDir, args, ...(this.#apiToken ? { env: { NOVACRON_API_TOKEN: this.#apiToken } } : {}) });
     m.id = (await this.status(i)).id;
     return m.daemon;
   }
@@ -123,7 +130,7 @@ export class TestCluster {
   }
 
   async status(i: number): Promise<any> {
-    const r = await api(this.members[i]!.url, 'GET', '/v1/cluster');
+    const r = await api(this.members[i]!.url, 'GET', '/v1/cluster', undefined, this.headers);
     if (r.status !== 200) throw new Error(`status of member ${i}: ${r.status} ${JSON.stringify(r.body)}`);
     return r.body;
   }
@@ -154,11 +161,11 @@ export class TestCluster {
   }
 
   async put(i: number, key: string, value: string, extra: Record<string, unknown> = {}): Promise<{ status: number; body: any }> {
-    return api(this.members[i]!.url, 'PUT', `/v1/kv/${encodeURIComponent(key)}`, { value, ...extra });
+    return api(this.members[i]!.url, 'PUT', `/v1/kv/${encodeURIComponent(key)}`, { value, ...extra }, this.headers);
   }
 
   async get(i: number, key: string, consistency: 'linearizable' | 'stale' = 'linearizable'): Promise<{ status: number; body: any }> {
-    return api(this.members[i]!.url, 'GET', `/v1/kv/${encodeURIComponent(key)}?consistency=${consistency}`);
+    return api(this.members[i]!.url, 'GET', `/v1/kv/${encodeURIComponent(key)}?consistency=${consistency}`, undefined, this.headers);
   }
 
   async close(): Promise<void> {

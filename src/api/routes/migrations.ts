@@ -14,10 +14,10 @@ export function migrationRoutes(router: Router, migrations: MigrationService, re
     const r = await migrations.migrate(req.params.id!, { ...body, target });
     if (!r.started) return { status: 200, json: { dryRun: true, prediction: r.prediction } };
     return { status: 202, json: r.migration, headers: { location: `/v1/migrations/${r.migration!.id}` } };
-  }, { body: true });
+  }, { body: true, forward: 'vm' });
   router.add('GET', '/v1/migrations', () => ({ status: 200, json: { items: migrations.list() } }));
-  router.add('GET', '/v1/migrations/:id', (req) => ({ status: 200, json: migrations.get(req.params.id!) }));
-  router.add('DELETE', '/v1/migrations/:id', (req) => ({ status: 202, json: migrations.cancel(req.params.id!) }));
+  router.add('GET', '/v1/migrations/:id', (req) => ({ status: 200, json: migrations.get(req.params.id!) }), { forward: 'migration' });
+  router.add('DELETE', '/v1/migrations/:id', (req) => ({ status: 202, json: migrations.cancel(req.params.id!) }), { forward: 'migration' });
   // Daemon to daemon: the source offers a VM; the answer says where to stream it.
   router.add('POST', '/v1/migrations/incoming', async (req) => ({ status: 201, json: await migrations.acceptIncoming(parseWith(IncomingRequest, req.body)) }), { body: true });
 }

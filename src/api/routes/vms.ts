@@ -1,8 +1,11 @@
 import { z } from 'zod';
-import type { Router } from '../router.js';
+import type { ApiReply, ApiRequest, Handler, Method, RouteOptions, Router } from '../router.js';
+import type { Forwarder } from '../forwarding.js';
+import { isErrorCode, NovaError } from '../../errors.js';
+import type { VmRecord } from '../../vm/record.js';
 import { parseWith } from '../validate.js';
 import { CreateVmRequest, DiskSpec, PatchVmRequest } from '../../vm/spec.js';
-import { VM_STATES } from '../../vm/state.js';
+import { VM_STATES, type VmState } from '../../vm/state.js';
 import type { VmService } from '../../vm/service.js';
 import type { OperationKind } from '../../operations/operation.js';
 
@@ -12,6 +15,10 @@ const ListQuery = z.strictObject({
   label: z.array(z.string().regex(/^[^=]+=[^=]*$/, 'labels are key=value')).optional(),
   limit: z.coerce.number().int().min(1).max(1000).default(100),
   cursor: z.string().max(64).optional(),
+  /** `local`: this member's VMs only (default: the whole cluster). */
+  scope: z.enum(['local', 'cluster']).optional(),
+  /** Only the VMs of this cluster member. */
+  member: z.coerce.number().int().positive().optional(),
 });
 
 const ActionBody = z.strictObject({ timeoutMs: z.int().min(0).max(3_600_000).optional() }).optional();
@@ -35,28 +42,35 @@ function queryObject(q: URLSearchParams, arrays: string[]): Record<string, unkno
   return out;
 }
 
-export function vmRoutes(router: Router, vms: VmService): void {
+/** How `GET /v1/vms` reaches the rest of the cluster; `forwarder` is set once the cluster runs. */
+export interface ClusterListing {
+  forwarder?: Forwarder;
+  self?: number;
+}
+
+export function vmRoutes(router: Router, vms: VmService, cluster: ClusterListing = {}): void {
+  /** A route about the VM its `:id` names: answered by the VM's member, wherever the request arrives. */
+  const vmRoute = (method: Method, pattern: string, handler: Handler, opts: RouteOptions = {}) => router.add(method, pattern, handler, { ...opts, forward: 'vm' });
   router.add('GET', '/v1/vms', (req) => {
     const q = parseWith(ListQuery, queryObject(req.query, ['state', 'label']), 'BAD_QUERY');
     const labels = q.label && Object.fromEntries(q.label.map((l) => l.split('=', 2) as [string, string]));
-    const page = vms.list({ limit: q.limit, ...(q.state && { state: q.state }), ...(q.tenant && { tenant: q.tenant }), ...(labels && { labels }), ...(q.cursor && { cursor: q.cursor }) });
-    // VM JSON is cached per VM; assemble the page without re-serialising records.
-    let rawJson = `{"items":[${page.items.map((vm) => vms.getJson(vm.id)).join(',')}]`;
-    if (page.nextCursor) rawJson += `,"nextCursor":${JSON.stringify(page.nextCursor)}`;
-    if (page.total >= 0) rawJson += `,"total":${page.total}`;
-    return { status: 200, rawJson: rawJson + '}' };
-  });
+    const { forwarder, self } = cluster;
+    const here = q.scope === 'local' || !forwarder || q.member === self || (q.member === undefined && !forwarder.mayHaveOthers());
+    if (!here) return listCluster(forwarder, req, q.limit, q.member, () => localPage(vms, q.limit, q, labels));
+    if (q.member !== undefined && q.member !== self) return { status: 200, json: { items: [], total: 0 } };
+    return localPage(vms, q.limit, q, labels);
+  }, { callerHeaders: true });
 
   router.add('POST', '/v1/vms', async (req) => {
     const vm = await vms.create(parseWith(CreateVmRequest, req.body));
     return { status: 201, json: vm, headers: { location: `/v1/vms/${vm.id}` } };
   }, { body: true });
 
-  router.add('GET', '/v1/vms/:id', (req) => ({ status: 200, rawJson: vms.getJson(req.params.id!) }));
+  vmRoute('GET', '/v1/vms/:id', (req) => ({ status: 200, rawJson: vms.getJson(req.params.id!) }));
 
-  router.add('PATCH', '/v1/vms/:id', async (req) => ({ status: 200, json: await vms.patch(req.params.id!, parseWith(PatchVmRequest, req.body)) }), { body: true });
+  vmRoute('PATCH', '/v1/vms/:id', async (req) => ({ status: 200, json: await vms.patch(req.params.id!, parseWith(PatchVmRequest, req.body)) }), { body: true });
 
-  router.add('DELETE', '/v1/vms/:id', async (req) => {
+  vmRoute('DELETE', '/v1/vms/:id', async (req) => {
     const q = parseWith(DeleteQuery, Object.fromEntries(req.query), 'BAD_QUERY');
     const op = await vms.requestAction(req.params.id!, 'delete', { force: q.force === 'true', keepDisks: q.keepDisks === 'true' });
     return { status: 202, json: op, headers: { location: `/v1/operations/${op.id}` } };
@@ -64,7 +78,7 @@ export function vmRoutes(router: Router, vms: VmService): void {
 
   const actions: OperationKind[] = ['start', 'stop', 'shutdown', 'pause', 'resume', 'reboot', 'checkpoint', 'restore'];
   for (const kind of actions) {
-    router.add('POST', `/v1/vms/:id/${kind}`, async (req) => {
+    vmRoute('POST', `/v1/vms/:id/${kind}`, async (req) => {
       const body = parseWith(ActionBody, req.body);
       const op = await vms.requestAction(req.params.id!, kind, body?.timeoutMs !== undefined ? { timeoutMs: body.timeoutMs } : {});
       return { status: 202, json: op, headers: { location: `/v1/operations/${op.id}` } };
@@ -74,15 +88,63 @@ export function vmRoutes(router: Router, vms: VmService): void {
   const SnapshotName = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, 'letters, digits, ".", "_" and "-", up to 64');
   const CreateSnapshot = z.strictObject({ name: SnapshotName });
   const snapshotName = (raw: string) => parseWith(SnapshotName, raw);
-  router.add('POST', '/v1/vms/:id/disks', async (req) => ({ status: 201, json: await vms.addDisk(req.params.id!, parseWith(DiskSpec, req.body)) }), { body: true });
-  router.add('GET', '/v1/vms/:id/stats', async (req) => ({ status: 200, json: await vms.stats(req.params.id!) }));
-  router.add('GET', '/v1/vms/:id/snapshots', async (req) => ({ status: 200, json: { items: await vms.listSnapshots(req.params.id!) } }));
-  router.add('POST', '/v1/vms/:id/snapshots', async (req) => {
+  vmRoute('POST', '/v1/vms/:id/disks', async (req) => ({ status: 201, json: await vms.addDisk(req.params.id!, parseWith(DiskSpec, req.body)) }), { body: true });
+  vmRoute('GET', '/v1/vms/:id/stats', async (req) => ({ status: 200, json: await vms.stats(req.params.id!) }));
+  vmRoute('GET', '/v1/vms/:id/snapshots', async (req) => ({ status: 200, json: { items: await vms.listSnapshots(req.params.id!) } }));
+  vmRoute('POST', '/v1/vms/:id/snapshots', async (req) => {
     const { name } = parseWith(CreateSnapshot, req.body);
     return { status: 201, json: await vms.createSnapshot(req.params.id!, name) };
   }, { body: true });
-  router.add('POST', '/v1/vms/:id/snapshots/:name/revert', async (req) => ({ status: 200, json: await vms.revertSnapshot(req.params.id!, snapshotName(req.params.name!)) }));
-  router.add('DELETE', '/v1/vms/:id/snapshots/:name', async (req) => ({ status: 200, json: await vms.deleteSnapshot(req.params.id!, snapshotName(req.params.name!)) }));
+  vmRoute('POST', '/v1/vms/:id/snapshots/:name/revert', async (req) => ({ status: 200, json: await vms.revertSnapshot(req.params.id!, snapshotName(req.params.name!)) }));
+  vmRoute('DELETE', '/v1/vms/:id/snapshots/:name', async (req) => ({ status: 200, json: await vms.deleteSnapshot(req.params.id!, snapshotName(req.params.name!)) }));
 
-  router.add('GET', '/v1/operations/:id', async (req) => ({ status: 200, json: await vms.getOperation(req.params.id!) }));
+  router.add('GET', '/v1/operations/:id', async (req) => ({ status: 200, json: await vms.getOperation(req.params.id!) }), { forward: 'operation' });
+}
+
+/** This member's page of VMs; the JSON is cached per VM, so the page is assembled without re-serialising records. */
+function localPage(vms: VmService, limit: number, q: { state?: VmState[]; tenant?: string; cursor?: string }, labels: Record<string, string> | undefined): ApiReply {
+  const page = vms.list({ limit, ...(q.state && { state: q.state }), ...(q.tenant && { tenant: q.tenant }), ...(labels && { labels }), ...(q.cursor && { cursor: q.cursor }) });
+  let rawJson = `{"items":[${page.items.map((vm) => vms.getJson(vm.id)).join(',')}]`;
+  if (page.nextCursor) rawJson += `,"nextCursor":${JSON.stringify(page.nextCursor)}`;
+  if (page.total >= 0) rawJson += `,"total":${page.total}`;
+  return { status: 200, rawJson: rawJson + '}' };
+}
+
+interface Page {
+  items: VmRecord[];
+  nextCursor?: string;
+  total?: number;
+}
+
+/**
+ * The cluster-wide page: every member's page after the same cursor (ids are time-ordered
+ * across the cluster), merged in id order and cut to `limit`. A VM in flight between two
+ * members is listed once, as its destination or settled side reports it.
+ */
+async function listCluster(forwarder: Forwarder, req: ApiRequest, limit: number, member: number | undefined, local: () => ApiReply): Promise<ApiReply> {
+  const others = (await forwarder.others()).filter((h) => member === undefined || h.member === member);
+  if (others.length === 0 && member === undefined) return local();
+  const remote = new URLSearchParams(req.query);
+  remote.set('scope', 'local');
+  remote.delete('member');
+  const pages: Page[] = member === undefined ? [JSON.parse(local().rawJson!) as Page] : [];
+  for (const reply of await Promise.all(others.map((h) => forwarder.send(h, { method: 'GET', url: `/v1/vms?${remote}`, headers: req.callerHeaders ?? {} })))) {
+    const body = JSON.parse(reply.body.toString('utf8'));
+    if (reply.status !== 200) {
+      const code = body?.error?.code;
+      throw new NovaError(isErrorCode(code) ? code : 'CLUSTER_MEMBER_UNREACHABLE', `member ${reply.member} answered ${reply.status}: ${body?.error?.message ?? ''}`);
+    }
+    pages.push(body as Page);
+  }
+  const byId = new Map<string, VmRecord>();
+  for (const vm of pages.flatMap((p) => p.items)) {
+    const seen = byId.get(vm.id);
+    if (!seen || seen.state === 'migrating') byId.set(vm.id, vm);
+  }
+  const all = [...byId.values()].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+  const items = all.slice(0, limit);
+  const page: Page = { items };
+  if ((all.length > limit || pages.some((p) => p.nextCursor)) && items.length > 0) page.nextCursor = items.at(-1)!.id;
+  if (pages.every((p) => p.total !== undefined)) page.total = pages.reduce((n, p) => n + p.total!, 0);
+  return { status: 200, json: page };
 }

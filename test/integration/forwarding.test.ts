@@ -1,0 +1,130 @@
+/**
+ * Any member answers for any VM: in a three-member cluster with an API token, requests
+ * about a VM, its operations and its console sent to a member that does not run it are
+ * answered by the member that does; GET /v1/vms lists the whole cluster.
+ */
+import WebSocket from 'ws';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { api, sampleVm } from '../helpers/daemon.js';
+import { TestCluster } from '../helpers/cluster.js';
+
+const TOKEN = 'forwarding-test-token-0123456789';
+let c: TestCluster;
+const url = (i: number) => c.members[i]!.url;
+const call = (i: number, method: string, path: string, body?: unknown) => api(url(i), method, path, body, c.headers);
+
+async function settle(i: number, opId: string): Promise<any> {
+  for (;;) {
+    const r = await call(i, 'GET', `/v1/operations/${opId}`);
+    expect(r.status, JSON.stringify(r.body)).toBe(200);
+    if (r.body.state !== 'running') return r.body;
+    await new Promise((res) => setTimeout(res, 25));
+  }
+}
+
+/** Waits until member `i`'s copy of the inventory places `name` (publishing is asynchronous). */
+async function placedEverywhere(name: string): Promise<void> {
+  await c.waitFor(async () => {
+    for (let i = 0; i < c.members.length; i++) {
+      const r = await call(i, 'GET', `/v1/cluster/vms?name=${name}&consistency=stale`);
+      if (r.body.items?.length !== 1) return false;
+    }
+    return true;
+  }, `${name} in every member's inventory`);
+}
+
+beforeAll(async () => {
+  c = await TestCluster.start(3, undefined, { apiToken: TOKEN });
+  // Forwarding finds members through the inventory, which a member joins by publishing
+  // its host record (a just-promoted learner's first write may wait for a retry).
+  await c.waitFor(async () => {
+    for (let i = 0; i < 3; i++) if ((await call(i, 'GET', '/v1/cluster/hosts?consistency=stale')).body.items?.length !== 3) return false;
+    return true;
+  }, 'every host in every member\'s inventory');
+}, 120_000);
+afterAll(async () => {
+  await c?.close();
+});
+
+describe('any member answers for any VM', { timeout: 60_000 }, () => {
+  it('GET, PATCH, actions and operation polls through members that do not run the VM are answered by the one that does', async () => {
+    const created = await call(0, 'POST', '/v1/vms', sampleVm('fw-1'));
+    expect(created.status).toBe(201);
+    const id = created.body.id as string;
+    await placedEverywhere('fw-1');
+
+    const direct = await call(0, 'GET', `/v1/vms/${id}`);
+    for (const ref of [id, 'fw-1']) {
+      const via = await call(1, 'GET', `/v1/vms/${ref}`);
+      expect(via.status).toBe(200);
+      expect(via.body).toEqual(direct.body);
+      expect(via.headers.get('x-novacron-member')).toBe(String(c.members[0]!.id));
+    }
+    expect(direct.headers.get('x-novacron-member')).toBeNull(); // answered locally: no hop
+
+    const patched = await call(1, 'PATCH', `/v1/vms/${id}`, { vcpus: 3 });
+    expect(patched.status, JSON.stringify(patched.body)).toBe(200);
+    expect((await call(0, 'GET', `/v1/vms/${id}`)).body.spec.vcpus).toBe(3);
+
+    const start = await call(2, 'POST', `/v1/vms/${id}/start`);
+    expect(start.status).toBe(202);
+    expect(start.headers.get('location')).toBe(`/v1/operations/${start.body.id}`);
+    expect((await settle(2, start.body.id)).state).toBe('succeeded'); // the member that forwarded it knows the operation's owner
+    expect((await call(1, 'GET', `/v1/operations/${start.body.id}`)).body).toMatchObject({ id: start.body.id, state: 'succeeded' }); // one that did not asks around
+    expect((await call(0, 'GET', `/v1/vms/${id}`)).body.state).toBe('running');
+
+    const busy = await call(1, 'POST', `/v1/vms/${id}/start`);
+    expect(busy.status).toBe(409); // the owner's own error comes back as it is
+    expect(busy.body.error.code).toBe('VM_INVALID_STATE');
+
+    const removed = await call(1, 'DELETE', `/v1/vms/${id}?force=true`);
+    expect(removed.status).toBe(202);
+    expect((await settle(1, removed.body.id)).state).toBe('succeeded');
+    expect((await call(0, 'GET', `/v1/vms/${id}`)).status).toBe(404);
+  });
+
+  it('a VM no member has is a 404 from the member asked, without a hop', async () => {
+    const r = await call(1, 'GET', '/v1/vms/vm-nowhere');
+    expect(r.status).toBe(404);
+    expect(r.body.error.code).toBe('VM_NOT_FOUND');
+    expect(r.headers.get('x-novacron-member')).toBeNull();
+    const unauthenticated = await api(url(1), 'GET', '/v1/vms/vm-nowhere');
+    expect(unauthenticated.status).toBe(401);
+  });
+
+  it('GET /v1/vms lists every member\'s VMs in id order, pages across members, and ?member= narrows it', async () => {
+    const a = (await call(0, 'POST', '/v1/vms', sampleVm('list-a'))).body;
+    const b = (await call(2, 'POST', '/v1/vms', sampleVm('list-b'))).body;
+    const all = await call(1, 'GET', '/v1/vms?limit=1000');
+    expect(all.status).toBe(200);
+    const names = all.body.items.map((v: any) => v.name);
+    expect(names).toEqual(expect.arrayContaining(['list-a', 'list-b']));
+    expect(all.body.items.map((v: any) => v.id)).toEqual([...all.body.items.map((v: any) => v.id)].sort());
+    expect(all.body.total).toBe(all.body.items.length);
+
+    const first = await call(1, 'GET', '/v1/vms?limit=1');
+    expect(first.body.items).toHaveLength(1);
+    const second = await call(1, 'GET', `/v1/vms?limit=1000&cursor=${first.body.nextCursor}`);
+    expect([...first.body.items, ...second.body.items].map((v: any) => v.id)).toEqual(all.body.items.map((v: any) => v.id));
+
+    const onlyA = await call(1, 'GET', `/v1/vms?member=${c.members[0]!.id}`);
+    expect(onlyA.body.items.map((v: any) => v.id)).toContain(a.id);
+    expect(onlyA.body.items.map((v: any) => v.id)).not.toContain(b.id);
+    const local = await call(1, 'GET', '/v1/vms?scope=local');
+    expect(local.body.items).toEqual([]);
+  });
+
+  it('the console WebSocket of a VM on another member is relayed to it: the owner\'s close code and reason arrive', async () => {
+    const vm = (await call(0, 'POST', '/v1/vms', sampleVm('fw-console'))).body;
+    await placedEverywhere('fw-console');
+    const close = (i: number) =>
+      new Promise<{ code: number; reason: string }>((resolve, reject) => {
+        const ws = new WebSocket(`${url(i).replace('http', 'ws')}/v1/vms/${vm.id}/console`, { headers: c.headers });
+        ws.on('close', (code, reason) => resolve({ code, reason: reason.toString() }));
+        ws.on('unexpected-response', (_req, res) => reject(new Error(`upgrade refused: ${res.statusCode}`)));
+      });
+    const direct = await close(0);
+    expect(direct.code).toBe(4409); // the sim driver has no serial console
+    expect(await close(1)).toEqual(direct);
+  });
+});
