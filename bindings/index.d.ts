@@ -20,13 +20,13 @@ export declare class LinkBucket {
 /** Destination end (see the `novacron-miglink` crate). */
 export declare class NativeDestLink {
   /** Listens for the source and starts the threads that feed the destination QEMU. */
-  static start(options: DestLinkOptions, onFailFn: (failure: LinkFailure) => void): NativeDestLink
+  static start(options: DestLinkOptions, onFailFn: (failure: BindingError) => void): NativeDestLink
   /** The port the source connects to. */
   get port(): number
   /** Byte and page counters so far. */
   stats(): LinkCounters
   /** The first failure, if there was one (also reported through `onFail`). */
-  failure(): LinkFailure | null
+  failure(): BindingError | null
   /** Stops the link's threads and closes its sockets. */
   close(): void
 }
@@ -100,11 +100,11 @@ export declare class NativeSourceLink {
    * Connects to the destination and listens for QEMU; throws `MIGRATION_TRANSPORT` if
    * either cannot be done. `onFail(code, message)` is called once, off the hot path.
    */
-  static start(options: SourceLinkOptions, bucket: LinkBucket | undefined | null, onFailFn: (failure: LinkFailure) => void): NativeSourceLink
+  static start(options: SourceLinkOptions, bucket: LinkBucket | undefined | null, onFailFn: (failure: BindingError) => void): NativeSourceLink
   /** Byte and page counters so far. */
   stats(): LinkCounters
   /** The first failure, if there was one (also reported through `onFail`). */
-  failure(): LinkFailure | null
+  failure(): BindingError | null
   /** Stops the link's threads and closes its sockets. */
   close(): void
 }
@@ -182,6 +182,17 @@ export interface BindingEncodeStats {
   sparse: number
 }
 
+/**
+ * A domain error as data, where an error is an outcome rather than a throw (a Raft
+ * request's completion, a migration link's first failure).
+ */
+export interface BindingError {
+  /** The stable code (one of `src/errors.ts`). */
+  code: string
+  /** What went wrong, for operators. */
+  message: string
+}
+
 /** A key-value pair from a scan. */
 export interface BindingKeyValue {
   /** Key bytes. */
@@ -248,14 +259,6 @@ export interface LinkCounters {
   packets: number
 }
 
-/** The first failure of a link end. */
-export interface LinkFailure {
-  /** Stable code (`MIGRATION_PROTOCOL`, `MIGRATION_TRANSPORT`, `CODEC_*`). */
-  code: string
-  /** What went wrong, for operators. */
-  message: string
-}
-
 /** Worst-case encoded size of a batch of `pages` pages over `shards` shards (default 1). */
 export declare function maxEncodedLen(pages: number, shards?: number | undefined | null): number
 
@@ -263,8 +266,8 @@ export declare function maxEncodedLen(pages: number, shards?: number | undefined
 export interface RaftCompletion {
   /** The tag the request was made with. */
   tag: number
-  /** `CODE: message` when the request failed. */
-  error?: string
+  /** Why the request failed. */
+  error?: BindingError
   /** Result of `write`, `acquire`, `release`. */
   outcome?: RaftOutcome
   /** Result of `readIndex`: the index now applied locally. */

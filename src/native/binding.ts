@@ -4,22 +4,28 @@
  */
 import { createRequire } from 'node:module';
 import type * as Binding from '../../bindings/index.js';
-import { NovaError, isErrorCode } from '../errors.js';
+import { NovaError, isErrorCode, type ErrorCode } from '../errors.js';
 
 const require = createRequire(import.meta.url);
 export const binding: typeof Binding = require('../../bindings/index.js');
 export type { Binding };
 
 /**
- * The Rust side formats errors as `CODE: message` (crates/node/src/lib.rs). This turns
- * them into NovaErrors with the same code; anything else is rethrown untouched.
+ * The Rust side throws (and rejects with) JS errors whose `code` is the domain error's
+ * stable code (crates/node/src/lib.rs). This turns them into NovaErrors with that code;
+ * anything else (napi's own failures) is rethrown untouched.
  */
 export function nativeError(err: unknown): unknown {
   if (err instanceof Error) {
-    const m = /^([A-Z][A-Z0-9_]+): ([\s\S]*)$/.exec(err.message);
-    if (m && isErrorCode(m[1])) return new NovaError(m[1], m[2]);
+    const code = (err as { code?: unknown }).code;
+    if (isErrorCode(code)) return new NovaError(code, err.message);
   }
   return err;
+}
+
+/** A domain error the Rust side returns as data (a completion's, a link's failure). */
+export function fromBindingError(e: Binding.BindingError, fallback: ErrorCode): NovaError {
+  return new NovaError(isErrorCode(e.code) ? e.code : fallback, e.message);
 }
 
 /** Calls a native function, mapping its errors (sync throw or rejection) to NovaErrors. */

@@ -3,17 +3,17 @@
  * their own threads: the JavaScript thread only starts them, reads their counters and
  * hears of the first failure (as a NovaError with the Rust side's stable code).
  */
-import { NovaError, isErrorCode } from '../errors.js';
-import { binding, callNative, type Binding } from './binding.js';
+import type { NovaError } from '../errors.js';
+import { binding, callNative, fromBindingError, type Binding } from './binding.js';
 
 export type LinkCounters = Binding.LinkCounters;
 type OnFail = (err: NovaError) => void;
 
-function toError(f: Binding.LinkFailure): NovaError {
-  return new NovaError(isErrorCode(f.code) ? f.code : 'MIGRATION_TRANSPORT', f.message);
+function toError(f: Binding.BindingError): NovaError {
+  return fromBindingError(f, 'MIGRATION_TRANSPORT');
 }
 
-function failure(onFail: OnFail): (f: Binding.LinkFailure) => void {
+function failure(onFail: OnFail): (f: Binding.BindingError) => void {
   return (f) => onFail(toError(f));
 }
 

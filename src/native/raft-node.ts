@@ -6,7 +6,7 @@
 import { randomBytes } from 'node:crypto';
 import type { Entry, KeyRange, WriteOp } from '../store/store.js';
 import { NovaError } from '../errors.js';
-import { binding, callNative, nativeError, type Binding } from './binding.js';
+import { binding, callNative, fromBindingError, nativeError, type Binding } from './binding.js';
 
 export type RaftOutcome = Binding.RaftOutcome;
 export type RaftStatus = Binding.RaftStatus;
@@ -77,7 +77,7 @@ export class RaftNode {
     const tag = this.#nextTag;
     this.#nextTag = this.#nextTag >= 0xffff_fff0 ? 1 : this.#nextTag + 1;
     return new Promise<T>((resolve, reject) => {
-      this.#pending.set(tag, (c) => (c.error ? reject(nativeError(new Error(c.error))) : resolve(pick(c))));
+      this.#pending.set(tag, (c) => (c.error ? reject(fromBindingError(c.error, 'RAFT_INVALID')) : resolve(pick(c))));
       if (this.#pending.size === 1) this.#keepAlive.ref();
       try {
         send(tag);
@@ -175,7 +175,7 @@ export class RaftNode {
     // Completions for requests the thread failed on its way out are still queued on the
     // event loop; anything not answered by then is failed here.
     setImmediate(() => {
-      for (const [tag, settle] of this.#pending) settle({ tag, error: 'RAFT_STOPPED: raft node is stopped' });
+      for (const [tag, settle] of this.#pending) settle({ tag, error: { code: 'RAFT_STOPPED', message: 'raft node is stopped' } });
       this.#pending.clear();
       clearInterval(this.#keepAlive);
     });

@@ -1,12 +1,12 @@
 //! Binding for `novacron-memdelta`. Page data crosses as Buffers: inputs are borrowed
 //! (no copy), outputs are written into JS-owned buffers.
 
-use crate::js_error;
+use crate::{js_error, Result};
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
 use novacron_memdelta::{CodecError, ShardedDecoder, ShardedEncoder, PAGE_SIZE};
 
-fn to_js(err: CodecError) -> Error {
+fn to_js(err: CodecError) -> Error<crate::Code> {
     js_error(err.code(), err)
 }
 

@@ -2,37 +2,25 @@
 //! end, reads its counters, and closes it; the first failure arrives as a callback with
 //! the stable code and a message.
 
-use crate::js_error;
+use crate::{js_error, BindingError, Result};
 use napi::bindgen_prelude::*;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi_derive::napi;
 use novacron_miglink::{DestConfig, LinkError, SourceConfig, StatsSnapshot, TokenBucket};
 use std::sync::Arc;
 
-/// The first failure of a link end.
-#[napi(object)]
-pub struct LinkFailure {
-    /// Stable code (`MIGRATION_PROTOCOL`, `MIGRATION_TRANSPORT`, `CODEC_*`).
-    pub code: String,
-    /// What went wrong, for operators.
-    pub message: String,
-}
-
-type FailFn = ThreadsafeFunction<LinkFailure, (), LinkFailure, Status, false, true>;
+type FailFn = ThreadsafeFunction<BindingError, (), BindingError, Status, false, true>;
 
 fn on_fail(f: FailFn) -> novacron_miglink::FailFn {
     Box::new(move |e: LinkError| {
         f.call(
-            LinkFailure {
-                code: e.code().to_string(),
-                message: e.to_string(),
-            },
+            BindingError::new(e.code(), &e),
             ThreadsafeFunctionCallMode::NonBlocking,
         );
     })
 }
 
-fn to_js(e: LinkError) -> Error {
+fn to_js(e: LinkError) -> Error<crate::Code> {
     js_error(e.code(), e)
 }
 
@@ -122,7 +110,7 @@ impl NativeSourceLink {
     pub fn start(
         options: SourceLinkOptions,
         bucket: Option<&LinkBucket>,
-        #[napi(ts_arg_type = "(failure: LinkFailure) => void")] on_fail_fn: FailFn,
+        #[napi(ts_arg_type = "(failure: BindingError) => void")] on_fail_fn: FailFn,
     ) -> Result<Self> {
         let cfg = SourceConfig {
             socket_path: options.socket_path.into(),
@@ -148,11 +136,10 @@ impl NativeSourceLink {
 
     /// The first failure, if there was one (also reported through `onFail`).
     #[napi]
-    pub fn failure(&self) -> Option<LinkFailure> {
-        self.inner.failure().map(|(code, message)| LinkFailure {
-            code: code.into(),
-            message,
-        })
+    pub fn failure(&self) -> Option<BindingError> {
+        self.inner
+            .failure()
+            .map(|(code, message)| BindingError::new(code, message))
     }
 
     /// Stops the link's threads and closes its sockets.
@@ -193,7 +180,7 @@ impl NativeDestLink {
     #[napi(factory)]
     pub fn start(
         options: DestLinkOptions,
-        #[napi(ts_arg_type = "(failure: LinkFailure) => void")] on_fail_fn: FailFn,
+        #[napi(ts_arg_type = "(failure: BindingError) => void")] on_fail_fn: FailFn,
     ) -> Result<Self> {
         let cfg = DestConfig {
             bind_host: options.bind_host,
@@ -225,11 +212,10 @@ impl NativeDestLink {
 
     /// The first failure, if there was one (also reported through `onFail`).
     #[napi]
-    pub fn failure(&self) -> Option<LinkFailure> {
-        self.inner.failure().map(|(code, message)| LinkFailure {
-            code: code.into(),
-            message,
-        })
+    pub fn failure(&self) -> Option<BindingError> {
+        self.inner
+            .failure()
+            .map(|(code, message)| BindingError::new(code, message))
     }
 
     /// Stops the link's threads and closes its sockets.

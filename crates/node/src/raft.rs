@@ -6,11 +6,11 @@
 //!
 //! Member ids, indexes and fencing tokens are JS numbers (ids are chosen below 2^53).
 
-use crate::js_error;
 use crate::store::{
     into_pairs, store_options, to_ops, BindingKeyValue, BindingScanRange, BindingStoreOptions,
     BindingWriteOp,
 };
+use crate::{js_error, BindingError, Result};
 use napi::bindgen_prelude::*;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi_derive::napi;
@@ -23,12 +23,8 @@ use novacron_store::ScanRange;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-fn to_js(err: RaftError) -> Error {
+fn to_js(err: RaftError) -> Error<crate::Code> {
     js_error(err.code(), err)
-}
-
-fn error_text(err: &RaftError) -> String {
-    format!("{}: {err}", err.code())
 }
 
 fn member_id(id: i64) -> Result<u64> {
@@ -301,8 +297,8 @@ impl From<NodeStatus> for RaftStatus {
 pub struct RaftCompletion {
     /// The tag the request was made with.
     pub tag: u32,
-    /// `CODE: message` when the request failed.
-    pub error: Option<String>,
+    /// Why the request failed.
+    pub error: Option<BindingError>,
     /// Result of `write`, `acquire`, `release`.
     pub outcome: Option<RaftOutcome>,
     /// Result of `readIndex`: the index now applied locally.
@@ -392,7 +388,7 @@ impl NativeRaftNode {
             let mut c = RaftCompletion::empty(tag);
             match result {
                 Ok(v) => fill(&mut c, v),
-                Err(e) => c.error = Some(error_text(&e)),
+                Err(e) => c.error = Some(BindingError::new(e.code(), &e)),
             }
             completions.push(c);
         })

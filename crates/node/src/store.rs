@@ -2,13 +2,13 @@
 //! WAL fsync never blocks the JS event loop. Batching is the caller's: `RocksStore`
 //! keeps one write in flight and sends the writes queued meanwhile as the next batch.
 
-use crate::js_error;
+use crate::{js_error, Result};
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
 use novacron_store::{Op, ScanRange, Store, StoreError, StoreOptions};
 use std::sync::{Arc, Mutex};
 
-fn to_js(err: StoreError) -> Error {
+fn to_js(err: StoreError) -> Error<crate::Code> {
     js_error(err.code(), err)
 }
 
@@ -90,6 +90,7 @@ impl NativeStore {
         Ok(AsyncTask::new(WriteTask {
             store: self.store()?,
             ops: to_ops(ops),
+            failure: None,
         }))
     }
 
@@ -102,6 +103,7 @@ impl NativeStore {
             end: range.end.to_vec(),
             limit: range.limit.unwrap_or(0) as usize,
             reverse: range.reverse.unwrap_or(false),
+            failure: None,
         }))
     }
 
@@ -155,22 +157,45 @@ pub(crate) fn into_pairs(pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Vec<BindingKeyValue>
         .collect()
 }
 
+/// The domain error of a failed task, kept for `reject`: a task's `compute` runs on a
+/// pool thread and can only return napi's own error type, which has no room for a code.
+fn keep(slot: &mut Option<StoreError>, err: StoreError) -> napi::Error {
+    let reason = err.to_string();
+    *slot = Some(err);
+    napi::Error::from_reason(reason)
+}
+
+/// Rejects with the kept domain error's code (see [`keep`]).
+fn reject_with(slot: &mut Option<StoreError>, env: Env, err: napi::Error) -> napi::Error {
+    match slot.take() {
+        Some(e) => crate::rejection(env, e.code(), e),
+        None => err,
+    }
+}
+
 #[doc(hidden)]
 pub struct WriteTask {
     store: Arc<Store>,
     ops: Vec<Op>,
+    failure: Option<StoreError>,
 }
 
 impl Task for WriteTask {
     type Output = ();
     type JsValue = ();
 
-    fn compute(&mut self) -> Result<()> {
-        self.store.write(&self.ops).map_err(to_js)
+    fn compute(&mut self) -> napi::Result<()> {
+        self.store
+            .write(&self.ops)
+            .map_err(|e| keep(&mut self.failure, e))
     }
 
-    fn resolve(&mut self, _env: Env, _output: ()) -> Result<()> {
+    fn resolve(&mut self, _env: Env, _output: ()) -> napi::Result<()> {
         Ok(())
+    }
+
+    fn reject(&mut self, env: Env, err: napi::Error) -> napi::Result<()> {
+        Err(reject_with(&mut self.failure, env, err))
     }
 }
 
@@ -181,23 +206,30 @@ pub struct ScanTask {
     end: Vec<u8>,
     limit: usize,
     reverse: bool,
+    failure: Option<StoreError>,
 }
 
 impl Task for ScanTask {
     type Output = Vec<(Vec<u8>, Vec<u8>)>;
     type JsValue = Vec<BindingKeyValue>;
 
-    fn compute(&mut self) -> Result<Self::Output> {
+    fn compute(&mut self) -> napi::Result<Self::Output> {
         let range = ScanRange {
             start: &self.start,
             end: &self.end,
             limit: self.limit,
             reverse: self.reverse,
         };
-        self.store.scan(&range).map_err(to_js)
+        self.store
+            .scan(&range)
+            .map_err(|e| keep(&mut self.failure, e))
     }
 
-    fn resolve(&mut self, _env: Env, output: Self::Output) -> Result<Self::JsValue> {
+    fn resolve(&mut self, _env: Env, output: Self::Output) -> napi::Result<Self::JsValue> {
         Ok(into_pairs(output))
+    }
+
+    fn reject(&mut self, env: Env, err: napi::Error) -> napi::Result<Self::JsValue> {
+        Err(reject_with(&mut self.failure, env, err))
     }
 }
