@@ -9,26 +9,59 @@
  */
 export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-wasip1'
 
+/** Destination end (see the `novacron-miglink` crate). */
+export declare class NativeDestLink {
+  /** Listens for the source and starts the threads that feed the destination QEMU. */
+  static start(options: BindingDestLinkOptions, onFailFn: (failure: BindingError) => void): NativeDestLink
+  /** The port the source connects to. */
+  get port(): number
+  /** Byte and page counters so far. */
+  stats(): BindingLinkCounters
+  /** The first failure, if there was one (also reported through `onFail`). */
+  failure(): BindingError | null
+  /** Stops the link's threads and closes its sockets. */
+  close(): void
+}
+
 /** A link's bandwidth cap, shared by everything one migration sends. */
-export declare class LinkBucket {
+export declare class NativeLinkBucket {
   /** A cap of `bytes_per_second` on the wire. */
   constructor(bytesPerSecond: number)
   /** Records `bytes` sent; returns the ms to wait before sending more (0: none). */
   spend(bytes: number): number
 }
 
-/** Destination end (see the `novacron-miglink` crate). */
-export declare class NativeDestLink {
-  /** Listens for the source and starts the threads that feed the destination QEMU. */
-  static start(options: DestLinkOptions, onFailFn: (failure: BindingError) => void): NativeDestLink
-  /** The port the source connects to. */
-  get port(): number
-  /** Byte and page counters so far. */
-  stats(): LinkCounters
-  /** The first failure, if there was one (also reported through `onFail`). */
-  failure(): BindingError | null
-  /** Stops the link's threads and closes its sockets. */
-  close(): void
+/** Destination side of the page codec. */
+export declare class NativePageDecoder {
+  /** Must match the encoder's `capacityPages` and `shards`. */
+  constructor(capacityPages: number, shards?: number | undefined | null)
+  /**
+   * Decodes a batch of frames into JS-owned buffers: page indices (little-endian u64
+   * each) into `outIndices` and page contents into `outPages`; returns the page count.
+   * A corrupt or inconsistent frame rejects the whole batch (`CODEC_*`) and changes
+   * nothing in the decoder.
+   */
+  decodeInto(frames: Buffer, outIndices: Buffer, outPages: Buffer): number
+}
+
+/**
+ * Source side of the page codec (see the `novacron-memdelta` crate), split into
+ * `shards` encoders that run in parallel on a thread pool.
+ */
+export declare class NativePageEncoder {
+  /**
+   * `capacityPages`: pages remembered for deltas and duplicates; `shards`: parallel
+   * encoders (default 1). The decoder must use the same values.
+   */
+  constructor(capacityPages: number, shards?: number | undefined | null)
+  /**
+   * Encodes `pages` (4 KiB each) at `indices` (little-endian u64 per page) into `out`,
+   * a JS-owned buffer of at least `maxEncodedLen(pages)` bytes; returns the bytes written.
+   * (JS-owned output keeps large transient buffers off V8's external-memory accounting.)
+   */
+  encodeInto(indices: Buffer, pages: Buffer, out: Buffer): number
+  /** Counters since creation. */
+  stats(): BindingEncodeStats
 }
 
 /** A Raft member with its log and state in RocksDB (see the `novacron-raftstore` crate). */
@@ -42,14 +75,14 @@ export declare class NativeRaftNode {
    * Opens the node's database (checking it; `RAFT_CORRUPTION` or `STORE_CORRUPTION`
    * when damaged) and starts its Raft thread.
    */
-  static start(path: string, options: RaftNodeOptions, store: BindingStoreOptions | undefined | null, onMessages: (messages: RaftOutbound[]) => void, onDone: (pending: number) => void): NativeRaftNode
+  static start(path: string, options: BindingRaftNodeOptions, store: BindingStoreOptions | undefined | null, onMessages: (messages: BindingRaftOutbound[]) => void, onDone: (pending: number) => void): NativeRaftNode
   /** Takes every answer queued since the last call (`onDone` says when there are some). */
-  takeCompletions(): Array<RaftCompletion>
+  takeCompletions(): Array<BindingRaftCompletion>
   /**
    * Proposes an atomic write (`value` absent = delete), fenced by a lock token when
    * `fence` is given. `requestId` (16 bytes) makes a retry apply once.
    */
-  write(tag: number, requestId: Buffer, ops: Array<BindingWriteOp>, fence?: RaftFence | undefined | null): void
+  write(tag: number, requestId: Buffer, ops: Array<BindingWriteOp>, fence?: BindingRaftFence | undefined | null): void
   /** Takes (or renews) `lock` for `holder` for `ttlMs` from `nowMs`. */
   acquire(tag: number, requestId: Buffer, lock: string, holder: string, ttlMs: number, nowMs: number): void
   /** Releases `lock` if `token` is current. */
@@ -59,7 +92,7 @@ export declare class NativeRaftNode {
   /** Confirms leadership with a quorum; answers once that index is applied here. */
   readIndex(tag: number): void
   /** Proposes a membership change (ConfChangeV2). */
-  changeMembership(tag: number, changes: Array<RaftMemberChange>, addresses: Array<RaftPeerAddress>): void
+  changeMembership(tag: number, changes: Array<BindingRaftMemberChange>, addresses: Array<BindingRaftPeerAddress>): void
   /** The node's status. */
   status(tag: number): void
   /**
@@ -86,7 +119,7 @@ export declare class NativeRaftNode {
   /** Scans the locally applied state. */
   scanSync(range: BindingScanRange): Array<BindingKeyValue>
   /** A lock's applied state. */
-  lock(name: string): RaftLock | null
+  lock(name: string): BindingRaftLock | null
   /**
    * Stops the Raft thread and closes the database; pending requests fail with
    * `RAFT_STOPPED`.
@@ -100,9 +133,9 @@ export declare class NativeSourceLink {
    * Connects to the destination and listens for QEMU; throws `MIGRATION_TRANSPORT` if
    * either cannot be done. `onFail(code, message)` is called once, off the hot path.
    */
-  static start(options: SourceLinkOptions, bucket: LinkBucket | undefined | null, onFailFn: (failure: BindingError) => void): NativeSourceLink
+  static start(options: BindingSourceLinkOptions, bucket: NativeLinkBucket | undefined | null, onFailFn: (failure: BindingError) => void): NativeSourceLink
   /** Byte and page counters so far. */
-  stats(): LinkCounters
+  stats(): BindingLinkCounters
   /** The first failure, if there was one (also reported through `onFail`). */
   failure(): BindingError | null
   /** Stops the link's threads and closes its sockets. */
@@ -129,37 +162,22 @@ export declare class NativeStore {
   close(): void
 }
 
-/** Destination side of the page codec. */
-export declare class PageDecoder {
-  /** Must match the encoder's `capacityPages` and `shards`. */
-  constructor(capacityPages: number, shards?: number | undefined | null)
-  /**
-   * Decodes a batch of frames into JS-owned buffers: page indices (little-endian u64
-   * each) into `outIndices` and page contents into `outPages`; returns the page count.
-   * A corrupt or inconsistent frame rejects the whole batch (`CODEC_*`) and changes
-   * nothing in the decoder.
-   */
-  decodeInto(frames: Buffer, outIndices: Buffer, outPages: Buffer): number
-}
-
-/**
- * Source side of the page codec (see the `novacron-memdelta` crate), split into
- * `shards` encoders that run in parallel on a thread pool.
- */
-export declare class PageEncoder {
-  /**
-   * `capacityPages`: pages remembered for deltas and duplicates; `shards`: parallel
-   * encoders (default 1). The decoder must use the same values.
-   */
-  constructor(capacityPages: number, shards?: number | undefined | null)
-  /**
-   * Encodes `pages` (4 KiB each) at `indices` (little-endian u64 per page) into `out`,
-   * a JS-owned buffer of at least `maxEncodedLen(pages)` bytes; returns the bytes written.
-   * (JS-owned output keeps large transient buffers off V8's external-memory accounting.)
-   */
-  encodeInto(indices: Buffer, pages: Buffer, out: Buffer): number
-  /** Counters since creation. */
-  stats(): BindingEncodeStats
+/** Options of `NativeDestLink.start` (see `DestConfig` in the crate). */
+export interface BindingDestLinkOptions {
+  /** Address to listen on. */
+  bindHost: string
+  /** First and last port to try (both given), else one the system picks. */
+  portFrom?: number
+  /** Last port to try (with `port_from`). */
+  portTo?: number
+  /** The destination QEMU's incoming unix socket. */
+  qemuSocket: string
+  /** The migration's token: the source's hello must carry exactly these bytes. */
+  token: Buffer
+  /** Codec cache size in pages; must equal the source's. */
+  capacityPages: number
+  /** Codec shards; must equal the source's. */
+  shards: number
 }
 
 /** Counters of an encoder since it was created. */
@@ -201,54 +219,8 @@ export interface BindingKeyValue {
   value: Buffer
 }
 
-/** A range scan: keys in `[start, end)`. */
-export interface BindingScanRange {
-  /** Inclusive lower bound. */
-  start: Buffer
-  /** Exclusive upper bound; empty for unbounded. */
-  end: Buffer
-  /** Maximum pairs returned; 0 for unlimited. @default 0 */
-  limit?: number
-  /** Walk from `end` towards `start`. @default false */
-  reverse?: boolean
-}
-
-/** Options for `NativeStore.open`. */
-export interface BindingStoreOptions {
-  /** Fsync the write-ahead log before a write resolves. @default true */
-  syncWrites?: boolean
-  /** RocksDB block cache size in bytes. @default 67108864 (64 MiB) */
-  blockCacheBytes?: number
-}
-
-/** One operation of an atomic batch: a put when `value` is present, else a delete. */
-export interface BindingWriteOp {
-  /** Key bytes; must not be empty. */
-  key: Buffer
-  /** New value; omit to delete the key. */
-  value?: Buffer
-}
-
-/** Options of `NativeDestLink.start` (see `DestConfig` in the crate). */
-export interface DestLinkOptions {
-  /** Address to listen on. */
-  bindHost: string
-  /** First and last port to try (both given), else one the system picks. */
-  portFrom?: number
-  /** Last port to try (with `port_from`). */
-  portTo?: number
-  /** The destination QEMU's incoming unix socket. */
-  qemuSocket: string
-  /** The migration's token: the source's hello must carry exactly these bytes. */
-  token: Buffer
-  /** Codec cache size in pages; must equal the source's. */
-  capacityPages: number
-  /** Codec shards; must equal the source's. */
-  shards: number
-}
-
 /** Counters of one end of a migration link. */
-export interface LinkCounters {
+export interface BindingLinkCounters {
   /** Bytes of QEMU's stream (read from the source QEMU / written to the destination QEMU). */
   rawBytes: number
   /** Bytes on the link, frame headers included. */
@@ -259,27 +231,24 @@ export interface LinkCounters {
   packets: number
 }
 
-/** Worst-case encoded size of a batch of `pages` pages over `shards` shards (default 1). */
-export declare function maxEncodedLen(pages: number, shards?: number | undefined | null): number
-
 /** The answer to one tagged request. Exactly one of `error` / the result fields is set. */
-export interface RaftCompletion {
+export interface BindingRaftCompletion {
   /** The tag the request was made with. */
   tag: number
   /** Why the request failed. */
   error?: BindingError
   /** Result of `write`, `acquire`, `release`. */
-  outcome?: RaftOutcome
+  outcome?: BindingRaftOutcome
   /** Result of `readIndex`: the index now applied locally. */
   index?: number
   /** Result of `changeMembership`. */
-  members?: RaftMembers
+  members?: BindingRaftMembers
   /** Result of `status`. */
-  status?: RaftStatus
+  status?: BindingRaftStatus
 }
 
 /** A write's fence: refuse unless `token` is still `lock`'s current token. */
-export interface RaftFence {
+export interface BindingRaftFence {
   /** Lock name. */
   lock: string
   /** Fencing token from the grant. */
@@ -287,7 +256,7 @@ export interface RaftFence {
 }
 
 /** A lock's replicated state. */
-export interface RaftLock {
+export interface BindingRaftLock {
   /** Holder. */
   holder: string
   /** Fencing token. */
@@ -297,7 +266,7 @@ export interface RaftLock {
 }
 
 /** One step of a membership change. */
-export interface RaftMemberChange {
+export interface BindingRaftMemberChange {
   /** `addVoter`, `addLearner` or `remove`. */
   kind: string
   /** Member id. */
@@ -305,7 +274,7 @@ export interface RaftMemberChange {
 }
 
 /** Voters and learners. */
-export interface RaftMembers {
+export interface BindingRaftMembers {
   /** Voting members. */
   voters: Array<number>
   /** Learners. */
@@ -313,7 +282,7 @@ export interface RaftMembers {
 }
 
 /** Tunables of a Raft member (defaults in `NodeConfig`). */
-export interface RaftNodeOptions {
+export interface BindingRaftNodeOptions {
   /** This member's id. */
   id: number
   /** Tick length in ms. @default 50 */
@@ -333,7 +302,7 @@ export interface RaftNodeOptions {
 }
 
 /** A message for another member. */
-export interface RaftOutbound {
+export interface BindingRaftOutbound {
   /** Recipient member id. */
   to: number
   /** A snapshot: report its delivery with `reportSnapshot`. */
@@ -343,7 +312,7 @@ export interface RaftOutbound {
 }
 
 /** What applying a request produced. */
-export interface RaftOutcome {
+export interface BindingRaftOutcome {
   /** `written`, `fenced`, `granted`, `held`, `released` or `notHeld`. */
   kind: string
   /** Log index of a write. */
@@ -357,7 +326,7 @@ export interface RaftOutcome {
 }
 
 /** A member's peer address. */
-export interface RaftPeerAddress {
+export interface BindingRaftPeerAddress {
   /** Member id. */
   id: number
   /** Where its peer endpoint listens. */
@@ -365,7 +334,7 @@ export interface RaftPeerAddress {
 }
 
 /** A member's replication progress as the leader sees it. */
-export interface RaftPeerProgress {
+export interface BindingRaftPeerProgress {
   /** Member id. */
   id: number
   /** Highest index known replicated on it. */
@@ -381,7 +350,7 @@ export interface RaftPeerProgress {
 }
 
 /** A node's state. */
-export interface RaftStatus {
+export interface BindingRaftStatus {
   /** This member. */
   id: number
   /** `leader`, `follower`, `candidate` or `pre-candidate`. */
@@ -405,13 +374,25 @@ export interface RaftStatus {
   /** The previous voters while in a joint configuration, else empty. */
   votersOutgoing: Array<number>
   /** Per-member progress (leader only). */
-  progress: Array<RaftPeerProgress>
+  progress: Array<BindingRaftPeerProgress>
   /** Members' peer addresses. */
-  addresses: Array<RaftPeerAddress>
+  addresses: Array<BindingRaftPeerAddress>
+}
+
+/** A range scan: keys in `[start, end)`. */
+export interface BindingScanRange {
+  /** Inclusive lower bound. */
+  start: Buffer
+  /** Exclusive upper bound; empty for unbounded. */
+  end: Buffer
+  /** Maximum pairs returned; 0 for unlimited. @default 0 */
+  limit?: number
+  /** Walk from `end` towards `start`. @default false */
+  reverse?: boolean
 }
 
 /** Options of `NativeSourceLink.start` (see `SourceConfig` in the crate). */
-export interface SourceLinkOptions {
+export interface BindingSourceLinkOptions {
   /** Unix socket QEMU migrates to. */
   socketPath: string
   /** The destination's data listener, `host:port`. */
@@ -429,3 +410,22 @@ export interface SourceLinkOptions {
   /** Fault injection (tests): cut the link after this many bytes. */
   cutAfterBytes?: number
 }
+
+/** Options for `NativeStore.open`. */
+export interface BindingStoreOptions {
+  /** Fsync the write-ahead log before a write resolves. @default true */
+  syncWrites?: boolean
+  /** RocksDB block cache size in bytes. @default 67108864 (64 MiB) */
+  blockCacheBytes?: number
+}
+
+/** One operation of an atomic batch: a put when `value` is present, else a delete. */
+export interface BindingWriteOp {
+  /** Key bytes; must not be empty. */
+  key: Buffer
+  /** New value; omit to delete the key. */
+  value?: Buffer
+}
+
+/** Worst-case encoded size of a batch of `pages` pages over `shards` shards (default 1). */
+export declare function maxEncodedLen(pages: number, shards?: number | undefined | null): number

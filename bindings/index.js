@@ -773,13 +773,13 @@ if (
   }
 }
 
-const { LinkBucket, NativeDestLink, NativeRaftNode, NativeSourceLink, NativeStore, PageDecoder, PageEncoder, maxEncodedLen } = nativeBinding
-export { LinkBucket }
+const { NativeDestLink, NativeLinkBucket, NativePageDecoder, NativePageEncoder, NativeRaftNode, NativeSourceLink, NativeStore, maxEncodedLen } = nativeBinding
 export { NativeDestLink }
+export { NativeLinkBucket }
+export { NativePageDecoder }
+export { NativePageEncoder }
 export { NativeRaftNode }
 export { NativeSourceLink }
 export { NativeStore }
-export { PageDecoder }
-export { PageEncoder }
 export { maxEncodedLen }
 export const __napiBindingTarget = __napiLoadedBindingTarget

@@ -33,8 +33,9 @@ export class LockService {
   /** Takes (or, for its holder, renews) the lock; throws LOCK_HELD with the holder's details otherwise. */
   async acquire(name: string, holder: string, ttlMs: number, requestId = newRequestId()): Promise<LockGrant> {
     const o = await withRetry(() => this.node.acquire(name, holder, ttlMs, requestId), Date.now() + this.retryForMs);
-    if (o.kind === 'granted') return { name, holder, token: o.token!, expiresMs: o.expiresMs! };
-    throw new NovaError('LOCK_HELD', `lock ${name} is held by ${o.holder}`, { holder: o.holder, token: o.token, expiresMs: o.expiresMs });
+    if (o.kind === 'granted') return { name, holder, token: o.token, expiresMs: o.expiresMs };
+    if (o.kind === 'held') throw new NovaError('LOCK_HELD', `lock ${name} is held by ${o.holder}`, { holder: o.holder, token: o.token, expiresMs: o.expiresMs });
+    throw new NovaError('INTERNAL', `a lock request came back ${o.kind}`);
   }
 
   async release(name: string, token: number, requestId = newRequestId()): Promise<void> {

@@ -6,7 +6,7 @@
  * the same request id, which the state machine applies at most once.
  */
 import { NovaError } from '../errors.js';
-import { newRequestId, type RaftNode, type RaftOutcome, type WriteOptions } from '../native/raft-node.js';
+import { newRequestId, type RaftNode, type WriteOptions } from '../native/raft-node.js';
 import type { Entry, KeyRange, Store, WriteOp } from '../store/store.js';
 
 export interface ReadOptions {
@@ -45,16 +45,18 @@ export class ReplicatedStore implements Store {
   }
 
   async write(ops: WriteOp[], opts: WriteOptions = {}): Promise<void> {
-    const outcome = await this.writeOutcome(ops, opts);
-    if (outcome.kind === 'fenced') throw new NovaError('LOCK_FENCED', `fencing token ${opts.fence?.token} of lock ${opts.fence?.lock} is stale`, { current: outcome.token ?? null });
+    await this.writeIndex(ops, opts);
   }
 
-  /** Like `write`, returning Raft's outcome (log index, or why a fence refused it). */
-  async writeOutcome(ops: WriteOp[], opts: WriteOptions = {}): Promise<RaftOutcome> {
+  /** Like `write`, resolving with the write's log index; a stale fence is LOCK_FENCED with the lock's current token. */
+  async writeIndex(ops: WriteOp[], opts: WriteOptions = {}): Promise<number> {
     this.#checkOpen();
     for (const op of ops) if (op.key.length === 0) throw new NovaError('STORE_INVALID_ARGUMENT', 'key must not be empty');
     const requestId = opts.requestId ?? newRequestId();
-    return withRetry(() => this.node.write(ops, { ...opts, requestId }), Date.now() + this.opts.retryForMs);
+    const outcome = await withRetry(() => this.node.write(ops, { ...opts, requestId }), Date.now() + this.opts.retryForMs);
+    if (outcome.kind === 'fenced') throw new NovaError('LOCK_FENCED', `fencing token ${opts.fence?.token} of lock ${opts.fence?.lock} is stale`, { current: outcome.token ?? null });
+    if (outcome.kind !== 'written') throw new NovaError('INTERNAL', `a replicated write came back ${outcome.kind}`);
+    return outcome.index;
   }
 
   async scan(range: KeyRange, read: ReadOptions = {}): Promise<Entry[]> {

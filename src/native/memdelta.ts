@@ -27,14 +27,28 @@ function indexBuffer(indices: BigUint64Array): Buffer {
   return Buffer.from(indices.buffer, indices.byteOffset, indices.byteLength);
 }
 
+/** What an encoder produced so far, by page kind. */
+export interface EncodeStats {
+  /** Pages encoded. */
+  pages: number;
+  /** Bytes produced, frame headers included. */
+  wireBytes: number;
+  zero: number;
+  dup: number;
+  xor: number;
+  lz4: number;
+  raw: number;
+  sparse: number;
+}
+
 export class PageEncoder {
-  #native: Binding.PageEncoder;
+  #native: Binding.NativePageEncoder;
   #out = Buffer.alloc(0);
   readonly shards: number;
 
   /** `capacityPages`: pages remembered for deltas/duplicates; the decoder must match (and `shards`). */
   constructor(capacityPages: number, shards = 1) {
-    this.#native = new binding.PageEncoder(capacityPages, shards);
+    this.#native = new binding.NativePageEncoder(capacityPages, shards);
     this.shards = shards;
   }
 
@@ -50,18 +64,18 @@ export class PageEncoder {
     return this.#out.subarray(0, n);
   }
 
-  stats(): Binding.BindingEncodeStats {
+  stats(): EncodeStats {
     return this.#native.stats();
   }
 }
 
 export class PageDecoder {
-  #native: Binding.PageDecoder;
+  #native: Binding.NativePageDecoder;
   #indices = Buffer.alloc(0);
   #pages = Buffer.alloc(0);
 
   constructor(capacityPages: number, shards = 1) {
-    this.#native = new binding.PageDecoder(capacityPages, shards);
+    this.#native = new binding.NativePageDecoder(capacityPages, shards);
   }
 
   /**

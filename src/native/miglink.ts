@@ -6,7 +6,15 @@
 import type { NovaError } from '../errors.js';
 import { binding, callNative, fromBindingError, type Binding } from './binding.js';
 
-export type LinkCounters = Binding.LinkCounters;
+/** Counters of one end of a migration link. */
+export interface LinkCounters {
+  /** Bytes of QEMU's stream (before the codec). */
+  rawBytes: number;
+  /** Bytes on the link (after the codec). */
+  wireBytes: number;
+  pages: number;
+  packets: number;
+}
 type OnFail = (err: NovaError) => void;
 
 function toError(f: Binding.BindingError): NovaError {
@@ -19,10 +27,10 @@ function failure(onFail: OnFail): (f: Binding.BindingError) => void {
 
 /** The link's bandwidth cap on bytes on the wire, shared by all of one migration's streams. */
 export class LinkBucket {
-  readonly native: Binding.LinkBucket;
+  readonly native: Binding.NativeLinkBucket;
 
   constructor(bytesPerSecond: number) {
-    this.native = new binding.LinkBucket(bytesPerSecond);
+    this.native = new binding.NativeLinkBucket(bytesPerSecond);
   }
 
   /** Records `bytes` sent; returns the ms to wait before sending more (0: none). */

@@ -8,16 +8,159 @@ import type { Entry, KeyRange, WriteOp } from '../store/store.js';
 import { NovaError } from '../errors.js';
 import { binding, callNative, fromBindingError, nativeError, type Binding } from './binding.js';
 
-export type RaftOutcome = Binding.RaftOutcome;
-export type RaftStatus = Binding.RaftStatus;
-export type RaftMembers = Binding.RaftMembers;
-export type RaftOutbound = Binding.RaftOutbound;
-export type RaftMemberChange = Binding.RaftMemberChange;
-export type RaftPeerAddress = Binding.RaftPeerAddress;
+// Domain types: what the cluster code and the API see. Every binding value is converted
+// field by field below, so renaming a Rust field breaks this file's build instead of
+// silently changing what GET /v1/cluster returns.
 
-export interface RaftNodeOptions extends Binding.RaftNodeOptions {
+/** What a replicated write or lock request came to. */
+export type RaftOutcome =
+  | { kind: 'written'; index: number }
+  /** The write's fence is stale; `token` is the lock's current token, if it is held. */
+  | { kind: 'fenced'; token?: number }
+  | { kind: 'granted'; token: number; expiresMs: number }
+  | { kind: 'held'; holder: string; token: number; expiresMs: number }
+  | { kind: 'released' }
+  | { kind: 'notHeld' };
+
+export type RaftRole = 'leader' | 'follower' | 'candidate' | 'pre-candidate';
+
+export interface RaftPeerProgress {
+  id: number;
+  /** Highest index known replicated on it. */
+  matched: number;
+  /** Next index to send. */
+  next: number;
+  state: 'probe' | 'replicate' | 'snapshot';
+  /** Heard from within the last election timeout. */
+  recentActive: boolean;
+  learner: boolean;
+}
+
+export interface RaftPeerAddress {
+  id: number;
+  address: string;
+}
+
+export interface RaftStatus {
+  id: number;
+  role: RaftRole;
+  term: number;
+  /** Known leader, 0 when none. */
+  leader: number;
+  commit: number;
+  applied: number;
+  firstIndex: number;
+  lastIndex: number;
+  voters: number[];
+  learners: number[];
+  /** The previous voters while in a joint configuration, else empty. */
+  votersOutgoing: number[];
+  /** Per-member progress (leader only). */
+  progress: RaftPeerProgress[];
+  addresses: RaftPeerAddress[];
+}
+
+export interface RaftMembers {
+  voters: number[];
+  learners: number[];
+}
+
+export interface RaftLock {
+  holder: string;
+  token: number;
+  expiresMs: number;
+}
+
+/** A message for another member: `bytes` is one encoded Raft message. */
+export interface RaftOutbound {
+  to: number;
+  /** A snapshot message (large; the transport streams it in chunks). */
+  snapshot: boolean;
+  bytes: Buffer;
+}
+
+export interface RaftMemberChange {
+  kind: 'addVoter' | 'addLearner' | 'remove';
+  id: number;
+}
+
+export interface RaftNodeOptions {
+  /** This member's id. */
+  id: number;
+  /** Tick length in ms (default 50). */
+  tickMs?: number;
+  /** Election timeout in ticks (default 10). */
+  electionTicks?: number;
+  /** Heartbeat interval in ticks (default 2). */
+  heartbeatTicks?: number;
+  /** Deadline for proposals, reads and membership changes, ms (default 5000). */
+  requestTimeoutMs?: number;
+  /** Largest write accepted, bytes (default 1 MiB). */
+  maxRequestBytes?: number;
+  /** Compact the log once this many applied entries are kept (default 10,000). */
+  compactThreshold?: number;
+  /** Applied entries kept after a compaction (default 1000). */
+  keepEntries?: number;
+  /** Fsync the log before acknowledging (default true). */
   syncWrites?: boolean;
 }
+
+function toOutcome(o: Binding.BindingRaftOutcome | undefined | null): RaftOutcome {
+  const kind = o?.kind;
+  switch (kind) {
+    case 'written':
+      return { kind, index: need(o!.index, 'index') };
+    case 'fenced':
+      return o!.token === undefined || o!.token === null ? { kind } : { kind, token: o!.token };
+    case 'granted':
+      return { kind, token: need(o!.token, 'token'), expiresMs: need(o!.expiresMs, 'expiresMs') };
+    case 'held':
+      return { kind, holder: need(o!.holder, 'holder'), token: need(o!.token, 'token'), expiresMs: need(o!.expiresMs, 'expiresMs') };
+    case 'released':
+    case 'notHeld':
+      return { kind };
+    default:
+      throw new NovaError('INTERNAL', `the raft binding answered with an unknown outcome ${JSON.stringify(kind)}`);
+  }
+}
+
+const ROLES: readonly string[] = ['leader', 'follower', 'candidate', 'pre-candidate'] satisfies RaftRole[];
+const PROGRESS_STATES: readonly string[] = ['probe', 'replicate', 'snapshot'] satisfies RaftPeerProgress['state'][];
+
+function toStatus(b: Binding.BindingRaftStatus | undefined | null): RaftStatus {
+  if (!b) throw new NovaError('INTERNAL', 'the raft binding answered a status request without a status');
+  return {
+    id: b.id,
+    role: oneOf(b.role, ROLES, 'role') as RaftRole,
+    term: b.term,
+    leader: b.leader,
+    commit: b.commit,
+    applied: b.applied,
+    firstIndex: b.firstIndex,
+    lastIndex: b.lastIndex,
+    voters: [...b.voters],
+    learners: [...b.learners],
+    votersOutgoing: [...b.votersOutgoing],
+    progress: b.progress.map((p) => ({ id: p.id, matched: p.matched, next: p.next, state: oneOf(p.state, PROGRESS_STATES, 'progress state') as RaftPeerProgress['state'], recentActive: p.recentActive, learner: p.learner })),
+    addresses: b.addresses.map((a) => ({ id: a.id, address: a.address })),
+  };
+}
+
+function toMembers(b: Binding.BindingRaftMembers | undefined | null): RaftMembers {
+  if (!b) throw new NovaError('INTERNAL', 'the raft binding answered a membership change without members');
+  return { voters: [...b.voters], learners: [...b.learners] };
+}
+
+function need<T>(v: T | undefined | null, field: string): T {
+  if (v === undefined || v === null) throw new NovaError('INTERNAL', `the raft binding left out ${field}`);
+  return v;
+}
+
+function oneOf(v: string, allowed: readonly string[], what: string): string {
+  if (!allowed.includes(v)) throw new NovaError('INTERNAL', `the raft binding answered with an unknown ${what} "${v}"`);
+  return v;
+}
+
 
 export interface WriteOptions {
   /** 16 bytes; a retry with the same id is applied once. Random when omitted. */
@@ -26,7 +169,7 @@ export interface WriteOptions {
   fence?: { lock: string; token: number };
 }
 
-type Settle = (c: Binding.RaftCompletion) => void;
+type Settle = (c: Binding.BindingRaftCompletion) => void;
 
 /** A new random request id. */
 export function newRequestId(): Buffer {
@@ -64,7 +207,7 @@ export class RaftNode {
     return new RaftNode(path, opts, onMessages);
   }
 
-  #settle(c: Binding.RaftCompletion): void {
+  #settle(c: Binding.BindingRaftCompletion): void {
     const settle = this.#pending.get(c.tag);
     if (!settle) return;
     this.#pending.delete(c.tag);
@@ -72,7 +215,7 @@ export class RaftNode {
     settle(c);
   }
 
-  #request<T>(pick: (c: Binding.RaftCompletion) => T, send: (tag: number) => void): Promise<T> {
+  #request<T>(pick: (c: Binding.BindingRaftCompletion) => T, send: (tag: number) => void): Promise<T> {
     if (this.#stopped) return Promise.reject(new NovaError('RAFT_STOPPED'));
     const tag = this.#nextTag;
     this.#nextTag = this.#nextTag >= 0xffff_fff0 ? 1 : this.#nextTag + 1;
@@ -96,33 +239,33 @@ export class RaftNode {
       return out;
     });
     const id = opts.requestId ?? newRequestId();
-    return this.#request((c) => c.outcome!, (tag) => this.#native.write(tag, id, converted, opts.fence));
+    return this.#request((c) => toOutcome(c.outcome), (tag) => this.#native.write(tag, id, converted, opts.fence));
   }
 
   acquire(lock: string, holder: string, ttlMs: number, requestId = newRequestId()): Promise<RaftOutcome> {
-    return this.#request((c) => c.outcome!, (tag) => this.#native.acquire(tag, requestId, lock, holder, ttlMs, Date.now()));
+    return this.#request((c) => toOutcome(c.outcome), (tag) => this.#native.acquire(tag, requestId, lock, holder, ttlMs, Date.now()));
   }
 
   release(lock: string, token: number, requestId = newRequestId()): Promise<RaftOutcome> {
-    return this.#request((c) => c.outcome!, (tag) => this.#native.release(tag, requestId, lock, token));
+    return this.#request((c) => toOutcome(c.outcome), (tag) => this.#native.release(tag, requestId, lock, token));
   }
 
   /** Records where `member` listens now, in the replicated state (ignored for non-members). */
   setAddress(member: number, address: string, requestId = newRequestId()): Promise<RaftOutcome> {
-    return this.#request((c) => c.outcome!, (tag) => this.#native.setAddress(tag, requestId, member, address));
+    return this.#request((c) => toOutcome(c.outcome), (tag) => this.#native.setAddress(tag, requestId, member, address));
   }
 
   /** Resolves once a quorum confirmed leadership and this node applied up to that point. */
   readIndex(): Promise<number> {
-    return this.#request((c) => c.index!, (tag) => this.#native.readIndex(tag));
+    return this.#request((c) => need(c.index, 'index'), (tag) => this.#native.readIndex(tag));
   }
 
   changeMembership(changes: RaftMemberChange[], addresses: RaftPeerAddress[] = []): Promise<RaftMembers> {
-    return this.#request((c) => c.members!, (tag) => this.#native.changeMembership(tag, changes, addresses));
+    return this.#request((c) => toMembers(c.members), (tag) => this.#native.changeMembership(tag, changes, addresses));
   }
 
   status(): Promise<RaftStatus> {
-    return this.#request((c) => c.status!, (tag) => this.#native.status(tag));
+    return this.#request((c) => toStatus(c.status), (tag) => this.#native.status(tag));
   }
 
   /** Delivers a peer's message; throws RAFT_BAD_MESSAGE for anything malformed. */
@@ -163,8 +306,9 @@ export class RaftNode {
     return pairs.map((p) => ({ key: p.key.toString(), value: p.value }));
   }
 
-  lock(name: string): Binding.RaftLock | undefined {
-    return callNative(() => this.#native.lock(name)) ?? undefined;
+  lock(name: string): RaftLock | undefined {
+    const l = callNative(() => this.#native.lock(name));
+    return l ? { holder: l.holder, token: l.token, expiresMs: l.expiresMs } : undefined;
   }
 
   /** Stops the Raft thread; every pending request fails with RAFT_STOPPED. */

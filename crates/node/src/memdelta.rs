@@ -46,14 +46,14 @@ pub struct BindingEncodeStats {
 /// Source side of the page codec (see the `novacron-memdelta` crate), split into
 /// `shards` encoders that run in parallel on a thread pool.
 #[napi]
-pub struct PageEncoder {
+pub struct NativePageEncoder {
     inner: ShardedEncoder,
     /// Reused between calls so encoding allocates nothing in steady state.
     scratch: Vec<u8>,
 }
 
 #[napi]
-impl PageEncoder {
+impl NativePageEncoder {
     /// `capacityPages`: pages remembered for deltas and duplicates; `shards`: parallel
     /// encoders (default 1). The decoder must use the same values.
     #[napi(constructor)]
@@ -101,7 +101,7 @@ impl PageEncoder {
 
 /// Destination side of the page codec.
 #[napi]
-pub struct PageDecoder {
+pub struct NativePageDecoder {
     inner: ShardedDecoder,
 }
 
@@ -113,7 +113,7 @@ pub fn max_encoded_len(pages: u32, shards: Option<u32>) -> u32 {
 }
 
 #[napi]
-impl PageDecoder {
+impl NativePageDecoder {
     /// Must match the encoder's `capacityPages` and `shards`.
     #[napi(constructor)]
     pub fn new(capacity_pages: u32, shards: Option<u32>) -> Self {

@@ -26,7 +26,7 @@ fn to_js(e: LinkError) -> Error<crate::Code> {
 
 /// Counters of one end of a migration link.
 #[napi(object)]
-pub struct LinkCounters {
+pub struct BindingLinkCounters {
     /// Bytes of QEMU's stream (read from the source QEMU / written to the destination QEMU).
     pub raw_bytes: f64,
     /// Bytes on the link, frame headers included.
@@ -37,7 +37,7 @@ pub struct LinkCounters {
     pub packets: f64,
 }
 
-impl From<StatsSnapshot> for LinkCounters {
+impl From<StatsSnapshot> for BindingLinkCounters {
     fn from(s: StatsSnapshot) -> Self {
         Self {
             raw_bytes: s.raw_bytes as f64,
@@ -50,12 +50,12 @@ impl From<StatsSnapshot> for LinkCounters {
 
 /// A link's bandwidth cap, shared by everything one migration sends.
 #[napi]
-pub struct LinkBucket {
+pub struct NativeLinkBucket {
     inner: Arc<TokenBucket>,
 }
 
 #[napi]
-impl LinkBucket {
+impl NativeLinkBucket {
     /// A cap of `bytes_per_second` on the wire.
     #[napi(constructor)]
     pub fn new(bytes_per_second: f64) -> Self {
@@ -77,7 +77,7 @@ impl LinkBucket {
 
 /// Options of `NativeSourceLink.start` (see `SourceConfig` in the crate).
 #[napi(object)]
-pub struct SourceLinkOptions {
+pub struct BindingSourceLinkOptions {
     /// Unix socket QEMU migrates to.
     pub socket_path: String,
     /// The destination's data listener, `host:port`.
@@ -108,8 +108,8 @@ impl NativeSourceLink {
     /// either cannot be done. `onFail(code, message)` is called once, off the hot path.
     #[napi(factory)]
     pub fn start(
-        options: SourceLinkOptions,
-        bucket: Option<&LinkBucket>,
+        options: BindingSourceLinkOptions,
+        bucket: Option<&NativeLinkBucket>,
         #[napi(ts_arg_type = "(failure: BindingError) => void")] on_fail_fn: FailFn,
     ) -> Result<Self> {
         let cfg = SourceConfig {
@@ -130,7 +130,7 @@ impl NativeSourceLink {
 
     /// Byte and page counters so far.
     #[napi]
-    pub fn stats(&self) -> LinkCounters {
+    pub fn stats(&self) -> BindingLinkCounters {
         self.inner.stats().into()
     }
 
@@ -151,7 +151,7 @@ impl NativeSourceLink {
 
 /// Options of `NativeDestLink.start` (see `DestConfig` in the crate).
 #[napi(object)]
-pub struct DestLinkOptions {
+pub struct BindingDestLinkOptions {
     /// Address to listen on.
     pub bind_host: String,
     /// First and last port to try (both given), else one the system picks.
@@ -179,7 +179,7 @@ impl NativeDestLink {
     /// Listens for the source and starts the threads that feed the destination QEMU.
     #[napi(factory)]
     pub fn start(
-        options: DestLinkOptions,
+        options: BindingDestLinkOptions,
         #[napi(ts_arg_type = "(failure: BindingError) => void")] on_fail_fn: FailFn,
     ) -> Result<Self> {
         let cfg = DestConfig {
@@ -206,7 +206,7 @@ impl NativeDestLink {
 
     /// Byte and page counters so far.
     #[napi]
-    pub fn stats(&self) -> LinkCounters {
+    pub fn stats(&self) -> BindingLinkCounters {
         self.inner.stats().into()
     }
 

@@ -45,7 +45,7 @@ fn request_id(bytes: &[u8]) -> Result<RequestId> {
 
 /// Tunables of a Raft member (defaults in `NodeConfig`).
 #[napi(object)]
-pub struct RaftNodeOptions {
+pub struct BindingRaftNodeOptions {
     /// This member's id.
     pub id: i64,
     /// Tick length in ms. @default 50
@@ -64,7 +64,7 @@ pub struct RaftNodeOptions {
     pub keep_entries: Option<u32>,
 }
 
-impl RaftNodeOptions {
+impl BindingRaftNodeOptions {
     fn to_config(&self) -> Result<NodeConfig> {
         let mut c = NodeConfig::new(member_id(self.id)?);
         if let Some(v) = self.tick_ms {
@@ -94,7 +94,7 @@ impl RaftNodeOptions {
 
 /// A message for another member.
 #[napi(object)]
-pub struct RaftOutbound {
+pub struct BindingRaftOutbound {
     /// Recipient member id.
     pub to: i64,
     /// A snapshot: report its delivery with `reportSnapshot`.
@@ -105,7 +105,7 @@ pub struct RaftOutbound {
 
 /// A write's fence: refuse unless `token` is still `lock`'s current token.
 #[napi(object)]
-pub struct RaftFence {
+pub struct BindingRaftFence {
     /// Lock name.
     pub lock: String,
     /// Fencing token from the grant.
@@ -114,7 +114,7 @@ pub struct RaftFence {
 
 /// What applying a request produced.
 #[napi(object)]
-pub struct RaftOutcome {
+pub struct BindingRaftOutcome {
     /// `written`, `fenced`, `granted`, `held`, `released` or `notHeld`.
     pub kind: String,
     /// Log index of a write.
@@ -127,9 +127,9 @@ pub struct RaftOutcome {
     pub holder: Option<String>,
 }
 
-impl From<Outcome> for RaftOutcome {
+impl From<Outcome> for BindingRaftOutcome {
     fn from(o: Outcome) -> Self {
-        let base = |kind: &str| RaftOutcome {
+        let base = |kind: &str| BindingRaftOutcome {
             kind: kind.into(),
             index: None,
             token: None,
@@ -137,15 +137,15 @@ impl From<Outcome> for RaftOutcome {
             holder: None,
         };
         match o {
-            Outcome::Written { index } => RaftOutcome {
+            Outcome::Written { index } => BindingRaftOutcome {
                 index: Some(index as i64),
                 ..base("written")
             },
-            Outcome::Fenced { current } => RaftOutcome {
+            Outcome::Fenced { current } => BindingRaftOutcome {
                 token: current.map(|t| t as i64),
                 ..base("fenced")
             },
-            Outcome::Granted { token, expires_ms } => RaftOutcome {
+            Outcome::Granted { token, expires_ms } => BindingRaftOutcome {
                 token: Some(token as i64),
                 expires_ms: Some(expires_ms as i64),
                 ..base("granted")
@@ -154,7 +154,7 @@ impl From<Outcome> for RaftOutcome {
                 holder,
                 token,
                 expires_ms,
-            } => RaftOutcome {
+            } => BindingRaftOutcome {
                 token: Some(token as i64),
                 expires_ms: Some(expires_ms as i64),
                 holder: Some(holder),
@@ -168,7 +168,7 @@ impl From<Outcome> for RaftOutcome {
 
 /// One step of a membership change.
 #[napi(object)]
-pub struct RaftMemberChange {
+pub struct BindingRaftMemberChange {
     /// `addVoter`, `addLearner` or `remove`.
     pub kind: String,
     /// Member id.
@@ -177,7 +177,7 @@ pub struct RaftMemberChange {
 
 /// A member's peer address.
 #[napi(object)]
-pub struct RaftPeerAddress {
+pub struct BindingRaftPeerAddress {
     /// Member id.
     pub id: i64,
     /// Where its peer endpoint listens.
@@ -186,14 +186,14 @@ pub struct RaftPeerAddress {
 
 /// Voters and learners.
 #[napi(object)]
-pub struct RaftMembers {
+pub struct BindingRaftMembers {
     /// Voting members.
     pub voters: Vec<i64>,
     /// Learners.
     pub learners: Vec<i64>,
 }
 
-impl From<ConfState> for RaftMembers {
+impl From<ConfState> for BindingRaftMembers {
     fn from(cs: ConfState) -> Self {
         Self {
             voters: ids(&cs.voters),
@@ -208,7 +208,7 @@ fn ids(v: &[u64]) -> Vec<i64> {
 
 /// A member's replication progress as the leader sees it.
 #[napi(object)]
-pub struct RaftPeerProgress {
+pub struct BindingRaftPeerProgress {
     /// Member id.
     pub id: i64,
     /// Highest index known replicated on it.
@@ -225,7 +225,7 @@ pub struct RaftPeerProgress {
 
 /// A node's state.
 #[napi(object)]
-pub struct RaftStatus {
+pub struct BindingRaftStatus {
     /// This member.
     pub id: i64,
     /// `leader`, `follower`, `candidate` or `pre-candidate`.
@@ -249,12 +249,12 @@ pub struct RaftStatus {
     /// The previous voters while in a joint configuration, else empty.
     pub voters_outgoing: Vec<i64>,
     /// Per-member progress (leader only).
-    pub progress: Vec<RaftPeerProgress>,
+    pub progress: Vec<BindingRaftPeerProgress>,
     /// Members' peer addresses.
-    pub addresses: Vec<RaftPeerAddress>,
+    pub addresses: Vec<BindingRaftPeerAddress>,
 }
 
-impl From<NodeStatus> for RaftStatus {
+impl From<NodeStatus> for BindingRaftStatus {
     fn from(s: NodeStatus) -> Self {
         Self {
             id: s.id as i64,
@@ -271,7 +271,7 @@ impl From<NodeStatus> for RaftStatus {
             progress: s
                 .progress
                 .into_iter()
-                .map(|p| RaftPeerProgress {
+                .map(|p| BindingRaftPeerProgress {
                     id: p.id as i64,
                     matched: p.matched as i64,
                     next: p.next as i64,
@@ -283,7 +283,7 @@ impl From<NodeStatus> for RaftStatus {
             addresses: s
                 .addresses
                 .into_iter()
-                .map(|(id, address)| RaftPeerAddress {
+                .map(|(id, address)| BindingRaftPeerAddress {
                     id: id as i64,
                     address,
                 })
@@ -294,22 +294,22 @@ impl From<NodeStatus> for RaftStatus {
 
 /// The answer to one tagged request. Exactly one of `error` / the result fields is set.
 #[napi(object)]
-pub struct RaftCompletion {
+pub struct BindingRaftCompletion {
     /// The tag the request was made with.
     pub tag: u32,
     /// Why the request failed.
     pub error: Option<BindingError>,
     /// Result of `write`, `acquire`, `release`.
-    pub outcome: Option<RaftOutcome>,
+    pub outcome: Option<BindingRaftOutcome>,
     /// Result of `readIndex`: the index now applied locally.
     pub index: Option<i64>,
     /// Result of `changeMembership`.
-    pub members: Option<RaftMembers>,
+    pub members: Option<BindingRaftMembers>,
     /// Result of `status`.
-    pub status: Option<RaftStatus>,
+    pub status: Option<BindingRaftStatus>,
 }
 
-impl RaftCompletion {
+impl BindingRaftCompletion {
     fn empty(tag: u32) -> Self {
         Self {
             tag,
@@ -324,7 +324,7 @@ impl RaftCompletion {
 
 /// A lock's replicated state.
 #[napi(object)]
-pub struct RaftLock {
+pub struct BindingRaftLock {
     /// Holder.
     pub holder: String,
     /// Fencing token.
@@ -334,7 +334,8 @@ pub struct RaftLock {
 }
 
 type WakeFn = ThreadsafeFunction<u32, (), u32, Status, false, true>;
-type MessagesFn = ThreadsafeFunction<Vec<RaftOutbound>, (), Vec<RaftOutbound>, Status, false, true>;
+type MessagesFn =
+    ThreadsafeFunction<Vec<BindingRaftOutbound>, (), Vec<BindingRaftOutbound>, Status, false, true>;
 
 struct JsTransport {
     on_messages: Arc<MessagesFn>,
@@ -344,7 +345,7 @@ impl Transport for JsTransport {
     fn send(&mut self, messages: Vec<Message>) {
         let out = messages
             .iter()
-            .map(|m| RaftOutbound {
+            .map(|m| BindingRaftOutbound {
                 to: m.to as i64,
                 snapshot: m.get_msg_type() == MessageType::MsgSnapshot,
                 bytes: encode_message(m).into(),
@@ -359,12 +360,12 @@ impl Transport for JsTransport {
 /// requests at once; JavaScript is woken once per batch (when the queue turns
 /// non-empty) and takes them all in one call, instead of one threadsafe call each.
 struct Completions {
-    queue: Mutex<Vec<RaftCompletion>>,
+    queue: Mutex<Vec<BindingRaftCompletion>>,
     wake: WakeFn,
 }
 
 impl Completions {
-    fn push(&self, c: RaftCompletion) {
+    fn push(&self, c: BindingRaftCompletion) {
         let mut queue = self.queue.lock().unwrap();
         queue.push(c);
         if queue.len() == 1 {
@@ -382,10 +383,10 @@ pub struct NativeRaftNode {
 
 impl NativeRaftNode {
     /// A callback that answers request `tag` with `fill(result)`.
-    fn reply<T: 'static>(&self, tag: u32, fill: fn(&mut RaftCompletion, T)) -> Callback<T> {
+    fn reply<T: 'static>(&self, tag: u32, fill: fn(&mut BindingRaftCompletion, T)) -> Callback<T> {
         let completions = self.completions.clone();
         Box::new(move |result| {
-            let mut c = RaftCompletion::empty(tag);
+            let mut c = BindingRaftCompletion::empty(tag);
             match result {
                 Ok(v) => fill(&mut c, v),
                 Err(e) => c.error = Some(BindingError::new(e.code(), &e)),
@@ -432,9 +433,9 @@ impl NativeRaftNode {
     #[napi(factory)]
     pub fn start(
         path: String,
-        options: RaftNodeOptions,
+        options: BindingRaftNodeOptions,
         store: Option<BindingStoreOptions>,
-        #[napi(ts_arg_type = "(messages: RaftOutbound[]) => void")] on_messages: MessagesFn,
+        #[napi(ts_arg_type = "(messages: BindingRaftOutbound[]) => void")] on_messages: MessagesFn,
         #[napi(ts_arg_type = "(pending: number) => void")] on_done: WakeFn,
     ) -> Result<Self> {
         let transport = JsTransport {
@@ -459,7 +460,7 @@ impl NativeRaftNode {
 
     /// Takes every answer queued since the last call (`onDone` says when there are some).
     #[napi]
-    pub fn take_completions(&self) -> Vec<RaftCompletion> {
+    pub fn take_completions(&self) -> Vec<BindingRaftCompletion> {
         std::mem::take(&mut *self.completions.queue.lock().unwrap())
     }
 
@@ -471,7 +472,7 @@ impl NativeRaftNode {
         tag: u32,
         request_id: Buffer,
         ops: Vec<BindingWriteOp>,
-        fence: Option<RaftFence>,
+        fence: Option<BindingRaftFence>,
     ) -> Result<()> {
         let ops = to_ops(ops);
         let fence = fence.map(|f| Fence {
@@ -545,8 +546,8 @@ impl NativeRaftNode {
     pub fn change_membership(
         &self,
         tag: u32,
-        changes: Vec<RaftMemberChange>,
-        addresses: Vec<RaftPeerAddress>,
+        changes: Vec<BindingRaftMemberChange>,
+        addresses: Vec<BindingRaftPeerAddress>,
     ) -> Result<()> {
         let changes = changes
             .iter()
@@ -662,12 +663,16 @@ impl NativeRaftNode {
 
     /// A lock's applied state.
     #[napi]
-    pub fn lock(&self, name: String) -> Result<Option<RaftLock>> {
-        Ok(self.node.lock(&name).map_err(to_js)?.map(|l| RaftLock {
-            holder: l.holder,
-            token: l.token as i64,
-            expires_ms: l.expires_ms as i64,
-        }))
+    pub fn lock(&self, name: String) -> Result<Option<BindingRaftLock>> {
+        Ok(self
+            .node
+            .lock(&name)
+            .map_err(to_js)?
+            .map(|l| BindingRaftLock {
+                holder: l.holder,
+                token: l.token as i64,
+                expires_ms: l.expires_ms as i64,
+            }))
     }
 
     /// Stops the Raft thread and closes the database; pending requests fail with

@@ -94,17 +94,15 @@ export function clusterRoutes(router: Router, cluster: Cluster, store: Replicate
   router.add('PUT', '/v1/kv/:key', async (req) => {
     const key = parseWith(KeyParam, req.params.key, 'BAD_QUERY');
     const body = parseWith(PutBody, req.body);
-    const outcome = await store.writeOutcome([{ key: KV_PREFIX + key, value: Buffer.from(body.value) }], {
+    const index = await store.writeIndex([{ key: KV_PREFIX + key, value: Buffer.from(body.value) }], {
       ...(body.requestId ? { requestId: Buffer.from(body.requestId, 'hex') } : {}),
       ...(body.fence ? { fence: body.fence } : {}),
     });
-    if (outcome.kind === 'fenced') throw new NovaError('LOCK_FENCED', undefined, { current: outcome.token ?? null });
-    return { status: 200, json: { key, index: outcome.index } };
+    return { status: 200, json: { key, index } };
   }, { body: true });
   router.add('DELETE', '/v1/kv/:key', async (req) => {
     const key = parseWith(KeyParam, req.params.key, 'BAD_QUERY');
-    const outcome = await store.writeOutcome([{ key: KV_PREFIX + key }]);
-    return { status: 200, json: { key, index: outcome.index } };
+    return { status: 200, json: { key, index: await store.writeIndex([{ key: KV_PREFIX + key }]) } };
   });
 
   router.add('GET', '/v1/locks/:name', (req) => {
