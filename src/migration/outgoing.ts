@@ -90,7 +90,7 @@ export class OutgoingMigration extends SourceMigration {
       this.rec = { ...this.rec, progress: { ...this.rec.progress, downtimeLimitMs: switchover.settings.downtimeLimitMs } };
       for (;;) {
         const p = await migration.progress(vmId);
-        if (p.status === 'pre-switchover') {
+        if (p.status === 'paused-for-disks') {
           // Guest paused, device state not sent yet: the disks catch up, then QEMU goes on.
           await migration.storage!.completeMirrors(vmId, MIRROR_FINISH_TIMEOUT_MS);
           await migration.continueSwitchover(vmId);
@@ -109,12 +109,12 @@ export class OutgoingMigration extends SourceMigration {
         }
         this.check();
         this.#absorb(p);
-        const tuned = p.status === 'active' ? switchover.next(p.rounds, p.remainingBytes, linkRate.sample(this.rec.progress.bytesRaw)) : undefined;
+        const tuned = p.status === 'precopy' ? switchover.next(p.rounds, p.remainingBytes, linkRate.sample(this.rec.progress.bytesRaw)) : undefined;
         if (tuned) {
           await migration.tuneSwitchover(vmId, tuned);
           this.rec = { ...this.rec, progress: { ...this.rec.progress, downtimeLimitMs: tuned.downtimeLimitMs, ...(tuned.bytesPerSec ? { switchoverBytesPerSec: tuned.bytesPerSec } : {}) } };
         }
-        const phase = p.status === 'device' || p.status === 'pre-switchover' ? 'switchover' : 'precopy';
+        const phase = p.status === 'switchover' ? 'switchover' : 'precopy';
         if (Date.now() - lastSaved >= PROGRESS_EVERY_MS || phase !== this.rec.phase) {
           lastSaved = Date.now();
           await this.update({ phase }, 'migration.progress');

@@ -133,10 +133,22 @@ export class DriverError extends Error {
   }
 }
 
+/**
+ * Where an outgoing migration stands, in the engine's terms; each driver maps its
+ * hypervisor's own states onto these (QEMU's mapping: `migrationStatus` in
+ * vm/qemu/migration.ts).
+ * - `none`: no migration; `setup`: not streaming yet
+ * - `precopy`: RAM streams while the guest runs
+ * - `paused-for-disks`: the guest is paused before its device state is sent, until
+ *   `continueSwitchover` (disks being mirrored catch up meanwhile)
+ * - `switchover`: the guest is stopped; the last pages and device state are sent
+ * - `cancelling`, then `cancelled`; `completed`; `failed`
+ */
+export type MigrationStatus = 'none' | 'setup' | 'precopy' | 'paused-for-disks' | 'switchover' | 'cancelling' | 'cancelled' | 'completed' | 'failed';
+
 /** What the source hypervisor reports about an outgoing migration. */
 export interface MigrationProgress {
-  /** QEMU's status: setup, active, device, completed, failed, cancelled... */
-  status: string;
+  status: MigrationStatus;
   transferredBytes: number;
   remainingBytes: number;
   totalBytes: number;

@@ -261,7 +261,7 @@ export class SimLiveMigration implements LiveMigration {
   }
 
   async #stream(vmId: string, mem: SimMemory, out: Outgoing, main: Socket, lanes: Socket[], p: OutgoingParams): Promise<void> {
-    out.status = 'active';
+    out.status = 'precopy';
     mem.markAllDirty();
     let packetNum = 0n;
     let lane = 0;
@@ -291,7 +291,7 @@ export class SimLiveMigration implements LiveMigration {
       if (next / Math.max(rate, 1) <= out.downtimeLimitMs || out.rounds >= 30) break;
     }
     // Switchover: stop the guest, send the rest and the "device state".
-    out.status = 'device';
+    out.status = 'switchover';
     mem.stop();
     this.#host.setRunning(vmId, false);
     out.stoppedAt = Date.now();

@@ -7,7 +7,7 @@
 import { readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { DriverError, type LiveMigration, type MigrationProgress, type OutgoingParams } from '../driver.js';
+import { DriverError, type LiveMigration, type MigrationProgress, type MigrationStatus, type OutgoingParams } from '../driver.js';
 import type { VmRecord } from '../record.js';
 import type { QmpClient, QmpEvent } from './qmp.js';
 import { QemuStorageMirror } from './storage-mirror.js';
@@ -203,11 +203,42 @@ async function setCapabilities(qmp: QmpClient, caps: Record<string, boolean>): P
   await qmp.execute('migrate-set-capabilities', { capabilities: Object.entries(caps).map(([capability, state]) => ({ capability, state })) });
 }
 
+/**
+ * QEMU's migration states (qapi MigrationStatus) in the engine's terms. NovaCron never
+ * enables postcopy or COLO, so those states mean something went wrong.
+ */
+export function migrationStatus(qemu: string | undefined): { status: MigrationStatus; error?: string } {
+  switch (qemu ?? 'none') {
+    case 'none':
+      return { status: 'none' };
+    case 'setup':
+      return { status: 'setup' };
+    case 'active':
+    case 'wait-unplug':
+      return { status: 'precopy' };
+    case 'pre-switchover':
+      return { status: 'paused-for-disks' };
+    case 'device':
+      return { status: 'switchover' };
+    case 'cancelling':
+      return { status: 'cancelling' };
+    case 'cancelled':
+      return { status: 'cancelled' };
+    case 'completed':
+      return { status: 'completed' };
+    case 'failed':
+      return { status: 'failed' };
+    default:
+      return { status: 'failed', error: `QEMU reports migration state "${qemu}", which NovaCron does not use` };
+  }
+}
+
 function toProgress(q: QueryMigrate): MigrationProgress {
   const ram = q.ram;
   const pageSize = ram?.['page-size'] ?? 4096;
+  const { status, error } = migrationStatus(q.status);
   return {
-    status: q.status ?? 'none',
+    status,
     transferredBytes: ram?.transferred ?? 0,
     remainingBytes: ram?.remaining ?? 0,
     totalBytes: ram?.total ?? 0,
@@ -217,7 +248,7 @@ function toProgress(q: QueryMigrate): MigrationProgress {
     ...(q['expected-downtime'] !== undefined ? { expectedDowntimeMs: q['expected-downtime'] } : {}),
     ...(q.downtime !== undefined ? { downtimeMs: q.downtime } : {}),
     ...(q['total-time'] !== undefined ? { totalTimeMs: q['total-time'] } : {}),
-    ...(q['error-desc'] !== undefined ? { error: q['error-desc'] } : {}),
+    ...(q['error-desc'] !== undefined ? { error: q['error-desc'] } : error !== undefined ? { error } : {}),
   };
 }
 
