@@ -27,6 +27,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { writeResults, printTable, pct } from '../lib/report.mjs';
 import { startDaemon, call } from '../lib/daemon.mjs';
 import { QmpClient } from '../../dist/vm/qemu/qmp.js';
+import { bareQemuArgs } from '../lib/vm.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = resolve(here, '..', '..');
@@ -240,10 +241,9 @@ async function bareQemu(name, cmdline, incomingPort, mode) {
   execFileSync('mkdir', ['-p', dir]);
   const qmpSock = join(dir, 'qmp.sock');
   const console = join(dir, 'console.sock');
-  const args = ['-name', `guest=${name}`, '-machine', 'q35,accel=tcg', '-cpu', 'max', '-smp', '1', '-m', `${MEMORY}M`, '-nodefaults', '-no-user-config', '-display', 'none',
-    '-chardev', `socket,id=qmp,path=${qmpSock},server=on,wait=off`, '-mon', 'chardev=qmp,mode=control',
-    '-chardev', `socket,id=serial0,path=${console},server=on,wait=off,logfile=${join(dir, 'serial.log')}`, '-serial', 'chardev:serial0',
-    '-kernel', kernel, '-initrd', initrd, '-append', cmdline];
+  // The driver's own command line for the same VM spec (unpaused: no daemon resumes it).
+  const args = bareQemuArgs(name, { vcpus: 1, memoryMiB: MEMORY, boot: { type: 'kernel', kernel, initrd, cmdline } }, { accel: 'tcg', dir });
+  rmSync(join(dir, 'serial.log'), { force: true }); // the driver's serial log appends
   if (incomingPort) args.push('-incoming', mode === 'multifd' || mode === 'link' ? 'defer' : `tcp:127.0.0.1:${incomingPort}`);
   const proc = spawn('qemu-system-x86_64', args, { stdio: 'ignore' });
   const g = { dir, console, serial: join(dir, 'serial.log'), proc, kill: () => { proc.kill('SIGKILL'); bares.delete(g); } };

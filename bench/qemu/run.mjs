@@ -15,6 +15,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { bareQemuArgs } from '../lib/vm.mjs';
 import { writeResults, printTable, pct } from '../lib/report.mjs';
 import { startDaemon, call } from '../lib/daemon.mjs';
 import { QmpClient } from '../../dist/vm/qemu/qmp.js';
@@ -195,9 +196,9 @@ function startBare(dir, accel) {
   const qmpSock = join(dir, 'qmp.sock');
   const serial = join(dir, 'serial.log');
   const t0 = performance.now();
-  // The same machine, devices and guest as the driver's command line.
-  const proc = spawn('qemu-system-x86_64', ['-name', 'guest=bare', '-machine', `q35,accel=${accel}`, '-cpu', accel === 'kvm' ? 'host' : 'max', '-smp', '1', '-m', '256M', '-nodefaults', '-no-user-config', '-display', 'none',
-    '-chardev', `socket,id=qmp,path=${qmpSock},server=on,wait=off`, '-mon', 'chardev=qmp,mode=control', '-serial', `file:${serial}`, '-kernel', kernel, '-initrd', initrd, '-append', cmdline], { stdio: 'ignore' });
+  // The driver's own command line for the same spec (unpaused: no daemon resumes it).
+  const args = bareQemuArgs('bare', spec('bare'), { accel, dir });
+  const proc = spawn('qemu-system-x86_64', args, { stdio: 'ignore' });
   return { t0, serial, qmpSock, kill: () => proc.kill('SIGKILL') };
 }
 

@@ -385,48 +385,7 @@ export class QemuDriver implements HypervisorDriver {
   }
 
   #args(vm: VmRecord, accel: 'kvm' | 'tcg'): string[] {
-    const dir = this.vmDir(vm.id);
-    const { spec } = vm;
-    const args = [
-      '-name', `guest=${vm.name},debug-threads=on`,
-      '-machine', `q35,accel=${accel}${spec.memoryBacking === 'hugepages' ? ',memory-backend=ram0' : ''}`,
-      '-cpu', accel === 'kvm' ? 'host' : 'max',
-      '-smp', String(spec.vcpus),
-      '-m', `${spec.memoryMiB}M`,
-      '-nodefaults', '-no-user-config', '-display', 'none',
-      '-chardev', `socket,id=qmp,path=${join(dir, 'qmp.sock')},server=on,wait=off`,
-      '-mon', 'chardev=qmp,mode=control',
-      // Serial console: a socket for interactive viewers (the /console WebSocket) with
-      // everything the guest prints also appended to serial.log.
-      '-chardev', `socket,id=serial0,path=${join(dir, 'console.sock')},server=on,wait=off,logfile=${join(dir, 'serial.log')},logappend=on`,
-      '-serial', 'chardev:serial0',
-      '-vnc', `unix:${join(dir, 'vnc.sock')}`,
-      '-pidfile', join(dir, 'qemu.pid'),
-      '-uuid', uuidFromId(vm.id),
-      '-S',
-    ];
-    if (spec.memoryBacking === 'hugepages') {
-      args.push('-object', `memory-backend-file,id=ram0,size=${spec.memoryMiB}M,mem-path=${this.#opts.hugepagesPath},share=on,prealloc=on`);
-    }
-    for (let i = 0; i < HOTPLUG_PORTS; i++) args.push('-device', `pcie-root-port,id=hp${i},chassis=${i + 1}`);
-    if (spec.cdrom) args.push('-drive', `file=${spec.cdrom},media=cdrom,readonly=on,if=none,id=cdrom0`, '-device', 'ide-cd,drive=cdrom0,bus=ide.0');
-    for (const d of spec.disks) {
-      const path = this.#diskFile(vm.id, d);
-      args.push('-drive', `file=${path},format=${d.format},if=none,id=drive-${d.name}${d.readOnly ? ',readonly=on' : ''}`);
-      if (d.bus === 'virtio') args.push('-device', `virtio-blk-pci,drive=drive-${d.name},id=disk-${d.name}`);
-      else if (d.bus === 'ide') args.push('-device', `ide-hd,drive=drive-${d.name},id=disk-${d.name}`);
-      else args.push('-device', `virtio-scsi-pci,id=scsi-${d.name}`, '-device', `scsi-hd,drive=drive-${d.name},id=disk-${d.name},bus=scsi-${d.name}.0`);
-    }
-    for (const n of spec.nics) {
-      args.push('-netdev', n.mode === 'user' ? `user,id=net-${n.name}${unrestrictedUserNic(n) ? '' : ',restrict=on'}` : `bridge,id=net-${n.name},br=${n.bridge}`);
-      args.push('-device', `${n.model === 'virtio' ? 'virtio-net-pci' : 'e1000'},netdev=net-${n.name}${n.mac ? `,mac=${n.mac}` : ''}`);
-    }
-    if (spec.boot.type === 'kernel') {
-      args.push('-kernel', spec.boot.kernel);
-      if (spec.boot.initrd) args.push('-initrd', spec.boot.initrd);
-      if (spec.boot.cmdline) args.push('-append', spec.boot.cmdline);
-    }
-    return args;
+    return qemuArgs(vm, { accel, dir: this.vmDir(vm.id), diskFile: (d) => this.#diskFile(vm.id, d), hugepagesPath: this.#opts.hugepagesPath });
   }
 
   /** Polls query-migrate until the migration (to or from a file) completes. */
@@ -615,4 +574,63 @@ function versionString(qmp: QmpClient): string | undefined {
 function uuidFromId(id: string): string {
   const hex = Buffer.from(id).toString('hex').padEnd(32, '0').slice(-32);
   return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-4${hex.slice(13, 16)}-8${hex.slice(17, 20)}-${hex.slice(20, 32)}`;
+}
+
+export interface QemuArgsOptions {
+  accel: 'kvm' | 'tcg';
+  /** The VM's directory: its QMP, console and VNC sockets, serial log and pid file. */
+  dir: string;
+  /** The file QEMU opens for a disk. */
+  diskFile: (disk: DiskSpec) => string;
+  /** hugetlbfs mount for `memoryBacking: hugepages`. */
+  hugepagesPath: string;
+}
+
+/**
+ * QEMU's command line for a VM: machine, CPU, memory, control sockets, devices, disks,
+ * NICs and boot. The driver starts every VM with it (paused by `-S`, resumed over QMP);
+ * bench/ starts its bare-QEMU baselines with it too, so both run the same machine.
+ */
+export function qemuArgs(vm: VmRecord, { accel, dir, diskFile, hugepagesPath }: QemuArgsOptions): string[] {
+  const { spec } = vm;
+  const args = [
+    '-name', `guest=${vm.name},debug-threads=on`,
+    '-machine', `q35,accel=${accel}${spec.memoryBacking === 'hugepages' ? ',memory-backend=ram0' : ''}`,
+    '-cpu', accel === 'kvm' ? 'host' : 'max',
+    '-smp', String(spec.vcpus),
+    '-m', `${spec.memoryMiB}M`,
+    '-nodefaults', '-no-user-config', '-display', 'none',
+    '-chardev', `socket,id=qmp,path=${join(dir, 'qmp.sock')},server=on,wait=off`,
+    '-mon', 'chardev=qmp,mode=control',
+    // Serial console: a socket for interactive viewers (the /console WebSocket) with
+    // everything the guest prints also appended to serial.log.
+    '-chardev', `socket,id=serial0,path=${join(dir, 'console.sock')},server=on,wait=off,logfile=${join(dir, 'serial.log')},logappend=on`,
+    '-serial', 'chardev:serial0',
+    '-vnc', `unix:${join(dir, 'vnc.sock')}`,
+    '-pidfile', join(dir, 'qemu.pid'),
+    '-uuid', uuidFromId(vm.id),
+    '-S',
+  ];
+  if (spec.memoryBacking === 'hugepages') {
+    args.push('-object', `memory-backend-file,id=ram0,size=${spec.memoryMiB}M,mem-path=${hugepagesPath},share=on,prealloc=on`);
+  }
+  for (let i = 0; i < HOTPLUG_PORTS; i++) args.push('-device', `pcie-root-port,id=hp${i},chassis=${i + 1}`);
+  if (spec.cdrom) args.push('-drive', `file=${spec.cdrom},media=cdrom,readonly=on,if=none,id=cdrom0`, '-device', 'ide-cd,drive=cdrom0,bus=ide.0');
+  for (const d of spec.disks) {
+    const path = diskFile(d);
+    args.push('-drive', `file=${path},format=${d.format},if=none,id=drive-${d.name}${d.readOnly ? ',readonly=on' : ''}`);
+    if (d.bus === 'virtio') args.push('-device', `virtio-blk-pci,drive=drive-${d.name},id=disk-${d.name}`);
+    else if (d.bus === 'ide') args.push('-device', `ide-hd,drive=drive-${d.name},id=disk-${d.name}`);
+    else args.push('-device', `virtio-scsi-pci,id=scsi-${d.name}`, '-device', `scsi-hd,drive=drive-${d.name},id=disk-${d.name},bus=scsi-${d.name}.0`);
+  }
+  for (const n of spec.nics) {
+    args.push('-netdev', n.mode === 'user' ? `user,id=net-${n.name}${unrestrictedUserNic(n) ? '' : ',restrict=on'}` : `bridge,id=net-${n.name},br=${n.bridge}`);
+    args.push('-device', `${n.model === 'virtio' ? 'virtio-net-pci' : 'e1000'},netdev=net-${n.name}${n.mac ? `,mac=${n.mac}` : ''}`);
+  }
+  if (spec.boot.type === 'kernel') {
+    args.push('-kernel', spec.boot.kernel);
+    if (spec.boot.initrd) args.push('-initrd', spec.boot.initrd);
+    if (spec.boot.cmdline) args.push('-append', spec.boot.cmdline);
+  }
+  return args;
 }

@@ -1,0 +1,18 @@
+// Bare-QEMU baselines start from the driver's own command line (src/vm/drivers/qemu.ts
+// `qemuArgs`), so a bench compares NovaCron with QEMU running the very same machine.
+import { qemuArgs } from '../../dist/vm/drivers/qemu.js';
+import { CreateVmRequest } from '../../dist/vm/spec.js';
+
+/**
+ * qemu-system-x86_64's arguments for `spec` (as the API takes it; defaults filled in by
+ * the same schema), its sockets and serial log in `dir`; unpaused, as no daemon resumes it.
+ */
+export function bareQemuArgs(name, spec, { accel, dir }) {
+  const { name: _, ...parsed } = CreateVmRequest.parse({ name, ...spec });
+  const now = new Date().toISOString();
+  const vm = { id: `vm-bench-${name}`, name, spec: parsed, state: 'stopped', node: 'bench', generation: 1, createdAt: now, updatedAt: now };
+  const diskFile = () => {
+    throw new Error('bench guests have no disks');
+  };
+  return qemuArgs(vm, { accel, dir, diskFile, hugepagesPath: '/dev/hugepages' }).filter((a) => a !== '-S');
+}
