@@ -127,4 +127,18 @@ describe('any member answers for any VM', { timeout: 60_000 }, () => {
     expect(direct.code).toBe(4409); // the sim driver has no serial console
     expect(await close(1)).toEqual(direct);
   });
+
+  it('a migration started and followed through a third member is the source\'s, and the VM then answers from its new member', async () => {
+    const vm = (await call(0, 'POST', '/v1/vms', sampleVm('fw-move'))).body;
+    await placedEverywhere('fw-move');
+    const mig = await call(2, 'POST', `/v1/vms/${vm.id}/migrate`, { target: String(c.members[1]!.id) });
+    expect(mig.status, JSON.stringify(mig.body)).toBe(202);
+    expect(mig.headers.get('x-novacron-member')).toBe(String(c.members[0]!.id));
+    await c.waitFor(async () => (await call(2, 'GET', `/v1/migrations/${mig.body.id}`)).body.state === 'completed', 'the migration, followed through member 2');
+    const viaThird = await call(2, 'GET', `/v1/migrations/${mig.body.id}`);
+    expect(viaThird.body).toEqual((await call(0, 'GET', `/v1/migrations/${mig.body.id}`)).body); // the source's record
+    expect(viaThird.body.role).toBe('source');
+    await c.waitFor(async () => (await call(2, 'GET', `/v1/vms/${vm.id}`)).headers.get('x-novacron-member') === String(c.members[1]!.id), 'the VM answered by its new member');
+    expect((await call(2, 'GET', `/v1/vms/${vm.id}`)).body).toMatchObject({ id: vm.id, name: 'fw-move' });
+  });
 });
