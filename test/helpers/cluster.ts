@@ -61,7 +61,11 @@ export class TestCluster {
   readonly headers: Record<string, string> = {};
   #apiToken: string | undefined;
 
-  private constructor(raft: Record<string, number>, apiToken?: string) {
+  /** Extra daemon flags of every member (e.g. `--driver qemu`). */
+  #args: string[];
+
+  private constructor(raft: Record<string, number>, apiToken?: string, args: string[] = []) {
+    this.#args = args;
     if (apiToken) {
       this.#apiToken = apiToken;
       this.headers.authorization = `Bearer ${apiToken}`;
@@ -76,8 +80,8 @@ export class TestCluster {
    * Starts `n` members: the first bootstraps, the rest join through it and are promoted.
    * `withFaults` puts a fault-injecting proxy (`c.net`) in front of every member.
    */
-  static async start(n: number, raft: Record<string, number> = TEST_RAFT, opts: { withFaults?: boolean; apiToken?: string } = {}): Promise<TestCluster> {
-    const c = new TestCluster(raft, opts.apiToken);
+  static async start(n: number, raft: Record<string, number> = TEST_RAFT, opts: { withFaults?: boolean; apiToken?: string; args?: string[] } = {}): Promise<TestCluster> {
+    const c = new TestCluster(raft, opts.apiToken, opts.args);
     if (opts.withFaults) c.net = new FaultNet((id) => c.members.findIndex((m) => m.id === id));
     for (let i = 0; i < n; i++) await c.#newMember();
     await c.startMember(0);
@@ -104,7 +108,7 @@ export class TestCluster {
   /** (Re)starts member `i`; with `joinVia`, it joins through that member on first start. */
   async startMember(i: number, joinVia?: number, extraArgs: string[] = []): Promise<DaemonHandle> {
     const m = this.members[i]!;
-    const args = ['--listen', `127.0.0.1:${m.port}`, '--cluster-secret', SECRET, '--config', this.#config, ...extraArgs];
+    const args = ['--listen', `127.0.0.1:${m.port}`, '--cluster-secret', SECRET, '--config', this.#config, ...this.#args, ...extraArgs];
     if (joinVia !== undefined) args.push('--join', `127.0.0.1:${this.members[joinVia]!.port}`);
     if (m.advertise) args.push('--advertise', m.advertise);
     m.daemon = await spawnDaemon({ dataDir: m.dataDir, args, ...(this.#apiToken ? { env: { NOVACRON_API_TOKEN: this.#apiToken } } : {}) });
