@@ -231,6 +231,12 @@ export interface BindingLinkCounters {
   packets: number
 }
 
+/** What one step of a membership change does. */
+export type BindingMemberChangeKind = 'addVoter' | 'addLearner' | 'remove'
+
+/** Which outcome a request had (see [`BindingRaftOutcome`] for the fields each sets). */
+export type BindingOutcomeKind = 'written' | 'fenced' | 'granted' | 'held' | 'released' | 'notHeld'
+
 /** The answer to one tagged request. Exactly one of `error` / the result fields is set. */
 export interface BindingRaftCompletion {
   /** The tag the request was made with. */
@@ -267,8 +273,8 @@ export interface BindingRaftLock {
 
 /** One step of a membership change. */
 export interface BindingRaftMemberChange {
-  /** `addVoter`, `addLearner` or `remove`. */
-  kind: string
+  /** What it does. */
+  kind: BindingMemberChangeKind
   /** Member id. */
   id: number
 }
@@ -313,8 +319,8 @@ export interface BindingRaftOutbound {
 
 /** What applying a request produced. */
 export interface BindingRaftOutcome {
-  /** `written`, `fenced`, `granted`, `held`, `released` or `notHeld`. */
-  kind: string
+  /** Which outcome. */
+  kind: BindingOutcomeKind
   /** Log index of a write. */
   index?: number
   /** Fencing token of a grant (or of the current holder for `held` and `fenced`). */

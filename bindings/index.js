@@ -773,7 +773,7 @@ if (
   }
 }
 
-const { NativeDestLink, NativeLinkBucket, NativePageDecoder, NativePageEncoder, NativeRaftNode, NativeSourceLink, NativeStore, maxEncodedLen } = nativeBinding
+const { NativeDestLink, NativeLinkBucket, NativePageDecoder, NativePageEncoder, NativeRaftNode, NativeSourceLink, NativeStore, BindingMemberChangeKind, BindingOutcomeKind, maxEncodedLen } = nativeBinding
 export { NativeDestLink }
 export { NativeLinkBucket }
 export { NativePageDecoder }
@@ -781,5 +781,7 @@ export { NativePageEncoder }
 export { NativeRaftNode }
 export { NativeSourceLink }
 export { NativeStore }
+export { BindingMemberChangeKind }
+export { BindingOutcomeKind }
 export { maxEncodedLen }
 export const __napiBindingTarget = __napiLoadedBindingTarget

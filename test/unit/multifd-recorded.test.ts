@@ -21,7 +21,7 @@ describe("QEMU's recorded multifd channels", () => {
       const q = new ByteQueue();
       q.push(bytes);
       const parser = new MultifdParser(blocks);
-      const items = [];
+      const items: Array<{ kind: 'opaque'; bytes: number } | { kind: 'ram'; flags: number; normalPages: number; zeroPages: number; firstIndices: string[] }> = [];
       for (let item; (item = parser.next(q)); ) {
         if (item.kind === 'opaque') items.push({ kind: 'opaque', bytes: item.bytes.length });
         else {

@@ -112,11 +112,34 @@ pub struct BindingRaftFence {
     pub token: i64,
 }
 
+/// Which outcome a request had (see [`BindingRaftOutcome`] for the fields each sets).
+#[napi(string_enum)]
+pub enum BindingOutcomeKind {
+    /// A write was applied at `index`.
+    #[napi(value = "written")]
+    Written,
+    /// A write's fence was stale; `token` is the lock's current token, if held.
+    #[napi(value = "fenced")]
+    Fenced,
+    /// A lock was granted: `token`, `expiresMs`.
+    #[napi(value = "granted")]
+    Granted,
+    /// A lock is held by `holder` (`token`, `expiresMs`).
+    #[napi(value = "held")]
+    Held,
+    /// A lock was released.
+    #[napi(value = "released")]
+    Released,
+    /// The token did not hold the lock.
+    #[napi(value = "notHeld")]
+    NotHeld,
+}
+
 /// What applying a request produced.
 #[napi(object)]
 pub struct BindingRaftOutcome {
-    /// `written`, `fenced`, `granted`, `held`, `released` or `notHeld`.
-    pub kind: String,
+    /// Which outcome.
+    pub kind: BindingOutcomeKind,
     /// Log index of a write.
     pub index: Option<i64>,
     /// Fencing token of a grant (or of the current holder for `held` and `fenced`).
@@ -129,8 +152,8 @@ pub struct BindingRaftOutcome {
 
 impl From<Outcome> for BindingRaftOutcome {
     fn from(o: Outcome) -> Self {
-        let base = |kind: &str| BindingRaftOutcome {
-            kind: kind.into(),
+        let base = |kind: BindingOutcomeKind| BindingRaftOutcome {
+            kind,
             index: None,
             token: None,
             expires_ms: None,
@@ -139,16 +162,16 @@ impl From<Outcome> for BindingRaftOutcome {
         match o {
             Outcome::Written { index } => BindingRaftOutcome {
                 index: Some(index as i64),
-                ..base("written")
+                ..base(BindingOutcomeKind::Written)
             },
             Outcome::Fenced { current } => BindingRaftOutcome {
                 token: current.map(|t| t as i64),
-                ..base("fenced")
+                ..base(BindingOutcomeKind::Fenced)
             },
             Outcome::Granted { token, expires_ms } => BindingRaftOutcome {
                 token: Some(token as i64),
                 expires_ms: Some(expires_ms as i64),
-                ..base("granted")
+                ..base(BindingOutcomeKind::Granted)
             },
             Outcome::Held {
                 holder,
@@ -158,19 +181,33 @@ impl From<Outcome> for BindingRaftOutcome {
                 token: Some(token as i64),
                 expires_ms: Some(expires_ms as i64),
                 holder: Some(holder),
-                ..base("held")
+                ..base(BindingOutcomeKind::Held)
             },
-            Outcome::Released => base("released"),
-            Outcome::NotHeld => base("notHeld"),
+            Outcome::Released => base(BindingOutcomeKind::Released),
+            Outcome::NotHeld => base(BindingOutcomeKind::NotHeld),
         }
     }
+}
+
+/// What one step of a membership change does.
+#[napi(string_enum)]
+pub enum BindingMemberChangeKind {
+    /// Adds a voting member (or promotes a learner).
+    #[napi(value = "addVoter")]
+    AddVoter,
+    /// Adds a non-voting member that catches up first.
+    #[napi(value = "addLearner")]
+    AddLearner,
+    /// Removes a member.
+    #[napi(value = "remove")]
+    Remove,
 }
 
 /// One step of a membership change.
 #[napi(object)]
 pub struct BindingRaftMemberChange {
-    /// `addVoter`, `addLearner` or `remove`.
-    pub kind: String,
+    /// What it does.
+    pub kind: BindingMemberChangeKind,
     /// Member id.
     pub id: i64,
 }
@@ -553,15 +590,10 @@ impl NativeRaftNode {
             .iter()
             .map(|c| {
                 let id = member_id(c.id)?;
-                Ok(match c.kind.as_str() {
-                    "addVoter" => MemberChange::AddVoter(id),
-                    "addLearner" => MemberChange::AddLearner(id),
-                    "remove" => MemberChange::Remove(id),
-                    other => {
-                        return Err(to_js(RaftError::Invalid(format!(
-                            "unknown membership change {other:?}"
-                        ))))
-                    }
+                Ok(match c.kind {
+                    BindingMemberChangeKind::AddVoter => MemberChange::AddVoter(id),
+                    BindingMemberChangeKind::AddLearner => MemberChange::AddLearner(id),
+                    BindingMemberChangeKind::Remove => MemberChange::Remove(id),
                 })
             })
             .collect::<Result<Vec<_>>>()?;
