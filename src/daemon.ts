@@ -106,7 +106,7 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
     const server = await ApiServer.listen(
       router,
       { host: config.host, port: config.port, bodyLimitBytes: config.bodyLimitBytes, log, metrics, ...(config.apiToken ? { apiToken: config.apiToken } : {}) },
-      [eventsWsRoute(events, log), consoleWsRoute(vms, new ConsoleHub(driver), log), telemetryWsRoute(sampler), vncWsRoute(vms, driver), peerWsRoute(() => cluster, log)],
+      [eventsWsRoute(events, log), consoleWsRoute(vms, new ConsoleHub(driver), log), telemetryWsRoute(sampler, vms), vncWsRoute(vms, driver), peerWsRoute(() => cluster, log)],
     );
     // The cluster starts once the API listens: its peer endpoint is this server, and a
     // joining member is contacted by the leader as soon as it is added.

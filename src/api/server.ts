@@ -36,7 +36,8 @@ export interface WsRouteInstaller {
  * (synchronously, as uWS requires) into the connection's user data, and answers a
  * NovaError from either step with its HTTP status and error body instead of upgrading.
  * With `relay`, a route about a VM that `build` does not find here is upgraded as a
- * relay to the VM's member (see ws-relay.ts; the route's handlers must be `relaying`).
+ * relay to the VM's member (see ws-relay.ts; the route's handlers must be `relaying`);
+ * the VM is the route's first parameter unless `relay.ref` reads it from elsewhere.
  */
 export function upgradeWebSocket<T>(
   res: UWS.HttpResponse,
@@ -44,7 +45,7 @@ export function upgradeWebSocket<T>(
   context: UWS.us_socket_context_t,
   authorize: (header: string) => boolean,
   build: (req: UWS.HttpRequest) => T,
-  relay?: { forwarder: () => Forwarder | undefined },
+  relay?: { forwarder: () => Forwarder | undefined; ref?: (req: UWS.HttpRequest) => string | undefined },
 ): void {
   const key = req.getHeader('sec-websocket-key');
   const protocol = req.getHeader('sec-websocket-protocol');
@@ -63,12 +64,13 @@ export function upgradeWebSocket<T>(
     if (!forwarder || !(err instanceof NovaError) || err.code !== 'VM_NOT_FOUND' || req.getHeader(FORWARDED_BY) !== '') return refuse(err);
     const query = req.getQuery();
     const url = query ? `${req.getUrl()}?${query}` : req.getUrl();
-    let ref: string;
+    let ref: string | undefined;
     try {
-      ref = decodeURIComponent(req.getParameter(0) ?? '');
+      ref = relay!.ref ? relay!.ref(req) : decodeURIComponent(req.getParameter(0) ?? '');
     } catch {
       return refuse(err);
     }
+    if (!ref) return refuse(err);
     let aborted = false;
     res.onAborted(() => (aborted = true));
     forwarder.locate('vm', ref, authorization ? { authorization } : {}).then(

@@ -1,16 +1,20 @@
 /**
  * `GET /v1/telemetry`: per-VM resource samples over WebSocket, one binary msgpack frame
  * per sampling interval: `{type:'samples', samples:[{vmId,name,time,stats,cpuCores}]}`.
- * Optional `?vmId=` narrows it to one VM. Frames that a slow client cannot take are
+ * Optional `?vmId=` (an id or name) narrows it to one VM, relayed from the VM's member when
+ * it runs elsewhere in the cluster (404 when no member has it). Frames that a slow client cannot take are
  * dropped (telemetry is lossy by design; the next frame supersedes it).
  */
 import { Packr } from 'msgpackr';
 import { z } from 'zod';
 import type { TelemetrySampler } from '../telemetry/sampler.js';
+import type { VmService } from '../vm/service.js';
 import { upgradeWebSocket, type WsRouteInstaller } from './server.js';
+import { relaying } from './ws-relay.js';
 import { parseWith } from './validate.js';
 
 const packr = new Packr({ useRecords: false });
+const TelemetryQuery = z.strictObject({ vmId: z.string().max(64).optional() });
 
 interface TelemetryConn {
   vmId?: string;
@@ -18,9 +22,9 @@ interface TelemetryConn {
   closed: boolean;
 }
 
-export function telemetryWsRoute(sampler: TelemetrySampler): WsRouteInstaller {
-  return (app, authorize) => {
-    app.ws<TelemetryConn>('/v1/telemetry', {
+export function telemetryWsRoute(sampler: TelemetrySampler, vms: VmService): WsRouteInstaller {
+  return (app, authorize, forwarder) => {
+    app.ws<TelemetryConn>('/v1/telemetry', relaying<TelemetryConn>({
       compression: 0,
       maxPayloadLength: 4 * 1024,
       maxBackpressure: 1 << 20,
@@ -28,9 +32,10 @@ export function telemetryWsRoute(sampler: TelemetrySampler): WsRouteInstaller {
       sendPingsAutomatically: true,
       upgrade: (res, req, context) =>
         upgradeWebSocket(res, req, context, authorize, (r): TelemetryConn => {
-          const q = parseWith(z.strictObject({ vmId: z.string().max(64).optional() }), Object.fromEntries(new URLSearchParams(r.getQuery() ?? '')), 'BAD_QUERY');
-          return { ...(q.vmId ? { vmId: q.vmId } : {}), closed: false };
-        }),
+          const q = parseWith(TelemetryQuery, Object.fromEntries(new URLSearchParams(r.getQuery() ?? '')), 'BAD_QUERY');
+          // A VM named here is this member's (by id or name), or the request is relayed to its member.
+          return { ...(q.vmId ? { vmId: vms.get(q.vmId).id } : {}), closed: false };
+        }, { forwarder, ref: (r) => new URLSearchParams(r.getQuery() ?? '').get('vmId') ?? undefined }),
       open: (ws) => {
         const conn = ws.getUserData();
         conn.unsubscribe = sampler.subscribe((samples) => {
@@ -45,6 +50,6 @@ export function telemetryWsRoute(sampler: TelemetrySampler): WsRouteInstaller {
         conn.closed = true;
         conn.unsubscribe?.();
       },
-    });
+    }));
   };
 }

@@ -141,4 +141,26 @@ describe('any member answers for any VM', { timeout: 60_000 }, () => {
     await c.waitFor(async () => (await call(2, 'GET', `/v1/vms/${vm.id}`)).headers.get('x-novacron-member') === String(c.members[1]!.id), 'the VM answered by its new member');
     expect((await call(2, 'GET', `/v1/vms/${vm.id}`)).body).toMatchObject({ id: vm.id, name: 'fw-move' });
   });
+
+  it('telemetry for a VM on another member is relayed from it; a VM no member has is refused with 404', async () => {
+    const vm = (await call(0, 'POST', '/v1/vms', sampleVm('fw-tele'))).body;
+    await placedEverywhere('fw-tele');
+    const { unpack } = await import('msgpackr');
+    const frame = await new Promise<any>((resolve, reject) => {
+      const ws = new WebSocket(`${url(1).replace('http', 'ws')}/v1/telemetry?vmId=${vm.id}`, { headers: c.headers });
+      ws.on('message', (data: Buffer) => {
+        resolve(unpack(data));
+        ws.close();
+      });
+      ws.on('unexpected-response', (_req, res) => reject(new Error(`upgrade refused: ${res.statusCode}`)));
+      setTimeout(() => reject(new Error('no telemetry frame through the relay')), 10_000).unref();
+    });
+    expect(frame).toMatchObject({ type: 'samples', intervalMs: expect.any(Number), samples: expect.any(Array) });
+    const refused = await new Promise<number>((resolve) => {
+      const ws = new WebSocket(`${url(1).replace('http', 'ws')}/v1/telemetry?vmId=vm-nowhere`, { headers: c.headers });
+      ws.on('unexpected-response', (_req, res) => resolve(res.statusCode ?? 0));
+      ws.on('open', () => resolve(101));
+    });
+    expect(refused).toBe(404);
+  });
 });

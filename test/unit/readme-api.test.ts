@@ -26,7 +26,7 @@ function served(): string[] {
   migrationRoutes(router, none, none);
   clusterRoutes(router, none, none, none);
   const endpoints = router.routes.map((r) => `${r.method} ${r.pattern}`);
-  const installers: WsRouteInstaller[] = [eventsWsRoute(none, none), consoleWsRoute(none, none, none), telemetryWsRoute(none), vncWsRoute(none, none)];
+  const installers: WsRouteInstaller[] = [eventsWsRoute(none, none), consoleWsRoute(none, none, none), telemetryWsRoute(none, none), vncWsRoute(none, none)];
   const app = { ws: (path: string) => endpoints.push(`GET ${path}`) };
   for (const install of installers) install(app as never, () => true, () => undefined);
   return endpoints.sort();
