@@ -3,7 +3,7 @@
  * event in one atomic commit (like VM state changes).
  */
 import { pack, unpack } from 'msgpackr';
-import { NovaError } from '../errors.js';
+import { NovaError, type ErrorCode } from '../errors.js';
 import type { EventLog } from '../events/log.js';
 import type { EventDraft, EventType } from '../events/types.js';
 import { prefixRange, type Store, type WriteOp } from '../store/store.js';
@@ -65,7 +65,7 @@ export class MigrationBook {
     await this.#events.commit([this.op(rec)], type ? [this.event(rec, type, extra)] : []);
   }
 
-  finished(rec: MigrationRecord, state: 'completed' | 'failed' | 'cancelled', error?: { code: string; message: string }): MigrationRecord {
+  finished(rec: MigrationRecord, state: 'completed' | 'failed' | 'cancelled', error?: { code: ErrorCode; message: string }): MigrationRecord {
     const now = new Date().toISOString();
     return { ...rec, state, phase: 'done', ...(error ? { error } : {}), updatedAt: now, finishedAt: now, totalMs: Date.parse(now) - Date.parse(rec.createdAt) };
   }

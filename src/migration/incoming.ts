@@ -10,7 +10,7 @@ import type { Logger } from 'pino';
 import { z } from 'zod';
 import { NovaError } from '../errors.js';
 import { DestLink } from '../native/miglink.js';
-import type { HypervisorDriver, LiveMigration } from '../vm/driver.js';
+import { DriverError, type HypervisorDriver, type LiveMigration } from '../vm/driver.js';
 import { VmSpecFields } from '../vm/spec.js';
 import type { VmService } from '../vm/service.js';
 import type { MigrationBook } from './book.js';
@@ -137,7 +137,10 @@ export class IncomingMigrations {
         }
       } catch (err) {
         p.live?.link?.close();
-        rec = book.finished(rec, 'failed', { code: 'MIGRATION_FAILED', message: (err as Error).message });
+        // A raw system error's text (paths, errno names) stays in the log, not in the record.
+        const known = err instanceof NovaError || err instanceof DriverError;
+        if (!known) this.#deps.log.error({ err, migrationId: rec.id }, 'preparing an incoming migration failed');
+        rec = book.finished(rec, 'failed', { code: 'MIGRATION_FAILED', message: known ? err.message : 'preparing the destination failed (see the daemon log)' });
         await driver.stop(vm.id).catch(() => undefined);
         await vms.incomingAbandoned(vm.id, [book.op(rec)], [book.event(rec, 'migration.failed')]);
         release();

@@ -1,5 +1,6 @@
 /** A live migration as stored and served at /v1/migrations/:id (on both daemons). */
 import { z } from 'zod';
+import type { ErrorCode } from '../errors.js';
 import type { Prediction } from './predict.js';
 
 /** `copy` is a cold migration's file transfer; the others are live pre-copy's. */
@@ -48,7 +49,8 @@ export interface MigrationRecord {
   totalMs?: number;
   /** Where the time went (source side), ms: planning, destination start, QEMU's stream, confirmation. */
   timings?: { planMs?: number; prepareMs?: number; streamMs?: number; confirmMs?: number };
-  error?: { code: string; message: string };
+  /** A registered code and a message for operators. */
+  error?: { code: ErrorCode; message: string };
   createdAt: string;
   updatedAt: string;
   finishedAt?: string;
