@@ -46,3 +46,12 @@ export async function waitUntil(pred: () => boolean, timeoutMs: number, what: st
     await new Promise((r) => setTimeout(r, 100));
   }
 }
+
+/** Kills the QEMU processes of VMs under `dataDir` (they outlive their daemon by design). */
+export function killGuests(dataDir: string): void {
+  try {
+    execFileSync('pkill', ['-9', '-f', `${dataDir}/vms/`]);
+  } catch {
+    /* none left */
+  }
+}

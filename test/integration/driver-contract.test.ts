@@ -4,7 +4,6 @@
  * joins by adding a row to DRIVERS. What a driver may lack is declared in its row, not
  * skipped: a driver whose VMs do not outlive it must say so, and is held to that.
  */
-import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -15,7 +14,7 @@ import { newId } from '../../src/ids.js';
 import type { VmRecord } from '../../src/vm/record.js';
 import { CreateVmRequest } from '../../src/vm/spec.js';
 import { removeDir, tempDataDir } from '../helpers/daemon.js';
-import { ensureQemuAndGuest, guestVm } from '../helpers/qemu.js';
+import { ensureQemuAndGuest, guestVm, killGuests } from '../helpers/qemu.js';
 
 const log = pino({ level: 'silent' });
 
@@ -66,11 +65,7 @@ describe.each(DRIVERS)('driver contract: %s', (name, row) => {
   }
   afterAll(async () => {
     await driver?.close();
-    try {
-      execFileSync('pkill', ['-9', '-f', `${dataDir}/vms/`]);
-    } catch {
-      /* none left */
-    }
+    killGuests(dataDir);
     removeDir(dataDir);
   });
 

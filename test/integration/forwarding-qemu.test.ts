@@ -3,12 +3,11 @@
  * console is read through the member that does not run it (the WebSocket relay carries
  * the guest's bytes), and the guest is stopped through that member.
  */
-import { execFileSync } from 'node:child_process';
 import WebSocket from 'ws';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { api, waitOp } from '../helpers/daemon.js';
 import { TestCluster } from '../helpers/cluster.js';
-import { ensureQemuAndGuest, guestVm } from '../helpers/qemu.js';
+import { ensureQemuAndGuest, guestVm, killGuests } from '../helpers/qemu.js';
 
 let c: TestCluster;
 
@@ -23,11 +22,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await c?.close();
   for (const m of c?.members ?? []) {
-    try {
-      execFileSync('pkill', ['-9', '-f', `${m.dataDir}/vms/`]);
-    } catch {
-      /* none left */
-    }
+    killGuests(m.dataDir);
   }
 });
 

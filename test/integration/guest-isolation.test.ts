@@ -4,10 +4,9 @@
  * init gets a DHCP lease (proof that its NIC works), POSTs a VM spec once with busybox
  * wget, and prints the outcome on its serial console.
  */
-import { execFileSync } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { api, removeDir, spawnDaemon, tempDataDir, waitOp, type DaemonHandle } from '../helpers/daemon.js';
-import { ensureQemuAndGuest, guestVm, serial, waitUntil } from '../helpers/qemu.js';
+import { ensureQemuAndGuest, guestVm, serial, waitUntil, killGuests } from '../helpers/qemu.js';
 
 const TOKEN = 'isolation-test-token-0123456789';
 const auth = { authorization: `Bearer ${TOKEN}` };
@@ -19,11 +18,7 @@ beforeAll(() => {
 afterAll(async () => {
   for (const d of daemons) {
     await d.kill();
-    try {
-      execFileSync('pkill', ['-9', '-f', `${d.dataDir}/vms/`]);
-    } catch {
-      /* none left */
-    }
+    killGuests(d.dataDir);
     removeDir(d.dataDir);
   }
 });

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { api, removeDir, spawnDaemon, tempDataDir, waitOp, type DaemonHandle } from '../helpers/daemon.js';
 import { EventClient } from '../helpers/events.js';
-import { ensureQemuAndGuest, guestVm, heartbeats, serial, waitUntil } from '../helpers/qemu.js';
+import { ensureQemuAndGuest, guestVm, heartbeats, serial, waitUntil, killGuests } from '../helpers/qemu.js';
 
 const BOOT_MS = 60_000;
 const dirs: string[] = [];
@@ -29,11 +29,7 @@ beforeAll(() => {
 afterAll(async () => {
   await Promise.all(daemons.map((d) => d.kill('SIGKILL')));
   for (const dir of dirs) {
-    try {
-      execFileSync('pkill', ['-9', '-f', `${dir}/vms/`]);
-    } catch {
-      /* none left */
-    }
+    killGuests(dir);
     removeDir(dir);
   }
 });

@@ -8,7 +8,7 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { api, removeDir, spawnDaemon, tempDataDir, waitOp, type DaemonHandle } from '../helpers/daemon.js';
-import { ensureQemuAndGuest, guestVm, heartbeats, serial, waitUntil } from '../helpers/qemu.js';
+import { ensureQemuAndGuest, guestVm, heartbeats, serial, waitUntil, killGuests } from '../helpers/qemu.js';
 import { EventClient } from '../helpers/events.js';
 
 const BOOT_MS = 60_000;
@@ -22,11 +22,7 @@ beforeAll(async () => {
 }, 300_000);
 afterAll(async () => {
   await d?.kill();
-  try {
-    execFileSync('pkill', ['-9', '-f', `${dataDir}/vms/`]);
-  } catch {
-    /* none left */
-  }
+  killGuests(dataDir);
   removeDir(dataDir);
 });
 
