@@ -237,21 +237,26 @@ export type BindingMemberChangeKind = 'addVoter' | 'addLearner' | 'remove'
 /** Which outcome a request had (see [`BindingRaftOutcome`] for the fields each sets). */
 export type BindingOutcomeKind = 'written' | 'fenced' | 'granted' | 'held' | 'released' | 'notHeld'
 
-/** The answer to one tagged request. Exactly one of `error` / the result fields is set. */
-export interface BindingRaftCompletion {
-  /** The tag the request was made with. */
-  tag: number
-  /** Why the request failed. */
-  error?: BindingError
-  /** Result of `write`, `acquire`, `release`. */
-  outcome?: BindingRaftOutcome
-  /** Result of `readIndex`: the index now applied locally. */
-  index?: number
-  /** Result of `changeMembership`. */
-  members?: BindingRaftMembers
-  /** Result of `status`. */
-  status?: BindingRaftStatus
-}
+/**
+ * The answer to one tagged request: one variant per kind of result (a tagged union in
+ * TypeScript, discriminated by `kind`).
+ */
+export type BindingRaftCompletion =
+  | { kind: 'failed'; /** The tag the request was made with. */
+    tag: number; /** Why. */
+  error: BindingError }
+  | { kind: 'outcome'; /** The tag the request was made with. */
+    tag: number; /** What applying it produced. */
+  outcome: BindingRaftOutcome }
+  | { kind: 'readIndex'; /** The tag the request was made with. */
+    tag: number; /** The applied index. */
+  index: number }
+  | { kind: 'members'; /** The tag the request was made with. */
+    tag: number; /** Voters and learners. */
+  members: BindingRaftMembers }
+  | { kind: 'status'; /** The tag the request was made with. */
+    tag: number; /** The node's status. */
+  status: BindingRaftStatus }
 
 /** A write's fence: refuse unless `token` is still `lock`'s current token. */
 export interface BindingRaftFence {

@@ -105,17 +105,17 @@ export interface RaftNodeOptions {
   syncWrites?: boolean;
 }
 
-function toOutcome(o: Binding.BindingRaftOutcome | undefined | null): RaftOutcome {
-  const kind = o?.kind;
+function toOutcome(o: Binding.BindingRaftOutcome): RaftOutcome {
+  const kind = o.kind;
   switch (kind) {
     case 'written':
-      return { kind, index: need(o!.index, 'index') };
+      return { kind, index: need(o.index, 'index') };
     case 'fenced':
-      return o!.token === undefined || o!.token === null ? { kind } : { kind, token: o!.token };
+      return o.token === undefined || o.token === null ? { kind } : { kind, token: o.token };
     case 'granted':
-      return { kind, token: need(o!.token, 'token'), expiresMs: need(o!.expiresMs, 'expiresMs') };
+      return { kind, token: need(o.token, 'token'), expiresMs: need(o.expiresMs, 'expiresMs') };
     case 'held':
-      return { kind, holder: need(o!.holder, 'holder'), token: need(o!.token, 'token'), expiresMs: need(o!.expiresMs, 'expiresMs') };
+      return { kind, holder: need(o.holder, 'holder'), token: need(o.token, 'token'), expiresMs: need(o.expiresMs, 'expiresMs') };
     case 'released':
     case 'notHeld':
       return { kind };
@@ -127,8 +127,7 @@ function toOutcome(o: Binding.BindingRaftOutcome | undefined | null): RaftOutcom
 const ROLES: readonly string[] = ['leader', 'follower', 'candidate', 'pre-candidate'] satisfies RaftRole[];
 const PROGRESS_STATES: readonly string[] = ['probe', 'replicate', 'snapshot'] satisfies RaftPeerProgress['state'][];
 
-function toStatus(b: Binding.BindingRaftStatus | undefined | null): RaftStatus {
-  if (!b) throw new NovaError('INTERNAL', 'the raft binding answered a status request without a status');
+function toStatus(b: Binding.BindingRaftStatus): RaftStatus {
   return {
     id: b.id,
     role: oneOf(b.role, ROLES, 'role') as RaftRole,
@@ -146,8 +145,7 @@ function toStatus(b: Binding.BindingRaftStatus | undefined | null): RaftStatus {
   };
 }
 
-function toMembers(b: Binding.BindingRaftMembers | undefined | null): RaftMembers {
-  if (!b) throw new NovaError('INTERNAL', 'the raft binding answered a membership change without members');
+function toMembers(b: Binding.BindingRaftMembers): RaftMembers {
   return { voters: [...b.voters], learners: [...b.learners] };
 }
 
@@ -215,12 +213,21 @@ export class RaftNode {
     settle(c);
   }
 
-  #request<T>(pick: (c: Binding.BindingRaftCompletion) => T, send: (tag: number) => void): Promise<T> {
+  /** Sends a tagged request and settles with its completion, which must be of kind `expect` (or `failed`). */
+  #request<K extends Binding.BindingRaftCompletion['kind'], T>(expect: K, pick: (c: Extract<Binding.BindingRaftCompletion, { kind: K }>) => T, send: (tag: number) => void): Promise<T> {
     if (this.#stopped) return Promise.reject(new NovaError('RAFT_STOPPED'));
     const tag = this.#nextTag;
     this.#nextTag = this.#nextTag >= 0xffff_fff0 ? 1 : this.#nextTag + 1;
     return new Promise<T>((resolve, reject) => {
-      this.#pending.set(tag, (c) => (c.error ? reject(fromBindingError(c.error, 'RAFT_INVALID')) : resolve(pick(c))));
+      this.#pending.set(tag, (c) => {
+        if (c.kind === 'failed') return reject(fromBindingError(c.error, 'RAFT_INVALID'));
+        if (c.kind !== expect) return reject(new NovaError('INTERNAL', `the raft binding answered a ${expect} request with ${c.kind}`));
+        try {
+          resolve(pick(c as Extract<Binding.BindingRaftCompletion, { kind: K }>));
+        } catch (e) {
+          reject(e);
+        }
+      });
       if (this.#pending.size === 1) this.#keepAlive.ref();
       try {
         send(tag);
@@ -239,33 +246,33 @@ export class RaftNode {
       return out;
     });
     const id = opts.requestId ?? newRequestId();
-    return this.#request((c) => toOutcome(c.outcome), (tag) => this.#native.write(tag, id, converted, opts.fence));
+    return this.#request('outcome', (c) => toOutcome(c.outcome), (tag) => this.#native.write(tag, id, converted, opts.fence));
   }
 
   acquire(lock: string, holder: string, ttlMs: number, requestId = newRequestId()): Promise<RaftOutcome> {
-    return this.#request((c) => toOutcome(c.outcome), (tag) => this.#native.acquire(tag, requestId, lock, holder, ttlMs, Date.now()));
+    return this.#request('outcome', (c) => toOutcome(c.outcome), (tag) => this.#native.acquire(tag, requestId, lock, holder, ttlMs, Date.now()));
   }
 
   release(lock: string, token: number, requestId = newRequestId()): Promise<RaftOutcome> {
-    return this.#request((c) => toOutcome(c.outcome), (tag) => this.#native.release(tag, requestId, lock, token));
+    return this.#request('outcome', (c) => toOutcome(c.outcome), (tag) => this.#native.release(tag, requestId, lock, token));
   }
 
   /** Records where `member` listens now, in the replicated state (ignored for non-members). */
   setAddress(member: number, address: string, requestId = newRequestId()): Promise<RaftOutcome> {
-    return this.#request((c) => toOutcome(c.outcome), (tag) => this.#native.setAddress(tag, requestId, member, address));
+    return this.#request('outcome', (c) => toOutcome(c.outcome), (tag) => this.#native.setAddress(tag, requestId, member, address));
   }
 
   /** Resolves once a quorum confirmed leadership and this node applied up to that point. */
   readIndex(): Promise<number> {
-    return this.#request((c) => need(c.index, 'index'), (tag) => this.#native.readIndex(tag));
+    return this.#request('readIndex', (c) => c.index, (tag) => this.#native.readIndex(tag));
   }
 
   changeMembership(changes: RaftMemberChange[], addresses: RaftPeerAddress[] = []): Promise<RaftMembers> {
-    return this.#request((c) => toMembers(c.members), (tag) => this.#native.changeMembership(tag, changes, addresses));
+    return this.#request('members', (c) => toMembers(c.members), (tag) => this.#native.changeMembership(tag, changes, addresses));
   }
 
   status(): Promise<RaftStatus> {
-    return this.#request((c) => toStatus(c.status), (tag) => this.#native.status(tag));
+    return this.#request('status', (c) => toStatus(c.status), (tag) => this.#native.status(tag));
   }
 
   /** Delivers a peer's message; throws RAFT_BAD_MESSAGE for anything malformed. */
@@ -319,7 +326,7 @@ export class RaftNode {
     // Completions for requests the thread failed on its way out are still queued on the
     // event loop; anything not answered by then is failed here.
     setImmediate(() => {
-      for (const [tag, settle] of this.#pending) settle({ tag, error: { code: 'RAFT_STOPPED', message: 'raft node is stopped' } });
+      for (const [tag, settle] of this.#pending) settle({ kind: 'failed', tag, error: { code: 'RAFT_STOPPED', message: 'raft node is stopped' } });
       this.#pending.clear();
       clearInterval(this.#keepAlive);
     });

@@ -329,34 +329,45 @@ impl From<NodeStatus> for BindingRaftStatus {
     }
 }
 
-/// The answer to one tagged request. Exactly one of `error` / the result fields is set.
-#[napi(object)]
-pub struct BindingRaftCompletion {
-    /// The tag the request was made with.
-    pub tag: u32,
-    /// Why the request failed.
-    pub error: Option<BindingError>,
-    /// Result of `write`, `acquire`, `release`.
-    pub outcome: Option<BindingRaftOutcome>,
-    /// Result of `readIndex`: the index now applied locally.
-    pub index: Option<i64>,
-    /// Result of `changeMembership`.
-    pub members: Option<BindingRaftMembers>,
-    /// Result of `status`.
-    pub status: Option<BindingRaftStatus>,
-}
-
-impl BindingRaftCompletion {
-    fn empty(tag: u32) -> Self {
-        Self {
-            tag,
-            error: None,
-            outcome: None,
-            index: None,
-            members: None,
-            status: None,
-        }
-    }
+/// The answer to one tagged request: one variant per kind of result (a tagged union in
+/// TypeScript, discriminated by `kind`).
+#[napi(discriminant = "kind", discriminant_case = "camelCase")]
+pub enum BindingRaftCompletion {
+    /// The request failed.
+    Failed {
+        /// The tag the request was made with.
+        tag: u32,
+        /// Why.
+        error: BindingError,
+    },
+    /// `write`, `acquire`, `release` or `setAddress` was applied.
+    Outcome {
+        /// The tag the request was made with.
+        tag: u32,
+        /// What applying it produced.
+        outcome: BindingRaftOutcome,
+    },
+    /// `readIndex`: the index now applied locally.
+    ReadIndex {
+        /// The tag the request was made with.
+        tag: u32,
+        /// The applied index.
+        index: i64,
+    },
+    /// `changeMembership`: the configuration it led to.
+    Members {
+        /// The tag the request was made with.
+        tag: u32,
+        /// Voters and learners.
+        members: BindingRaftMembers,
+    },
+    /// `status`.
+    Status {
+        /// The tag the request was made with.
+        tag: u32,
+        /// The node's status.
+        status: BindingRaftStatus,
+    },
 }
 
 /// A lock's replicated state.
@@ -420,15 +431,20 @@ pub struct NativeRaftNode {
 
 impl NativeRaftNode {
     /// A callback that answers request `tag` with `fill(result)`.
-    fn reply<T: 'static>(&self, tag: u32, fill: fn(&mut BindingRaftCompletion, T)) -> Callback<T> {
+    fn reply<T: 'static>(
+        &self,
+        tag: u32,
+        answer: fn(u32, T) -> BindingRaftCompletion,
+    ) -> Callback<T> {
         let completions = self.completions.clone();
         Box::new(move |result| {
-            let mut c = BindingRaftCompletion::empty(tag);
-            match result {
-                Ok(v) => fill(&mut c, v),
-                Err(e) => c.error = Some(BindingError::new(e.code(), &e)),
-            }
-            completions.push(c);
+            completions.push(match result {
+                Ok(v) => answer(tag, v),
+                Err(e) => BindingRaftCompletion::Failed {
+                    tag,
+                    error: BindingError::new(e.code(), &e),
+                },
+            });
         })
     }
 
@@ -439,7 +455,10 @@ impl NativeRaftNode {
         };
         self.node.propose(
             req,
-            self.reply(tag, |c, o: Outcome| c.outcome = Some(o.into())),
+            self.reply(tag, |tag, o: Outcome| BindingRaftCompletion::Outcome {
+                tag,
+                outcome: o.into(),
+            }),
         );
         Ok(())
     }
@@ -574,8 +593,12 @@ impl NativeRaftNode {
     /// Confirms leadership with a quorum; answers once that index is applied here.
     #[napi]
     pub fn read_index(&self, tag: u32) {
-        self.node
-            .read_index(self.reply(tag, |c, i: u64| c.index = Some(i as i64)));
+        self.node.read_index(
+            self.reply(tag, |tag, i: u64| BindingRaftCompletion::ReadIndex {
+                tag,
+                index: i as i64,
+            }),
+        );
     }
 
     /// Proposes a membership change (ConfChangeV2).
@@ -604,7 +627,10 @@ impl NativeRaftNode {
         self.node.change_membership(
             &changes,
             addresses,
-            self.reply(tag, |c, cs: ConfState| c.members = Some(cs.into())),
+            self.reply(tag, |tag, cs: ConfState| BindingRaftCompletion::Members {
+                tag,
+                members: cs.into(),
+            }),
         );
         Ok(())
     }
@@ -612,8 +638,12 @@ impl NativeRaftNode {
     /// The node's status.
     #[napi]
     pub fn status(&self, tag: u32) {
-        self.node
-            .status(self.reply(tag, |c, s: NodeStatus| c.status = Some(s.into())));
+        self.node.status(
+            self.reply(tag, |tag, s: NodeStatus| BindingRaftCompletion::Status {
+                tag,
+                status: s.into(),
+            }),
+        );
     }
 
     /// Delivers a peer's message. Throws `RAFT_BAD_MESSAGE` for anything malformed or
