@@ -1,8 +1,8 @@
 /**
  * Who may work on a VM right now. A claim is exclusive on this member; for lifecycle
- * operations and migrations it also holds the VM's cluster-wide lock, keeps its lease
- * renewed, carries its fencing token, and is marked lost (its `signal` fires) when the
- * lease lapses, so the work stops instead of running on without the lock.
+ * operations and migrations it also holds the VM's cluster-wide lock (its lease kept
+ * renewed by the guard), and once that lease is lost every write made for the claim is
+ * refused (`assertHeld`), so the work stops instead of running on without the lock.
  */
 import { NovaError } from '../errors.js';
 import type { VmRecord } from './record.js';
@@ -29,17 +29,11 @@ export interface VmLockGuard {
 /** One piece of work's hold on a VM. */
 export interface VmClaim {
   readonly vmId: string;
-  /** The cluster lock's fencing token; undefined on a member without a cluster guard, or for a local-only claim. */
-  readonly token: number | undefined;
-  /** Fires when the cluster lease is lost. */
-  readonly signal: AbortSignal;
   /** Throws LOCK_FENCED once the lease is lost; called before every write made for the claim. */
   assertHeld(): void;
   /** Ends the claim (the cluster lock is handed back in the background; see `settled`). */
   release(): void;
 }
-
-const NEVER = new AbortController().signal;
 
 export class VmClaims {
   #guard: VmLockGuard | undefined;
@@ -69,8 +63,6 @@ export class VmClaims {
     this.#active.set(vm.id, new Promise<void>((r) => (resolve = r)));
     return {
       vmId: vm.id,
-      token: undefined,
-      signal: NEVER,
       assertHeld: () => undefined,
       release: () => {
         this.#active.delete(vm.id);
@@ -96,8 +88,6 @@ export class VmClaims {
     }
     return {
       vmId: vm.id,
-      token: lease.token,
-      signal: lease.lost,
       assertHeld: () => {
         if (lease.lost.aborted) throw new NovaError('LOCK_FENCED', `the cluster lock on VM "${vm.name}" was lost (lease lapsed); its work was stopped`, { token: lease.token });
       },
