@@ -5,8 +5,8 @@ import { isErrorCode, NovaError } from '../../errors.js';
 import type { VmRecord } from '../../vm/record.js';
 import { parseWith } from '../validate.js';
 import { CreateVmRequest, DiskSpec, PatchVmRequest } from '../../vm/spec.js';
-import { VM_STATES, type VmState } from '../../vm/state.js';
-import type { VmService } from '../../vm/service.js';
+import { VM_STATES } from '../../vm/state.js';
+import type { ListPage, VmService } from '../../vm/service.js';
 import type { OperationKind } from '../../operations/operation.js';
 
 const ListQuery = z.strictObject({
@@ -56,9 +56,10 @@ export function vmRoutes(router: Router, vms: VmService, cluster: ClusterListing
     const labels = q.label && Object.fromEntries(q.label.map((l) => l.split('=', 2) as [string, string]));
     const { forwarder, self } = cluster;
     const here = q.scope === 'local' || !forwarder || q.member === self || (q.member === undefined && !forwarder.mayHaveOthers());
-    if (!here) return listCluster(forwarder, req, q.limit, q.member, () => localPage(vms, q.limit, q, labels));
+    const local = () => vms.list({ limit: q.limit, ...(q.state && { state: q.state }), ...(q.tenant && { tenant: q.tenant }), ...(labels && { labels }), ...(q.cursor && { cursor: q.cursor }) });
+    if (!here) return listCluster(forwarder, req, q.limit, q.member, local, (page) => pageReply(vms, page));
     if (q.member !== undefined && q.member !== self) return { status: 200, json: { items: [], total: 0 } };
-    return localPage(vms, q.limit, q, labels);
+    return pageReply(vms, local());
   }, { callerHeaders: true });
 
   router.add('POST', '/v1/vms', async (req) => {
@@ -102,8 +103,7 @@ export function vmRoutes(router: Router, vms: VmService, cluster: ClusterListing
 }
 
 /** This member's page of VMs; the JSON is cached per VM, so the page is assembled without re-serialising records. */
-function localPage(vms: VmService, limit: number, q: { state?: VmState[]; tenant?: string; cursor?: string }, labels: Record<string, string> | undefined): ApiReply {
-  const page = vms.list({ limit, ...(q.state && { state: q.state }), ...(q.tenant && { tenant: q.tenant }), ...(labels && { labels }), ...(q.cursor && { cursor: q.cursor }) });
+function pageReply(vms: VmService, page: ListPage): ApiReply {
   let rawJson = `{"items":[${page.items.map((vm) => vms.getJson(vm.id)).join(',')}]`;
   if (page.nextCursor) rawJson += `,"nextCursor":${JSON.stringify(page.nextCursor)}`;
   if (page.total >= 0) rawJson += `,"total":${page.total}`;
@@ -121,13 +121,14 @@ interface Page {
  * across the cluster), merged in id order and cut to `limit`. A VM in flight between two
  * members is listed once, as its destination or settled side reports it.
  */
-async function listCluster(forwarder: Forwarder, req: ApiRequest, limit: number, member: number | undefined, local: () => ApiReply): Promise<ApiReply> {
+async function listCluster(forwarder: Forwarder, req: ApiRequest, limit: number, member: number | undefined, local: () => ListPage, render: (page: ListPage) => ApiReply): Promise<ApiReply> {
   const others = (await forwarder.others()).filter((h) => member === undefined || h.member === member);
-  if (others.length === 0 && member === undefined) return local();
+  if (others.length === 0 && member === undefined) return render(local());
   const remote = new URLSearchParams(req.query);
   remote.set('scope', 'local');
   remote.delete('member');
-  const pages: Page[] = member === undefined ? [JSON.parse(local().rawJson!) as Page] : [];
+  const here = member === undefined ? local() : undefined;
+  const pages: Page[] = here ? [{ items: here.items, ...(here.nextCursor ? { nextCursor: here.nextCursor } : {}), ...(here.total >= 0 ? { total: here.total } : {}) }] : [];
   for (const reply of await Promise.all(others.map((h) => forwarder.send(h, { method: 'GET', url: `/v1/vms?${remote}`, headers: req.callerHeaders ?? {} })))) {
     const body = JSON.parse(reply.body.toString('utf8'));
     if (reply.status !== 200) {
