@@ -163,4 +163,15 @@ describe('any member answers for any VM', { timeout: 60_000 }, () => {
     });
     expect(refused).toBe(404);
   });
+
+  // Last: it kills a member.
+  it('a request about a VM whose member does not answer is 502 CLUSTER_MEMBER_UNREACHABLE, from the member asked', async () => {
+    const vm = (await call(0, 'POST', '/v1/vms', sampleVm('fw-gone'))).body;
+    await placedEverywhere('fw-gone');
+    await c.kill(0);
+    const r = await call(1, 'GET', `/v1/vms/${vm.id}`);
+    expect(r.status).toBe(502);
+    expect(r.body.error.code).toBe('CLUSTER_MEMBER_UNREACHABLE');
+    expect(r.body.error.details).toEqual({ member: c.members[0]!.id });
+  });
 });
