@@ -35,6 +35,9 @@ import { peerWsRoute } from './api/peer-ws.js';
 import { registerClusterMetrics } from './cluster/metrics.js';
 import { clusterRoutes } from './api/routes/cluster.js';
 import { InventoryPublisher, resolveMember } from './cluster/inventory.js';
+import { StorageService } from './storage/service.js';
+import { VmStorage } from './vm/media.js';
+import { storageRoutes } from './api/routes/storage.js';
 
 export { VERSION } from './version.js';
 import { VERSION } from './version.js';
@@ -58,8 +61,10 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
   let cluster: Cluster | undefined;
   try {
     const events = await EventLog.open(store, { retain: config.eventRetention });
-    const driver = selectDriver(config.driver, { sim: config.sim, dataDir, log });
-    const vms = await VmService.open({ store, events, driver, nodeId: config.nodeId, log, shutdownTimeoutMs: config.shutdownTimeoutMs, apiAuthenticated: config.apiToken !== undefined });
+    const storage = await StorageService.open({ dataDir, pools: config.pools, events, log, uploadLimitBytes: config.uploadLimitBytes });
+    const vmStorage = new VmStorage(storage);
+    const driver = selectDriver(config.driver, { sim: config.sim, dataDir, log, media: (vm) => vmStorage.media(vm) });
+    const vms = await VmService.open({ store, events, driver, storage: vmStorage, nodeId: config.nodeId, log, shutdownTimeoutMs: config.shutdownTimeoutMs, apiAuthenticated: config.apiToken !== undefined });
     const migrations = await MigrationService.open({
       store, events, vms, driver, log, nodeId: config.nodeId, dataDir, host: config.host,
       ...(config.migrationPort ? { transportPort: config.migrationPort } : {}),
@@ -74,6 +79,7 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
       vmsByState: () => vms.countByState(),
       lastEventSeq: () => events.lastSeq,
       vmStats: async () => (await vms.liveStats()).map(({ vm, stats }) => ({ vm: vm.id, name: vm.name, stats })),
+      pools: () => storage.statuses(),
     });
     events.subscribe({ types: ['migration.completed', 'migration.failed', 'migration.cancelled'] }, (ev) => {
       const role = String(ev.data.role);
@@ -98,6 +104,7 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
     });
     const listing: ClusterListing = {};
     vmRoutes(router, vms, listing);
+    storageRoutes(router, storage, { resizeOnline: (ref, bytes) => vms.resizeVolumeOnline(ref, bytes) });
     // Members are named by id or node name once the cluster runs (it starts after the API).
     let resolveTarget: MemberResolver = async () => {
       throw new NovaError('MIGRATION_TARGET_UNKNOWN', 'the cluster is not running yet; give the target as an address');

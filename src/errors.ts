@@ -75,6 +75,18 @@ export const ERROR_CODES = {
   LOCK_FENCED: { status: 409, message: 'the write\'s fencing token is stale' },
   LOCK_NOT_FOUND: { status: 404, message: 'no such lock' },
   CLUSTER_MEMBER_UNREACHABLE: { status: 502, message: 'the cluster member that has this resource did not answer' },
+  // Storage
+  POOL_NOT_FOUND: { status: 404, message: 'no such pool' },
+  POOL_CONTENT_REFUSED: { status: 422, message: 'the pool does not hold this kind of content' },
+  POOL_FULL: { status: 507, message: 'the pool has no room for this' },
+  VOLUME_NOT_FOUND: { status: 404, message: 'no such volume' },
+  VOLUME_EXISTS: { status: 409, message: 'a volume with this name already exists in the pool' },
+  VOLUME_IN_USE: { status: 409, message: 'the volume is in use' },
+  VOLUME_PATH_REFUSED: { status: 422, message: 'the volume\'s data is not a regular file of its pool' },
+  VOLUME_FORMAT_INVALID: { status: 422, message: 'the image is not what it was declared to be, or names files outside its pool' },
+  VOLUME_CHECKSUM_MISMATCH: { status: 422, message: 'the upload does not match its SHA-256' },
+  VOLUME_CONTENT_MISMATCH: { status: 422, message: 'the volume holds another kind of content' },
+  VOLUME_TENANT_MISMATCH: { status: 403, message: 'the volume belongs to another tenant' },
   // Daemon
   CONFIG_INVALID: { status: 500, message: 'daemon configuration is invalid' },
   SHUTTING_DOWN: { status: 503, message: 'daemon is shutting down' },

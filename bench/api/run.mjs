@@ -174,7 +174,7 @@ async function seed(url, count) {
       const res = await fetch(`${url}/v1/vms`, {
         method: 'POST',
         headers: { 'content-type': 'application/json' },
-        body: JSON.stringify({ name: `bench-${i}`, vcpus: 1 + (i % 8), memoryMiB: 512 * (1 + (i % 4)), disks: [{ name: 'root', sizeMiB: 10240 }], nics: [{ name: 'eth0' }], labels: { app: `app-${i % 50}`, tier: i % 3 ? 'web' : 'db' }, tenant: `t${i % 10}` }),
+        body: JSON.stringify({ name: `bench-${i}`, vcpus: 1 + (i % 8), memoryMiB: 512 * (1 + (i % 4)), disks: [{ name: 'root', sizeMiB: 10240, format: 'raw' }], nics: [{ name: 'eth0' }], labels: { app: `app-${i % 50}`, tier: i % 3 ? 'web' : 'db' }, tenant: `t${i % 10}` }),
       });
       if (res.status !== 201) throw new Error(`seed failed: ${res.status} ${await res.text()}`);
       ids.push((await res.json()).id);

@@ -5,14 +5,13 @@ import { CreateVmRequest } from '../../dist/vm/spec.js';
 
 /**
  * qemu-system-x86_64's arguments for `spec` (as the API takes it; defaults filled in by
- * the same schema), its sockets and serial log in `dir`; unpaused, as no daemon resumes it.
+ * the same schema), its sockets and serial log in `dir`, booting the kernel and initrd
+ * files the daemon's volumes hold; unpaused, as no daemon resumes it.
  */
-export function bareQemuArgs(name, spec, { accel, dir }) {
+export function bareQemuArgs(name, spec, { accel, dir, kernel, initrd }) {
   const { name: _, ...parsed } = CreateVmRequest.parse({ name, ...spec });
   const now = new Date().toISOString();
   const vm = { id: `vm-bench-${name}`, name, spec: parsed, state: 'stopped', node: 'bench', generation: 1, createdAt: now, updatedAt: now };
-  const diskFile = () => {
-    throw new Error('bench guests have no disks');
-  };
-  return qemuArgs(vm, { accel, dir, diskFile, hugepagesPath: '/dev/hugepages' }).filter((a) => a !== '-S');
+  if (parsed.disks.length > 0) throw new Error('bench guests have no disks');
+  return qemuArgs(vm, { accel, dir, media: { disks: [], kernel, initrd }, hugepagesPath: '/dev/hugepages' }).filter((a) => a !== '-S');
 }

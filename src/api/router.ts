@@ -14,6 +14,9 @@ export interface ApiRequest {
   body: unknown;
   /** The caller's credentials and content headers (routes declared with `callerHeaders` only). */
   callerHeaders?: Record<string, string>;
+  /** The raw body, streamed (routes declared with `stream: true` only), and its declared length. */
+  stream?: AsyncIterable<Buffer>;
+  contentLength?: number;
 }
 
 export interface ApiReply {
@@ -23,6 +26,8 @@ export interface ApiReply {
   rawJson?: string;
   /** Non-JSON body (e.g. Prometheus text) with its content type. */
   text?: { body: string; contentType: string };
+  /** A streamed body of exactly `size` bytes (a volume download). */
+  stream?: { body: import('node:stream').Readable; size: number; contentType: string };
   headers?: Record<string, string>;
 }
 
@@ -31,6 +36,8 @@ export type Handler = (req: ApiRequest) => ApiReply | Promise<ApiReply>;
 export interface RouteOptions {
   /** The route takes a JSON body (Content-Type checked, size-limited, parsed). */
   body?: boolean;
+  /** The route takes a raw body of any size as a stream (`req.stream`); the handler bounds it. */
+  stream?: boolean;
   /** Reachable without the API token (health probes). */
   public?: boolean;
   /**

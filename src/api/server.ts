@@ -11,6 +11,7 @@ import { NovaError, toErrorBody } from '../errors.js';
 import { ANSWERED_BY, FORWARDED_BY, NOT_HERE, type ForwardKind, type ForwardRequest, type Forwarder } from './forwarding.js';
 import type { ApiReply, ApiRequest, Route, Router } from './router.js';
 import { parseJsonBody } from './json-body.js';
+import { BodyStream, sendStream } from './streams.js';
 import { relayTarget } from './ws-relay.js';
 import { loadUws, type UWS } from './uws.js';
 import type { Metrics } from '../telemetry/metrics.js';
@@ -185,6 +186,7 @@ export class ApiServer {
     const capture = (): ForwardRequest | undefined =>
       forwardable && req.getHeader(FORWARDED_BY) === '' ? { method, url: query ? `${path}?${query}` : path, headers: forwardHeaders(req) } : undefined;
 
+    if (route.stream) return this.#runStreaming(x, route, request, req, res);
     if (!route.body) return this.#run(x, route, request, forwardable ? capture : undefined);
 
     // JSON body: check type and declared size up front, then stream with a hard cap.
@@ -224,6 +226,19 @@ export class ApiServer {
       }
       this.#run(x, route, request, fwd && (() => fwd));
     });
+  }
+
+  /** A raw streamed body: the handler reads it as it arrives (uWS pauses the socket while it lags). */
+  #runStreaming(x: Exchange, route: Route, request: Request, req: UWS.HttpRequest, res: UWS.HttpResponse): void {
+    const contentLength = req.getHeader('content-length');
+    const declared = contentLength === '' ? undefined : Number(contentLength);
+    if (declared !== undefined && !Number.isSafeInteger(declared)) return x.fail(new NovaError('VALIDATION_FAILED', 'invalid Content-Length'));
+    const body = new BodyStream(res);
+    x.watchAbort(() => body.fail(new NovaError('VALIDATION_FAILED', 'the client went away mid-upload')));
+    request.stream = body;
+    if (declared !== undefined) request.contentLength = declared;
+    res.onData((chunk, isLast) => body.push(chunk, isLast));
+    this.#run(x, route, request);
   }
 
   /**
@@ -294,6 +309,8 @@ const METHODS: Record<string, string> = { get: 'GET', post: 'POST', put: 'PUT', 
 class Request implements ApiRequest {
   body: unknown = undefined;
   callerHeaders?: Record<string, string>;
+  stream?: AsyncIterable<Buffer>;
+  contentLength?: number;
   #rawQuery: string;
   #query: URLSearchParams | undefined;
 
@@ -325,17 +342,24 @@ class Exchange {
     private readonly log: Logger,
   ) {}
 
+  #onAbort: Array<() => void> = [];
+  aborted = false;
+
   /** Must be called before the handler returns whenever the reply is written later. */
-  watchAbort(): void {
+  watchAbort(then?: () => void): void {
+    if (then) this.#onAbort.push(then);
     if (this.#watching) return;
     this.#watching = true;
     this.res.onAborted(() => {
       this.finished = true;
+      this.aborted = true;
+      for (const fn of this.#onAbort.splice(0)) fn();
     });
   }
 
   send(reply: ApiReply): void {
     if (this.finished) return;
+    if (reply.stream) return this.#sendStream(reply, reply.stream);
     this.finished = true;
     const body = reply.rawJson ?? (reply.text ? reply.text.body : reply.json === undefined ? '' : JSON.stringify(reply.json));
     const res = this.res;
@@ -349,6 +373,23 @@ class Exchange {
     if (this.#watching) res.cork(write);
     else write();
     this.stats.observe(reply.status, (performance.now() - this.#started) / 1000);
+  }
+
+  /** Headers now, then the body as the socket takes it; a failure mid-body closes the connection. */
+  #sendStream(reply: ApiReply, stream: NonNullable<ApiReply['stream']>): void {
+    this.finished = true;
+    this.watchAbort();
+    const res = this.res;
+    res.cork(() => {
+      res.writeStatus(statusLine(reply.status));
+      res.writeHeader('content-type', stream.contentType);
+      if (reply.headers) for (const k in reply.headers) res.writeHeader(k, reply.headers[k]!);
+    });
+    this.stats.observe(reply.status, (performance.now() - this.#started) / 1000);
+    sendStream(res, stream.size, stream.body, () => this.aborted, (fn) => this.#onAbort.push(fn)).catch((err) => {
+      this.log.warn({ err, route: this.stats.route }, 'streamed response failed');
+      if (!this.aborted) res.close();
+    });
   }
 
   fail(err: unknown): void {

@@ -14,6 +14,7 @@ import type { MigrationRecord } from '../migration/record.js';
 import type { VmRecord } from '../vm/record.js';
 import { VERSION } from '../version.js';
 import { addClusterCommands } from './cluster-commands.js';
+import { addStorageCommands, fmtBytes } from './storage-commands.js';
 
 interface GlobalOpts {
   url: string;
@@ -98,7 +99,7 @@ export function buildProgram(): Command {
         { state: v.state + (v.stateReason ? ` (${v.stateReason})` : '') },
         { vcpus: String(v.spec.vcpus) },
         { memory: `${v.spec.memoryMiB} MiB` },
-        { disks: v.spec.disks.map((d) => `${d.name}:${d.sizeMiB ?? '-'}MiB:${d.format}`).join(', ') || '-' },
+        { disks: v.spec.disks.map((d) => `${d.name}:${d.volume ?? `${d.pool}/${v.id}-${d.name}${d.sizeMiB ? ` (${d.sizeMiB} MiB)` : ''}`}`).join(', ') || '-' },
         { nics: v.spec.nics.map((n) => `${n.name}:${n.mode}`).join(', ') || '-' },
         { boot: v.spec.boot.type },
         { labels: Object.entries(v.spec.labels).map(([k, val]) => `${k}=${val}`).join(', ') || '-' },
@@ -116,9 +117,11 @@ export function buildProgram(): Command {
     .option('--name <name>', 'VM name (DNS label)')
     .option('--vcpus <n>', 'virtual CPUs')
     .option('--memory <MiB>', 'memory in MiB')
-    .option('--disk <name:sizeMiB[:format]>', 'a new disk (repeatable)', collect)
-    .option('--kernel <path>', 'direct kernel boot: kernel image')
-    .option('--initrd <path>', 'direct kernel boot: initramfs')
+    .option('--disk <name:sizeMiB[:format[:pool]]>', 'a new disk, a volume made with the VM (repeatable)', collect)
+    .option('--attach <name=pool/volume>', 'an existing volume as a disk (repeatable)', collect)
+    .option('--kernel <pool/volume>', 'direct kernel boot: kernel volume')
+    .option('--initrd <pool/volume>', 'direct kernel boot: initramfs volume')
+    .option('--cdrom <pool/volume>', 'an ISO volume as CD-ROM')
     .option('--cmdline <args>', 'direct kernel boot: kernel command line')
     .option('--label <key=value>', 'label (repeatable)', collect)
     .option('--tenant <tenant>', 'tenant')
@@ -127,12 +130,19 @@ export function buildProgram(): Command {
       if (opts.name) spec.name = opts.name;
       if (opts.vcpus) spec.vcpus = toInt(opts.vcpus, '--vcpus');
       if (opts.memory) spec.memoryMiB = toInt(opts.memory, '--memory');
-      if (opts.disk) {
-        spec.disks = (opts.disk as string[]).map((d) => {
-          const [name, size, format] = d.split(':');
-          return { name, sizeMiB: toInt(size ?? '', '--disk size'), ...(format ? { format } : {}) };
-        });
+      if (opts.disk || opts.attach) {
+        spec.disks = [
+          ...((opts.disk as string[] | undefined) ?? []).map((d) => {
+            const [name, size, format, pool] = d.split(':');
+            return { name, sizeMiB: toInt(size ?? '', '--disk size'), ...(format ? { format } : {}), ...(pool ? { pool } : {}) };
+          }),
+          ...((opts.attach as string[] | undefined) ?? []).map((a) => {
+            const [name, volume] = a.split('=', 2);
+            return { name, volume };
+          }),
+        ];
       }
+      if (opts.cdrom) spec.cdrom = opts.cdrom;
       if (opts.kernel) spec.boot = { type: 'kernel', kernel: opts.kernel, ...(opts.initrd ? { initrd: opts.initrd } : {}), ...(opts.cmdline ? { cmdline: opts.cmdline } : {}) };
       if (opts.label) spec.labels = Object.fromEntries((opts.label as string[]).map((l) => l.split('=', 2)));
       if (opts.tenant) spec.tenant = opts.tenant;
@@ -235,17 +245,8 @@ export function buildProgram(): Command {
     });
 
   addClusterCommands(program, client, json);
+  addStorageCommands(program, client, json);
   return program;
-}
-
-function fmtBytes(n: number): string {
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
-  let i = 0;
-  while (n >= 1024 && i < units.length - 1) {
-    n /= 1024;
-    i++;
-  }
-  return `${n.toFixed(i === 0 ? 0 : 1)} ${units[i]}`;
 }
 
 function fmtMs(ms: number): string {

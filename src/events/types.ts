@@ -3,6 +3,7 @@ export const EVENT_TYPES = [
   'vm.created', 'vm.updated', 'vm.deleted', 'vm.state', 'vm.snapshot',
   'operation.started', 'operation.progress', 'operation.succeeded', 'operation.failed',
   'vm.migrated', 'migration.started', 'migration.progress', 'migration.completed', 'migration.failed', 'migration.cancelled',
+  'volume.created', 'volume.updated', 'volume.deleted', 'volume.progress',
 ] as const;
 export type EventType = (typeof EVENT_TYPES)[number];
 

@@ -1,21 +1,22 @@
 /**
- * Cold migration: a stopped VM moves with its files (disk images it owns, its
- * checkpoint — so checkpoint + cold migration is a suspend-to-disk move) over the same
- * transport, one channel per file. The destination records the VM once every file has
- * arrived whole; only then are the source's copies deleted. On failure or cancel the VM
- * stays here, stopped, untouched.
+ * Cold migration: a stopped VM moves with its files (the volumes of its disks in local
+ * pools, its checkpoint — so checkpoint + cold migration is a suspend-to-disk move) over
+ * the same transport, one channel per file. The destination records the VM once every
+ * file has arrived whole; only then are the source's copies deleted. On failure or
+ * cancel the VM stays here, stopped, untouched.
  */
 import { createReadStream, statSync } from 'node:fs';
+import { basename } from 'node:path';
+import type { VmRecord } from '../vm/record.js';
+import type { VmStorage } from '../vm/media.js';
+import { volumesToCarry, type OfferedVolume } from './volumes.js';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { HypervisorDriver } from '../vm/driver.js';
 import { SourceMigration, type SourceDeps } from './source-migration.js';
 import type { MigrationRecord } from './record.js';
 import { LinkBucket } from '../native/miglink.js';
 import { ChannelKind, encodeHeader, FrameType } from './wire.js';
 
-export interface ColdDeps extends SourceDeps {
-  driver: HypervisorDriver;
-}
+export type ColdDeps = SourceDeps;
 
 const CHUNK = 1 << 20;
 const HIGH_WATER = 8 << 20;
@@ -30,25 +31,32 @@ export class ColdMigration extends SourceMigration {
     this.#deps = deps;
   }
 
-  /** Lists the files that move, with their sizes. */
-  static files(driver: HypervisorDriver, vm: Parameters<NonNullable<HypervisorDriver['vmFiles']>>[0]): Array<{ name: string; path: string; size: number }> {
-    return (driver.vmFiles?.(vm) ?? []).map((f) => ({ ...f, size: statSync(f.path).size }));
+  /** The files that move, with their sizes: each carried volume's (`volume-N`), and the checkpoint. */
+  static files(storage: VmStorage, vm: VmRecord): { files: Array<{ name: string; path: string; size: number; volume?: string }>; volumes: OfferedVolume[] } {
+    const volumes = volumesToCarry(storage, vm);
+    const files: Array<{ name: string; path: string; size: number; volume?: string }> = volumes.map((v, i) => {
+      const path = storage.storage.open(v.ref, { tenant: vm.spec.tenant, content: ['disk'], write: false }).target.path;
+      return { name: `volume-${i}`, path, size: statSync(path).size, volume: v.ref };
+    });
+    if (vm.checkpoint) files.push({ name: basename(vm.checkpoint.path), path: vm.checkpoint.path, size: statSync(vm.checkpoint.path).size });
+    return { files, volumes };
   }
 
   /** Runs to the end; never throws (the outcome is in the record). */
   async run(release: () => void): Promise<void> {
-    const { vms, driver } = this.#deps;
+    const { vms } = this.#deps;
     const vmId = this.rec.vmId;
     const t0 = performance.now();
     try {
       const vm = vms.get(vmId);
-      const files = ColdMigration.files(driver, vm);
+      const { files, volumes } = ColdMigration.files(vms.storage, vm);
       await this.update({ phase: 'prepare', progress: { ...this.rec.progress, totalBytes: files.reduce((n, f) => n + f.size, 0), remainingBytes: files.reduce((n, f) => n + f.size, 0) } });
       const ck = vm.checkpoint && files.find((f) => f.path === vm.checkpoint!.path);
       const offer = await this.peer.offer({
         mode: 'cold', migrationId: this.rec.id, source: this.#deps.nodeId,
         vm: { id: vm.id, name: vm.name, spec: vm.spec, ...(ck ? { checkpoint: { file: ck.name, createdAt: vm.checkpoint!.createdAt, sizeBytes: vm.checkpoint!.sizeBytes } } : {}) },
-        files: files.map(({ name, size }) => ({ name, size })),
+        files: files.map(({ name, size, volume }) => ({ name, size, ...(volume ? { volume } : {}) })),
+        volumes,
       });
       this.check();
       const sock = await this.peer.connect(offer);
@@ -84,8 +92,7 @@ export class ColdMigration extends SourceMigration {
       await this.peer.awaitConfirmed(ARRIVAL_TIMEOUT_MS, 'the files arrived');
       await this.update({ phase: 'cleanup' });
       this.peer.close();
-      // The destination owns the VM now; its files here are a stale copy.
-      await driver.destroy(vm, { keepDisks: false }).catch((err) => this.#deps.log.error({ err, vmId }, 'removing the migrated-away VM files failed'));
+      // The destination owns the VM now; the record, the VM's files and carried volumes here go.
       await this.settleSuccess({});
     } catch (err) {
       const error = await this.errorOf(err);

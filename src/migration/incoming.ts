@@ -17,6 +17,8 @@ import type { MigrationBook } from './book.js';
 import { FileReceiver } from './file-receiver.js';
 import { emptyProgress, type MigrationRecord } from './record.js';
 import type { IncomingOffer } from './peer.js';
+import { checkOffered, makeArriving, OfferedVolume } from './volumes.js';
+import { VolumeRef } from '../storage/model.js';
 import { controlFrame, FrameReader, FrameType, TRANSPORT_VERSION, type ControlMessage, type Frame } from './wire.js';
 
 const offered = {
@@ -29,6 +31,8 @@ const offered = {
     /** A checkpoint travelling with a stopped VM (its file is one of `files`). */
     checkpoint: z.strictObject({ file: z.string().max(255), createdAt: z.string().max(64), sizeBytes: z.int().min(0) }).optional(),
   }),
+  /** The volumes that travel with the VM (its disks in local pools). */
+  volumes: z.array(OfferedVolume).max(32).default([]),
 };
 
 export const IncomingRequest = z.discriminatedUnion('mode', [
@@ -39,13 +43,12 @@ export const IncomingRequest = z.discriminatedUnion('mode', [
     cachePages: z.int().min(1).max(1 << 20),
     /** Codec shards (parallel encoders) the source uses; the decoder must match. */
     shards: z.int().min(1).max(64),
-    /** Local disks the source mirrors here while the VM runs (live storage migration). */
-    storage: z.array(z.string().min(1).max(63)).max(32).optional(),
   }),
   z.strictObject({
     mode: z.literal('cold'),
     ...offered,
-    files: z.array(z.strictObject({ name: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$/), size: z.int().min(0) })).max(64),
+    /** Each carried volume's content (`volume` names it) and the checkpoint. */
+    files: z.array(z.strictObject({ name: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$/), size: z.int().min(0), volume: VolumeRef.optional() })).max(64),
   }),
 ]);
 export type IncomingRequest = z.infer<typeof IncomingRequest>;
@@ -67,7 +70,12 @@ interface Pending {
   /** Set once the source's control connection said hello: aborts and tells the source why. */
   abort?: (err: NovaError) => void;
   live?: { socketPath: string; runtime: Record<string, unknown>; link?: DestLink; nbdSocket?: string };
-  cold?: { files: Array<{ name: string; size: number }>; checkpoint?: { file: string; createdAt: string; sizeBytes: number } };
+  cold?: {
+    files: Array<{ name: string; size: number }>;
+    checkpoint?: { file: string; createdAt: string; sizeBytes: number };
+    /** Where each volume file is written until the VM has arrived (file name → staged write). */
+    staged: Map<string, { path: string; commit: () => Promise<void>; abort: () => Promise<void> }>;
+  };
 }
 
 export interface IncomingDeps {
@@ -112,7 +120,12 @@ export class IncomingMigrations {
     const { vms, book, driver } = this.#deps;
     const migration = this.#deps.migration;
     if (req.mode === 'live' && !migration) throw new NovaError('MIGRATION_UNSUPPORTED', `the ${driver.name} driver cannot receive live migrations`);
-    if (req.mode === 'cold' && req.files.length > 0 && !driver.vmFilePath) throw new NovaError('MIGRATION_UNSUPPORTED', `the ${driver.name} driver cannot receive VM files`);
+    if (req.mode === 'cold' && req.vm.checkpoint && !driver.vmFilePath) throw new NovaError('MIGRATION_UNSUPPORTED', `the ${driver.name} driver cannot receive a checkpoint`);
+    const arriving = checkOffered(vms.storage, req.vm.id, req.vm.spec, req.volumes);
+    if (req.mode === 'cold') {
+      const sent = new Set(req.files.flatMap((f) => (f.volume ? [f.volume] : [])));
+      if (sent.size !== arriving.size || [...arriving].some((r) => !sent.has(r))) throw new NovaError('MIGRATION_PROTOCOL', 'a cold migration must send one file per offered volume');
+    }
     const now = new Date().toISOString();
     let rec: MigrationRecord = {
       id: req.migrationId, mode: req.mode, vmId: req.vm.id, vmName: req.vm.name, role: 'destination', peer: req.source, state: 'running', phase: 'prepare',
@@ -120,20 +133,21 @@ export class IncomingMigrations {
     };
     book.track(rec);
     const { checkpoint, ...offeredVm } = req.vm;
-    const { vm, release } = await vms.adoptIncoming(offeredVm, { migrationId: rec.id, source: req.source }, [book.event(rec, 'migration.started')]);
+    const { vm, release } = await vms.adoptIncoming(offeredVm, { migrationId: rec.id, source: req.source }, [book.event(rec, 'migration.started')], arriving);
     const token = randomBytes(24);
     const p: Pending = { rec, token, release, settled: false };
     if (req.mode === 'live') {
       try {
+        await makeArriving(vms.storage, vm, req.volumes, true);
         const prepared = await migration!.prepareIncoming(vm, req.channels);
         p.live = prepared;
         p.live.link = new DestLink(
           { bindHost: this.#deps.host, ...(this.#deps.dataPorts ? { ports: this.#deps.dataPorts } : {}), qemuSocket: prepared.socketPath, token, capacityPages: req.cachePages, shards: req.shards },
           (err) => this.#linkFailed(p, err),
         );
-        if (req.storage && req.storage.length > 0) {
+        if (req.volumes.length > 0) {
           if (!migration!.storage) throw new NovaError('MIGRATION_UNSUPPORTED', `the ${driver.name} driver cannot receive disks of a running VM`);
-          p.live.nbdSocket = await migration!.storage.exportDisks(vm.id, req.storage);
+          p.live.nbdSocket = await migration!.storage.exportDisks(vm.id, req.volumes.map((v) => v.disk));
         }
       } catch (err) {
         p.live?.link?.close();
@@ -147,7 +161,18 @@ export class IncomingMigrations {
         throw new NovaError('MIGRATION_FAILED', `destination QEMU could not be prepared: ${(err as Error).message}`);
       }
     } else {
-      p.cold = { files: req.files, ...(checkpoint ? { checkpoint } : {}) };
+      const staged = new Map<string, { path: string; commit: () => Promise<void>; abort: () => Promise<void> }>();
+      try {
+        await makeArriving(vms.storage, vm, req.volumes, false);
+        for (const f of req.files) if (f.volume) staged.set(f.name, await vms.storage.storage.stageReceive(f.volume));
+      } catch (err) {
+        for (const s of staged.values()) await s.abort();
+        rec = book.finished(rec, 'failed', { code: err instanceof NovaError ? err.code : 'MIGRATION_FAILED', message: (err as Error).message });
+        await vms.incomingAbandoned(vm.id, [book.op(rec)], [book.event(rec, 'migration.failed')]);
+        release();
+        throw err;
+      }
+      p.cold = { files: req.files, staged, ...(checkpoint ? { checkpoint } : {}) };
     }
     p.rec = rec = { ...rec, phase: req.mode === 'live' ? 'precopy' : 'copy' };
     await book.save(rec);
@@ -286,14 +311,15 @@ export class IncomingMigrations {
     const cold = p.cold!;
     const receiver: FileReceiver = new FileReceiver({
       files: cold.files,
-      pathOf: (name) => driver.vmFilePath!(p.rec.vmId, name),
+      pathOf: (name) => cold.staged.get(name)?.path ?? driver.vmFilePath!(p.rec.vmId, name),
       pauseTransport: (pause) => (pause ? sock.pause() : sock.resume()),
       onError: (err) => abort(err instanceof NovaError ? err : new NovaError('MIGRATION_FAILED', err.message)),
       onDone: () => {
         if (p.settled) return;
         const ck = cold.checkpoint;
         const checkpoint = ck ? { path: driver.vmFilePath!(p.rec.vmId, ck.file), createdAt: ck.createdAt, sizeBytes: ck.sizeBytes } : undefined;
-        this.#arrived(p, receiver.stats, { to: 'stopped', ...(checkpoint ? { checkpoint } : {}) })
+        Promise.all([...cold.staged.values()].map((s) => s.commit()))
+          .then(() => this.#arrived(p, receiver.stats, { to: 'stopped', ...(checkpoint ? { checkpoint } : {}) }))
           .then(() => {
             for (const b of controlFrame({ type: 'arrived', at: Date.now() })) sock.write(b);
           })
@@ -328,6 +354,7 @@ export class IncomingMigrations {
     book.track(done);
     try {
       await driver.stop(p.rec.vmId).catch(() => undefined);
+      for (const s of p.cold?.staged.values() ?? []) await s.abort().catch(() => undefined);
       await vms.incomingAbandoned(p.rec.vmId, [book.op(done)], [book.event(done, 'migration.failed', { error: done.error })]);
     } catch (e) {
       this.#deps.log.error({ err: e, vmId: p.rec.vmId }, 'cleaning up an abandoned incoming migration failed');

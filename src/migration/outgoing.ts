@@ -8,7 +8,7 @@ import { NovaError } from '../errors.js';
 import { DEFAULT_SHARDS } from '../native/memdelta.js';
 import { LinkBucket, SourceLink, type LinkFaults } from '../native/miglink.js';
 import type { HypervisorDriver, LiveMigration, MigrationProgress, MirroredDisk } from '../vm/driver.js';
-import { usedInPlace, type VmSpec } from '../vm/spec.js';
+import { mirroredDisks, volumesToCarry } from './volumes.js';
 import { NbdTunnel } from './nbd-tunnel.js';
 import type { MigrationRecord } from './record.js';
 import { SourceMigration, type SourceDeps } from './source-migration.js';
@@ -28,11 +28,6 @@ const PROGRESS_EVERY_MS = 500;
 const RESUME_TIMEOUT_MS = 60_000;
 /** The guest is paused while the mirrors copy their last writes. */
 const MIRROR_FINISH_TIMEOUT_MS = 30_000;
-
-/** Disks that live on this host only (not a shared image used in place): they must be copied. */
-export function localDisks(spec: VmSpec): MirroredDisk[] {
-  return spec.disks.filter((d) => !d.readOnly && !usedInPlace(d)).map((d) => ({ name: d.name, sync: d.clone ? 'top' : 'full' }));
-}
 
 export class OutgoingMigration extends SourceMigration {
   #deps: OutgoingDeps;
@@ -57,11 +52,11 @@ export class OutgoingMigration extends SourceMigration {
     try {
       await this.update({ phase: 'prepare', timings: { planMs: Date.now() - Date.parse(this.rec.createdAt) } });
       const vm = vms.get(vmId);
-      const disks = localDisks(vm.spec);
+      const volumes = volumesToCarry(vms.storage, vm);
+      const disks = mirroredDisks(volumes);
       const offer = await this.peer.offer({
         migrationId: this.rec.id, source: this.#deps.nodeId, vm: { id: vm.id, name: vm.name, spec: vm.spec },
-        mode: 'live', channels: this.rec.policy.channels, cachePages, shards: DEFAULT_SHARDS,
-        ...(disks.length > 0 ? { storage: disks.map((d) => d.name) } : {}),
+        mode: 'live', channels: this.rec.policy.channels, cachePages, shards: DEFAULT_SHARDS, volumes,
       });
       this.check();
       await this.peer.connect(offer);

@@ -17,7 +17,8 @@ import type { VmService } from '../vm/service.js';
 import { MigrationBook } from './book.js';
 import { IncomingMigrations, type IncomingRequest } from './incoming.js';
 import { ColdMigration } from './cold.js';
-import { OutgoingMigration, localDisks } from './outgoing.js';
+import { OutgoingMigration } from './outgoing.js';
+import { volumesToCarry } from './volumes.js';
 import type { IncomingOffer } from './peer.js';
 import { predict, type Prediction } from './predict.js';
 import { emptyProgress, type MigrateRequest, type MigrationRecord } from './record.js';
@@ -119,7 +120,7 @@ export class MigrationService {
 
   /** A stopped VM moves with its files; the "prediction" is the copy at the link's speed. */
   async #migrateCold(vm: VmRecord, req: MigrateRequest): Promise<{ started: boolean; migration?: MigrationRecord; prediction: Prediction }> {
-    const files = ColdMigration.files(this.#deps.driver, vm);
+    const { files } = ColdMigration.files(this.#deps.vms.storage, vm);
     const bytes = files.reduce((n, f) => n + f.size, 0);
     const prediction = predict({
       memoryBytes: bytes, dirtyBytesPerSec: 0, firstRatio: 1, resendRatio: 1,
@@ -129,8 +130,8 @@ export class MigrationService {
     if (req.dryRun) return { started: false, prediction };
     const { rec, release } = await this.#begin(vm, 'cold', req, prediction);
     const { target } = req;
-    const { vms, driver, log, nodeId, apiToken } = this.#deps;
-    const out = new ColdMigration({ vms, driver, book: this.#book, log, nodeId, ...(apiToken ? { apiToken } : {}) }, rec, target);
+    const { vms, log, nodeId, apiToken } = this.#deps;
+    const out = new ColdMigration({ vms, book: this.#book, log, nodeId, ...(apiToken ? { apiToken } : {}) }, rec, target);
     this.#track(out, out.run(release));
     return { started: true, migration: rec, prediction };
   }
@@ -184,9 +185,9 @@ export class MigrationService {
   #requireSupport(vm: VmRecord): LiveMigration {
     const migration = this.#deps.driver.migration;
     if (!migration) throw new NovaError('MIGRATION_UNSUPPORTED', `the ${this.#deps.driver.name} driver cannot live-migrate VMs`);
-    const local = localDisks(vm.spec);
+    const local = volumesToCarry(this.#deps.vms.storage, vm);
     if (local.length > 0 && !migration.storage) {
-      throw new NovaError('MIGRATION_UNSUPPORTED', `VM "${vm.name}" has local disks (${local.map((d) => d.name).join(', ')}) and the ${this.#deps.driver.name} driver cannot copy disks of a running VM — use shared images or cold migration`);
+      throw new NovaError('MIGRATION_UNSUPPORTED', `VM "${vm.name}" has disks in local pools (${local.map((d) => d.disk).join(', ')}) and the ${this.#deps.driver.name} driver cannot copy disks of a running VM — use a shared pool or cold migration`);
     }
     return migration;
   }
@@ -248,7 +249,7 @@ export class MigrationService {
       raw += pages.length;
     }
     const resendRatio = raw > 0 ? raw / Math.max(1, wire) : firstRatio;
-    const disks = localDisks(vm.spec).map((d) => d.name);
+    const disks = volumesToCarry(this.#deps.vms.storage, vm).map((d) => d.disk);
     const diskBytes = disks.length > 0 && migration.storage ? await migration.storage.allocatedBytes(vm.id, disks) : 0;
     return predict({
       memoryBytes: Math.round(memoryBytes * nonZeroFraction),

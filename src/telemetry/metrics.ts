@@ -7,6 +7,7 @@ export interface MetricSources {
   lastEventSeq: () => number;
   /** Per-VM resource usage, sampled at scrape time. */
   vmStats?: () => Promise<Array<{ vm: string; name: string; stats: import('../vm/driver.js').VmStats }>>;
+  pools?: () => Promise<Array<{ pool: string; mediaClass: string; status: import('../storage/model.js').PoolStatus }>>;
 }
 
 export class Metrics {
@@ -74,6 +75,24 @@ export class Metrics {
         perVm('novacron_vm_disk_write_bytes', 'Bytes written by the guest, per disk', ['vm', 'name', 'disk'], (g, rows) => {
           for (const r of rows) for (const d of r.stats.disks) g.set({ vm: r.vm, name: r.name, disk: d.name }, d.writeBytes);
         });
+      }
+      if (sources.pools) {
+        const sample = sources.pools;
+        let last: ReturnType<typeof sample> | undefined;
+        const current = () => (last ??= sample().finally(() => setImmediate(() => (last = undefined))));
+        const field = (name: string, help: string, key: keyof import('../storage/model.js').PoolStatus) =>
+          new Gauge({
+            name, help, labelNames: ['pool', 'media_class'], registers: [this.registry],
+            async collect() {
+              this.reset();
+              for (const p of await current()) this.set({ pool: p.pool, media_class: p.mediaClass }, p.status[key]);
+            },
+          });
+        field('novacron_pool_capacity_bytes', 'Pool capacity', 'capacityBytes');
+        field('novacron_pool_allocated_bytes', 'Sum of the virtual sizes of the pool\'s volumes', 'allocatedBytes');
+        field('novacron_pool_used_bytes', 'Bytes the pool\'s volumes take on disk', 'usedBytes');
+        field('novacron_pool_free_bytes', 'Bytes the pool can still take', 'freeBytes');
+        field('novacron_pool_volumes', 'Volumes in the pool', 'volumes');
       }
       new Gauge({
         name: 'novacron_events_last_seq',

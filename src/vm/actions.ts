@@ -7,6 +7,7 @@
 import { NovaError } from '../errors.js';
 import type { OperationKind } from '../operations/operation.js';
 import type { HypervisorDriver } from './driver.js';
+import type { VmStorage } from './media.js';
 import type { VmRecord } from './record.js';
 import type { VmState } from './state.js';
 
@@ -23,6 +24,8 @@ export interface ActionOptions {
 export interface ActionContext {
   vm: VmRecord;
   driver: HypervisorDriver;
+  /** The VM's volumes (delete removes the ones it owns). */
+  storage: VmStorage;
   opts: ActionOptions;
   /** Default ACPI shutdown timeout. */
   shutdownTimeoutMs: number;
@@ -129,14 +132,17 @@ export const ACTIONS: Record<OperationKind, ActionHandler> = {
   delete: {
     from: ['stopped', 'error', 'pending'],
     during: 'deleting',
-    async run({ vm, driver, opts, step }) {
+    async run({ vm, driver, storage, opts, step }) {
+      const keepDisks = opts.keepDisks ?? false;
+      storage.assertReleasable(vm, { keepDisks });
       if (FORCED_DELETE_FROM.includes(vm.state)) {
         await step('stopping');
         await driver.stop(vm.id);
         await step('stopped');
         await step('deleting');
       }
-      await driver.destroy(vm, { keepDisks: opts.keepDisks ?? false });
+      await driver.destroy(vm);
+      await storage.release(vm, { keepDisks });
       return { removed: true };
     },
   },

@@ -17,6 +17,35 @@ import type { VmSpec } from './spec.js';
 
 export type DriverName = 'sim' | 'qemu';
 
+/** A disk as the hypervisor opens it: a volume resolved and checked by the storage service. */
+export interface DiskMedia {
+  name: string;
+  path: string;
+  /** Always explicit: QEMU never probes a volume's format. */
+  format: 'qcow2' | 'raw';
+  bus: 'virtio' | 'scsi' | 'ide';
+  readOnly: boolean;
+  /** The volume, `pool/name`. */
+  ref: string;
+  /** Made with the VM. */
+  owned: boolean;
+  /** A qcow2 overlay on a base volume (a migration copies only the overlay's own data). */
+  backed: boolean;
+  /** In a pool every host sees (a migration copies nothing). */
+  shared: boolean;
+}
+
+/** Everything a VM's hypervisor process opens, resolved from its spec's volumes. */
+export interface VmMedia {
+  disks: DiskMedia[];
+  cdrom?: string;
+  kernel?: string;
+  initrd?: string;
+}
+
+/** Resolves a VM's volumes for its hypervisor (VmStorage.media: every open checked). */
+export type MediaResolver = (vm: VmRecord) => VmMedia;
+
 export interface DriverInstanceState {
   /** What the hypervisor says the guest is doing. */
   status: 'running' | 'paused' | 'stopped';
@@ -40,7 +69,7 @@ export interface HypervisorDriver {
   /** Emits 'event' with a DriverEvent. */
   readonly events: EventEmitter;
   /**
-   * Host-specific problems with a spec (missing kernel, more memory than the host has),
+   * Host-specific problems with a spec (more memory than the host has, no hugetlbfs),
    * checked before anything is created; each entry is a human-readable problem (→ 422).
    */
   validate?(spec: VmSpec): string[];
@@ -48,27 +77,23 @@ export interface HypervisorDriver {
   consoleSocket?(vmId: string): string | undefined;
   /** Path of the unix socket of the VM's VNC server, if it has one now. */
   vncSocket?(vmId: string): string | undefined;
-  /** Prepares resources for a new VM (disk images...). */
+  /** Prepares what the hypervisor keeps for a new VM (its directory); its volumes exist already. */
   create(vm: VmRecord): Promise<void>;
   /** Starts the VM; with `restoreFrom`, from a checkpoint file instead of a cold boot. */
   start(vm: VmRecord, opts?: { restoreFrom?: string }): Promise<DriverInstanceState>;
   /** Saves RAM and device state to `path`, then ends the VM process. */
   checkpoint?(vmId: string, path: string): Promise<{ sizeBytes: number }>;
-  /** Adds a disk to a VM's hardware; `running` asks for a hot-plug. */
-  attachDisk?(vm: VmRecord, disk: import('./spec.js').DiskSpec, running: boolean): Promise<void>;
+  /** Adds a disk (its volume exists) to a VM's hardware; `running` asks for a hot-plug. */
+  attachDisk?(vm: VmRecord, disk: DiskMedia, running: boolean): Promise<void>;
+  /** Grows a disk of a running VM to `sizeBytes` (the guest sees the new size). */
+  resizeDisk?(vmId: string, disk: string, sizeBytes: number): Promise<void>;
   /** Resource usage of a running VM, or undefined when it is not running. */
   stats?(vmId: string): Promise<VmStats | undefined>;
   /** Internal disk snapshots (qcow2); absent when the driver has none. */
   snapshots?: DiskSnapshots;
   /** Where this driver keeps a VM's checkpoint file. */
   checkpointPath?(vmId: string): string;
-  /**
-   * The files that make up a stopped VM on this host and move with it in a cold
-   * migration: disk images the driver created (not images used in place) and its
-   * checkpoint. Names are plain file names, unique per VM.
-   */
-  vmFiles?(vm: VmRecord): Array<{ name: string; path: string }>;
-  /** Where this host keeps file `name` of VM `vmId` (its directory is created). */
+  /** Where this host keeps file `name` of VM `vmId` (its directory is created): a checkpoint arriving by migration. */
   vmFilePath?(vmId: string, name: string): string;
   /** Live migration primitives; absent when the driver cannot migrate running VMs. */
   migration?: LiveMigration;
@@ -80,18 +105,13 @@ export interface HypervisorDriver {
   resume(vmId: string): Promise<void>;
   reboot(vmId: string): Promise<void>;
   /**
-   * Removes what the driver made for the VM (stopping it first if it still runs). With
-   * `keepDisks`, the disk images (and the VM's directory) stay; everything else goes.
+   * Removes what the driver made for the VM (stopping it first if it still runs): its
+   * directory, checkpoint, sockets and logs. Volumes are the storage service's.
    */
-  destroy(vm: VmRecord, opts: DestroyOptions): Promise<void>;
+  destroy(vm: VmRecord): Promise<void>;
   /** What is really there for this VM now, or undefined if nothing is running. */
   inspect(vmId: string): Promise<DriverInstanceState | undefined>;
   close(): Promise<void>;
-}
-
-export interface DestroyOptions {
-  /** Keep the VM's disk images. */
-  keepDisks: boolean;
 }
 
 export interface VmStats {

@@ -59,6 +59,13 @@ export class VmRegistry {
   /** Ids in ascending order (ids are time-ordered), for stable pagination. */
   #ids: string[] = [];
   #json = new Map<string, string>();
+  /** Told of every change of a record (before → after; undefined: none), for indexes derived from all records. */
+  #observers: Array<(before: VmRecord | undefined, after: VmRecord | undefined) => void> = [];
+
+  observe(fn: (before: VmRecord | undefined, after: VmRecord | undefined) => void): void {
+    this.#observers.push(fn);
+    for (const vm of this.#byId.values()) fn(undefined, vm);
+  }
   /** Names being created right now (reserved before the store write). */
   #reserved = new Set<string>();
 
@@ -172,6 +179,7 @@ export class VmRegistry {
   async drop(vm: VmRecord, alsoWrite: WriteOp[], events: EventDraft[]): Promise<void> {
     await this.#events.commit([{ key: vmKey(vm.id) }, ...alsoWrite], events);
     this.#byId.delete(vm.id);
+    for (const fn of this.#observers) fn(vm, undefined);
     this.#byName.delete(vm.name);
     this.#json.delete(vm.id);
     const i = bound(this.#ids, vm.id);
@@ -185,7 +193,9 @@ export class VmRegistry {
   }
 
   #index(vm: VmRecord): void {
-    if (!this.#byId.has(vm.id)) this.#ids.splice(bound(this.#ids, vm.id), 0, vm.id);
+    const before = this.#byId.get(vm.id);
+    for (const fn of this.#observers) fn(before, vm);
+    if (!before) this.#ids.splice(bound(this.#ids, vm.id), 0, vm.id);
     this.#byId.set(vm.id, vm);
     this.#byName.set(vm.name, vm.id);
     this.#json.delete(vm.id);

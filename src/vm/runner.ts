@@ -18,11 +18,13 @@ import type { VmClaim, VmClaims } from './claims.js';
 import { DriverError, type DriverInstanceState, type HypervisorDriver } from './driver.js';
 import { stripUndefined, type VmRegistry } from './registry.js';
 import { canTransition, type VmState } from './state.js';
+import type { VmStorage } from './media.js';
 
 export interface RunnerDeps {
   store: Store;
   events: EventLog;
   driver: HypervisorDriver;
+  storage: VmStorage;
   registry: VmRegistry;
   claims: VmClaims;
   log: Logger;
@@ -87,12 +89,13 @@ export class OperationRunner {
   }
 
   async #run(op: OperationRecord, vmId: string, opts: ActionOptions, claim: VmClaim): Promise<void> {
-    const { registry, driver } = this.#deps;
+    const { registry, driver, storage } = this.#deps;
     const vm = registry.get(vmId);
     try {
       const outcome = await ACTIONS[op.kind].run({
         vm,
         driver,
+        storage,
         opts,
         shutdownTimeoutMs: this.#deps.shutdownTimeoutMs,
         step: async (to) => {

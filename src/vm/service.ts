@@ -16,6 +16,7 @@ import type { ActionOptions } from './actions.js';
 import { VmClaims, type VmClaim, type VmLockGuard } from './claims.js';
 import { DriverError, type DiskSnapshot, type DiskSnapshots, type HypervisorDriver, type VmStats } from './driver.js';
 import { newId } from '../ids.js';
+import type { VmStorage } from './media.js';
 import type { VmRecord } from './record.js';
 import { Reconciler } from './reconciler.js';
 import { VmRegistry, type ListPage, type ListQuery } from './registry.js';
@@ -31,6 +32,8 @@ export interface VmServiceDeps {
   store: Store;
   events: EventLog;
   driver: HypervisorDriver;
+  /** The VMs' volumes (pools, checks, the ones each VM owns). */
+  storage: VmStorage;
   nodeId: string;
   log: Logger;
   /** Default ACPI shutdown timeout. */
@@ -55,8 +58,10 @@ export class VmService {
   private constructor(deps: VmServiceDeps, registry: VmRegistry) {
     this.#deps = deps;
     this.#registry = registry;
-    const { store, events, driver, log } = deps;
-    this.#runner = new OperationRunner({ store, events, driver, log, registry, claims: this.#claims, shutdownTimeoutMs: deps.shutdownTimeoutMs ?? 60_000 });
+    const { store, events, driver, storage, log } = deps;
+    this.#runner = new OperationRunner({ store, events, driver, storage, log, registry, claims: this.#claims, shutdownTimeoutMs: deps.shutdownTimeoutMs ?? 60_000 });
+    storage.storage.useAttachments((ref) => this.#attachments(ref));
+    registry.observe((before, after) => this.#indexAttachments(before, after));
     this.#reconciler = new Reconciler({ driver, registry, claims: this.#claims, log, abandonIncoming: (vmId) => this.incomingAbandoned(vmId, [], []) });
   }
 
@@ -65,10 +70,55 @@ export class VmService {
     svc.#reconciler.watch();
     await svc.#runner.failInterrupted();
     await svc.#reconciler.recover();
+    await svc.#dropOrphanVolumes();
     return svc;
   }
 
+  /**
+   * Volumes made for a VM that does not exist here (a create interrupted by a crash, a
+   * migration whose VM left or never arrived) are removed.
+   */
+  async #dropOrphanVolumes(): Promise<void> {
+    const storage = this.#deps.storage.storage;
+    for (const { ref, vmId } of storage.ownedOrArriving()) {
+      if (this.#registry.find(vmId)) continue;
+      this.#deps.log.warn({ volume: ref, vmId }, 'removing a volume made for a VM this host does not have');
+      await storage.discard(ref).catch((err) => this.#deps.log.error({ err, volume: ref }, 'removing an orphaned volume failed'));
+    }
+  }
+
+  /** volume ref → the VMs whose specs use it, kept up to date with every record change. */
+  #attached = new Map<string, Set<string>>();
+
+  #indexAttachments(before: VmRecord | undefined, after: VmRecord | undefined): void {
+    if (before && after && before.spec === after.spec) return;
+    if (before) {
+      for (const use of this.#deps.storage.uses(before.id, before.spec)) {
+        const set = this.#attached.get(use.ref);
+        set?.delete(before.id);
+        if (set?.size === 0) this.#attached.delete(use.ref);
+      }
+    }
+    if (after) {
+      for (const use of this.#deps.storage.uses(after.id, after.spec)) {
+        let set = this.#attached.get(use.ref);
+        if (!set) this.#attached.set(use.ref, (set = new Set()));
+        set.add(after.id);
+      }
+    }
+  }
+
+  /** VMs (ids) whose specs use volume `ref`. */
+  #attachments(ref: string): string[] {
+    return [...(this.#attached.get(ref) ?? [])];
+  }
+
   // ---- reads -------------------------------------------------------------------
+
+  /** The VMs' volumes (migrations carry them). */
+  get storage(): VmStorage {
+    return this.#deps.storage;
+  }
 
   get(ref: string): VmRecord {
     return this.#registry.get(ref);
@@ -113,15 +163,23 @@ export class VmService {
   // ---- writes ------------------------------------------------------------------
 
   async create(req: CreateVmRequest): Promise<VmRecord> {
-    const { name, ...spec } = req;
-    this.#assertValid(spec);
+    const { name, ...asked } = req;
+    const spec = this.#deps.storage.normalize(asked);
+    const id = newId('vm');
+    this.#assertValid(spec, id);
     const unreserve = this.#registry.reserveName(name);
     try {
       const now = new Date().toISOString();
-      const vm = await this.#registry.insert(
-        { id: newId('vm'), name, spec, state: 'pending', node: this.#deps.nodeId, generation: 1, createdAt: now, updatedAt: now },
-        [{ type: 'vm.created', data: { name, spec } }],
-      );
+      const draft: VmRecord = { id, name, spec, state: 'pending', node: this.#deps.nodeId, generation: 1, createdAt: now, updatedAt: now };
+      // Its volumes first: a pool that cannot take them refuses the VM with nothing left behind.
+      await this.#deps.storage.provision(draft);
+      let vm: VmRecord;
+      try {
+        vm = await this.#registry.insert(draft, [{ type: 'vm.created', data: { name, spec } }]);
+      } catch (err) {
+        await this.#deps.storage.release(draft, { keepDisks: false }).catch(() => undefined);
+        throw err;
+      }
       try {
         await this.#deps.driver.create(vm);
       } catch (err) {
@@ -140,9 +198,18 @@ export class VmService {
       throw new NovaError('VM_INVALID_STATE', `VM "${vm.name}" is ${vm.state}; only stopped VMs can be changed`, { state: vm.state });
     }
     this.#claims.assertFree(vm);
-    const spec = { ...vm.spec, ...req };
-    this.#assertValid(spec);
-    return this.#registry.commit(vm.id, { set: { spec }, events: [{ type: 'vm.updated', data: { changes: req } }] });
+    const spec = this.#deps.storage.normalize({ ...vm.spec, ...req });
+    this.#assertValid(spec, vm.id);
+    const claim = this.#claims.local(vm);
+    try {
+      await this.#deps.storage.provision({ ...vm, spec });
+      const next = await this.#registry.commit(vm.id, { set: { spec }, events: [{ type: 'vm.updated', data: { changes: req } }] });
+      // Disks taken out of the spec keep their volumes, as ordinary volumes now.
+      await this.#deps.storage.disownDropped(vm, next);
+      return next;
+    } finally {
+      claim.release();
+    }
   }
 
   /** Starts a lifecycle operation; resolves once it is accepted (202), not finished. */
@@ -157,19 +224,49 @@ export class VmService {
       throw new NovaError('VM_INVALID_STATE', `disks can be added to stopped or running VMs, not ${vm.state} ones`, { state: vm.state });
     }
     const claim = this.#claims.local(vm);
+    const storage = this.#deps.storage;
     try {
-      const spec = { ...vm.spec, disks: [...vm.spec.disks, disk] };
-      this.#assertValid(spec);
+      const added = storage.normalizeDisk(disk);
+      const spec = { ...vm.spec, disks: [...vm.spec.disks, added] };
+      this.#assertValid(spec, vm.id);
       const attach = this.#deps.driver.attachDisk?.bind(this.#deps.driver);
       if (!attach) throw new NovaError('VM_INVALID_STATE', `the ${this.#deps.driver.name} driver cannot add disks`);
-      await attach(vm, disk, vm.state === 'running').catch((err) => {
-        throw err instanceof DriverError ? driverFailure('attach-disk', err, vm.id) : err;
-      });
+      const withDisk = { ...vm, spec };
+      await storage.provision(withDisk, [added]);
+      try {
+        const media = storage.media(withDisk).disks.find((d) => d.name === added.name)!;
+        await attach(vm, media, vm.state === 'running').catch((err) => {
+          throw err instanceof DriverError ? driverFailure('attach-disk', err, vm.id) : err;
+        });
+      } catch (err) {
+        await storage.releaseDisks(withDisk, [added]).catch(() => undefined);
+        throw err;
+      }
       // The claim kept the record unchanged meanwhile, so `spec` is still based on the current one.
-      return await this.#registry.commit(vm.id, { set: { spec }, events: [{ type: 'vm.updated', data: { diskAdded: disk, hotplug: vm.state === 'running' } }] });
+      return await this.#registry.commit(vm.id, { set: { spec }, events: [{ type: 'vm.updated', data: { diskAdded: added, hotplug: vm.state === 'running' } }] });
     } finally {
       claim.release();
     }
+  }
+
+  /**
+   * Grows volume `ref` inside the running (or paused) VM that has it open, through its
+   * hypervisor; false when no such VM has it (the caller resizes it offline).
+   */
+  async resizeVolumeOnline(ref: string, sizeBytes: number): Promise<boolean> {
+    for (const vm of this.#registry.all()) {
+      const use = this.#deps.storage.uses(vm.id, vm.spec).find((u) => u.ref === ref && u.role === 'disk');
+      if (!use) continue;
+      if (vm.state === 'stopped' || vm.state === 'pending' || vm.state === 'error') return false;
+      if (vm.state !== 'running' && vm.state !== 'paused') throw new NovaError('VM_INVALID_STATE', `volume ${ref} is in use by VM "${vm.name}", which is ${vm.state}`, { state: vm.state });
+      const resize = this.#deps.driver.resizeDisk?.bind(this.#deps.driver);
+      if (!resize) throw new NovaError('VM_INVALID_STATE', `the ${this.#deps.driver.name} driver cannot resize disks of a running VM`);
+      await resize(vm.id, use.disk!.name, sizeBytes).catch((err) => {
+        throw err instanceof DriverError ? driverFailure('resize', err, vm.id) : err;
+      });
+      return true;
+    }
+    return false;
   }
 
   /** Makes lifecycle operations and migrations also take the VM's cluster-wide lock. */
@@ -182,7 +279,8 @@ export class VmService {
     return this.#claims.drain();
   }
 
-  #assertValid(spec: VmSpec): void {
+  /** The spec's own rules (→ VM_SPEC_INVALID), then its volumes (→ VOLUME_ and POOL_ codes). */
+  #assertValid(spec: VmSpec, vmId: string, opts: { arriving?: Set<string> } = {}): void {
     const problems = semanticProblems(spec);
     if (!this.#deps.apiAuthenticated) {
       for (const n of spec.nics.filter(unrestrictedUserNic)) {
@@ -191,6 +289,7 @@ export class VmService {
     }
     if (problems.length === 0) problems.push(...(this.#deps.driver.validate?.(spec) ?? []));
     if (problems.length > 0) throw new NovaError('VM_SPEC_INVALID', problems.join('; '), { problems });
+    this.#deps.storage.check(vmId, spec, opts);
   }
 
   /** The VM, once a just-finished claim on it has handed its cluster lock back. */
@@ -282,6 +381,11 @@ export class VmService {
   async migratedAway(vmId: string, extraOps: WriteOp[], events: EventDraft[]): Promise<void> {
     const vm = this.#registry.get(vmId);
     await this.#registry.drop(vm, extraOps, [{ type: 'vm.migrated', vmId, tenant: vm.spec.tenant, data: { name: vm.name } }, ...events]);
+    // What it left here is a stale copy: its process directory and the volumes that moved with it.
+    await this.#deps.driver.destroy(vm).catch((err) => this.#deps.log.error({ err, vmId }, 'removing the migrated-away VM\'s files failed'));
+    for (const { ref } of this.#deps.storage.carried(vm)) {
+      await this.#deps.storage.storage.discard(ref).catch((err) => this.#deps.log.error({ err, vmId, volume: ref }, 'removing a migrated-away volume failed'));
+    }
   }
 
   /**
@@ -299,9 +403,10 @@ export class VmService {
   }
 
   /** Destination: records the arriving VM (state `migrating`) and claims it. */
-  async adoptIncoming(incoming: { id: string; name: string; spec: VmSpec }, marker: NonNullable<VmRecord['incoming']>, events: EventDraft[]): Promise<MigrationClaim> {
+  async adoptIncoming(incoming: { id: string; name: string; spec: VmSpec }, marker: NonNullable<VmRecord['incoming']>, events: EventDraft[], arriving: Set<string> = new Set()): Promise<MigrationClaim> {
     if (this.#registry.find(incoming.id)) throw new NovaError('VM_NAME_CONFLICT', `VM ${incoming.id} already exists on this node`);
-    this.#assertValid(incoming.spec);
+    // The same rules as a VM created here: a migration is no way around them.
+    this.#assertValid(incoming.spec, incoming.id, { arriving });
     const unreserve = this.#registry.reserveName(incoming.name, `a VM named "${incoming.name}" already exists on this node`);
     const now = new Date().toISOString();
     const vm: VmRecord = { id: incoming.id, name: incoming.name, spec: incoming.spec, state: 'migrating', node: this.#deps.nodeId, incoming: marker, generation: 1, createdAt: now, updatedAt: now };
@@ -320,6 +425,7 @@ export class VmService {
 
   /** Destination: the VM is here — running (live), or stopped with its files (cold). */
   async incomingArrived(vmId: string, arrived: { to: 'running' | 'stopped'; runtime?: Record<string, unknown>; checkpoint?: VmRecord['checkpoint'] }, extraOps: WriteOp[], events: EventDraft[]): Promise<void> {
+    for (const ref of this.#deps.storage.storage.arrivingFor(vmId)) await this.#deps.storage.storage.arrived(ref);
     await this.#registry.commit(vmId, {
       to: arrived.to,
       clear: ['incoming'],
@@ -334,8 +440,11 @@ export class VmService {
   async incomingAbandoned(vmId: string, extraOps: WriteOp[], events: EventDraft[]): Promise<void> {
     const vm = this.#registry.find(vmId);
     if (!vm) return;
-    await this.#deps.driver.destroy(vm, { keepDisks: false }).catch((err) => this.#deps.log.warn({ err, vmId }, 'cleaning up an aborted incoming VM failed'));
+    await this.#deps.driver.destroy(vm).catch((err) => this.#deps.log.warn({ err, vmId }, 'cleaning up an aborted incoming VM failed'));
     await this.#registry.drop(vm, extraOps, [{ type: 'vm.deleted', vmId, tenant: vm.spec.tenant, data: { name: vm.name, reason: 'incoming migration aborted' } }, ...events]);
+    for (const ref of this.#deps.storage.storage.arrivingFor(vmId)) {
+      await this.#deps.storage.storage.discard(ref).catch((err) => this.#deps.log.warn({ err, vmId, volume: ref }, 'removing a half-arrived volume failed'));
+    }
   }
 }
 

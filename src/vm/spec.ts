@@ -3,21 +3,29 @@
  * the inferred types are the domain types.
  */
 import { z } from 'zod';
+import { PoolName, VolumeRef } from '../storage/model.js';
 
 export const VM_NAME_PATTERN = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
 const LABEL_KEY = /^([a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?\/)?[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$/;
 
 const name = z.string().regex(VM_NAME_PATTERN, 'must be a DNS label: lowercase letters, digits and "-", 1-63 chars');
-const absPath = z.string().min(1).max(4096).refine((p) => p.startsWith('/'), 'must be an absolute path');
-
+/**
+ * A VM disk is a volume: an existing one (`volume: "pool/name"`), or a new one made with
+ * the VM in `pool` (`sizeMiB`, optionally a linked clone `from` another volume) and
+ * deleted with it unless kept. A spec never names a host path.
+ */
 export const DiskSpec = z.strictObject({
   name: z.string().regex(/^[a-z0-9][a-z0-9_-]{0,31}$/, 'lowercase letters, digits, "-" and "_"'),
-  /** Size in MiB for a new disk; omitted when `image` points at an existing file. */
+  /** An existing volume, attached as it is. */
+  volume: VolumeRef.optional(),
+  /** New volume: the pool it is made in (default: the daemon's default pool, `local`). */
+  pool: PoolName.optional(),
+  /** New volume: size in MiB (a linked clone defaults to its base's size). */
   sizeMiB: z.int().min(1).max(64 * 1024 * 1024).optional(),
-  format: z.enum(['qcow2', 'raw']).default('qcow2'),
-  /** Existing image used as-is (raw/qcow2) or as a backing file when `clone` is set. */
-  image: absPath.optional(),
-  clone: z.boolean().default(false),
+  /** New volume: its format (default qcow2). An existing volume's format is its own. */
+  format: z.enum(['qcow2', 'raw']).optional(),
+  /** New volume: a qcow2 overlay on this volume (a linked clone). */
+  from: VolumeRef.optional(),
   bus: z.enum(['virtio', 'scsi', 'ide']).default('virtio'),
   readOnly: z.boolean().default(false),
 });
@@ -39,7 +47,8 @@ export const NicSpec = z.strictObject({
 
 export const BootSpec = z.discriminatedUnion('type', [
   z.strictObject({ type: z.literal('disk'), disk: z.string().optional() }),
-  z.strictObject({ type: z.literal('kernel'), kernel: absPath, initrd: absPath.optional(), cmdline: z.string().max(4096).default('') }),
+  /** Direct kernel boot from `kernel` volumes. */
+  z.strictObject({ type: z.literal('kernel'), kernel: VolumeRef, initrd: VolumeRef.optional(), cmdline: z.string().max(4096).default('') }),
 ]);
 
 const labels = z
@@ -52,8 +61,8 @@ export const VmSpecFields = {
   memoryMiB: z.int().min(16).max(16 * 1024 * 1024),
   /** Guest RAM: anonymous memory, or a file on hugetlbfs (the daemon's hugepagesPath). */
   memoryBacking: z.enum(['anonymous', 'hugepages']).default('anonymous'),
-  /** An ISO image attached as a read-only CD-ROM. */
-  cdrom: absPath.optional(),
+  /** An `iso` volume attached as a read-only CD-ROM. */
+  cdrom: VolumeRef.optional(),
   disks: z.array(DiskSpec).max(32).default([]),
   nics: z.array(NicSpec).max(16).default([]),
   boot: BootSpec.default({ type: 'disk' }),
@@ -69,7 +78,7 @@ export const PatchVmRequest = z
     vcpus: VmSpecFields.vcpus.optional(),
     memoryMiB: VmSpecFields.memoryMiB.optional(),
     memoryBacking: z.enum(['anonymous', 'hugepages']).optional(),
-    cdrom: absPath.optional(),
+    cdrom: VolumeRef.optional(),
     disks: z.array(DiskSpec).max(32).optional(),
     nics: z.array(NicSpec).max(16).optional(),
     boot: BootSpec.optional(),
@@ -82,9 +91,10 @@ export type PatchVmRequest = z.infer<typeof PatchVmRequest>;
 export type VmSpec = Omit<CreateVmRequest, 'name'>;
 export type DiskSpec = z.infer<typeof DiskSpec>;
 
-/** A shared image the VM uses where it is (no copy of its own; not cloned). */
-export function usedInPlace(disk: DiskSpec): boolean {
-  return disk.image !== undefined && !disk.clone;
+/** The volume a disk is: the one it names, or the one made for it with the VM (`<vmId>-<disk>` in its pool). */
+export function diskVolume(vmId: string, disk: DiskSpec, defaultPool: string): { ref: string; owned: boolean } {
+  if (disk.volume) return { ref: disk.volume, owned: false };
+  return { ref: `${disk.pool ?? defaultPool}/${vmId}-${disk.name}`, owned: true };
 }
 export type NicSpec = z.infer<typeof NicSpec>;
 
@@ -109,9 +119,12 @@ export function semanticProblems(spec: VmSpec): string[] {
   dup(spec.disks, 'disk');
   dup(spec.nics, 'nic');
   for (const d of spec.disks) {
-    if (d.sizeMiB === undefined && d.image === undefined) problems.push(`disk "${d.name}" needs sizeMiB or image`);
-    if (d.clone && d.image === undefined) problems.push(`disk "${d.name}": clone needs an image to clone from`);
-    if (d.clone && d.format !== 'qcow2') problems.push(`disk "${d.name}": clones must be qcow2`);
+    if (d.volume !== undefined) {
+      for (const k of ['pool', 'sizeMiB', 'format', 'from'] as const) if (d[k] !== undefined) problems.push(`disk "${d.name}": ${k} is only for a new volume, not with volume`);
+    } else if (d.sizeMiB === undefined && d.from === undefined) {
+      problems.push(`disk "${d.name}" needs a volume, or sizeMiB (or from) for a new one`);
+    }
+    if (d.from !== undefined && d.format === 'raw') problems.push(`disk "${d.name}": a linked clone (from) must be qcow2`);
   }
   for (const n of spec.nics) {
     if (n.mode === 'bridge' && !n.bridge) problems.push(`nic "${n.name}": bridge mode needs a bridge name`);

@@ -18,13 +18,35 @@ export function ensureQemuAndGuest(): { kernel: string; initrd: string } {
   return guest;
 }
 
-export function guestVm(name: string, cmdline = '', extra: Record<string, unknown> = {}) {
+/** The test guest's kernel and initramfs as volumes of a daemon's `local` pool (see installGuest). */
+export const GUEST_KERNEL = 'local/nc-guest-vmlinuz';
+export const GUEST_INITRD = 'local/nc-guest-initrd';
+
+/**
+ * Uploads the test guest's kernel and initramfs into the daemon's `local` pool (as an
+ * operator would, through the API), once per daemon; guestVm specs boot from them.
+ */
+export async function installGuest(url: string, headers: Record<string, string> = {}): Promise<void> {
   const g = ensureQemuAndGuest();
+  for (const [ref, file] of [[GUEST_KERNEL, g.kernel], [GUEST_INITRD, g.initrd]] as const) {
+    const [pool, name] = ref.split('/');
+    const res = await fetch(`${url}/v1/pools/${pool}/volumes/${name}/content?format=raw&content=kernel`, {
+      method: 'PUT',
+      headers: { ...headers, 'content-type': 'application/octet-stream' },
+      body: readFileSync(file),
+    });
+    const body = (await res.json()) as { error?: { code: string } };
+    if (res.status !== 201 && body.error?.code !== 'VOLUME_EXISTS') throw new Error(`uploading ${file} as ${ref}: ${res.status} ${JSON.stringify(body)}`);
+  }
+}
+
+export function guestVm(name: string, cmdline = '', extra: Record<string, unknown> = {}) {
+  ensureQemuAndGuest();
   return {
     name,
     vcpus: 1,
     memoryMiB: 256,
-    boot: { type: 'kernel', kernel: g.kernel, initrd: g.initrd, cmdline: `console=ttyS0 quiet panic=-1 ${cmdline}`.trim() },
+    boot: { type: 'kernel', kernel: GUEST_KERNEL, initrd: GUEST_INITRD, cmdline: `console=ttyS0 quiet panic=-1 ${cmdline}`.trim() },
     ...extra,
   };
 }

@@ -5,6 +5,7 @@
  * skipped: a driver whose VMs do not outlive it must say so, and is held to that.
  */
 import { existsSync } from 'node:fs';
+import { join } from 'node:path';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { DriverEvent, HypervisorDriver } from '../../src/vm/driver.js';
@@ -14,63 +15,75 @@ import { newId } from '../../src/ids.js';
 import type { VmRecord } from '../../src/vm/record.js';
 import { CreateVmRequest } from '../../src/vm/spec.js';
 import { removeDir, tempDataDir } from '../helpers/daemon.js';
-import { ensureQemuAndGuest, guestVm, killGuests } from '../helpers/qemu.js';
+import { ensureQemuAndGuest, GUEST_INITRD, GUEST_KERNEL, guestVm, killGuests } from '../helpers/qemu.js';
+import { openTestStorage, uploadFile } from '../helpers/storage.js';
+import type { VmStorage } from '../../src/vm/media.js';
 
 const log = pino({ level: 'silent' });
 
 interface DriverRow {
   /** A fresh driver over `dataDir` (called again over the same directory to model a daemon restart). */
-  make(dataDir: string): HypervisorDriver;
+  make(dataDir: string, storage: VmStorage): HypervisorDriver;
   /** A VM spec this driver can run. */
   spec(name: string): unknown;
   /** Its VMs keep running after the driver instance is gone, and a new instance reattaches. */
   outlivesProcess: boolean;
-  /** It makes files for a VM (disk images) that `destroy` must remove, or keep with keepDisks. */
-  makesFiles: boolean;
+  /** It keeps files for a VM (a directory with sockets and logs) that `destroy` must remove. */
+  vmDir?: (dataDir: string, vmId: string) => string;
 }
 
 const DRIVERS: Array<[string, DriverRow]> = [
-  ['sim', { make: () => new SimDriver(), spec: (name) => ({ name, vcpus: 1, memoryMiB: 64, disks: [{ name: 'root', sizeMiB: 8 }] }), outlivesProcess: false, makesFiles: false }],
+  ['sim', { make: () => new SimDriver(), spec: (name) => ({ name, vcpus: 1, memoryMiB: 64, disks: [{ name: 'root', sizeMiB: 8 }] }), outlivesProcess: false }],
   [
     'qemu',
     {
-      make: (dataDir) => new QemuDriver({ dataDir, log }),
+      make: (dataDir, storage) => new QemuDriver({ dataDir, log, media: (vm) => storage.media(vm) }),
       spec: (name) => guestVm(name, '', { disks: [{ name: 'data', sizeMiB: 8 }] }),
       outlivesProcess: true,
-      makesFiles: true,
+      vmDir: (dataDir, vmId) => join(dataDir, 'vms', vmId),
     },
   ],
 ];
 
-function record(spec: unknown): VmRecord {
-  const { name, ...rest } = CreateVmRequest.parse(spec);
-  const now = new Date().toISOString();
-  return { id: newId('vm'), name, spec: rest, state: 'stopped', node: 'contract', generation: 1, createdAt: now, updatedAt: now };
-}
-
 describe.each(DRIVERS)('driver contract: %s', (name, row) => {
   let dataDir: string;
   let driver: HypervisorDriver;
+  let storage: Awaited<ReturnType<typeof openTestStorage>>;
   const events: DriverEvent[] = [];
 
-  beforeAll(() => {
-    if (name === 'qemu') ensureQemuAndGuest();
+  beforeAll(async () => {
     dataDir = tempDataDir();
+    storage = await openTestStorage(dataDir);
+    if (name === 'qemu') {
+      const g = ensureQemuAndGuest();
+      await uploadFile(storage.storage, 'local', GUEST_KERNEL.split('/')[1]!, g.kernel, { content: 'kernel' });
+      await uploadFile(storage.storage, 'local', GUEST_INITRD.split('/')[1]!, g.initrd, { content: 'kernel' });
+    }
     driver = fresh();
   }, 300_000);
   function fresh(): HypervisorDriver {
-    const d = row.make(dataDir);
+    const d = row.make(dataDir, storage.vmStorage);
     d.events.on('event', (ev: DriverEvent) => events.push(ev));
     return d;
   }
   afterAll(async () => {
     await driver?.close();
+    await storage?.close();
     killGuests(dataDir);
     removeDir(dataDir);
   });
 
+  /** A VM record whose volumes exist, as the VM service makes them before the driver's create. */
+  async function record(spec: unknown): Promise<VmRecord> {
+    const { name: vmName, ...rest } = CreateVmRequest.parse(spec);
+    const now = new Date().toISOString();
+    const vm: VmRecord = { id: newId('vm'), name: vmName, spec: storage.vmStorage.normalize(rest), state: 'stopped', node: 'contract', generation: 1, createdAt: now, updatedAt: now };
+    await storage.vmStorage.provision(vm);
+    return vm;
+  }
+
   it('start, pause, resume and stop each resolve once done, as inspect then reports, with no unexpected exit', { timeout: 120_000 }, async () => {
-    const vm = record(row.spec('life'));
+    const vm = await record(row.spec('life'));
     await driver.create(vm);
     expect(await driver.inspect(vm.id)).toBeUndefined();
     expect((await driver.start(vm)).status).toBe('running');
@@ -82,11 +95,11 @@ describe.each(DRIVERS)('driver contract: %s', (name, row) => {
     await driver.stop(vm.id);
     expect(await driver.inspect(vm.id)).toBeUndefined();
     expect(events.filter((e) => e.vmId === vm.id && e.type === 'exited' && !e.expected)).toEqual([]);
-    await driver.destroy(vm, { keepDisks: false });
+    await driver.destroy(vm);
   });
 
   it('a running VM outlives the driver instance exactly when the driver says it does', { timeout: 120_000 }, async () => {
-    const vm = record(row.spec('outlive'));
+    const vm = await record(row.spec('outlive'));
     await driver.create(vm);
     await driver.start(vm);
     await driver.close(); // the daemon goes away...
@@ -99,28 +112,21 @@ describe.each(DRIVERS)('driver contract: %s', (name, row) => {
       expect(seen).toBeUndefined();
     }
     expect(await driver.inspect(vm.id)).toBeUndefined();
-    await driver.destroy(vm, { keepDisks: false });
+    await driver.destroy(vm);
   });
 
-  it('destroy stops a running VM and removes what create made; with keepDisks the disk images stay', { timeout: 120_000 }, async () => {
-    const kept = record(row.spec('kept'));
-    const gone = record(row.spec('gone'));
-    for (const vm of [kept, gone]) {
-      await driver.create(vm);
-      await driver.start(vm);
-    }
-    const files = (vm: VmRecord) => driver.vmFiles?.(vm).map((f) => f.path) ?? [];
-    if (row.makesFiles) {
-      expect(files(kept).length).toBeGreaterThan(0);
-      for (const f of [...files(kept), ...files(gone)]) expect(existsSync(f), f).toBe(true);
-    } else {
-      expect(files(kept)).toEqual([]);
-    }
-    await driver.destroy(kept, { keepDisks: true });
-    await driver.destroy(gone, { keepDisks: false });
-    for (const vm of [kept, gone]) expect(await driver.inspect(vm.id)).toBeUndefined();
-    for (const f of files(kept)) expect(existsSync(f), `kept ${f}`).toBe(true);
-    for (const f of files(gone)) expect(existsSync(f), `removed ${f}`).toBe(false);
-    expect(events.filter((e) => (e.vmId === kept.id || e.vmId === gone.id) && e.type === 'exited' && !e.expected)).toEqual([]);
+  it('destroy stops a running VM and removes what the driver made for it, and never its volumes', { timeout: 120_000 }, async () => {
+    const vm = await record(row.spec('gone'));
+    await driver.create(vm);
+    await driver.start(vm);
+    const dir = row.vmDir?.(dataDir, vm.id);
+    if (dir) expect(existsSync(dir)).toBe(true);
+    const volumes = storage.vmStorage.media(vm).disks.map((d) => d.path);
+    expect(volumes.length).toBeGreaterThan(0);
+    await driver.destroy(vm);
+    expect(await driver.inspect(vm.id)).toBeUndefined();
+    if (dir) expect(existsSync(dir), dir).toBe(false);
+    for (const f of volumes) expect(existsSync(f), `volume ${f} is the storage service's`).toBe(true);
+    expect(events.filter((e) => e.vmId === vm.id && e.type === 'exited' && !e.expected)).toEqual([]);
   });
 });

@@ -7,13 +7,14 @@ import WebSocket from 'ws';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { api, waitOp } from '../helpers/daemon.js';
 import { TestCluster } from '../helpers/cluster.js';
-import { ensureQemuAndGuest, guestVm, killGuests } from '../helpers/qemu.js';
+import { ensureQemuAndGuest, guestVm, installGuest, killGuests } from '../helpers/qemu.js';
 
 let c: TestCluster;
 
 beforeAll(async () => {
   ensureQemuAndGuest();
   c = await TestCluster.start(2, undefined, { args: ['--driver', 'qemu'] });
+  for (const m of c.members) await installGuest(m.url);
   await c.waitFor(async () => {
     for (let i = 0; i < 2; i++) if ((await api(c.members[i]!.url, 'GET', '/v1/cluster/hosts?consistency=stale')).body.items?.length !== 2) return false;
     return true;

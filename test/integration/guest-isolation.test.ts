@@ -6,7 +6,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { api, removeDir, spawnDaemon, tempDataDir, waitOp, type DaemonHandle } from '../helpers/daemon.js';
-import { ensureQemuAndGuest, guestVm, serial, waitUntil, killGuests } from '../helpers/qemu.js';
+import { ensureQemuAndGuest, guestVm, installGuest, serial, waitUntil, killGuests } from '../helpers/qemu.js';
 
 const TOKEN = 'isolation-test-token-0123456789';
 const auth = { authorization: `Bearer ${TOKEN}` };
@@ -26,6 +26,7 @@ afterAll(async () => {
 async function qemuDaemon(env: Record<string, string> = {}): Promise<DaemonHandle> {
   const d = await spawnDaemon({ dataDir: tempDataDir(), args: ['--driver', 'qemu'], env });
   daemons.push(d);
+  await installGuest(d.url, env.NOVACRON_API_TOKEN ? { authorization: `Bearer ${env.NOVACRON_API_TOKEN}` } : {});
   return d;
 }
 

@@ -4,7 +4,7 @@
  * relays, codec and transport in seconds. The destination verifies the RAM checksum the
  * source sends at switchover before the VM runs there.
  */
-import { writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { api, removeDir, spawnDaemon, tempDataDir, waitOp, type DaemonHandle } from '../helpers/daemon.js';
@@ -16,16 +16,23 @@ afterAll(async () => {
   for (const d of dirs) removeDir(d);
 });
 
-async function host(args: string[] = []): Promise<DaemonHandle> {
+/** A pool every daemon of this file mounts (the same directory): its volumes never need copying. */
+const sharedDir = tempDataDir();
+dirs.push(sharedDir);
+
+async function host(config: Record<string, unknown> = {}): Promise<DaemonHandle> {
   const dataDir = tempDataDir();
   dirs.push(dataDir);
-  const d = await spawnDaemon({ dataDir, args });
+  writeFileSync(join(dataDir, 'config.json'), JSON.stringify({ pools: [{ name: 'shared', path: sharedDir, shared: true }], ...config }));
+  const d = await spawnDaemon({ dataDir, args: ['--config', join(dataDir, 'config.json')] });
   daemons.push(d);
+  const base = await fetch(`${d.url}/v1/pools/shared/volumes/base/content?format=raw`, { method: 'PUT', body: Buffer.alloc(1 << 20) });
+  if (base.status !== 201) expect((await base.json()).error.code).toBe('VOLUME_EXISTS');
   return d;
 }
 
-async function runningVm(d: DaemonHandle, name: string, dirtyMiBps: number): Promise<string> {
-  const vm = await api(d.url, 'POST', '/v1/vms', { name, vcpus: 1, memoryMiB: 64, disks: [{ name: 'root', image: '/etc/hostname', format: 'raw', readOnly: true }], labels: { 'sim.novacron.io/dirty-mibps': String(dirtyMiBps) } });
+async function runningVm(d: DaemonHandle, name: string, dirtyMiBps: number, disks: unknown[] = []): Promise<string> {
+  const vm = await api(d.url, 'POST', '/v1/vms', { name, vcpus: 1, memoryMiB: 64, disks: [{ name: 'root', volume: 'shared/base', readOnly: true }, ...disks], labels: { 'sim.novacron.io/dirty-mibps': String(dirtyMiBps) } });
   expect(vm.status, JSON.stringify(vm.body)).toBe(201);
   expect((await waitOp(d.url, (await api(d.url, 'POST', `/v1/vms/${vm.body.id}/start`)).body.id)).state).toBe('succeeded');
   return vm.body.id;
@@ -72,15 +79,22 @@ describe('live migration of sim VMs (real daemons, relays, codec)', { timeout: 6
     expect((await api(a.url, 'GET', `/v1/vms/${id}`)).body.state).toBe('running');
   });
 
-  it('cold-migrates a stopped VM', async () => {
+  it('cold-migrates a stopped VM: its volume in the local pool moves with it, the shared one stays where it is', async () => {
     const [a, b] = [await host(), await host()];
-    const id = await runningVm(a, 'sim-cold', 0);
+    const id = await runningVm(a, 'sim-cold', 0, [{ name: 'data', sizeMiB: 2, format: 'raw' }]);
+    const localVolume = (d: DaemonHandle) => join(d.dataDir, 'pools', 'local', `${id}-data`);
+    writeFileSync(localVolume(a), Buffer.alloc(2 << 20, 0x5c));
     expect((await waitOp(a.url, (await api(a.url, 'POST', `/v1/vms/${id}/stop`)).body.id)).state).toBe('succeeded');
     const r = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: b.url });
     expect(r.status, JSON.stringify(r.body)).toBe(202);
     expect(await settle(a, r.body.id)).toMatchObject({ mode: 'cold', state: 'completed' });
     expect((await api(a.url, 'GET', `/v1/vms/${id}`)).status).toBe(404);
     expect((await api(b.url, 'GET', `/v1/vms/${id}`)).body).toMatchObject({ state: 'stopped', name: 'sim-cold' });
+    expect(readFileSync(localVolume(b)).every((x) => x === 0x5c)).toBe(true);
+    expect(existsSync(localVolume(a))).toBe(false);
+    expect((await api(a.url, 'GET', `/v1/pools/local/volumes/${id}-data`)).status).toBe(404);
+    expect((await api(b.url, 'GET', `/v1/pools/local/volumes/${id}-data`)).body).toMatchObject({ owner: id, attachedTo: [id], sizeBytes: 2 << 20 });
+    expect((await api(b.url, 'GET', '/v1/pools/shared/volumes/base')).body.attachedTo).toEqual([id]);
     expect((await waitOp(b.url, (await api(b.url, 'POST', `/v1/vms/${id}/start`)).body.id)).state).toBe('succeeded');
   });
 
@@ -95,10 +109,7 @@ describe('live migration of sim VMs (real daemons, relays, codec)', { timeout: 6
   });
 
   it('cancel and a corrupt frame both leave the VM running on the source', async () => {
-    const cfgDir = tempDataDir();
-    dirs.push(cfgDir);
-    writeFileSync(join(cfgDir, 'c.json'), JSON.stringify({ faults: { corruptMigrationFrame: 3 } }));
-    const [a, b, faulty] = [await host(), await host(), await host(['--config', join(cfgDir, 'c.json')])];
+    const [a, b, faulty] = [await host(), await host(), await host({ faults: { corruptMigrationFrame: 3 } })];
     const id = await runningVm(a, 'sim-cancel', 4);
     const r = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: b.url, bandwidthMBps: 1, force: true });
     expect(r.status, JSON.stringify(r.body)).toBe(202);

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { api, removeDir, spawnDaemon, tempDataDir, waitOp, type DaemonHandle } from '../helpers/daemon.js';
 import { EventClient } from '../helpers/events.js';
-import { ensureQemuAndGuest, guestVm, heartbeats, serial, waitUntil, killGuests } from '../helpers/qemu.js';
+import { ensureQemuAndGuest, guestVm, heartbeats, installGuest, serial, waitUntil, killGuests } from '../helpers/qemu.js';
 
 const BOOT_MS = 60_000;
 const dirs: string[] = [];
@@ -20,6 +20,7 @@ async function host(extraArgs: string[] = [], dataDir = tempDataDir()): Promise<
   if (!dirs.includes(dataDir)) dirs.push(dataDir);
   const d = await spawnDaemon({ dataDir, args: ['--driver', 'qemu', ...extraArgs] });
   daemons.push(d);
+  await installGuest(d.url);
   return d;
 }
 
@@ -81,10 +82,15 @@ async function startDiskWriter(d: DaemonHandle, name: string, cmdline: string, s
   const created = await api(d.url, 'POST', '/v1/vms', guestVm(name, `nc.disk=1 ${cmdline}`.trim(), { disks: [{ name: 'data', sizeMiB, format: 'qcow2' }] }));
   expect(created.status, JSON.stringify(created.body)).toBe(201);
   const id = created.body.id as string;
-  execFileSync('qemu-io', ['-f', 'qcow2', '-c', prefill, join(d.dataDir, 'vms', id, 'disk-data.qcow2')]);
+  execFileSync('qemu-io', ['-f', 'qcow2', '-c', prefill, dataVolume(d, id)]);
   expect((await waitOp(d.url, (await api(d.url, 'POST', `/v1/vms/${id}/start`)).body.id)).state).toBe('succeeded');
   await waitUntil(() => diskRecords(d, id).length >= 3, BOOT_MS, 'guest up and writing its disk');
   return id;
+}
+
+/** The file of the VM's own `data` volume in `d`'s `local` pool. */
+function dataVolume(d: DaemonHandle, id: string): string {
+  return join(d.dataDir, 'pools', 'local', `${id}-data`);
 }
 
 /**
@@ -95,7 +101,7 @@ async function stopAndCheckRecords(d: DaemonHandle, id: string): Promise<Buffer>
   expect((await waitOp(d.url, (await api(d.url, 'POST', `/v1/vms/${id}/stop`)).body.id)).state).toBe('succeeded');
   const last = Math.max(...diskRecords(d, id));
   const raw = join(d.dataDir, 'check.raw');
-  execFileSync('qemu-img', ['convert', '-O', 'raw', join(d.dataDir, 'vms', id, 'disk-data.qcow2'), raw]);
+  execFileSync('qemu-img', ['convert', '-f', 'qcow2', '-O', 'raw', dataVolume(d, id), raw]);
   const image = readFileSync(raw);
   const missing: number[] = [];
   for (let i = 1; i <= last; i++) if (image.toString('latin1', i * 512, i * 512 + 14) !== `NCREC ${String(i).padStart(8, '0')}`) missing.push(i);
@@ -224,7 +230,7 @@ describe('live migration (real QEMU, two daemons)', { timeout: 300_000 }, () => 
     await waitUntil(() => records().length >= n + 3, 20_000, 'the guest keeps writing its disk on the source');
     await expectNotThere(b, id);
     expect((await waitOp(a.url, (await api(a.url, 'POST', `/v1/vms/${id}/stop`)).body.id)).state).toBe('succeeded');
-    execFileSync('qemu-io', ['-f', 'qcow2', '-c', 'read -P 0x5a 16M 1000M', join(a.dataDir, 'vms', id, 'disk-data.qcow2')]);
+    execFileSync('qemu-io', ['-f', 'qcow2', '-c', 'read -P 0x5a 16M 1000M', dataVolume(a, id)]);
   });
 
   it('cold migration: a checkpointed VM moves with its disk and RAM state, and resumes on the target where it stopped', async () => {
@@ -233,7 +239,7 @@ describe('live migration (real QEMU, two daemons)', { timeout: 300_000 }, () => 
     const created = await api(a.url, 'POST', '/v1/vms', guestVm('mig-cold', 'nc.dirty_mib=8 nc.rate=2 nc.model=sparse nc.verify_every=1', { disks: [{ name: 'data', sizeMiB: 64, format: 'qcow2' }] }));
     expect(created.status, JSON.stringify(created.body)).toBe(201);
     const id = created.body.id as string;
-    const diskA = join(a.dataDir, 'vms', id, 'disk-data.qcow2');
+    const diskA = dataVolume(a, id);
     execFileSync('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0xab 1M 2M', diskA]);
     expect((await waitOp(a.url, (await api(a.url, 'POST', `/v1/vms/${id}/start`)).body.id)).state).toBe('succeeded');
     await waitUntil(() => /VERIFY ok/.test(serial(a.dataDir, id)), BOOT_MS, 'guest up');
@@ -252,7 +258,7 @@ describe('live migration (real QEMU, two daemons)', { timeout: 300_000 }, () => 
     const there = (await api(b.url, 'GET', `/v1/vms/${id}`)).body;
     expect(there).toMatchObject({ state: 'stopped', checkpoint: { path: join(b.dataDir, 'vms', id, 'checkpoint.state') } });
     // The disk's data came along, byte for byte.
-    execFileSync('qemu-io', ['-f', 'qcow2', '-c', 'read -P 0xab 1M 2M', join(b.dataDir, 'vms', id, 'disk-data.qcow2')]);
+    execFileSync('qemu-io', ['-f', 'qcow2', '-c', 'read -P 0xab 1M 2M', dataVolume(b, id)]);
     // And the guest resumes from its checkpoint on the target: no reboot, counter continues.
     expect((await waitOp(b.url, (await api(b.url, 'POST', `/v1/vms/${id}/restore`)).body.id)).state).toBe('succeeded');
     await waitUntil(() => heartbeats(b.dataDir, id).length >= 5, 30_000, 'heartbeats on the target');

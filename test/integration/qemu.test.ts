@@ -4,11 +4,11 @@
  * heartbeat counter on its serial console every 100 ms.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { api, removeDir, spawnDaemon, tempDataDir, waitOp, type DaemonHandle } from '../helpers/daemon.js';
-import { ensureQemuAndGuest, guestVm, heartbeats, serial, waitUntil, killGuests } from '../helpers/qemu.js';
+import { ensureQemuAndGuest, guestVm, heartbeats, installGuest, serial, waitUntil, killGuests } from '../helpers/qemu.js';
 import { EventClient } from '../helpers/events.js';
 
 const BOOT_MS = 60_000;
@@ -19,7 +19,11 @@ beforeAll(async () => {
   ensureQemuAndGuest();
   dataDir = tempDataDir();
   d = await spawnDaemon({ dataDir, args: ['--driver', 'qemu'] });
+  await installGuest(d.url);
 }, 300_000);
+
+/** Where the daemon's `local` pool keeps a VM's own volume for `disk`. */
+const ownVolume = (dir: string, vmId: string, disk: string) => join(dir, 'pools', 'local', `${vmId}-${disk}`);
 afterAll(async () => {
   await d?.kill();
   killGuests(dataDir);
@@ -168,19 +172,18 @@ describe('qemu driver', { timeout: 180_000 }, () => {
   });
 
   it('rejects bad specs before starting QEMU, and reports QEMU\'s own start errors', async () => {
-    const missing = await api(d.url, 'POST', '/v1/vms', { ...guestVm('bad-1'), boot: { type: 'kernel', kernel: '/nonexistent/vmlinuz' } });
-    expect(missing.status).toBe(422);
-    expect(missing.body.error).toMatchObject({ code: 'VM_SPEC_INVALID' });
-    expect(missing.body.error.message).toContain('kernel /nonexistent/vmlinuz does not exist');
+    const missing = await api(d.url, 'POST', '/v1/vms', { ...guestVm('bad-1'), boot: { type: 'kernel', kernel: 'local/no-such-kernel' } });
+    expect(missing.status).toBe(404);
+    expect(missing.body.error).toMatchObject({ code: 'VOLUME_NOT_FOUND' });
+    expect(missing.body.error.message).toContain('local/no-such-kernel');
     const huge = await api(d.url, 'POST', '/v1/vms', { ...guestVm('bad-2'), memoryMiB: 8 * 1024 * 1024 });
     expect(huge.status).toBe(422);
     expect(huge.body.error.message).toContain('exceeds the host');
 
-    // A raw file declared as qcow2: QEMU refuses it and says why.
-    const img = join(dataDir, 'not-qcow2.img');
-    execFileSync('truncate', ['-s', '1M', img]);
-    const created = await api(d.url, 'POST', '/v1/vms', { ...guestVm('bad-3'), disks: [{ name: 'root', image: img, format: 'qcow2' }] });
+    // A qcow2 volume damaged on disk behind NovaCron's back: QEMU refuses it and says why.
+    const created = await api(d.url, 'POST', '/v1/vms', { ...guestVm('bad-3'), disks: [{ name: 'root', sizeMiB: 1, format: 'qcow2' }] });
     expect(created.status).toBe(201);
+    writeFileSync(ownVolume(dataDir, created.body.id, 'root'), Buffer.alloc(1 << 20));
     const op = await waitOp(d.url, (await api(d.url, 'POST', `/v1/vms/${created.body.id}/start`)).body.id);
     expect(op.state).toBe('failed');
     expect(op.error.code).toBe('DRIVER_FAILED');
@@ -191,7 +194,7 @@ describe('qemu driver', { timeout: 180_000 }, () => {
   it('disk snapshots: create on stopped and running VMs, list, revert (stopped only), delete', async () => {
     const created = await api(d.url, 'POST', '/v1/vms', { ...guestVm('snap-1'), disks: [{ name: 'data', sizeMiB: 64 }] });
     const id = created.body.id;
-    const disk = join(dataDir, 'vms', id, 'disk-data.qcow2');
+    const disk = ownVolume(dataDir, id, 'data');
     const qemuIo = (cmd: string) => execFileSync('qemu-io', ['-f', 'qcow2', '-c', cmd, disk], { encoding: 'utf8' });
     qemuIo('write -P 0xaa 0 64k');
     const s1 = await api(d.url, 'POST', `/v1/vms/${id}/snapshots`, { name: 's1' });
@@ -221,9 +224,10 @@ describe('qemu driver', { timeout: 180_000 }, () => {
   });
 
   it('hot-plugs a disk into a running VM and attaches a CD-ROM', async () => {
-    const iso = join(dataDir, 'media.iso');
-    execFileSync('truncate', ['-s', '2M', iso]);
-    const id = await startVm('hotplug-1', '', { cdrom: iso });
+    const iso = await fetch(`${d.url}/v1/pools/local/volumes/media.iso/content?format=raw&content=iso`, { method: 'PUT', body: Buffer.alloc(2 << 20) });
+    expect(iso.status).toBe(201);
+    const id = await startVm('hotplug-1', '', { cdrom: 'local/media.iso' });
+    expect(readFileSync(`/proc/${(await api(d.url, 'GET', `/v1/vms/${id}`)).body.runtime.pid}/cmdline`, 'latin1')).toContain(`file=${join(dataDir, 'pools', 'local', 'media.iso')},format=raw,media=cdrom`);
     const added = await api(d.url, 'POST', `/v1/vms/${id}/disks`, { name: 'extra', sizeMiB: 32 });
     expect(added.status, JSON.stringify(added.body)).toBe(201);
     expect(added.body.spec.disks.map((x: any) => x.name)).toEqual(['extra']);
@@ -262,16 +266,33 @@ describe('qemu driver', { timeout: 180_000 }, () => {
     }
   });
 
-  it('creates disks with qemu-img and removes them on delete unless kept', async () => {
+  it('makes a VM\'s new disks as volumes in its pool and deletes them with the VM; with keepDisks they stay as ordinary volumes', async () => {
     const created = await api(d.url, 'POST', '/v1/vms', { ...guestVm('disks-1'), disks: [{ name: 'data', sizeMiB: 64 }, { name: 'scratch', sizeMiB: 16, format: 'raw' }] });
     expect(created.status).toBe(201);
     const id = created.body.id;
-    const qcow = join(dataDir, 'vms', id, 'disk-data.qcow2');
-    const info = JSON.parse(execFileSync('qemu-img', ['info', '--output=json', qcow], { encoding: 'utf8' }));
+    const info = JSON.parse(execFileSync('qemu-img', ['info', '-f', 'qcow2', '--output=json', ownVolume(dataDir, id, 'data')], { encoding: 'utf8' }));
     expect(info).toMatchObject({ format: 'qcow2', 'virtual-size': 64 * 1024 * 1024 });
-    expect(existsSync(join(dataDir, 'vms', id, 'disk-scratch.raw'))).toBe(true);
+    expect(statSync(ownVolume(dataDir, id, 'scratch')).size).toBe(16 << 20);
+    const vol = (await api(d.url, 'GET', `/v1/pools/local/volumes/${id}-data`)).body;
+    expect(vol).toMatchObject({ format: 'qcow2', sizeBytes: 64 << 20, owner: id, attachedTo: [id] });
     expect((await waitOp(d.url, (await api(d.url, 'DELETE', `/v1/vms/${id}`)).body.id)).state).toBe('succeeded');
     expect(existsSync(join(dataDir, 'vms', id))).toBe(false);
+    for (const disk of ['data', 'scratch']) {
+      expect(existsSync(ownVolume(dataDir, id, disk))).toBe(false);
+      expect((await api(d.url, 'GET', `/v1/pools/local/volumes/${id}-${disk}`)).status).toBe(404);
+    }
+
+    const kept = await api(d.url, 'POST', '/v1/vms', { ...guestVm('disks-2'), disks: [{ name: 'data', sizeMiB: 8 }] });
+    const keptId = kept.body.id;
+    expect((await waitOp(d.url, (await api(d.url, 'DELETE', `/v1/vms/${keptId}?keepDisks=true`)).body.id)).state).toBe('succeeded');
+    const left = await api(d.url, 'GET', `/v1/pools/local/volumes/${keptId}-data`);
+    expect(left.status).toBe(200);
+    expect(left.body.owner).toBeUndefined();
+    expect(left.body.attachedTo).toEqual([]);
+    expect(existsSync(ownVolume(dataDir, keptId, 'data'))).toBe(true);
+    // ...and another VM can use it as an existing volume.
+    const reuse = await api(d.url, 'POST', '/v1/vms', { ...guestVm('disks-3'), disks: [{ name: 'data', volume: `local/${keptId}-data` }] });
+    expect(reuse.status, JSON.stringify(reuse.body)).toBe(201);
   });
 });
 
@@ -279,6 +300,7 @@ describe('qemu driver across daemon restarts', { timeout: 180_000 }, () => {
   it('kill -9 of the daemon leaves the VM running; the restarted daemon reattaches', async () => {
     const own = tempDataDir();
     let daemon = await spawnDaemon({ dataDir: own, args: ['--driver', 'qemu'] });
+    await installGuest(daemon.url);
     try {
       const created = await api(daemon.url, 'POST', '/v1/vms', guestVm('survivor'));
       const id = created.body.id;

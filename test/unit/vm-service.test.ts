@@ -15,6 +15,8 @@ import { LockService } from '../../src/cluster/locks.js';
 import { NovaError } from '../../src/errors.js';
 import type { RaftNode } from '../../src/native/raft-node.js';
 import type { NovaEvent } from '../../src/events/types.js';
+import { StorageService } from '../../src/storage/service.js';
+import { VmStorage } from '../../src/vm/media.js';
 
 const log = pino({ level: 'silent' });
 const cleanups: Array<() => Promise<void>> = [];
@@ -25,7 +27,8 @@ afterEach(async () => {
 async function setup(driver = new SimDriver(), dir = mkdtempSync(join(tmpdir(), 'novacron-svc-'))) {
   const store = RocksStore.open(dir);
   const events = await EventLog.open(store);
-  const vms = await VmService.open({ store, events, driver, nodeId: 'n1', log });
+  const storage = new VmStorage(await StorageService.open({ dataDir: dir, pools: [], events, log }));
+  const vms = await VmService.open({ store, events, driver, storage, nodeId: 'n1', log });
   const seen: NovaEvent[] = [];
   events.subscribe({}, (e) => seen.push(e));
   let closed = false;
@@ -42,7 +45,7 @@ async function setup(driver = new SimDriver(), dir = mkdtempSync(join(tmpdir(), 
   return { store, events, vms, driver, seen, dir, close };
 }
 
-const spec = (name: string) => ({ name, vcpus: 1, memoryMiB: 64, memoryBacking: 'anonymous' as const, disks: [{ name: 'r', sizeMiB: 1, format: 'qcow2' as const, clone: false, bus: 'virtio' as const, readOnly: false }], nics: [], boot: { type: 'disk' as const }, labels: {}, tenant: 'default' });
+const spec = (name: string) => ({ name, vcpus: 1, memoryMiB: 64, memoryBacking: 'anonymous' as const, disks: [{ name: 'r', sizeMiB: 1, format: 'qcow2' as const, bus: 'virtio' as const, readOnly: false }], nics: [], boot: { type: 'disk' as const }, labels: {}, tenant: 'default' });
 
 async function settle(vms: VmService, opId: string) {
   for (;;) {
@@ -128,7 +131,7 @@ describe('VmService', () => {
     let next = 0;
     await Promise.all(Array.from({ length: 64 }, async () => {
       while (next < N) {
-        const vm = await vms.create(spec(`s-${next++}`));
+        const vm = await vms.create({ ...spec(`s-${next++}`), disks: [{ ...spec('x').disks[0]!, format: 'raw' }] });
         await settle(vms, (await vms.requestAction(vm.id, 'start')).id);
       }
     }));

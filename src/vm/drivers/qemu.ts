@@ -10,12 +10,12 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { EventEmitter } from 'node:events';
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, statfsSync, statSync } from 'node:fs';
 import { totalmem } from 'node:os';
-import { basename, join } from 'node:path';
+import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
-import { DriverError, type DiskSnapshot, type DiskSnapshots, type DestroyOptions, type DriverInstanceState, type HypervisorDriver, type LiveMigration, type ShutdownOptions, type VmStats } from '../driver.js';
+import { DriverError, type DiskMedia, type DiskSnapshot, type DiskSnapshots, type DriverInstanceState, type HypervisorDriver, type LiveMigration, type MediaResolver, type ShutdownOptions, type VmMedia, type VmStats } from '../driver.js';
 import type { VmRecord } from '../record.js';
-import { unrestrictedUserNic, usedInPlace, type DiskSpec, type VmSpec } from '../spec.js';
+import { unrestrictedUserNic, type VmSpec } from '../spec.js';
 import { probeAccelerator } from '../qemu/accel.js';
 import { QemuLiveMigration } from '../qemu/migration.js';
 import { QmpClient, type QmpEvent } from '../qemu/qmp.js';
@@ -31,6 +31,8 @@ export interface QemuDriverOptions {
   accel?: 'kvm' | 'tcg';
   /** hugetlbfs mount used for `memoryBacking: hugepages`. Default /dev/hugepages. */
   hugepagesPath?: string;
+  /** Resolves a VM's volumes into what QEMU opens (every path checked by the storage service). */
+  media: MediaResolver;
 }
 
 /** Free PCIe root ports created at start so disks can be hot-plugged on q35. */
@@ -68,7 +70,7 @@ export class QemuDriver implements HypervisorDriver {
     this.migration = new QemuLiveMigration({
       vmDir: (id) => this.vmDir(id),
       spawnIncoming: async (vm) => {
-        await this.create(vm); // fresh local disks for a storage migration to fill (shared images are used in place)
+        await this.create(vm); // its volumes were made by the VM service, empty for a storage migration to fill
         return (await this.#spawn(vm, 'incoming')).runtime;
       },
       instance: async (id) => {
@@ -99,15 +101,6 @@ export class QemuDriver implements HypervisorDriver {
   validate(spec: VmSpec): string[] {
     const problems: string[] = [];
     if (spec.memoryMiB * 1024 * 1024 > totalmem()) problems.push(`memoryMiB ${spec.memoryMiB} exceeds the host's ${Math.floor(totalmem() / 1048576)} MiB`);
-    const mustExist = (path: string | undefined, what: string) => {
-      if (path && !existsSync(path)) problems.push(`${what} ${path} does not exist`);
-    };
-    if (spec.boot.type === 'kernel') {
-      mustExist(spec.boot.kernel, 'kernel');
-      mustExist(spec.boot.initrd, 'initrd');
-    }
-    for (const d of spec.disks) mustExist(d.image, `disk "${d.name}" image`);
-    mustExist(spec.cdrom, 'cdrom image');
     if (spec.memoryBacking === 'hugepages') {
       let magic: number | undefined;
       try {
@@ -123,30 +116,15 @@ export class QemuDriver implements HypervisorDriver {
   async create(vm: VmRecord): Promise<void> {
     const dir = this.vmDir(vm.id);
     if (join(dir, 'qmp.sock').length > UNIX_PATH_MAX) throw new DriverError('create', `data directory path too long for a unix socket: ${dir}`);
-    mkdirSync(dir, { recursive: true });
-    for (const disk of vm.spec.disks) this.#createDisk(vm.id, disk);
-  }
-
-  /** Makes the disk's image (unless it is used in place); returns its path. */
-  #createDisk(vmId: string, disk: DiskSpec): string {
-    const path = this.#diskFile(vmId, disk);
-    if (usedInPlace(disk)) return path;
-    if (existsSync(path)) return path;
-    const args = ['create', '-q', '-f', disk.format];
-    if (disk.clone && disk.image) args.push('-b', disk.image, '-F', imageFormat(this.#opts.imgBinary, disk.image));
-    args.push(path);
-    if (disk.sizeMiB) args.push(`${disk.sizeMiB}M`);
-    run(this.#opts.imgBinary, args, 'create');
-    return path;
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
   }
 
   /** Adds a disk; on a running VM it is hot-plugged into a free PCIe root port. */
-  async attachDisk(vm: VmRecord, disk: DiskSpec, running: boolean): Promise<void> {
-    const path = this.#createDisk(vm.id, disk);
+  async attachDisk(vm: VmRecord, disk: DiskMedia, running: boolean): Promise<void> {
     if (!running) return;
     const { qmp } = await this.#require(vm.id, 'attach-disk');
     const node = `drive-${disk.name}`;
-    await qmp.execute('blockdev-add', { driver: disk.format, 'node-name': node, 'read-only': disk.readOnly, file: { driver: 'file', filename: path } });
+    await qmp.execute('blockdev-add', { driver: disk.format, 'node-name': node, 'read-only': disk.readOnly, file: { driver: 'file', filename: disk.path } });
     let lastError: Error | undefined;
     for (let port = 0; port < HOTPLUG_PORTS; port++) {
       try {
@@ -160,10 +138,8 @@ export class QemuDriver implements HypervisorDriver {
     throw new DriverError('attach-disk', `no free hot-plug port (${HOTPLUG_PORTS} per boot): ${lastError?.message}`);
   }
 
-  vmFiles(vm: VmRecord): Array<{ name: string; path: string }> {
-    const files = vm.spec.disks.filter((d) => !usedInPlace(d)).map((d) => this.#diskFile(vm.id, d));
-    if (vm.checkpoint) files.push(vm.checkpoint.path);
-    return files.map((path) => ({ name: basename(path), path }));
+  async resizeDisk(vmId: string, disk: string, sizeBytes: number): Promise<void> {
+    await (await this.#require(vmId, 'resize')).qmp.execute('block_resize', { device: `drive-${disk}`, size: sizeBytes });
   }
 
   vmFilePath(vmId: string, name: string): string {
@@ -177,7 +153,7 @@ export class QemuDriver implements HypervisorDriver {
     list: async (vm) => {
       const byName = new Map<string, DiskSnapshot>();
       for (const disk of this.#qcow2Disks(vm)) {
-        const info = JSON.parse(run(this.#opts.imgBinary, ['info', '-U', '--output=json', disk.path], 'snapshot')) as {
+        const info = JSON.parse(run(this.#opts.imgBinary, ['info', '-U', '-f', 'qcow2', '--output=json', disk.path], 'snapshot')) as {
           snapshots?: Array<{ name: string; 'date-sec': number; 'vm-state-size': number }>;
         };
         for (const s of info.snapshots ?? []) {
@@ -191,24 +167,22 @@ export class QemuDriver implements HypervisorDriver {
     create: async (vm, name, running) => {
       for (const disk of this.#qcow2Disks(vm)) {
         if (running) await (await this.#require(vm.id, 'snapshot')).qmp.execute('blockdev-snapshot-internal-sync', { device: `drive-${disk.name}`, name });
-        else run(this.#opts.imgBinary, ['snapshot', '-c', name, disk.path], 'snapshot');
+        else run(this.#opts.imgBinary, ['snapshot', '-f', 'qcow2', '-c', name, disk.path], 'snapshot');
       }
     },
     revert: async (vm, name) => {
-      for (const disk of this.#qcow2Disks(vm)) run(this.#opts.imgBinary, ['snapshot', '-a', name, disk.path], 'snapshot');
+      for (const disk of this.#qcow2Disks(vm)) run(this.#opts.imgBinary, ['snapshot', '-f', 'qcow2', '-a', name, disk.path], 'snapshot');
     },
     remove: async (vm, name, running) => {
       for (const disk of this.#qcow2Disks(vm)) {
         if (running) await (await this.#require(vm.id, 'snapshot')).qmp.execute('blockdev-snapshot-delete-internal-sync', { device: `drive-${disk.name}`, name });
-        else run(this.#opts.imgBinary, ['snapshot', '-d', name, disk.path], 'snapshot');
+        else run(this.#opts.imgBinary, ['snapshot', '-f', 'qcow2', '-d', name, disk.path], 'snapshot');
       }
     },
   };
 
-  #qcow2Disks(vm: VmRecord): Array<{ name: string; path: string }> {
-    return vm.spec.disks
-      .filter((d) => d.format === 'qcow2' && !d.readOnly)
-      .map((d) => ({ name: d.name, path: this.#diskFile(vm.id, d) }));
+  #qcow2Disks(vm: VmRecord): DiskMedia[] {
+    return this.#opts.media(vm).disks.filter((d) => d.format === 'qcow2' && !d.readOnly);
   }
 
   /** CPU time from the vCPU threads (/proc), RSS, and QEMU's block statistics. */
@@ -342,14 +316,9 @@ export class QemuDriver implements HypervisorDriver {
     await (await this.#require(vmId, 'reboot')).qmp.execute('system_reset');
   }
 
-  async destroy(vm: VmRecord, { keepDisks }: DestroyOptions): Promise<void> {
+  async destroy(vm: VmRecord): Promise<void> {
     if (this.#instances.has(vm.id) || (await this.inspect(vm.id))) await this.stop(vm.id);
-    const dir = this.vmDir(vm.id);
-    if (keepDisks) {
-      for (const f of ['qmp.sock', 'console.sock', 'vnc.sock', 'qemu.pid']) rmSync(join(dir, f), { force: true });
-    } else {
-      rmSync(dir, { recursive: true, force: true });
-    }
+    rmSync(this.vmDir(vm.id), { recursive: true, force: true });
   }
 
   async inspect(vmId: string): Promise<DriverInstanceState | undefined> {
@@ -375,17 +344,8 @@ export class QemuDriver implements HypervisorDriver {
     this.#instances.clear();
   }
 
-  /** The file QEMU opens for a disk: an image used in place, or one in the VM's directory. */
-  #diskFile(vmId: string, disk: DiskSpec): string {
-    return usedInPlace(disk) ? disk.image! : this.#diskPath(vmId, disk.name, disk.format);
-  }
-
-  #diskPath(vmId: string, name: string, format: string): string {
-    return join(this.vmDir(vmId), `disk-${name}.${format}`);
-  }
-
   #args(vm: VmRecord, accel: 'kvm' | 'tcg'): string[] {
-    return qemuArgs(vm, { accel, dir: this.vmDir(vm.id), diskFile: (d) => this.#diskFile(vm.id, d), hugepagesPath: this.#opts.hugepagesPath });
+    return qemuArgs(vm, { accel, dir: this.vmDir(vm.id), media: this.#opts.media(vm), hugepagesPath: this.#opts.hugepagesPath });
   }
 
   /** Polls query-migrate until the migration (to or from a file) completes. */
@@ -548,11 +508,6 @@ function run(cmd: string, args: string[], op: string): string {
   return r.stdout;
 }
 
-function imageFormat(imgBinary: string, path: string): string {
-  const info = JSON.parse(run(imgBinary, ['info', '--output=json', path], 'create')) as { format: string };
-  return info.format;
-}
-
 /** QEMU 8.2+ migrates to and from files natively; older versions go through a shell. */
 function migrationUri(qmp: QmpClient, path: string, dir: 'in' | 'out'): string {
   const v = qmp.version?.qemu;
@@ -580,8 +535,8 @@ export interface QemuArgsOptions {
   accel: 'kvm' | 'tcg';
   /** The VM's directory: its QMP, console and VNC sockets, serial log and pid file. */
   dir: string;
-  /** The file QEMU opens for a disk. */
-  diskFile: (disk: DiskSpec) => string;
+  /** What the VM opens: its volumes, resolved and checked. */
+  media: VmMedia;
   /** hugetlbfs mount for `memoryBacking: hugepages`. */
   hugepagesPath: string;
 }
@@ -591,7 +546,7 @@ export interface QemuArgsOptions {
  * NICs and boot. The driver starts every VM with it (paused by `-S`, resumed over QMP);
  * bench/ starts its bare-QEMU baselines with it too, so both run the same machine.
  */
-export function qemuArgs(vm: VmRecord, { accel, dir, diskFile, hugepagesPath }: QemuArgsOptions): string[] {
+export function qemuArgs(vm: VmRecord, { accel, dir, media, hugepagesPath }: QemuArgsOptions): string[] {
   const { spec } = vm;
   const args = [
     '-name', `guest=${vm.name},debug-threads=on`,
@@ -615,10 +570,9 @@ export function qemuArgs(vm: VmRecord, { accel, dir, diskFile, hugepagesPath }: 
     args.push('-object', `memory-backend-file,id=ram0,size=${spec.memoryMiB}M,mem-path=${hugepagesPath},share=on,prealloc=on`);
   }
   for (let i = 0; i < HOTPLUG_PORTS; i++) args.push('-device', `pcie-root-port,id=hp${i},chassis=${i + 1}`);
-  if (spec.cdrom) args.push('-drive', `file=${spec.cdrom},media=cdrom,readonly=on,if=none,id=cdrom0`, '-device', 'ide-cd,drive=cdrom0,bus=ide.0');
-  for (const d of spec.disks) {
-    const path = diskFile(d);
-    args.push('-drive', `file=${path},format=${d.format},if=none,id=drive-${d.name}${d.readOnly ? ',readonly=on' : ''}`);
+  if (media.cdrom) args.push('-drive', `file=${optionValue(media.cdrom)},format=raw,media=cdrom,readonly=on,if=none,id=cdrom0`, '-device', 'ide-cd,drive=cdrom0,bus=ide.0');
+  for (const d of media.disks) {
+    args.push('-drive', `file=${optionValue(d.path)},format=${d.format},if=none,id=drive-${d.name}${d.readOnly ? ',readonly=on' : ''}`);
     if (d.bus === 'virtio') args.push('-device', `virtio-blk-pci,drive=drive-${d.name},id=disk-${d.name}`);
     else if (d.bus === 'ide') args.push('-device', `ide-hd,drive=drive-${d.name},id=disk-${d.name}`);
     else args.push('-device', `virtio-scsi-pci,id=scsi-${d.name}`, '-device', `scsi-hd,drive=drive-${d.name},id=disk-${d.name},bus=scsi-${d.name}.0`);
@@ -628,9 +582,15 @@ export function qemuArgs(vm: VmRecord, { accel, dir, diskFile, hugepagesPath }: 
     args.push('-device', `${n.model === 'virtio' ? 'virtio-net-pci' : 'e1000'},netdev=net-${n.name}${n.mac ? `,mac=${n.mac}` : ''}`);
   }
   if (spec.boot.type === 'kernel') {
-    args.push('-kernel', spec.boot.kernel);
-    if (spec.boot.initrd) args.push('-initrd', spec.boot.initrd);
+    if (!media.kernel) throw new DriverError('start', 'kernel boot without a resolved kernel volume');
+    args.push('-kernel', media.kernel);
+    if (media.initrd) args.push('-initrd', media.initrd);
     if (spec.boot.cmdline) args.push('-append', spec.boot.cmdline);
   }
   return args;
+}
+
+/** A value inside a QEMU option list: commas are doubled (QEMU's escape), so a value never adds options. */
+export function optionValue(v: string): string {
+  return v.replace(/,/g, ',,');
 }

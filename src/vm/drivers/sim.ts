@@ -12,7 +12,7 @@
 import { EventEmitter } from 'node:events';
 import { tmpdir } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { DriverError, type DestroyOptions, type DriverInstanceState, type HypervisorDriver, type ShutdownOptions } from '../driver.js';
+import { DriverError, type DriverInstanceState, type HypervisorDriver, type ShutdownOptions } from '../driver.js';
 import type { VmRecord } from '../record.js';
 import { SIM_DIRTY_LABEL, SimLiveMigration, SimMemory } from './sim-migration.js';
 
@@ -142,7 +142,7 @@ export class SimDriver implements HypervisorDriver {
     this.#require(vmId, 'reboot').startedAt = Date.now();
   }
 
-  async destroy(vm: VmRecord, _opts: DestroyOptions): Promise<void> {
+  async destroy(vm: VmRecord): Promise<void> {
     await this.#op('destroy', vm.id);
     this.#end(vm.id);
     this.#failLabels.delete(vm.id);

@@ -1,0 +1,81 @@
+/** Pools and volumes: `/v1/pools…`. */
+import { z } from 'zod';
+import type { Router } from '../router.js';
+import { parseWith } from '../validate.js';
+import { CloneVolumeRequest, CONTENT_TYPES, CreateVolumeRequest, PoolName, ResizeVolumeRequest, UploadQuery, VolumeName, volumeRef } from '../../storage/model.js';
+import type { StorageService } from '../../storage/service.js';
+import { NovaError } from '../../errors.js';
+
+const ListQuery = z.strictObject({
+  tenant: z.string().max(63).optional(),
+  content: z.enum(CONTENT_TYPES).optional(),
+  limit: z.coerce.number().int().min(1).max(1000).default(100),
+  cursor: z.string().max(96).optional(),
+});
+
+/** Hooks into the VMs using a volume (an attached disk is resized by its hypervisor). */
+export interface VolumeHooks {
+  /** Resizes `ref` inside the running VM that has it open; false when no running VM has it. */
+  resizeOnline?(ref: string, sizeBytes: number): Promise<boolean>;
+}
+
+export function storageRoutes(router: Router, storage: StorageService, hooks: VolumeHooks = {}): void {
+  const pool = (p: Record<string, string>) => parseWith(PoolName, p.pool, 'VALIDATION_FAILED');
+  const ref = (p: Record<string, string>) => {
+    const name = VolumeName.safeParse(p.name);
+    if (!name.success) throw new NovaError('VOLUME_NOT_FOUND', `"${p.name}" is not a volume name`);
+    return volumeRef(pool(p), name.data);
+  };
+
+  router.add('GET', '/v1/pools', async () => ({ status: 200, json: { items: await storage.pools() } }));
+  router.add('GET', '/v1/pools/:pool', async (req) => ({ status: 200, json: await storage.pool(pool(req.params)) }));
+
+  router.add('GET', '/v1/pools/:pool/volumes', async (req) => {
+    const q = parseWith(ListQuery, Object.fromEntries(req.query), 'BAD_QUERY');
+    return { status: 200, json: await storage.list(pool(req.params), { limit: q.limit, ...(q.tenant ? { tenant: q.tenant } : {}), ...(q.content ? { content: q.content } : {}), ...(q.cursor ? { cursor: q.cursor } : {}) }) };
+  });
+
+  router.add('POST', '/v1/pools/:pool/volumes', async (req) => {
+    const v = await storage.create(pool(req.params), parseWith(CreateVolumeRequest, req.body));
+    return { status: 201, json: v, headers: { location: `/v1/pools/${v.pool}/volumes/${v.name}` } };
+  }, { body: true });
+
+  router.add('GET', '/v1/pools/:pool/volumes/:name', (req) => ({ status: 200, json: storage.get(ref(req.params)) }));
+
+  router.add('DELETE', '/v1/pools/:pool/volumes/:name', async (req) => {
+    await storage.remove(ref(req.params));
+    return { status: 204 };
+  });
+
+  router.add('POST', '/v1/pools/:pool/volumes/:name/resize', async (req) => {
+    const r = ref(req.params);
+    const { sizeMiB } = parseWith(ResizeVolumeRequest, req.body);
+    const online = hooks.resizeOnline;
+    const v = await storage.resize(r, sizeMiB, online ? async (bytes) => {
+      if (!(await online(r, bytes))) await storage.resizeOffline(r, bytes);
+    } : undefined);
+    return { status: 200, json: v };
+  }, { body: true });
+
+  router.add('POST', '/v1/pools/:pool/volumes/:name/clone', async (req) => {
+    const v = await storage.clone(ref(req.params), parseWith(CloneVolumeRequest, req.body));
+    return { status: 201, json: v, headers: { location: `/v1/pools/${v.pool}/volumes/${v.name}` } };
+  }, { body: true });
+
+  router.add('PUT', '/v1/pools/:pool/volumes/:name/content', async (req) => {
+    const p = pool(req.params);
+    const name = parseWith(VolumeName, req.params.name);
+    const q = parseWith(UploadQuery, Object.fromEntries(req.query), 'BAD_QUERY');
+    const v = await storage.upload(p, name, q, req.stream!, req.contentLength);
+    return { status: 201, json: v, headers: { location: `/v1/pools/${v.pool}/volumes/${v.name}` } };
+  }, { stream: true });
+
+  router.add('GET', '/v1/pools/:pool/volumes/:name/content', (req) => {
+    const d = storage.download(ref(req.params));
+    return {
+      status: 200,
+      stream: { body: d.stream, size: d.sizeBytes, contentType: 'application/octet-stream' },
+      headers: { 'x-volume-format': d.meta.format, ...(d.meta.sha256 ? { 'x-volume-sha256': d.meta.sha256 } : {}) },
+    };
+  });
+}

@@ -1,0 +1,110 @@
+/**
+ * Streaming request and response bodies on uWS, with backpressure both ways: an upload
+ * pauses the socket while more than HIGH_WATER bytes wait for the handler; a download
+ * sends with `tryEnd` and waits for `onWritable` when the socket is full (the pattern of
+ * uWS's own VideoStreamer example).
+ */
+import type { Readable } from 'node:stream';
+import { NovaError } from '../errors.js';
+import type { UWS } from './uws.js';
+
+const HIGH_WATER = 8 << 20;
+const LOW_WATER = 1 << 20;
+
+/** A request body as an async iterable of chunks (copied out of uWS's buffers). */
+export class BodyStream implements AsyncIterable<Buffer> {
+  #chunks: Buffer[] = [];
+  #queued = 0;
+  #ended = false;
+  #failure: Error | undefined;
+  #wake: (() => void) | undefined;
+  #paused = false;
+
+  constructor(private readonly res: UWS.HttpResponse) {}
+
+  push(chunk: ArrayBuffer, isLast: boolean): void {
+    if (this.#failure) return;
+    const copy = Buffer.from(chunk.slice(0));
+    if (copy.length > 0) {
+      this.#chunks.push(copy);
+      this.#queued += copy.length;
+    }
+    if (isLast) this.#ended = true;
+    if (!this.#ended && this.#queued > HIGH_WATER && !this.#paused) {
+      this.#paused = true;
+      this.res.pause();
+    }
+    this.#notify();
+  }
+
+  /** The client went away: the consumer's next read throws. */
+  fail(err: Error): void {
+    this.#failure = err;
+    this.#notify();
+  }
+
+  async *[Symbol.asyncIterator](): AsyncIterator<Buffer> {
+    for (;;) {
+      if (this.#failure) throw this.#failure;
+      const next = this.#chunks.shift();
+      if (next) {
+        this.#queued -= next.length;
+        if (this.#paused && this.#queued < LOW_WATER && !this.#failure) {
+          this.#paused = false;
+          this.res.resume();
+        }
+        yield next;
+        continue;
+      }
+      if (this.#ended) return;
+      await new Promise<void>((r) => (this.#wake = r));
+    }
+  }
+
+  #notify(): void {
+    const w = this.#wake;
+    this.#wake = undefined;
+    w?.();
+  }
+}
+
+/**
+ * Sends `stream` (exactly `size` bytes) as the response body. Resolves when all was
+ * sent, or when the client aborted (`aborted()` true); the stream is destroyed then.
+ */
+export async function sendStream(res: UWS.HttpResponse, size: number, stream: Readable, aborted: () => boolean, onAbort: (fn: () => void) => void): Promise<void> {
+  let writable: ((offset: number) => void) | undefined;
+  onAbort(() => {
+    stream.destroy();
+    writable?.(-1);
+  });
+  try {
+    for await (const data of stream) {
+      if (aborted()) return;
+      let chunk = data as Buffer;
+      let start = res.getWriteOffset();
+      for (;;) {
+        let ok = false;
+        let done = false;
+        res.cork(() => ([ok, done] = res.tryEnd(chunk, size)));
+        if (done) return;
+        if (ok) break;
+        // Socket full: wait until it drains, then send what it did not take.
+        const offset = await new Promise<number>((resolve) => {
+          writable = resolve;
+          res.onWritable((o) => {
+            writable = undefined;
+            resolve(o);
+            return true;
+          });
+        });
+        if (offset < 0 || aborted()) return;
+        chunk = chunk.subarray(offset - start);
+        start = offset;
+      }
+    }
+    if (!aborted() && res.getWriteOffset() < size) throw new NovaError('INTERNAL', `stream ended after ${res.getWriteOffset()} of ${size} bytes`);
+  } finally {
+    stream.destroy();
+  }
+}

@@ -1,0 +1,509 @@
+/**
+ * The storage service: pools (from the daemon's configuration, plus the default `local`
+ * pool), their volumes' metadata (cached here, kept by each pool's driver next to the
+ * volume), tenants, capacity rules, and the checks every open goes through. It knows
+ * nothing of VMs: who uses a volume is asked through `useAttachments`.
+ */
+import { createHash } from 'node:crypto';
+import { statSync } from 'node:fs';
+import { open as openFile } from 'node:fs/promises';
+import { isAbsolute, join } from 'node:path';
+import type { Readable } from 'node:stream';
+import type { Logger } from 'pino';
+import { NovaError } from '../errors.js';
+import type { EventLog } from '../events/log.js';
+import { DirPool } from './dir-pool.js';
+import {
+  parseVolumeRef, PoolDef, volumeRef,
+  type CloneVolumeRequest, type ContentType, type CreateVolumeRequest, type PoolStatus, type PoolView, type UploadQuery, type VolumeFormat, type VolumeMeta, type VolumeView,
+} from './model.js';
+import type { BlockTarget, PoolDriver } from './pool-driver.js';
+import { QemuImg } from './qemu-img.js';
+
+export const DEFAULT_POOL = 'local';
+const MiB = 1 << 20;
+const PROGRESS_EVERY_MS = 1000;
+
+export interface StorageDeps {
+  dataDir: string;
+  /** Pools configured by the operator; `local` is added when absent. */
+  pools: PoolDef[];
+  events: EventLog;
+  log: Logger;
+  qemuImg?: string;
+  /** Largest accepted upload, bytes. */
+  uploadLimitBytes?: number;
+}
+
+/** A volume opened for a consumer: what to hand QEMU, checked just now. */
+export interface OpenedVolume {
+  ref: string;
+  meta: VolumeMeta;
+  target: BlockTarget;
+  shared: boolean;
+}
+
+export interface OpenRequest {
+  tenant: string;
+  /** Content types acceptable here (a kernel slot takes `kernel` volumes...). */
+  content: ContentType[];
+  /** The consumer writes to it (template volumes refuse). */
+  write: boolean;
+  /** The VM a migration is bringing the volume for (only it may open the volume meanwhile). */
+  arrivingFor?: string;
+}
+
+interface Pool {
+  def: PoolDef;
+  driver: PoolDriver;
+  volumes: Map<string, VolumeMeta>;
+  /** Bytes on disk of all volumes, summed at `at` (a pool with many volumes re-sums at most once a second). */
+  used?: { bytes: number; at: number };
+}
+
+/** Pools with more volumes than this sum their bytes on disk at most once a second. */
+const EXACT_USE_UP_TO = 1000;
+
+export interface VolumeListQuery {
+  tenant?: string;
+  content?: ContentType;
+  limit: number;
+  cursor?: string;
+}
+
+export class StorageService {
+  #pools = new Map<string, Pool>();
+  #deps: StorageDeps;
+  #img: QemuImg;
+  #attachments: (ref: string) => string[] = () => [];
+  /** Names being created or uploaded right now (refs), so two requests never race for one. */
+  #busy = new Set<string>();
+
+  private constructor(deps: StorageDeps) {
+    this.#deps = deps;
+    this.#img = new QemuImg(deps.qemuImg);
+  }
+
+  static async open(deps: StorageDeps): Promise<StorageService> {
+    const svc = new StorageService(deps);
+    const defs = [...deps.pools];
+    if (!defs.some((p) => p.name === DEFAULT_POOL)) defs.unshift(PoolDef.parse({ name: DEFAULT_POOL, path: 'pools/local' }));
+    for (const def of defs) {
+      if (svc.#pools.has(def.name)) throw new NovaError('CONFIG_INVALID', `pool "${def.name}" is configured twice`);
+      const root = isAbsolute(def.path) ? def.path : join(deps.dataDir, def.path);
+      const driver = new DirPool(def, root, svc.#img);
+      const volumes = new Map<string, VolumeMeta>();
+      for (const meta of await driver.open()) {
+        if (!driver.exists(meta.name) && !meta.arriving) {
+          deps.log.warn({ pool: def.name, volume: meta.name }, 'volume metadata without data (a create interrupted by a crash): removed');
+          await driver.removeMeta(meta.name);
+          continue;
+        }
+        volumes.set(meta.name, meta);
+      }
+      svc.#pools.set(def.name, { def, driver, volumes });
+    }
+    return svc;
+  }
+
+  /** Tells the service who uses volumes (the VM service: the VMs whose specs name `ref`). */
+  useAttachments(fn: (ref: string) => string[]): void {
+    this.#attachments = fn;
+  }
+
+  get defaultPool(): string {
+    return DEFAULT_POOL;
+  }
+
+  // ---- pools -------------------------------------------------------------------
+
+  async pools(): Promise<PoolView[]> {
+    return Promise.all([...this.#pools.values()].map((p) => this.#view(p)));
+  }
+
+  async pool(name: string): Promise<PoolView> {
+    return this.#view(this.#pool(name));
+  }
+
+  /** Pool status for metrics: every pool, with its media class. */
+  async statuses(): Promise<Array<{ pool: string; mediaClass: string; status: PoolStatus }>> {
+    return Promise.all([...this.#pools.values()].map(async (p) => ({ pool: p.def.name, mediaClass: p.def.mediaClass, status: await this.#status(p) })));
+  }
+
+  isShared(pool: string): boolean {
+    return this.#pool(pool).def.shared;
+  }
+
+  hasPool(pool: string): boolean {
+    return this.#pools.has(pool);
+  }
+
+  // ---- volumes -----------------------------------------------------------------
+
+  find(ref: string): VolumeMeta | undefined {
+    const r = parseVolumeRef(ref);
+    const pool = r && this.#pools.get(r.pool);
+    return pool ? this.#meta(pool, r.name) : undefined;
+  }
+
+  /** A volume's metadata: from the cache, except in a shared pool, which other members change (read from the pool). */
+  #meta(pool: Pool, name: string): VolumeMeta | undefined {
+    if (!pool.def.shared) return pool.volumes.get(name);
+    const fresh = pool.driver.readMeta(name);
+    if (fresh) pool.volumes.set(name, fresh);
+    else pool.volumes.delete(name);
+    return fresh;
+  }
+
+  get(ref: string): VolumeView {
+    const { pool, meta } = this.#require(ref);
+    return this.#volumeView(pool, meta);
+  }
+
+  async list(poolName: string, q: VolumeListQuery): Promise<{ items: VolumeView[]; nextCursor?: string; total: number }> {
+    const pool = this.#pool(poolName);
+    if (pool.def.shared) pool.volumes = new Map((await pool.driver.scan()).map((m) => [m.name, m])); // what every member wrote
+    let all = [...pool.volumes.values()];
+    if (q.tenant) all = all.filter((v) => v.tenant === q.tenant);
+    if (q.content) all = all.filter((v) => v.content === q.content);
+    all.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    const start = q.cursor ? all.findIndex((v) => v.name > q.cursor!) : 0;
+    const page = start < 0 ? [] : all.slice(start, start + q.limit);
+    const more = start >= 0 && start + q.limit < all.length;
+    return { items: page.map((m) => this.#volumeView(pool, m)), total: all.length, ...(more ? { nextCursor: page.at(-1)!.name } : {}) };
+  }
+
+  async create(poolName: string, req: CreateVolumeRequest, extra: { owner?: string; backing?: string; arriving?: string; skipData?: boolean; exactBytes?: number } = {}): Promise<VolumeView> {
+    const pool = this.#pool(poolName);
+    this.#assertContent(pool, req.content);
+    const sizeBytes = extra.exactBytes ?? req.sizeMiB * MiB;
+    let backing: { target: BlockTarget; format: VolumeFormat } | undefined;
+    if (extra.backing) {
+      if (req.format !== 'qcow2') throw new NovaError('VOLUME_FORMAT_INVALID', 'a linked clone (backed volume) must be qcow2');
+      const base = this.open(extra.backing, { tenant: req.tenant, content: ['disk', 'template'], write: false });
+      backing = { target: base.target, format: base.meta.format };
+    }
+    return this.#exclusive(volumeRef(poolName, req.name), async () => {
+      this.#assertFree(pool, req.name);
+      await this.#assertRoom(pool, { virtualBytes: sizeBytes, bytes: 0 });
+      const now = new Date().toISOString();
+      const meta: VolumeMeta = {
+        name: req.name, format: req.format, content: req.content, sizeBytes, tenant: req.tenant,
+        ...(extra.owner ? { owner: extra.owner } : {}), ...(extra.backing ? { backing: extra.backing } : {}), ...(extra.arriving ? { arriving: extra.arriving } : {}),
+        createdAt: now, updatedAt: now,
+      };
+      await pool.driver.writeMeta(meta);
+      pool.volumes.set(meta.name, meta);
+      try {
+        if (!extra.skipData) await pool.driver.create(meta.name, { format: meta.format, sizeBytes, ...(backing ? { backing } : {}) });
+      } catch (err) {
+        pool.volumes.delete(meta.name);
+        await pool.driver.removeMeta(meta.name);
+        throw err;
+      }
+      await this.#event('volume.created', pool, meta);
+      return this.#volumeView(pool, meta);
+    });
+  }
+
+  /** Deletes a volume: refused while a VM uses it or another volume is backed by it. */
+  async remove(ref: string, opts: { exceptVm?: string } = {}): Promise<void> {
+    const { pool, meta } = this.#require(ref);
+    this.assertRemovable(ref, opts);
+    await this.#exclusive(ref, async () => {
+      await pool.driver.remove(meta.name);
+      await pool.driver.removeMeta(meta.name);
+      pool.volumes.delete(meta.name);
+      await this.#event('volume.deleted', pool, meta);
+    });
+  }
+
+  /** Refuses (VOLUME_IN_USE) while a VM other than `exceptVm` uses the volume or another volume is based on it. */
+  assertRemovable(ref: string, opts: { exceptVm?: string } = {}): void {
+    const users = this.#attachments(ref).filter((id) => id !== opts.exceptVm);
+    if (users.length > 0) throw new NovaError('VOLUME_IN_USE', `volume ${ref} is attached to ${users.join(', ')}`, { attachedTo: users });
+    const dependents = this.#dependents(ref);
+    if (dependents.length > 0) throw new NovaError('VOLUME_IN_USE', `volume ${ref} is the base of ${dependents.join(', ')}`, { dependents });
+  }
+
+  /** Grows a volume that no running VM has open (an attached one is resized through the hypervisor). */
+  async resize(ref: string, sizeMiB: number, online?: (newBytes: number) => Promise<void>): Promise<VolumeView> {
+    const { pool, meta } = this.#require(ref);
+    const sizeBytes = sizeMiB * MiB;
+    if (sizeBytes < meta.sizeBytes) throw new NovaError('VOLUME_FORMAT_INVALID', `volumes only grow: ${ref} is ${meta.sizeBytes / MiB} MiB`);
+    if (meta.readOnly) throw new NovaError('VOLUME_IN_USE', `volume ${ref} is a read-only template volume`);
+    return this.#exclusive(ref, async () => {
+      await this.#assertRoom(pool, { virtualBytes: sizeBytes - meta.sizeBytes, bytes: 0 });
+      if (online) await online(sizeBytes);
+      else await pool.driver.resize(meta.name, meta.format, sizeBytes);
+      return this.#update(pool, meta, { sizeBytes });
+    });
+  }
+
+  /** The offline resize itself (for a resize hook that found no running VM with the volume open). */
+  async resizeOffline(ref: string, sizeBytes: number): Promise<void> {
+    const { pool, meta } = this.#require(ref);
+    await pool.driver.resize(meta.name, meta.format, sizeBytes);
+  }
+
+  /** A linked clone (qcow2 overlay on `ref`) or a full copy, into the same pool or another. */
+  async clone(ref: string, req: CloneVolumeRequest): Promise<VolumeView> {
+    const src = this.#require(ref);
+    const poolName = req.pool ?? src.pool.def.name;
+    if (req.linked) {
+      if (this.#pool(poolName) !== src.pool && !src.pool.def.shared) {
+        throw new NovaError('VOLUME_FORMAT_INVALID', `a linked clone of ${ref} must be in pool ${src.pool.def.name} (its base is not shared)`);
+      }
+      return this.create(poolName, { name: req.name, sizeMiB: Math.ceil(src.meta.sizeBytes / MiB), format: 'qcow2', content: src.meta.content === 'template' ? 'disk' : src.meta.content, tenant: src.meta.tenant }, { backing: ref });
+    }
+    const pool = this.#pool(poolName);
+    this.#assertContent(pool, src.meta.content);
+    const source = this.open(ref, { tenant: src.meta.tenant, content: [src.meta.content], write: false });
+    return this.#exclusive(volumeRef(poolName, req.name), async () => {
+      this.#assertFree(pool, req.name);
+      await this.#assertRoom(pool, { virtualBytes: src.meta.sizeBytes, bytes: src.pool.driver.allocated(src.meta.name) });
+      const now = new Date().toISOString();
+      const meta: VolumeMeta = { name: req.name, format: src.meta.format, content: src.meta.content, sizeBytes: src.meta.sizeBytes, tenant: src.meta.tenant, createdAt: now, updatedAt: now };
+      await pool.driver.writeMeta(meta);
+      pool.volumes.set(meta.name, meta);
+      try {
+        await pool.driver.copyFrom({ target: source.target, format: src.meta.format }, meta.name, meta.format);
+      } catch (err) {
+        pool.volumes.delete(meta.name);
+        await pool.driver.removeMeta(meta.name);
+        throw err;
+      }
+      await this.#event('volume.created', pool, meta, { clonedFrom: ref });
+      return this.#volumeView(pool, meta);
+    });
+  }
+
+  /**
+   * Stores an uploaded image as a new volume: streamed to a staging file with a size
+   * limit, hashed, checked with `qemu-img info` (declared format, no backing or external
+   * data file), then committed. Nothing remains of a refused upload.
+   */
+  async upload(poolName: string, name: string, q: UploadQuery, body: AsyncIterable<Buffer>, declaredBytes: number | undefined): Promise<VolumeView> {
+    const pool = this.#pool(poolName);
+    this.#assertContent(pool, q.content);
+    const ref = volumeRef(poolName, name);
+    this.#assertFree(pool, name);
+    const limit = this.#deps.uploadLimitBytes ?? 64 * 2 ** 30;
+    if (declaredBytes !== undefined && declaredBytes > limit) throw new NovaError('BODY_TOO_LARGE', `upload of ${declaredBytes} bytes exceeds the ${limit}-byte limit`);
+    return this.#exclusive(ref, async () => {
+      this.#assertFree(pool, name);
+      const room = await this.#assertRoom(pool, { virtualBytes: declaredBytes ?? 0, bytes: declaredBytes ?? 0 });
+      const staged = await pool.driver.stage(name);
+      const hash = createHash('sha256');
+      let bytes = 0;
+      let lastProgress = Date.now();
+      const fh = await openFile(staged.path, 'wx', 0o600);
+      try {
+        try {
+          for await (const chunk of body) {
+            bytes += chunk.length;
+            if (bytes > limit) throw new NovaError('BODY_TOO_LARGE', `upload exceeds the ${limit}-byte limit`);
+            if (bytes > room) throw new NovaError('POOL_FULL', `pool ${poolName} has no room for more than ${room} bytes`);
+            hash.update(chunk);
+            await fh.write(chunk);
+            if (Date.now() - lastProgress >= PROGRESS_EVERY_MS) {
+              lastProgress = Date.now();
+              await this.#deps.events.commit([], [{ type: 'volume.progress', tenant: q.tenant, data: { pool: poolName, volume: name, action: 'upload', bytes, totalBytes: declaredBytes ?? null } }]);
+            }
+          }
+        } finally {
+          await fh.close();
+        }
+        if (declaredBytes !== undefined && bytes !== declaredBytes) throw new NovaError('VALIDATION_FAILED', `upload ended after ${bytes} of ${declaredBytes} bytes`);
+        const sha256 = hash.digest('hex');
+        if (q.sha256 && q.sha256 !== sha256) throw new NovaError('VOLUME_CHECKSUM_MISMATCH', `upload's SHA-256 is ${sha256}, expected ${q.sha256}`, { sha256 });
+        const info = await pool.driver.inspect(staged.path);
+        if (info.format !== q.format) throw new NovaError('VOLUME_FORMAT_INVALID', `the upload is a ${info.format} image, not ${q.format}`, { detected: info.format });
+        if (info.backingFile) throw new NovaError('VOLUME_FORMAT_INVALID', 'uploaded images may not name a backing file (it would be opened from the host)');
+        if (info.dataFile) throw new NovaError('VOLUME_FORMAT_INVALID', 'uploaded images may not name an external data file (it would be opened from the host)');
+        const now = new Date().toISOString();
+        const meta: VolumeMeta = { name, format: q.format, content: q.content, sizeBytes: info.virtualBytes, tenant: q.tenant, sha256, createdAt: now, updatedAt: now };
+        await pool.driver.writeMeta(meta);
+        await staged.commit();
+        pool.volumes.set(name, meta);
+        await this.#event('volume.created', pool, meta, { uploadedBytes: bytes });
+        return this.#volumeView(pool, meta);
+      } catch (err) {
+        await staged.abort();
+        throw err;
+      }
+    });
+  }
+
+  /** The volume's content as a stream (raw bytes of its image). */
+  download(ref: string): { stream: Readable; sizeBytes: number; meta: VolumeMeta } {
+    const { pool, meta } = this.#require(ref);
+    const { path } = pool.driver.target(meta.name);
+    return { stream: pool.driver.read(meta.name), sizeBytes: statSync(path).size, meta };
+  }
+
+  /**
+   * Opens a volume for a consumer after every check: it exists, belongs to the tenant,
+   * holds acceptable content, may be written if asked, and its data (and its backing
+   * chain) is the pool's own regular file.
+   */
+  open(ref: string, req: OpenRequest): OpenedVolume {
+    const { pool, meta } = this.#require(ref);
+    if (meta.tenant !== req.tenant) throw new NovaError('VOLUME_TENANT_MISMATCH', `volume ${ref} belongs to another tenant`, { volume: ref });
+    if (!req.content.includes(meta.content)) throw new NovaError('VOLUME_CONTENT_MISMATCH', `volume ${ref} holds ${meta.content}, not ${req.content.join(' or ')}`, { volume: ref, content: meta.content });
+    if (req.write && meta.readOnly) throw new NovaError('VOLUME_IN_USE', `volume ${ref} is a read-only template volume`);
+    if (meta.arriving && meta.arriving !== req.arrivingFor) throw new NovaError('VOLUME_IN_USE', `volume ${ref} is still arriving by migration`);
+    const target = pool.driver.target(meta.name);
+    for (let base = meta.backing, depth = 0; base; depth++) {
+      if (depth > 16) throw new NovaError('VOLUME_PATH_REFUSED', `volume ${ref}'s backing chain is too deep`);
+      const b = this.#require(base);
+      b.pool.driver.target(b.meta.name);
+      base = b.meta.backing;
+    }
+    return { ref, meta, target, shared: pool.def.shared };
+  }
+
+  /** Marks who owns a volume (the VM it was made with), or that no VM does any more. */
+  async setOwner(ref: string, owner: string | undefined): Promise<void> {
+    const { pool, meta } = this.#require(ref);
+    const { owner: _old, ...rest } = meta;
+    await this.#update(pool, rest as VolumeMeta, owner ? { owner } : {});
+  }
+
+  /** A volume received by a migration is complete: it is an ordinary volume now. */
+  async arrived(ref: string): Promise<void> {
+    const { pool, meta } = this.#require(ref);
+    const { arriving: _a, ...rest } = meta;
+    await this.#update(pool, rest as VolumeMeta, {});
+  }
+
+  /** Every volume made for a VM (owned) or arriving for one, with that VM's id. */
+  ownedOrArriving(): Array<{ ref: string; vmId: string }> {
+    const out: Array<{ ref: string; vmId: string }> = [];
+    for (const p of this.#pools.values()) {
+      if (p.def.shared) continue; // another member's VM may own it
+      for (const m of p.volumes.values()) {
+        const vmId = m.arriving ?? m.owner;
+        if (vmId) out.push({ ref: volumeRef(p.def.name, m.name), vmId });
+      }
+    }
+    return out;
+  }
+
+  /** Volumes still marked as arriving for `vmId` (a migration that never finished). */
+  arrivingFor(vmId: string): string[] {
+    const out: string[] = [];
+    for (const p of this.#pools.values()) for (const m of p.volumes.values()) if (m.arriving === vmId) out.push(volumeRef(p.def.name, m.name));
+    return out;
+  }
+
+  /** Where a received volume's bytes are written before it is committed. */
+  async stageReceive(ref: string): Promise<{ path: string; commit: () => Promise<void>; abort: () => Promise<void> }> {
+    const { pool, meta } = this.#require(ref);
+    return pool.driver.stage(meta.name);
+  }
+
+  /** Drops a volume's data and metadata without the in-use checks (a failed arrival's leftovers). */
+  async discard(ref: string): Promise<void> {
+    const found = this.find(ref);
+    if (!found) return;
+    const { pool, meta } = this.#require(ref);
+    await pool.driver.remove(meta.name);
+    await pool.driver.removeMeta(meta.name);
+    pool.volumes.delete(meta.name);
+  }
+
+  allocatedBytes(ref: string): number {
+    const { pool, meta } = this.#require(ref);
+    return pool.driver.allocated(meta.name);
+  }
+
+  // ---- internals ---------------------------------------------------------------
+
+  #pool(name: string): Pool {
+    const p = this.#pools.get(name);
+    if (!p) throw new NovaError('POOL_NOT_FOUND', `no pool "${name}"`, { pool: name });
+    return p;
+  }
+
+  #require(ref: string): { pool: Pool; meta: VolumeMeta } {
+    const r = parseVolumeRef(ref);
+    if (!r) throw new NovaError('VOLUME_NOT_FOUND', `"${ref}" does not name a volume (pool/volume)`);
+    const pool = this.#pool(r.pool);
+    const meta = this.#meta(pool, r.name);
+    if (!meta) throw new NovaError('VOLUME_NOT_FOUND', `no volume ${ref}`, { volume: ref });
+    return { pool, meta };
+  }
+
+  #assertFree(pool: Pool, name: string): void {
+    if (this.#meta(pool, name)) throw new NovaError('VOLUME_EXISTS', `volume ${volumeRef(pool.def.name, name)} already exists`);
+  }
+
+  #assertContent(pool: Pool, content: ContentType): void {
+    if (!pool.def.content.includes(content)) throw new NovaError('POOL_CONTENT_REFUSED', `pool ${pool.def.name} does not hold ${content} volumes (it holds ${pool.def.content.join(', ')})`);
+  }
+
+  /** Refuses with POOL_FULL when the pool cannot take `bytes` more on disk or `virtualBytes` more provisioned; returns the bytes it can take. */
+  async #assertRoom(pool: Pool, need: { virtualBytes: number; bytes: number }): Promise<number> {
+    const s = await this.#status(pool);
+    if (pool.def.overcommitRatio !== undefined && s.allocatedBytes + need.virtualBytes > s.capacityBytes * pool.def.overcommitRatio) {
+      throw new NovaError('POOL_FULL', `pool ${pool.def.name} would provision ${s.allocatedBytes + need.virtualBytes} bytes, over ${pool.def.overcommitRatio} × its ${s.capacityBytes}-byte capacity`, { pool: pool.def.name });
+    }
+    if (need.bytes > s.freeBytes) throw new NovaError('POOL_FULL', `pool ${pool.def.name} has ${s.freeBytes} bytes free, ${need.bytes} needed`, { pool: pool.def.name });
+    return s.freeBytes;
+  }
+
+  async #status(pool: Pool): Promise<PoolStatus> {
+    const space = await pool.driver.status();
+    let allocatedBytes = 0;
+    for (const m of pool.volumes.values()) allocatedBytes += m.sizeBytes;
+    const now = Date.now();
+    if (!pool.used || pool.volumes.size <= EXACT_USE_UP_TO || now - pool.used.at > 1000) {
+      let bytes = 0;
+      for (const m of pool.volumes.values()) bytes += pool.driver.allocated(m.name);
+      pool.used = { bytes, at: now };
+    }
+    const usedBytes = pool.used.bytes;
+    const byCapacity = pool.def.capacityGiB !== undefined ? Math.max(0, space.capacityBytes - usedBytes) : space.freeBytes;
+    return { capacityBytes: space.capacityBytes, allocatedBytes, usedBytes, freeBytes: Math.min(space.freeBytes, byCapacity), volumes: pool.volumes.size };
+  }
+
+  async #view(p: Pool): Promise<PoolView> {
+    return { ...p.def, root: p.driver.root, status: await this.#status(p) };
+  }
+
+  #volumeView(pool: Pool, meta: VolumeMeta): VolumeView {
+    const ref = volumeRef(pool.def.name, meta.name);
+    const chain: string[] = [];
+    for (let b = meta.backing; b && chain.length < 17; b = this.find(b)?.backing) chain.push(b);
+    return { ...meta, pool: pool.def.name, ref, allocatedBytes: pool.driver.allocated(meta.name), attachedTo: this.#attachments(ref), backingChain: chain };
+  }
+
+  #dependents(ref: string): string[] {
+    const out: string[] = [];
+    for (const p of this.#pools.values()) for (const m of p.volumes.values()) if (m.backing === ref) out.push(volumeRef(p.def.name, m.name));
+    return out;
+  }
+
+  async #update(pool: Pool, meta: VolumeMeta, change: Partial<VolumeMeta>): Promise<VolumeView> {
+    const next: VolumeMeta = { ...meta, ...change, updatedAt: new Date().toISOString() };
+    await pool.driver.writeMeta(next);
+    pool.volumes.set(next.name, next);
+    await this.#event('volume.updated', pool, next, change);
+    return this.#volumeView(pool, next);
+  }
+
+  async #exclusive<T>(ref: string, fn: () => Promise<T>): Promise<T> {
+    if (this.#busy.has(ref)) throw new NovaError('VOLUME_IN_USE', `volume ${ref} is being changed by another request`);
+    this.#busy.add(ref);
+    try {
+      return await fn();
+    } finally {
+      this.#busy.delete(ref);
+    }
+  }
+
+  async #event(type: 'volume.created' | 'volume.deleted' | 'volume.updated', pool: Pool, meta: VolumeMeta, data: Record<string, unknown> = {}): Promise<void> {
+    await this.#deps.events.commit([], [{ type, tenant: meta.tenant, data: { pool: pool.def.name, volume: meta.name, format: meta.format, sizeBytes: meta.sizeBytes, ...data } }]);
+  }
+}

@@ -1,0 +1,162 @@
+/**
+ * A VM's storage, in the VM domain's terms: which volumes its spec uses, making and
+ * removing the ones it owns, and resolving everything the hypervisor opens (disks,
+ * CD-ROM, kernel, initrd) through the storage service's checks — the only way a driver
+ * learns a path.
+ */
+import { NovaError } from '../errors.js';
+import type { StorageService } from '../storage/service.js';
+import { parseVolumeRef } from '../storage/model.js';
+import type { DiskMedia, VmMedia } from './driver.js';
+import type { VmRecord } from './record.js';
+import { diskVolume, type DiskSpec, type VmSpec } from './spec.js';
+
+export type { DiskMedia, VmMedia } from './driver.js';
+
+/** A volume a VM's spec uses, and in which role. */
+export interface VmVolumeUse {
+  ref: string;
+  role: 'disk' | 'cdrom' | 'kernel' | 'initrd';
+  /** Made with the VM (deleted with it unless kept). */
+  owned: boolean;
+  disk?: DiskSpec;
+}
+
+const MiB = 1 << 20;
+
+export class VmStorage {
+  constructor(readonly storage: StorageService) {}
+
+  /** A new VM's spec with the defaults that depend on this daemon filled in (the pool and format of new disks). */
+  normalize(spec: VmSpec): VmSpec {
+    return { ...spec, disks: spec.disks.map((d) => this.normalizeDisk(d)) };
+  }
+
+  normalizeDisk(d: DiskSpec): DiskSpec {
+    if (d.volume) return d;
+    const pool = d.pool ?? (d.from ? parseVolumeRef(d.from)?.pool : undefined) ?? this.storage.defaultPool;
+    return { ...d, pool, format: d.format ?? 'qcow2' };
+  }
+
+  /** Every volume the spec uses (for a VM with id `vmId`). */
+  uses(vmId: string, spec: VmSpec): VmVolumeUse[] {
+    const out: VmVolumeUse[] = spec.disks.map((d) => ({ ...diskVolume(vmId, d, this.storage.defaultPool), role: 'disk' as const, disk: d }));
+    if (spec.cdrom) out.push({ ref: spec.cdrom, role: 'cdrom', owned: false });
+    if (spec.boot.type === 'kernel') {
+      out.push({ ref: spec.boot.kernel, role: 'kernel', owned: false });
+      if (spec.boot.initrd) out.push({ ref: spec.boot.initrd, role: 'initrd', owned: false });
+    }
+    return out;
+  }
+
+  /**
+   * Refuses a spec whose volumes this VM may not use: each existing one must open for the
+   * VM's tenant with the right content; new ones need a pool that takes disks (and their
+   * base must open). `arriving`: volumes a migration is bringing (they are checked once made).
+   */
+  check(vmId: string, spec: VmSpec, opts: { arriving?: Set<string> } = {}): void {
+    for (const use of this.uses(vmId, spec)) {
+      if (use.owned) {
+        const d = use.disk!;
+        const pool = parseVolumeRef(use.ref)!.pool;
+        if (!this.storage.hasPool(pool)) throw new NovaError('POOL_NOT_FOUND', `disk "${d.name}": no pool "${pool}"`, { pool });
+        if (d.from) this.storage.open(d.from, { tenant: spec.tenant, content: ['disk', 'template'], write: false });
+        // A new VM's own volumes are made after this check; an arriving VM's must exist or be on their way.
+        if (!opts.arriving && !this.storage.find(use.ref)) continue;
+      }
+      if (opts.arriving?.has(use.ref)) continue;
+      this.storage.open(use.ref, { tenant: spec.tenant, ...slot(use) });
+    }
+  }
+
+  /** Makes the volumes the VM owns that do not exist yet; on failure none of the new ones remain. */
+  async provision(vm: VmRecord, disks: DiskSpec[] = vm.spec.disks): Promise<void> {
+    const made: string[] = [];
+    try {
+      for (const d of disks) {
+        const { ref, owned } = diskVolume(vm.id, d, this.storage.defaultPool);
+        if (!owned || this.storage.find(ref)) continue;
+        const { pool, name } = parseVolumeRef(ref)!;
+        const base = d.from ? this.storage.find(d.from) : undefined;
+        const sizeMiB = d.sizeMiB ?? Math.ceil((base?.sizeBytes ?? MiB) / MiB);
+        await this.storage.create(pool, { name, sizeMiB, format: d.format ?? 'qcow2', content: 'disk', tenant: vm.spec.tenant }, { owner: vm.id, ...(d.from ? { backing: d.from } : {}) });
+        made.push(ref);
+      }
+    } catch (err) {
+      for (const ref of made.reverse()) await this.storage.discard(ref).catch(() => undefined);
+      throw err;
+    }
+  }
+
+  /** Refuses (VOLUME_IN_USE) to delete a VM whose own volumes other volumes are based on, unless they are kept. */
+  assertReleasable(vm: VmRecord, { keepDisks }: { keepDisks: boolean }): void {
+    if (keepDisks) return;
+    for (const use of this.uses(vm.id, vm.spec)) if (use.owned && this.storage.find(use.ref)) this.storage.assertRemovable(use.ref, { exceptVm: vm.id });
+  }
+
+  /** The VM is gone: its own volumes go too, or (keepDisks) stay as ordinary volumes. */
+  async release(vm: VmRecord, { keepDisks }: { keepDisks: boolean }): Promise<void> {
+    for (const use of this.uses(vm.id, vm.spec)) {
+      if (!use.owned || !this.storage.find(use.ref)) continue;
+      if (keepDisks) await this.storage.setOwner(use.ref, undefined);
+      else await this.storage.remove(use.ref, { exceptVm: vm.id });
+    }
+  }
+
+  /** Removes the volumes `disks` made for the VM (a hot-plug that failed). */
+  async releaseDisks(vm: VmRecord, disks: DiskSpec[]): Promise<void> {
+    for (const d of disks) {
+      const { ref, owned } = diskVolume(vm.id, d, this.storage.defaultPool);
+      if (owned) await this.storage.discard(ref);
+    }
+  }
+
+  /** Volumes the VM owned that its new spec no longer uses stay, as ordinary volumes. */
+  async disownDropped(before: VmRecord, after: VmRecord): Promise<void> {
+    const kept = new Set(this.uses(after.id, after.spec).map((u) => u.ref));
+    for (const use of this.uses(before.id, before.spec)) {
+      if (use.owned && !kept.has(use.ref) && this.storage.find(use.ref)) await this.storage.setOwner(use.ref, undefined);
+    }
+  }
+
+  /** What the hypervisor opens for the VM, each checked now (→ VOLUME_* errors). */
+  media(vm: VmRecord): VmMedia {
+    const { tenant } = vm.spec;
+    const disks: DiskMedia[] = this.uses(vm.id, vm.spec)
+      .filter((u) => u.role === 'disk')
+      .map((u) => {
+        const d = u.disk!;
+        const v = this.storage.open(u.ref, { tenant, arrivingFor: vm.id, ...slot(u) });
+        return { name: d.name, path: v.target.path, format: v.meta.format, bus: d.bus, readOnly: d.readOnly || v.meta.readOnly === true, ref: u.ref, owned: u.owned, backed: v.meta.backing !== undefined, shared: v.shared };
+      });
+    const file = (ref: string | undefined, role: VmVolumeUse['role']) => (ref ? this.storage.open(ref, { tenant, ...slot({ role }) }).target.path : undefined);
+    const cdrom = file(vm.spec.cdrom, 'cdrom');
+    const kernel = vm.spec.boot.type === 'kernel' ? file(vm.spec.boot.kernel, 'kernel') : undefined;
+    const initrd = vm.spec.boot.type === 'kernel' ? file(vm.spec.boot.initrd, 'initrd') : undefined;
+    return { disks, ...(cdrom ? { cdrom } : {}), ...(kernel ? { kernel } : {}), ...(initrd ? { initrd } : {}) };
+  }
+
+  /**
+   * The volumes that travel with the VM in a migration: its writable disks in pools that
+   * are not shared (a shared pool's volumes are already on every member). Read-only media
+   * (kernel, initrd, CD-ROM, read-only disks) must exist on the destination as they are.
+   */
+  carried(vm: VmRecord): Array<{ ref: string; disk: DiskSpec; owned: boolean }> {
+    return this.uses(vm.id, vm.spec)
+      .filter((u) => u.role === 'disk' && !u.disk!.readOnly && !this.storage.isShared(parseVolumeRef(u.ref)!.pool))
+      .map((u) => ({ ref: u.ref, disk: u.disk!, owned: u.owned }));
+  }
+}
+
+/** What content and access a volume needs in each role. */
+function slot(use: Pick<VmVolumeUse, 'role' | 'disk'>): { content: Array<'disk' | 'iso' | 'kernel' | 'template'>; write: boolean } {
+  switch (use.role) {
+    case 'disk':
+      return { content: use.disk!.readOnly ? ['disk', 'template', 'iso'] : ['disk'], write: !use.disk!.readOnly };
+    case 'cdrom':
+      return { content: ['iso'], write: false };
+    case 'kernel':
+    case 'initrd':
+      return { content: ['kernel'], write: false };
+  }
+}
