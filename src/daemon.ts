@@ -64,7 +64,7 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
     const storage = await StorageService.open({ dataDir, pools: config.pools, events, log, uploadLimitBytes: config.uploadLimitBytes });
     const vmStorage = new VmStorage(storage);
     const driver = selectDriver(config.driver, { sim: config.sim, dataDir, log, media: (vm) => vmStorage.media(vm) });
-    const vms = await VmService.open({ store, events, driver, storage: vmStorage, nodeId: config.nodeId, log, shutdownTimeoutMs: config.shutdownTimeoutMs, apiAuthenticated: config.apiToken !== undefined });
+    const vms = await VmService.open({ store, events, driver, storage: vmStorage, nodeId: config.nodeId, log, shutdownTimeoutMs: config.shutdownTimeoutMs, apiAuthenticated: config.apiToken !== undefined, dataDir });
     const migrations = await MigrationService.open({
       store, events, vms, driver, log, nodeId: config.nodeId, dataDir, host: config.host,
       ...(config.migrationPort ? { transportPort: config.migrationPort } : {}),

@@ -173,10 +173,26 @@ export function buildProgram(): Command {
     });
   }
 
+  vm.command('console <vm>')
+    .description('the guest\'s serial console (Ctrl-] leaves); for scripts, --for and --until print it and exit')
+    .option('--for <seconds>', 'print the console for this many seconds (with --until: at most), then exit')
+    .option('--until <pattern>', 'print the console until its output matches this regular expression (exit 1 if it never does)')
+    .action(async (ref: string, opts: { for?: string; until?: string }) => {
+      const { runConsole } = await import('./console-command.js');
+      if (opts.for !== undefined && !(Number(opts.for) > 0)) throw new UsageError(`--for must be a number of seconds, got "${opts.for}"`);
+      let until: RegExp | undefined;
+      try {
+        until = opts.until !== undefined ? new RegExp(opts.until, 'm') : undefined;
+      } catch (e) {
+        throw new UsageError(`--until: ${(e as Error).message}`);
+      }
+      await runConsole(client(), ref, { ...(opts.for !== undefined ? { for: Number(opts.for) } : {}), ...(until ? { until } : {}) });
+    });
+
   vm.command('delete <vm>')
-    .description('delete a VM and its disks')
+    .description('delete a VM and the volumes made with it')
     .option('--force', 'stop it first if it is running')
-    .option('--keep-disks', 'keep disk images')
+    .option('--keep-disks', 'keep the volumes made with it (as ordinary volumes)')
     .option('--no-wait', 'return once the operation is accepted')
     .action(async (ref: string, opts) => {
       await follow(client(), await client().deleteVm(ref, { force: opts.force, keepDisks: opts.keepDisks }), opts.wait, json());

@@ -90,20 +90,38 @@ export class StorageService {
     if (!defs.some((p) => p.name === DEFAULT_POOL)) defs.unshift(PoolDef.parse({ name: DEFAULT_POOL, path: 'pools/local' }));
     for (const def of defs) {
       if (svc.#pools.has(def.name)) throw new NovaError('CONFIG_INVALID', `pool "${def.name}" is configured twice`);
-      const root = isAbsolute(def.path) ? def.path : join(deps.dataDir, def.path);
-      const driver = new DirPool(def, root, svc.#img);
-      const volumes = new Map<string, VolumeMeta>();
-      for (const meta of await driver.open()) {
-        if (!driver.exists(meta.name) && !meta.arriving) {
-          deps.log.warn({ pool: def.name, volume: meta.name }, 'volume metadata without data (a create interrupted by a crash): removed');
-          await driver.removeMeta(meta.name);
-          continue;
-        }
-        volumes.set(meta.name, meta);
-      }
-      svc.#pools.set(def.name, { def, driver, volumes });
+      await svc.addPool(def);
     }
     return svc;
+  }
+
+  /** Opens a pool (a configured one at start, or the `imported` pool on first need); an existing one stays. */
+  async addPool(def: PoolDef): Promise<void> {
+    if (this.#pools.has(def.name)) return;
+    const root = isAbsolute(def.path) ? def.path : join(this.#deps.dataDir, def.path);
+    const driver = new DirPool(def, root, this.#img);
+    const volumes = new Map<string, VolumeMeta>();
+    for (const meta of await driver.open()) {
+      if (!driver.exists(meta.name) && !meta.arriving) {
+        this.#deps.log.warn({ pool: def.name, volume: meta.name }, 'volume metadata without data (a create interrupted by a crash): removed');
+        await driver.removeMeta(meta.name);
+        continue;
+      }
+      volumes.set(meta.name, meta);
+    }
+    this.#pools.set(def.name, { def, driver, volumes });
+  }
+
+  /** Records a file already in the pool as a volume (the import of pre-pool VMs' files). */
+  async register(poolName: string, m: Omit<VolumeMeta, 'createdAt' | 'updatedAt'>): Promise<void> {
+    const pool = this.#pool(poolName);
+    this.#assertFree(pool, m.name);
+    pool.driver.target(m.name);
+    const now = new Date().toISOString();
+    const meta: VolumeMeta = { ...m, createdAt: now, updatedAt: now };
+    await pool.driver.writeMeta(meta);
+    pool.volumes.set(meta.name, meta);
+    await this.#event('volume.created', pool, meta, { imported: true });
   }
 
   /** Tells the service who uses volumes (the VM service: the VMs whose specs name `ref`). */

@@ -17,6 +17,7 @@ import { VmClaims, type VmClaim, type VmLockGuard } from './claims.js';
 import { DriverError, type DiskSnapshot, type DiskSnapshots, type HypervisorDriver, type VmStats } from './driver.js';
 import { newId } from '../ids.js';
 import type { VmStorage } from './media.js';
+import { importLegacyVm, isLegacy } from './legacy-import.js';
 import type { VmRecord } from './record.js';
 import { Reconciler } from './reconciler.js';
 import { VmRegistry, type ListPage, type ListQuery } from './registry.js';
@@ -40,6 +41,8 @@ export interface VmServiceDeps {
   shutdownTimeoutMs?: number;
   /** True when this host's API requires a token; only then may a guest's NIC reach the host's loopback. */
   apiAuthenticated?: boolean;
+  /** The daemon's data directory: VMs from before storage pools have their files imported from it. */
+  dataDir?: string;
 }
 
 /** A VM claimed for a migration, and how to give it back. */
@@ -67,11 +70,29 @@ export class VmService {
 
   static async open(deps: VmServiceDeps): Promise<VmService> {
     const svc = new VmService(deps, await VmRegistry.load(deps.store, deps.events));
+    await svc.#importLegacy();
     svc.#reconciler.watch();
     await svc.#runner.failInterrupted();
     await svc.#reconciler.recover();
     await svc.#dropOrphanVolumes();
     return svc;
+  }
+
+  /** VMs whose specs name host paths (from before storage pools) get their files imported as volumes, once. */
+  async #importLegacy(): Promise<void> {
+    const { dataDir, log } = this.#deps;
+    for (const vm of [...this.#registry.all()].filter((v) => isLegacy(v.spec))) {
+      if (!dataDir) throw new NovaError('INTERNAL', `VM ${vm.id} has a pre-pool spec and no data directory to import it from`);
+      try {
+        const spec = await importLegacyVm(vm, { storage: this.#deps.storage.storage, dataDir, log });
+        await this.#registry.commit(vm.id, { set: { spec }, events: [{ type: 'vm.updated', data: { changes: { disks: spec.disks, boot: spec.boot, ...(spec.cdrom ? { cdrom: spec.cdrom } : {}) }, importedFrom: 'host paths' } }] });
+        log.info({ vmId: vm.id, name: vm.name }, 'imported the files of a VM from before storage pools into the imported pool');
+      } catch (err) {
+        log.error({ err, vmId: vm.id }, 'importing a VM from before storage pools failed');
+        const reason = `its files could not be imported as volumes: ${(err as Error).message}`;
+        if (vm.state !== 'error' || vm.stateReason !== reason) await this.#registry.commit(vm.id, { ...(vm.state !== 'error' ? { to: 'error' as const } : {}), reason });
+      }
+    }
   }
 
   /**

@@ -56,6 +56,19 @@ export function serial(dataDir: string, vmId: string): string {
   return existsSync(path) ? readFileSync(path, 'latin1') : '';
 }
 
+/**
+ * Keeps what a VM's serial log last held, read every 20 ms while it exists: the source's
+ * copy of a migrated VM is removed with the VM's directory once the destination runs it.
+ */
+export function keepSerial(dataDir: string, vmId: string): { text(): string; stop(): void } {
+  let kept = serial(dataDir, vmId);
+  const timer = setInterval(() => {
+    const now = serial(dataDir, vmId);
+    if (now.length >= kept.length) kept = now;
+  }, 20);
+  return { text: () => kept, stop: () => clearInterval(timer) };
+}
+
 /** Heartbeat counters seen on the console, in order. */
 export function heartbeats(dataDir: string, vmId: string): number[] {
   return [...serial(dataDir, vmId).matchAll(/^HB (\d+) /gm)].map((m) => Number(m[1]));

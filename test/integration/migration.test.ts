@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { api, removeDir, spawnDaemon, tempDataDir, waitOp, type DaemonHandle } from '../helpers/daemon.js';
 import { EventClient } from '../helpers/events.js';
-import { ensureQemuAndGuest, guestVm, heartbeats, installGuest, serial, waitUntil, killGuests } from '../helpers/qemu.js';
+import { ensureQemuAndGuest, guestVm, heartbeats, installGuest, keepSerial, serial, waitUntil, killGuests } from '../helpers/qemu.js';
 
 const BOOT_MS = 60_000;
 const dirs: string[] = [];
@@ -128,7 +128,9 @@ describe('live migration (real QEMU, two daemons)', { timeout: 300_000 }, () => 
     expect(started.headers.get('location')).toBe(`/v1/migrations/${started.body.id}`);
     expect((await api(a.url, 'GET', `/v1/vms/${id}`)).body.state).toBe('migrating');
     expect((await api(a.url, 'POST', `/v1/vms/${id}/pause`)).body.error.code).toBe('VM_BUSY');
-    const lastBefore = () => heartbeats(a.dataDir, id).at(-1)!;
+    // The source's log goes with the VM's directory once it has moved: keep what it said.
+    const sourceLog = keepSerial(a.dataDir, id);
+    const lastBefore = () => [...sourceLog.text().matchAll(/^HB (\d+) /gm)].map((m) => Number(m[1])).at(-1)!;
 
     const done = await waitMigration(a, started.body.id);
     expect(done, JSON.stringify(done)).toMatchObject({ state: 'completed', phase: 'done', role: 'source', downtimeMs: { qemu: expect.any(Number), measured: expect.any(Number) } });
@@ -151,6 +153,7 @@ describe('live migration (real QEMU, two daemons)', { timeout: 300_000 }, () => 
     await waitUntil(() => heartbeats(b.dataDir, id).length >= 10, 30_000, 'heartbeats on the destination');
     const there = heartbeats(b.dataDir, id);
     const last = lastBefore();
+    sourceLog.stop();
     expect(there[0]).toBeGreaterThan(0);
     expect(there[0]!).toBeLessThanOrEqual(last + 1);
     expect(there[0]!).toBeGreaterThanOrEqual(last - 2);
@@ -186,17 +189,21 @@ describe('live migration (real QEMU, two daemons)', { timeout: 300_000 }, () => 
     expect(dry.body.prediction.inputs.diskBytes).toBeGreaterThanOrEqual(2 << 20);
     expect(dry.body.prediction.diskMs).toBeGreaterThan(0);
 
+    const sourceLog = keepSerial(a.dataDir, id);
     const started = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: b.url, maxDowntimeMs: 300, force: true });
     expect(started.status, JSON.stringify(started.body)).toBe(202);
     const done = await waitMigration(a, started.body.id);
     expect(done, JSON.stringify(done)).toMatchObject({ state: 'completed', role: 'source' });
+    // The source's copy of the VM is gone: its directory and its volume (the destination has them now).
+    await waitUntil(() => !existsSync(join(a.dataDir, 'vms', id)) && !existsSync(dataVolume(a, id)), 10_000, 'the source to remove its copy');
+    sourceLog.stop();
     expect(done.progress.storageTotalBytes).toBeGreaterThan(0);
     expect(done.progress.storageCopiedBytes).toBe(done.progress.storageTotalBytes);
     await expectNotThere(a, id);
     expect((await api(b.url, 'GET', `/v1/vms/${id}`)).body.state).toBe('running');
 
     // The guest goes on writing on the destination, without a reboot.
-    const lastOnSource = Math.max(...records(a));
+    const lastOnSource = Math.max(...[...sourceLog.text().matchAll(/^DISK (\d+)/gm)].map((m) => Number(m[1])));
     await waitUntil(() => records(b).length >= 5, 30_000, 'disk records on the destination');
     expect(serial(b.dataDir, id)).not.toMatch(/NOVACRON-GUEST up/);
     expect(records(b)[0]).toBeLessThanOrEqual(lastOnSource + 1);

@@ -13,6 +13,7 @@ import { clusterRoutes } from '../../src/api/routes/cluster.js';
 import { migrationRoutes } from '../../src/api/routes/migrations.js';
 import { systemRoutes } from '../../src/api/routes/system.js';
 import { vmRoutes } from '../../src/api/routes/vms.js';
+import { storageRoutes } from '../../src/api/routes/storage.js';
 import { telemetryWsRoute } from '../../src/api/telemetry-ws.js';
 import { vncWsRoute } from '../../src/api/vnc-ws.js';
 import type { WsRouteInstaller } from '../../src/api/server.js';
@@ -25,6 +26,7 @@ function served(): string[] {
   vmRoutes(router, none);
   migrationRoutes(router, none, none);
   clusterRoutes(router, none, none, none);
+  storageRoutes(router, none);
   const endpoints = router.routes.map((r) => `${r.method} ${r.pattern}`);
   const installers: WsRouteInstaller[] = [eventsWsRoute(none, none), consoleWsRoute(none, none, none), telemetryWsRoute(none, none), vncWsRoute(none, none)];
   const app = { ws: (path: string) => endpoints.push(`GET ${path}`) };
