@@ -27,6 +27,8 @@ export const ERROR_CODES = {
   SNAPSHOT_EXISTS: { status: 409, message: 'a snapshot with this name already exists' },
   SNAPSHOT_UNSUPPORTED: { status: 409, message: 'snapshots need qcow2 disks and a driver that supports them' },
   EVENTS_EXPIRED: { status: 410, message: 'requested events are no longer retained' },
+  OPERATION_NOT_CANCELLABLE: { status: 409, message: 'the operation cannot be cancelled (it is not cancellable, or has finished)' },
+  OPERATION_CANCELLED: { status: 409, message: 'the operation was cancelled' },
   // Drivers
   DRIVER_FAILED: { status: 500, message: 'hypervisor driver operation failed' },
   DRIVER_UNAVAILABLE: { status: 503, message: 'hypervisor driver is not available' },

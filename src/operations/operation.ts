@@ -1,7 +1,7 @@
 import type { ErrorCode } from '../errors.js';
 import { newId } from '../ids.js';
 
-export const OPERATION_KINDS = ['start', 'stop', 'shutdown', 'pause', 'resume', 'reboot', 'delete', 'checkpoint', 'restore'] as const;
+export const OPERATION_KINDS = ['start', 'stop', 'shutdown', 'pause', 'resume', 'reboot', 'delete', 'checkpoint', 'restore', 'move-disk'] as const;
 export type OperationKind = (typeof OPERATION_KINDS)[number];
 
 /** A long-running request, returned with 202 and pollable at /v1/operations/:id. */
@@ -10,7 +10,8 @@ export interface OperationRecord {
   kind: OperationKind;
   vmId: string;
   state: 'running' | 'succeeded' | 'failed';
-  progress: { percent: number; message: string };
+  /** `detail`: figures of a long copy (bytes copied, total, rate). */
+  progress: { percent: number; message: string; detail?: Record<string, number> };
   /** A registered code (never a raw system error such as ENOENT) and a message for operators. */
   error?: { code: ErrorCode; message: string };
   result?: Record<string, unknown>;

@@ -70,8 +70,10 @@ export interface VolumeMeta {
   backing?: string;
   /** Template volumes are never opened for writing. */
   readOnly?: boolean;
-  /** Being received by a migration for this VM: removed if the migration fails. */
+  /** Being received by a migration for this VM (or by a disk move): removed if it fails. */
   arriving?: string;
+  /** The target of a disk move of VM `arriving`: which disk, from which volume. */
+  moving?: { disk: string; from: string };
   /** SHA-256 of the content as uploaded. */
   sha256?: string;
   createdAt: string;

@@ -191,7 +191,7 @@ export class StorageService {
     return { items: page.map((m) => this.#volumeView(pool, m)), total: all.length, ...(more ? { nextCursor: page.at(-1)!.name } : {}) };
   }
 
-  async create(poolName: string, req: CreateVolumeRequest, extra: { owner?: string; backing?: string; arriving?: string; skipData?: boolean; exactBytes?: number } = {}): Promise<VolumeView> {
+  async create(poolName: string, req: CreateVolumeRequest, extra: { owner?: string; backing?: string; arriving?: string; moving?: VolumeMeta['moving']; skipData?: boolean; exactBytes?: number; reserveBytes?: number } = {}): Promise<VolumeView> {
     const pool = this.#pool(poolName);
     this.#assertContent(pool, req.content);
     const sizeBytes = extra.exactBytes ?? req.sizeMiB * MiB;
@@ -203,11 +203,11 @@ export class StorageService {
     }
     return this.#exclusive(volumeRef(poolName, req.name), async () => {
       this.#assertFree(pool, req.name);
-      await this.#assertRoom(pool, { virtualBytes: sizeBytes, bytes: 0 });
+      await this.#assertRoom(pool, { virtualBytes: sizeBytes, bytes: extra.reserveBytes ?? 0 });
       const now = new Date().toISOString();
       const meta: VolumeMeta = {
         name: req.name, format: req.format, content: req.content, sizeBytes, tenant: req.tenant,
-        ...(extra.owner ? { owner: extra.owner } : {}), ...(extra.backing ? { backing: extra.backing } : {}), ...(extra.arriving ? { arriving: extra.arriving } : {}),
+        ...(extra.owner ? { owner: extra.owner } : {}), ...(extra.backing ? { backing: extra.backing } : {}), ...(extra.arriving ? { arriving: extra.arriving } : {}), ...(extra.moving ? { moving: extra.moving } : {}),
         createdAt: now, updatedAt: now,
       };
       await pool.driver.writeMeta(meta);
@@ -388,10 +388,10 @@ export class StorageService {
     await this.#update(pool, rest as VolumeMeta, owner ? { owner } : {});
   }
 
-  /** A volume received by a migration is complete: it is an ordinary volume now. */
+  /** A volume received by a migration (or a disk move) is complete: it is an ordinary volume now. */
   async arrived(ref: string): Promise<void> {
     const { pool, meta } = this.#require(ref);
-    const { arriving: _a, ...rest } = meta;
+    const { arriving: _a, moving: _m, ...rest } = meta;
     await this.#update(pool, rest as VolumeMeta, {});
   }
 
@@ -406,6 +406,39 @@ export class StorageService {
       }
     }
     return out;
+  }
+
+  /** Targets of disk moves that never finished (a daemon restart finds them). */
+  movesInFlight(): Array<{ ref: string; vmId: string; disk: string; from: string }> {
+    const out: Array<{ ref: string; vmId: string; disk: string; from: string }> = [];
+    for (const p of this.#pools.values()) {
+      for (const m of p.volumes.values()) if (m.moving && m.arriving) out.push({ ref: volumeRef(p.def.name, m.name), vmId: m.arriving, ...m.moving });
+    }
+    return out;
+  }
+
+  /** The file of a volume's data (what QEMU has open), without the consumer checks of `open`. */
+  dataPath(ref: string): string {
+    const { pool, meta } = this.#require(ref);
+    return pool.driver.target(meta.name).path;
+  }
+
+  /** Full copy of `from` into the staged data of `to` (made with skipData), committed at the end. */
+  async copyInto(from: string, to: string, opts: { bytesPerSec?: number; signal: AbortSignal; onProgress(p: { copiedBytes: number; totalBytes: number }): void }): Promise<void> {
+    const src = this.#require(from);
+    const dst = this.#require(to);
+    const staged = await dst.pool.driver.stage(dst.meta.name);
+    try {
+      await this.#img.convert(
+        { path: src.pool.driver.target(src.meta.name).path, format: src.meta.format },
+        { path: staged.path, format: dst.meta.format },
+        { ...(opts.bytesPerSec ? { bytesPerSec: opts.bytesPerSec } : {}), signal: opts.signal, onPercent: (pct) => opts.onProgress({ copiedBytes: Math.round((pct / 100) * src.meta.sizeBytes), totalBytes: src.meta.sizeBytes }) },
+      );
+      await staged.commit();
+    } catch (err) {
+      await staged.abort();
+      throw err;
+    }
   }
 
   /** Volumes still marked as arriving for `vmId` (a migration that never finished). */

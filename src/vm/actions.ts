@@ -10,6 +10,7 @@ import type { HypervisorDriver } from './driver.js';
 import type { VmStorage } from './media.js';
 import type { VmRecord } from './record.js';
 import type { VmState } from './state.js';
+import type { VmSpec } from './spec.js';
 
 export interface ActionOptions {
   /** ACPI shutdown timeout before forcing. */
@@ -18,6 +19,10 @@ export interface ActionOptions {
   force?: boolean;
   /** delete: keep disk images. */
   keepDisks?: boolean;
+  /** move-disk: which disk, to which pool, at most how fast (MB/s). */
+  disk?: string;
+  pool?: string;
+  bandwidthMBps?: number;
 }
 
 /** What an action's handler may use. */
@@ -31,6 +36,10 @@ export interface ActionContext {
   shutdownTimeoutMs: number;
   /** Moves the VM through an intermediate state (delete of a running VM). */
   step(to: VmState): Promise<void>;
+  /** Reports how far a long action is (persisted and sent as operation.progress, at most twice a second). */
+  progress(percent: number, message: string, detail?: Record<string, number>): void;
+  /** Aborted when the operation is cancelled (cancellable actions only). */
+  signal: AbortSignal;
 }
 
 /** How an action ended; the runner writes it with the finished operation in one batch. */
@@ -46,6 +55,10 @@ export interface ActionOutcome {
   consumedCheckpoint?: NonNullable<VmRecord['checkpoint']>;
   /** The VM is gone: its record is deleted. */
   removed?: boolean;
+  /** The VM's new spec, written with the finished operation. */
+  spec?: VmSpec;
+  /** Runs once the outcome is written (cleanup that must not come before it). */
+  after?: () => Promise<void>;
 }
 
 export interface ActionHandler {
@@ -53,6 +66,8 @@ export interface ActionHandler {
   from: readonly VmState[];
   /** The state while it runs; omitted: the state does not change until it ends. */
   during?: VmState;
+  /** `DELETE /v1/operations/:id` aborts its signal. */
+  cancellable?: boolean;
   /** Refuses the request before anything is recorded. */
   check?(vm: VmRecord, driver: HypervisorDriver, opts: ActionOptions): void;
   run(ctx: ActionContext): Promise<ActionOutcome>;
@@ -127,6 +142,32 @@ export const ACTIONS: Record<OperationKind, ActionHandler> = {
     async run({ vm, driver }) {
       await driver.reboot(vm.id);
       return {};
+    },
+  },
+  'move-disk': {
+    from: ['running', 'paused', 'stopped'],
+    cancellable: true,
+    check(vm, driver, opts) {
+      if (!vm.spec.disks.some((d) => d.name === opts.disk)) throw new NovaError('VM_SPEC_INVALID', `VM "${vm.name}" has no disk "${opts.disk}"`);
+      if (vm.state !== 'stopped' && !driver.diskMover) throw new NovaError('VM_INVALID_STATE', `the ${driver.name} driver cannot move disks of a running VM; stop it first`, { state: vm.state });
+    },
+    async run({ vm, driver, storage, opts, progress, signal }) {
+      const plan = await storage.prepareMove(vm, opts.disk!, opts.pool!);
+      const bytesPerSec = opts.bandwidthMBps ? opts.bandwidthMBps * 1e6 : undefined;
+      const started = Date.now();
+      const onProgress = ({ copiedBytes, totalBytes }: { copiedBytes: number; totalBytes: number }) => {
+        const secs = (Date.now() - started) / 1000;
+        progress(totalBytes > 0 ? Math.min(99, Math.floor((copiedBytes / totalBytes) * 100)) : 0, `copying ${opts.disk} to ${plan.to}`, { copiedBytes, totalBytes, bytesPerSec: secs > 0 ? Math.round(copiedBytes / secs) : 0 });
+      };
+      try {
+        if (vm.state === 'stopped') await storage.copyForMove(plan, { ...(bytesPerSec ? { bytesPerSec } : {}), signal, onProgress });
+        else await driver.diskMover!.move(vm.id, plan.disk, { path: plan.targetPath, format: plan.format }, { ...(bytesPerSec ? { bytesPerSec } : {}), signal, onProgress });
+      } catch (err) {
+        await storage.abortMove(plan);
+        if (signal.aborted) throw new NovaError('OPERATION_CANCELLED', `moving disk "${plan.disk}" was cancelled; it stays on ${plan.from}`);
+        throw err;
+      }
+      return { spec: plan.spec, after: () => storage.finishMove(plan), result: { disk: plan.disk, from: plan.from, to: plan.to, seconds: Math.round((Date.now() - started) / 100) / 10 } };
     },
   },
   delete: {

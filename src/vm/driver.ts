@@ -85,6 +85,8 @@ export interface HypervisorDriver {
   checkpoint?(vmId: string, path: string): Promise<{ sizeBytes: number }>;
   /** Adds a disk (its volume exists) to a VM's hardware; `running` asks for a hot-plug. */
   attachDisk?(vm: VmRecord, disk: DiskMedia, running: boolean): Promise<void>;
+  /** Moves disks of running VMs to other files (another pool's volume). */
+  diskMover?: DiskMover;
   /** Grows a disk of a running VM to `sizeBytes` (the guest sees the new size). */
   resizeDisk?(vmId: string, disk: string, sizeBytes: number): Promise<void>;
   /** Resource usage of a running VM, or undefined when it is not running. */
@@ -140,6 +142,25 @@ export interface DiskSnapshots {
   create(vm: VmRecord, name: string, running: boolean): Promise<void>;
   revert(vm: VmRecord, name: string): Promise<void>;
   remove(vm: VmRecord, name: string, running: boolean): Promise<void>;
+}
+
+/** Moving a running VM's disk to another file while the guest uses it. */
+export interface DiskMover {
+  /**
+   * Copies the disk into `target` while the guest keeps writing, then pivots the guest
+   * onto it. Resolves once the guest's disk is the target; rejects (the disk still the
+   * source) on failure or when `signal` aborts before the pivot.
+   */
+  move(
+    vmId: string,
+    disk: string,
+    target: { path: string; format: 'qcow2' | 'raw' },
+    opts: { bytesPerSec?: number; signal: AbortSignal; onProgress(p: { copiedBytes: number; totalBytes: number }): void },
+  ): Promise<void>;
+  /** The file the running VM's disk is on now. */
+  currentFile(vmId: string, disk: string): Promise<string | undefined>;
+  /** Drops a move a previous daemon left in the hypervisor; the disk stays where it is. */
+  abandon(vmId: string, disk: string): Promise<void>;
 }
 
 /** A hypervisor-side failure; `message` is the hypervisor's own words. */

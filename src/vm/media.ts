@@ -24,6 +24,18 @@ export interface VmVolumeUse {
 
 const MiB = 1 << 20;
 
+/** A disk move under way: the disk, its volume now and the one it moves to, and the VM's spec once moved. */
+export interface MovePlan {
+  vmId: string;
+  disk: string;
+  from: string;
+  to: string;
+  format: 'qcow2' | 'raw';
+  /** The target's data file (a running VM's mirror writes it; a stopped VM's copy is staged, then renamed to it). */
+  targetPath: string;
+  spec: VmSpec;
+}
+
 export class VmStorage {
   constructor(readonly storage: StorageService) {}
 
@@ -103,6 +115,54 @@ export class VmStorage {
     }
   }
 
+  /**
+   * Makes the target of moving disk `diskName` into `pool`: a volume of the same name,
+   * format and size there, marked as the move's (a restarted daemon finds it). Refused
+   * while another VM uses the disk's volume or another volume is based on it.
+   */
+  async prepareMove(vm: VmRecord, diskName: string, pool: string): Promise<MovePlan> {
+    const { from, to, owned, src, name } = this.checkMove(vm, diskName, pool);
+    const stopped = vm.state === 'stopped';
+    await this.storage.create(
+      pool,
+      { name, sizeMiB: Math.ceil(src.sizeBytes / MiB), format: src.format, content: src.content, tenant: src.tenant },
+      { arriving: vm.id, moving: { disk: diskName, from }, exactBytes: src.sizeBytes, reserveBytes: this.storage.allocatedBytes(from), skipData: stopped, ...(owned ? { owner: vm.id } : {}) },
+    );
+    return { vmId: vm.id, disk: diskName, from, to, format: src.format, targetPath: stopped ? '' : this.storage.dataPath(to), spec: movedSpec(vm.spec, diskName, pool, to, Math.ceil(src.sizeBytes / MiB)) };
+  }
+
+  /** Refuses a disk move that cannot work, before anything is made. */
+  checkMove(vm: VmRecord, diskName: string, pool: string) {
+    const d = vm.spec.disks.find((x) => x.name === diskName);
+    if (!d) throw new NovaError('VM_SPEC_INVALID', `VM "${vm.name}" has no disk "${diskName}"`);
+    const { ref: from, owned } = diskVolume(vm.id, d, this.storage.defaultPool);
+    const src = this.storage.find(from);
+    if (!src) throw new NovaError('VOLUME_NOT_FOUND', `disk "${diskName}": no volume ${from}`);
+    const { pool: fromPool, name } = parseVolumeRef(from)!;
+    if (pool === fromPool) throw new NovaError('VM_SPEC_INVALID', `disk "${diskName}" is already in pool ${pool}`);
+    if (!this.storage.hasPool(pool)) throw new NovaError('POOL_NOT_FOUND', `no pool "${pool}"`, { pool });
+    this.storage.assertRemovable(from, { exceptVm: vm.id });
+    const to = `${pool}/${name}`;
+    if (this.storage.find(to)) throw new NovaError('VOLUME_EXISTS', `pool ${pool} already has a volume ${name}`);
+    return { from, to, owned, src, name };
+  }
+
+  /** A stopped VM's disk: a full copy into the target. */
+  copyForMove(plan: MovePlan, opts: { bytesPerSec?: number; signal: AbortSignal; onProgress(p: { copiedBytes: number; totalBytes: number }): void }): Promise<void> {
+    return this.storage.copyInto(plan.from, plan.to, opts);
+  }
+
+  /** The move failed or was cancelled: the disk stays on its volume; the target goes. */
+  async abortMove(plan: MovePlan): Promise<void> {
+    await this.storage.discard(plan.to);
+  }
+
+  /** The VM's spec names the target now: it is an ordinary volume, and the source goes. */
+  async finishMove(plan: MovePlan): Promise<void> {
+    await this.storage.arrived(plan.to);
+    await this.storage.discard(plan.from);
+  }
+
   /** Removes the volumes `disks` made for the VM (a hot-plug that failed). */
   async releaseDisks(vm: VmRecord, disks: DiskSpec[]): Promise<void> {
     for (const d of disks) {
@@ -146,6 +206,19 @@ export class VmStorage {
       .filter((u) => u.role === 'disk' && !u.disk!.readOnly && !this.storage.isShared(parseVolumeRef(u.ref)!.pool))
       .map((u) => ({ ref: u.ref, disk: u.disk!, owned: u.owned }));
   }
+}
+
+/** The spec once disk `disk` is volume `to` of `pool`: an own disk keeps being one (in the new pool), an attached one names the new volume. */
+export function movedSpec(spec: VmSpec, disk: string, pool: string, to: string, sizeMiB: number): VmSpec {
+  return {
+    ...spec,
+    disks: spec.disks.map((d) => {
+      if (d.name !== disk) return d;
+      if (d.volume) return { ...d, volume: to };
+      const { from: _base, ...own } = d; // the copy is whole: no backing any more
+      return { ...own, pool, sizeMiB: own.sizeMiB ?? sizeMiB };
+    }),
+  };
 }
 
 /** What content and access a volume needs in each role. */

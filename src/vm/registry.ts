@@ -169,6 +169,8 @@ export class VmRegistry {
       else delete next.stateReason;
       if (change.runtime === undefined && change.to === 'stopped') delete next.runtime;
       events.push({ type: 'vm.state', data: stripUndefined({ from: vm.state, to: change.to, reason: change.reason }) });
+    } else if (change.reason !== undefined) {
+      next.stateReason = change.reason; // the state stays; why the last thing failed is news
     }
     if (change.runtime !== undefined) next.runtime = change.runtime;
     await this.#write(next, [...events, ...(change.events ?? [])], change.alsoWrite ?? []);

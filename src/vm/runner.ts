@@ -38,6 +38,8 @@ const OPS_CACHE = 10_000;
 export class OperationRunner {
   #deps: RunnerDeps;
   #ops = new Map<string, OperationRecord>();
+  /** Running cancellable operations. */
+  #aborts = new Map<string, AbortController>();
 
   constructor(deps: RunnerDeps) {
     this.#deps = deps;
@@ -76,7 +78,21 @@ export class OperationRunner {
       claim.release();
       throw err;
     }
-    void this.#run(op, vm.id, opts, claim).finally(() => claim.release());
+    const abort = new AbortController();
+    if (action.cancellable) this.#aborts.set(op.id, abort);
+    void this.#run(op, vm.id, opts, claim, abort.signal).finally(() => {
+      this.#aborts.delete(op.id);
+      claim.release();
+    });
+    return op;
+  }
+
+  /** Cancels a running cancellable operation (it ends as failed with OPERATION_CANCELLED). */
+  async cancel(id: string): Promise<OperationRecord> {
+    const op = await this.get(id);
+    const abort = this.#aborts.get(id);
+    if (!abort) throw new NovaError('OPERATION_NOT_CANCELLABLE', op.state === 'running' ? `a ${op.kind} operation cannot be cancelled` : `operation ${id} has finished (${op.state})`, { state: op.state });
+    abort.abort();
     return op;
   }
 
@@ -88,9 +104,20 @@ export class OperationRunner {
     }
   }
 
-  async #run(op: OperationRecord, vmId: string, opts: ActionOptions, claim: VmClaim): Promise<void> {
+  async #run(op: OperationRecord, vmId: string, opts: ActionOptions, claim: VmClaim, signal: AbortSignal): Promise<void> {
     const { registry, driver, storage } = this.#deps;
     const vm = registry.get(vmId);
+    let lastSaved = 0;
+    let current = op;
+    const progress = (percent: number, message: string, detail?: Record<string, number>) => {
+      current = { ...current, progress: { percent, message, ...(detail ? { detail } : {}) }, updatedAt: new Date().toISOString() };
+      this.#ops.set(op.id, current);
+      if (Date.now() - lastSaved < 500) return;
+      lastSaved = Date.now();
+      void this.#deps.events
+        .commit([opWrite(current)], [{ type: 'operation.progress', vmId, tenant: vm.spec.tenant, operationId: op.id, data: { kind: op.kind, ...current.progress } }])
+        .catch((err) => this.#deps.log.warn({ err, op: op.id }, 'recording progress failed'));
+    };
     try {
       const outcome = await ACTIONS[op.kind].run({
         vm,
@@ -102,13 +129,15 @@ export class OperationRunner {
           claim.assertHeld();
           await registry.commit(vmId, { to });
         },
+        progress,
+        signal,
       });
       claim.assertHeld();
-      await this.#record(op, vmId, outcome);
+      await this.#record(current, vmId, outcome);
     } catch (err) {
       this.#deps.log.warn({ err, op: op.id, vmId, kind: op.kind }, 'operation failed');
       await this.#settleAfterFailure(vmId, op.kind, err).catch((e) => this.#deps.log.error({ err: e, vmId }, 'could not settle VM state'));
-      await this.#finishAlone(op, 'failed', { error: operationError(err) }).catch((e) => this.#deps.log.error({ err: e, op: op.id }, 'could not record operation failure'));
+      await this.#finishAlone(current, 'failed', { error: operationError(err) }).catch((e) => this.#deps.log.error({ err: e, op: op.id }, 'could not record operation failure'));
     }
   }
 
@@ -119,12 +148,12 @@ export class OperationRunner {
     if (outcome.removed) {
       const vm = registry.get(vmId);
       await registry.drop(vm, [opWrite(done)], [{ type: 'vm.deleted', vmId, tenant: vm.spec.tenant, operationId: op.id, data: { name: vm.name } }, event]);
-    } else if (outcome.to || outcome.checkpoint || outcome.consumedCheckpoint) {
+    } else if (outcome.to || outcome.checkpoint || outcome.consumedCheckpoint || outcome.spec) {
       await registry.commit(vmId, stripUndefined({
         to: outcome.to,
         reason: outcome.reason,
         runtime: outcome.runtime,
-        ...(outcome.checkpoint ? { set: { checkpoint: outcome.checkpoint } } : {}),
+        ...(outcome.checkpoint || outcome.spec ? { set: { ...(outcome.checkpoint ? { checkpoint: outcome.checkpoint } : {}), ...(outcome.spec ? { spec: outcome.spec } : {}) } } : {}),
         ...(outcome.consumedCheckpoint ? { clear: ['checkpoint' as const] } : {}),
         alsoWrite: [opWrite(done)],
         events: [event],
@@ -132,6 +161,9 @@ export class OperationRunner {
     } else {
       await this.#deps.events.commit([opWrite(done)], [event]);
     }
+    // Cleanup that must follow the write (a moved disk's old volume) is done before anyone
+    // reading the operation sees it finished.
+    await outcome.after?.().catch((err) => this.#deps.log.error({ err, op: op.id, vmId }, 'cleanup after the operation failed'));
     this.#ops.set(op.id, done);
     // Only once the record no longer points at it: a restored checkpoint is spent.
     if (outcome.consumedCheckpoint) rmSync(outcome.consumedCheckpoint.path, { force: true });
@@ -151,7 +183,9 @@ export class OperationRunner {
       return;
     }
     const target: VmState = kind === 'delete' ? 'error' : actual ? actual.status : 'stopped';
-    await registry.commit(vmId, { to: canTransition(vm.state, target) ? target : 'error', reason });
+    // An action that kept the VM's state (reboot, move-disk) leaves it there when it fails.
+    if (target === vm.state) await registry.commit(vmId, { reason });
+    else await registry.commit(vmId, { to: canTransition(vm.state, target) ? target : 'error', reason });
   }
 
   /** The finished form of an operation and its event, to be written by the caller. */

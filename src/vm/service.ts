@@ -16,7 +16,8 @@ import type { ActionOptions } from './actions.js';
 import { VmClaims, type VmClaim, type VmLockGuard } from './claims.js';
 import { DriverError, type DiskSnapshot, type DiskSnapshots, type HypervisorDriver, type VmStats } from './driver.js';
 import { newId } from '../ids.js';
-import type { VmStorage } from './media.js';
+import { movedSpec, type VmStorage } from './media.js';
+import { parseVolumeRef } from '../storage/model.js';
 import { importLegacyVm, isLegacy } from './legacy-import.js';
 import type { VmRecord } from './record.js';
 import { Reconciler } from './reconciler.js';
@@ -74,8 +75,41 @@ export class VmService {
     svc.#reconciler.watch();
     await svc.#runner.failInterrupted();
     await svc.#reconciler.recover();
+    await svc.#recoverMoves();
     await svc.#dropOrphanVolumes();
     return svc;
+  }
+
+  /**
+   * Disk moves a previous daemon left unfinished. QEMU is the judge: a running VM whose
+   * disk is already on the target (the pivot happened) finishes the move; otherwise the
+   * mirror is dropped and the VM stays on its volume; the target goes.
+   */
+  async #recoverMoves(): Promise<void> {
+    const { storage, driver, log } = this.#deps;
+    for (const m of storage.storage.movesInFlight()) {
+      const vm = this.#registry.find(m.vmId);
+      if (!vm) continue; // an orphan: removed below
+      const live = (vm.state === 'running' || vm.state === 'paused') && driver.diskMover;
+      const now = live ? await driver.diskMover!.currentFile(vm.id, m.disk).catch(() => undefined) : undefined;
+      let target: string | undefined;
+      try {
+        target = storage.storage.dataPath(m.ref);
+      } catch {
+        target = undefined;
+      }
+      if (now !== undefined && now === target) {
+        const meta = storage.storage.find(m.ref)!;
+        const spec = movedSpec(vm.spec, m.disk, parseVolumeRef(m.ref)!.pool, m.ref, Math.ceil(meta.sizeBytes / (1 << 20)));
+        await this.#registry.commit(vm.id, { set: { spec }, events: [{ type: 'vm.updated', data: { diskMoved: { disk: m.disk, from: m.from, to: m.ref }, recovered: true } }] });
+        await storage.finishMove({ vmId: vm.id, disk: m.disk, from: m.from, to: m.ref, format: meta.format, targetPath: target, spec });
+        log.warn({ vmId: vm.id, disk: m.disk, to: m.ref }, 'finished a disk move that a restart interrupted after its pivot');
+      } else {
+        if (live) await driver.diskMover!.abandon(vm.id, m.disk).catch((err) => log.warn({ err, vmId: vm.id }, 'dropping an interrupted disk move in QEMU failed'));
+        await storage.storage.discard(m.ref);
+        log.warn({ vmId: vm.id, disk: m.disk, target: m.ref }, 'a disk move was interrupted by a restart: the disk stays on its volume, the half-copied target is removed');
+      }
+    }
   }
 
   /** VMs whose specs name host paths (from before storage pools) get their files imported as volumes, once. */
@@ -231,6 +265,20 @@ export class VmService {
     } finally {
       claim.release();
     }
+  }
+
+  /**
+   * Moves a disk to another pool (202 with an operation): live with a mirror and a pivot
+   * for a running VM, a copy for a stopped one; cancel leaves it where it was.
+   */
+  async moveDisk(ref: string, disk: string, to: { pool: string; bandwidthMBps?: number }): Promise<OperationRecord> {
+    this.#deps.storage.checkMove(this.get(ref), disk, to.pool);
+    return this.#runner.request(ref, 'move-disk', { disk, pool: to.pool, ...(to.bandwidthMBps ? { bandwidthMBps: to.bandwidthMBps } : {}) });
+  }
+
+  /** Cancels a running cancellable operation. */
+  cancelOperation(id: string): Promise<OperationRecord> {
+    return this.#runner.cancel(id);
   }
 
   /** Starts a lifecycle operation; resolves once it is accepted (202), not finished. */

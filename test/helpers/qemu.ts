@@ -69,6 +69,18 @@ export function keepSerial(dataDir: string, vmId: string): { text(): string; sto
   return { text: () => kept, stop: () => clearInterval(timer) };
 }
 
+/** Records the test guest reported as fsynced to its disk (`nc.disk=1`), in order. */
+export function diskRecords(dataDir: string, vmId: string): number[] {
+  return [...serial(dataDir, vmId).matchAll(/^DISK (\d+)/gm)].map((m) => Number(m[1]));
+}
+
+/** Record numbers 1..last missing from a disk image the `nc.disk=1` guest wrote (its raw bytes). */
+export function missingRecords(image: Buffer, last: number): number[] {
+  const missing: number[] = [];
+  for (let i = 1; i <= last; i++) if (image.toString('latin1', i * 512, i * 512 + 14) !== `NCREC ${String(i).padStart(8, '0')}`) missing.push(i);
+  return missing;
+}
+
 /** Heartbeat counters seen on the console, in order. */
 export function heartbeats(dataDir: string, vmId: string): number[] {
   return [...serial(dataDir, vmId).matchAll(/^HB (\d+) /gm)].map((m) => Number(m[1]));

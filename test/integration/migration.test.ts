@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { api, removeDir, spawnDaemon, tempDataDir, waitOp, type DaemonHandle } from '../helpers/daemon.js';
 import { EventClient } from '../helpers/events.js';
-import { ensureQemuAndGuest, guestVm, heartbeats, installGuest, keepSerial, serial, waitUntil, killGuests } from '../helpers/qemu.js';
+import { diskRecords as guestDiskRecords, ensureQemuAndGuest, guestVm, heartbeats, installGuest, keepSerial, missingRecords, serial, waitUntil, killGuests } from '../helpers/qemu.js';
 
 const BOOT_MS = 60_000;
 const dirs: string[] = [];
@@ -72,9 +72,8 @@ async function expectNotThere(d: DaemonHandle, id: string): Promise<void> {
   expect((await api(d.url, 'GET', `/v1/vms/${id}`)).status).toBe(404);
 }
 
-/** Records the test guest reported as fsynced to its disk (`nc.disk=1`). */
 function diskRecords(d: DaemonHandle, id: string): number[] {
-  return [...serial(d.dataDir, id).matchAll(/^DISK (\d+)/gm)].map((m) => Number(m[1]));
+  return guestDiskRecords(d.dataDir, id);
 }
 
 /** A guest writing records to a local qcow2 disk of `sizeMiB` that `prefill` (a qemu-io command) wrote before boot. */
@@ -103,9 +102,7 @@ async function stopAndCheckRecords(d: DaemonHandle, id: string): Promise<Buffer>
   const raw = join(d.dataDir, 'check.raw');
   execFileSync('qemu-img', ['convert', '-f', 'qcow2', '-O', 'raw', dataVolume(d, id), raw]);
   const image = readFileSync(raw);
-  const missing: number[] = [];
-  for (let i = 1; i <= last; i++) if (image.toString('latin1', i * 512, i * 512 + 14) !== `NCREC ${String(i).padStart(8, '0')}`) missing.push(i);
-  expect(missing, `records missing from the disk (of ${last})`).toEqual([]);
+  expect(missingRecords(image, last), `records missing from the disk (of ${last})`).toEqual([]);
   return image;
 }
 

@@ -55,7 +55,7 @@ afterAll(async () => {
 
 const qemuProcesses = () => spawnSync('pgrep', ['-f', `${dataDir}/vms/`], { encoding: 'utf8' }).stdout.trim();
 const vmCount = async () => (await api(d.url, 'GET', '/v1/vms?scope=local')).body.items.length;
-const upload = (pool: string, name: string, body: Buffer, query = 'format=raw') => fetch(`${d.url}/v1/pools/${pool}/volumes/${name}/content?${query}`, { method: 'PUT', body });
+const upload = (pool: string, name: string, body: Buffer, query = 'format=raw') => fetch(`${d.url}/v1/pools/${pool}/volumes/${name}/content?${query}`, { method: 'PUT', body: new Uint8Array(body) });
 
 describe('hostile storage input (real QEMU driver)', { timeout: 180_000 }, () => {
   it('specs naming host paths, escaping a pool or smuggling options are refused with their codes, before anything is made', async () => {

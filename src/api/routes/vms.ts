@@ -5,6 +5,7 @@ import { isErrorCode, NovaError } from '../../errors.js';
 import type { VmRecord } from '../../vm/record.js';
 import { parseWith } from '../validate.js';
 import { CreateVmRequest, DiskSpec, PatchVmRequest } from '../../vm/spec.js';
+import { PoolName } from '../../storage/model.js';
 import { VM_STATES } from '../../vm/state.js';
 import type { ListPage, VmService } from '../../vm/service.js';
 import type { OperationKind } from '../../operations/operation.js';
@@ -99,7 +100,15 @@ export function vmRoutes(router: Router, vms: VmService, cluster: ClusterListing
   vmRoute('POST', '/v1/vms/:id/snapshots/:name/revert', async (req) => ({ status: 200, json: await vms.revertSnapshot(req.params.id!, snapshotName(req.params.name!)) }));
   vmRoute('DELETE', '/v1/vms/:id/snapshots/:name', async (req) => ({ status: 200, json: await vms.deleteSnapshot(req.params.id!, snapshotName(req.params.name!)) }));
 
+  const MoveDisk = z.strictObject({ pool: PoolName, bandwidthMBps: z.number().min(1).max(100_000).optional() });
+  vmRoute('POST', '/v1/vms/:id/disks/:disk/move', async (req) => {
+    const { pool, bandwidthMBps } = parseWith(MoveDisk, req.body);
+    const op = await vms.moveDisk(req.params.id!, req.params.disk!, { pool, ...(bandwidthMBps ? { bandwidthMBps } : {}) });
+    return { status: 202, json: op, headers: { location: `/v1/operations/${op.id}` } };
+  }, { body: true });
+
   router.add('GET', '/v1/operations/:id', async (req) => ({ status: 200, json: await vms.getOperation(req.params.id!) }), { forward: 'operation' });
+  router.add('DELETE', '/v1/operations/:id', async (req) => ({ status: 202, json: await vms.cancelOperation(req.params.id!) }), { forward: 'operation' });
 }
 
 /** This member's page of VMs; the JSON is cached per VM, so the page is assembled without re-serialising records. */

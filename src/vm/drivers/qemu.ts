@@ -13,11 +13,12 @@ import { totalmem } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
-import { DriverError, type DiskMedia, type DiskSnapshot, type DiskSnapshots, type DriverInstanceState, type HypervisorDriver, type LiveMigration, type MediaResolver, type ShutdownOptions, type VmMedia, type VmStats } from '../driver.js';
+import { DriverError, type DiskMedia, type DiskMover, type DiskSnapshot, type DiskSnapshots, type DriverInstanceState, type HypervisorDriver, type LiveMigration, type MediaResolver, type ShutdownOptions, type VmMedia, type VmStats } from '../driver.js';
 import type { VmRecord } from '../record.js';
 import { unrestrictedUserNic, type VmSpec } from '../spec.js';
 import { probeAccelerator } from '../qemu/accel.js';
 import { QemuLiveMigration } from '../qemu/migration.js';
+import { QemuDiskMover } from '../qemu/disk-move.js';
 import { QmpClient, type QmpEvent } from '../qemu/qmp.js';
 
 export interface QemuDriverOptions {
@@ -64,6 +65,7 @@ export class QemuDriver implements HypervisorDriver {
   #instances = new Map<string, Instance>();
 
   readonly migration: LiveMigration;
+  readonly diskMover: DiskMover;
 
   constructor(opts: QemuDriverOptions) {
     this.#opts = { binary: 'qemu-system-x86_64', imgBinary: 'qemu-img', hugepagesPath: '/dev/hugepages', ...opts };
@@ -79,6 +81,7 @@ export class QemuDriver implements HypervisorDriver {
       },
       stop: (id) => this.stop(id),
     });
+    this.diskMover = new QemuDiskMover((id) => this.#require(id, 'move-disk'));
   }
 
   vmDir(vmId: string): string {
