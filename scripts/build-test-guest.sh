@@ -31,10 +31,13 @@ cp bb/bin/busybox root/bin/busybox
 # The ACPI power button and evdev are modules in Debian's kernel; acpid needs both to
 # turn the host's ACPI shutdown request into a power-off.
 # virtio-blk (and the virtio PCI transport under it) for disk tests, virtio-net (and the
-# failover modules it needs) for network tests, loaded in dependency order by init.
+# failover modules it needs) for network tests, AHCI + sr + isofs for the cloud-init CD-ROM, loaded in
+# dependency order by init.
 for m in drivers/acpi/button.ko drivers/input/evdev.ko drivers/virtio/virtio_ring.ko drivers/virtio/virtio.ko \
   drivers/virtio/virtio_pci_modern_dev.ko drivers/virtio/virtio_pci_legacy_dev.ko drivers/virtio/virtio_pci.ko drivers/block/virtio_blk.ko \
-  net/core/failover.ko drivers/net/net_failover.ko drivers/net/virtio_net.ko; do
+  net/core/failover.ko drivers/net/net_failover.ko drivers/net/virtio_net.ko \
+  drivers/scsi/scsi_common.ko drivers/scsi/scsi_mod.ko drivers/ata/libata.ko drivers/ata/libahci.ko drivers/ata/ahci.ko \
+  drivers/cdrom/cdrom.ko drivers/scsi/sr_mod.ko fs/isofs/isofs.ko; do
   f=$(find kernel/lib/modules -path "*/$m*" | head -1)
   [ -n "$f" ] || { echo "build-test-guest: kernel module $m not found" >&2; exit 1; }
   case "$f" in *.xz) xz -dc "$f" ;; *.zst) zstd -dcq "$f" ;; *) cat "$f" ;; esac > "root/lib/modules/$(basename "$m")"

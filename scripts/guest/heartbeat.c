@@ -9,6 +9,9 @@
  *   nc.verify_every seconds, and print a checksum ("SUM <hex>") of it.
  * - nc.prefill=1 writes every page of the working set once (version 1) before the
  *   first heartbeat and prints "PREFILLED", so the set is populated from the start.
+ * - nc.diskrate=N writes /dev/vda sequentially (wrapping) in 1 MiB O_DIRECT|O_DSYNC
+ *   writes at N MB/s from a child process and prints "DW <n> <uptime_ms>" as each one
+ *   completes: the host reads the guest's own write stalls from the gaps.
  *
  * Parameters come from the kernel command line (/proc/cmdline). Static, no libc extras.
  */
@@ -19,10 +22,13 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <fcntl.h>
+#include <sys/ioctl.h>
+#include <linux/fs.h>
 
 #define PAGE 4096
 
-static unsigned long dirty_mib = 0, rate_mib = 0, verify_every = 0, seed = 1, prefill = 0;
+static unsigned long dirty_mib = 0, rate_mib = 0, verify_every = 0, seed = 1, prefill = 0, disk_rate = 0;
 static char model[16] = "half";
 
 static uint64_t now_ms(void) {
@@ -87,12 +93,40 @@ static void parse_cmdline(void) {
     else if (!strncmp(tok, "nc.seed=", 8)) seed = strtoul(tok + 8, 0, 10);
     else if (!strncmp(tok, "nc.prefill=", 11)) prefill = strtoul(tok + 11, 0, 10);
     else if (!strncmp(tok, "nc.model=", 9)) snprintf(model, sizeof model, "%s", tok + 9);
+    else if (!strncmp(tok, "nc.diskrate=", 12)) disk_rate = strtoul(tok + 12, 0, 10);
+  }
+}
+
+/* The nc.diskrate writer: paced 1 MiB synchronous direct writes, each reported when done. */
+static void disk_writer(uint64_t start) {
+  int fd = -1;
+  while ((fd = open("/dev/vda", O_WRONLY | O_DIRECT | O_DSYNC)) < 0) usleep(100000);
+  uint64_t size = 0;
+  ioctl(fd, BLKGETSIZE64, &size);
+  const size_t chunk = 1 << 20;
+  void *buf;
+  if (posix_memalign(&buf, 4096, chunk)) _exit(1);
+  memset(buf, 0xd1, chunk);
+  printf("DISKRATE %lu MB/s over %llu MiB\n", disk_rate, (unsigned long long)(size >> 20));
+  uint64_t n = 0, off = 0;
+  double next = (double)now_ms();
+  for (;;) {
+    if (size < chunk) _exit(1);
+    if (off + chunk > size) off = 0;
+    if (pwrite(fd, buf, chunk, (off_t)off) != (ssize_t)chunk) { printf("DW error at %llu\n", (unsigned long long)off); usleep(100000); continue; }
+    off += chunk;
+    printf("DW %llu %llu\n", (unsigned long long)++n, (unsigned long long)(now_ms() - start));
+    next += 1000.0 * chunk / (disk_rate * 1e6);
+    double wait = next - (double)now_ms();
+    if (wait > 0) usleep((useconds_t)(wait * 1000));
+    else if (wait < -1000) next = (double)now_ms(); /* stalled (paused VM): do not burst */
   }
 }
 
 int main(void) {
   setvbuf(stdout, NULL, _IOLBF, 0);
   parse_cmdline();
+  if (disk_rate && fork() == 0) disk_writer(now_ms());
   uint64_t pages = dirty_mib * 256;
   uint8_t *set = NULL, *scratch = malloc(PAGE);
   uint32_t *version = NULL;

@@ -34,6 +34,36 @@ case " $(cat /proc/cmdline) " in
     ) &
     ;;
 esac
+# nc.diskrate=N (heartbeat writes /dev/vda at N MB/s): the virtio-blk driver.
+case " $(cat /proc/cmdline) " in
+  *" nc.diskrate="*) for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk; do insmod /lib/modules/$m.ko 2>/dev/null; done ;;
+esac
+# nc.cidata=1: find the cloud-init NoCloud seed (a CD-ROM labelled cidata, on the AHCI
+# controller) and print what a cloud image would take from it ("CIDATA ...").
+case " $(cat /proc/cmdline) " in
+  *" nc.cidata=1 "*)
+    for m in scsi_common scsi_mod libata libahci ahci cdrom sr_mod isofs; do insmod /lib/modules/$m.ko 2>/dev/null; done
+    mkdir -p /cidata
+    found=""
+    for try in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do
+      for dev in /dev/sr0 /dev/sr1; do
+        [ -b "$dev" ] || continue
+        if blkid "$dev" 2>/dev/null | grep -qi 'LABEL="cidata"' && mount -t iso9660 -o ro "$dev" /cidata 2>/dev/null; then found=$dev; break; fi
+      done
+      [ -n "$found" ] && break
+      sleep 0.25
+    done
+    if [ -n "$found" ]; then
+      iid=$(sed -n 's/^instance-id: *//p' /cidata/meta-data | head -1)
+      host=$(sed -n 's/^local-hostname: *//p' /cidata/meta-data | head -1)
+      keys=$(grep -c '^ *- ssh-' /cidata/meta-data)
+      echo "CIDATA instance-id=$iid hostname=$host keys=$keys userdata=$(head -1 /cidata/user-data) network=$([ -f /cidata/network-config ] && echo yes || echo no)"
+      [ -n "$host" ] && hostname "$host"
+    else
+      echo "CIDATA none"
+    fi
+    ;;
+esac
 # nc.api=PORT: bring up the virtio NIC with a DHCP lease from QEMU's user-mode network
 # ("NCNET lease <ip>" proves the NIC works), then try to drive the host's NovaCron API
 # through the user-mode gateway 10.0.2.2 once, and report what came back ("NCAPI ...").

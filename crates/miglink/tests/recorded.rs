@@ -8,7 +8,10 @@ use std::io::Read;
 use std::path::PathBuf;
 
 fn testdata() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata/qemu-multifd")
+    // Read at run time: cargo sets it for the test process, and a binary reused from a
+    // shared target directory may have been compiled in another checkout.
+    let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
+    PathBuf::from(dir).join("../../testdata/qemu-multifd")
 }
 
 /// The RAM packets of one channel in expected.json: (flags, normal pages, zero pages, first indices).
