@@ -5,6 +5,7 @@
 #   libclang-dev      bindgen (librocksdb-sys) loads libclang at build time
 #   protobuf-compiler raft-rs message code generation
 #   build-essential   C/C++ toolchain for the bundled RocksDB build
+#   genisoimage       builds cloud-init NoCloud seed ISOs (a VM's cloudInit)
 set -euo pipefail
 
 missing=()
@@ -12,6 +13,7 @@ missing=()
 ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 || ls /usr/lib/*-linux-gnu/libclang-[0-9]*.so* >/dev/null 2>&1 || missing+=(libclang-dev)
 command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
 command -v g++ >/dev/null 2>&1 || missing+=(build-essential)
+command -v genisoimage >/dev/null 2>&1 || missing+=(genisoimage)
 for pkg in "$@"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
 
 [ ${#missing[@]} -eq 0 ] && exit 0

@@ -38,29 +38,35 @@ esac
 case " $(cat /proc/cmdline) " in
   *" nc.diskrate="*) for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk; do insmod /lib/modules/$m.ko 2>/dev/null; done ;;
 esac
-# nc.cidata=1: find the cloud-init NoCloud seed (a CD-ROM labelled cidata, on the AHCI
-# controller) and print what a cloud image would take from it ("CIDATA ...").
+# nc.cidata=1: find the cloud-init NoCloud seed (a CD-ROM on the AHCI controller holding
+# meta-data; busybox's blkid cannot read ISO labels, so the host test checks the label)
+# and print what a cloud image would take from it ("CIDATA ...").
 case " $(cat /proc/cmdline) " in
   *" nc.cidata=1 "*)
     for m in scsi_common scsi_mod libata libahci ahci cdrom sr_mod isofs; do insmod /lib/modules/$m.ko 2>/dev/null; done
     mkdir -p /cidata
     found=""
+    why="no CD-ROM"
     for try in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do
       for dev in /dev/sr0 /dev/sr1; do
         [ -b "$dev" ] || continue
-        if blkid "$dev" 2>/dev/null | grep -qi 'LABEL="cidata"' && mount -t iso9660 -o ro "$dev" /cidata 2>/dev/null; then found=$dev; break; fi
+        why=$(mount -t iso9660 -o ro "$dev" /cidata 2>&1) || continue
+        if [ -f /cidata/meta-data ]; then found=$dev; break; fi
+        why="$dev has no meta-data"
+        umount /cidata
       done
       [ -n "$found" ] && break
       sleep 0.25
     done
     if [ -n "$found" ]; then
-      iid=$(sed -n 's/^instance-id: *//p' /cidata/meta-data | head -1)
-      host=$(sed -n 's/^local-hostname: *//p' /cidata/meta-data | head -1)
-      keys=$(grep -c '^ *- ssh-' /cidata/meta-data)
+      # meta-data is YAML; NovaCron writes its values as double-quoted scalars.
+      iid=$(sed -n 's/^instance-id: *"\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' /cidata/meta-data | head -1)
+      host=$(sed -n 's/^local-hostname: *"\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' /cidata/meta-data | head -1)
+      keys=$(grep -c '^ *- ' /cidata/meta-data)
       echo "CIDATA instance-id=$iid hostname=$host keys=$keys userdata=$(head -1 /cidata/user-data) network=$([ -f /cidata/network-config ] && echo yes || echo no)"
       [ -n "$host" ] && hostname "$host"
     else
-      echo "CIDATA none"
+      echo "CIDATA none ($why)"
     fi
     ;;
 esac

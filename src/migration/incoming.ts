@@ -139,6 +139,7 @@ export class IncomingMigrations {
     if (req.mode === 'live') {
       try {
         await makeArriving(vms.storage, vm, req.volumes, true);
+        await vms.storage.prepareCloudInit(vm); // the waiting QEMU has the same devices as the source's
         const prepared = await migration!.prepareIncoming(vm, req.channels);
         p.live = prepared;
         p.live.link = new DestLink(

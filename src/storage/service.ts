@@ -381,6 +381,33 @@ export class StorageService {
     return { ref, meta, target, shared: pool.def.shared };
   }
 
+  /**
+   * Makes (or replaces) volume `ref`'s whole content with `make`, which writes a file at
+   * the path it is given (a staging file, renamed into place): a VM's cloud-init seed.
+   */
+  async putContent(ref: string, m: { content: ContentType; tenant: string; owner?: string }, make: (path: string) => Promise<void>): Promise<void> {
+    const r = parseVolumeRef(ref);
+    if (!r) throw new NovaError('VOLUME_NOT_FOUND', `"${ref}" does not name a volume`);
+    const pool = this.#pool(r.pool);
+    this.#assertContent(pool, m.content);
+    await this.#exclusive(ref, async () => {
+      const staged = await pool.driver.stage(r.name);
+      try {
+        await make(staged.path);
+        const info = await pool.driver.inspect(staged.path, 'raw');
+        const now = new Date().toISOString();
+        const old = this.#meta(pool, r.name);
+        const meta: VolumeMeta = { name: r.name, format: 'raw', content: m.content, sizeBytes: info.virtualBytes, tenant: m.tenant, ...(m.owner ? { owner: m.owner } : {}), createdAt: old?.createdAt ?? now, updatedAt: now };
+        await pool.driver.writeMeta(meta);
+        await staged.commit();
+        pool.volumes.set(meta.name, meta);
+      } catch (err) {
+        await staged.abort();
+        throw err;
+      }
+    });
+  }
+
   /** Marks who owns a volume (the VM it was made with), or that no VM does any more. */
   async setOwner(ref: string, owner: string | undefined): Promise<void> {
     const { pool, meta } = this.#require(ref);

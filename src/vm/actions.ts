@@ -76,7 +76,8 @@ export interface ActionHandler {
 /** delete with `force` also starts from these, stopping the VM first. */
 export const FORCED_DELETE_FROM: readonly VmState[] = ['running', 'paused'];
 
-const startOrRestore: ActionHandler['run'] = async ({ vm, driver }) => {
+const startOrRestore: ActionHandler['run'] = async ({ vm, driver, storage }) => {
+  await storage.prepareCloudInit(vm); // the seed follows the spec as it is now
   // A VM with a checkpoint resumes from it (like libvirt's managed save).
   const saved = vm.checkpoint;
   const state = await driver.start(vm, saved ? { restoreFrom: saved.path } : {});

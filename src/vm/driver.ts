@@ -39,6 +39,8 @@ export interface DiskMedia {
 export interface VmMedia {
   disks: DiskMedia[];
   cdrom?: string;
+  /** The cloud-init NoCloud seed (an ISO labelled cidata), as a second CD-ROM. */
+  cidata?: string;
   kernel?: string;
   initrd?: string;
 }

@@ -10,13 +10,14 @@ import { parseVolumeRef } from '../storage/model.js';
 import type { DiskMedia, VmMedia } from './driver.js';
 import type { VmRecord } from './record.js';
 import { diskVolume, type DiskSpec, type VmSpec } from './spec.js';
+import { buildSeedIso, seedFiles } from './cloud-init.js';
 
 export type { DiskMedia, VmMedia } from './driver.js';
 
 /** A volume a VM's spec uses, and in which role. */
 export interface VmVolumeUse {
   ref: string;
-  role: 'disk' | 'cdrom' | 'kernel' | 'initrd';
+  role: 'disk' | 'cdrom' | 'kernel' | 'initrd' | 'cidata';
   /** Made with the VM (deleted with it unless kept). */
   owned: boolean;
   disk?: DiskSpec;
@@ -58,7 +59,24 @@ export class VmStorage {
       out.push({ ref: spec.boot.kernel, role: 'kernel', owned: false });
       if (spec.boot.initrd) out.push({ ref: spec.boot.initrd, role: 'initrd', owned: false });
     }
+    if (spec.cloudInit) out.push({ ref: this.seedRef(vmId), role: 'cidata', owned: true });
     return out;
+  }
+
+  /** The volume holding a VM's cloud-init seed (made at each start, deleted with the VM). */
+  seedRef(vmId: string): string {
+    return `${this.storage.defaultPool}/${vmId}-cidata`;
+  }
+
+  /** (Re)builds the VM's cloud-init seed from its spec before its hypervisor starts; drops it when the spec has none. */
+  async prepareCloudInit(vm: VmRecord): Promise<void> {
+    const ref = this.seedRef(vm.id);
+    if (!vm.spec.cloudInit) {
+      if (this.storage.find(ref)) await this.storage.discard(ref);
+      return;
+    }
+    const files = seedFiles(vm, vm.spec.cloudInit);
+    await this.storage.putContent(ref, { content: 'iso', tenant: vm.spec.tenant, owner: vm.id }, (path) => buildSeedIso(files, path));
   }
 
   /**
@@ -68,6 +86,7 @@ export class VmStorage {
    */
   check(vmId: string, spec: VmSpec, opts: { arriving?: Set<string> } = {}): void {
     for (const use of this.uses(vmId, spec)) {
+      if (use.role === 'cidata') continue; // made at start
       if (use.owned) {
         const d = use.disk!;
         const pool = parseVolumeRef(use.ref)!.pool;
@@ -191,9 +210,10 @@ export class VmStorage {
       });
     const file = (ref: string | undefined, role: VmVolumeUse['role']) => (ref ? this.storage.open(ref, { tenant, ...slot({ role }) }).target.path : undefined);
     const cdrom = file(vm.spec.cdrom, 'cdrom');
+    const cidata = vm.spec.cloudInit ? file(this.seedRef(vm.id), 'cidata') : undefined;
     const kernel = vm.spec.boot.type === 'kernel' ? file(vm.spec.boot.kernel, 'kernel') : undefined;
     const initrd = vm.spec.boot.type === 'kernel' ? file(vm.spec.boot.initrd, 'initrd') : undefined;
-    return { disks, ...(cdrom ? { cdrom } : {}), ...(kernel ? { kernel } : {}), ...(initrd ? { initrd } : {}) };
+    return { disks, ...(cdrom ? { cdrom } : {}), ...(cidata ? { cidata } : {}), ...(kernel ? { kernel } : {}), ...(initrd ? { initrd } : {}) };
   }
 
   /**
@@ -227,6 +247,7 @@ function slot(use: Pick<VmVolumeUse, 'role' | 'disk'>): { content: Array<'disk' 
     case 'disk':
       return { content: use.disk!.readOnly ? ['disk', 'template', 'iso'] : ['disk'], write: !use.disk!.readOnly };
     case 'cdrom':
+    case 'cidata':
       return { content: ['iso'], write: false };
     case 'kernel':
     case 'initrd':

@@ -452,7 +452,8 @@ export class VmService {
     await this.#registry.drop(vm, extraOps, [{ type: 'vm.migrated', vmId, tenant: vm.spec.tenant, data: { name: vm.name } }, ...events]);
     // What it left here is a stale copy: its process directory and the volumes that moved with it.
     await this.#deps.driver.destroy(vm).catch((err) => this.#deps.log.error({ err, vmId }, 'removing the migrated-away VM\'s files failed'));
-    for (const { ref } of this.#deps.storage.carried(vm)) {
+    const seeds = this.#deps.storage.uses(vm.id, vm.spec).filter((u) => u.role === 'cidata' && this.#deps.storage.storage.find(u.ref));
+    for (const { ref } of [...this.#deps.storage.carried(vm), ...seeds]) {
       await this.#deps.storage.storage.discard(ref).catch((err) => this.#deps.log.error({ err, vmId, volume: ref }, 'removing a migrated-away volume failed'));
     }
   }

@@ -51,6 +51,24 @@ export const BootSpec = z.discriminatedUnion('type', [
   z.strictObject({ type: z.literal('kernel'), kernel: VolumeRef, initrd: VolumeRef.optional(), cmdline: z.string().max(4096).default('') }),
 ]);
 
+/** cloud-init NoCloud data, given to the guest as a seed CD-ROM labelled `cidata`. */
+export const CloudInitSpec = z.strictObject({
+  /** user-data as the guest's cloud-init reads it (usually `#cloud-config` YAML or a script). */
+  userData: z.string().max(64 * 1024).default(''),
+  /** Extra meta-data keys (instance-id is the VM's id, local-hostname its hostname). */
+  metaData: z
+    .record(z.string().regex(/^[a-z][a-z0-9_-]{0,63}$/), z.string().max(1024))
+    .refine((m) => Object.keys(m).length <= 32, 'at most 32 meta-data keys')
+    .optional(),
+  /** network-config (version 1 or 2 YAML). */
+  networkConfig: z.string().max(16 * 1024).optional(),
+  /** SSH public keys (meta-data public-keys). */
+  sshKeys: z.array(z.string().regex(/^[a-z0-9@.-]{3,64} [A-Za-z0-9+/=]{16,16384}( [^\n\r]{0,256})?$/, 'an SSH public key: TYPE BASE64 [COMMENT]')).max(32).optional(),
+  /** The guest's hostname (default: the VM's name). */
+  hostname: z.string().regex(VM_NAME_PATTERN).optional(),
+});
+export type CloudInitSpec = z.infer<typeof CloudInitSpec>;
+
 const labels = z
   .record(z.string().regex(LABEL_KEY, 'invalid label key'), z.string().max(63))
   .refine((l) => Object.keys(l).length <= 64, 'at most 64 labels')
@@ -66,6 +84,7 @@ export const VmSpecFields = {
   disks: z.array(DiskSpec).max(32).default([]),
   nics: z.array(NicSpec).max(16).default([]),
   boot: BootSpec.default({ type: 'disk' }),
+  cloudInit: CloudInitSpec.optional(),
   labels,
   tenant: z.string().regex(/^[a-z0-9][a-z0-9_-]{0,62}$/).default('default'),
 };
@@ -82,6 +101,7 @@ export const PatchVmRequest = z
     disks: z.array(DiskSpec).max(32).optional(),
     nics: z.array(NicSpec).max(16).optional(),
     boot: BootSpec.optional(),
+    cloudInit: CloudInitSpec.optional(),
     labels: z.record(z.string().regex(LABEL_KEY), z.string().max(63)).optional(),
   })
   .refine((p) => Object.keys(p).length > 0, 'patch must change at least one field');

@@ -240,6 +240,28 @@ describe('qemu driver', { timeout: 180_000 }, () => {
     expect((await api(d.url, 'GET', `/v1/vms/${id}/stats`)).body.disks.map((x: any) => x.name)).toContain('extra');
   });
 
+  it('cloud-init: the guest finds its NoCloud seed (a CD-ROM labelled cidata) with the spec\'s data, rebuilt when the spec changes', async () => {
+    const cloudInit = { userData: '#cloud-config\npackages: []\n', hostname: 'ci-host', sshKeys: ['ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl test@novacron'], networkConfig: 'version: 2\nethernets: {}\n' };
+    const id = await startVm('cloud-1', 'nc.cidata=1', { cloudInit });
+    const seedLine = () => /^CIDATA .*$/m.exec(serial(dataDir, id))?.[0];
+    await waitUntil(() => seedLine() !== undefined, BOOT_MS, 'the guest to read its seed');
+    expect(seedLine()).toBe(`CIDATA instance-id=${id} hostname=ci-host keys=1 userdata=#cloud-config network=yes`);
+    expect((await api(d.url, 'GET', `/v1/pools/local/volumes/${id}-cidata`)).body).toMatchObject({ content: 'iso', owner: id, attachedTo: [id] });
+    const seed = join(dataDir, 'pools', 'local', `${id}-cidata`);
+    expect(execFileSync('blkid', ['-o', 'value', '-s', 'LABEL', seed], { encoding: 'utf8' }).trim()).toBe('cidata'); // what cloud images look for
+    expect(execFileSync('blkid', ['-o', 'value', '-s', 'TYPE', seed], { encoding: 'utf8' }).trim()).toBe('iso9660');
+    // A new hostname in the spec: the next boot's seed says so.
+    expect((await waitOp(d.url, (await api(d.url, 'POST', `/v1/vms/${id}/stop`)).body.id)).state).toBe('succeeded');
+    expect((await api(d.url, 'PATCH', `/v1/vms/${id}`, { cloudInit: { ...cloudInit, hostname: 'ci-renamed', networkConfig: undefined } })).status).toBe(200);
+    const before = serial(dataDir, id).length;
+    expect((await waitOp(d.url, (await api(d.url, 'POST', `/v1/vms/${id}/start`)).body.id)).state).toBe('succeeded');
+    const second = () => /^CIDATA .*$/m.exec(serial(dataDir, id).slice(before))?.[0];
+    await waitUntil(() => second() !== undefined, BOOT_MS, 'the guest to read its new seed');
+    expect(second()).toBe(`CIDATA instance-id=${id} hostname=ci-renamed keys=1 userdata=#cloud-config network=no`);
+    expect((await waitOp(d.url, (await api(d.url, 'DELETE', `/v1/vms/${id}?force=true`)).body.id)).state).toBe('succeeded');
+    expect((await api(d.url, 'GET', `/v1/pools/local/volumes/${id}-cidata`)).status).toBe(404);
+  });
+
   it('refuses hugepage-backed RAM when hugetlbfs is not mounted', async () => {
     const r = await api(d.url, 'POST', '/v1/vms', { ...guestVm('huge-1'), memoryBacking: 'hugepages' });
     if (r.status === 201) return; // this host has hugetlbfs at /dev/hugepages

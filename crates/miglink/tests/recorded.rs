@@ -10,7 +10,8 @@ use std::path::PathBuf;
 fn testdata() -> PathBuf {
     // Read at run time: cargo sets it for the test process, and a binary reused from a
     // shared target directory may have been compiled in another checkout.
-    let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
+    let dir = std::env::var("CARGO_MANIFEST_DIR")
+        .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
     PathBuf::from(dir).join("../../testdata/qemu-multifd")
 }
 

@@ -574,6 +574,7 @@ export function qemuArgs(vm: VmRecord, { accel, dir, media, hugepagesPath }: Qem
   }
   for (let i = 0; i < HOTPLUG_PORTS; i++) args.push('-device', `pcie-root-port,id=hp${i},chassis=${i + 1}`);
   if (media.cdrom) args.push('-drive', `file=${optionValue(media.cdrom)},format=raw,media=cdrom,readonly=on,if=none,id=cdrom0`, '-device', 'ide-cd,drive=cdrom0,bus=ide.0');
+  if (media.cidata) args.push('-drive', `file=${optionValue(media.cidata)},format=raw,media=cdrom,readonly=on,if=none,id=cidata0`, '-device', 'ide-cd,drive=cidata0,bus=ide.1');
   for (const d of media.disks) {
     args.push('-drive', `file=${optionValue(d.path)},format=${d.format},if=none,id=drive-${d.name}${d.readOnly ? ',readonly=on' : ''}`);
     if (d.bus === 'virtio') args.push('-device', `virtio-blk-pci,drive=drive-${d.name},id=disk-${d.name}`);
