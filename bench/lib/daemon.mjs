@@ -3,8 +3,8 @@ import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 
 /** Starts `bin/novacron.js daemon` on a free loopback port; resolves once it listens. */
-export function startDaemon(root, dataDir, driver = 'qemu') {
-  const proc = spawn(process.execPath, [join(root, 'bin', 'novacron.js'), 'daemon', '--driver', driver, '--listen', '127.0.0.1:0', '--data-dir', dataDir, '--log-level', 'warn'], { stdio: ['ignore', 'ignore', 'pipe'] });
+export function startDaemon(root, dataDir, driver = 'qemu', extraArgs = []) {
+  const proc = spawn(process.execPath, [join(root, 'bin', 'novacron.js'), 'daemon', '--driver', driver, '--listen', '127.0.0.1:0', '--data-dir', dataDir, '--log-level', 'warn', ...extraArgs], { stdio: ['ignore', 'ignore', 'pipe'] });
   let err = '';
   return new Promise((res, rej) => {
     proc.stderr.on('data', (d) => {

@@ -2,6 +2,20 @@
 // `qemuArgs`), so a bench compares NovaCron with QEMU running the very same machine.
 import { qemuArgs } from '../../dist/vm/drivers/qemu.js';
 import { CreateVmRequest } from '../../dist/vm/spec.js';
+import { readFileSync } from 'node:fs';
+
+/** The test guest's kernel and initramfs as volumes of a daemon's local pool (installGuest uploads them). */
+export const GUEST = { kernel: 'local/nc-guest-vmlinuz', initrd: 'local/nc-guest-initrd' };
+
+/** Uploads the guest's kernel and initramfs files into the daemon's local pool (once per daemon). */
+export async function installGuest(url, files) {
+  for (const role of ['kernel', 'initrd']) {
+    const [pool, name] = GUEST[role].split('/');
+    const res = await fetch(`${url}/v1/pools/${pool}/volumes/${name}/content?format=raw&content=kernel`, { method: 'PUT', body: readFileSync(files[role]) });
+    const body = await res.json();
+    if (res.status !== 201 && body.error?.code !== 'VOLUME_EXISTS') throw new Error(`uploading ${files[role]}: ${res.status} ${JSON.stringify(body)}`);
+  }
+}
 
 /**
  * qemu-system-x86_64's arguments for `spec` (as the API takes it; defaults filled in by

@@ -27,7 +27,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { writeResults, printTable, pct } from '../lib/report.mjs';
 import { startDaemon, call } from '../lib/daemon.mjs';
 import { QmpClient } from '../../dist/vm/qemu/qmp.js';
-import { bareQemuArgs } from '../lib/vm.mjs';
+import { bareQemuArgs, GUEST, installGuest } from '../lib/vm.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = resolve(here, '..', '..');
@@ -167,7 +167,7 @@ async function untilPrefilled(serialPath) {
 
 async function novaGuest(cmdline, name) {
   const [A] = daemons;
-  const vm = await call(A.url, 'POST', '/v1/vms', { name, vcpus: 1, memoryMiB: MEMORY, boot: { type: 'kernel', kernel, initrd, cmdline } });
+  const vm = await call(A.url, 'POST', '/v1/vms', { name, vcpus: 1, memoryMiB: MEMORY, boot: { type: 'kernel', kernel: GUEST.kernel, initrd: GUEST.initrd, cmdline } });
   const op = await call(A.url, 'POST', `/v1/vms/${vm.id}/start`);
   for (;;) {
     const o = await call(A.url, 'GET', `/v1/operations/${op.id}`);
@@ -242,7 +242,7 @@ async function bareQemu(name, cmdline, incomingPort, mode) {
   const qmpSock = join(dir, 'qmp.sock');
   const console = join(dir, 'console.sock');
   // The driver's own command line for the same VM spec (unpaused: no daemon resumes it).
-  const args = bareQemuArgs(name, { vcpus: 1, memoryMiB: MEMORY, boot: { type: 'kernel', kernel, initrd, cmdline } }, { accel: 'tcg', dir });
+  const args = bareQemuArgs(name, { vcpus: 1, memoryMiB: MEMORY, boot: { type: 'kernel', kernel: GUEST.kernel, initrd: GUEST.initrd, cmdline } }, { accel: 'tcg', dir, kernel, initrd });
   rmSync(join(dir, 'serial.log'), { force: true }); // the driver's serial log appends
   if (incomingPort) args.push('-incoming', mode === 'multifd' || mode === 'link' ? 'defer' : `tcp:127.0.0.1:${incomingPort}`);
   const proc = spawn('qemu-system-x86_64', args, { stdio: 'ignore' });
@@ -377,6 +377,7 @@ async function nativeLinks(dst, link) {
 async function main() {
   try {
     daemons.push(await startDaemon(root, join(work, 'a')), await startDaemon(root, join(work, 'b')));
+    for (const d of daemons) await installGuest(d.url, { kernel, initrd });
     for (const rate of RATES) {
       const cmdline = `console=ttyS0 quiet panic=-1 nc.dirty_mib=${WS} nc.rate=${rate} nc.model=${a.model} nc.prefill=1`;
       // One guest per system and rate; migrations go back and forth.

@@ -15,7 +15,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { bareQemuArgs } from '../lib/vm.mjs';
+import { bareQemuArgs, GUEST, installGuest } from '../lib/vm.mjs';
 import { writeResults, printTable, pct } from '../lib/report.mjs';
 import { startDaemon, call } from '../lib/daemon.mjs';
 import { QmpClient } from '../../dist/vm/qemu/qmp.js';
@@ -38,6 +38,7 @@ const results = { bench: 'qemu', time: new Date().toISOString(), quick: args.qui
 let daemon;
 try {
   daemon = await startDaemon(root, join(work, 'data'));
+  await installGuest(daemon.url, { kernel, initrd });
   const accel = await firstAccel(daemon.url);
   results.accelerator = accel;
 
@@ -149,7 +150,7 @@ async function waitOp(url, id) {
 }
 
 function spec(name) {
-  return { name, vcpus: 1, memoryMiB: 256, boot: { type: 'kernel', kernel, initrd, cmdline } };
+  return { name, vcpus: 1, memoryMiB: 256, boot: { type: 'kernel', kernel: GUEST.kernel, initrd: GUEST.initrd, cmdline } };
 }
 
 async function createAndStart(url, name) {
@@ -197,7 +198,7 @@ function startBare(dir, accel) {
   const serial = join(dir, 'serial.log');
   const t0 = performance.now();
   // The driver's own command line for the same spec (unpaused: no daemon resumes it).
-  const args = bareQemuArgs('bare', spec('bare'), { accel, dir });
+  const args = bareQemuArgs('bare', spec('bare'), { accel, dir, kernel, initrd });
   const proc = spawn('qemu-system-x86_64', args, { stdio: 'ignore' });
   return { t0, serial, qmpSock, kill: () => proc.kill('SIGKILL') };
 }

@@ -234,10 +234,21 @@ export class ApiServer {
     const declared = contentLength === '' ? undefined : Number(contentLength);
     if (declared !== undefined && !Number.isSafeInteger(declared)) return x.fail(new NovaError('VALIDATION_FAILED', 'invalid Content-Length'));
     const body = new BodyStream(res);
-    x.watchAbort(() => body.fail(new NovaError('VALIDATION_FAILED', 'the client went away mid-upload')));
+    x.watchAbort(() => {
+      body.fail(new NovaError('VALIDATION_FAILED', 'the client went away mid-upload'));
+      body.close();
+    });
+    x.onFinish(() => body.close()); // answered before the body ended (a refused upload): never touch res again
     request.stream = body;
     if (declared !== undefined) request.contentLength = declared;
-    res.onData((chunk, isLast) => body.push(chunk, isLast));
+    res.onData((chunk, isLast) => {
+      // Nothing thrown in a uWS callback may escape: it would end the process.
+      try {
+        body.push(chunk, isLast);
+      } catch (err) {
+        body.fail(err as Error);
+      }
+    });
     this.#run(x, route, request);
   }
 
@@ -343,7 +354,13 @@ class Exchange {
   ) {}
 
   #onAbort: Array<() => void> = [];
+  #onFinish: Array<() => void> = [];
   aborted = false;
+
+  /** Called once the response has been written (not on abort). */
+  onFinish(fn: () => void): void {
+    this.#onFinish.push(fn);
+  }
 
   /** Must be called before the handler returns whenever the reply is written later. */
   watchAbort(then?: () => void): void {
@@ -372,6 +389,7 @@ class Exchange {
     };
     if (this.#watching) res.cork(write);
     else write();
+    for (const fn of this.#onFinish.splice(0)) fn();
     this.stats.observe(reply.status, (performance.now() - this.#started) / 1000);
   }
 

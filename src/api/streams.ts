@@ -19,18 +19,29 @@ export class BodyStream implements AsyncIterable<Buffer> {
   #failure: Error | undefined;
   #wake: (() => void) | undefined;
   #paused = false;
+  /** The response was written (or the client went away): `res` must not be touched any more. */
+  #done = false;
 
   constructor(private readonly res: UWS.HttpResponse) {}
 
+  /** The exchange is over (answered early, e.g. a refused upload, or aborted): stop driving the socket. */
+  close(): void {
+    this.#done = true;
+    this.#chunks = [];
+    this.#queued = 0;
+    if (!this.#failure) this.#failure = new Error('the response was already sent');
+    this.#notify();
+  }
+
   push(chunk: ArrayBuffer, isLast: boolean): void {
-    if (this.#failure) return;
+    if (this.#failure || this.#done) return;
     const copy = Buffer.from(chunk.slice(0));
     if (copy.length > 0) {
       this.#chunks.push(copy);
       this.#queued += copy.length;
     }
     if (isLast) this.#ended = true;
-    if (!this.#ended && this.#queued > HIGH_WATER && !this.#paused) {
+    if (!this.#ended && this.#queued > HIGH_WATER && !this.#paused && !this.#done) {
       this.#paused = true;
       this.res.pause();
     }
@@ -49,7 +60,7 @@ export class BodyStream implements AsyncIterable<Buffer> {
       const next = this.#chunks.shift();
       if (next) {
         this.#queued -= next.length;
-        if (this.#paused && this.#queued < LOW_WATER && !this.#failure) {
+        if (this.#paused && this.#queued < LOW_WATER && !this.#failure && !this.#done) {
           this.#paused = false;
           this.res.resume();
         }

@@ -173,6 +173,44 @@ export function buildProgram(): Command {
     });
   }
 
+  vm.command('template <vm>')
+    .description('turn a stopped VM into a template (read-only volumes; make VMs from it with `vm clone`)')
+    .action(async (ref: string) => {
+      const v = await client().request<VmRecord>('POST', `/v1/vms/${encodeURIComponent(ref)}/template`);
+      if (json()) return print(v);
+      console.log(`VM ${v.name} is a template now`);
+    });
+
+  vm.command('clone <template> <name>')
+    .description('a new VM from a template: linked clones of its disks (qcow2 overlays), or --full copies')
+    .option('--full', 'copy the template\'s disks instead of linking to them')
+    .action(async (template: string, name: string, opts: { full?: boolean }) => {
+      const v = await client().createVm({ name, fromTemplate: template, linked: !opts.full });
+      if (json()) return print(v);
+      console.log(`created VM ${v.name} (${v.id}) from template ${template}${opts.full ? ' (full copies)' : ' (linked)'}`);
+    });
+
+  vm.command('move-disk <vm> <disk>')
+    .description('move a disk to another pool (live for a running VM); progress bar, Ctrl-C leaves it running (cancel with `operation cancel`)')
+    .requiredOption('--pool <pool>', 'the target pool')
+    .option('--bandwidth <MBps>', 'cap the copy, MB/s')
+    .option('--no-wait', 'return once the operation is accepted')
+    .action(async (ref: string, disk: string, opts: { pool: string; bandwidth?: string; wait: boolean }) => {
+      const body = { pool: opts.pool, ...(opts.bandwidth ? { bandwidthMBps: Number(opts.bandwidth) } : {}) };
+      const op = await client().request<OperationRecord>('POST', `/v1/vms/${encodeURIComponent(ref)}/disks/${encodeURIComponent(disk)}/move`, body);
+      await follow(client(), op, opts.wait, json());
+    });
+
+  program.command('operation')
+    .description('long-running operations')
+    .command('cancel <id>')
+    .description('cancel a cancellable operation (a disk move)')
+    .action(async (id: string) => {
+      const op = await client().request<OperationRecord>('DELETE', `/v1/operations/${encodeURIComponent(id)}`);
+      if (json()) return print(op);
+      console.log(`cancelling ${op.kind} ${op.id}`);
+    });
+
   vm.command('console <vm>')
     .description('the guest\'s serial console (Ctrl-] leaves); for scripts, --for and --until print it and exit')
     .option('--for <seconds>', 'print the console for this many seconds (with --until: at most), then exit')
@@ -275,8 +313,12 @@ async function follow(client: NovaClient, op: OperationRecord, wait: boolean, as
   if (!wait) return asJson ? print(op) : console.log(`operation ${op.id} (${op.kind}) accepted`);
   const tty = process.stderr.isTTY && !asJson;
   const bar = tty ? new cliProgress.SingleBar({ format: `${op.kind} {bar} {percentage}% | {message}`, clearOnComplete: false, hideCursor: true }, cliProgress.Presets.shades_classic) : undefined;
-  bar?.start(100, op.progress.percent, { message: op.progress.message });
-  const done = await client.waitForOperation(op.id, (o) => bar?.update(o.progress.percent, { message: o.progress.message }));
+  const message = (o: OperationRecord) => {
+    const d = o.progress.detail;
+    return d?.totalBytes ? `${o.progress.message} | ${fmtBytes(d.copiedBytes ?? 0)} of ${fmtBytes(d.totalBytes)} at ${fmtBytes(d.bytesPerSec ?? 0)}/s` : o.progress.message;
+  };
+  bar?.start(100, op.progress.percent, { message: message(op) });
+  const done = await client.waitForOperation(op.id, (o) => bar?.update(o.progress.percent, { message: message(o) }));
   bar?.stop();
   if (asJson) print(done);
   else if (done.state === 'succeeded') console.log(`${done.kind} succeeded`);

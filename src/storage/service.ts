@@ -56,7 +56,7 @@ export interface OpenRequest {
 interface Pool {
   def: PoolDef;
   driver: PoolDriver;
-  volumes: Map<string, VolumeMeta>;
+  volumes: VolumeIndex;
   /** Bytes on disk of all volumes, summed at `at` (a pool with many volumes re-sums at most once a second). */
   used?: { bytes: number; at: number };
 }
@@ -100,7 +100,7 @@ export class StorageService {
     if (this.#pools.has(def.name)) return;
     const root = isAbsolute(def.path) ? def.path : join(this.#deps.dataDir, def.path);
     const driver = new DirPool(def, root, this.#img);
-    const volumes = new Map<string, VolumeMeta>();
+    const volumes = new VolumeIndex();
     for (const meta of await driver.open()) {
       if (!driver.exists(meta.name) && !meta.arriving) {
         this.#deps.log.warn({ pool: def.name, volume: meta.name }, 'volume metadata without data (a create interrupted by a crash): removed');
@@ -180,15 +180,21 @@ export class StorageService {
 
   async list(poolName: string, q: VolumeListQuery): Promise<{ items: VolumeView[]; nextCursor?: string; total: number }> {
     const pool = this.#pool(poolName);
-    if (pool.def.shared) pool.volumes = new Map((await pool.driver.scan()).map((m) => [m.name, m])); // what every member wrote
-    let all = [...pool.volumes.values()];
-    if (q.tenant) all = all.filter((v) => v.tenant === q.tenant);
-    if (q.content) all = all.filter((v) => v.content === q.content);
-    all.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
-    const start = q.cursor ? all.findIndex((v) => v.name > q.cursor!) : 0;
-    const page = start < 0 ? [] : all.slice(start, start + q.limit);
-    const more = start >= 0 && start + q.limit < all.length;
-    return { items: page.map((m) => this.#volumeView(pool, m)), total: all.length, ...(more ? { nextCursor: page.at(-1)!.name } : {}) };
+    if (pool.def.shared) pool.volumes = new VolumeIndex(await pool.driver.scan()); // what every member wrote
+    // Names in order (kept sorted until the pool changes); a cursor is the last name seen.
+    const names = pool.volumes.sortedNames();
+    const match = (m: VolumeMeta) => (!q.tenant || m.tenant === q.tenant) && (!q.content || m.content === q.content);
+    const filtered = q.tenant !== undefined || q.content !== undefined;
+    let i = q.cursor ? upperBound(names, q.cursor) : 0;
+    const page: VolumeMeta[] = [];
+    for (; i < names.length && page.length < q.limit; i++) {
+      const m = pool.volumes.get(names[i]!)!;
+      if (match(m)) page.push(m);
+    }
+    let more = false;
+    for (; i < names.length && !more; i++) more = match(pool.volumes.get(names[i]!)!);
+    const total = filtered ? names.reduce((n, name) => n + (match(pool.volumes.get(name)!) ? 1 : 0), 0) : names.length;
+    return { items: page.map((m) => this.#volumeView(pool, m)), total, ...(more ? { nextCursor: page.at(-1)!.name } : {}) };
   }
 
   async create(poolName: string, req: CreateVolumeRequest, extra: { owner?: string; backing?: string; arriving?: string; moving?: VolumeMeta['moving']; skipData?: boolean; exactBytes?: number; reserveBytes?: number } = {}): Promise<VolumeView> {
@@ -275,13 +281,14 @@ export class StorageService {
       return this.create(poolName, { name: req.name, sizeMiB: Math.ceil(src.meta.sizeBytes / MiB), format: 'qcow2', content: src.meta.content === 'template' ? 'disk' : src.meta.content, tenant: src.meta.tenant }, { backing: ref });
     }
     const pool = this.#pool(poolName);
-    this.#assertContent(pool, src.meta.content);
+    this.#assertContent(pool, src.meta.content === 'template' ? 'disk' : src.meta.content);
     const source = this.open(ref, { tenant: src.meta.tenant, content: [src.meta.content], write: false });
     return this.#exclusive(volumeRef(poolName, req.name), async () => {
       this.#assertFree(pool, req.name);
       await this.#assertRoom(pool, { virtualBytes: src.meta.sizeBytes, bytes: src.pool.driver.allocated(src.meta.name) });
       const now = new Date().toISOString();
-      const meta: VolumeMeta = { name: req.name, format: src.meta.format, content: src.meta.content, sizeBytes: src.meta.sizeBytes, tenant: src.meta.tenant, createdAt: now, updatedAt: now };
+      const content = src.meta.content === 'template' ? 'disk' : src.meta.content; // a copy of a template is a writable disk
+      const meta: VolumeMeta = { name: req.name, format: src.meta.format, content, sizeBytes: src.meta.sizeBytes, tenant: src.meta.tenant, createdAt: now, updatedAt: now };
       await pool.driver.writeMeta(meta);
       pool.volumes.set(meta.name, meta);
       try {
@@ -406,6 +413,12 @@ export class StorageService {
         throw err;
       }
     });
+  }
+
+  /** A template's volume: read-only from now on, content `template`. */
+  async makeTemplateVolume(ref: string): Promise<void> {
+    const { pool, meta } = this.#require(ref);
+    await this.#update(pool, meta, { readOnly: true, content: 'template' });
   }
 
   /** Marks who owns a volume (the VM it was made with), or that no VM does any more. */
@@ -584,4 +597,55 @@ export class StorageService {
   async #event(type: 'volume.created' | 'volume.deleted' | 'volume.updated', pool: Pool, meta: VolumeMeta, data: Record<string, unknown> = {}): Promise<void> {
     await this.#deps.events.commit([], [{ type, tenant: meta.tenant, data: { pool: pool.def.name, volume: meta.name, format: meta.format, sizeBytes: meta.sizeBytes, ...data } }]);
   }
+}
+
+/** A pool's volumes by name, with the names kept sorted for paging (re-sorted only after a change). */
+class VolumeIndex {
+  #byName = new Map<string, VolumeMeta>();
+  #sorted: string[] | undefined;
+
+  constructor(metas: VolumeMeta[] = []) {
+    for (const m of metas) this.#byName.set(m.name, m);
+  }
+
+  get size(): number {
+    return this.#byName.size;
+  }
+
+  get(name: string): VolumeMeta | undefined {
+    return this.#byName.get(name);
+  }
+
+  has(name: string): boolean {
+    return this.#byName.has(name);
+  }
+
+  set(name: string, meta: VolumeMeta): void {
+    if (!this.#byName.has(name)) this.#sorted = undefined;
+    this.#byName.set(name, meta);
+  }
+
+  delete(name: string): void {
+    if (this.#byName.delete(name)) this.#sorted = undefined;
+  }
+
+  values(): IterableIterator<VolumeMeta> {
+    return this.#byName.values();
+  }
+
+  sortedNames(): string[] {
+    return (this.#sorted ??= [...this.#byName.keys()].sort());
+  }
+}
+
+/** The index of the first name greater than `key`. */
+function upperBound(names: string[], key: string): number {
+  let lo = 0;
+  let hi = names.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (names[mid]! <= key) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
 }

@@ -69,7 +69,7 @@ export interface ActionHandler {
   /** `DELETE /v1/operations/:id` aborts its signal. */
   cancellable?: boolean;
   /** Refuses the request before anything is recorded. */
-  check?(vm: VmRecord, driver: HypervisorDriver, opts: ActionOptions): void;
+  check?(vm: VmRecord, driver: HypervisorDriver, opts: ActionOptions, storage: VmStorage): void;
   run(ctx: ActionContext): Promise<ActionOutcome>;
 }
 
@@ -174,6 +174,10 @@ export const ACTIONS: Record<OperationKind, ActionHandler> = {
   delete: {
     from: ['stopped', 'error', 'pending'],
     during: 'deleting',
+    check(vm, _driver, opts, storage) {
+      // Before anything changes: a VM whose volumes other volumes are based on (a template with clones) stays.
+      storage.assertReleasable(vm, { keepDisks: opts.keepDisks ?? false });
+    },
     async run({ vm, driver, storage, opts, step }) {
       const keepDisks = opts.keepDisks ?? false;
       storage.assertReleasable(vm, { keepDisks });

@@ -19,6 +19,8 @@ export interface VmRecord {
   updatedAt: string;
   /** Set on the destination while the VM is arriving by live migration. */
   incoming?: { migrationId: string; source: string };
+  /** A template: never started; its volumes are read-only; new VMs are made from it. */
+  template?: true;
   /** Driver-reported runtime facts (accelerator, pid, ...). */
   runtime?: Record<string, unknown>;
 }

@@ -27,7 +27,7 @@ export interface VmChange {
   /** Driver runtime facts. Omitted: kept, except that a VM that stops loses them. */
   runtime?: Record<string, unknown>;
   /** Record fields replaced by this change. */
-  set?: Partial<Pick<VmRecord, 'spec' | 'checkpoint'>>;
+  set?: Partial<Pick<VmRecord, 'spec' | 'checkpoint' | 'template'>>;
   /** Record fields removed by this change. */
   clear?: Array<'checkpoint' | 'incoming'>;
   /** Other keys written in the same batch (operation records, migration records). */

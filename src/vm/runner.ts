@@ -59,11 +59,12 @@ export class OperationRunner {
     await claims.settled(registry.find(ref)?.id);
     const vm = registry.get(ref);
     claims.assertFree(vm); // before state checks
+    if (vm.template && kind !== 'delete') throw new NovaError('VM_INVALID_STATE', `VM "${vm.name}" is a template: make a VM from it (POST /v1/vms {fromTemplate})`, { state: vm.state, template: true });
     const action = ACTIONS[kind];
     if (!actionAllowed(kind, vm, opts)) {
       throw new NovaError('VM_INVALID_STATE', `cannot ${kind} VM "${vm.name}" while it is ${vm.state}`, { state: vm.state, allowedFrom: action.from });
     }
-    action.check?.(vm, driver, opts);
+    action.check?.(vm, driver, opts, this.#deps.storage);
     const op = newOperation(kind, vm.id);
     const claim = await claims.cluster(vm, kind);
     try {
@@ -191,7 +192,7 @@ export class OperationRunner {
   /** The finished form of an operation and its event, to be written by the caller. */
   #finished(op: OperationRecord, state: 'succeeded' | 'failed', extra: Pick<OperationRecord, 'error' | 'result'>): { done: OperationRecord; event: EventDraft } {
     const now = new Date().toISOString();
-    const done: OperationRecord = { ...op, ...stripUndefined(extra), state, progress: { percent: 100, message: state }, updatedAt: now, finishedAt: now };
+    const done: OperationRecord = { ...op, ...stripUndefined(extra), state, progress: { percent: 100, message: state, ...(op.progress.detail ? { detail: op.progress.detail } : {}) }, updatedAt: now, finishedAt: now };
     const vm = this.#deps.registry.find(op.vmId);
     const event: EventDraft = { type: `operation.${state}`, vmId: op.vmId, operationId: op.id, data: { kind: op.kind, ...stripUndefined(extra) } };
     if (vm) event.tenant = vm.spec.tenant;

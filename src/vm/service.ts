@@ -23,7 +23,7 @@ import type { VmRecord } from './record.js';
 import { Reconciler } from './reconciler.js';
 import { VmRegistry, type ListPage, type ListQuery } from './registry.js';
 import { OperationRunner, reasonOf } from './runner.js';
-import { semanticProblems, unrestrictedUserNic, type CreateVmRequest, type DiskSpec, type PatchVmRequest, type VmSpec } from './spec.js';
+import { semanticProblems, unrestrictedUserNic, type CreateVmRequest, type DiskSpec, type FromTemplateRequest, type PatchVmRequest, type VmSpec } from './spec.js';
 import type { VmState } from './state.js';
 
 export type { ActionOptions } from './actions.js';
@@ -217,11 +217,15 @@ export class VmService {
 
   // ---- writes ------------------------------------------------------------------
 
-  async create(req: CreateVmRequest): Promise<VmRecord> {
+  async create(req: CreateVmRequest, opts: { prepare?: (id: string) => Promise<void> } = {}): Promise<VmRecord> {
     const { name, ...asked } = req;
     const spec = this.#deps.storage.normalize(asked);
     const id = newId('vm');
     this.#assertValid(spec, id);
+    if (opts.prepare) {
+      if (this.#registry.find(name)) throw new NovaError('VM_NAME_CONFLICT', `a VM named "${name}" already exists`);
+      await opts.prepare(id);
+    }
     const unreserve = this.#registry.reserveName(name);
     try {
       const now = new Date().toISOString();
@@ -247,8 +251,59 @@ export class VmService {
     }
   }
 
+  /**
+   * Turns a stopped VM into a template: its disks' volumes become read-only template
+   * volumes, and the VM never starts again; VMs are made from it with `fromTemplate`.
+   */
+  async makeTemplate(ref: string): Promise<VmRecord> {
+    const vm = await this.#settled(ref);
+    if (vm.template) return vm;
+    if (vm.state !== 'stopped') throw new NovaError('VM_INVALID_STATE', `VM "${vm.name}" is ${vm.state}; only a stopped VM can become a template`, { state: vm.state });
+    const claim = this.#claims.local(vm);
+    try {
+      for (const use of this.#deps.storage.uses(vm.id, vm.spec).filter((u) => u.role === 'disk')) {
+        this.#deps.storage.storage.assertRemovable(use.ref, { exceptVm: vm.id }); // no other VM writes it
+        await this.#deps.storage.storage.makeTemplateVolume(use.ref);
+      }
+      return await this.#registry.commit(vm.id, { set: { template: true }, events: [{ type: 'vm.updated', data: { template: true } }] });
+    } finally {
+      claim.release();
+    }
+  }
+
+  /** A new VM from a template: the same spec, its disks linked clones of the template's volumes (or full copies). */
+  async createFromTemplate(req: FromTemplateRequest): Promise<VmRecord> {
+    const t = this.get(req.fromTemplate);
+    if (!t.template) throw new NovaError('VM_INVALID_STATE', `VM "${t.name}" is not a template (POST /v1/vms/${t.id}/template makes it one)`, { state: t.state });
+    const storage = this.#deps.storage;
+    const bases = new Map(storage.uses(t.id, t.spec).filter((u) => u.role === 'disk').map((u) => [u.disk!.name, u.ref]));
+    const disks = t.spec.disks.map((d) => {
+      const base = bases.get(d.name)!;
+      const pool = parseVolumeRef(base)!.pool;
+      const sizeMiB = Math.ceil((storage.storage.find(base)?.sizeBytes ?? 1 << 20) / (1 << 20));
+      return req.linked
+        ? { name: d.name, bus: d.bus, readOnly: d.readOnly, pool, from: base, format: 'qcow2' as const }
+        : { name: d.name, bus: d.bus, readOnly: d.readOnly, pool, sizeMiB, format: storage.storage.find(base)?.format ?? ('qcow2' as const) };
+    });
+    const { cloudInit, ...rest } = t.spec;
+    const spec = { ...rest, disks, labels: req.labels ?? t.spec.labels, ...(cloudInit ? { cloudInit } : {}) };
+    return this.create({ name: req.name, ...spec }, {
+      // A full copy's volumes are the template's data, copied before the VM is recorded.
+      ...(req.linked ? {} : {
+        prepare: async (id) => {
+          for (const d of disks) {
+            const target = `${d.pool}/${id}-${d.name}`;
+            await storage.storage.clone(bases.get(d.name)!, { name: `${id}-${d.name}`, pool: d.pool, linked: false });
+            await storage.storage.setOwner(target, id);
+          }
+        },
+      }),
+    });
+  }
+
   async patch(ref: string, req: PatchVmRequest): Promise<VmRecord> {
     const vm = await this.#settled(ref);
+    if (vm.template) throw new NovaError('VM_INVALID_STATE', `VM "${vm.name}" is a template; templates do not change`, { state: vm.state, template: true });
     if (vm.state !== 'stopped' && vm.state !== 'pending') {
       throw new NovaError('VM_INVALID_STATE', `VM "${vm.name}" is ${vm.state}; only stopped VMs can be changed`, { state: vm.state });
     }

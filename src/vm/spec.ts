@@ -91,6 +91,15 @@ export const VmSpecFields = {
 
 export const CreateVmRequest = z.strictObject({ name, ...VmSpecFields });
 
+/** A new VM from a template VM: its spec, with disks that are linked clones (qcow2 overlays on the template's volumes) or full copies. */
+export const FromTemplateRequest = z.strictObject({
+  name,
+  fromTemplate: z.string().min(1).max(64),
+  linked: z.boolean().default(true),
+  labels: VmSpecFields.labels.optional(),
+});
+export type FromTemplateRequest = z.infer<typeof FromTemplateRequest>;
+
 /** PATCH: any subset of the mutable fields (name and tenant are fixed). */
 export const PatchVmRequest = z
   .strictObject({

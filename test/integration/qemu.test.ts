@@ -234,6 +234,11 @@ describe('qemu driver', { timeout: 180_000 }, () => {
     const stats = (await api(d.url, 'GET', `/v1/vms/${id}/stats`)).body;
     expect(stats.disks.map((x: any) => x.name)).toContain('extra'); // QEMU has the device
     expect((await api(d.url, 'POST', `/v1/vms/${id}/disks`, { name: 'extra', sizeMiB: 8 })).body.error.code).toBe('VM_SPEC_INVALID');
+    // Grown while the guest runs: through QEMU (block_resize); an offline qemu-img resize could not even take the image's lock.
+    const grown = await api(d.url, 'POST', `/v1/pools/local/volumes/${id}-extra/resize`, { sizeMiB: 48 });
+    expect(grown.status, JSON.stringify(grown.body)).toBe(200);
+    expect(JSON.parse(execFileSync('qemu-img', ['info', '-U', '-f', 'qcow2', '--output=json', ownVolume(dataDir, id, 'extra')], { encoding: 'utf8' }))['virtual-size']).toBe(48 << 20);
+    expect(spawnSync('qemu-img', ['resize', '-f', 'qcow2', ownVolume(dataDir, id, 'extra'), '64M'], { encoding: 'utf8' }).stderr).toMatch(/lock/i);
     // The disk stays in the spec: a cold restart brings it up as a regular disk.
     expect((await waitOp(d.url, (await api(d.url, 'POST', `/v1/vms/${id}/stop`)).body.id)).state).toBe('succeeded');
     expect((await waitOp(d.url, (await api(d.url, 'POST', `/v1/vms/${id}/start`)).body.id)).state).toBe('succeeded');
@@ -260,6 +265,39 @@ describe('qemu driver', { timeout: 180_000 }, () => {
     expect(second()).toBe(`CIDATA instance-id=${id} hostname=ci-renamed keys=1 userdata=#cloud-config network=no`);
     expect((await waitOp(d.url, (await api(d.url, 'DELETE', `/v1/vms/${id}?force=true`)).body.id)).state).toBe('succeeded');
     expect((await api(d.url, 'GET', `/v1/pools/local/volumes/${id}-cidata`)).status).toBe(404);
+  });
+
+  it('templates: a stopped VM becomes a template (read-only volumes, never started); linked clones and full copies of it boot; it cannot go while clones depend on it', async () => {
+    const src = await api(d.url, 'POST', '/v1/vms', { ...guestVm('tpl-src'), disks: [{ name: 'data', sizeMiB: 8 }] });
+    const tid = src.body.id as string;
+    execFileSync('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x42 0 1M', ownVolume(dataDir, tid, 'data')]);
+    const t = await api(d.url, 'POST', `/v1/vms/${tid}/template`);
+    expect(t.status, JSON.stringify(t.body)).toBe(200);
+    expect(t.body.template).toBe(true);
+    expect((await api(d.url, 'GET', `/v1/pools/local/volumes/${tid}-data`)).body).toMatchObject({ readOnly: true, content: 'template' });
+    expect((await api(d.url, 'POST', `/v1/vms/${tid}/start`)).body.error.code).toBe('VM_INVALID_STATE');
+    expect((await api(d.url, 'PATCH', `/v1/vms/${tid}`, { vcpus: 2 })).body.error.code).toBe('VM_INVALID_STATE');
+
+    const linked = await api(d.url, 'POST', '/v1/vms', { name: 'tpl-linked', fromTemplate: 'tpl-src' });
+    expect(linked.status, JSON.stringify(linked.body)).toBe(201);
+    const lid = linked.body.id as string;
+    expect((await api(d.url, 'GET', `/v1/pools/local/volumes/${lid}-data`)).body).toMatchObject({ backing: `local/${tid}-data`, owner: lid });
+    const full = await api(d.url, 'POST', '/v1/vms', { name: 'tpl-full', fromTemplate: tid, linked: false });
+    expect(full.status, JSON.stringify(full.body)).toBe(201);
+    const fid = full.body.id as string;
+    expect((await api(d.url, 'GET', `/v1/pools/local/volumes/${fid}-data`)).body.backing).toBeUndefined();
+    for (const id of [lid, fid]) {
+      execFileSync('qemu-io', ['-f', 'qcow2', '-c', 'read -P 0x42 0 1M', ownVolume(dataDir, id, 'data')]); // the template's data
+      expect((await waitOp(d.url, (await api(d.url, 'POST', `/v1/vms/${id}/start`)).body.id)).state).toBe('succeeded');
+      await waitUntil(() => heartbeats(dataDir, id).length >= 3, BOOT_MS, 'a VM made from the template to boot');
+    }
+    // The template's data never changes under its clones.
+    expect((await api(d.url, 'DELETE', `/v1/vms/${tid}`)).body.error).toMatchObject({ code: 'VOLUME_IN_USE', details: { dependents: [`local/${lid}-data`] } });
+    expect((await api(d.url, 'GET', `/v1/vms/${tid}`)).body).toMatchObject({ state: 'stopped', template: true });
+    expect((await waitOp(d.url, (await api(d.url, 'DELETE', `/v1/vms/${lid}?force=true`)).body.id)).state).toBe('succeeded');
+    expect((await waitOp(d.url, (await api(d.url, 'DELETE', `/v1/vms/${tid}`)).body.id)).state).toBe('succeeded');
+    expect(existsSync(ownVolume(dataDir, tid, 'data'))).toBe(false);
+    expect((await waitOp(d.url, (await api(d.url, 'DELETE', `/v1/vms/${fid}?force=true`)).body.id)).state).toBe('succeeded');
   });
 
   it('refuses hugepage-backed RAM when hugetlbfs is not mounted', async () => {

@@ -4,7 +4,7 @@ import type { Forwarder } from '../forwarding.js';
 import { isErrorCode, NovaError } from '../../errors.js';
 import type { VmRecord } from '../../vm/record.js';
 import { parseWith } from '../validate.js';
-import { CreateVmRequest, DiskSpec, PatchVmRequest } from '../../vm/spec.js';
+import { CreateVmRequest, DiskSpec, FromTemplateRequest, PatchVmRequest } from '../../vm/spec.js';
 import { PoolName } from '../../storage/model.js';
 import { VM_STATES } from '../../vm/state.js';
 import type { ListPage, VmService } from '../../vm/service.js';
@@ -64,7 +64,8 @@ export function vmRoutes(router: Router, vms: VmService, cluster: ClusterListing
   }, { callerHeaders: true });
 
   router.add('POST', '/v1/vms', async (req) => {
-    const vm = await vms.create(parseWith(CreateVmRequest, req.body));
+    const fromTemplate = typeof req.body === 'object' && req.body !== null && 'fromTemplate' in req.body;
+    const vm = fromTemplate ? await vms.createFromTemplate(parseWith(FromTemplateRequest, req.body)) : await vms.create(parseWith(CreateVmRequest, req.body));
     return { status: 201, json: vm, headers: { location: `/v1/vms/${vm.id}` } };
   }, { body: true });
 
@@ -91,6 +92,7 @@ export function vmRoutes(router: Router, vms: VmService, cluster: ClusterListing
   const CreateSnapshot = z.strictObject({ name: SnapshotName });
   const snapshotName = (raw: string) => parseWith(SnapshotName, raw);
   vmRoute('POST', '/v1/vms/:id/disks', async (req) => ({ status: 201, json: await vms.addDisk(req.params.id!, parseWith(DiskSpec, req.body)) }), { body: true });
+  vmRoute('POST', '/v1/vms/:id/template', async (req) => ({ status: 200, json: await vms.makeTemplate(req.params.id!) }));
   vmRoute('GET', '/v1/vms/:id/stats', async (req) => ({ status: 200, json: await vms.stats(req.params.id!) }));
   vmRoute('GET', '/v1/vms/:id/snapshots', async (req) => ({ status: 200, json: { items: await vms.listSnapshots(req.params.id!) } }));
   vmRoute('POST', '/v1/vms/:id/snapshots', async (req) => {

@@ -142,7 +142,15 @@ export class QemuDriver implements HypervisorDriver {
   }
 
   async resizeDisk(vmId: string, disk: string, sizeBytes: number): Promise<void> {
-    await (await this.#require(vmId, 'resize')).qmp.execute('block_resize', { device: `drive-${disk}`, size: sizeBytes });
+    const { qmp } = await this.#require(vmId, 'resize');
+    // A disk from the command line is the block backend `drive-<disk>`; a hot-plugged one is the node of that name.
+    try {
+      await qmp.execute('block_resize', { device: `drive-${disk}`, size: sizeBytes });
+    } catch {
+      await qmp.execute('block_resize', { 'node-name': `drive-${disk}`, size: sizeBytes }).catch((err: Error) => {
+        throw new DriverError('resize', `QEMU could not resize disk "${disk}": ${err.message}`);
+      });
+    }
   }
 
   vmFilePath(vmId: string, name: string): string {
