@@ -104,7 +104,7 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
     });
     const listing: ClusterListing = {};
     vmRoutes(router, vms, listing);
-    storageRoutes(router, storage, { resizeOnline: (ref, bytes) => vms.resizeVolumeOnline(ref, bytes) });
+    storageRoutes(router, storage, { resizeOnline: (ref, bytes) => vms.resizeVolumeOnline(ref, bytes), snapshotOnline: (ref, op, name) => vms.snapshotVolumeOnline(ref, op, name) });
     // Members are named by id or node name once the cluster runs (it starts after the API).
     let resolveTarget: MemberResolver = async () => {
       throw new NovaError('MIGRATION_TARGET_UNKNOWN', 'the cluster is not running yet; give the target as an address');

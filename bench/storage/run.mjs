@@ -119,7 +119,9 @@ async function moveRun(d, dataDir, i) {
   });
   const image = join(dataDir, 'pools', 'local', `${vm.id}-data`);
   // Every block written, so both copies move the whole disk.
-  execFileSync('qemu-io', ['-f', 'qcow2', '-c', `write -P 0x37 0 ${SIZE_MIB}M`, image], { stdio: 'ignore' });
+  const writes512 = [];
+  for (let off = 0; off < SIZE_MIB; off += 512) writes512.push('-c', `write -P 0x37 ${off}M ${Math.min(512, SIZE_MIB - off)}M`);
+  execFileSync('qemu-io', ['-f', 'qcow2', ...writes512, image], { stdio: 'ignore' }); // (one qemu-io request is at most 2 GiB)
   const copyTarget = join(dataDir, 'pools', 'fast', `baseline-${i}.qcow2`);
   const copyMs = await timed(async () => execFileSync('qemu-img', ['convert', '-f', 'qcow2', '-O', 'qcow2', image, copyTarget]));
   rmSync(copyTarget, { force: true });

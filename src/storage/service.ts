@@ -264,6 +264,36 @@ export class StorageService {
     });
   }
 
+  /** Internal snapshots of a qcow2 volume (qemu-img's view; it reads a volume a running VM has open too). */
+  async snapshots(ref: string): Promise<Array<{ name: string; createdAt: string; vmStateBytes: number }>> {
+    const { pool, meta } = this.#require(ref);
+    if (meta.format !== 'qcow2') return [];
+    const info = (await this.#img.info(pool.driver.target(meta.name).path, 'qcow2')) as { snapshots?: Array<{ name: string; 'date-sec': number; 'vm-state-size': number }> };
+    return (info.snapshots ?? []).map((s) => ({ name: s.name, createdAt: new Date(s['date-sec'] * 1000).toISOString(), vmStateBytes: s['vm-state-size'] }));
+  }
+
+  /**
+   * Takes, reverts or deletes an internal snapshot of a qcow2 volume. `online` does it in
+   * the running VM that has the volume open (false: none has; done with qemu-img). Revert
+   * needs the volume closed.
+   */
+  async snapshot(ref: string, op: 'create' | 'revert' | 'delete', name: string, online?: (op: 'create' | 'delete') => Promise<boolean>): Promise<void> {
+    const { pool, meta } = this.#require(ref);
+    if (meta.format !== 'qcow2') throw new NovaError('SNAPSHOT_UNSUPPORTED', `volume ${ref} is ${meta.format}; snapshots need qcow2`);
+    if (meta.readOnly) throw new NovaError('VOLUME_IN_USE', `volume ${ref} is a read-only template volume`);
+    const existing = (await this.snapshots(ref)).some((s) => s.name === name);
+    if (op === 'create' && existing) throw new NovaError('SNAPSHOT_EXISTS', `volume ${ref} already has a snapshot "${name}"`);
+    if (op !== 'create' && !existing) throw new NovaError('SNAPSHOT_NOT_FOUND', `volume ${ref} has no snapshot "${name}"`);
+    await this.#exclusive(ref, async () => {
+      if (op !== 'revert' && online && (await online(op))) return;
+      const flag = op === 'create' ? '-c' : op === 'revert' ? '-a' : '-d';
+      await this.#img.run(['snapshot', '-q', '-f', 'qcow2', flag, name, pool.driver.target(meta.name).path]).catch((err: NovaError) => {
+        throw /lock/i.test(err.message) ? new NovaError('VOLUME_IN_USE', `volume ${ref} is open in a running VM; stop it to ${op} a snapshot`) : err;
+      });
+    });
+    await this.#event('volume.updated', pool, meta, { snapshot: { op, name } });
+  }
+
   /** The offline resize itself (for a resize hook that found no running VM with the volume open). */
   async resizeOffline(ref: string, sizeBytes: number): Promise<void> {
     const { pool, meta } = this.#require(ref);

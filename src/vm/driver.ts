@@ -89,6 +89,8 @@ export interface HypervisorDriver {
   attachDisk?(vm: VmRecord, disk: DiskMedia, running: boolean): Promise<void>;
   /** Moves disks of running VMs to other files (another pool's volume). */
   diskMover?: DiskMover;
+  /** An internal snapshot of one disk of a running VM (qcow2), taken or deleted through the hypervisor. */
+  diskSnapshot?(vmId: string, disk: string, op: 'create' | 'delete', name: string): Promise<void>;
   /** Grows a disk of a running VM to `sizeBytes` (the guest sees the new size). */
   resizeDisk?(vmId: string, disk: string, sizeBytes: number): Promise<void>;
   /** Resource usage of a running VM, or undefined when it is not running. */

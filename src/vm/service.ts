@@ -374,23 +374,44 @@ export class VmService {
   }
 
   /**
+   * Takes or deletes a snapshot of volume `ref` inside the running (or paused) VM that has
+   * it open; false when none has it (the caller uses qemu-img).
+   */
+  async snapshotVolumeOnline(ref: string, op: 'create' | 'delete', name: string): Promise<boolean> {
+    const found = this.#runningUser(ref);
+    if (!found) return false;
+    const snap = this.#deps.driver.diskSnapshot?.bind(this.#deps.driver);
+    if (!snap) throw new NovaError('SNAPSHOT_UNSUPPORTED', `the ${this.#deps.driver.name} driver cannot snapshot disks of a running VM`);
+    await snap(found.vm.id, found.disk, op, name).catch((err) => {
+      throw err instanceof DriverError ? driverFailure('snapshot', err, found.vm.id) : err;
+    });
+    return true;
+  }
+
+  /** The running or paused VM whose disk is volume `ref`, if any (a VM in transition is VM_INVALID_STATE). */
+  #runningUser(ref: string): { vm: VmRecord; disk: string } | undefined {
+    for (const vm of this.#registry.all()) {
+      const use = this.#deps.storage.uses(vm.id, vm.spec).find((u) => u.ref === ref && u.role === 'disk');
+      if (!use) continue;
+      if (vm.state === 'running' || vm.state === 'paused') return { vm, disk: use.disk!.name };
+      if (vm.state !== 'stopped' && vm.state !== 'pending' && vm.state !== 'error') throw new NovaError('VM_INVALID_STATE', `volume ${ref} is in use by VM "${vm.name}", which is ${vm.state}`, { state: vm.state });
+    }
+    return undefined;
+  }
+
+  /**
    * Grows volume `ref` inside the running (or paused) VM that has it open, through its
    * hypervisor; false when no such VM has it (the caller resizes it offline).
    */
   async resizeVolumeOnline(ref: string, sizeBytes: number): Promise<boolean> {
-    for (const vm of this.#registry.all()) {
-      const use = this.#deps.storage.uses(vm.id, vm.spec).find((u) => u.ref === ref && u.role === 'disk');
-      if (!use) continue;
-      if (vm.state === 'stopped' || vm.state === 'pending' || vm.state === 'error') return false;
-      if (vm.state !== 'running' && vm.state !== 'paused') throw new NovaError('VM_INVALID_STATE', `volume ${ref} is in use by VM "${vm.name}", which is ${vm.state}`, { state: vm.state });
-      const resize = this.#deps.driver.resizeDisk?.bind(this.#deps.driver);
-      if (!resize) throw new NovaError('VM_INVALID_STATE', `the ${this.#deps.driver.name} driver cannot resize disks of a running VM`);
-      await resize(vm.id, use.disk!.name, sizeBytes).catch((err) => {
-        throw err instanceof DriverError ? driverFailure('resize', err, vm.id) : err;
-      });
-      return true;
-    }
-    return false;
+    const found = this.#runningUser(ref);
+    if (!found) return false;
+    const resize = this.#deps.driver.resizeDisk?.bind(this.#deps.driver);
+    if (!resize) throw new NovaError('VM_INVALID_STATE', `the ${this.#deps.driver.name} driver cannot resize disks of a running VM`);
+    await resize(found.vm.id, found.disk, sizeBytes).catch((err) => {
+      throw err instanceof DriverError ? driverFailure('resize', err, found.vm.id) : err;
+    });
+    return true;
   }
 
   /** Makes lifecycle operations and migrations also take the VM's cluster-wide lock. */
@@ -490,6 +511,7 @@ export class VmService {
   async beginMigrationOut(ref: string, event: EventDraft): Promise<MigrationClaim> {
     const vm = await this.#settled(ref);
     this.#claims.assertFree(vm);
+    if (vm.template) throw new NovaError('VM_INVALID_STATE', `VM "${vm.name}" is a template; templates do not migrate`, { state: vm.state, template: true });
     if (vm.state !== 'running' && vm.state !== 'stopped') throw new NovaError('VM_INVALID_STATE', `cannot migrate VM "${vm.name}" while it is ${vm.state}`, { state: vm.state, allowedFrom: ['running', 'stopped'] });
     const claim = await this.#claims.cluster(vm, 'migration');
     try {

@@ -239,6 +239,11 @@ describe('qemu driver', { timeout: 180_000 }, () => {
     expect(grown.status, JSON.stringify(grown.body)).toBe(200);
     expect(JSON.parse(execFileSync('qemu-img', ['info', '-U', '-f', 'qcow2', '--output=json', ownVolume(dataDir, id, 'extra')], { encoding: 'utf8' }))['virtual-size']).toBe(48 << 20);
     expect(spawnSync('qemu-img', ['resize', '-f', 'qcow2', ownVolume(dataDir, id, 'extra'), '64M'], { encoding: 'utf8' }).stderr).toMatch(/lock/i);
+    // A snapshot of that one volume, taken in the running guest's QEMU; reverting it needs the VM stopped.
+    const snap = await api(d.url, 'POST', `/v1/pools/local/volumes/${id}-extra/snapshots`, { name: 'live' });
+    expect(snap.status, JSON.stringify(snap.body)).toBe(201);
+    expect((await api(d.url, 'GET', `/v1/pools/local/volumes/${id}-extra/snapshots`)).body.items.map((x: any) => x.name)).toEqual(['live']);
+    expect((await api(d.url, 'POST', `/v1/pools/local/volumes/${id}-extra/snapshots/live/revert`)).body.error.code).toBe('VOLUME_IN_USE');
     // The disk stays in the spec: a cold restart brings it up as a regular disk.
     expect((await waitOp(d.url, (await api(d.url, 'POST', `/v1/vms/${id}/stop`)).body.id)).state).toBe('succeeded');
     expect((await waitOp(d.url, (await api(d.url, 'POST', `/v1/vms/${id}/start`)).body.id)).state).toBe('succeeded');

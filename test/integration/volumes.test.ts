@@ -7,11 +7,13 @@ import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { api, BIN, removeDir, spawnDaemon, waitOp, type DaemonHandle } from '../helpers/daemon.js';
+import { api, BIN, removeDir, spawnDaemon, tempDataDir, waitOp, type DaemonHandle } from '../helpers/daemon.js';
 
 let d: DaemonHandle;
 beforeAll(async () => {
-  d = await spawnDaemon();
+  const dataDir = tempDataDir();
+  writeFileSync(join(dataDir, 'config.json'), JSON.stringify({ pools: [{ name: 'fast', path: 'pools/fast', mediaClass: 'fast' }] }));
+  d = await spawnDaemon({ dataDir, args: ['--config', join(dataDir, 'config.json')] });
 });
 afterAll(async () => {
   await d.kill();
@@ -73,6 +75,22 @@ describe('volumes through the API', () => {
     expect(listed.items.map((v: any) => v.name)).not.toContain('base');
   });
 
+  it('snapshots of one volume: take, list, revert, delete (qcow2 only)', async () => {
+    expect((await api(d.url, 'POST', '/v1/pools/local/volumes', { name: 'snappy', sizeMiB: 8 })).status).toBe(201);
+    const file = join(pool(), 'snappy');
+    execFileSync('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x11 0 64k', file]);
+    expect((await api(d.url, 'POST', '/v1/pools/local/volumes/snappy/snapshots', { name: 's1' })).status).toBe(201);
+    expect((await api(d.url, 'POST', '/v1/pools/local/volumes/snappy/snapshots', { name: 's1' })).body.error.code).toBe('SNAPSHOT_EXISTS');
+    execFileSync('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x22 0 64k', file]);
+    expect((await api(d.url, 'POST', '/v1/pools/local/volumes/snappy/snapshots/s1/revert')).status).toBe(200);
+    execFileSync('qemu-io', ['-f', 'qcow2', '-c', 'read -P 0x11 0 64k', file]);
+    expect((await api(d.url, 'DELETE', '/v1/pools/local/volumes/snappy/snapshots/s1')).status).toBe(200);
+    expect((await api(d.url, 'GET', '/v1/pools/local/volumes/snappy/snapshots')).body.items).toEqual([]);
+    expect((await api(d.url, 'DELETE', '/v1/pools/local/volumes/snappy/snapshots/s1')).body.error.code).toBe('SNAPSHOT_NOT_FOUND');
+    expect((await api(d.url, 'POST', '/v1/pools/local/volumes', { name: 'flat', sizeMiB: 1, format: 'raw' })).status).toBe(201);
+    expect((await api(d.url, 'POST', '/v1/pools/local/volumes/flat/snapshots', { name: 's1' })).body.error.code).toBe('SNAPSHOT_UNSUPPORTED');
+  });
+
   it('upload checks the SHA-256 and the format, download returns the same bytes', async () => {
     const data = randomBytes(3 << 20);
     const sha = createHash('sha256').update(data).digest('hex');
@@ -126,5 +144,21 @@ describe('volumes through the CLI', () => {
     const gone = cli('volume', 'get', 'local/cli-copy');
     expect(gone.code).not.toBe(0);
     expect(gone.stderr).toContain('VOLUME_NOT_FOUND');
+  });
+
+  it('vm move-disk (a stopped VM: copied, with the operation followed to the end), vm template and vm clone', () => {
+    const made = JSON.parse(cli('--json', 'vm', 'create', '--name', 'cli-mover', '--vcpus', '1', '--memory', '64', '--disk', 'data:8').stdout);
+    const moved = cli('--json', 'vm', 'move-disk', 'cli-mover', 'data', '--pool', 'fast');
+    expect(moved.code, moved.stderr).toBe(0);
+    expect(JSON.parse(moved.stdout)).toMatchObject({ kind: 'move-disk', state: 'succeeded', result: { to: `fast/${made.id}-data` } });
+    expect(existsSync(join(d.dataDir, 'pools', 'fast', `${made.id}-data`))).toBe(true);
+    expect(cli('vm', 'template', 'cli-mover').stdout).toContain('is a template now');
+    const clone = cli('--json', 'vm', 'clone', 'cli-mover', 'cli-clone');
+    expect(clone.code, clone.stderr).toBe(0);
+    const c = JSON.parse(clone.stdout);
+    expect(c.spec.disks[0]).toMatchObject({ name: 'data', from: `fast/${made.id}-data`, pool: 'fast' });
+    const refused = cli('vm', 'start', 'cli-mover');
+    expect(refused.code).not.toBe(0);
+    expect(refused.stderr).toContain('is a template');
   });
 });

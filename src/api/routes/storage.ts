@@ -17,7 +17,11 @@ const ListQuery = z.strictObject({
 export interface VolumeHooks {
   /** Resizes `ref` inside the running VM that has it open; false when no running VM has it. */
   resizeOnline?(ref: string, sizeBytes: number): Promise<boolean>;
+  /** Takes or deletes a snapshot of `ref` inside the running VM that has it open; false when none has. */
+  snapshotOnline?(ref: string, op: 'create' | 'delete', name: string): Promise<boolean>;
 }
+
+const SnapshotName = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, 'letters, digits, ".", "_" and "-", up to 64');
 
 export function storageRoutes(router: Router, storage: StorageService, hooks: VolumeHooks = {}): void {
   const pool = (p: Record<string, string>) => parseWith(PoolName, p.pool, 'VALIDATION_FAILED');
@@ -61,6 +65,19 @@ export function storageRoutes(router: Router, storage: StorageService, hooks: Vo
     const v = await storage.clone(ref(req.params), parseWith(CloneVolumeRequest, req.body));
     return { status: 201, json: v, headers: { location: `/v1/pools/${v.pool}/volumes/${v.name}` } };
   }, { body: true });
+
+  router.add('GET', '/v1/pools/:pool/volumes/:name/snapshots', async (req) => ({ status: 200, json: { items: await storage.snapshots(ref(req.params)) } }));
+  const snap = async (r: string, op: 'create' | 'revert' | 'delete', name: string) => {
+    const online = hooks.snapshotOnline;
+    await storage.snapshot(r, op, name, online ? (o) => online(r, o, name) : undefined);
+    return (await storage.snapshots(r)).find((s) => s.name === name) ?? { name, deleted: true };
+  };
+  router.add('POST', '/v1/pools/:pool/volumes/:name/snapshots', async (req) => {
+    const { name } = parseWith(z.strictObject({ name: SnapshotName }), req.body);
+    return { status: 201, json: await snap(ref(req.params), 'create', name) };
+  }, { body: true });
+  router.add('POST', '/v1/pools/:pool/volumes/:name/snapshots/:snapshot/revert', async (req) => ({ status: 200, json: await snap(ref(req.params), 'revert', parseWith(SnapshotName, req.params.snapshot)) }));
+  router.add('DELETE', '/v1/pools/:pool/volumes/:name/snapshots/:snapshot', async (req) => ({ status: 200, json: await snap(ref(req.params), 'delete', parseWith(SnapshotName, req.params.snapshot)) }));
 
   router.add('PUT', '/v1/pools/:pool/volumes/:name/content', async (req) => {
     const p = pool(req.params);

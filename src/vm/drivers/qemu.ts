@@ -141,6 +141,13 @@ export class QemuDriver implements HypervisorDriver {
     throw new DriverError('attach-disk', `no free hot-plug port (${HOTPLUG_PORTS} per boot): ${lastError?.message}`);
   }
 
+  async diskSnapshot(vmId: string, disk: string, op: 'create' | 'delete', name: string): Promise<void> {
+    const { qmp } = await this.#require(vmId, 'snapshot');
+    await qmp.execute(op === 'create' ? 'blockdev-snapshot-internal-sync' : 'blockdev-snapshot-delete-internal-sync', { device: `drive-${disk}`, name }).catch((err: Error) => {
+      throw new DriverError('snapshot', `QEMU could not ${op} snapshot "${name}" of disk "${disk}": ${err.message}`);
+    });
+  }
+
   async resizeDisk(vmId: string, disk: string, sizeBytes: number): Promise<void> {
     const { qmp } = await this.#require(vmId, 'resize');
     // A disk from the command line is the block backend `drive-<disk>`; a hot-plugged one is the node of that name.
