@@ -10,7 +10,7 @@ import { z } from 'zod';
 import { NovaError } from './errors.js';
 import { LOG_LEVELS } from './log.js';
 import { SIM_OPS } from './vm/drivers/sim.js';
-import { PoolDef } from './storage/model.js';
+import { HostPathEntry, PoolDef } from './storage/model.js';
 
 /** A peer or API address: `host:port` or `[v6]:port`. */
 export const HostPort = z.string().regex(/^(?:\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$/, 'expected HOST:PORT');
@@ -57,6 +57,8 @@ export const ConfigSchema = z.strictObject({
   sim: z.strictObject({ latencyMs: simOpRecord.optional(), failureRate: simOpRecord.optional() }).default({}),
   /** Storage pools (config file only); a `local` pool under DIR/pools/local is added when none is named so. */
   pools: z.array(PoolDef).max(64).default([]),
+  /** Host paths VMs may use as disks (volumes of the `host` pool); config file only, never from the API. */
+  hostPaths: z.array(HostPathEntry).max(256).default([]),
   /** Largest volume upload accepted, bytes. */
   uploadLimitBytes: z.int().min(1 << 20).max(2 ** 46).default(64 * 2 ** 30),
 });

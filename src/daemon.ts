@@ -61,7 +61,7 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
   let cluster: Cluster | undefined;
   try {
     const events = await EventLog.open(store, { retain: config.eventRetention });
-    const storage = await StorageService.open({ dataDir, pools: config.pools, events, log, uploadLimitBytes: config.uploadLimitBytes });
+    const storage = await StorageService.open({ dataDir, pools: config.pools, events, log, uploadLimitBytes: config.uploadLimitBytes, hostPaths: config.hostPaths });
     const vmStorage = new VmStorage(storage);
     const driver = selectDriver(config.driver, { sim: config.sim, dataDir, log, media: (vm) => vmStorage.media(vm) });
     const vms = await VmService.open({ store, events, driver, storage: vmStorage, nodeId: config.nodeId, log, shutdownTimeoutMs: config.shutdownTimeoutMs, apiAuthenticated: config.apiToken !== undefined, dataDir });

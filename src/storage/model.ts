@@ -12,7 +12,8 @@ export type ContentType = (typeof CONTENT_TYPES)[number];
 export const VOLUME_FORMATS = ['qcow2', 'raw'] as const;
 export type VolumeFormat = (typeof VOLUME_FORMATS)[number];
 export const POOL_TYPES = ['dir'] as const;
-export type PoolType = (typeof POOL_TYPES)[number];
+/** `host`: the operator's allow-listed host paths (config `hostPaths`), never configured as a pool. */
+export type PoolType = (typeof POOL_TYPES)[number] | 'host';
 
 /** Pool names: a short lowercase label (no dots, slashes or commas). */
 export const POOL_NAME = /^[a-z][a-z0-9-]{0,31}$/;
@@ -54,7 +55,29 @@ export const PoolDef = z.strictObject({
   /** Virtual sizes may add up to capacity × this (thin provisioning); default: unbounded. */
   overcommitRatio: z.number().min(1).max(1000).optional(),
 });
-export type PoolDef = z.infer<typeof PoolDef>;
+export type PoolDef = Omit<z.infer<typeof PoolDef>, 'type'> & { type: PoolType };
+
+/**
+ * A host path the operator allows VMs to use (config `hostPaths`): a path, or
+ * `{path, name?, format?, tenant?}`. It becomes volume `host/<name>` (name: the path with
+ * "/" as "-", e.g. `/dev/vg0/data` → `dev-vg0-data`).
+ */
+export const HostPathEntry = z.union([
+  z.string(),
+  z.strictObject({ path: z.string(), name: VolumeName.optional(), format: z.enum(VOLUME_FORMATS).default('raw'), tenant: z.string().regex(/^[a-z0-9][a-z0-9_-]{0,62}$/).default('default') }),
+]).transform((e, ctx) => {
+  const o = typeof e === 'string' ? { path: e, format: 'raw' as const, tenant: 'default' } : e;
+  if (!o.path.startsWith('/') || o.path.includes('\0')) {
+    ctx.addIssue({ code: 'custom', message: `${o.path}: host paths must be absolute` });
+    return z.NEVER;
+  }
+  const name = o.name ?? o.path.replace(/^\/+/, '').replace(/[^a-z0-9_.-]+/gi, '-').toLowerCase().replace(/\.\.+/g, '.').replace(/^[^a-z0-9]+/, '').slice(0, 96);
+  if (!VOLUME_NAME.test(name)) {
+    ctx.addIssue({ code: 'custom', message: `${o.path}: give it a name (no volume name can be derived)` });
+    return z.NEVER;
+  }
+  return { path: o.path, name, format: o.format, tenant: o.tenant };
+});
 
 /** A volume's metadata, kept by the pool driver next to the volume (so a shared pool's members all see it). */
 export interface VolumeMeta {

@@ -19,6 +19,7 @@ import {
 } from './model.js';
 import type { BlockTarget, PoolDriver } from './pool-driver.js';
 import { QemuImg } from './qemu-img.js';
+import { HOST_POOL, HostPool, type HostPath } from './host-pool.js';
 
 export const DEFAULT_POOL = 'local';
 const MiB = 1 << 20;
@@ -33,6 +34,8 @@ export interface StorageDeps {
   qemuImg?: string;
   /** Largest accepted upload, bytes. */
   uploadLimitBytes?: number;
+  /** Host paths the operator allows VMs to use: the `host` pool. */
+  hostPaths?: HostPath[];
 }
 
 /** A volume opened for a consumer: what to hand QEMU, checked just now. */
@@ -89,8 +92,18 @@ export class StorageService {
     const defs = [...deps.pools];
     if (!defs.some((p) => p.name === DEFAULT_POOL)) defs.unshift(PoolDef.parse({ name: DEFAULT_POOL, path: 'pools/local' }));
     for (const def of defs) {
-      if (svc.#pools.has(def.name)) throw new NovaError('CONFIG_INVALID', `pool "${def.name}" is configured twice`);
+      if (svc.#pools.has(def.name) || def.name === HOST_POOL) throw new NovaError('CONFIG_INVALID', `pool "${def.name}" is configured twice (or is the reserved name "${HOST_POOL}")`);
       await svc.addPool(def);
+    }
+    if (deps.hostPaths?.length) {
+      const names = new Set<string>();
+      for (const h of deps.hostPaths) {
+        if (names.has(h.name)) throw new NovaError('CONFIG_INVALID', `hostPaths: two entries are named "${h.name}"`);
+        names.add(h.name);
+      }
+      const def: PoolDef = { name: HOST_POOL, type: 'host', path: '(config hostPaths)', shared: false, mediaClass: 'standard', content: ['disk'] };
+      const driver = new HostPool(def, deps.hostPaths, svc.#img);
+      svc.#pools.set(HOST_POOL, { def, driver, volumes: new VolumeIndex(await driver.open()) });
     }
     return svc;
   }
@@ -199,6 +212,7 @@ export class StorageService {
 
   async create(poolName: string, req: CreateVolumeRequest, extra: { owner?: string; backing?: string; arriving?: string; moving?: VolumeMeta['moving']; skipData?: boolean; exactBytes?: number; reserveBytes?: number } = {}): Promise<VolumeView> {
     const pool = this.#pool(poolName);
+    this.#assertManaged(pool);
     this.#assertContent(pool, req.content);
     const sizeBytes = extra.exactBytes ?? req.sizeMiB * MiB;
     let backing: { target: BlockTarget; format: VolumeFormat } | undefined;
@@ -233,6 +247,7 @@ export class StorageService {
   /** Deletes a volume: refused while a VM uses it or another volume is backed by it. */
   async remove(ref: string, opts: { exceptVm?: string } = {}): Promise<void> {
     const { pool, meta } = this.#require(ref);
+    this.#assertManaged(pool);
     this.assertRemovable(ref, opts);
     await this.#exclusive(ref, async () => {
       await pool.driver.remove(meta.name);
@@ -253,6 +268,7 @@ export class StorageService {
   /** Grows a volume that no running VM has open (an attached one is resized through the hypervisor). */
   async resize(ref: string, sizeMiB: number, online?: (newBytes: number) => Promise<void>): Promise<VolumeView> {
     const { pool, meta } = this.#require(ref);
+    this.#assertManaged(pool);
     const sizeBytes = sizeMiB * MiB;
     if (sizeBytes < meta.sizeBytes) throw new NovaError('VOLUME_FORMAT_INVALID', `volumes only grow: ${ref} is ${meta.sizeBytes / MiB} MiB`);
     if (meta.readOnly) throw new NovaError('VOLUME_IN_USE', `volume ${ref} is a read-only template volume`);
@@ -279,6 +295,7 @@ export class StorageService {
    */
   async snapshot(ref: string, op: 'create' | 'revert' | 'delete', name: string, online?: (op: 'create' | 'delete') => Promise<boolean>): Promise<void> {
     const { pool, meta } = this.#require(ref);
+    this.#assertManaged(pool);
     if (meta.format !== 'qcow2') throw new NovaError('SNAPSHOT_UNSUPPORTED', `volume ${ref} is ${meta.format}; snapshots need qcow2`);
     if (meta.readOnly) throw new NovaError('VOLUME_IN_USE', `volume ${ref} is a read-only template volume`);
     const existing = (await this.snapshots(ref)).some((s) => s.name === name);
@@ -311,6 +328,7 @@ export class StorageService {
       return this.create(poolName, { name: req.name, sizeMiB: Math.ceil(src.meta.sizeBytes / MiB), format: 'qcow2', content: src.meta.content === 'template' ? 'disk' : src.meta.content, tenant: src.meta.tenant }, { backing: ref });
     }
     const pool = this.#pool(poolName);
+    this.#assertManaged(pool);
     this.#assertContent(pool, src.meta.content === 'template' ? 'disk' : src.meta.content);
     const source = this.open(ref, { tenant: src.meta.tenant, content: [src.meta.content], write: false });
     return this.#exclusive(volumeRef(poolName, req.name), async () => {
@@ -340,6 +358,7 @@ export class StorageService {
    */
   async upload(poolName: string, name: string, q: UploadQuery, body: AsyncIterable<Buffer>, declaredBytes: number | undefined): Promise<VolumeView> {
     const pool = this.#pool(poolName);
+    this.#assertManaged(pool);
     this.#assertContent(pool, q.content);
     const ref = volumeRef(poolName, name);
     this.#assertFree(pool, name);
@@ -554,6 +573,11 @@ export class StorageService {
     const meta = this.#meta(pool, r.name);
     if (!meta) throw new NovaError('VOLUME_NOT_FOUND', `no volume ${ref}`, { volume: ref });
     return { pool, meta };
+  }
+
+  /** The host pool's volumes are the operator's (config hostPaths): the API makes, changes and removes none. */
+  #assertManaged(pool: Pool): void {
+    if (pool.def.type === 'host') throw new NovaError('POOL_CONTENT_REFUSED', `the ${HOST_POOL} pool holds only the host paths listed in the daemon's config file; the API cannot change it`);
   }
 
   #assertFree(pool: Pool, name: string): void {

@@ -38,11 +38,14 @@ beforeAll(async () => {
   plant(local, 'null-device', (p) => execFileSync('mknod', [p, 'c', '1', '3']));
   commaDir = join(dataDir, 'p,file=etc,readonly=off');
   tinyDir = join(dataDir, 'tiny');
+  // A host file the operator allows VMs to use, by listing it in the config file.
+  writeFileSync(join(dataDir, 'outside.raw'), Buffer.alloc(1 << 20));
   writeFileSync(join(dataDir, 'config.json'), JSON.stringify({
     pools: [
       { name: 'comma', path: commaDir },
       { name: 'tiny', path: tinyDir, capacityGiB: 16 / 1024, overcommitRatio: 1 },
     ],
+    hostPaths: [{ path: join(dataDir, 'outside.raw'), name: 'outside' }],
   }));
   d = await spawnDaemon({ dataDir, args: ['--driver', 'qemu', '--config', join(dataDir, 'config.json')] });
   await installGuest(d.url);
@@ -85,6 +88,21 @@ describe('hostile storage input (real QEMU driver)', { timeout: 180_000 }, () =>
     expect(await vmCount()).toBe(before);
     expect(existsSync(join(dataDir, 'vms'))).toBe(false);
     expect(qemuProcesses()).toBe('');
+  });
+
+  it('a host path is usable only when the operator listed it in the config file; the API can neither add nor change one', async () => {
+    const ok = await api(d.url, 'POST', '/v1/vms', { ...guestVm('host-path-1'), disks: [{ name: 'h', volume: 'host/outside' }] });
+    expect(ok.status, JSON.stringify(ok.body)).toBe(201);
+    expect((await api(d.url, 'GET', '/v1/pools/host/volumes/outside')).body).toMatchObject({ ref: 'host/outside', format: 'raw', sizeBytes: 1 << 20, attachedTo: [ok.body.id] });
+    const unlisted = await api(d.url, 'POST', '/v1/vms', { ...guestVm('host-path-2'), disks: [{ name: 'h', volume: 'host/etc-shadow' }] });
+    expect([unlisted.status, unlisted.body.error.code]).toEqual([404, 'VOLUME_NOT_FOUND']);
+    expect((await api(d.url, 'POST', '/v1/pools/host/volumes', { name: 'etc-shadow', sizeMiB: 1 })).body.error.code).toBe('POOL_CONTENT_REFUSED');
+    const up = await upload('host', 'etc-shadow', Buffer.alloc(4096));
+    expect(((await up.json()) as any).error.code).toBe('POOL_CONTENT_REFUSED');
+    expect((await api(d.url, 'POST', '/v1/pools/host/volumes/outside/clone', { name: 'x', pool: 'host' })).body.error.code).toBe('POOL_CONTENT_REFUSED');
+    expect((await waitOp(d.url, (await api(d.url, 'DELETE', `/v1/vms/${ok.body.id}`)).body.id)).state).toBe('succeeded');
+    expect((await api(d.url, 'DELETE', '/v1/pools/host/volumes/outside')).body.error.code).toBe('POOL_CONTENT_REFUSED');
+    expect(existsSync(join(dataDir, 'outside.raw'))).toBe(true);
   });
 
   it("another tenant's volume, and a volume of the wrong content type, are refused", async () => {
