@@ -9,7 +9,8 @@ import { createReadStream, statSync } from 'node:fs';
 import { basename } from 'node:path';
 import type { VmRecord } from '../vm/record.js';
 import type { VmStorage } from '../vm/media.js';
-import { volumesToCarry, type OfferedVolume } from './volumes.js';
+import { volumesToCarry, offeredSpec, type OfferedVolume } from './volumes.js';
+import type { VmSpec } from '../vm/spec.js';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { SourceMigration, type SourceDeps } from './source-migration.js';
 import type { MigrationRecord } from './record.js';
@@ -32,14 +33,14 @@ export class ColdMigration extends SourceMigration {
   }
 
   /** The files that move, with their sizes: each carried volume's (`volume-N`), and the checkpoint. */
-  static files(storage: VmStorage, vm: VmRecord): { files: Array<{ name: string; path: string; size: number; volume?: string }>; volumes: OfferedVolume[] } {
-    const volumes = volumesToCarry(storage, vm);
-    const files: Array<{ name: string; path: string; size: number; volume?: string }> = volumes.map((v, i) => {
-      const path = storage.storage.open(v.ref, { tenant: vm.spec.tenant, content: ['disk'], write: false }).target.path;
-      return { name: `volume-${i}`, path, size: statSync(path).size, volume: v.ref };
+  static files(storage: VmStorage, vm: VmRecord, pools: Record<string, string> = {}): { files: Array<{ name: string; path: string; size: number; volume?: string }>; volumes: OfferedVolume[]; spec: VmSpec } {
+    const carried = volumesToCarry(storage, vm, pools);
+    const files: Array<{ name: string; path: string; size: number; volume?: string }> = carried.map((c, i) => {
+      const path = storage.storage.dataPath(c.source);
+      return { name: `volume-${i}`, path, size: statSync(path).size, volume: c.offer.ref };
     });
     if (vm.checkpoint) files.push({ name: basename(vm.checkpoint.path), path: vm.checkpoint.path, size: statSync(vm.checkpoint.path).size });
-    return { files, volumes };
+    return { files, volumes: carried.map((c) => c.offer), spec: offeredSpec(vm, carried) };
   }
 
   /** Runs to the end; never throws (the outcome is in the record). */
@@ -49,12 +50,12 @@ export class ColdMigration extends SourceMigration {
     const t0 = performance.now();
     try {
       const vm = vms.get(vmId);
-      const { files, volumes } = ColdMigration.files(vms.storage, vm);
+      const { files, volumes, spec } = ColdMigration.files(vms.storage, vm, this.rec.policy.pools);
       await this.update({ phase: 'prepare', progress: { ...this.rec.progress, totalBytes: files.reduce((n, f) => n + f.size, 0), remainingBytes: files.reduce((n, f) => n + f.size, 0) } });
       const ck = vm.checkpoint && files.find((f) => f.path === vm.checkpoint!.path);
       const offer = await this.peer.offer({
         mode: 'cold', migrationId: this.rec.id, source: this.#deps.nodeId,
-        vm: { id: vm.id, name: vm.name, spec: vm.spec, ...(ck ? { checkpoint: { file: ck.name, createdAt: vm.checkpoint!.createdAt, sizeBytes: vm.checkpoint!.sizeBytes } } : {}) },
+        vm: { id: vm.id, name: vm.name, spec, ...(ck ? { checkpoint: { file: ck.name, createdAt: vm.checkpoint!.createdAt, sizeBytes: vm.checkpoint!.sizeBytes } } : {}) },
         files: files.map(({ name, size, volume }) => ({ name, size, ...(volume ? { volume } : {}) })),
         volumes,
       });

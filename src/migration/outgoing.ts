@@ -8,7 +8,7 @@ import { NovaError } from '../errors.js';
 import { DEFAULT_SHARDS } from '../native/memdelta.js';
 import { LinkBucket, SourceLink, type LinkFaults } from '../native/miglink.js';
 import type { HypervisorDriver, LiveMigration, MigrationProgress, MirroredDisk } from '../vm/driver.js';
-import { mirroredDisks, volumesToCarry } from './volumes.js';
+import { mirroredDisks, offeredSpec, volumesToCarry } from './volumes.js';
 import { NbdTunnel } from './nbd-tunnel.js';
 import type { MigrationRecord } from './record.js';
 import { SourceMigration, type SourceDeps } from './source-migration.js';
@@ -52,11 +52,11 @@ export class OutgoingMigration extends SourceMigration {
     try {
       await this.update({ phase: 'prepare', timings: { planMs: Date.now() - Date.parse(this.rec.createdAt) } });
       const vm = vms.get(vmId);
-      const volumes = volumesToCarry(vms.storage, vm);
-      const disks = mirroredDisks(volumes);
+      const carried = volumesToCarry(vms.storage, vm, this.rec.policy.pools);
+      const disks = mirroredDisks(carried);
       const offer = await this.peer.offer({
-        migrationId: this.rec.id, source: this.#deps.nodeId, vm: { id: vm.id, name: vm.name, spec: vm.spec },
-        mode: 'live', channels: this.rec.policy.channels, cachePages, shards: DEFAULT_SHARDS, volumes,
+        migrationId: this.rec.id, source: this.#deps.nodeId, vm: { id: vm.id, name: vm.name, spec: offeredSpec(vm, carried) },
+        mode: 'live', channels: this.rec.policy.channels, cachePages, shards: DEFAULT_SHARDS, volumes: carried.map((c) => c.offer),
       });
       this.check();
       await this.peer.connect(offer);

@@ -1,5 +1,6 @@
 /** A live migration as stored and served at /v1/migrations/:id (on both daemons). */
 import { z } from 'zod';
+import { PoolName } from '../storage/model.js';
 import type { ErrorCode } from '../errors.js';
 import type { Prediction } from './predict.js';
 
@@ -78,6 +79,8 @@ export const MigrateRequest = z.strictObject({
    * 85% ≈ 57 ms, 90% = 90 ms, 99% ≈ 1 s. A lower ceiling may not converge.
    */
   maxThrottlePercent: z.int().min(1).max(99).default(85),
+  /** Where volumes of local pools go on the destination, by source pool (default: the pool of the same name). */
+  pools: z.record(PoolName, PoolName).refine((m) => Object.keys(m).length <= 64, 'at most 64 pools').optional(),
 });
 export type MigrateRequest = z.infer<typeof MigrateRequest>;
 export type MigrationPolicy = Omit<MigrateRequest, 'target' | 'dryRun'>;

@@ -187,7 +187,7 @@ export class MigrationService {
     if (!migration) throw new NovaError('MIGRATION_UNSUPPORTED', `the ${this.#deps.driver.name} driver cannot live-migrate VMs`);
     const local = volumesToCarry(this.#deps.vms.storage, vm);
     if (local.length > 0 && !migration.storage) {
-      throw new NovaError('MIGRATION_UNSUPPORTED', `VM "${vm.name}" has disks in local pools (${local.map((d) => d.disk).join(', ')}) and the ${this.#deps.driver.name} driver cannot copy disks of a running VM — use a shared pool or cold migration`);
+      throw new NovaError('MIGRATION_UNSUPPORTED', `VM "${vm.name}" has disks in local pools (${local.map((d) => d.offer.disk).join(', ')}) and the ${this.#deps.driver.name} driver cannot copy disks of a running VM — use a shared pool or cold migration`);
     }
     return migration;
   }
@@ -249,7 +249,7 @@ export class MigrationService {
       raw += pages.length;
     }
     const resendRatio = raw > 0 ? raw / Math.max(1, wire) : firstRatio;
-    const disks = volumesToCarry(this.#deps.vms.storage, vm).map((d) => d.disk);
+    const disks = volumesToCarry(this.#deps.vms.storage, vm).map((d) => d.offer.disk);
     const diskBytes = disks.length > 0 && migration.storage ? await migration.storage.allocatedBytes(vm.id, disks) : 0;
     return predict({
       memoryBytes: Math.round(memoryBytes * nonZeroFraction),

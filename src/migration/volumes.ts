@@ -9,7 +9,7 @@ import { z } from 'zod';
 import { NovaError } from '../errors.js';
 import { parseVolumeRef, VolumeRef } from '../storage/model.js';
 import type { MirroredDisk } from '../vm/driver.js';
-import type { VmStorage } from '../vm/media.js';
+import { movedSpec, type VmStorage } from '../vm/media.js';
 import type { VmRecord } from '../vm/record.js';
 import type { VmSpec } from '../vm/spec.js';
 
@@ -22,21 +22,44 @@ export const OfferedVolume = z.strictObject({
   owned: z.boolean(),
   /** A qcow2 overlay on this volume, which must exist on the destination. */
   backing: VolumeRef.optional(),
+  /** Bytes it takes on the source: the destination must have that much room. */
+  allocatedBytes: z.int().min(0).max(2 ** 46).optional(),
 });
 export type OfferedVolume = z.infer<typeof OfferedVolume>;
 
-/** Source: the volumes that travel with `vm`. */
-export function volumesToCarry(storage: VmStorage, vm: VmRecord): OfferedVolume[] {
+/** A carried volume: where it is here (`source`), and how it is offered (its ref on the destination). */
+export interface CarriedVolume {
+  source: string;
+  offer: OfferedVolume;
+}
+
+/**
+ * Source: the volumes that travel with `vm`, each into the destination's pool of the same
+ * name unless `pools` maps its pool elsewhere.
+ */
+export function volumesToCarry(storage: VmStorage, vm: VmRecord, pools: Record<string, string> = {}): CarriedVolume[] {
   return storage.carried(vm).map(({ ref, disk, owned }) => {
     const meta = storage.storage.find(ref);
     if (!meta) throw new NovaError('VOLUME_NOT_FOUND', `disk "${disk.name}": no volume ${ref}`);
-    return { ref, disk: disk.name, format: meta.format, sizeBytes: meta.sizeBytes, owned, ...(meta.backing ? { backing: meta.backing } : {}) };
+    const { pool, name } = parseVolumeRef(ref)!;
+    const to = `${pools[pool] ?? pool}/${name}`;
+    return { source: ref, offer: { ref: to, disk: disk.name, format: meta.format, sizeBytes: meta.sizeBytes, owned, allocatedBytes: storage.storage.allocatedBytes(ref), ...(meta.backing ? { backing: meta.backing } : {}) } };
   });
 }
 
+/** The spec the destination records: each carried disk in its destination pool. */
+export function offeredSpec(vm: VmRecord, carried: CarriedVolume[]): VmSpec {
+  let spec = vm.spec;
+  for (const c of carried) {
+    if (c.offer.ref === c.source) continue;
+    spec = movedSpec(spec, c.offer.disk, parseVolumeRef(c.offer.ref)!.pool, c.offer.ref, Math.ceil(c.offer.sizeBytes / (1 << 20)));
+  }
+  return spec;
+}
+
 /** Source: how each carried disk is mirrored (an overlay copies only its own data). */
-export function mirroredDisks(volumes: OfferedVolume[]): MirroredDisk[] {
-  return volumes.map((v) => ({ name: v.disk, sync: v.backing ? 'top' : 'full' }));
+export function mirroredDisks(volumes: CarriedVolume[]): MirroredDisk[] {
+  return volumes.map(({ offer: v }) => ({ name: v.disk, sync: v.backing ? 'top' : 'full' }));
 }
 
 /**
@@ -66,7 +89,7 @@ export async function makeArriving(storage: VmStorage, vm: VmRecord, volumes: Of
     await storage.storage.create(
       pool,
       { name, sizeMiB: Math.ceil(v.sizeBytes / (1 << 20)), format: v.format, content: 'disk', tenant: vm.spec.tenant },
-      { arriving: vm.id, exactBytes: v.sizeBytes, ...(v.owned ? { owner: vm.id } : {}), ...(v.backing ? { backing: v.backing } : {}), skipData: !data },
+      { arriving: vm.id, exactBytes: v.sizeBytes, reserveBytes: v.allocatedBytes ?? 0, ...(v.owned ? { owner: vm.id } : {}), ...(v.backing ? { backing: v.backing } : {}), skipData: !data },
     );
   }
 }

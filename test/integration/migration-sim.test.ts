@@ -98,6 +98,30 @@ describe('live migration of sim VMs (real daemons, relays, codec)', { timeout: 6
     expect((await waitOp(b.url, (await api(b.url, 'POST', `/v1/vms/${id}/start`)).body.id)).state).toBe('succeeded');
   });
 
+  it('cold migration into another pool of the destination (pools mapping); a destination pool without room refuses before anything moves', async () => {
+    const a = await host();
+    const b = await host({ pools: [{ name: 'shared', path: sharedDir, shared: true }, { name: 'fast', path: 'pools/fast' }, { name: 'tiny', path: 'pools/tiny', capacityGiB: 1 / 1024 }] });
+    const id = await runningVm(a, 'sim-mapped', 0, [{ name: 'data', sizeMiB: 4, format: 'raw' }]);
+    writeFileSync(join(a.dataDir, 'pools', 'local', `${id}-data`), Buffer.alloc(4 << 20, 0x3c));
+    expect((await waitOp(a.url, (await api(a.url, 'POST', `/v1/vms/${id}/stop`)).body.id)).state).toBe('succeeded');
+    // 4 MiB of data does not fit a 1 MiB pool: the destination refuses the offer.
+    const full = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: b.url, pools: { local: 'tiny' } });
+    expect(full.status, JSON.stringify(full.body)).toBe(202);
+    const refused = await settle(a, full.body.id);
+    expect(refused).toMatchObject({ state: 'failed', error: { code: 'MIGRATION_TARGET_REJECTED' } });
+    expect(refused.error.message).toContain('POOL_FULL');
+    expect((await api(a.url, 'GET', `/v1/vms/${id}`)).body.state).toBe('stopped');
+    expect((await api(b.url, 'GET', `/v1/pools/tiny/volumes/${id}-data`)).status).toBe(404);
+
+    const r = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: b.url, pools: { local: 'fast' } });
+    expect(await settle(a, r.body.id)).toMatchObject({ mode: 'cold', state: 'completed' });
+    const there = (await api(b.url, 'GET', `/v1/vms/${id}`)).body;
+    expect(there.spec.disks.find((x: any) => x.name === 'data')).toMatchObject({ pool: 'fast' });
+    expect(readFileSync(join(b.dataDir, 'pools', 'fast', `${id}-data`)).every((x) => x === 0x3c)).toBe(true);
+    expect(existsSync(join(b.dataDir, 'pools', 'local', `${id}-data`))).toBe(false);
+    expect(existsSync(join(a.dataDir, 'pools', 'local', `${id}-data`))).toBe(false);
+  });
+
   it('refuses a migration predicted to miss its downtime target unless forced', async () => {
     const [a, b] = [await host(), await host()];
     const id = await runningVm(a, 'sim-fast-dirtier', 400);

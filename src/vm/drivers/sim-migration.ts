@@ -149,10 +149,39 @@ export class SimLiveMigration implements LiveMigration {
       let ended = 0;
       let deviceState: Buffer | undefined;
       const blocks = new Map<string, bigint>();
+      // Like QEMU's receiver, channels meet at every sync packet: a channel that reached
+      // sync N waits until all have, so a page re-sent in a later round on one channel is
+      // never overwritten by its older copy still travelling on another.
+      const lanes: Array<{ items: Array<{ header: Buffer; pages: Buffer }>; passed: number }> = [];
+      let epoch = 0;
+      const pump = () => {
+        for (let moved = true; moved; ) {
+          moved = false;
+          for (const l of lanes) {
+            while (l.items.length > 0) {
+              const it = l.items[0]!;
+              if (it.header.readUInt32BE(8) & FLAG_SYNC) {
+                if (l.passed > epoch) break; // wait for the others to reach this sync
+                l.passed++;
+              } else {
+                applyPacket(memory, it.header, it.pages);
+              }
+              l.items.shift();
+              moved = true;
+            }
+          }
+          const low = lanes.length === channels ? Math.min(...lanes.map((l) => l.passed)) : epoch;
+          if (low > epoch) {
+            epoch = low;
+            moved = true;
+          }
+        }
+      };
       server.on('connection', (s) => {
         open++;
         const q = new ByteQueue();
         let parser: MultifdParser | undefined;
+        let lane: (typeof lanes)[number] | undefined;
         let main = false;
         const mainChunks: Buffer[] = [];
         s.on('data', (c: Buffer) => {
@@ -161,14 +190,18 @@ export class SimLiveMigration implements LiveMigration {
               q.push(c);
               if (q.length < 4) return;
               if (q.peekU32(0) === QEVM_MAGIC) main = true;
-              else parser = new MultifdParser(blocks);
+              else {
+                parser = new MultifdParser(blocks);
+                lanes.push((lane = { items: [], passed: 0 }));
+              }
               if (main) return void mainChunks.push(q.take(q.length));
             } else if (main) return void mainChunks.push(c);
             else q.push(c);
             for (let item = parser!.next(q); item; item = parser!.next(q)) {
               if (item.kind !== 'ram') continue;
-              applyPacket(memory, item.header, item.pages);
+              lane!.items.push({ header: item.header, pages: item.pages });
             }
+            pump();
           } catch (err) {
             s.destroy();
             reject(err);
@@ -176,6 +209,7 @@ export class SimLiveMigration implements LiveMigration {
         });
         s.on('end', () => {
           try {
+            pump();
             if (main) deviceState = Buffer.concat(mainChunks);
             if (++ended < open || ended < channels + 1 || !deviceState) return;
             server.close();
