@@ -130,6 +130,11 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
       throw err;
     }
     const replicated = new ReplicatedStore(cluster.node);
+    // A shared pool is used only where this member really sees the directory the others do.
+    await storage.checkSharedPools({
+      get: async (key) => (await replicated.get(key))?.toString(),
+      put: (key, value) => replicated.write([{ key, value: Buffer.from(value) }]),
+    });
     const locks = new LockService(cluster.node);
     vms.useLockGuard(vmLockGuard(locks, cluster.memberId));
     const inventory = new InventoryPublisher(

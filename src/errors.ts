@@ -81,6 +81,7 @@ export const ERROR_CODES = {
   POOL_NOT_FOUND: { status: 404, message: 'no such pool' },
   POOL_CONTENT_REFUSED: { status: 422, message: 'the pool does not hold this kind of content' },
   POOL_FULL: { status: 507, message: 'the pool has no room for this' },
+  POOL_UNAVAILABLE: { status: 503, message: 'this member cannot use the pool (a shared pool it does not really share)' },
   VOLUME_NOT_FOUND: { status: 404, message: 'no such volume' },
   VOLUME_EXISTS: { status: 409, message: 'a volume with this name already exists in the pool' },
   VOLUME_IN_USE: { status: 409, message: 'the volume is in use' },

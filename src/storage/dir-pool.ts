@@ -71,6 +71,18 @@ export class DirPool implements PoolDriver {
     }
   }
 
+  async writeMarker(token: string): Promise<void> {
+    await writeDurably(join(this.root, '.novacron'), 'marker', token);
+  }
+
+  readMarker(): string | undefined {
+    try {
+      return readFileSync(join(this.root, '.novacron', 'marker'), 'utf8').trim();
+    } catch {
+      return undefined;
+    }
+  }
+
   readMeta(name: string): VolumeMeta | undefined {
     try {
       return JSON.parse(readFileSync(join(this.root, META_DIR, `${checkedName(name)}.json`), 'utf8')) as VolumeMeta;

@@ -69,6 +69,14 @@ export class HostPool implements PoolDriver {
     return this.#paths.get(name)?.size ?? 0;
   }
 
+  async writeMarker(): Promise<void> {
+    throw refuse('be shared');
+  }
+
+  readMarker(): string | undefined {
+    return undefined;
+  }
+
   readMeta(): VolumeMeta | undefined {
     return undefined;
   }

@@ -128,6 +128,8 @@ export interface PoolStatus {
 export interface PoolView extends PoolDef {
   /** The resolved location on this member. */
   root: string;
+  /** Why this member may not use the pool (POOL_UNAVAILABLE); absent when it may. */
+  unavailable?: string;
   status: PoolStatus;
 }
 

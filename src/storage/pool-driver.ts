@@ -51,6 +51,9 @@ export interface PoolDriver {
   status(): Promise<PoolSpace>;
   /** Bytes volume `name` takes on disk. */
   allocated(name: string): number;
+  /** The shared-pool marker (see StorageService.checkSharedPools): written durably / read back. */
+  writeMarker(token: string): Promise<void>;
+  readMarker(): string | undefined;
   /** One volume's metadata as the pool holds it now (another member may have changed a shared pool). */
   readMeta(name: string): VolumeMeta | undefined;
   /** Durably records (or replaces) a volume's metadata. */

@@ -4,7 +4,7 @@
  * volume), tenants, capacity rules, and the checks every open goes through. It knows
  * nothing of VMs: who uses a volume is asked through `useAttachments`.
  */
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { statSync } from 'node:fs';
 import { open as openFile } from 'node:fs/promises';
 import { isAbsolute, join } from 'node:path';
@@ -62,6 +62,8 @@ interface Pool {
   volumes: VolumeIndex;
   /** Bytes on disk of all volumes, summed at `at` (a pool with many volumes re-sums at most once a second). */
   used?: { bytes: number; at: number };
+  /** Why this member may not use the pool (a shared pool whose marker it does not see). */
+  unavailable?: string;
 }
 
 /** Pools with more volumes than this sum their bytes on disk at most once a second. */
@@ -153,7 +155,9 @@ export class StorageService {
   }
 
   async pool(name: string): Promise<PoolView> {
-    return this.#view(this.#pool(name));
+    const p = this.#pools.get(name);
+    if (!p) throw new NovaError('POOL_NOT_FOUND', `no pool "${name}"`, { pool: name });
+    return this.#view(p); // an unavailable pool is shown, with why
   }
 
   /** Pool status for metrics: every pool, with its media class. */
@@ -162,7 +166,7 @@ export class StorageService {
   }
 
   isShared(pool: string): boolean {
-    return this.#pool(pool).def.shared;
+    return this.#pools.get(pool)?.def.shared === true;
   }
 
   hasPool(pool: string): boolean {
@@ -563,7 +567,36 @@ export class StorageService {
   #pool(name: string): Pool {
     const p = this.#pools.get(name);
     if (!p) throw new NovaError('POOL_NOT_FOUND', `no pool "${name}"`, { pool: name });
+    if (p.unavailable) throw new NovaError('POOL_UNAVAILABLE', `pool ${name} is unavailable on this member: ${p.unavailable}`, { pool: name });
     return p;
+  }
+
+  /**
+   * Checks that this member really sees each shared pool: the first member to check
+   * writes a random marker into the pool and records it in the cluster store; every later
+   * one must read the same marker from its copy of the directory, or the pool is
+   * unavailable here (POOL_UNAVAILABLE) — a "shared" directory that is really local
+   * would otherwise let two hosts run one VM's disk each.
+   */
+  async checkSharedPools(cluster: { get(key: string): Promise<string | undefined>; put(key: string, value: string): Promise<void> }): Promise<void> {
+    for (const pool of this.#pools.values()) {
+      if (!pool.def.shared) continue;
+      const key = `pool-marker/${pool.def.name}`;
+      let recorded = await cluster.get(key);
+      if (recorded === undefined) {
+        const token = randomBytes(16).toString('hex');
+        await pool.driver.writeMarker(token);
+        await cluster.put(key, token);
+        recorded = (await cluster.get(key)) ?? token;
+      }
+      const seen = pool.driver.readMarker();
+      if (seen === recorded) {
+        delete pool.unavailable;
+      } else {
+        pool.unavailable = seen === undefined ? 'its directory has no marker from the cluster (not the shared directory the other members use?)' : 'its directory holds another marker than the cluster recorded (a different directory?)';
+        this.#deps.log.error({ pool: pool.def.name, root: pool.driver.root }, `shared pool unavailable: ${pool.unavailable}`);
+      }
+    }
   }
 
   #require(ref: string): { pool: Pool; meta: VolumeMeta } {
@@ -614,7 +647,7 @@ export class StorageService {
   }
 
   async #view(p: Pool): Promise<PoolView> {
-    return { ...p.def, root: p.driver.root, status: await this.#status(p) };
+    return { ...p.def, root: p.driver.root, ...(p.unavailable ? { unavailable: p.unavailable } : {}), status: await this.#status(p) };
   }
 
   #volumeView(pool: Pool, meta: VolumeMeta): VolumeView {

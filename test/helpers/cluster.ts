@@ -64,7 +64,7 @@ export class TestCluster {
   /** Extra daemon flags of every member (e.g. `--driver qemu`). */
   #args: string[];
 
-  private constructor(raft: Record<string, number>, apiToken?: string, args: string[] = []) {
+  private constructor(raft: Record<string, number>, apiToken?: string, args: string[] = [], config: Record<string, unknown> = {}) {
     this.#args = args;
     if (apiToken) {
       this.#apiToken = apiToken;
@@ -73,15 +73,15 @@ export class TestCluster {
     const dir = tempDataDir();
     this.#dirs.push(dir);
     this.#config = join(dir, 'config.json');
-    writeFileSync(this.#config, JSON.stringify({ raft }));
+    writeFileSync(this.#config, JSON.stringify({ ...config, raft }));
   }
 
   /**
    * Starts `n` members: the first bootstraps, the rest join through it and are promoted.
    * `withFaults` puts a fault-injecting proxy (`c.net`) in front of every member.
    */
-  static async start(n: number, raft: Record<string, number> = TEST_RAFT, opts: { withFaults?: boolean; apiToken?: string; args?: string[] } = {}): Promise<TestCluster> {
-    const c = new TestCluster(raft, opts.apiToken, opts.args);
+  static async start(n: number, raft: Record<string, number> = TEST_RAFT, opts: { withFaults?: boolean; apiToken?: string; args?: string[]; config?: Record<string, unknown> } = {}): Promise<TestCluster> {
+    const c = new TestCluster(raft, opts.apiToken, opts.args, opts.config);
     if (opts.withFaults) c.net = new FaultNet((id) => c.members.findIndex((m) => m.id === id));
     for (let i = 0; i < n; i++) await c.#newMember();
     await c.startMember(0);
