@@ -59,6 +59,8 @@ export const ConfigSchema = z.strictObject({
   pools: z.array(PoolDef).max(64).default([]),
   /** Host paths VMs may use as disks (volumes of the `host` pool); config file only, never from the API. */
   hostPaths: z.array(HostPathEntry).max(256).default([]),
+  /** How often the pools' tiering rules sample disk activity and may start a move. */
+  storagePolicyIntervalMs: z.int().min(1000).max(86_400_000).default(60_000),
   /** Largest volume upload accepted, bytes. */
   uploadLimitBytes: z.int().min(1 << 20).max(2 ** 46).default(64 * 2 ** 30),
 });

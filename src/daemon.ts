@@ -38,6 +38,7 @@ import { InventoryPublisher, resolveMember } from './cluster/inventory.js';
 import { StorageService } from './storage/service.js';
 import { VmStorage } from './vm/media.js';
 import { storageRoutes } from './api/routes/storage.js';
+import { DiskPolicyEngine } from './vm/disk-policy.js';
 
 export { VERSION } from './version.js';
 import { VERSION } from './version.js';
@@ -104,7 +105,17 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
     });
     const listing: ClusterListing = {};
     vmRoutes(router, vms, listing);
-    storageRoutes(router, storage, { resizeOnline: (ref, bytes) => vms.resizeVolumeOnline(ref, bytes), snapshotOnline: (ref, op, name) => vms.snapshotVolumeOnline(ref, op, name) });
+    const diskPolicy = new DiskPolicyEngine({
+      vms: () => vms.all(),
+      stats: (vm) => driver.stats?.(vm.id) ?? Promise.resolve(undefined),
+      defaultPool: storage.defaultPool,
+      policy: (pool) => storage.policyOf(pool),
+      hasPool: (pool) => storage.hasPool(pool),
+      moveDisk: (vm, disk, to) => vms.moveDisk(vm.id, disk, to),
+      operationDone: async (id) => (await vms.getOperation(id)).state !== 'running',
+    }, log);
+    if (config.pools.some((p) => p.policy)) diskPolicy.start(config.storagePolicyIntervalMs);
+    storageRoutes(router, storage, { resizeOnline: (ref, bytes) => vms.resizeVolumeOnline(ref, bytes), snapshotOnline: (ref, op, name) => vms.snapshotVolumeOnline(ref, op, name), policyPlan: () => diskPolicy.plan() });
     // Members are named by id or node name once the cluster runs (it starts after the API).
     let resolveTarget: MemberResolver = async () => {
       throw new NovaError('MIGRATION_TARGET_UNKNOWN', 'the cluster is not running yet; give the target as an address');
@@ -176,6 +187,7 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
         (closing ??= (async () => {
           ready = false;
           sampler.stop();
+          diskPolicy.stop();
           await server.close();
           forwarder.close();
           inventory.stop();

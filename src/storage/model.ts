@@ -41,6 +41,18 @@ export function parseVolumeRef(ref: string): { pool: string; name: string } | un
 
 export const volumeRef = (pool: string, name: string): string => `${pool}/${name}`;
 
+/**
+ * A pool's tiering rules (volume-level: whole disks move): disks idle for `days` move to a
+ * colder pool; disks above `iops` for `forMinutes` move to a faster one. Background moves
+ * run one at a time at `bandwidthMBps`.
+ */
+export const PoolPolicy = z.strictObject({
+  moveAfterIdleDays: z.strictObject({ days: z.number().positive().max(3650), to: PoolName }).optional(),
+  moveWhenIopsAbove: z.strictObject({ iops: z.number().positive().max(10_000_000), to: PoolName, forMinutes: z.number().min(0).max(1440).default(10) }).optional(),
+  bandwidthMBps: z.number().min(1).max(200).default(50),
+});
+export type PoolPolicy = z.infer<typeof PoolPolicy>;
+
 export const PoolDef = z.strictObject({
   name: PoolName,
   type: z.enum(POOL_TYPES).default('dir'),
@@ -54,6 +66,8 @@ export const PoolDef = z.strictObject({
   content: z.array(z.enum(CONTENT_TYPES)).min(1).default([...CONTENT_TYPES]),
   /** Virtual sizes may add up to capacity × this (thin provisioning); default: unbounded. */
   overcommitRatio: z.number().min(1).max(1000).optional(),
+  /** Tiering rules for the disks in this pool. */
+  policy: PoolPolicy.optional(),
 });
 export type PoolDef = Omit<z.infer<typeof PoolDef>, 'type'> & { type: PoolType };
 

@@ -165,6 +165,11 @@ export class StorageService {
     return Promise.all([...this.#pools.values()].map(async (p) => ({ pool: p.def.name, mediaClass: p.def.mediaClass, status: await this.#status(p) })));
   }
 
+  /** A pool's tiering rules, if it has any. */
+  policyOf(pool: string): PoolDef['policy'] {
+    return this.#pools.get(pool)?.def.policy;
+  }
+
   isShared(pool: string): boolean {
     return this.#pools.get(pool)?.def.shared === true;
   }

@@ -184,6 +184,11 @@ export class VmService {
     return this.#registry.getJson(ref);
   }
 
+  /** Every VM on this member. */
+  all(): IterableIterator<VmRecord> {
+    return this.#registry.all();
+  }
+
   list(q: ListQuery): ListPage {
     return this.#registry.list(q);
   }

@@ -19,6 +19,8 @@ export interface VolumeHooks {
   resizeOnline?(ref: string, sizeBytes: number): Promise<boolean>;
   /** Takes or deletes a snapshot of `ref` inside the running VM that has it open; false when none has. */
   snapshotOnline?(ref: string, op: 'create' | 'delete', name: string): Promise<boolean>;
+  /** The tiering rules' dry run: the disks they would move now, and why. */
+  policyPlan?(): unknown[];
 }
 
 const SnapshotName = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, 'letters, digits, ".", "_" and "-", up to 64');
@@ -32,6 +34,7 @@ export function storageRoutes(router: Router, storage: StorageService, hooks: Vo
   };
 
   router.add('GET', '/v1/pools', async () => ({ status: 200, json: { items: await storage.pools() } }));
+  router.add('GET', '/v1/storage/policy/plan', () => ({ status: 200, json: { items: hooks.policyPlan?.() ?? [] } }));
   router.add('GET', '/v1/pools/:pool', async (req) => ({ status: 200, json: await storage.pool(pool(req.params)) }));
 
   router.add('GET', '/v1/pools/:pool/volumes', async (req) => {
