@@ -39,6 +39,7 @@ import { StorageService } from './storage/service.js';
 import { VmStorage } from './vm/media.js';
 import { storageRoutes } from './api/routes/storage.js';
 import { DiskPolicyEngine } from './vm/disk-policy.js';
+import { PoolSync } from './storage/pool-sync.js';
 
 export { VERSION } from './version.js';
 import { VERSION } from './version.js';
@@ -115,7 +116,11 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
       operationDone: async (id) => (await vms.getOperation(id)).state !== 'running',
     }, log);
     if (config.pools.some((p) => p.policy)) diskPolicy.start(config.storagePolicyIntervalMs);
-    storageRoutes(router, storage, { resizeOnline: (ref, bytes) => vms.resizeVolumeOnline(ref, bytes), snapshotOnline: (ref, op, name) => vms.snapshotVolumeOnline(ref, op, name), policyPlan: () => diskPolicy.plan() });
+    const storageHooks: Parameters<typeof storageRoutes>[2] = {};
+    storageRoutes(router, storage, storageHooks);
+    storageHooks.resizeOnline = (ref, bytes) => vms.resizeVolumeOnline(ref, bytes);
+    storageHooks.snapshotOnline = (ref, op, name) => vms.snapshotVolumeOnline(ref, op, name);
+    storageHooks.policyPlan = () => diskPolicy.plan();
     // Members are named by id or node name once the cluster runs (it starts after the API).
     let resolveTarget: MemberResolver = async () => {
       throw new NovaError('MIGRATION_TARGET_UNKNOWN', 'the cluster is not running yet; give the target as an address');
@@ -141,7 +146,12 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
       throw err;
     }
     const replicated = new ReplicatedStore(cluster.node);
-    // A shared pool is used only where this member really sees the directory the others do.
+    // Pools defined through the API are every member's; then a shared pool is used only
+    // where this member really sees the directory the others do.
+    const poolSync = new PoolSync(storage, replicated, log, new Set(config.pools.map((p) => p.name)));
+    await poolSync.sync().catch((err) => log.warn({ err }, 'reading pool definitions from the cluster store failed'));
+    poolSync.start(2000);
+    storageHooks.pools = poolSync;
     await storage.checkSharedPools({
       get: async (key) => (await replicated.get(key))?.toString(),
       put: (key, value) => replicated.write([{ key, value: Buffer.from(value) }]),
@@ -188,6 +198,7 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
           ready = false;
           sampler.stop();
           diskPolicy.stop();
+          poolSync.stop();
           await server.close();
           forwarder.close();
           inventory.stop();

@@ -79,6 +79,7 @@ export const ERROR_CODES = {
   CLUSTER_MEMBER_UNREACHABLE: { status: 502, message: 'the cluster member that has this resource did not answer' },
   // Storage
   POOL_NOT_FOUND: { status: 404, message: 'no such pool' },
+  POOL_EXISTS: { status: 409, message: 'a pool with this name exists' },
   POOL_CONTENT_REFUSED: { status: 422, message: 'the pool does not hold this kind of content' },
   POOL_FULL: { status: 507, message: 'the pool has no room for this' },
   POOL_UNAVAILABLE: { status: 503, message: 'this member cannot use the pool (a shared pool it does not really share)' },

@@ -110,9 +110,26 @@ export class StorageService {
     return svc;
   }
 
-  /** Opens a pool (a configured one at start, or the `imported` pool on first need); an existing one stays. */
-  async addPool(def: PoolDef): Promise<void> {
+  /** Pools added after start from the cluster store (pool-sync.ts), which it may drop again. */
+  #fromApi = new Set<string>();
+
+  apiPools(): string[] {
+    return [...this.#fromApi];
+  }
+
+  /** Drops a pool defined through the API, unless this member has volumes in it. */
+  dropPool(name: string): boolean {
+    const p = this.#pools.get(name);
+    if (!p || !this.#fromApi.has(name) || p.volumes.size > 0) return false;
+    this.#pools.delete(name);
+    this.#fromApi.delete(name);
+    return true;
+  }
+
+  /** Opens a pool (a configured one at start, one defined in the cluster store, or the `imported` pool on first need); an existing one stays. */
+  async addPool(def: PoolDef, opts: { fromApi?: boolean } = {}): Promise<void> {
     if (this.#pools.has(def.name)) return;
+    if (opts.fromApi) this.#fromApi.add(def.name);
     const root = isAbsolute(def.path) ? def.path : join(this.#deps.dataDir, def.path);
     const driver = new DirPool(def, root, this.#img);
     const volumes = new VolumeIndex();

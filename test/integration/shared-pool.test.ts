@@ -46,4 +46,24 @@ describe('shared pools across members', () => {
     expect([vm.status, vm.body.error.code]).toEqual([503, 'POOL_UNAVAILABLE']);
     expect((await api(first, 'POST', '/v1/pools/fake/volumes', { name: 'x', sizeMiB: 1, format: 'raw' })).status).toBe(201);
   });
+
+  it('a pool defined through the API is every member\'s; removing it drops it where it is empty', async () => {
+    const [first, second] = [c.members[0]!.url, c.members[1]!.url];
+    const made = await api(first, 'POST', '/v1/pools', { name: 'api-pool', path: 'pools/api', mediaClass: 'fast' });
+    expect(made.status, JSON.stringify(made.body)).toBe(201);
+    expect(made.body).toMatchObject({ name: 'api-pool', mediaClass: 'fast', root: join(c.members[0]!.dataDir, 'pools', 'api') });
+    expect((await api(second, 'POST', '/v1/pools', { name: 'api-pool', path: 'elsewhere' })).body.error.code).toBe('POOL_EXISTS');
+    expect((await api(first, 'POST', '/v1/pools', { name: 'real', path: 'x' })).body.error.code).toBe('POOL_EXISTS'); // a config file's
+    await c.waitFor(async () => (await api(second, 'GET', '/v1/pools/api-pool')).status === 200, 'the pool on the other member');
+    expect((await api(second, 'GET', '/v1/pools/api-pool')).body.root).toBe(join(c.members[1]!.dataDir, 'pools', 'api'));
+    expect((await api(second, 'POST', '/v1/pools/api-pool/volumes', { name: 'v', sizeMiB: 1, format: 'raw' })).status).toBe(201);
+    expect((await api(first, 'DELETE', '/v1/pools/real')).body.error.code).toBe('POOL_CONTENT_REFUSED');
+    expect((await api(second, 'DELETE', '/v1/pools/api-pool')).body.error.code).toBe('VOLUME_IN_USE'); // it has a volume there
+    expect((await api(first, 'DELETE', '/v1/pools/api-pool')).status).toBe(204); // empty on the first member
+    expect((await api(first, 'GET', '/v1/pools/api-pool')).status).toBe(404);
+    // The second member keeps it while its volume is there, and drops it once that is gone.
+    expect((await api(second, 'GET', '/v1/pools/api-pool')).status).toBe(200);
+    expect((await api(second, 'DELETE', '/v1/pools/api-pool/volumes/v')).status).toBe(204);
+    await c.waitFor(async () => (await api(second, 'GET', '/v1/pools/api-pool')).status === 404, 'the emptied pool dropped');
+  });
 });

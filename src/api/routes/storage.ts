@@ -2,7 +2,7 @@
 import { z } from 'zod';
 import type { Router } from '../router.js';
 import { parseWith } from '../validate.js';
-import { CloneVolumeRequest, CONTENT_TYPES, CreateVolumeRequest, PoolName, ResizeVolumeRequest, UploadQuery, VolumeName, volumeRef } from '../../storage/model.js';
+import { CloneVolumeRequest, CONTENT_TYPES, CreateVolumeRequest, PoolDef, PoolName, ResizeVolumeRequest, UploadQuery, VolumeName, volumeRef } from '../../storage/model.js';
 import type { StorageService } from '../../storage/service.js';
 import { NovaError } from '../../errors.js';
 
@@ -21,6 +21,8 @@ export interface VolumeHooks {
   snapshotOnline?(ref: string, op: 'create' | 'delete', name: string): Promise<boolean>;
   /** The tiering rules' dry run: the disks they would move now, and why. */
   policyPlan?(): unknown[];
+  /** Pools defined through the API, for the whole cluster (set once the cluster runs). */
+  pools?: { define(def: PoolDef): Promise<void>; remove(name: string): Promise<void> };
 }
 
 const SnapshotName = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, 'letters, digits, ".", "_" and "-", up to 64');
@@ -36,6 +38,19 @@ export function storageRoutes(router: Router, storage: StorageService, hooks: Vo
   router.add('GET', '/v1/pools', async () => ({ status: 200, json: { items: await storage.pools() } }));
   router.add('GET', '/v1/storage/policy/plan', () => ({ status: 200, json: { items: hooks.policyPlan?.() ?? [] } }));
   router.add('GET', '/v1/pools/:pool', async (req) => ({ status: 200, json: await storage.pool(pool(req.params)) }));
+  const clusterPools = () => {
+    if (!hooks.pools) throw new NovaError('SHUTTING_DOWN', 'the cluster is not running yet');
+    return hooks.pools;
+  };
+  router.add('POST', '/v1/pools', async (req) => {
+    const def = parseWith(PoolDef, req.body);
+    await clusterPools().define(def);
+    return { status: 201, json: await storage.pool(def.name), headers: { location: `/v1/pools/${def.name}` } };
+  }, { body: true });
+  router.add('DELETE', '/v1/pools/:pool', async (req) => {
+    await clusterPools().remove(pool(req.params));
+    return { status: 204 };
+  });
 
   router.add('GET', '/v1/pools/:pool/volumes', async (req) => {
     const q = parseWith(ListQuery, Object.fromEntries(req.query), 'BAD_QUERY');
