@@ -9,12 +9,16 @@ import { RocksStore } from '../../dist/native/rocks-store.js';
 import { EventLog } from '../../dist/events/log.js';
 import { VmService } from '../../dist/vm/service.js';
 import { SimDriver } from '../../dist/vm/drivers/sim.js';
+import { StorageService } from '../../dist/storage/service.js';
+import { VmStorage } from '../../dist/vm/media.js';
 
 const dataDir = resolve(process.argv[2] ?? './data');
 const store = RocksStore.open(join(dataDir, 'store'));
 const events = await EventLog.open(store);
 const log = pino({ level: 'warn' });
-const vms = await VmService.open({ store, events, driver: new SimDriver(), nodeId: 'baseline', log });
+// The same storage service the daemon has over the same data directory (the seeded VMs' volumes).
+const storage = new VmStorage(await StorageService.open({ dataDir, pools: [], events, log }));
+const vms = await VmService.open({ store, events, driver: new SimDriver(), storage, nodeId: 'baseline', log, dataDir });
 
 const server = createServer((req, res) => {
   const url = new URL(req.url, 'http://x');

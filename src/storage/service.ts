@@ -182,6 +182,11 @@ export class StorageService {
     return Promise.all([...this.#pools.values()].map(async (p) => ({ pool: p.def.name, mediaClass: p.def.mediaClass, status: await this.#status(p) })));
   }
 
+  /** POOL_FULL unless `pool` can take `bytes` more on disk and `virtualBytes` more provisioned (a check before a long copy starts). */
+  async assertRoomFor(poolName: string, need: { virtualBytes: number; bytes: number }): Promise<void> {
+    await this.#assertRoom(this.#pool(poolName), need);
+  }
+
   /** A pool's tiering rules, if it has any. */
   policyOf(pool: string): PoolDef['policy'] {
     return this.#pools.get(pool)?.def.policy;

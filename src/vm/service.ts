@@ -332,7 +332,9 @@ export class VmService {
    * for a running VM, a copy for a stopped one; cancel leaves it where it was.
    */
   async moveDisk(ref: string, disk: string, to: { pool: string; bandwidthMBps?: number }): Promise<OperationRecord> {
-    this.#deps.storage.checkMove(this.get(ref), disk, to.pool);
+    const { from, src } = this.#deps.storage.checkMove(this.get(ref), disk, to.pool);
+    // A pool without room refuses the move before it starts (507), not halfway through.
+    await this.#deps.storage.storage.assertRoomFor(to.pool, { virtualBytes: src.sizeBytes, bytes: this.#deps.storage.storage.allocatedBytes(from) });
     return this.#runner.request(ref, 'move-disk', { disk, pool: to.pool, ...(to.bandwidthMBps ? { bandwidthMBps: to.bandwidthMBps } : {}) });
   }
 

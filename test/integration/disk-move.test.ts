@@ -19,7 +19,7 @@ const args = () => ['--driver', 'qemu', '--config', join(dataDir, 'config.json')
 beforeAll(async () => {
   ensureQemuAndGuest();
   dataDir = tempDataDir();
-  writeFileSync(join(dataDir, 'config.json'), JSON.stringify({ pools: [{ name: 'fast', path: 'pools/fast', mediaClass: 'fast' }] }));
+  writeFileSync(join(dataDir, 'config.json'), JSON.stringify({ pools: [{ name: 'fast', path: 'pools/fast', mediaClass: 'fast' }, { name: 'tiny', path: 'pools/tiny', capacityGiB: 16 / 1024 }] }));
   d = await spawnDaemon({ dataDir, args: args() });
   await installGuest(d.url);
 }, 300_000);
@@ -151,6 +151,10 @@ describe('moving a disk between pools (real QEMU)', { timeout: 240_000 }, () => 
     expect((await api(d.url, 'POST', `/v1/vms/${id}/disks/data/move`, { pool: 'local' })).body.error.code).toBe('VM_SPEC_INVALID');
     expect((await api(d.url, 'POST', `/v1/vms/${id}/disks/data/move`, { pool: 'nowhere' })).body.error.code).toBe('POOL_NOT_FOUND');
     expect((await api(d.url, 'POST', `/v1/vms/${id}/disks/nope/move`, { pool: 'fast' })).body.error.code).toBe('VM_SPEC_INVALID');
+    // 48 MiB of data into a pool with room for 16: refused before anything is made.
+    const full = await api(d.url, 'POST', `/v1/vms/${id}/disks/data/move`, { pool: 'tiny' });
+    expect([full.status, full.body.error.code]).toEqual([507, 'POOL_FULL']);
+    expect(readdirSync(join(dataDir, 'pools', 'tiny')).filter((f) => f !== '.novacron')).toEqual([]);
     const r = await api(d.url, 'POST', `/v1/vms/${id}/disks/data/move`, { pool: 'fast' });
     expect(r.status, JSON.stringify(r.body)).toBe(202);
     expect((await waitOp(d.url, r.body.id, {}, 60_000)).state).toBe('succeeded');

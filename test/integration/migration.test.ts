@@ -209,6 +209,38 @@ describe('live migration (real QEMU, two daemons)', { timeout: 300_000 }, () => 
     expect(image.subarray(8 << 20, 10 << 20).every((x) => x === 0xcd)).toBe(true);
   });
 
+  it('live migration with the disk in a shared pool: nothing is copied, the destination opens the same volume, every fsynced record is there', async () => {
+    const shared = tempDataDir();
+    dirs.push(shared);
+    const cfg = join(shared, 'config.json');
+    writeFileSync(cfg, JSON.stringify({ pools: [{ name: 'nfs', path: join(shared, 'pool'), shared: true }] }));
+    const a = await host(['--config', cfg]);
+    const b = await host(['--config', cfg]);
+    const created = await api(a.url, 'POST', '/v1/vms', guestVm('mig-shared', 'nc.disk=1', { disks: [{ name: 'data', pool: 'nfs', sizeMiB: 64, format: 'qcow2' }] }));
+    expect(created.status, JSON.stringify(created.body)).toBe(201);
+    const id = created.body.id as string;
+    const volume = join(shared, 'pool', `${id}-data`);
+    expect((await waitOp(a.url, (await api(a.url, 'POST', `/v1/vms/${id}/start`)).body.id)).state).toBe('succeeded');
+    await waitUntil(() => diskRecords(a, id).length >= 3, BOOT_MS, 'guest writing its disk');
+    const sourceLog = keepSerial(a.dataDir, id);
+    const r = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: b.url, maxDowntimeMs: 300, force: true });
+    expect(r.status, JSON.stringify(r.body)).toBe(202);
+    const done = await waitMigration(a, r.body.id);
+    expect(done, JSON.stringify(done)).toMatchObject({ state: 'completed' });
+    expect(done.progress.storageTotalBytes ?? 0).toBe(0); // no disk mirror
+    sourceLog.stop();
+    // The one volume is still there and still the VM's, now on the destination.
+    expect(existsSync(volume)).toBe(true);
+    expect((await api(b.url, 'GET', `/v1/pools/nfs/volumes/${id}-data`)).body).toMatchObject({ owner: id });
+    const n = diskRecords(b, id).length;
+    await waitUntil(() => diskRecords(b, id).length >= n + 3, 30_000, 'records on the destination');
+    expect((await waitOp(b.url, (await api(b.url, 'POST', `/v1/vms/${id}/stop`)).body.id)).state).toBe('succeeded');
+    const last = Math.max(...diskRecords(b, id));
+    const raw = join(shared, 'check.raw');
+    execFileSync('qemu-img', ['convert', '-f', 'qcow2', '-O', 'raw', volume, raw]);
+    expect(missingRecords(readFileSync(raw), last)).toEqual([]);
+  });
+
   it('cancel while the disks are being mirrored: the VM and its disk stay on the source, untouched', async () => {
     const a = await host();
     const b = await host();
