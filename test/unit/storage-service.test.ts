@@ -1,11 +1,16 @@
 /** The storage service in-process: crash leftovers on open, upload progress events, POOL_FULL for clones, file modes. */
-import { mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync, existsSync, readdirSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, statSync, symlinkSync, unlinkSync, writeFileSync, existsSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { NovaEvent } from '../../src/events/types.js';
 import { PoolDef } from '../../src/storage/model.js';
 import { openTestStorage } from '../helpers/storage.js';
+import { EventLog } from '../../src/events/log.js';
+import { RocksStore } from '../../src/native/rocks-store.js';
+import { StorageService } from '../../src/storage/service.js';
+import { HostPathEntry } from '../../src/storage/model.js';
+import { pino } from 'pino';
 
 const dirs: string[] = [];
 const closers: Array<() => Promise<void>> = [];
@@ -72,5 +77,24 @@ describe('storage service', () => {
     await expect(storage.clone('local/big', { name: 'copy', pool: 'tiny', linked: false })).rejects.toMatchObject({ code: 'POOL_FULL' });
     expect(storage.find('tiny/copy')).toBeUndefined();
     expect(existsSync(join(dataDir, 'tiny', 'copy'))).toBe(false);
+  });
+
+  it('a listed host path is a volume of the host pool only while it resolves to what it did at start', async () => {
+    const dataDir = mkdtempSync(join(tmpdir(), 'novacron-storage-'));
+    dirs.push(dataDir);
+    writeFileSync(join(dataDir, 'disk-a.raw'), Buffer.alloc(1 << 20));
+    writeFileSync(join(dataDir, 'disk-b.raw'), Buffer.alloc(1 << 20));
+    symlinkSync(join(dataDir, 'disk-a.raw'), join(dataDir, 'current'));
+    const store = RocksStore.open(join(dataDir, 'store'));
+    closers.push(() => store.close());
+    const events = await EventLog.open(store);
+    const hostPaths = [HostPathEntry.parse({ path: join(dataDir, 'current'), name: 'current' })];
+    const storage = await StorageService.open({ dataDir, pools: [], events, log: pino({ level: 'silent' }), hostPaths });
+    expect(storage.open('host/current', { tenant: 'default', content: ['disk'], write: true }).target.path).toBe(join(dataDir, 'disk-a.raw'));
+    unlinkSync(join(dataDir, 'current'));
+    symlinkSync(join(dataDir, 'disk-b.raw'), join(dataDir, 'current'));
+    expect(() => storage.open('host/current', { tenant: 'default', content: ['disk'], write: true })).toThrow(expect.objectContaining({ code: 'VOLUME_PATH_REFUSED' }));
+    expect(HostPathEntry.parse('/dev/vg0/data')).toMatchObject({ name: 'dev-vg0-data', format: 'raw', tenant: 'default' });
+    expect(HostPathEntry.safeParse('relative/path').success).toBe(false);
   });
 });
