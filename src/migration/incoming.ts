@@ -159,7 +159,9 @@ export class IncomingMigrations {
         await driver.stop(vm.id).catch(() => undefined);
         await vms.incomingAbandoned(vm.id, [book.op(rec)], [book.event(rec, 'migration.failed')]);
         release();
-        throw new NovaError('MIGRATION_FAILED', `destination QEMU could not be prepared: ${(err as Error).message}`);
+        // A refusal with its own code (POOL_FULL, VOLUME_EXISTS...) reaches the source as it is.
+        if (err instanceof NovaError) throw err;
+        throw new NovaError('MIGRATION_FAILED', `destination QEMU could not be prepared: ${known ? (err as Error).message : 'see the destination daemon log'}`);
       }
     } else {
       const staged = new Map<string, { path: string; commit: () => Promise<void>; abort: () => Promise<void> }>();
