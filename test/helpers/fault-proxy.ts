@@ -97,9 +97,10 @@ export class FaultNet {
   #pipe(link: Link, src: Socket, dst: Socket, from: number, to: number, first?: Buffer): void {
     const queue: Array<{ due: number; chunk: Buffer }> = [];
     let timer: NodeJS.Timeout | undefined;
+    // Due times on the monotonic clock: a wall-clock step (NTP) must not release a chunk early.
     const flush = () => {
       timer = undefined;
-      const now = Date.now();
+      const now = performance.now();
       while (queue.length > 0 && queue[0]!.due <= now) dst.write(queue.shift()!.chunk);
       if (queue.length > 0) timer = setTimeout(flush, queue[0]!.due - now);
     };
@@ -107,9 +108,9 @@ export class FaultNet {
       const rule = this.#rule(from, to);
       if (rule.cut || (rule.loss && Math.random() < rule.loss)) return this.#reset(link);
       const wait = (rule.delayMs ?? 0) + Math.random() * (rule.jitterMs ?? 0);
-      const due = Math.max(Date.now() + wait, queue.at(-1)?.due ?? 0);
+      const due = Math.max(performance.now() + wait, queue.at(-1)?.due ?? 0);
       queue.push({ due, chunk });
-      if (!timer) timer = setTimeout(flush, due - Date.now());
+      if (!timer) timer = setTimeout(flush, due - performance.now());
     };
     src.on('data', forward);
     src.on('close', () => clearTimeout(timer));

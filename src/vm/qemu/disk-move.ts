@@ -46,7 +46,7 @@ export class QemuDiskMover implements DiskMover {
         if (!job || job.status === 'concluded' || job.status === 'aborting') throw new DriverError('move-disk', `the mirror stopped: ${job?.error ?? job?.status ?? 'gone'}`);
         opts.onProgress({ copiedBytes: job['current-progress'], totalBytes: job['total-progress'] });
         if (job.status === 'ready') break;
-        await sleep(100);
+        await sleep(20); // the pivot follows readiness closely: the copy is the move's whole cost
       }
       // The pivot: from here the guest's disk is the target.
       await qmp.execute('job-complete', { id });
