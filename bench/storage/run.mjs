@@ -29,9 +29,10 @@ const { values: a } = parseArgs({
   options: {
     runs: { type: 'string', default: '3' }, size: { type: 'string', default: '2048' }, rate: { type: 'string', default: '20' },
     volumes: { type: 'string', default: '10000' }, quick: { type: 'boolean', default: false }, check: { type: 'boolean', default: false },
+    'list-only': { type: 'boolean', default: false },
   },
 });
-const RUNS = a.quick ? 1 : Number(a.runs);
+const RUNS = a['list-only'] ? 0 : a.quick ? 1 : Number(a.runs);
 const SIZE_MIB = a.quick ? 256 : Number(a.size);
 const RATE = Number(a.rate);
 const VOLUMES = a.quick ? 500 : Number(a.volumes);
@@ -51,18 +52,20 @@ try {
   const dataDir = join(work, 'data');
   execFileSync('mkdir', ['-p', dataDir]);
   writeFileSync(join(dataDir, 'config.json'), JSON.stringify({ pools: [{ name: 'fast', path: 'pools/fast', mediaClass: 'fast' }] }));
-  const d = await startDaemon(root, dataDir, 'qemu', ['--config', join(dataDir, 'config.json')]);
-  daemons.push(d);
-  await installGuest(d.url, files);
   const runs = [];
-  for (let i = 0; i < RUNS; i++) runs.push(await moveRun(d, dataDir, i));
+  if (RUNS > 0) {
+    const d = await startDaemon(root, dataDir, 'qemu', ['--config', join(dataDir, 'config.json')]);
+    daemons.push(d);
+    await installGuest(d.url, files);
+    for (let i = 0; i < RUNS; i++) runs.push(await moveRun(d, dataDir, i));
+  }
   const medians = (k) => pct(runs.map((r) => r[k]), 0.5);
   results.move = {
     runs,
     moveMedianMs: medians('moveMs'), copyMedianMs: medians('copyMs'),
     // Median of per-run ratios: each move is paired with the copy of the same image in the same run.
     moveOverCopy: round(pct(runs.map((r) => r.moveMs / r.copyMs), 0.5)),
-    stallMedianMs: medians('stallMs'), stallMaxMs: Math.max(...runs.map((r) => r.stallMs)),
+    stallMedianMs: medians('stallMs'), stallMaxMs: runs.length ? Math.max(...runs.map((r) => r.stallMs)) : undefined,
   };
 
   // ---- 2. listing a pool of many volumes ----------------------------------------

@@ -226,19 +226,47 @@ export class StorageService {
     const pool = this.#pool(poolName);
     if (pool.def.shared) pool.volumes = new VolumeIndex(await pool.driver.scan()); // what every member wrote
     // Names in order (kept sorted until the pool changes); a cursor is the last name seen.
+    const page = this.#page(pool, q);
+    return { items: page.metas.map((m) => this.#volumeView(pool, m)), total: page.total, ...(page.nextCursor ? { nextCursor: page.nextCursor } : {}) };
+  }
+
+  /**
+   * `list` as the API serves it, assembled from each volume's cached JSON (a cached view
+   * is at most a second old in `allocatedBytes` and `attachedTo`, and rebuilt at once when
+   * the volume changes; `GET` of one volume is always fresh).
+   */
+  async listJson(poolName: string, q: VolumeListQuery): Promise<string> {
+    const pool = this.#pool(poolName);
+    if (pool.def.shared) pool.volumes = new VolumeIndex(await pool.driver.scan()); // what every member wrote
+    const page = this.#page(pool, q);
+    let json = `{"items":[${page.metas.map((m) => this.#viewJson(pool, m)).join(',')}],"total":${page.total}`;
+    if (page.nextCursor) json += `,"nextCursor":${JSON.stringify(page.nextCursor)}`;
+    return `${json}}`;
+  }
+
+  #page(pool: Pool, q: VolumeListQuery): { metas: VolumeMeta[]; total: number; nextCursor?: string } {
     const names = pool.volumes.sortedNames();
     const match = (m: VolumeMeta) => (!q.tenant || m.tenant === q.tenant) && (!q.content || m.content === q.content);
     const filtered = q.tenant !== undefined || q.content !== undefined;
     let i = q.cursor ? upperBound(names, q.cursor) : 0;
-    const page: VolumeMeta[] = [];
-    for (; i < names.length && page.length < q.limit; i++) {
+    const metas: VolumeMeta[] = [];
+    for (; i < names.length && metas.length < q.limit; i++) {
       const m = pool.volumes.get(names[i]!)!;
-      if (match(m)) page.push(m);
+      if (match(m)) metas.push(m);
     }
     let more = false;
     for (; i < names.length && !more; i++) more = match(pool.volumes.get(names[i]!)!);
     const total = filtered ? names.reduce((n, name) => n + (match(pool.volumes.get(name)!) ? 1 : 0), 0) : names.length;
-    return { items: page.map((m) => this.#volumeView(pool, m)), total, ...(more ? { nextCursor: page.at(-1)!.name } : {}) };
+    return { metas, total, ...(more ? { nextCursor: metas.at(-1)!.name } : {}) };
+  }
+
+  #viewJson(pool: Pool, meta: VolumeMeta): string {
+    const now = Date.now();
+    const hit = pool.volumes.json.get(meta.name);
+    if (hit && hit.meta === meta && now - hit.at < 1000) return hit.json;
+    const json = JSON.stringify(this.#volumeView(pool, meta));
+    pool.volumes.json.set(meta.name, { meta, json, at: now });
+    return json;
   }
 
   async create(poolName: string, req: CreateVolumeRequest, extra: { owner?: string; backing?: string; arriving?: string; moving?: VolumeMeta['moving']; skipData?: boolean; exactBytes?: number; reserveBytes?: number } = {}): Promise<VolumeView> {
@@ -665,7 +693,7 @@ export class StorageService {
     const now = Date.now();
     if (!pool.used || pool.volumes.size <= EXACT_USE_UP_TO || now - pool.used.at > 1000) {
       let bytes = 0;
-      for (const m of pool.volumes.values()) bytes += pool.driver.allocated(m.name);
+      for (const m of pool.volumes.values()) bytes += this.#allocated(pool, m.name, pool.volumes.size <= EXACT_USE_UP_TO);
       pool.used = { bytes, at: now };
     }
     const usedBytes = pool.used.bytes;
@@ -681,7 +709,17 @@ export class StorageService {
     const ref = volumeRef(pool.def.name, meta.name);
     const chain: string[] = [];
     for (let b = meta.backing; b && chain.length < 17; b = this.find(b)?.backing) chain.push(b);
-    return { ...meta, pool: pool.def.name, ref, allocatedBytes: pool.driver.allocated(meta.name), attachedTo: this.#attachments(ref), backingChain: chain };
+    return { ...meta, pool: pool.def.name, ref, allocatedBytes: this.#allocated(pool, meta.name), attachedTo: this.#attachments(ref), backingChain: chain };
+  }
+
+  /** A volume's bytes on disk, at most a second old (`exact`: read now). */
+  #allocated(pool: Pool, name: string, exact = false): number {
+    const now = Date.now();
+    const hit = pool.volumes.allocated.get(name);
+    if (!exact && hit && now - hit.at < 1000) return hit.bytes;
+    const bytes = pool.driver.allocated(name);
+    pool.volumes.allocated.set(name, { bytes, at: now });
+    return bytes;
   }
 
   #dependents(ref: string): string[] {
@@ -717,6 +755,10 @@ export class StorageService {
 class VolumeIndex {
   #byName = new Map<string, VolumeMeta>();
   #sorted: string[] | undefined;
+  /** Bytes on disk per volume, read at most once a second each (a page of 100 would be 100 stats otherwise). */
+  readonly allocated = new Map<string, { bytes: number; at: number }>();
+  /** Each volume's list entry as JSON, for the metadata it was built from, at most a second old. */
+  readonly json = new Map<string, { meta: VolumeMeta; json: string; at: number }>();
 
   constructor(metas: VolumeMeta[] = []) {
     for (const m of metas) this.#byName.set(m.name, m);
@@ -741,6 +783,8 @@ class VolumeIndex {
 
   delete(name: string): void {
     if (this.#byName.delete(name)) this.#sorted = undefined;
+    this.allocated.delete(name);
+    this.json.delete(name);
   }
 
   values(): IterableIterator<VolumeMeta> {

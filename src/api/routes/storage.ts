@@ -54,7 +54,7 @@ export function storageRoutes(router: Router, storage: StorageService, hooks: Vo
 
   router.add('GET', '/v1/pools/:pool/volumes', async (req) => {
     const q = parseWith(ListQuery, Object.fromEntries(req.query), 'BAD_QUERY');
-    return { status: 200, json: await storage.list(pool(req.params), { limit: q.limit, ...(q.tenant ? { tenant: q.tenant } : {}), ...(q.content ? { content: q.content } : {}), ...(q.cursor ? { cursor: q.cursor } : {}) }) };
+    return { status: 200, rawJson: await storage.listJson(pool(req.params), { limit: q.limit, ...(q.tenant ? { tenant: q.tenant } : {}), ...(q.content ? { content: q.content } : {}), ...(q.cursor ? { cursor: q.cursor } : {}) }) };
   });
 
   router.add('POST', '/v1/pools/:pool/volumes', async (req) => {
