@@ -46,7 +46,6 @@ export class QemuDiskMover implements DiskMover {
         if (!job || job.status === 'concluded' || job.status === 'aborting') throw new DriverError('move-disk', `the mirror stopped: ${job?.error ?? job?.status ?? 'gone'}`);
         opts.onProgress({ copiedBytes: job['current-progress'], totalBytes: job['total-progress'] });
         if (job.status === 'ready') break;
-        // Polled at 100 ms: QMP traffic every 20 ms on QEMU's main loop lengthened the guest's write stalls (bench/storage).
         await sleep(100);
       }
       // The pivot: from here the guest's disk is the target.
