@@ -129,8 +129,8 @@ export class VmStorage {
   async release(vm: VmRecord, { keepDisks }: { keepDisks: boolean }): Promise<void> {
     for (const use of this.uses(vm.id, vm.spec)) {
       if (!use.owned || !this.storage.find(use.ref)) continue;
-      if (keepDisks) await this.storage.setOwner(use.ref, undefined);
-      else await this.storage.remove(use.ref, { exceptVm: vm.id });
+      if (keepDisks && use.role === 'disk') await this.storage.setOwner(use.ref, undefined);
+      else await this.storage.remove(use.ref, { exceptVm: vm.id }); // (a cloud-init seed is no disk to keep)
     }
   }
 
