@@ -93,11 +93,14 @@ export function addStorageCommands(program: Command, client: () => NovaClient, j
       console.log(`${v.ref} is now ${fmtBytes(v.sizeBytes)}`);
     });
   volume.command('clone <pool/volume> <name>')
-    .description('a full copy, or with --linked a qcow2 overlay on the volume')
+    .description('a full copy (progress bar from the daemon\'s volume.progress events), or with --linked a qcow2 overlay on the volume')
     .option('--pool <pool>', 'target pool (default: the source\'s)')
     .option('--linked', 'linked clone (shares the source\'s data)')
     .action(async (ref: string, name: string, opts: { pool?: string; linked?: boolean }) => {
-      const v = await client().request<VolumeView>('POST', `${path(ref)}/clone`, { name, ...(opts.pool ? { pool: opts.pool } : {}), linked: opts.linked === true });
+      const c = client();
+      const target = opts.pool ?? ref.split('/')[0]!;
+      const watch = process.stderr.isTTY && !json() && !opts.linked ? await watchProgress(c, target, name, 'clone') : undefined;
+      const v = await c.request<VolumeView>('POST', `${path(ref)}/clone`, { name, ...(opts.pool ? { pool: opts.pool } : {}), linked: opts.linked === true }).finally(() => watch?.stop());
       if (json()) return print(v);
       console.log(`cloned ${ref} to ${v.ref}${opts.linked ? ' (linked)' : ''}`);
     });
@@ -113,13 +116,13 @@ export function addStorageCommands(program: Command, client: () => NovaClient, j
       const q = new URLSearchParams({ format: opts.format, content: opts.content, sha256 });
       if (opts.tenant) q.set('tenant', opts.tenant);
       const tty = process.stderr.isTTY && !json();
-      const bar = tty ? new cliProgress.SingleBar({ format: 'upload {bar} {percentage}% | {sent} of {total}', hideCursor: true }, cliProgress.Presets.shades_classic) : undefined;
-      bar?.start(size, 0, { sent: fmtBytes(0), total: fmtBytes(size) });
+      const bar = tty ? new cliProgress.SingleBar({ format: 'upload {bar} {percentage}% | {sent} of {size}', hideCursor: true }, cliProgress.Presets.shades_classic) : undefined;
+      bar?.start(size, 0, { sent: fmtBytes(0), size: fmtBytes(size) });
       let sent = 0;
       const counter = new Transform({
         transform(chunk: Buffer, _enc, done) {
           sent += chunk.length;
-          bar?.update(sent, { sent: fmtBytes(sent), total: fmtBytes(size) });
+          bar?.update(sent, { sent: fmtBytes(sent), size: fmtBytes(size) });
           done(null, chunk);
         },
       });
@@ -143,6 +146,35 @@ export function addStorageCommands(program: Command, client: () => NovaClient, j
       await pipeline(res.body, createWriteStream(file, { flags: 'wx' }));
       if (!json()) console.log(`downloaded ${ref} to ${file} (${res.headers['x-volume-format']})`);
     });
+}
+
+/** A progress bar fed by `volume.progress` events of one volume (the events WebSocket, msgpack frames). */
+async function watchProgress(c: NovaClient, pool: string, volume: string, action: string): Promise<{ stop(): void }> {
+  const [{ default: WebSocket }, { unpack }] = await Promise.all([import('ws'), import('msgpackr')]);
+  const url = new URL('/v1/events?types=volume.progress', c.opts.url);
+  url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
+  const ws = new WebSocket(url, { headers: c.opts.token ? { authorization: `Bearer ${c.opts.token}` } : {} });
+  const bar = new cliProgress.SingleBar({ format: `${action} {bar} {percentage}% | {done} of {size}`, hideCursor: true }, cliProgress.Presets.shades_classic);
+  let started = false;
+  ws.on('message', (raw: Buffer) => {
+    const msg = unpack(raw) as { type: string; event?: { data: { pool?: string; volume?: string; action?: string; bytes?: number; totalBytes?: number } } };
+    const d = msg.event?.data;
+    if (msg.type !== 'event' || !d || d.pool !== pool || d.volume !== volume || d.action !== action || !d.totalBytes) return;
+    if (!started) bar.start(d.totalBytes, 0, { done: fmtBytes(0), size: fmtBytes(d.totalBytes) });
+    started = true;
+    bar.update(d.bytes ?? 0, { done: fmtBytes(d.bytes ?? 0), size: fmtBytes(d.totalBytes) });
+  });
+  ws.on('error', () => undefined); // progress is a nicety: the command's own result decides
+  await new Promise<void>((r) => {
+    ws.once('open', () => r());
+    ws.once('error', () => r());
+  });
+  return {
+    stop: () => {
+      if (started) bar.stop();
+      ws.close();
+    },
+  };
 }
 
 async function send(c: NovaClient, method: 'GET' | 'PUT', path: string, o: { body?: NodeJS.ReadableStream; headers?: Record<string, string> }) {

@@ -125,8 +125,8 @@ export class DirPool implements PoolDriver {
     });
   }
 
-  async copyFrom(src: { target: BlockTarget; format: VolumeFormat }, name: string, format: VolumeFormat): Promise<void> {
-    await this.#intoPlace(name, (tmp) => this.img.run(['convert', '-q', '-f', src.format, '-O', format, src.target.path, tmp]).then(() => undefined));
+  async copyFrom(src: { target: BlockTarget; format: VolumeFormat }, name: string, format: VolumeFormat, onPercent: (pct: number) => void = () => undefined): Promise<void> {
+    await this.#intoPlace(name, (tmp) => this.img.convert({ path: src.target.path, format: src.format }, { path: tmp, format }, { signal: new AbortController().signal, onPercent }));
   }
 
   async resize(name: string, format: VolumeFormat, sizeBytes: number): Promise<void> {

@@ -62,7 +62,7 @@ export interface PoolDriver {
   /** Makes an empty volume, or a qcow2 overlay on `backing`. */
   create(name: string, o: { format: VolumeFormat; sizeBytes: number; backing?: { target: BlockTarget; format: VolumeFormat } }): Promise<void>;
   /** Full copy of another volume (any pool) into new volume `name`. */
-  copyFrom(src: { target: BlockTarget; format: VolumeFormat }, name: string, format: VolumeFormat): Promise<void>;
+  copyFrom(src: { target: BlockTarget; format: VolumeFormat }, name: string, format: VolumeFormat, onPercent?: (pct: number) => void): Promise<void>;
   resize(name: string, format: VolumeFormat, sizeBytes: number): Promise<void>;
   remove(name: string): Promise<void>;
   /**

@@ -399,7 +399,14 @@ export class StorageService {
       await pool.driver.writeMeta(meta);
       pool.volumes.set(meta.name, meta);
       try {
-        await pool.driver.copyFrom({ target: source.target, format: src.meta.format }, meta.name, meta.format);
+        let last = Date.now();
+        const progress = (pct: number) => {
+          if (Date.now() - last < PROGRESS_EVERY_MS) return;
+          last = Date.now();
+          const totalBytes = src.pool.driver.allocated(src.meta.name);
+          void this.#deps.events.commit([], [{ type: 'volume.progress', tenant: meta.tenant, data: { pool: poolName, volume: meta.name, action: 'clone', bytes: Math.round((pct / 100) * totalBytes), totalBytes, percent: pct } }]).catch(() => undefined);
+        };
+        await pool.driver.copyFrom({ target: source.target, format: src.meta.format }, meta.name, meta.format, progress);
       } catch (err) {
         pool.volumes.delete(meta.name);
         await pool.driver.removeMeta(meta.name);
