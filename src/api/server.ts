@@ -249,7 +249,20 @@ export class ApiServer {
         body.fail(err as Error);
       }
     });
-    this.#run(x, route, request);
+    // A refusal (VOLUME_EXISTS, POOL_FULL...) before the body is read: the rest is read and
+    // dropped first (up to DRAIN_LIMIT), or the client would see a reset, not the answer.
+    const refusing: Route = {
+      ...route,
+      handler: async (r) => {
+        try {
+          return await route.handler(r);
+        } catch (err) {
+          await body.drain(DRAIN_LIMIT);
+          throw err;
+        }
+      },
+    };
+    this.#run(x, refusing, request);
   }
 
   /**
@@ -314,6 +327,9 @@ function forwardHeaders(req: UWS.HttpRequest): Record<string, string> {
   }
   return out;
 }
+
+/** How much of a refused upload's body is read and dropped before the answer is sent. */
+const DRAIN_LIMIT = 256 << 20;
 
 const METHODS: Record<string, string> = { get: 'GET', post: 'POST', put: 'PUT', patch: 'PATCH', delete: 'DELETE', head: 'HEAD', options: 'OPTIONS' };
 

@@ -48,6 +48,25 @@ export class BodyStream implements AsyncIterable<Buffer> {
     this.#notify();
   }
 
+  /**
+   * The handler refused without reading the whole body: read the rest and drop it (at
+   * most `limit` bytes), so the client gets the answer rather than a reset connection.
+   */
+  async drain(limit: number): Promise<void> {
+    let dropped = 0;
+    for (;;) {
+      if (this.#failure || this.#done) return;
+      for (const c of this.#chunks.splice(0)) dropped += c.length;
+      this.#queued = 0;
+      if (this.#paused) {
+        this.#paused = false;
+        this.res.resume();
+      }
+      if (this.#ended || dropped > limit) return;
+      await new Promise<void>((r) => (this.#wake = r));
+    }
+  }
+
   /** The client went away: the consumer's next read throws. */
   fail(err: Error): void {
     this.#failure = err;

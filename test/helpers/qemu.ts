@@ -30,6 +30,7 @@ export async function installGuest(url: string, headers: Record<string, string> 
   const g = ensureQemuAndGuest();
   for (const [ref, file] of [[GUEST_KERNEL, g.kernel], [GUEST_INITRD, g.initrd]] as const) {
     const [pool, name] = ref.split('/');
+    if ((await fetch(`${url}/v1/pools/${pool}/volumes/${name}`, { headers })).status === 200) continue; // a restarted daemon has them
     const res = await fetch(`${url}/v1/pools/${pool}/volumes/${name}/content?format=raw&content=kernel`, {
       method: 'PUT',
       headers: { ...headers, 'content-type': 'application/octet-stream' },
