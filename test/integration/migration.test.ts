@@ -7,7 +7,7 @@
 import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { api, removeDir, spawnDaemon, tempDataDir, waitOp, type DaemonHandle } from '../helpers/daemon.js';
 import { EventClient } from '../helpers/events.js';
 import { diskRecords as guestDiskRecords, ensureQemuAndGuest, guestVm, heartbeats, installGuest, keepSerial, missingRecords, serial, waitUntil, killGuests } from '../helpers/qemu.js';
@@ -27,9 +27,13 @@ async function host(extraArgs: string[] = [], dataDir = tempDataDir()): Promise<
 beforeAll(() => {
   ensureQemuAndGuest();
 }, 300_000);
-afterAll(async () => {
-  await Promise.all(daemons.map((d) => d.kill('SIGKILL')));
-  for (const dir of dirs) {
+/**
+ * Each test's daemons and guests go when it ends: TCG guests left running (some dirtying
+ * memory or writing disks) starve the later tests of a two-core machine.
+ */
+afterEach(async () => {
+  await Promise.all(daemons.splice(0).map((d) => d.kill('SIGKILL')));
+  for (const dir of dirs.splice(0)) {
     killGuests(dir);
     removeDir(dir);
   }
