@@ -22,7 +22,9 @@ export const ConfigSchema = z.strictObject({
   driver: z.enum(['auto', 'qemu', 'sim']).default('auto'),
   nodeId: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/).default(hostname().replace(/[^A-Za-z0-9._-]/g, '-').slice(0, 63) || 'node'),
   logLevel: z.enum(LOG_LEVELS).default('info'),
+  /** An extra administrator token this member accepts (besides DIR/admin.token); from a file or the environment, preferably. */
   apiToken: z.string().min(16, 'API tokens must be at least 16 characters').optional(),
+  apiTokenFile: z.string().min(1).optional(),
   bodyLimitBytes: z.int().min(1024).max(64 << 20).default(1 << 20),
   shutdownTimeoutMs: z.int().min(0).default(60_000),
   eventRetention: z.int().min(1000).default(100_000),
@@ -39,6 +41,7 @@ export const ConfigSchema = z.strictObject({
     .optional(),
   /** Shared secret of the cluster: peers authenticate with it. Generated on first start when not given. */
   clusterSecret: z.string().min(16, 'cluster secrets must be at least 16 characters').optional(),
+  clusterSecretFile: z.string().min(1).optional(),
   /** HOST:PORT of a member to join on first start (ignored once this daemon is a member). */
   join: HostPort.optional(),
   /** HOST:PORT peers dial to reach this member (default: the listen address); for NAT or a proxy in front. */
@@ -75,6 +78,8 @@ const ENV: Record<string, keyof z.infer<typeof ConfigSchema>> = {
   NOVACRON_LOG_LEVEL: 'logLevel',
   NOVACRON_API_TOKEN: 'apiToken',
   NOVACRON_CLUSTER_SECRET: 'clusterSecret',
+  NOVACRON_API_TOKEN_FILE: 'apiTokenFile',
+  NOVACRON_CLUSTER_SECRET_FILE: 'clusterSecretFile',
   NOVACRON_JOIN: 'join',
   NOVACRON_ADVERTISE: 'advertise',
   NOVACRON_MIGRATION_DATA_PORTS: 'migrationDataPorts',
@@ -99,15 +104,23 @@ export function loadConfig({ flags, env = process.env, configFile }: ConfigSourc
   const envValues: Record<string, unknown> = {};
   for (const [name, key] of Object.entries(ENV)) if (env[name] !== undefined && env[name] !== '') envValues[key] = env[name];
   const definedFlags = Object.fromEntries(Object.entries(flags).filter(([, v]) => v !== undefined));
-  const parsed = ConfigSchema.safeParse({ ...fileValues, ...envValues, ...definedFlags });
+  const merged: Record<string, unknown> = { ...fileValues, ...envValues, ...definedFlags };
+  for (const [field, fileField] of [['apiToken', 'apiTokenFile'], ['clusterSecret', 'clusterSecretFile']] as const) {
+    const path = merged[fileField];
+    if (typeof path !== 'string' || path === '') continue;
+    if (merged[field] !== undefined) throw new NovaError('CONFIG_INVALID', `give ${field} or ${fileField}, not both`);
+    try {
+      merged[field] = readFileSync(path, 'utf8').trim();
+    } catch (e) {
+      throw new NovaError('CONFIG_INVALID', `cannot read ${fileField} ${path}: ${(e as Error).message}`);
+    }
+  }
+  const parsed = ConfigSchema.safeParse(merged);
   if (!parsed.success) {
     const msg = parsed.error.issues.map((i) => `${i.path.join('.') || '(config)'}: ${i.message}`).join('; ');
     throw new NovaError('CONFIG_INVALID', `invalid configuration: ${msg}`);
   }
   const { host, port } = parseListen(parsed.data.listen);
-  if (!isLoopback(host) && !parsed.data.apiToken) {
-    throw new NovaError('CONFIG_INVALID', `refusing to listen on non-loopback address ${host} without an API token (set --api-token or NOVACRON_API_TOKEN)`);
-  }
   return { ...parsed.data, host, port };
 }
 

@@ -2,7 +2,7 @@
  * The daemon: opens the store, recovers state, serves the API, and shuts down
  * gracefully (in-flight requests and operations finish, the store is flushed).
  */
-import { mkdirSync } from 'node:fs';
+import { chmodSync, mkdirSync } from 'node:fs';
 import { resolve, join } from 'node:path';
 import type { Logger } from 'pino';
 import { NovaError } from './errors.js';
@@ -34,12 +34,17 @@ import { LockService, vmLockGuard } from './cluster/locks.js';
 import { peerWsRoute } from './api/peer-ws.js';
 import { registerClusterMetrics } from './cluster/metrics.js';
 import { clusterRoutes } from './api/routes/cluster.js';
-import { InventoryPublisher, resolveMember } from './cluster/inventory.js';
+import { InventoryPublisher, isMemberAddress, resolveMember } from './cluster/inventory.js';
 import { StorageService } from './storage/service.js';
 import { VmStorage } from './vm/media.js';
 import { storageRoutes } from './api/routes/storage.js';
 import { DiskPolicyEngine } from './vm/disk-policy.js';
 import { PoolSync } from './storage/pool-sync.js';
+import { loadOrCreateAdminToken } from './auth/admin-token.js';
+import { IdentityStore } from './auth/identity.js';
+import { Authenticator } from './auth/principal.js';
+import { daemonResolver } from './api/target-resolver.js';
+import { authRoutes } from './api/routes/auth.js';
 
 export { VERSION } from './version.js';
 import { VERSION } from './version.js';
@@ -51,13 +56,20 @@ export interface Daemon {
   vms: VmService;
   driver: HypervisorDriver;
   cluster: Cluster;
+  /** Where the administrator token is, and its text if this start made it (to be shown once). */
+  adminToken: { path: string; created?: string };
   close(): Promise<void>;
 }
 
 export async function startDaemon(config: DaemonConfig, log: Logger = createLogger(config.logLevel, config.nodeId)): Promise<Daemon> {
   const uws = loadUws(); // Fail fast if the native HTTP stack is missing.
   const dataDir = resolve(config.dataDir);
-  mkdirSync(dataDir, { recursive: true });
+  // Only root reads the data directory: it holds the store, the VMs' disks and admin.token.
+  mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+  chmodSync(dataDir, 0o700);
+  const admin = loadOrCreateAdminToken(dataDir, config.nodeId);
+  const identity = new IdentityStore([admin.record]);
+  const authenticator = new Authenticator(identity, config.apiToken);
   const store = RocksStore.open(join(dataDir, 'store'));
   let ready = false;
   let cluster: Cluster | undefined;
@@ -66,12 +78,12 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
     const storage = await StorageService.open({ dataDir, pools: config.pools, events, log, uploadLimitBytes: config.uploadLimitBytes, hostPaths: config.hostPaths });
     const vmStorage = new VmStorage(storage);
     const driver = selectDriver(config.driver, { sim: config.sim, dataDir, log, media: (vm) => vmStorage.media(vm) });
-    const vms = await VmService.open({ store, events, driver, storage: vmStorage, nodeId: config.nodeId, log, shutdownTimeoutMs: config.shutdownTimeoutMs, apiAuthenticated: config.apiToken !== undefined, dataDir });
+    const vms = await VmService.open({ store, events, driver, storage: vmStorage, nodeId: config.nodeId, log, shutdownTimeoutMs: config.shutdownTimeoutMs, dataDir });
     const migrations = await MigrationService.open({
       store, events, vms, driver, log, nodeId: config.nodeId, dataDir, host: config.host,
       ...(config.migrationPort ? { transportPort: config.migrationPort } : {}),
       ...(config.migrationDataPorts ? { dataPorts: config.migrationDataPorts } : {}),
-      ...(config.apiToken ? { apiToken: config.apiToken } : {}),
+      memberToken: admin.text,
       faults: {
         ...(config.faults.corruptMigrationFrame ? { corruptPagesFrame: config.faults.corruptMigrationFrame } : {}),
         ...(config.faults.cutMigrationLinkAfterMiB ? { cutAfterBytes: config.faults.cutMigrationLinkAfterMiB * 1048576 } : {}),
@@ -125,10 +137,16 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
     let resolveTarget: MemberResolver = async () => {
       throw new NovaError('MIGRATION_TARGET_UNKNOWN', 'the cluster is not running yet; give the target as an address');
     };
-    migrationRoutes(router, migrations, (member) => resolveTarget(member));
+    let isMember: (url: string) => Promise<boolean> = async () => false;
+    migrationRoutes(router, migrations, (member) => resolveTarget(member), (url) => isMember(url));
+    const resolver = daemonResolver(vms, storage, () => migrations);
+    authRoutes(router, identity, resolver);
     const server = await ApiServer.listen(
       router,
-      { host: config.host, port: config.port, bodyLimitBytes: config.bodyLimitBytes, log, metrics, ...(config.apiToken ? { apiToken: config.apiToken } : {}) },
+      {
+        host: config.host, port: config.port, bodyLimitBytes: config.bodyLimitBytes, log, metrics,
+        auth: { authenticate: (h) => authenticator.authenticate(h), resolver },
+      },
       [eventsWsRoute(events, log), consoleWsRoute(vms, new ConsoleHub(driver), log), telemetryWsRoute(sampler, vms), vncWsRoute(vms, driver), peerWsRoute(() => cluster, log)],
     );
     // The cluster starts once the API listens: its peer endpoint is this server, and a
@@ -146,6 +164,7 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
       throw err;
     }
     const replicated = new ReplicatedStore(cluster.node);
+    await identity.attach(replicated);
     // Pools defined through the API are every member's; then a shared pool is used only
     // where this member really sees the directory the others do.
     const poolSync = new PoolSync(storage, replicated, log, new Set(config.pools.map((p) => p.name)));
@@ -175,6 +194,7 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
     inventory.start(events);
     const self = cluster.memberId;
     resolveTarget = (t) => resolveMember(replicated, self, t);
+    isMember = (url) => isMemberAddress(replicated, url);
     clusterRoutes(router, cluster, replicated, locks);
     // Any member answers for any VM: requests about another member's VM go there.
     const forwarder = new ClusterForwarder(replicated, self);
@@ -193,9 +213,11 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
       vms,
       driver,
       cluster,
+      adminToken: { path: admin.path, ...(admin.created ? { created: admin.created } : {}) },
       close: () =>
         (closing ??= (async () => {
           ready = false;
+          identity.stop();
           sampler.stop();
           diskPolicy.stop();
           poolSync.stop();

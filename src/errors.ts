@@ -91,6 +91,18 @@ export const ERROR_CODES = {
   VOLUME_CHECKSUM_MISMATCH: { status: 422, message: 'the upload does not match its SHA-256' },
   VOLUME_CONTENT_MISMATCH: { status: 422, message: 'the volume holds another kind of content' },
   VOLUME_TENANT_MISMATCH: { status: 403, message: 'the volume belongs to another tenant' },
+  // Security
+  FORBIDDEN: { status: 403, message: 'the caller lacks the privilege this needs' },
+  USER_NOT_FOUND: { status: 404, message: 'no such user' },
+  USER_EXISTS: { status: 409, message: 'a user with this name exists' },
+  TOKEN_NOT_FOUND: { status: 404, message: 'no such API token' },
+  ROLE_NOT_FOUND: { status: 404, message: 'no such role' },
+  ROLE_EXISTS: { status: 409, message: 'a role with this name exists' },
+  ROLE_BUILTIN: { status: 409, message: 'built-in roles cannot be changed' },
+  LOGIN_FAILED: { status: 401, message: 'wrong user name or password' },
+  TOO_MANY_ATTEMPTS: { status: 429, message: 'too many failed attempts from this address; wait and retry' },
+  ORIGIN_REFUSED: { status: 403, message: 'the request\'s Host or Origin is not one this daemon serves' },
+  NOT_READY: { status: 503, message: 'the daemon is starting; retry' },
   // Daemon
   CONFIG_INVALID: { status: 500, message: 'daemon configuration is invalid' },
   SHUTTING_DOWN: { status: 503, message: 'daemon is shutting down' },

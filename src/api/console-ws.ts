@@ -18,14 +18,18 @@ interface ConsoleConn {
 }
 
 export function consoleWsRoute(vms: VmService, hub: ConsoleHub, log: Logger): WsRouteInstaller {
-  return (app, authorize, forwarder) => {
+  return (app, authenticate, forwarder) => {
     app.ws<ConsoleConn>('/v1/vms/:id/console', relaying<ConsoleConn>({
       compression: 0,
       maxPayloadLength: 64 * 1024,
       maxBackpressure: 4 << 20,
       idleTimeout: 0,
       upgrade: (res, req, context) =>
-        upgradeWebSocket(res, req, context, authorize, (r): ConsoleConn => ({ vmId: vmFromParam(vms, r.getParameter(0) ?? '').id, closed: false }), { forwarder }),
+        upgradeWebSocket(res, req, context, authenticate, (r, who): ConsoleConn => {
+          const vm = vmFromParam(vms, r.getParameter(0) ?? '');
+          who!.assertCan('VM.Console', { kind: 'vm', id: vm.id, tenant: vm.spec.tenant });
+          return { vmId: vm.id, closed: false };
+        }, { forwarder }),
       open: (ws) => {
         const conn = ws.getUserData();
         try {

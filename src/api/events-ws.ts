@@ -20,6 +20,8 @@ import type { EventFilter, NovaEvent } from '../events/types.js';
 import type { UWS } from './uws.js';
 import { upgradeWebSocket, type WsRouteInstaller } from './server.js';
 import { parseWith } from './validate.js';
+import { ROOT } from '../auth/acl.js';
+import type { Principal } from '../auth/principal.js';
 
 const packr = new Packr({ useRecords: false });
 const REPLAY_PAGE = 1000;
@@ -37,6 +39,8 @@ const ClientFrame = z.discriminatedUnion('type', [
 
 interface Conn {
   filter: EventFilter;
+  /** What the caller may see; undefined when everything. */
+  visible: ((ev: NovaEvent) => boolean) | undefined;
   /** Highest seq delivered (or skipped by the filter) so far. */
   cursor: number;
   replaying: boolean;
@@ -49,8 +53,18 @@ interface Conn {
   initial?: { from?: number };
 }
 
+/** The events a principal may see: all with Sys.Audit; else those of VMs and volumes it may audit. */
+export function eventVisibility(who: Principal): ((ev: NovaEvent) => boolean) | undefined {
+  if (who.can('Sys.Audit', ROOT)) return undefined;
+  return (ev) => {
+    const tenant = ev.tenant ?? 'default';
+    if (ev.type.startsWith('volume.')) return who.can('Pool.Audit', { kind: 'volume', pool: String(ev.data.pool), tenant });
+    return ev.vmId !== undefined && who.can('VM.Audit', { kind: 'vm', id: ev.vmId, tenant });
+  };
+}
+
 export function eventsWsRoute(events: EventLog, log: Logger): WsRouteInstaller {
-  return (app, authorize) => {
+  return (app, authenticate) => {
     app.ws<Conn>('/v1/events', {
       compression: 0,
       maxPayloadLength: 64 * 1024,
@@ -59,7 +73,7 @@ export function eventsWsRoute(events: EventLog, log: Logger): WsRouteInstaller {
       idleTimeout: 120,
       sendPingsAutomatically: true,
       upgrade: (res, req, context) =>
-        upgradeWebSocket(res, req, context, authorize, (r): Conn => {
+        upgradeWebSocket(res, req, context, authenticate, (r, who): Conn => {
           const q = parseWith(
             z.strictObject({ from: z.coerce.number().int().min(0).optional(), vmId: z.string().max(64).optional(), tenant: z.string().max(63).optional(), types: z.string().max(2048).optional() }),
             Object.fromEntries(new URLSearchParams(r.getQuery() ?? '')),
@@ -69,7 +83,7 @@ export function eventsWsRoute(events: EventLog, log: Logger): WsRouteInstaller {
           if (q.vmId) filter.vmId = q.vmId;
           if (q.tenant) filter.tenant = q.tenant;
           if (q.types) filter.types = q.types.split(',').filter(Boolean);
-          return { filter, cursor: 0, replaying: false, buffered: [], closed: false, drainWaiters: [], generation: 0, initial: q.from !== undefined ? { from: q.from } : {} };
+          return { filter, visible: eventVisibility(who!), cursor: 0, replaying: false, buffered: [], closed: false, drainWaiters: [], generation: 0, initial: q.from !== undefined ? { from: q.from } : {} };
         }),
       open: (ws) => {
         const conn = ws.getUserData();
@@ -121,7 +135,8 @@ export function eventsWsRoute(events: EventLog, log: Logger): WsRouteInstaller {
   function subscribe(ws: UWS.WebSocket<Conn>, conn: Conn, from: number | undefined, filter: EventFilter): void {
     conn.unsubscribe?.();
     conn.generation++;
-    conn.filter = filter;
+    conn.filter = conn.visible ? { ...filter, visible: conn.visible } : filter;
+    filter = conn.filter;
     conn.buffered = [];
     conn.cursor = from ?? events.lastSeq;
     conn.replaying = from !== undefined;

@@ -24,7 +24,7 @@ export function peerWsRoute(endpoint: () => PeerEndpoint | undefined, log: Logge
       sendPingsAutomatically: true,
       // Peers authenticate with the cluster secret, not the API token.
       upgrade: (res, req, context) =>
-        upgradeWebSocket(res, req, context, () => true, (r): Conn => {
+        upgradeWebSocket(res, req, context, undefined, (r): Conn => {
           const ep = endpoint();
           if (!ep) throw new NovaError('RAFT_STOPPED', 'this daemon\'s raft node is not running yet');
           if (!secretMatches(r.getHeader(HEADERS.secret), ep.secret)) {

@@ -14,6 +14,8 @@ export interface ApiRequest {
   body: unknown;
   /** The caller's credentials and content headers (routes declared with `callerHeaders` only). */
   callerHeaders?: Record<string, string>;
+  /** Who is calling (every route but the public ones). */
+  principal?: import('../auth/principal.js').Principal;
   /** The raw body, streamed (routes declared with `stream: true` only), and its declared length. */
   stream?: AsyncIterable<Buffer>;
   contentLength?: number;
@@ -34,12 +36,14 @@ export interface ApiReply {
 export type Handler = (req: ApiRequest) => ApiReply | Promise<ApiReply>;
 
 export interface RouteOptions {
+  /** The privilege the route needs (checked on `on`), or `public`, or `authenticated` (any caller; the handler filters). */
+  priv: import('./access.js').Access;
+  /** What `priv` is checked on (default: `/`). Called after the body is parsed. */
+  on?: (req: ApiRequest) => import('./access.js').Target;
   /** The route takes a JSON body (Content-Type checked, size-limited, parsed). */
   body?: boolean;
   /** The route takes a raw body of any size as a stream (`req.stream`); the handler bounds it. */
   stream?: boolean;
-  /** Reachable without the API token (health probes). */
-  public?: boolean;
   /**
    * What the route's `:id` names. When this member answers that it has no such thing,
    * the request is forwarded to the member that does (see api/forwarding.ts).
@@ -77,7 +81,7 @@ export class Router {
   readonly routes: Route[] = [];
   #root = newNode();
 
-  add(method: Method, pattern: string, handler: Handler, opts: RouteOptions = {}): this {
+  add(method: Method, pattern: string, handler: Handler, opts: RouteOptions): this {
     const route: Route = { method, pattern, segments: split(pattern), handler, ...opts };
     let node = this.#root;
     for (const seg of route.segments) {

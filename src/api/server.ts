@@ -5,7 +5,7 @@
  * await, body chunks are copied, and `res` is never touched after abort or end.
  */
 import { STATUS_CODES } from 'node:http';
-import { timingSafeEqual } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
 import { NovaError, toErrorBody } from '../errors.js';
 import { ANSWERED_BY, FORWARDED_BY, NOT_HERE, type ForwardKind, type ForwardRequest, type Forwarder } from './forwarding.js';
@@ -16,20 +16,43 @@ import { relayTarget } from './ws-relay.js';
 import { loadUws, type UWS } from './uws.js';
 import type { Metrics } from '../telemetry/metrics.js';
 import type { RouteStats } from '../telemetry/request-stats.js';
+import type { AuthOutcome, Principal } from '../auth/principal.js';
+import { ROOT, type ObjectRef } from '../auth/acl.js';
+import type { Target, TargetResolver } from './access.js';
+
+/** Authentication and the objects privileges are checked on. */
+export interface ServerAuth {
+  authenticate(authorization: string): AuthOutcome;
+  resolver: TargetResolver;
+}
+
+/** One audited request: every mutating one, and every refused credential or privilege. */
+export interface AuditRecord {
+  principal: string | undefined;
+  method: string;
+  path: string;
+  status: number;
+  code?: string;
+  source: string;
+  requestId: string;
+}
 
 export interface ServerOptions {
   host: string;
   port: number;
-  /** Bearer token required on every non-public route, if set. */
-  apiToken?: string;
+  auth: ServerAuth;
+  audit?: (rec: AuditRecord) => void;
   /** Largest accepted request body in bytes. */
   bodyLimitBytes: number;
   log: Logger;
   metrics: Metrics;
 }
 
+/** Authenticates a WebSocket upgrade: the caller's principal, or a NovaError (UNAUTHORIZED). */
+export type WsAuthenticate = (authorization: string) => Principal;
+
 export interface WsRouteInstaller {
-  (app: UWS.TemplatedApp, authorize: (header: string) => boolean, forwarder: () => Forwarder | undefined): void;
+  (app: UWS.TemplatedApp, authenticate: WsAuthenticate, forwarder: () => Forwarder | undefined, resolver: TargetResolver): void;
 }
 
 /**
@@ -44,8 +67,9 @@ export function upgradeWebSocket<T>(
   res: UWS.HttpResponse,
   req: UWS.HttpRequest,
   context: UWS.us_socket_context_t,
-  authorize: (header: string) => boolean,
-  build: (req: UWS.HttpRequest) => T,
+  /** Undefined for the peer link, which checks the cluster's own credentials in `build`. */
+  authenticate: WsAuthenticate | undefined,
+  build: (req: UWS.HttpRequest, principal: Principal | undefined) => T,
   relay?: { forwarder: () => Forwarder | undefined; ref?: (req: UWS.HttpRequest) => string | undefined },
 ): void {
   const key = req.getHeader('sec-websocket-key');
@@ -58,11 +82,11 @@ export function upgradeWebSocket<T>(
   };
   let data: T;
   try {
-    if (!authorize(authorization)) throw new NovaError('UNAUTHORIZED');
-    data = build(req);
+    data = build(req, authenticate?.(authorization));
   } catch (err) {
     const forwarder = relay?.forwarder();
     if (!forwarder || !(err instanceof NovaError) || err.code !== 'VM_NOT_FOUND' || req.getHeader(FORWARDED_BY) !== '') return refuse(err);
+    // (A VM this member does not have: its member authenticates and authorizes the relayed upgrade.)
     const query = req.getQuery();
     const url = query ? `${req.getUrl()}?${query}` : req.getUrl();
     let ref: string | undefined;
@@ -104,7 +128,7 @@ export class ApiServer {
   #listenSocket: UWS.us_listen_socket | undefined;
   #opts: ServerOptions;
   #router: Router;
-  #token: Buffer | undefined;
+  #auth: ServerAuth;
   #inFlight = 0;
   #drained: Array<() => void> = [];
   #closing = false;
@@ -117,7 +141,7 @@ export class ApiServer {
     this.#router = router;
     this.#opts = opts;
     this.#unmatched = opts.metrics.requests.for('*', 'unmatched');
-    if (opts.apiToken) this.#token = Buffer.from(opts.apiToken);
+    this.#auth = opts.auth;
   }
 
   /** Creates the app, installs routes (and WebSocket routes), and listens. */
@@ -125,7 +149,7 @@ export class ApiServer {
     const { uws } = loadUws();
     const app = uws.App();
     const server = new ApiServer(app, router, opts);
-    for (const install of installWs) install(app, (h) => server.authorized(h), () => server.#forwarder);
+    for (const install of installWs) install(app, (h) => server.#wsPrincipal(h), () => server.#forwarder, opts.auth.resolver);
     app.any('/*', (res, req) => server.#handle(res, req));
     const socket = await new Promise<UWS.us_listen_socket>((resolve, reject) => {
       app.listen(opts.host, opts.port, (s) => (s ? resolve(s) : reject(new Error(`cannot listen on ${opts.host}:${opts.port} (address in use or not available)`))));
@@ -145,12 +169,10 @@ export class ApiServer {
     return this.#port;
   }
 
-  /** True when no token is configured or the header carries the right one. */
-  authorized(header: string): boolean {
-    if (!this.#token) return true;
-    if (!header.startsWith('Bearer ')) return false;
-    const given = Buffer.from(header.slice(7));
-    return given.length === this.#token.length && timingSafeEqual(given, this.#token);
+  #wsPrincipal(header: string): Principal {
+    const outcome = this.#auth.authenticate(header);
+    if (!outcome.ok) throw unauthorized(outcome.reason);
+    return outcome.principal;
   }
 
   /** Stops accepting connections, then waits for in-flight requests to finish. */
@@ -176,9 +198,19 @@ export class ApiServer {
     }
     const { route, params } = match;
     x.stats = (route.stats ??= this.#opts.metrics.requests.for(route.method, route.pattern));
-    if (!route.public && this.#token && !this.authorized(req.getHeader('authorization'))) return x.fail(new NovaError('UNAUTHORIZED'));
+    const mutating = method !== 'GET' && method !== 'HEAD';
+    if (mutating || this.#opts.audit) x.audit = this.#auditor(method, path, res, req.getHeader('x-request-id'), mutating);
+    const authorization = req.getHeader('authorization');
+    let principal: Principal | undefined;
+    if (route.priv !== 'public' || authorization !== '') {
+      const outcome = this.#auth.authenticate(authorization);
+      if (outcome.ok) principal = outcome.principal;
+      else if (route.priv !== 'public') return x.fail(unauthorized(outcome.reason));
+    }
+    if (x.audit) x.audit.principal = principal?.label;
     const query = req.getQuery() ?? '';
     const request = new Request(method, path, query, params);
+    if (principal) request.principal = principal;
     if (route.callerHeaders) request.callerHeaders = forwardHeaders(req);
     // What forwarding a request needs is read from uWS's req, which is valid only during
     // this callback: #run takes it while still synchronous, and only when it may be needed.
@@ -274,7 +306,8 @@ export class ApiServer {
   #run(x: Exchange, route: Route, request: Request, capture?: () => ForwardRequest | undefined): void {
     let result: ApiReply | Promise<ApiReply>;
     try {
-      result = route.handler(request);
+      const gate = this.#authorize(route, request);
+      result = gate ? gate.then(() => route.handler(request)) : route.handler(request);
     } catch (err) {
       const fwd = notHere(route, err) ? capture?.() : undefined;
       return fwd ? this.#forward(x, route.forward!, request.params.id!, fwd, err as NovaError) : x.fail(err);
@@ -287,6 +320,41 @@ export class ApiServer {
       (reply) => x.send(reply),
       (err) => (fwd && notHere(route, err) ? this.#forward(x, route.forward!, request.params.id!, fwd, err) : x.fail(err)),
     ).finally(() => this.#done());
+  }
+
+  /**
+   * Checks the route's privilege on its object. An object this member does not have is,
+   * on a forwarded route, the owner's to check (the request goes there); elsewhere it is
+   * not found.
+   */
+  #authorize(route: Route, request: Request): void | Promise<void> {
+    const priv = route.priv;
+    if (priv === 'public' || priv === 'authenticated') return;
+    const target: Target = route.on ? route.on(request) : ROOT;
+    const check = (obj: ObjectRef | undefined) => {
+      if (!obj) {
+        if (route.forward) throw new NovaError(NOT_HERE[route.forward]);
+        throw new NovaError(MISSING[target.kind as keyof typeof MISSING] ?? 'ROUTE_NOT_FOUND');
+      }
+      request.principal!.assertCan(priv, obj);
+    };
+    const obj = this.#auth.resolver.resolve(target);
+    return obj instanceof Promise ? obj.then(check) : check(obj);
+  }
+
+  /** The audit hook of one request; `always` (mutating) or only when refused. */
+  #auditor(method: string, path: string, res: UWS.HttpResponse, requestId: string, always: boolean): AuditHook | undefined {
+    const sink = this.#opts.audit;
+    if (!sink) return undefined;
+    const source = Buffer.from(res.getRemoteAddressAsText()).toString();
+    const id = requestId !== '' && requestId.length <= 128 ? requestId : randomUUID();
+    const hook: AuditHook = {
+      principal: undefined,
+      record: (status, code) => {
+        if (always || status === 401 || status === 403) sink({ principal: hook.principal, method, path, status, ...(code ? { code } : {}), source, requestId: id });
+      },
+    };
+    return hook;
   }
 
   /** Sends the request to the member that owns `ref`; without one, the local `notHere` error stands. */
@@ -328,6 +396,20 @@ function forwardHeaders(req: UWS.HttpRequest): Record<string, string> {
   return out;
 }
 
+interface AuditHook {
+  principal: string | undefined;
+  record(status: number, code?: string): void;
+}
+
+/** The not-found error of an object a route names that this member does not have. */
+const MISSING = { 'vm-ref': 'VM_NOT_FOUND', 'volume-ref': 'VOLUME_NOT_FOUND', operation: 'OPERATION_NOT_FOUND', migration: 'MIGRATION_NOT_FOUND' } as const;
+
+/** UNAUTHORIZED, saying what was wrong with the credentials (never echoing them). */
+export function unauthorized(reason: Exclude<AuthOutcome, { ok: true }>['reason']): NovaError {
+  const why = { missing: 'no Authorization header', malformed: 'the Authorization header is not "Bearer <token>"', unknown: 'the token is not valid', expired: 'the token has expired', disabled: 'the user is disabled' }[reason];
+  return new NovaError('UNAUTHORIZED', `${why}; this daemon's administrator token is in <data dir>/admin.token`);
+}
+
 /** How much of a refused upload's body is read and dropped before the answer is sent. */
 const DRAIN_LIMIT = 256 << 20;
 
@@ -335,6 +417,7 @@ const METHODS: Record<string, string> = { get: 'GET', post: 'POST', put: 'PUT', 
 
 class Request implements ApiRequest {
   body: unknown = undefined;
+  principal?: Principal;
   callerHeaders?: Record<string, string>;
   stream?: AsyncIterable<Buffer>;
   contentLength?: number;
@@ -359,6 +442,7 @@ class Request implements ApiRequest {
 /** One request/response pair: writes the reply once, never after an abort. */
 class Exchange {
   finished = false;
+  audit: AuditHook | undefined;
   #started = performance.now();
   #watching = false;
 
@@ -407,6 +491,7 @@ class Exchange {
     else write();
     for (const fn of this.#onFinish.splice(0)) fn();
     this.stats.observe(reply.status, (performance.now() - this.#started) / 1000);
+    this.audit?.record(reply.status, (reply.json as { error?: { code?: string } } | undefined)?.error?.code);
   }
 
   /** Headers now, then the body as the socket takes it; a failure mid-body closes the connection. */

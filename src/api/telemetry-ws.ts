@@ -18,12 +18,13 @@ const TelemetryQuery = z.strictObject({ vmId: z.string().max(64).optional() });
 
 interface TelemetryConn {
   vmId?: string;
+  visible: (vmId: string) => boolean;
   unsubscribe?: () => void;
   closed: boolean;
 }
 
 export function telemetryWsRoute(sampler: TelemetrySampler, vms: VmService): WsRouteInstaller {
-  return (app, authorize, forwarder) => {
+  return (app, authenticate, forwarder) => {
     app.ws<TelemetryConn>('/v1/telemetry', relaying<TelemetryConn>({
       compression: 0,
       maxPayloadLength: 4 * 1024,
@@ -31,16 +32,23 @@ export function telemetryWsRoute(sampler: TelemetrySampler, vms: VmService): WsR
       idleTimeout: 120,
       sendPingsAutomatically: true,
       upgrade: (res, req, context) =>
-        upgradeWebSocket(res, req, context, authorize, (r): TelemetryConn => {
+        upgradeWebSocket(res, req, context, authenticate, (r, who): TelemetryConn => {
           const q = parseWith(TelemetryQuery, Object.fromEntries(new URLSearchParams(r.getQuery() ?? '')), 'BAD_QUERY');
           // A VM named here is this member's (by id or name), or the request is relayed to its member.
-          return { ...(q.vmId ? { vmId: vms.get(q.vmId).id } : {}), closed: false };
+          const vm = q.vmId ? vms.get(q.vmId) : undefined;
+          if (vm) who!.assertCan('VM.Audit', { kind: 'vm', id: vm.id, tenant: vm.spec.tenant });
+          // Without a VM: the samples of every VM the caller may see.
+          const visible = (id: string) => {
+            const v = vms.tryGet(id);
+            return v !== undefined && who!.can('VM.Audit', { kind: 'vm', id: v.id, tenant: v.spec.tenant });
+          };
+          return { ...(vm ? { vmId: vm.id } : {}), visible, closed: false };
         }, { forwarder, ref: (r) => new URLSearchParams(r.getQuery() ?? '').get('vmId') ?? undefined }),
       open: (ws) => {
         const conn = ws.getUserData();
         conn.unsubscribe = sampler.subscribe((samples) => {
           if (conn.closed) return;
-          const mine = conn.vmId ? samples.filter((s) => s.vmId === conn.vmId) : samples;
+          const mine = conn.vmId ? samples.filter((s) => s.vmId === conn.vmId) : samples.filter((s) => conn.visible(s.vmId));
           if (ws.getBufferedAmount() < 1 << 20) ws.send(packr.pack({ type: 'samples', intervalMs: sampler.intervalMs, samples: mine }), true);
         });
       },

@@ -17,15 +17,16 @@ interface VncConn {
 }
 
 export function vncWsRoute(vms: VmService, driver: HypervisorDriver): WsRouteInstaller {
-  return (app, authorize, forwarder) => {
+  return (app, authenticate, forwarder) => {
     app.ws<VncConn>('/v1/vms/:id/vnc', relaying<VncConn>({
       compression: 0,
       maxPayloadLength: 1 << 20,
       maxBackpressure: 8 << 20,
       idleTimeout: 0,
       upgrade: (res, req, context) =>
-        upgradeWebSocket(res, req, context, authorize, (r): VncConn => {
+        upgradeWebSocket(res, req, context, authenticate, (r, who): VncConn => {
           const vm = vmFromParam(vms, r.getParameter(0) ?? '');
+          who!.assertCan('VM.Console', { kind: 'vm', id: vm.id, tenant: vm.spec.tenant });
           const path = driver.vncSocket?.(vm.id);
           if (!path) throw new NovaError('VM_INVALID_STATE', `VM "${vm.name}" has no display right now (is it running under the qemu driver?)`, { state: vm.state });
           return { path, closed: false };

@@ -11,7 +11,9 @@ export interface DaemonFlags {
   nodeId?: string;
   logLevel?: string;
   apiToken?: string;
+  apiTokenFile?: string;
   clusterSecret?: string;
+  clusterSecretFile?: string;
   join?: string;
   advertise?: string;
   config?: string;
@@ -27,6 +29,9 @@ export async function runDaemon(flags: DaemonFlags): Promise<void> {
     process.exit(2);
   }
   const log = createLogger(config.logLevel, config.nodeId);
+  for (const flag of ['--api-token', '--cluster-secret']) {
+    if (process.argv.some((a) => a === flag || a.startsWith(`${flag}=`))) log.warn(`${flag} on the command line is visible to every user of this host (ps); use ${flag}-file or the environment`);
+  }
   let daemon;
   try {
     daemon = await startDaemon(config, log);
@@ -35,6 +40,10 @@ export async function runDaemon(flags: DaemonFlags): Promise<void> {
     log.fatal({ err, code }, `daemon failed to start: ${(err as Error).message}`);
     console.error(`novacron: cannot start daemon: ${code}: ${(err as Error).message}`);
     process.exit(1);
+  }
+  if (daemon.adminToken.created) {
+    // Shown this once (like Jupyter's token); the CLI on this host reads it from the file.
+    console.error(`novacron: administrator token (saved in ${daemon.adminToken.path}, mode 0600; shown only now):\n  ${daemon.adminToken.created}`);
   }
   // Written for tools and tests that start the daemon on port 0.
   console.error(`novacron: listening on http://${config.host.includes(':') ? `[${config.host}]` : config.host}:${daemon.port}`);

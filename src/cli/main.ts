@@ -3,6 +3,7 @@
  * for scripts, a progress bar for long operations, and stable exit codes (exit-codes.ts).
  */
 import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { Command, CommanderError, Option } from 'commander';
 import Table from 'cli-table3';
 import cliProgress from 'cli-progress';
@@ -19,7 +20,23 @@ import { addStorageCommands, fmtBytes } from './storage-commands.js';
 interface GlobalOpts {
   url: string;
   token?: string;
+  tokenFile?: string;
   json?: boolean;
+}
+
+/**
+ * The token in `file`; without one, this host's daemon's admin.token (in
+ * NOVACRON_DATA_DIR or ./data) when this user can read it, as Jupyter's and etcd's
+ * generated credentials are found.
+ */
+function readToken(file: string | undefined): string | undefined {
+  const path = file ?? join(process.env.NOVACRON_DATA_DIR || './data', 'admin.token');
+  try {
+    return readFileSync(path, 'utf8').trim() || undefined;
+  } catch (err) {
+    if (file) throw new NovaError('VALIDATION_FAILED', `cannot read the token file ${file}: ${(err as Error).message}`);
+    return undefined;
+  }
 }
 
 function collect(value: string, previous: string[] = []): string[] {
@@ -31,7 +48,8 @@ export function buildProgram(): Command {
     .description('NovaCron: VM management for bare-metal hypervisor hosts')
     .version(VERSION)
     .addOption(new Option('--url <url>', 'daemon API address').env('NOVACRON_URL').default('http://127.0.0.1:7700'))
-    .addOption(new Option('--token <token>', 'API bearer token').env('NOVACRON_API_TOKEN'))
+    .addOption(new Option('--token <token>', 'API bearer token (visible in ps: prefer --token-file or NOVACRON_API_TOKEN)').env('NOVACRON_API_TOKEN'))
+    .addOption(new Option('--token-file <file>', 'file holding the API token (default: <data dir>/admin.token when readable)').env('NOVACRON_TOKEN_FILE'))
     .option('--json', 'machine-readable JSON output')
     .showHelpAfterError()
     .exitOverride();
@@ -44,10 +62,12 @@ export function buildProgram(): Command {
     .addOption(new Option('--driver <driver>', 'hypervisor driver').choices(['auto', 'qemu', 'sim']).env('NOVACRON_DRIVER'))
     .addOption(new Option('--node-id <id>', 'this node\'s id (default: hostname)').env('NOVACRON_NODE_ID'))
     .addOption(new Option('--log-level <level>', 'log level').choices(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).env('NOVACRON_LOG_LEVEL'))
-    .addOption(new Option('--api-token <token>', 'require this bearer token on API calls').env('NOVACRON_API_TOKEN'))
+    .addOption(new Option('--api-token <token>', 'also accept this administrator token (visible in ps: prefer --api-token-file)').env('NOVACRON_API_TOKEN'))
+    .addOption(new Option('--api-token-file <file>', 'file holding an extra administrator token').env('NOVACRON_API_TOKEN_FILE'))
     .addOption(new Option('--join <host:port>', 'join the cluster of this member on first start (default: start a new one-member cluster)').env('NOVACRON_JOIN'))
     .addOption(new Option('--advertise <host:port>', 'address peers dial to reach this member (default: the listen address)').env('NOVACRON_ADVERTISE'))
-    .addOption(new Option('--cluster-secret <secret>', 'shared secret peers authenticate with (generated when starting a new cluster)').env('NOVACRON_CLUSTER_SECRET'))
+    .addOption(new Option('--cluster-secret <secret>', 'shared secret peers authenticate with (generated when starting a new cluster; visible in ps: prefer --cluster-secret-file)').env('NOVACRON_CLUSTER_SECRET'))
+    .addOption(new Option('--cluster-secret-file <file>', 'file holding the cluster secret').env('NOVACRON_CLUSTER_SECRET_FILE'))
     .addOption(new Option('--config <file>', 'JSON config file').env('NOVACRON_CONFIG'))
     .action(async (opts) => {
       const { runDaemon } = await import('./daemon-command.js');
@@ -57,7 +77,9 @@ export function buildProgram(): Command {
   const vm = program.command('vm').description('manage virtual machines');
   const client = () => {
     const g = program.opts<GlobalOpts>();
-    return new NovaClient({ url: g.url, ...(g.token ? { token: g.token } : {}) });
+    if (program.getOptionValueSource('token') === 'cli') console.error('novacron: warning: --token is visible to every user of this host (ps); use --token-file or NOVACRON_API_TOKEN');
+    const token = g.token ?? readToken(g.tokenFile);
+    return new NovaClient({ url: g.url, ...(token ? { token } : {}) });
   };
   const json = () => program.opts<GlobalOpts>().json === true;
 

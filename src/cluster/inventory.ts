@@ -283,6 +283,17 @@ export async function resolveMember(store: ReplicatedStore, self: number, target
   return `http://${host.address}`;
 }
 
+/** Whether the API address `url` (http://host:port) is where a member of this cluster is reached. */
+export async function isMemberAddress(store: ReplicatedStore, url: string): Promise<boolean> {
+  let host: string;
+  try {
+    host = new URL(url).host;
+  } catch {
+    return false;
+  }
+  return (await clusterHosts(store, true)).some((h) => h.address === host);
+}
+
 /** What a removed member left behind: its host record and placements. */
 export async function forgetMember(store: ReplicatedStore, member: number): Promise<void> {
   const entries = [

@@ -25,13 +25,15 @@ export interface EventFilter {
   tenant?: string;
   /** Event types to deliver; a trailing '*' matches a prefix ("vm.*"). */
   types?: string[];
+  /** Only the events the subscriber may see (set by the server from the caller's privileges, never by a client). */
+  visible?: (ev: NovaEvent) => boolean;
 }
 
 export function matches(filter: EventFilter, ev: NovaEvent): boolean {
   if (filter.vmId !== undefined && ev.vmId !== filter.vmId) return false;
   if (filter.tenant !== undefined && ev.tenant !== filter.tenant) return false;
   if (filter.types && filter.types.length > 0) {
-    return filter.types.some((t) => (t.endsWith('*') ? ev.type.startsWith(t.slice(0, -1)) : ev.type === t));
+    if (!filter.types.some((t) => (t.endsWith('*') ? ev.type.startsWith(t.slice(0, -1)) : ev.type === t))) return false;
   }
-  return true;
+  return filter.visible === undefined || filter.visible(ev);
 }

@@ -69,6 +69,11 @@ export const MigrateRequest = z.strictObject({
   /** Cap on NovaCron's wire bytes per second, in MB/s (10^6); omitted = unlimited. */
   bandwidthMBps: z.number().positive().max(100_000).optional(),
   dryRun: z.boolean().default(false),
+  /**
+   * A token the target daemon accepts, for a target outside this cluster (never stored,
+   * never logged). Members of the cluster accept each other's own tokens.
+   */
+  targetToken: z.string().min(16).max(512).optional(),
   /** Start even when the prediction misses the downtime target. */
   force: z.boolean().default(false),
   /** Parallel multifd channels. */
@@ -83,7 +88,7 @@ export const MigrateRequest = z.strictObject({
   pools: z.record(PoolName, PoolName).refine((m) => Object.keys(m).length <= 64, 'at most 64 pools').optional(),
 });
 export type MigrateRequest = z.infer<typeof MigrateRequest>;
-export type MigrationPolicy = Omit<MigrateRequest, 'target' | 'dryRun'>;
+export type MigrationPolicy = Omit<MigrateRequest, 'target' | 'dryRun' | 'targetToken'>;
 
 export const MIG_PREFIX = 'mig/';
 export const migKey = (id: string) => MIG_PREFIX + id;

@@ -36,7 +36,8 @@ export interface MigrationServiceDeps {
   transportPort?: number;
   /** Ports for incoming migrations' data links (default: any free port). */
   dataPorts?: { from: number; to: number };
-  apiToken?: string;
+  /** The token this member presents to other members it migrates to (its admin token, valid cluster-wide). */
+  memberToken?: string;
   /** Fault injection (tests) for outgoing live migrations. */
   faults?: LinkFaults;
 }
@@ -89,10 +90,15 @@ export class MigrationService {
    * Plans a migration of `vmRef` and, unless it is a dry run or misses its target
    * without `force`, starts it. Resolves once started (202) or planned (200).
    */
-  async migrate(vmRef: string, req: MigrateRequest): Promise<{ started: boolean; migration?: MigrationRecord; prediction: Prediction }> {
+  /**
+   * Migrates `vmRef` to `req.target`. The source presents `targetToken` to the target when
+   * given (a daemon outside the cluster), else this member's own token; never the caller's.
+   */
+  async migrate(vmRef: string, req: MigrateRequest, targetToken?: string): Promise<{ started: boolean; migration?: MigrationRecord; prediction: Prediction }> {
     const { vms } = this.#deps;
     const vm = vms.get(vmRef);
-    if (vm.state === 'stopped') return this.#migrateCold(vm, req);
+    const credential = targetToken ?? this.#deps.memberToken;
+    if (vm.state === 'stopped') return this.#migrateCold(vm, req, credential);
     const migration = this.#requireSupport(vm);
     if (vm.state !== 'running') throw new NovaError('VM_INVALID_STATE', `cannot migrate VM "${vm.name}" while it is ${vm.state}`, { state: vm.state, allowedFrom: ['running', 'stopped'] });
     const why = await migration.unsupported(vm.id);
@@ -107,7 +113,7 @@ export class MigrationService {
     const out = new OutgoingMigration(
       {
         vms, driver: this.#deps.driver, migration, book: this.#book, log: this.#deps.log, nodeId: this.#deps.nodeId, runDir: join(this.#deps.dataDir, 'run'),
-        ...(this.#deps.apiToken ? { apiToken: this.#deps.apiToken } : {}),
+        ...(credential ? { apiToken: credential } : {}),
         ...(this.#deps.faults ? { faults: this.#deps.faults } : {}),
       },
       rec,
@@ -119,7 +125,7 @@ export class MigrationService {
   }
 
   /** A stopped VM moves with its files; the "prediction" is the copy at the link's speed. */
-  async #migrateCold(vm: VmRecord, req: MigrateRequest): Promise<{ started: boolean; migration?: MigrationRecord; prediction: Prediction }> {
+  async #migrateCold(vm: VmRecord, req: MigrateRequest, credential: string | undefined): Promise<{ started: boolean; migration?: MigrationRecord; prediction: Prediction }> {
     const { files } = ColdMigration.files(this.#deps.vms.storage, vm);
     const bytes = files.reduce((n, f) => n + f.size, 0);
     const prediction = predict({
@@ -130,8 +136,8 @@ export class MigrationService {
     if (req.dryRun) return { started: false, prediction };
     const { rec, release } = await this.#begin(vm, 'cold', req, prediction);
     const { target } = req;
-    const { vms, log, nodeId, apiToken } = this.#deps;
-    const out = new ColdMigration({ vms, book: this.#book, log, nodeId, ...(apiToken ? { apiToken } : {}) }, rec, target);
+    const { vms, log, nodeId } = this.#deps;
+    const out = new ColdMigration({ vms, book: this.#book, log, nodeId, ...(credential ? { apiToken: credential } : {}) }, rec, target);
     this.#track(out, out.run(release));
     return { started: true, migration: rec, prediction };
   }

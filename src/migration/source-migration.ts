@@ -15,6 +15,7 @@ export interface SourceDeps {
   book: MigrationBook;
   log: Logger;
   nodeId: string;
+  /** The bearer token presented to the target daemon. */
   apiToken?: string;
 }
 

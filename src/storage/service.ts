@@ -74,6 +74,8 @@ export interface VolumeListQuery {
   content?: ContentType;
   limit: number;
   cursor?: string;
+  /** Only the volumes of the tenants the caller may see. */
+  visibleTenant?: (tenant: string) => boolean;
 }
 
 export class StorageService {
@@ -246,8 +248,9 @@ export class StorageService {
 
   #page(pool: Pool, q: VolumeListQuery): { metas: VolumeMeta[]; total: number; nextCursor?: string } {
     const names = pool.volumes.sortedNames();
-    const match = (m: VolumeMeta) => (!q.tenant || m.tenant === q.tenant) && (!q.content || m.content === q.content);
-    const filtered = q.tenant !== undefined || q.content !== undefined;
+    const visible = q.visibleTenant;
+    const match = (m: VolumeMeta) => (!q.tenant || m.tenant === q.tenant) && (!q.content || m.content === q.content) && (!visible || visible(m.tenant));
+    const filtered = q.tenant !== undefined || q.content !== undefined || visible !== undefined;
     let i = q.cursor ? upperBound(names, q.cursor) : 0;
     const metas: VolumeMeta[] = [];
     for (; i < names.length && metas.length < q.limit; i++) {

@@ -44,6 +44,8 @@ export interface ListQuery {
   limit: number;
   /** The last id of the previous page. */
   cursor?: string;
+  /** Only the VMs the caller may see. */
+  visible?: (vm: VmRecord) => boolean;
 }
 
 export interface ListPage {
@@ -115,7 +117,7 @@ export class VmRegistry {
   list(q: ListQuery): ListPage {
     const states = q.state && new Set(q.state);
     const labelPairs = q.labels ? Object.entries(q.labels) : [];
-    const unfiltered = !states && !q.tenant && labelPairs.length === 0;
+    const unfiltered = !states && !q.tenant && labelPairs.length === 0 && !q.visible;
     let i = q.cursor ? bound(this.#ids, q.cursor, true) : 0;
     const items: VmRecord[] = [];
     for (; i < this.#ids.length && items.length < q.limit; i++) {
@@ -123,6 +125,7 @@ export class VmRegistry {
       if (states && !states.has(vm.state)) continue;
       if (q.tenant && vm.spec.tenant !== q.tenant) continue;
       if (labelPairs.some(([k, v]) => vm.spec.labels[k] !== v)) continue;
+      if (q.visible && !q.visible(vm)) continue;
       items.push(vm);
     }
     // The total of a filtered list is unknown without a full scan; the API omits it.

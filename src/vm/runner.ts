@@ -45,6 +45,11 @@ export class OperationRunner {
     this.#deps = deps;
   }
 
+  /** The operation if it is among the recent ones held in memory. */
+  peek(id: string): OperationRecord | undefined {
+    return this.#ops.get(id);
+  }
+
   async get(id: string): Promise<OperationRecord> {
     const cached = this.#ops.get(id);
     if (cached) return cached;

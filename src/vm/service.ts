@@ -23,7 +23,7 @@ import type { VmRecord } from './record.js';
 import { Reconciler } from './reconciler.js';
 import { VmRegistry, type ListPage, type ListQuery } from './registry.js';
 import { OperationRunner, reasonOf } from './runner.js';
-import { semanticProblems, unrestrictedUserNic, type CreateVmRequest, type DiskSpec, type FromTemplateRequest, type PatchVmRequest, type VmSpec } from './spec.js';
+import { semanticProblems, type CreateVmRequest, type DiskSpec, type FromTemplateRequest, type PatchVmRequest, type VmSpec } from './spec.js';
 import type { VmState } from './state.js';
 
 export type { ActionOptions } from './actions.js';
@@ -40,8 +40,6 @@ export interface VmServiceDeps {
   log: Logger;
   /** Default ACPI shutdown timeout. */
   shutdownTimeoutMs?: number;
-  /** True when this host's API requires a token; only then may a guest's NIC reach the host's loopback. */
-  apiAuthenticated?: boolean;
   /** The daemon's data directory: VMs from before storage pools have their files imported from it. */
   dataDir?: string;
 }
@@ -179,6 +177,11 @@ export class VmService {
     return this.#registry.get(ref);
   }
 
+  /** The VM `ref` names (id or name), if it is on this member. */
+  tryGet(ref: string): VmRecord | undefined {
+    return this.#registry.find(ref);
+  }
+
   /** The VM's JSON, cached until it changes (GET by id is the hottest read). */
   getJson(ref: string): string {
     return this.#registry.getJson(ref);
@@ -199,6 +202,11 @@ export class VmService {
 
   countByState(): Record<VmState, number> {
     return this.#registry.countByState();
+  }
+
+  /** A recent operation, if this member holds it in memory. */
+  peekOperation(id: string): OperationRecord | undefined {
+    return this.#runner.peek(id);
   }
 
   getOperation(id: string): Promise<OperationRecord> {
@@ -434,11 +442,6 @@ export class VmService {
   /** The spec's own rules (→ VM_SPEC_INVALID), then its volumes (→ VOLUME_ and POOL_ codes). */
   #assertValid(spec: VmSpec, vmId: string, opts: { arriving?: Set<string> } = {}): void {
     const problems = semanticProblems(spec);
-    if (!this.#deps.apiAuthenticated) {
-      for (const n of spec.nics.filter(unrestrictedUserNic)) {
-        problems.push(`nic "${n.name}": an unrestricted user-mode NIC lets the guest reach this host's loopback, where the API serves without a token; configure an API token first`);
-      }
-    }
     if (problems.length === 0) problems.push(...(this.#deps.driver.validate?.(spec) ?? []));
     if (problems.length > 0) throw new NovaError('VM_SPEC_INVALID', problems.join('; '), { problems });
     this.#deps.storage.check(vmId, spec, opts);

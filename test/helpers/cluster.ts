@@ -5,7 +5,7 @@
 import { writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
-import { api, removeDir, spawnDaemon, tempDataDir, type DaemonHandle } from './daemon.js';
+import { api, authHeaders, removeDir, spawnDaemon, tempDataDir, type DaemonHandle } from './daemon.js';
 import { FaultNet } from './fault-proxy.js';
 import type { RegisterOp } from './linearizability.js';
 
@@ -238,7 +238,8 @@ export function registerClients(c: TestCluster, members: () => number[], clients
   const request = async (member: number, method: 'GET' | 'PUT', body?: unknown) => {
     const res = await fetch(`${c.members[member]!.url}/v1/kv/${key}`, {
       method,
-      ...(body ? { body: JSON.stringify(body), headers: { 'content-type': 'application/json' } } : {}),
+      headers: authHeaders(c.members[member]!.url, { ...c.headers, ...(body ? { 'content-type': 'application/json' } : {}) }),
+      ...(body ? { body: JSON.stringify(body) } : {}),
       signal: AbortSignal.timeout(8000),
     });
     return { status: res.status, body: (await res.json().catch(() => undefined)) as any };

@@ -3,7 +3,7 @@
  * loopback port with its own data directory, for integration tests.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 
@@ -14,6 +14,8 @@ export interface DaemonHandle {
   url: string;
   port: number;
   dataDir: string;
+  /** The daemon's administrator token (its DIR/admin.token); `api()` sends it unless told otherwise. */
+  token: string;
   proc: ChildProcess;
   /** Everything the daemon wrote to stdout (JSON logs) and stderr. */
   output: () => string;
@@ -57,10 +59,14 @@ export async function spawnDaemon(opts: SpawnOptions = {}): Promise<DaemonHandle
       reject(Object.assign(new Error(`daemon exited (${code ?? signal}) before listening:\n${out}`), { output: out, code }));
     });
   });
+  const url = `http://127.0.0.1:${port}`;
+  const token = readFileSync(join(dataDir, 'admin.token'), 'utf8').trim();
+  TOKENS.set(url, token);
   const handle: DaemonHandle = {
-    url: `http://127.0.0.1:${port}`,
+    url,
     port,
     dataDir,
+    token,
     proc,
     output: () => out,
     exited,
@@ -82,8 +88,28 @@ export interface JsonResponse<T = any> {
   body: T;
 }
 
+/** Each test daemon's admin token, by its base URL. */
+const TOKENS = new Map<string, string>();
+
+/**
+ * The Authorization header a test sends to `base`: `headers.authorization` when given
+ * (an empty one sends none), else the admin token of the daemon at `base`.
+ */
+export function authHeaders(base: string, headers: Record<string, string> = {}): Record<string, string> {
+  const out = { ...headers };
+  if (out.authorization === '') delete out.authorization;
+  else if (out.authorization === undefined) {
+    const token = TOKENS.get(new URL(base).origin);
+    if (token) out.authorization = `Bearer ${token}`;
+  }
+  return out;
+}
+
+/** No credentials at all (what a stranger or a guest sends). */
+export const NO_AUTH = { authorization: '' };
+
 export async function api<T = any>(base: string, method: string, path: string, body?: unknown, headers: Record<string, string> = {}): Promise<JsonResponse<T>> {
-  const init: RequestInit = { method, headers: { ...headers } };
+  const init: RequestInit = { method, headers: authHeaders(base, headers) };
   if (body !== undefined) {
     init.body = typeof body === 'string' ? body : JSON.stringify(body);
     (init.headers as Record<string, string>)['content-type'] ??= 'application/json';

@@ -1,23 +1,79 @@
+/**
+ * Authentication is always on: every route but the probes and the join endpoint refuses
+ * a request without valid credentials; the administrator token is made on first start
+ * (DIR/admin.token, 0600, shown once); users' API tokens expire, are revoked and are
+ * capped by their roles.
+ */
+import { spawnSync } from 'node:child_process';
+import { statSync } from 'node:fs';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { api, removeDir, spawnDaemon, tempDataDir } from '../helpers/daemon.js';
+import { api, BIN, NO_AUTH, removeDir, sampleVm, spawnDaemon, tempDataDir } from '../helpers/daemon.js';
 import { EventClient } from '../helpers/events.js';
+import { daemonRouter, wsPaths } from '../helpers/routes.js';
 
 const TOKEN = 'test-token-0123456789abcdef';
+const PUBLIC = ['GET /healthz', 'GET /readyz', 'POST /v1/cluster/members'];
 
-describe('authentication and configuration', () => {
-  it('requires the bearer token on every API call when configured', async () => {
+describe('authentication', () => {
+  it('a fresh daemon answers every route but the probes and join with 401 UNAUTHORIZED, whatever the credentials are missing or wrong', async () => {
+    const d = await spawnDaemon();
+    try {
+      const routes = daemonRouter().routes;
+      expect(routes.filter((r) => r.priv === 'public').map((r) => `${r.method} ${r.pattern}`).sort()).toEqual(PUBLIC.slice().sort());
+      for (const r of routes.filter((x) => x.priv !== 'public')) {
+        const path = r.pattern.replace(/:(\w+)/g, 'x1');
+        for (const authorization of ['', 'Bearer nope', `Bearer nc1.0123456789abcdef.${'A'.repeat(43)}`, `Basic ${Buffer.from('admin:admin').toString('base64')}`, d.token]) {
+          const res = await api(d.url, r.method, path, r.body ? {} : undefined, { authorization });
+          expect(res.status, `${r.method} ${path} with "${authorization}"`).toBe(401);
+          expect(res.body.error.code).toBe('UNAUTHORIZED');
+        }
+      }
+      for (const p of wsPaths()) {
+        await expect(EventClient.connect(d.url, '', NO_AUTH, p.replace(':id', 'x1'))).rejects.toMatchObject({ status: 401 });
+      }
+      // The probes reveal liveness only; what the daemon is, only to a caller with Sys.Audit.
+      expect((await api(d.url, 'GET', '/healthz', undefined, NO_AUTH)).body).toEqual({ status: 'ok' });
+      expect((await api(d.url, 'GET', '/healthz')).body).toMatchObject({ status: 'ok', driver: 'sim' });
+      expect((await api(d.url, 'GET', '/v1/vms')).status).toBe(200);
+    } finally {
+      await d.kill();
+      removeDir(d.dataDir);
+    }
+  });
+
+  it('makes DIR/admin.token (0600, in a 0700 data dir) on first start, shows it only then, keeps it across restarts, and the CLI finds it', async () => {
+    const dataDir = tempDataDir();
+    let d = await spawnDaemon({ dataDir });
+    try {
+      expect(statSync(dataDir).mode & 0o777).toBe(0o700);
+      expect(statSync(join(dataDir, 'admin.token')).mode & 0o777).toBe(0o600);
+      expect(d.token).toMatch(/^nc1\.[0-9a-f]{16}\.[A-Za-z0-9_-]{43}$/);
+      expect(d.output()).toContain(d.token);
+      const first = d.token;
+      await d.kill();
+      d = await spawnDaemon({ dataDir });
+      expect(d.token).toBe(first);
+      expect(d.output()).not.toContain(first);
+      expect((await api(d.url, 'GET', '/v1/vms', undefined, { authorization: `Bearer ${first}` })).status).toBe(200);
+      const cli = (env: Record<string, string>) => spawnSync(process.execPath, [BIN, '--url', d.url, '--json', 'vm', 'list'], { encoding: 'utf8', env: { ...process.env, ...env }, cwd: '/' });
+      expect(cli({ NOVACRON_DATA_DIR: dataDir }).status).toBe(0);
+      const stranger = cli({ NOVACRON_DATA_DIR: '/nonexistent' });
+      expect(stranger.status).not.toBe(0);
+      expect(stranger.stderr).toContain('UNAUTHORIZED');
+    } finally {
+      await d.kill();
+      removeDir(dataDir);
+    }
+  });
+
+  it('a configured token is one more administrator token, warned about when it is on the command line', async () => {
     const d = await spawnDaemon({ args: ['--api-token', TOKEN] });
     try {
-      for (const [method, path] of [['GET', '/v1/vms'], ['POST', '/v1/vms'], ['GET', '/metrics'], ['GET', '/v1/operations/op-x']]) {
-        const r = await api(d.url, method!, path!, method === 'POST' ? {} : undefined);
-        expect(r.status, path).toBe(401);
-        expect(r.body.error.code).toBe('UNAUTHORIZED');
-        const wrong = await api(d.url, method!, path!, undefined, { authorization: `Bearer ${TOKEN}x` });
-        expect(wrong.status).toBe(401);
-      }
-      expect((await api(d.url, 'GET', '/v1/vms', undefined, { authorization: `Bearer ${TOKEN}` })).status).toBe(200);
-      expect((await api(d.url, 'GET', '/healthz')).status).toBe(200); // probes stay public
-      await expect(EventClient.connect(d.url)).rejects.toMatchObject({ status: 401 });
+      expect((await api(d.url, 'GET', '/v1/auth/whoami', undefined, { authorization: `Bearer ${TOKEN}` })).body.user).toBe('admin');
+      expect((await api(d.url, 'GET', '/v1/vms', undefined, { authorization: `Bearer ${TOKEN}x` })).status).toBe(401);
+      expect(d.output()).toContain('--api-token on the command line is visible');
+      expect(d.output()).not.toContain(TOKEN);
       const ok = await EventClient.connect(d.url, '', { authorization: `Bearer ${TOKEN}` });
       ok.close();
     } finally {
@@ -26,12 +82,42 @@ describe('authentication and configuration', () => {
     }
   });
 
-  it('refuses a non-loopback listen address without a token', async () => {
-    const dataDir = tempDataDir();
-    const err = await spawnDaemon({ dataDir, args: ['--listen', '0.0.0.0:0'] }).catch((e) => e);
-    expect(err.message).toContain('refusing to listen on non-loopback address 0.0.0.0 without an API token');
-    expect(err.code).toBe(2);
-    removeDir(dataDir);
+  it('a user\'s API token: shown once, stored as a hash, capped by its roles, refused once expired or revoked', async () => {
+    const d = await spawnDaemon();
+    try {
+      expect((await api(d.url, 'POST', '/v1/users', { name: 'ops' })).status).toBe(201);
+      expect((await api(d.url, 'PUT', '/v1/acl', { path: '/', user: 'ops', role: 'Operator' })).status).toBe(200);
+      const full = await api(d.url, 'POST', '/v1/users/ops/tokens', { description: 'ci' });
+      expect(full.status).toBe(201);
+      const bearer = (t: string) => ({ authorization: `Bearer ${t}` });
+      expect((await api(d.url, 'GET', '/v1/users/ops/tokens')).body.items.map((t: any) => [t.id, t.token, t.hash])).toEqual([[full.body.id, undefined, undefined]]);
+      expect((await api(d.url, 'POST', '/v1/vms', sampleVm('by-ops'), bearer(full.body.token))).status).toBe(201);
+      // Operators do not manage users.
+      expect((await api(d.url, 'POST', '/v1/users', { name: 'x' }, bearer(full.body.token))).body.error.code).toBe('FORBIDDEN');
+
+      // A token scoped to Auditor: reads, but cannot create, though its user could.
+      const audit = await api(d.url, 'POST', '/v1/users/ops/tokens', { roles: ['Auditor'] });
+      expect((await api(d.url, 'GET', '/v1/vms', undefined, bearer(audit.body.token))).status).toBe(200);
+      const refused = await api(d.url, 'POST', '/v1/vms', sampleVm('no'), bearer(audit.body.token));
+      expect(refused.status).toBe(403);
+      expect(refused.body.error).toMatchObject({ code: 'FORBIDDEN', details: { privilege: 'VM.Allocate' } });
+
+      const short = await api(d.url, 'POST', '/v1/users/ops/tokens', { expiresInSeconds: 1 });
+      expect((await api(d.url, 'GET', '/v1/vms', undefined, bearer(short.body.token))).status).toBe(200);
+      await new Promise((r) => setTimeout(r, 1100));
+      const expired = await api(d.url, 'GET', '/v1/vms', undefined, bearer(short.body.token));
+      expect(expired.status).toBe(401);
+      expect(expired.body.error.message).toContain('expired');
+
+      expect((await api(d.url, 'DELETE', `/v1/users/ops/tokens/${full.body.id}`)).status).toBe(204);
+      expect((await api(d.url, 'GET', '/v1/vms', undefined, bearer(full.body.token))).status).toBe(401);
+      // Disabling the user stops its other tokens too.
+      expect((await api(d.url, 'PATCH', '/v1/users/ops', { disabled: true })).status).toBe(200);
+      expect((await api(d.url, 'GET', '/v1/vms', undefined, bearer(audit.body.token))).status).toBe(401);
+    } finally {
+      await d.kill();
+      removeDir(d.dataDir);
+    }
   });
 
   it('rejects invalid configuration with a clear message', async () => {

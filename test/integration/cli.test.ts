@@ -12,7 +12,8 @@ afterAll(async () => {
 });
 
 function cli(...args: string[]) {
-  const r = spawnSync(process.execPath, [BIN, '--url', d.url, ...args], { encoding: 'utf8', timeout: 20_000 });
+  // The CLI finds the daemon's admin.token in its data directory, as on the daemon's own host.
+  const r = spawnSync(process.execPath, [BIN, '--url', d.url, ...args], { encoding: 'utf8', timeout: 20_000, env: { ...process.env, NOVACRON_DATA_DIR: d.dataDir } });
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 

@@ -7,7 +7,7 @@
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { api, removeDir, spawnDaemon, tempDataDir, waitOp, type DaemonHandle } from '../helpers/daemon.js';
+import { api, authHeaders, removeDir, spawnDaemon, tempDataDir, waitOp, type DaemonHandle } from '../helpers/daemon.js';
 
 const daemons: DaemonHandle[] = [];
 const dirs: string[] = [];
@@ -26,7 +26,7 @@ async function host(config: Record<string, unknown> = {}): Promise<DaemonHandle>
   writeFileSync(join(dataDir, 'config.json'), JSON.stringify({ pools: [{ name: 'shared', path: sharedDir, shared: true }], ...config }));
   const d = await spawnDaemon({ dataDir, args: ['--config', join(dataDir, 'config.json')] });
   daemons.push(d);
-  const base = await fetch(`${d.url}/v1/pools/shared/volumes/base/content?format=raw`, { method: 'PUT', body: Buffer.alloc(1 << 20) });
+  const base = await fetch(`${d.url}/v1/pools/shared/volumes/base/content?format=raw`, { method: 'PUT', body: Buffer.alloc(1 << 20), headers: authHeaders(d.url) });
   if (base.status !== 201) expect((await base.json()).error.code).toBe('VOLUME_EXISTS');
   return d;
 }

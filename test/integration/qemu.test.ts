@@ -7,7 +7,7 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { api, removeDir, spawnDaemon, tempDataDir, waitOp, type DaemonHandle } from '../helpers/daemon.js';
+import { api, authHeaders, removeDir, spawnDaemon, tempDataDir, waitOp, type DaemonHandle } from '../helpers/daemon.js';
 import { ensureQemuAndGuest, guestVm, heartbeats, installGuest, serial, waitUntil, killGuests } from '../helpers/qemu.js';
 import { EventClient } from '../helpers/events.js';
 
@@ -63,7 +63,7 @@ describe('qemu driver', { timeout: 180_000 }, () => {
     const id = await startVm('console-1');
     await waitUntil(() => heartbeats(dataDir, id).length >= 2, BOOT_MS, 'boot');
     const { default: WebSocket } = await import('ws');
-    const ws = new WebSocket(`${d.url.replace('http', 'ws')}/v1/vms/${id}/console`);
+    const ws = new WebSocket(`${d.url.replace('http', 'ws')}/v1/vms/${id}/console`, { headers: authHeaders(d.url) });
     let text = '';
     ws.on('message', (data: Buffer, isBinary: boolean) => {
       expect(isBinary).toBe(true);
@@ -85,7 +85,7 @@ describe('qemu driver', { timeout: 180_000 }, () => {
     expect(metrics).toMatch(new RegExp(`novacron_vm_cpu_seconds\\{vm="${id}",name="console-1"\\} [0-9.]+`));
     expect(metrics).toMatch(new RegExp(`novacron_vm_memory_rss_bytes\\{vm="${id}",name="console-1"\\} \\d+`));
     // The display: the VNC bridge speaks RFB (QEMU's server greets with its version).
-    const vnc = new WebSocket(`${d.url.replace('http', 'ws')}/v1/vms/${id}/vnc`);
+    const vnc = new WebSocket(`${d.url.replace('http', 'ws')}/v1/vms/${id}/vnc`, { headers: authHeaders(d.url) });
     const banner = await new Promise<string>((r, j) => {
       vnc.once('message', (data: Buffer) => r(data.toString('latin1')));
       vnc.once('error', j);
@@ -99,7 +99,7 @@ describe('qemu driver', { timeout: 180_000 }, () => {
     const sample = tele.frames.find((f) => f.type === 'samples' && f.samples.length === 1).samples[0];
     expect(sample).toMatchObject({ vmId: id, name: 'console-1', stats: { cpuSeconds: expect.any(Number) } });
     tele.close();
-    const unknown = new WebSocket(`${d.url.replace('http', 'ws')}/v1/vms/nope/console`);
+    const unknown = new WebSocket(`${d.url.replace('http', 'ws')}/v1/vms/nope/console`, { headers: authHeaders(d.url) });
     const status = await new Promise((r) => unknown.once('unexpected-response', (_q, res) => r(res.statusCode)));
     expect(status).toBe(404);
   });
@@ -224,7 +224,7 @@ describe('qemu driver', { timeout: 180_000 }, () => {
   });
 
   it('hot-plugs a disk into a running VM and attaches a CD-ROM', async () => {
-    const iso = await fetch(`${d.url}/v1/pools/local/volumes/media.iso/content?format=raw&content=iso`, { method: 'PUT', body: Buffer.alloc(2 << 20) });
+    const iso = await fetch(`${d.url}/v1/pools/local/volumes/media.iso/content?format=raw&content=iso`, { method: 'PUT', body: Buffer.alloc(2 << 20), headers: authHeaders(d.url) });
     expect(iso.status).toBe(201);
     const id = await startVm('hotplug-1', '', { cdrom: 'local/media.iso' });
     expect(readFileSync(`/proc/${(await api(d.url, 'GET', `/v1/vms/${id}`)).body.runtime.pid}/cmdline`, 'latin1')).toContain(`file=${join(dataDir, 'pools', 'local', 'media.iso')},format=raw,media=cdrom`);

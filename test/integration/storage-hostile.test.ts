@@ -10,7 +10,7 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { api, removeDir, spawnDaemon, tempDataDir, waitOp, type DaemonHandle } from '../helpers/daemon.js';
+import { api, authHeaders, removeDir, spawnDaemon, tempDataDir, waitOp, type DaemonHandle } from '../helpers/daemon.js';
 import { ensureQemuAndGuest, guestVm, heartbeats, installGuest, killGuests, waitUntil } from '../helpers/qemu.js';
 
 let d: DaemonHandle;
@@ -58,7 +58,7 @@ afterAll(async () => {
 
 const qemuProcesses = () => spawnSync('pgrep', ['-f', `${dataDir}/vms/`], { encoding: 'utf8' }).stdout.trim();
 const vmCount = async () => (await api(d.url, 'GET', '/v1/vms?scope=local')).body.items.length;
-const upload = (pool: string, name: string, body: Buffer, query = 'format=raw') => fetch(`${d.url}/v1/pools/${pool}/volumes/${name}/content?${query}`, { method: 'PUT', body: new Uint8Array(body) });
+const upload = (pool: string, name: string, body: Buffer, query = 'format=raw') => fetch(`${d.url}/v1/pools/${pool}/volumes/${name}/content?${query}`, { method: 'PUT', body: new Uint8Array(body), headers: authHeaders(d.url) });
 
 describe('hostile storage input (real QEMU driver)', { timeout: 180_000 }, () => {
   it('specs naming host paths, escaping a pool or smuggling options are refused with their codes, before anything is made', async () => {

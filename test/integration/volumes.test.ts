@@ -7,7 +7,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { api, BIN, removeDir, spawnDaemon, tempDataDir, waitOp, type DaemonHandle } from '../helpers/daemon.js';
+import { api, authHeaders, BIN, removeDir, spawnDaemon, tempDataDir, waitOp, type DaemonHandle } from '../helpers/daemon.js';
 
 let d: DaemonHandle;
 beforeAll(async () => {
@@ -94,17 +94,17 @@ describe('volumes through the API', () => {
   it('upload checks the SHA-256 and the format, download returns the same bytes', async () => {
     const data = randomBytes(3 << 20);
     const sha = createHash('sha256').update(data).digest('hex');
-    const up = await fetch(`${d.url}/v1/pools/local/volumes/blob/content?format=raw&sha256=${sha}`, { method: 'PUT', body: data });
+    const up = await fetch(`${d.url}/v1/pools/local/volumes/blob/content?format=raw&sha256=${sha}`, { method: 'PUT', body: data, headers: authHeaders(d.url) });
     expect(up.status).toBe(201);
     expect(await up.json()).toMatchObject({ ref: 'local/blob', sha256: sha, sizeBytes: 3 << 20, format: 'raw' });
-    const down = await fetch(`${d.url}/v1/pools/local/volumes/blob/content`);
+    const down = await fetch(`${d.url}/v1/pools/local/volumes/blob/content`, { headers: authHeaders(d.url) });
     expect(down.status).toBe(200);
     expect(down.headers.get('x-volume-sha256')).toBe(sha);
     expect(Buffer.from(await down.arrayBuffer()).equals(data)).toBe(true);
     // Refused before its body is read: the answer is the 409, every time (the daemon reads and drops the rest first).
     const big = randomBytes(16 << 20);
     for (let i = 0; i < 5; i++) {
-      const again = await fetch(`${d.url}/v1/pools/local/volumes/blob/content?format=raw`, { method: 'PUT', body: big });
+      const again = await fetch(`${d.url}/v1/pools/local/volumes/blob/content?format=raw`, { method: 'PUT', body: big, headers: authHeaders(d.url) });
       expect([again.status, ((await again.json()) as any).error.code]).toEqual([409, 'VOLUME_EXISTS']);
     }
   });

@@ -1,4 +1,7 @@
 import { describe, expect, it } from 'vitest';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { isLoopback, loadConfig, parseListen } from '../../src/config.js';
 
 describe('config', () => {
@@ -22,13 +25,24 @@ describe('config', () => {
     expect(() => parseListen('127.0.0.1:70000')).toThrow(/HOST:PORT/);
   });
 
-  it('refuses non-loopback without a token, allows it with one', () => {
-    expect(() => loadConfig({ flags: { listen: '10.0.0.1:7700' }, env: {} })).toThrow(/without an API token/);
-    expect(loadConfig({ flags: { listen: '10.0.0.1:7700', apiToken: 'x'.repeat(16) }, env: {} }).host).toBe('10.0.0.1');
+  it('listens on any address (every request is authenticated) and tells loopback addresses apart', () => {
+    expect(loadConfig({ flags: { listen: '10.0.0.1:7700' }, env: {} }).host).toBe('10.0.0.1');
     expect(isLoopback('127.4.5.6')).toBe(true);
     expect(isLoopback('::1')).toBe(true);
     expect(isLoopback('::')).toBe(false);
     expect(isLoopback('128.0.0.1')).toBe(false);
+  });
+
+  it('reads the extra admin token and the cluster secret from files, never both a value and a file', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'nc-config-'));
+    writeFileSync(join(dir, 'token'), `${'t'.repeat(20)}\n`);
+    writeFileSync(join(dir, 'secret'), 's'.repeat(24));
+    const c = loadConfig({ flags: {}, env: { NOVACRON_API_TOKEN_FILE: join(dir, 'token'), NOVACRON_CLUSTER_SECRET_FILE: join(dir, 'secret') } });
+    expect(c.apiToken).toBe('t'.repeat(20));
+    expect(c.clusterSecret).toBe('s'.repeat(24));
+    expect(() => loadConfig({ flags: { apiToken: 'u'.repeat(20) }, env: { NOVACRON_API_TOKEN_FILE: join(dir, 'token') } })).toThrow(/not both/);
+    expect(() => loadConfig({ flags: {}, env: { NOVACRON_CLUSTER_SECRET_FILE: join(dir, 'missing') } })).toThrow(/cannot read clusterSecretFile/);
+    rmSync(dir, { recursive: true, force: true });
   });
 
   it('names the bad field', () => {

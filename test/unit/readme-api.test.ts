@@ -6,32 +6,10 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { consoleWsRoute } from '../../src/api/console-ws.js';
-import { eventsWsRoute } from '../../src/api/events-ws.js';
-import { Router } from '../../src/api/router.js';
-import { clusterRoutes } from '../../src/api/routes/cluster.js';
-import { migrationRoutes } from '../../src/api/routes/migrations.js';
-import { systemRoutes } from '../../src/api/routes/system.js';
-import { vmRoutes } from '../../src/api/routes/vms.js';
-import { storageRoutes } from '../../src/api/routes/storage.js';
-import { telemetryWsRoute } from '../../src/api/telemetry-ws.js';
-import { vncWsRoute } from '../../src/api/vnc-ws.js';
-import type { WsRouteInstaller } from '../../src/api/server.js';
-
-const none = {} as never;
+import { daemonRouter, wsPaths } from '../helpers/routes.js';
 
 function served(): string[] {
-  const router = new Router();
-  systemRoutes(router, none, none);
-  vmRoutes(router, none);
-  migrationRoutes(router, none, none);
-  clusterRoutes(router, none, none, none);
-  storageRoutes(router, none);
-  const endpoints = router.routes.map((r) => `${r.method} ${r.pattern}`);
-  const installers: WsRouteInstaller[] = [eventsWsRoute(none, none), consoleWsRoute(none, none, none), telemetryWsRoute(none, none), vncWsRoute(none, none)];
-  const app = { ws: (path: string) => endpoints.push(`GET ${path}`) };
-  for (const install of installers) install(app as never, () => true, () => undefined);
-  return endpoints.sort();
+  return [...daemonRouter().routes.map((r) => `${r.method} ${r.pattern}`), ...wsPaths().map((p) => `GET ${p}`)].sort();
 }
 
 /** Endpoints in the first column of the README's API table: `GET/PUT /a/{b,c}?q=` → GET /a/b, GET /a/c, PUT … */

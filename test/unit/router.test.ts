@@ -2,9 +2,10 @@ import { describe, expect, it } from 'vitest';
 import { Router } from '../../src/api/router.js';
 
 const ok = () => ({ status: 200 });
+const o = { priv: 'public' } as const;
 
 describe('Router', () => {
-  const r = new Router().add('GET', '/v1/vms', ok).add('POST', '/v1/vms', ok).add('GET', '/v1/vms/:id', ok).add('POST', '/v1/vms/:id/start', ok);
+  const r = new Router().add('GET', '/v1/vms', ok, o).add('POST', '/v1/vms', ok, o).add('GET', '/v1/vms/:id', ok, o).add('POST', '/v1/vms/:id/start', ok, o);
 
   it('matches params and decodes them', () => {
     const m = r.match('GET', '/v1/vms/a%20b');

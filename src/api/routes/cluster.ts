@@ -5,7 +5,9 @@
  */
 import { z } from 'zod';
 import { NovaError } from '../../errors.js';
-import type { Router } from '../router.js';
+import type { ApiRequest, Router } from '../router.js';
+import type { Target } from '../access.js';
+import { ROOT } from '../../auth/acl.js';
 import { parseWith } from '../validate.js';
 import type { Cluster } from '../../cluster/cluster.js';
 import type { ReplicatedStore } from '../../cluster/replicated-store.js';
@@ -35,16 +37,17 @@ const ReleaseQuery = z.strictObject({ token: z.coerce.number().int().min(1) });
 
 /** User keys live under their own prefix, apart from NovaCron's control-plane state. */
 const KV_PREFIX = 'kv/';
+const LOCK_PREFIX = 'api/';
 
 export function clusterRoutes(router: Router, cluster: Cluster, store: ReplicatedStore, locks: LockService): void {
-  router.add('GET', '/v1/cluster', async () => ({ status: 200, json: await cluster.status() }));
+  router.add('GET', '/v1/cluster', async () => ({ status: 200, json: await cluster.status() }), { priv: 'Cluster.Audit', on: onCluster });
   // A daemon asks to join: authenticated by the cluster secret, not the API token.
   router.add('POST', '/v1/cluster/members', async (req) => {
     const body = parseWith(JoinBody, req.body);
     if (!secretMatches(body.secret, cluster.secret)) throw new NovaError('CLUSTER_AUTH');
     const members = await cluster.addMember(body.id, body.address);
     return { status: 200, json: { clusterId: cluster.clusterId, memberId: body.id, ...members } };
-  }, { body: true, public: true });
+  }, { priv: 'public', body: true });
   router.add('DELETE', '/v1/cluster/members/:id', async (req) => {
     const id = parseWith(MemberId, req.params.id, 'BAD_QUERY');
     const members = await cluster.removeMember(id);
@@ -52,73 +55,76 @@ export function clusterRoutes(router: Router, cluster: Cluster, store: Replicate
     // itself can no longer write: the leader's sweep clears its records instead.
     if (id !== cluster.memberId) await forgetMember(store, id).catch(() => undefined);
     return { status: 200, json: members };
-  });
+  }, { priv: 'Cluster.Admin', on: onCluster });
   // A member's peer address changed (etcd's `member update`); a restarted member also does this itself.
   router.add('PATCH', '/v1/cluster/members/:id', async (req) => {
     const id = parseWith(MemberId, req.params.id, 'BAD_QUERY');
     const { address } = parseWith(AddressBody, req.body);
     await cluster.updateAddress(id, address);
     return { status: 200, json: { id, address } };
-  }, { body: true });
+  }, { priv: 'Cluster.Admin', on: onCluster, body: true });
   // The cluster-wide inventory: every host, and every VM with the member it runs on.
   router.add('GET', '/v1/cluster/hosts', async (req) => {
     const q = parseWith(ReadQuery, Object.fromEntries(req.query), 'BAD_QUERY');
     const [hosts, st] = await Promise.all([clusterHosts(store, q.consistency === 'stale'), cluster.status()]);
     const role = (m: number) => (m === st.leader ? 'leader' : st.voters.includes(m) ? 'voter' : st.learners.includes(m) ? 'learner' : 'removed');
     return { status: 200, json: { items: hosts.map((h) => ({ ...h, role: role(h.member) })) } };
-  });
+  }, { priv: 'Cluster.Audit', on: onCluster });
   router.add('GET', '/v1/cluster/migrations', async (req) => {
     const q = parseWith(MigrationsQuery, Object.fromEntries(req.query), 'BAD_QUERY');
     const all = await clusterMigrations(store, q.consistency === 'stale');
     return { status: 200, json: { items: all.filter((m) => (q.state === undefined || m.state === q.state) && (q.vm === undefined || m.vmId === q.vm || m.vmName === q.vm)) } };
-  });
+  }, { priv: 'Cluster.Audit', on: onCluster });
   router.add('GET', '/v1/cluster/vms', async (req) => {
     const q = parseWith(InventoryQuery, Object.fromEntries(req.query), 'BAD_QUERY');
     const all = await clusterPlacements(store, q.consistency === 'stale');
     const items = all.filter((p) => (q.member === undefined || p.member === q.member) && (q.name === undefined || p.name === q.name));
     return { status: 200, json: { items } };
-  });
+  }, { priv: 'Cluster.Audit', on: onCluster });
   router.add('POST', '/v1/cluster/leader', async (req) => {
     const { to } = parseWith(TransferBody, req.body);
     await cluster.transferLeader(to);
     return { status: 202, json: { transferringTo: to } };
-  }, { body: true });
+  }, { priv: 'Cluster.Admin', on: onCluster, body: true });
 
+  // The key-value and lock APIs: each user has its own namespace (`kv/<user>/…`, locks
+  // `api/<user>/…`), apart from each other and from the daemon's own keys and locks.
+  const kvKey = (req: ApiRequest) => `${KV_PREFIX}${req.principal!.user}/${parseWith(KeyParam, req.params.key, 'BAD_QUERY')}`;
+  const lockName = (req: ApiRequest, name = req.params.name) => `${LOCK_PREFIX}${req.principal!.user}/${parseWith(LockName, name, 'BAD_QUERY')}`;
+  const kv = { priv: 'KV.Use', on: ownNamespace } as const;
   router.add('GET', '/v1/kv/:key', async (req) => {
-    const key = parseWith(KeyParam, req.params.key, 'BAD_QUERY');
     const q = parseWith(ReadQuery, Object.fromEntries(req.query), 'BAD_QUERY');
-    const value = await store.get(KV_PREFIX + key, { stale: q.consistency === 'stale' });
-    if (value === undefined) throw new NovaError('KEY_NOT_FOUND', `no key ${JSON.stringify(key)}`);
-    return { status: 200, json: { key, value: value.toString() } };
-  });
+    const value = await store.get(kvKey(req), { stale: q.consistency === 'stale' });
+    if (value === undefined) throw new NovaError('KEY_NOT_FOUND', `no key ${JSON.stringify(req.params.key)}`);
+    return { status: 200, json: { key: req.params.key, value: value.toString() } };
+  }, kv);
   router.add('PUT', '/v1/kv/:key', async (req) => {
-    const key = parseWith(KeyParam, req.params.key, 'BAD_QUERY');
+    const key = kvKey(req);
     const body = parseWith(PutBody, req.body);
-    const index = await store.writeIndex([{ key: KV_PREFIX + key, value: Buffer.from(body.value) }], {
+    const index = await store.writeIndex([{ key, value: Buffer.from(body.value) }], {
       ...(body.requestId ? { requestId: Buffer.from(body.requestId, 'hex') } : {}),
-      ...(body.fence ? { fence: body.fence } : {}),
+      ...(body.fence ? { fence: { lock: lockName(req, body.fence.lock), token: body.fence.token } } : {}),
     });
-    return { status: 200, json: { key, index } };
-  }, { body: true });
-  router.add('DELETE', '/v1/kv/:key', async (req) => {
-    const key = parseWith(KeyParam, req.params.key, 'BAD_QUERY');
-    return { status: 200, json: { key, index: await store.writeIndex([{ key: KV_PREFIX + key }]) } };
-  });
+    return { status: 200, json: { key: req.params.key, index } };
+  }, { ...kv, body: true });
+  router.add('DELETE', '/v1/kv/:key', async (req) => ({ status: 200, json: { key: req.params.key, index: await store.writeIndex([{ key: kvKey(req) }]) } }), kv);
 
-  router.add('GET', '/v1/locks/:name', (req) => {
-    const name = parseWith(LockName, req.params.name, 'BAD_QUERY');
-    return { status: 200, json: locks.get(name) };
-  });
+  const shown = <T extends { name: string }>(req: ApiRequest, v: T): T => ({ ...v, name: req.params.name! });
+  router.add('GET', '/v1/locks/:name', (req) => ({ status: 200, json: shown(req, locks.get(lockName(req))) }), kv);
   router.add('POST', '/v1/locks/:name', async (req) => {
-    const name = parseWith(LockName, req.params.name, 'BAD_QUERY');
     const body = parseWith(AcquireBody, req.body);
-    const grant = await locks.acquire(name, body.holder, body.ttlMs, body.requestId ? Buffer.from(body.requestId, 'hex') : undefined);
-    return { status: 200, json: grant };
-  }, { body: true });
+    const grant = await locks.acquire(lockName(req), body.holder, body.ttlMs, body.requestId ? Buffer.from(body.requestId, 'hex') : undefined);
+    return { status: 200, json: shown(req, grant) };
+  }, { ...kv, body: true });
   router.add('DELETE', '/v1/locks/:name', async (req) => {
-    const name = parseWith(LockName, req.params.name, 'BAD_QUERY');
     const { token } = parseWith(ReleaseQuery, Object.fromEntries(req.query), 'BAD_QUERY');
-    await locks.release(name, token);
-    return { status: 200, json: { name, released: true } };
-  });
+    await locks.release(lockName(req), token);
+    return { status: 200, json: { name: req.params.name, released: true } };
+  }, kv);
+  // The daemon's own locks (a VM's is `vm/<id>`), for operators: read-only.
+  router.add('GET', '/v1/cluster/locks/:name', (req) => ({ status: 200, json: locks.get(parseWith(LockName, req.params.name, 'BAD_QUERY')) }), { priv: 'Cluster.Admin', on: onCluster });
 }
+
+const onCluster = (): Target => ({ kind: 'cluster' });
+/** KV.Use is checked on the caller's own tenant (a tenant's users), or on `/`. */
+const ownNamespace = (req: ApiRequest): Target => (req.principal?.tenant ? { kind: 'tenant', tenant: req.principal.tenant } : ROOT);

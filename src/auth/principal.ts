@@ -1,0 +1,111 @@
+/**
+ * Who is calling, and what they may do: `authenticate` turns an Authorization header
+ * into a `Principal` from the in-memory identity records (no I/O, so the HTTP layer can
+ * decide synchronously, as uWS requires).
+ */
+import { timingSafeEqual } from 'node:crypto';
+import { NovaError } from '../errors.js';
+import { chainOf, Grants, type ObjectRef } from './acl.js';
+import { ADMIN_USER, type IdentityStore } from './identity.js';
+import type { Privilege } from './privileges.js';
+import { parseToken, secretMatchesHash } from './secrets.js';
+
+export class Principal {
+  readonly #grants: Grants;
+  readonly #cap: ReadonlySet<Privilege> | undefined;
+
+  constructor(
+    readonly user: string,
+    readonly tenant: string | undefined,
+    /** The API token the call came with (absent for a session or the configured token). */
+    readonly tokenId: string | undefined,
+    grants: Grants,
+    cap?: ReadonlySet<Privilege>,
+  ) {
+    this.#grants = grants;
+    this.#cap = cap;
+  }
+
+  can(priv: Privilege, on: ObjectRef): boolean {
+    return (this.#cap === undefined || this.#cap.has(priv)) && this.#grants.has(priv, on);
+  }
+
+  /** The privileges this principal holds on `on`. */
+  privilegesOn(on: ObjectRef): Privilege[] {
+    return [...this.#grants.on(on)].filter((p) => this.#cap === undefined || this.#cap.has(p)).sort();
+  }
+
+  /** FORBIDDEN unless this principal holds `priv` on `on`. */
+  assertCan(priv: Privilege, on: ObjectRef): void {
+    if (!this.can(priv, on)) throw new NovaError('FORBIDDEN', `${this.label} lacks ${priv} on ${describe(on)}`, { privilege: priv, path: describe(on) });
+  }
+
+  /** How audit records and logs name the caller. */
+  get label(): string {
+    return this.tokenId ? `${this.user}!${this.tokenId}` : this.user;
+  }
+}
+
+export type AuthOutcome = { ok: true; principal: Principal } | { ok: false; reason: 'missing' | 'malformed' | 'unknown' | 'expired' | 'disabled' };
+
+export class Authenticator {
+  readonly #identity: IdentityStore;
+  readonly #configured: Buffer | undefined;
+  #cache = new Map<string, Principal>();
+  #version = -1;
+
+  constructor(identity: IdentityStore, configuredToken?: string) {
+    this.#identity = identity;
+    this.#configured = configuredToken ? Buffer.from(configuredToken) : undefined;
+  }
+
+  authenticate(header: string, now = Date.now()): AuthOutcome {
+    if (header === '') return { ok: false, reason: 'missing' };
+    if (!header.startsWith('Bearer ')) return { ok: false, reason: 'malformed' };
+    const text = header.slice(7);
+    if (this.#version !== this.#identity.version) {
+      this.#cache.clear();
+      this.#version = this.#identity.version;
+    }
+    const parsed = parseToken(text);
+    if (!parsed) {
+      if (this.#configured) {
+        const given = Buffer.from(text);
+        if (given.length === this.#configured.length && timingSafeEqual(given, this.#configured)) return { ok: true, principal: this.principalOf(ADMIN_USER) };
+      }
+      return { ok: false, reason: 'unknown' };
+    }
+    const record = this.#identity.token(parsed.id);
+    if (!record || !secretMatchesHash(parsed.secret, record.hash)) return { ok: false, reason: 'unknown' };
+    if (record.expiresAt !== undefined && record.expiresAt <= now) return { ok: false, reason: 'expired' };
+    const user = this.#identity.user(record.user);
+    if (!user) return { ok: false, reason: 'unknown' };
+    if (user.disabled) return { ok: false, reason: 'disabled' };
+    let p = this.#cache.get(record.id);
+    if (!p) {
+      const roles = this.#identity.roles();
+      const cap = record.roles && new Set(record.roles.flatMap((r) => [...(roles.get(r) ?? [])]));
+      p = new Principal(user.name, user.tenant, record.id, new Grants(this.#identity.aclsOf(user.name), roles), cap);
+      this.#cache.set(record.id, p);
+    }
+    return { ok: true, principal: p };
+  }
+
+  /** A user's principal with all of its grants (a session, or the configured token for `admin`). */
+  principalOf(name: string): Principal {
+    const key = `user:${name}`;
+    let p = this.#cache.get(key);
+    if (!p) {
+      const user = this.#identity.user(name);
+      p = new Principal(name, user?.tenant, undefined, new Grants(this.#identity.aclsOf(name), this.#identity.roles()));
+      this.#cache.set(key, p);
+    }
+    return p;
+  }
+}
+
+/** An object as error messages name it: its ACL path, or its kind under the nearest path. */
+export function describe(obj: ObjectRef): string {
+  const { own, up } = chainOf(obj);
+  return own ?? `${obj.kind} under ${up[0]}`;
+}
