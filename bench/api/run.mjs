@@ -11,6 +11,7 @@
 // The server under test is pinned to CPU 0 and wrk to CPU 1 (taskset), so "one core"
 // is literal. Writes bench/results/api-<time>.json and prints a table. With --check,
 // exits 1 when a target is missed (the SLA runner mode).
+import { AUTH, BENCH_TOKEN } from '../lib/daemon.mjs';
 import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync, readFileSync } from 'node:fs';
 import { tmpdir, cpus } from 'node:os';
@@ -110,7 +111,7 @@ async function measureForwarding() {
     const ids = await seed(a.url, count);
     // B forwards once its copy of the inventory places A's VMs.
     for (const deadline = Date.now() + 60_000; ; ) {
-      const r = await fetch(`${b.url}/v1/cluster/vms?consistency=stale`).then((res) => res.json()).catch(() => undefined);
+      const r = await fetch(`${b.url}/v1/cluster/vms?consistency=stale`, { headers: AUTH }).then((res) => res.json()).catch(() => undefined);
       if (r?.items?.length === count) break;
       if (Date.now() > deadline) throw new Error('member B never saw member A\'s VMs in its inventory');
       await new Promise((res) => setTimeout(res, 200));
@@ -138,7 +139,7 @@ async function freePort() {
 }
 
 async function startServer([cmd, cmdArgs], readyPattern) {
-  const proc = spawn(cmd, cmdArgs, { stdio: ['ignore', 'ignore', 'pipe'] });
+  const proc = spawn(cmd, cmdArgs, { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, NOVACRON_API_TOKEN: BENCH_TOKEN } });
   let err = '';
   const url = await new Promise((res, rej) => {
     proc.stderr.on('data', (d) => {
@@ -166,7 +167,7 @@ async function seed(url, count) {
       const i = next++;
       const res = await fetch(`${url}/v1/vms`, {
         method: 'POST',
-        headers: { 'content-type': 'application/json' },
+        headers: { ...AUTH, 'content-type': 'application/json' },
         body: JSON.stringify({ name: `bench-${i}`, vcpus: 1 + (i % 8), memoryMiB: 512 * (1 + (i % 4)), disks: [{ name: 'root', sizeMiB: 10240, format: 'raw' }], nics: [{ name: 'eth0' }], labels: { app: `app-${i % 50}`, tier: i % 3 ? 'web' : 'db' }, tenant: `t${i % 10}` }),
       });
       if (res.status !== 201) throw new Error(`seed failed: ${res.status} ${await res.text()}`);
@@ -218,7 +219,7 @@ function fixedRate(url, pathsFile, rps, seconds, conns = CONNS, place = (cmd) =>
 }
 
 function wrk(url, pathsFile, seconds) {
-  const [cmd, cmdArgs] = pin(1, ['wrk', '-t1', `-c${CONNS}`, `-d${seconds}s`, '--latency', '-s', join(here, 'wrk-report.lua'), url, '--', pathsFile]);
+  const [cmd, cmdArgs] = pin(1, ['wrk', '-t1', `-c${CONNS}`, `-d${seconds}s`, '--latency', '-H', `Authorization: Bearer ${BENCH_TOKEN}`, '-s', join(here, 'wrk-report.lua'), url, '--', pathsFile]);
   const r = spawnSync(cmd, cmdArgs, { encoding: 'utf8' });
   const line = /WRK_JSON (\{.*\})/.exec(r.stdout);
   if (!line) throw new Error(`wrk failed: ${r.stderr}\n${r.stdout}`);

@@ -19,6 +19,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import autocannon from 'autocannon';
 import { printTable, writeResults } from '../lib/report.mjs';
+import { AUTH, BENCH_TOKEN } from '../lib/daemon.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = resolve(here, '..', '..');
@@ -178,24 +179,24 @@ async function novacronCluster(n) {
     if (i > 0) argv.push('--join', `127.0.0.1:${nodes[0].port}`);
     nodes.push(await startProc(process.execPath, argv, /listening on/, { port, url: `http://127.0.0.1:${port}` }));
   }
-  await until(async () => (await (await fetch(`${nodes[0].url}/v1/cluster`)).json()).voters.length === n, 'all members to be voters');
+  await until(async () => (await (await fetch(`${nodes[0].url}/v1/cluster`, { headers: AUTH })).json()).voters.length === n, 'all members to be voters');
   return nodes;
 }
 
 function novacronRequest(req, key) {
-  return ({ ...req, method: 'PUT', path: `/v1/kv/${key}`, headers: { 'content-type': 'application/json' }, body: `{"value":"${VALUE}"}` });
+  return ({ ...req, method: 'PUT', path: `/v1/kv/${key}`, headers: { ...AUTH, 'content-type': 'application/json' }, body: `{"value":"${VALUE}"}` });
 }
 async function novacronPut(node, key) {
-  const res = await fetch(`${node.url}/v1/kv/${key}`, { method: 'PUT', headers: { 'content-type': 'application/json' }, body: `{"value":"${VALUE}"}` });
+  const res = await fetch(`${node.url}/v1/kv/${key}`, { method: 'PUT', headers: { ...AUTH, 'content-type': 'application/json' }, body: `{"value":"${VALUE}"}` });
   await res.arrayBuffer();
   return res.status === 200;
 }
 
 async function novacronLeader(nodes) {
   for (;;) {
-    const st = await (await fetch(`${nodes[0].url}/v1/cluster`)).json();
+    const st = await (await fetch(`${nodes[0].url}/v1/cluster`, { headers: AUTH })).json();
     for (const n of nodes) {
-      const s = await (await fetch(`${n.url}/v1/cluster`)).json();
+      const s = await (await fetch(`${n.url}/v1/cluster`, { headers: AUTH })).json();
       if (s.role === 'leader' && s.id === st.leader) return n;
     }
     await sleep(50);
@@ -252,7 +253,7 @@ async function etcdLeader(nodes) {
 // ---- plumbing ---------------------------------------------------------------------
 
 function startProc(cmd, argv, ready, extra) {
-  const proc = spawn(cmd, argv, { stdio: ['ignore', 'ignore', 'pipe'] });
+  const proc = spawn(cmd, argv, { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, NOVACRON_API_TOKEN: BENCH_TOKEN } });
   procs.add(proc);
   let err = '';
   return new Promise((res, rej) => {

@@ -4,6 +4,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pct } from './report.mjs';
+import { BENCH_TOKEN } from './daemon.mjs';
 
 export function ensurePackage(cmd, pkg) {
   if (spawnSync(cmd, ['--version']).error === undefined) return;
@@ -25,7 +26,7 @@ export function fixedRate(url, pathsFile, rps, seconds, conns, place = (cmd) => 
   const logFile = join(dir, 'log.tsv');
   writeFileSync(urls, readFileSync(pathsFile, 'utf8').trim().split('\n').map((p) => url + p).join('\n') + '\n');
   const perClient = Math.ceil(rps / conns);
-  const [cmd, cmdArgs] = place(['h2load', '--h1', `-c${conns}`, '-m1', `--rps=${perClient}`, `-D`, String(seconds), '--warm-up-time=1', '-i', urls, `--log-file=${logFile}`]);
+  const [cmd, cmdArgs] = place(['h2load', '--h1', `-c${conns}`, '-m1', `--rps=${perClient}`, `-D`, String(seconds), '--warm-up-time=1', '-i', urls, `--log-file=${logFile}`, '-H', `authorization: Bearer ${BENCH_TOKEN}`]);
   const r = spawnSync(cmd, cmdArgs, { encoding: 'utf8' });
   const m = /finished in [\d.]+s, ([\d.]+) req\/s/.exec(r.stdout);
   if (!m) throw new Error(`h2load failed: ${r.stderr}\n${r.stdout}`);

@@ -3,6 +3,7 @@
 import { qemuArgs } from '../../dist/vm/drivers/qemu.js';
 import { CreateVmRequest } from '../../dist/vm/spec.js';
 import { readFileSync } from 'node:fs';
+import { AUTH } from './daemon.mjs';
 
 /** The test guest's kernel and initramfs as volumes of a daemon's local pool (installGuest uploads them). */
 export const GUEST = { kernel: 'local/nc-guest-vmlinuz', initrd: 'local/nc-guest-initrd' };
@@ -11,7 +12,7 @@ export const GUEST = { kernel: 'local/nc-guest-vmlinuz', initrd: 'local/nc-guest
 export async function installGuest(url, files) {
   for (const role of ['kernel', 'initrd']) {
     const [pool, name] = GUEST[role].split('/');
-    const res = await fetch(`${url}/v1/pools/${pool}/volumes/${name}/content?format=raw&content=kernel`, { method: 'PUT', body: readFileSync(files[role]) });
+    const res = await fetch(`${url}/v1/pools/${pool}/volumes/${name}/content?format=raw&content=kernel`, { method: 'PUT', headers: AUTH, body: readFileSync(files[role]) });
     const body = await res.json();
     if (res.status !== 201 && body.error?.code !== 'VOLUME_EXISTS') throw new Error(`uploading ${files[role]}: ${res.status} ${JSON.stringify(body)}`);
   }

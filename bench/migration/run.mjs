@@ -25,7 +25,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { writeResults, printTable, pct } from '../lib/report.mjs';
-import { startDaemon, call } from '../lib/daemon.mjs';
+import { startDaemon, call, BENCH_TOKEN } from '../lib/daemon.mjs';
 import { QmpClient } from '../../dist/vm/qemu/qmp.js';
 import { bareQemuArgs, GUEST, installGuest } from '../lib/vm.mjs';
 
@@ -190,7 +190,7 @@ async function novaMigrate(g, link) {
   const hb = new Heartbeats();
   await hb.follow(join(src.dataDir, 'vms', g.id, 'console.sock'));
   const t0 = performance.now();
-  const m = await call(src.url, 'POST', `/v1/vms/${g.id}/migrate`, { target: dst.url, force: true, maxDowntimeMs: 50, ...(link ? { bandwidthMBps: link } : {}) });
+  const m = await call(src.url, 'POST', `/v1/vms/${g.id}/migrate`, { target: dst.url, targetToken: BENCH_TOKEN, force: true, maxDowntimeMs: 50, ...(link ? { bandwidthMBps: link } : {}) });
   void hb.follow(join(dst.dataDir, 'vms', g.id, 'console.sock'));
   let rec;
   let cancelled = false;

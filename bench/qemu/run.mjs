@@ -17,7 +17,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { bareQemuArgs, GUEST, installGuest } from '../lib/vm.mjs';
 import { writeResults, printTable, pct } from '../lib/report.mjs';
-import { startDaemon, call } from '../lib/daemon.mjs';
+import { startDaemon, call, AUTH } from '../lib/daemon.mjs';
 import { QmpClient } from '../../dist/vm/qemu/qmp.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -214,7 +214,7 @@ async function novaStartToRunning(url, name) {
   const vm = await call(url, 'POST', '/v1/vms', spec(name));
   const { default: WebSocket } = await import('ws');
   const { unpack } = await import('msgpackr');
-  const ws = new WebSocket(`${url.replace('http', 'ws')}/v1/events?vmId=${vm.id}&types=operation.succeeded,operation.failed`);
+  const ws = new WebSocket(`${url.replace('http', 'ws')}/v1/events?vmId=${vm.id}&types=operation.succeeded,operation.failed`, { headers: AUTH });
   await new Promise((r, j) => { ws.once('open', r); ws.once('error', j); });
   const done = new Promise((r) => ws.on('message', (d) => { const f = unpack(d); if (f.type === 'event') r(f.event); }));
   const t0 = performance.now();
@@ -230,7 +230,7 @@ async function novaStartToRunning(url, name) {
 async function apiPauseResume(url, vmId, cycles) {
   const { default: WebSocket } = await import('ws');
   const { unpack } = await import('msgpackr');
-  const ws = new WebSocket(`${url.replace('http', 'ws')}/v1/events?vmId=${vmId}&types=operation.succeeded,operation.failed`);
+  const ws = new WebSocket(`${url.replace('http', 'ws')}/v1/events?vmId=${vmId}&types=operation.succeeded,operation.failed`, { headers: AUTH });
   await new Promise((r, j) => { ws.once('open', r); ws.once('error', j); });
   const waiters = new Map();
   const early = new Map(); // events that beat the HTTP response
@@ -245,7 +245,7 @@ async function apiPauseResume(url, vmId, cycles) {
   for (let i = 0; i < cycles; i++) {
     for (const kind of ['pause', 'resume']) {
       const t0 = performance.now();
-      const res = await fetch(`${url}/v1/vms/${vmId}/${kind}`, { method: 'POST' });
+      const res = await fetch(`${url}/v1/vms/${vmId}/${kind}`, { method: 'POST', headers: AUTH });
       const op = await res.json();
       const ev = early.get(op.id) ?? (await new Promise((r) => waiters.set(op.id, r)));
       early.delete(op.id);

@@ -73,6 +73,7 @@ export class IdentityStore {
   #timer: NodeJS.Timeout | undefined;
   #version = 0;
   #refreshing: Promise<void> | undefined;
+  #stopped = false;
 
   constructor(bootstrap: TokenRecord[] = []) {
     this.#bootstrap = bootstrap;
@@ -88,15 +89,27 @@ export class IdentityStore {
   async attach(backend: IdentityBackend, refreshMs = 250): Promise<void> {
     this.#backend = backend;
     await this.refresh();
-    // This member's bootstrap tokens become every member's.
-    const missing = this.#bootstrap.filter((t) => !this.#raw.has(K.token(t.id)));
-    if (missing.length > 0) await this.#write(missing.map((t) => ({ key: K.token(t.id), value: json(t) })));
+    this.#publishBootstrap();
     this.#timer = setInterval(() => void this.refresh().catch(() => undefined), refreshMs);
     this.#timer.unref();
   }
 
   stop(): void {
+    this.#stopped = true;
     clearInterval(this.#timer);
+  }
+
+  /**
+   * This member's bootstrap tokens become every member's: written to the cluster store in
+   * the background, retried until the cluster takes them (a member may start while the
+   * cluster has no quorum; its own token works here meanwhile).
+   */
+  #publishBootstrap(): void {
+    const missing = this.#bootstrap.filter((t) => !this.#raw.has(K.token(t.id)));
+    if (missing.length === 0 || this.#stopped) return;
+    this.#write(missing.map((t) => ({ key: K.token(t.id), value: json(t) }))).catch(() => {
+      if (!this.#stopped) setTimeout(() => this.#publishBootstrap(), 1000).unref();
+    });
   }
 
   /** Rereads every record (one at a time: a refresh asked for during one waits for it). */

@@ -8,7 +8,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { spawnSync } from 'node:child_process';
 import { BIN, api, spawnDaemon, tempDataDir, removeDir, waitOp, type DaemonHandle } from '../helpers/daemon.js';
-import { SECRET, TestCluster, expectAllPresent, freePort, registerClients, sleep, writeLoad } from '../helpers/cluster.js';
+import { SECRET, TEST_RAFT, TestCluster, expectAllPresent, freePort, registerClients, sleep, writeLoad } from '../helpers/cluster.js';
 import { checkRegister } from '../helpers/linearizability.js';
 
 let cluster: TestCluster | undefined;
@@ -196,23 +196,24 @@ describe('cluster', () => {
     expect((await api(url(0), 'DELETE', `/v1/locks/vm-1?token=${b.body.token}`)).status).toBe(200);
   });
 
-  it('a VM lifecycle operation waits for, then refuses, a VM another member holds', async () => {
-    cluster = await TestCluster.start(1);
+  it("API users' locks live in their own namespace: a lock named like a VM's internal one never blocks the VM, whose own lock operators can only read", async () => {
+    cluster = await TestCluster.start(1, TEST_RAFT, { config: { sim: { latencyMs: { start: 1500 } } } });
     const url = cluster.members[0]!.url;
     const vm = await api(url, 'POST', '/v1/vms', { name: 'locked', vcpus: 1, memoryMiB: 64, disks: [{ name: 'root', sizeMiB: 64 }] });
     expect(vm.status, JSON.stringify(vm.body)).toBe(201);
-    const held = await api(url, 'POST', `/v1/locks/vm%2F${vm.body.id}`, { holder: 'member-elsewhere', ttlMs: 60_000 });
-    expect(held.status).toBe(200);
-    const refused = await api(url, 'POST', `/v1/vms/${vm.body.id}/start`);
-    expect(refused.status).toBe(409);
-    expect(refused.body.error.code).toBe('VM_BUSY');
-    expect(refused.body.error.details.holder).toBe('member-elsewhere');
-    expect((await api(url, 'DELETE', `/v1/locks/vm%2F${vm.body.id}?token=${held.body.token}`)).status).toBe(200);
+    const mine = await api(url, 'POST', `/v1/locks/vm%2F${vm.body.id}`, { holder: 'member-elsewhere', ttlMs: 60_000 });
+    expect(mine.status).toBe(200);
+    expect(mine.body.name).toBe(`vm/${vm.body.id}`);
     const start = await api(url, 'POST', `/v1/vms/${vm.body.id}/start`);
     expect(start.status, JSON.stringify(start.body)).toBe(202);
+    // While the start runs, the VM's own lock is held by this member, not by the API user's lock.
+    const during = await api(url, 'GET', `/v1/cluster/locks/vm%2F${vm.body.id}`);
+    expect(during.body).toMatchObject({ held: true });
+    expect(during.body.holder).not.toBe('member-elsewhere');
     expect((await waitOp(url, start.body.id)).state).toBe('succeeded');
-    // Released once the operation has finished.
-    await cluster.waitFor(async () => (await api(url, 'GET', `/v1/locks/vm%2F${vm.body.id}`)).body.held === false, 'the VM lock to be released', 5000);
+    await cluster.waitFor(async () => (await api(url, 'GET', `/v1/cluster/locks/vm%2F${vm.body.id}`)).body.held === false, 'the VM lock to be released', 5000);
+    expect((await api(url, 'GET', `/v1/locks/vm%2F${vm.body.id}`)).body).toMatchObject({ held: true, holder: 'member-elsewhere' });
+    expect((await api(url, 'DELETE', `/v1/locks/vm%2F${vm.body.id}?token=${mine.body.token}`)).status).toBe(200);
   });
 
   it('any member lists every host and every VM with the member it runs on; migration, deletion and removal keep it current', async () => {

@@ -5,7 +5,7 @@
  */
 import WebSocket from 'ws';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { api, sampleVm } from '../helpers/daemon.js';
+import { api, NO_AUTH, sampleVm } from '../helpers/daemon.js';
 import { TestCluster } from '../helpers/cluster.js';
 
 const TOKEN = 'forwarding-test-token-0123456789';
@@ -88,7 +88,7 @@ describe('any member answers for any VM', { timeout: 60_000 }, () => {
     expect(r.status).toBe(404);
     expect(r.body.error.code).toBe('VM_NOT_FOUND');
     expect(r.headers.get('x-novacron-member')).toBeNull();
-    const unauthenticated = await api(url(1), 'GET', '/v1/vms/vm-nowhere');
+    const unauthenticated = await api(url(1), 'GET', '/v1/vms/vm-nowhere', undefined, NO_AUTH);
     expect(unauthenticated.status).toBe(401);
   });
 

@@ -51,7 +51,7 @@ describe('live migration of sim VMs (real daemons, relays, codec)', { timeout: 6
   it('moves a VM whose RAM is being dirtied; the destination verifies every byte', async () => {
     const [a, b] = [await host(), await host()];
     const id = await runningVm(a, 'sim-mig', 16);
-    const r = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: b.url, maxDowntimeMs: 50 });
+    const r = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: b.url, targetToken: b.token, maxDowntimeMs: 50 });
     expect(r.status, JSON.stringify(r.body)).toBe(202);
     const m = await settle(a, r.body.id);
     expect(m, JSON.stringify(m)).toMatchObject({ state: 'completed', downtimeMs: { measured: expect.any(Number) } });
@@ -70,11 +70,11 @@ describe('live migration of sim VMs (real daemons, relays, codec)', { timeout: 6
     expect((await api(b.url, 'GET', '/metrics')).body).toMatch(/novacron_migrations_total\{role="destination",result="completed"\} 1/);
 
     // And back, then a dry run that predicts without moving anything.
-    const back = await api(b.url, 'POST', `/v1/vms/${id}/migrate`, { target: a.url });
+    const back = await api(b.url, 'POST', `/v1/vms/${id}/migrate`, { target: a.url, targetToken: a.token });
     expect(back.status, JSON.stringify(back.body)).toBe(202);
     const returned = await settle(b, back.body.id);
     expect(returned.state, JSON.stringify(returned)).toBe('completed');
-    const dry = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: b.url, dryRun: true, bandwidthMBps: 100 });
+    const dry = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: b.url, targetToken: b.token, dryRun: true, bandwidthMBps: 100 });
     expect(dry.body.prediction).toMatchObject({ converges: true, inputs: { dirtyBytesPerSec: 16 * 1048576, wireBytesPerSec: 100e6 } });
     expect((await api(a.url, 'GET', `/v1/vms/${id}`)).body.state).toBe('running');
   });
@@ -85,7 +85,7 @@ describe('live migration of sim VMs (real daemons, relays, codec)', { timeout: 6
     const localVolume = (d: DaemonHandle) => join(d.dataDir, 'pools', 'local', `${id}-data`);
     writeFileSync(localVolume(a), Buffer.alloc(2 << 20, 0x5c));
     expect((await waitOp(a.url, (await api(a.url, 'POST', `/v1/vms/${id}/stop`)).body.id)).state).toBe('succeeded');
-    const r = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: b.url });
+    const r = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: b.url, targetToken: b.token });
     expect(r.status, JSON.stringify(r.body)).toBe(202);
     expect(await settle(a, r.body.id)).toMatchObject({ mode: 'cold', state: 'completed' });
     expect((await api(a.url, 'GET', `/v1/vms/${id}`)).status).toBe(404);
@@ -105,7 +105,7 @@ describe('live migration of sim VMs (real daemons, relays, codec)', { timeout: 6
     writeFileSync(join(a.dataDir, 'pools', 'local', `${id}-data`), Buffer.alloc(4 << 20, 0x3c));
     expect((await waitOp(a.url, (await api(a.url, 'POST', `/v1/vms/${id}/stop`)).body.id)).state).toBe('succeeded');
     // 4 MiB of data does not fit a 1 MiB pool: the destination refuses the offer.
-    const full = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: b.url, pools: { local: 'tiny' } });
+    const full = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: b.url, targetToken: b.token, pools: { local: 'tiny' } });
     expect(full.status, JSON.stringify(full.body)).toBe(202);
     const refused = await settle(a, full.body.id);
     expect(refused).toMatchObject({ state: 'failed', error: { code: 'MIGRATION_TARGET_REJECTED' } });
@@ -113,7 +113,7 @@ describe('live migration of sim VMs (real daemons, relays, codec)', { timeout: 6
     expect((await api(a.url, 'GET', `/v1/vms/${id}`)).body.state).toBe('stopped');
     expect((await api(b.url, 'GET', `/v1/pools/tiny/volumes/${id}-data`)).status).toBe(404);
 
-    const r = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: b.url, pools: { local: 'fast' } });
+    const r = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: b.url, targetToken: b.token, pools: { local: 'fast' } });
     expect(await settle(a, r.body.id)).toMatchObject({ mode: 'cold', state: 'completed' });
     const there = (await api(b.url, 'GET', `/v1/vms/${id}`)).body;
     expect(there.spec.disks.find((x: any) => x.name === 'data')).toMatchObject({ pool: 'fast' });
@@ -125,7 +125,7 @@ describe('live migration of sim VMs (real daemons, relays, codec)', { timeout: 6
   it('refuses a migration predicted to miss its downtime target unless forced', async () => {
     const [a, b] = [await host(), await host()];
     const id = await runningVm(a, 'sim-fast-dirtier', 400);
-    const r = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: b.url, bandwidthMBps: 1 });
+    const r = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: b.url, targetToken: b.token, bandwidthMBps: 1 });
     expect(r.status).toBe(422);
     expect(r.body.error).toMatchObject({ code: 'MIGRATION_WONT_CONVERGE', details: { prediction: { converges: false } } });
     expect((await api(a.url, 'GET', `/v1/vms/${id}`)).body.state).toBe('running');
@@ -135,7 +135,7 @@ describe('live migration of sim VMs (real daemons, relays, codec)', { timeout: 6
   it('cancel and a corrupt frame both leave the VM running on the source', async () => {
     const [a, b, faulty] = [await host(), await host(), await host({ faults: { corruptMigrationFrame: 3 } })];
     const id = await runningVm(a, 'sim-cancel', 4);
-    const r = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: b.url, bandwidthMBps: 1, force: true });
+    const r = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: b.url, targetToken: b.token, bandwidthMBps: 1, force: true });
     expect(r.status, JSON.stringify(r.body)).toBe(202);
     for (let i = 0; i < 100 && (await api(a.url, 'GET', `/v1/migrations/${r.body.id}`)).body.progress.bytesWire < 256 << 10; i++) await new Promise((res) => setTimeout(res, 50));
     expect((await api(a.url, 'DELETE', `/v1/migrations/${r.body.id}`)).status).toBe(202);
@@ -145,7 +145,7 @@ describe('live migration of sim VMs (real daemons, relays, codec)', { timeout: 6
     expect((await api(b.url, 'GET', `/v1/vms/${id}`)).status).toBe(404);
 
     const id2 = await runningVm(faulty, 'sim-corrupt', 4);
-    const c = await api(faulty.url, 'POST', `/v1/vms/${id2}/migrate`, { target: b.url });
+    const c = await api(faulty.url, 'POST', `/v1/vms/${id2}/migrate`, { target: b.url, targetToken: b.token });
     expect(await settle(faulty, c.body.id)).toMatchObject({ state: 'failed', error: { code: 'CODEC_CHECKSUM' } });
     expect((await api(faulty.url, 'GET', `/v1/vms/${id2}`)).body.state).toBe('running');
   });

@@ -117,14 +117,14 @@ describe('live migration (real QEMU, two daemons)', { timeout: 300_000 }, () => 
     const id = await startGuest(a, 'mig-1', 'nc.dirty_mib=32 nc.rate=8 nc.model=half nc.verify_every=1');
     const ev = await EventClient.connect(a.url, '?types=migration.*');
 
-    const dry = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: b.url, dryRun: true });
+    const dry = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: b.url, targetToken: b.token, dryRun: true });
     expect(dry.status, JSON.stringify(dry.body)).toBe(200);
     expect(dry.body.prediction).toMatchObject({ converges: expect.any(Boolean), totalMs: expect.any(Number) });
     expect(dry.body.prediction.inputs.memoryBytes).toBeGreaterThan(32 << 20); // the 32 MiB working set is not zero
     expect(dry.body.prediction.inputs.memoryBytes).toBeLessThanOrEqual(256 << 20);
     expect(dry.body.prediction.inputs.firstRatio).toBeGreaterThan(1); // measured on the guest's own non-zero pages
 
-    const started = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: b.url, maxDowntimeMs: 300, force: true });
+    const started = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: b.url, targetToken: b.token, maxDowntimeMs: 300, force: true });
     expect(started.status, JSON.stringify(started.body)).toBe(202);
     expect(started.headers.get('location')).toBe(`/v1/migrations/${started.body.id}`);
     expect((await api(a.url, 'GET', `/v1/vms/${id}`)).body.state).toBe('migrating');
@@ -171,7 +171,7 @@ describe('live migration (real QEMU, two daemons)', { timeout: 300_000 }, () => 
     ev.close();
 
     // And back again, over the same path in the other direction.
-    const back = await api(b.url, 'POST', `/v1/vms/${id}/migrate`, { target: a.url, maxDowntimeMs: 300, force: true });
+    const back = await api(b.url, 'POST', `/v1/vms/${id}/migrate`, { target: a.url, targetToken: a.token, maxDowntimeMs: 300, force: true });
     expect(back.status, JSON.stringify(back.body)).toBe(202);
     expect(await waitMigration(b, back.body.id)).toMatchObject({ state: 'completed' });
     await expectNotThere(b, id);
@@ -186,12 +186,12 @@ describe('live migration (real QEMU, two daemons)', { timeout: 300_000 }, () => 
     const records = (d: DaemonHandle) => diskRecords(d, id);
     await waitUntil(() => /VERIFY ok/.test(serial(a.dataDir, id)), BOOT_MS, 'working set verified');
     // The dry run counts the disk copy: at least the 2 MiB written above.
-    const dry = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: b.url, dryRun: true });
+    const dry = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: b.url, targetToken: b.token, dryRun: true });
     expect(dry.body.prediction.inputs.diskBytes).toBeGreaterThanOrEqual(2 << 20);
     expect(dry.body.prediction.diskMs).toBeGreaterThan(0);
 
     const sourceLog = keepSerial(a.dataDir, id);
-    const started = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: b.url, maxDowntimeMs: 300, force: true });
+    const started = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: b.url, targetToken: b.token, maxDowntimeMs: 300, force: true });
     expect(started.status, JSON.stringify(started.body)).toBe(202);
     const done = await waitMigration(a, started.body.id);
     expect(done, JSON.stringify(done)).toMatchObject({ state: 'completed', role: 'source' });
@@ -227,7 +227,7 @@ describe('live migration (real QEMU, two daemons)', { timeout: 300_000 }, () => 
     expect((await waitOp(a.url, (await api(a.url, 'POST', `/v1/vms/${id}/start`)).body.id)).state).toBe('succeeded');
     await waitUntil(() => diskRecords(a, id).length >= 3, BOOT_MS, 'guest writing its disk');
     const sourceLog = keepSerial(a.dataDir, id);
-    const r = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: b.url, maxDowntimeMs: 300, force: true });
+    const r = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: b.url, targetToken: b.token, maxDowntimeMs: 300, force: true });
     expect(r.status, JSON.stringify(r.body)).toBe(202);
     const done = await waitMigration(a, r.body.id);
     expect(done, JSON.stringify(done)).toMatchObject({ state: 'completed' });
@@ -252,7 +252,7 @@ describe('live migration (real QEMU, two daemons)', { timeout: 300_000 }, () => 
     const id = await startDiskWriter(a, 'mig-disk-cancel', '', 1024, 'write -P 0x5a 16M 1000M');
     const records = () => diskRecords(a, id);
 
-    const started = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: b.url, force: true });
+    const started = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: b.url, targetToken: b.token, force: true });
     expect(started.status, JSON.stringify(started.body)).toBe(202);
     for (let i = 0; ; i++) {
       const m = (await api(a.url, 'GET', `/v1/migrations/${started.body.id}`)).body;
@@ -286,9 +286,9 @@ describe('live migration (real QEMU, two daemons)', { timeout: 300_000 }, () => 
     expect((await waitOp(a.url, (await api(a.url, 'POST', `/v1/vms/${id}/checkpoint`)).body.id)).state).toBe('succeeded');
     const last = heartbeats(a.dataDir, id).at(-1)!;
 
-    const dry = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: b.url, dryRun: true });
+    const dry = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: b.url, targetToken: b.token, dryRun: true });
     expect(dry.body.prediction.inputs.memoryBytes).toBeGreaterThan(2 << 20); // disk + checkpoint bytes
-    const r = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: b.url });
+    const r = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: b.url, targetToken: b.token });
     expect(r.status, JSON.stringify(r.body)).toBe(202);
     const m = await waitMigration(a, r.body.id, 60_000);
     expect(m, JSON.stringify(m)).toMatchObject({ mode: 'cold', state: 'completed' });
@@ -313,11 +313,11 @@ describe('live migration (real QEMU, two daemons)', { timeout: 300_000 }, () => 
     const bad = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: 'not a url' });
     expect(bad.status).toBe(400);
     expect(bad.body.error.code).toBe('VALIDATION_FAILED');
-    expect((await api(a.url, 'POST', `/v1/vms/nope/migrate`, { target: 'http://127.0.0.1:1' })).body.error.code).toBe('VM_NOT_FOUND');
+    expect((await api(a.url, 'POST', `/v1/vms/nope/migrate`, { target: 'http://127.0.0.1:1', targetToken: 'x'.repeat(16) })).body.error.code).toBe('VM_NOT_FOUND');
     expect((await api(a.url, 'GET', '/v1/migrations/mig-000000000000000000000000')).body.error.code).toBe('MIGRATION_NOT_FOUND');
 
     // Nothing listens on port 1: the target is unreachable; the VM stays, running.
-    const r = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: 'http://127.0.0.1:1', force: true });
+    const r = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: 'http://127.0.0.1:1', targetToken: 'x'.repeat(16), force: true });
     expect(r.status).toBe(202);
     const failed = await waitMigration(a, r.body.id, 30_000);
     expect(failed).toMatchObject({ state: 'failed', error: { code: 'MIGRATION_TARGET_UNREACHABLE' } });
@@ -328,7 +328,7 @@ describe('live migration (real QEMU, two daemons)', { timeout: 300_000 }, () => 
     const b = await host();
     const clash = await api(b.url, 'POST', '/v1/vms', guestVm('mig-bad', ''));
     expect(clash.status).toBe(201);
-    const r2 = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: b.url, force: true });
+    const r2 = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: b.url, targetToken: b.token, force: true });
     const refused = await waitMigration(a, r2.body.id, 30_000);
     expect(refused).toMatchObject({ state: 'failed', error: { code: 'MIGRATION_TARGET_REJECTED' } });
     expect(refused.error.message).toContain('VM_NAME_CONFLICT');
@@ -341,7 +341,7 @@ describe('live migration (real QEMU, two daemons)', { timeout: 300_000 }, () => 
     const b = await host();
     const id = await startGuest(a, 'mig-cancel', 'nc.dirty_mib=64 nc.rate=4 nc.model=random nc.verify_every=1');
     // 2 MB/s on the wire: 64 MiB of random pages take ~30 s, plenty of time to cancel.
-    const r = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: b.url, bandwidthMBps: 2, force: true });
+    const r = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: b.url, targetToken: b.token, bandwidthMBps: 2, force: true });
     expect(r.status, JSON.stringify(r.body)).toBe(202);
     for (let i = 0; i < 100; i++) {
       const m = (await api(a.url, 'GET', `/v1/migrations/${r.body.id}`)).body;
@@ -365,7 +365,7 @@ describe('live migration (real QEMU, two daemons)', { timeout: 300_000 }, () => 
     // 8 MiB of random pages re-dirtied at 64 MiB/s over an 8 MB/s link never converges, so
     // QEMU's auto-converge keeps stepping the throttle up each round (about every second).
     const id = await startGuest(a, 'mig-throttle', 'nc.dirty_mib=8 nc.rate=64 nc.model=random');
-    const r = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: b.url, bandwidthMBps: 8, maxThrottlePercent: 20, force: true });
+    const r = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: b.url, targetToken: b.token, bandwidthMBps: 8, maxThrottlePercent: 20, force: true });
     expect(r.status, JSON.stringify(r.body)).toBe(202);
     const seen: number[] = [];
     const deadline = Date.now() + 60_000;
@@ -380,7 +380,7 @@ describe('live migration (real QEMU, two daemons)', { timeout: 300_000 }, () => 
     expect((await api(a.url, 'DELETE', `/v1/migrations/${r.body.id}`)).status).toBe(202);
     expect(await waitMigration(a, r.body.id, 30_000)).toMatchObject({ state: 'cancelled' });
     await expectStillHere(a, id);
-    expect((await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: b.url, maxThrottlePercent: 100 })).body.error.code).toBe('VALIDATION_FAILED');
+    expect((await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: b.url, targetToken: b.token, maxThrottlePercent: 100 })).body.error.code).toBe('VALIDATION_FAILED');
   });
 
   it('a corrupt page frame is refused by the destination; the VM stays on the source', async () => {
@@ -390,7 +390,7 @@ describe('live migration (real QEMU, two daemons)', { timeout: 300_000 }, () => 
     const a = await host(['--config', cfg]);
     const b = await host();
     const id = await startGuest(a, 'mig-corrupt', 'nc.dirty_mib=16 nc.rate=4 nc.model=text nc.verify_every=1');
-    const r = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: b.url, force: true });
+    const r = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: b.url, targetToken: b.token, force: true });
     expect(r.status).toBe(202);
     const m = await waitMigration(a, r.body.id, 60_000);
     expect(m, JSON.stringify(m)).toMatchObject({ state: 'failed', error: { code: 'CODEC_CHECKSUM' } });
@@ -407,7 +407,7 @@ describe('live migration (real QEMU, two daemons)', { timeout: 300_000 }, () => 
     let a = await host(['--config', cfg], aDir);
     const b = await host();
     const id = await startGuest(a, 'mig-cut', 'nc.dirty_mib=16 nc.rate=4 nc.model=text nc.verify_every=1');
-    const r = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: b.url, force: true });
+    const r = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: b.url, targetToken: b.token, force: true });
     expect(r.status).toBe(202);
     const m = await waitMigration(a, r.body.id, 60_000);
     expect(m, JSON.stringify(m)).toMatchObject({ state: 'failed', error: { code: 'MIGRATION_TRANSPORT' } });
@@ -419,7 +419,7 @@ describe('live migration (real QEMU, two daemons)', { timeout: 300_000 }, () => 
     await a.kill('SIGKILL');
     a = await host([], aDir);
     await expectStillHere(a, id);
-    const again = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: b.url, force: true });
+    const again = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: b.url, targetToken: b.token, force: true });
     expect(again.status, JSON.stringify(again.body)).toBe(202);
     expect(await waitMigration(a, again.body.id, 120_000)).toMatchObject({ state: 'completed' });
     await waitUntil(() => /VERIFY ok/.test(serial(b.dataDir, id).slice(-4000)), 30_000, 'working set verifies on the destination');
@@ -431,7 +431,7 @@ describe('live migration (real QEMU, two daemons)', { timeout: 300_000 }, () => 
     const bDir = tempDataDir();
     const b = await host([], bDir);
     const id = await startGuest(a, 'mig-dkill', 'nc.dirty_mib=64 nc.rate=4 nc.model=random');
-    const r = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: b.url, bandwidthMBps: 2, force: true });
+    const r = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: b.url, targetToken: b.token, bandwidthMBps: 2, force: true });
     expect(r.status).toBe(202);
     for (let i = 0; i < 100; i++) {
       if ((await api(a.url, 'GET', `/v1/migrations/${r.body.id}`)).body.progress.bytesWire > 1 << 20) break;
@@ -452,7 +452,7 @@ describe('live migration (real QEMU, two daemons)', { timeout: 300_000 }, () => 
     const c = await host();
     const id = await startDiskWriter(a, 'mig-disk-kill', '', 1024, 'write -P 0x5a 16M 1000M');
     // Capped at 20 MB/s, the gigabyte takes long enough to kill the destination mid-copy.
-    const r = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: b.url, bandwidthMBps: 20, force: true });
+    const r = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: b.url, targetToken: b.token, bandwidthMBps: 20, force: true });
     expect(r.status, JSON.stringify(r.body)).toBe(202);
     for (let i = 0; ; i++) {
       const m = (await api(a.url, 'GET', `/v1/migrations/${r.body.id}`)).body;
@@ -466,7 +466,7 @@ describe('live migration (real QEMU, two daemons)', { timeout: 300_000 }, () => 
     const b2 = await host([], bDir);
     await expectNotThere(b2, id);
 
-    const again = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: c.url, force: true });
+    const again = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: c.url, targetToken: c.token, force: true });
     expect(again.status, JSON.stringify(again.body)).toBe(202);
     const moved = await waitMigration(a, again.body.id);
     expect(moved, JSON.stringify(moved)).toMatchObject({ state: 'completed' });
@@ -480,7 +480,7 @@ describe('live migration (real QEMU, two daemons)', { timeout: 300_000 }, () => 
     const a = await host([], aDir);
     const b = await host();
     const id = await startGuest(a, 'mig-skill', 'nc.dirty_mib=64 nc.rate=4 nc.model=random');
-    const r = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: b.url, bandwidthMBps: 2, force: true });
+    const r = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: b.url, targetToken: b.token, bandwidthMBps: 2, force: true });
     expect(r.status).toBe(202);
     await new Promise((res) => setTimeout(res, 3000));
     await a.kill('SIGKILL');

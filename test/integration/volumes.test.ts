@@ -24,7 +24,7 @@ const pool = () => join(d.dataDir, 'pools', 'local');
 const info = (file: string, format: string) => JSON.parse(execFileSync('qemu-img', ['info', '-U', '-f', format, '--output=json', file], { encoding: 'utf8' }));
 
 function cli(...args: string[]) {
-  const r = spawnSync(process.execPath, [BIN, '--url', d.url, ...args], { encoding: 'utf8', timeout: 30_000 });
+  const r = spawnSync(process.execPath, [BIN, '--url', d.url, ...args], { encoding: 'utf8', timeout: 30_000, env: { ...process.env, NOVACRON_DATA_DIR: d.dataDir } });
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
