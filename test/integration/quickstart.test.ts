@@ -33,9 +33,11 @@ function quickstartBlock(): string {
 describe('README quickstart', { timeout: 300_000 }, () => {
   it('the daemon npm start runs manages real VMs: the quickstart boots a guest from uploaded volumes and shows its console', async () => {
     expect((await api(d.url, 'GET', '/healthz')).body.driver).toBe('qemu');
-    const script = quickstartBlock().replaceAll('127.0.0.1:7700', `127.0.0.1:${d.port}`);
+    // npm start's daemon keeps its data (and admin.token) in ./data; this one's is elsewhere.
+    const script = quickstartBlock().replaceAll('127.0.0.1:7700', `127.0.0.1:${d.port}`).replaceAll('data/admin.token', join(d.dataDir, 'admin.token'));
+    expect(script).toContain(join(d.dataDir, 'admin.token'));
     expect(script).toContain('npx novacron vm console demo');
-    const r = spawnSync('bash', ['-euo', 'pipefail', '-c', script], { cwd: ROOT, encoding: 'utf8', env: { ...process.env, NOVACRON_URL: d.url }, timeout: 240_000 });
+    const r = spawnSync('bash', ['-euo', 'pipefail', '-c', script], { cwd: ROOT, encoding: 'utf8', env: { ...process.env, NOVACRON_URL: d.url, NOVACRON_DATA_DIR: d.dataDir }, timeout: 240_000 });
     expect(r.status, `${r.stdout}\n${r.stderr}`).toBe(0);
     expect(r.stdout).toMatch(/^HB \d+ \d+/m); // the guest's heartbeat, read through `vm console`
     expect(r.stdout).toMatch(/uploaded .*vmlinuz as local\/vmlinuz/);
