@@ -64,6 +64,10 @@ export const ConfigSchema = z.strictObject({
   hostPaths: z.array(HostPathEntry).max(256).default([]),
   /** How often the pools' tiering rules sample disk activity and may start a move. */
   storagePolicyIntervalMs: z.int().min(1000).max(86_400_000).default(60_000),
+  /** Names this daemon is reached by besides IP addresses, localhost and its own host names (DNS-rebinding check). */
+  allowedHosts: z.array(z.string().regex(/^[A-Za-z0-9.-]{1,253}$/)).max(64).default([]),
+  /** Origins (scheme://host:port) of web pages allowed to call the API from a browser. */
+  allowedOrigins: z.array(z.string().regex(/^https?:\/\/[A-Za-z0-9.:[\]-]+$/)).max(64).default([]),
   /** Largest volume upload accepted, bytes. */
   uploadLimitBytes: z.int().min(1 << 20).max(2 ** 46).default(64 * 2 ** 30),
 });

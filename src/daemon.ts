@@ -45,6 +45,9 @@ import { IdentityStore } from './auth/identity.js';
 import { Authenticator } from './auth/principal.js';
 import { daemonResolver } from './api/target-resolver.js';
 import { authRoutes } from './api/routes/auth.js';
+import { AuditLog } from './auth/audit.js';
+import { OriginPolicy } from './api/origin.js';
+import { hostname } from 'node:os';
 
 export { VERSION } from './version.js';
 import { VERSION } from './version.js';
@@ -111,6 +114,7 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
     });
 
     const sampler = new TelemetrySampler(vms, log, config.telemetryIntervalMs);
+    const audit = new AuditLog(events, log);
     const router = new Router();
     systemRoutes(router, metrics, {
       ready: () => ready,
@@ -140,12 +144,17 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
     let isMember: (url: string) => Promise<boolean> = async () => false;
     migrationRoutes(router, migrations, (member) => resolveTarget(member), (url) => isMember(url));
     const resolver = daemonResolver(vms, storage, () => migrations);
-    authRoutes(router, identity, resolver);
+    authRoutes(router, identity, resolver, audit);
     const server = await ApiServer.listen(
       router,
       {
         host: config.host, port: config.port, bodyLimitBytes: config.bodyLimitBytes, log, metrics,
-        auth: { authenticate: (h) => authenticator.authenticate(h), resolver },
+        auth: {
+          authenticate: (h) => authenticator.authenticate(h),
+          resolver,
+          origins: new OriginPolicy([hostname(), config.nodeId, config.host, ...(config.advertise ? [config.advertise.replace(/:\d+$/, '').replace(/^\[|\]$/g, '')] : [])], { allowedHosts: config.allowedHosts, allowedOrigins: config.allowedOrigins }),
+        },
+        audit: (rec) => audit.record(rec),
       },
       [eventsWsRoute(events, log), consoleWsRoute(vms, new ConsoleHub(driver), log), telemetryWsRoute(sampler, vms), vncWsRoute(vms, driver), peerWsRoute(() => cluster, log)],
     );
@@ -222,6 +231,7 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
           diskPolicy.stop();
           poolSync.stop();
           await server.close();
+          await audit.flush();
           forwarder.close();
           inventory.stop();
           cluster?.close();

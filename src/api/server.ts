@@ -19,23 +19,17 @@ import type { RouteStats } from '../telemetry/request-stats.js';
 import type { AuthOutcome, Principal } from '../auth/principal.js';
 import { ROOT, type ObjectRef } from '../auth/acl.js';
 import type { Target, TargetResolver } from './access.js';
+import type { OriginPolicy } from './origin.js';
 
 /** Authentication and the objects privileges are checked on. */
 export interface ServerAuth {
   authenticate(authorization: string): AuthOutcome;
   resolver: TargetResolver;
+  /** Host/Origin checks (DNS rebinding, cross-site requests); none when absent. */
+  origins?: OriginPolicy;
 }
 
-/** One audited request: every mutating one, and every refused credential or privilege. */
-export interface AuditRecord {
-  principal: string | undefined;
-  method: string;
-  path: string;
-  status: number;
-  code?: string;
-  source: string;
-  requestId: string;
-}
+import type { AuditRecord } from '../auth/audit.js';
 
 export interface ServerOptions {
   host: string;
@@ -48,8 +42,8 @@ export interface ServerOptions {
   metrics: Metrics;
 }
 
-/** Authenticates a WebSocket upgrade: the caller's principal, or a NovaError (UNAUTHORIZED). */
-export type WsAuthenticate = (authorization: string) => Principal;
+/** Authenticates a WebSocket upgrade (its Authorization, Host and Origin headers): the caller's principal, or a NovaError. */
+export type WsAuthenticate = (authorization: string, host: string, origin: string) => Principal;
 
 export interface WsRouteInstaller {
   (app: UWS.TemplatedApp, authenticate: WsAuthenticate, forwarder: () => Forwarder | undefined, resolver: TargetResolver): void;
@@ -82,7 +76,7 @@ export function upgradeWebSocket<T>(
   };
   let data: T;
   try {
-    data = build(req, authenticate?.(authorization));
+    data = build(req, authenticate?.(authorization, req.getHeader('host'), req.getHeader('origin')));
   } catch (err) {
     const forwarder = relay?.forwarder();
     if (!forwarder || !(err instanceof NovaError) || err.code !== 'VM_NOT_FOUND' || req.getHeader(FORWARDED_BY) !== '') return refuse(err);
@@ -149,7 +143,7 @@ export class ApiServer {
     const { uws } = loadUws();
     const app = uws.App();
     const server = new ApiServer(app, router, opts);
-    for (const install of installWs) install(app, (h) => server.#wsPrincipal(h), () => server.#forwarder, opts.auth.resolver);
+    for (const install of installWs) install(app, (h, host, origin) => server.#wsPrincipal(h, host, origin), () => server.#forwarder, opts.auth.resolver);
     app.any('/*', (res, req) => server.#handle(res, req));
     const socket = await new Promise<UWS.us_listen_socket>((resolve, reject) => {
       app.listen(opts.host, opts.port, (s) => (s ? resolve(s) : reject(new Error(`cannot listen on ${opts.host}:${opts.port} (address in use or not available)`))));
@@ -169,7 +163,8 @@ export class ApiServer {
     return this.#port;
   }
 
-  #wsPrincipal(header: string): Principal {
+  #wsPrincipal(header: string, host: string, origin: string): Principal {
+    this.#auth.origins?.check(host, origin);
     const outcome = this.#auth.authenticate(header);
     if (!outcome.ok) throw unauthorized(outcome.reason);
     return outcome.principal;
@@ -191,6 +186,13 @@ export class ApiServer {
     const path = req.getUrl();
     const x = new Exchange(res, this.#unmatched, this.#opts.log);
     if (this.#closing) return x.fail(new NovaError('SHUTTING_DOWN'));
+    if (this.#auth.origins) {
+      try {
+        this.#auth.origins.check(req.getHeader('host'), req.getHeader('origin'));
+      } catch (err) {
+        return x.fail(err);
+      }
+    }
     const match = this.#router.match(method, path);
     if (match.kind === 'not-found') return x.fail(new NovaError('ROUTE_NOT_FOUND', `no endpoint ${method} ${path}`));
     if (match.kind === 'method-not-allowed') {

@@ -4,6 +4,7 @@ export const EVENT_TYPES = [
   'operation.started', 'operation.progress', 'operation.succeeded', 'operation.failed',
   'vm.migrated', 'migration.started', 'migration.progress', 'migration.completed', 'migration.failed', 'migration.cancelled',
   'volume.created', 'volume.updated', 'volume.deleted', 'volume.progress',
+  'audit.request',
 ] as const;
 export type EventType = (typeof EVENT_TYPES)[number];
 

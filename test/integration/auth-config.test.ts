@@ -5,6 +5,7 @@
  * capped by their roles.
  */
 import { spawnSync } from 'node:child_process';
+import { request } from 'node:http';
 import { statSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -114,6 +115,67 @@ describe('authentication', () => {
       // Disabling the user stops its other tokens too.
       expect((await api(d.url, 'PATCH', '/v1/users/ops', { disabled: true })).status).toBe(200);
       expect((await api(d.url, 'GET', '/v1/vms', undefined, bearer(audit.body.token))).status).toBe(401);
+    } finally {
+      await d.kill();
+      removeDir(d.dataDir);
+    }
+  });
+
+  it('refuses foreign Host names (DNS rebinding) and cross-site Origins with 403 ORIGIN_REFUSED, on routes and WebSocket upgrades alike', async () => {
+    const d = await spawnDaemon();
+    try {
+      const raw = (headers: Record<string, string>) =>
+        new Promise<{ status: number; body: any }>((resolve, reject) => {
+          const req = request({ host: '127.0.0.1', port: d.port, path: '/v1/vms', headers: { authorization: `Bearer ${d.token}`, ...headers } }, (res) => {
+            let text = '';
+            res.on('data', (c) => (text += c));
+            res.on('end', () => resolve({ status: res.statusCode!, body: JSON.parse(text) }));
+          });
+          req.on('error', reject);
+          req.end();
+        });
+      expect((await raw({ host: `evil.example:${d.port}` })).body.error.code).toBe('ORIGIN_REFUSED');
+      expect((await raw({ host: `evil.example:${d.port}` })).status).toBe(403);
+      expect((await raw({ host: `localhost:${d.port}` })).status).toBe(200);
+      expect((await raw({ host: `127.0.0.1:${d.port}`, origin: 'http://evil.example' })).body.error.code).toBe('ORIGIN_REFUSED');
+      expect((await raw({ host: `127.0.0.1:${d.port}`, origin: `http://127.0.0.1:${d.port}` })).status).toBe(200);
+      await expect(EventClient.connect(d.url, '', { origin: 'http://evil.example' })).rejects.toMatchObject({ status: 403 });
+      const same = await EventClient.connect(d.url, '', { origin: d.url });
+      same.close();
+    } finally {
+      await d.kill();
+      removeDir(d.dataDir);
+    }
+  });
+
+  it('audits every mutating request and every refused credential or privilege: who, what, result, source, request id; Sys.Audit only', async () => {
+    const d = await spawnDaemon();
+    try {
+      await api(d.url, 'POST', '/v1/users', { name: 'viewer' });
+      await api(d.url, 'PUT', '/v1/acl', { path: '/', user: 'viewer', role: 'TenantUser' });
+      const viewer = { authorization: `Bearer ${(await api(d.url, 'POST', '/v1/users/viewer/tokens', {})).body.token}` };
+      const events = await EventClient.connect(d.url, '?types=audit.*');
+      const viewerEvents = await EventClient.connect(d.url, '', viewer);
+      expect((await api(d.url, 'POST', '/v1/vms', sampleVm('audited'), { 'x-request-id': 'req-42' })).status).toBe(201);
+      expect((await api(d.url, 'GET', '/v1/vms', undefined, NO_AUTH)).status).toBe(401);
+      expect((await api(d.url, 'DELETE', '/v1/vms/audited', undefined, viewer)).status).toBe(403);
+      expect((await api(d.url, 'GET', '/v1/vms', undefined, viewer)).status).toBe(200); // a read that succeeds is not audited
+      const log = await api(d.url, 'GET', '/v1/audit');
+      expect(log.status).toBe(200);
+      const rows = log.body.items.map((r: any) => [r.principal, r.method, r.path, r.status, r.code]);
+      expect(rows).toEqual(expect.arrayContaining([
+        ['admin!' + d.token.split('.')[1], 'POST', '/v1/vms', 201, undefined],
+        [undefined, 'GET', '/v1/vms', 401, 'UNAUTHORIZED'],
+        [expect.stringMatching(/^viewer!/), 'DELETE', '/v1/vms/audited', 403, 'FORBIDDEN'],
+      ]));
+      expect(rows.some((r: any[]) => r[0]?.startsWith('viewer') && r[1] === 'GET')).toBe(false);
+      expect(log.body.items.find((r: any) => r.path === '/v1/vms' && r.status === 201)).toMatchObject({ source: '127.0.0.1', requestId: 'req-42' });
+      expect((await api(d.url, 'GET', '/v1/audit?principal=viewer')).body.items.every((r: any) => r.principal.startsWith('viewer!'))).toBe(true);
+      expect((await api(d.url, 'GET', '/v1/audit', undefined, viewer)).status).toBe(403);
+      await events.waitFor((c) => c.frames.some((f: any) => f.type === 'event' && f.event.data.code === 'FORBIDDEN'));
+      expect(viewerEvents.frames.some((f: any) => f.type === 'event' && f.event.type === 'audit.request')).toBe(false);
+      events.close();
+      viewerEvents.close();
     } finally {
       await d.kill();
       removeDir(d.dataDir);

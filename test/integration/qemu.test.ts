@@ -59,6 +59,16 @@ describe('qemu driver', { timeout: 180_000 }, () => {
     for (let i = 1; i < hb.length; i++) expect(hb[i]).toBe(hb[i - 1]! + 1); // one boot, no reset, no gap in the counter
   });
 
+  it('runs QEMU under its seccomp sandbox with no_new_privs (no fork/exec, no setuid, no resource control)', async () => {
+    const id = await startVm('sandboxed');
+    const pid = Number(readFileSync(join(dataDir, 'vms', id, 'qemu.pid'), 'utf8'));
+    const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+    expect(status).toMatch(/^Seccomp:\s+2$/m); // filter mode
+    expect(status).toMatch(/^NoNewPrivs:\s+1$/m);
+    expect(readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0')).toContain('on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny');
+    await waitOp(d.url, (await api(d.url, 'DELETE', `/v1/vms/${id}?force=true`)).body.id);
+  });
+
   it('streams the serial console over a WebSocket while still logging it', async () => {
     const id = await startVm('console-1');
     await waitUntil(() => heartbeats(dataDir, id).length >= 2, BOOT_MS, 'boot');

@@ -13,6 +13,7 @@ import { hashPassword, newToken } from '../../auth/secrets.js';
 import type { ApiRequest, Router } from '../router.js';
 import type { TargetResolver } from '../access.js';
 import { parseWith } from '../validate.js';
+import type { AuditLog } from '../../auth/audit.js';
 
 const Password = z.string().min(12, 'passwords have at least 12 characters').max(1024);
 const CreateUser = z.strictObject({ name: UserName, tenant: TenantName.optional(), password: Password.optional() });
@@ -30,7 +31,19 @@ const CreateRole = z.strictObject({ name: RoleName, privileges: z.array(Privileg
 const tokenView = ({ hash: _hash, ...t }: TokenRecord) => t;
 const userView = ({ passwordHash, ...u }: UserRecord) => ({ ...u, hasPassword: passwordHash !== undefined });
 
-export function authRoutes(router: Router, identity: IdentityStore, resolver: TargetResolver): void {
+const AuditQuery = z.strictObject({
+  since: z.coerce.number().int().min(0).default(0),
+  principal: UserName.optional(),
+  limit: z.coerce.number().int().min(1).max(1000).default(100),
+});
+
+export function authRoutes(router: Router, identity: IdentityStore, resolver: TargetResolver, audit: AuditLog): void {
+  router.add('GET', '/v1/audit', async (req) => {
+    const q = parseWith(AuditQuery, Object.fromEntries(req.query), 'BAD_QUERY');
+    const items = await audit.list({ since: q.since, limit: q.limit, ...(q.principal ? { principal: q.principal } : {}) });
+    return { status: 200, json: { items: items.map((e) => ({ seq: e.seq, time: e.time, ...e.data })), ...(items.length === q.limit ? { nextSince: items.at(-1)!.seq } : {}) } };
+  }, { priv: 'Sys.Audit' });
+
   const userObject = (u: { tenant?: string | undefined }): ObjectRef => (u.tenant ? { kind: 'tenant', tenant: u.tenant } : ROOT);
   const existing = (name: string) => {
     const u = identity.user(name);

@@ -583,6 +583,10 @@ export function qemuArgs(vm: VmRecord, { accel, dir, media, hugepagesPath }: Qem
     '-pidfile', join(dir, 'qemu.pid'),
     '-uuid', uuidFromId(vm.id),
     '-S',
+    // seccomp: no obsolete syscalls, no setuid/setgid, no scheduler or resource changes,
+    // and no fork/exec (a guest that escapes QEMU cannot start programs) unless a bridge
+    // NIC needs qemu-bridge-helper. QEMU also sets no_new_privs.
+    '-sandbox', `on,obsolete=deny,elevateprivileges=deny,spawn=${spec.nics.some((n) => n.mode === 'bridge') ? 'allow' : 'deny'},resourcecontrol=deny`,
   ];
   if (spec.memoryBacking === 'hugepages') {
     args.push('-object', `memory-backend-file,id=ram0,size=${spec.memoryMiB}M,mem-path=${hugepagesPath},share=on,prealloc=on`);
