@@ -149,11 +149,11 @@ export class SimLiveMigration implements LiveMigration {
       let ended = 0;
       let deviceState: Buffer | undefined;
       const blocks = new Map<string, bigint>();
-      // Like QEMU's receiver, channels meet at every sync packet: a channel that reached
-      // sync N waits until all have, so a page re-sent in a later round on one channel is
-      // never overwritten by its older copy still travelling on another.
-      const lanes: Array<{ items: Array<{ header: Buffer; pages: Buffer }>; passed: number }> = [];
-      let epoch = 0;
+      // Like QEMU's receiver, channels meet at every sync packet: a channel at its Nth sync
+      // applies nothing after it until every channel has reached its Nth sync, so a page
+      // re-sent in a later round on one channel is never overwritten by its older copy
+      // still travelling on another.
+      const lanes: Array<{ items: Array<{ header: Buffer; pages: Buffer }>; passed: number; arrived: number }> = [];
       const pump = () => {
         for (let moved = true; moved; ) {
           moved = false;
@@ -161,19 +161,15 @@ export class SimLiveMigration implements LiveMigration {
             while (l.items.length > 0) {
               const it = l.items[0]!;
               if (it.header.readUInt32BE(8) & FLAG_SYNC) {
-                if (l.passed > epoch) break; // wait for the others to reach this sync
-                l.passed++;
+                l.arrived = l.passed + 1;
+                if (lanes.length < channels || lanes.some((o) => o.arrived < l.arrived)) break; // wait for the others
+                l.passed = l.arrived;
               } else {
                 applyPacket(memory, it.header, it.pages);
               }
               l.items.shift();
               moved = true;
             }
-          }
-          const low = lanes.length === channels ? Math.min(...lanes.map((l) => l.passed)) : epoch;
-          if (low > epoch) {
-            epoch = low;
-            moved = true;
           }
         }
       };
@@ -192,7 +188,7 @@ export class SimLiveMigration implements LiveMigration {
               if (q.peekU32(0) === QEVM_MAGIC) main = true;
               else {
                 parser = new MultifdParser(blocks);
-                lanes.push((lane = { items: [], passed: 0 }));
+                lanes.push((lane = { items: [], passed: 0, arrived: 0 }));
               }
               if (main) return void mainChunks.push(q.take(q.length));
             } else if (main) return void mainChunks.push(c);
