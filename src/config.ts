@@ -68,6 +68,8 @@ export const ConfigSchema = z.strictObject({
   allowedHosts: z.array(z.string().regex(/^[A-Za-z0-9.-]{1,253}$/)).max(64).default([]),
   /** Origins (scheme://host:port) of web pages allowed to call the API from a browser. */
   allowedOrigins: z.array(z.string().regex(/^https?:\/\/[A-Za-z0-9.:[\]-]+$/)).max(64).default([]),
+  /** How long finished operations and migrations are kept (their records, not their events). */
+  recordRetentionMs: z.int().min(1000).max(10 * 365 * 86_400_000).default(30 * 86_400_000),
   /** Largest volume upload accepted, bytes. */
   uploadLimitBytes: z.int().min(1 << 20).max(2 ** 46).default(64 * 2 ** 30),
 });

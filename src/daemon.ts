@@ -114,6 +114,17 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
     });
 
     const sampler = new TelemetrySampler(vms, log, config.telemetryIntervalMs);
+    // Finished operations and migrations are kept recordRetentionMs, then deleted.
+    const trimRecords = () => {
+      const cutoff = Date.now() - config.recordRetentionMs;
+      Promise.all([vms.trimOperations(cutoff), migrations.trimRecords(cutoff)]).then(
+        ([ops, migs]) => (ops + migs > 0 ? log.info({ operations: ops, migrations: migs }, 'trimmed finished records') : undefined),
+        (err) => log.warn({ err }, 'trimming finished records failed'),
+      );
+    };
+    const trimmer = setInterval(trimRecords, Math.min(3_600_000, Math.max(500, config.recordRetentionMs / 2)));
+    trimmer.unref();
+    trimRecords();
     const audit = new AuditLog(events, log);
     const router = new Router();
     systemRoutes(router, metrics, {
@@ -227,6 +238,7 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
         (closing ??= (async () => {
           ready = false;
           identity.stop();
+          clearInterval(trimmer);
           sampler.stop();
           diskPolicy.stop();
           poolSync.stop();

@@ -8,6 +8,7 @@ import type { EventLog } from '../events/log.js';
 import type { EventDraft, EventType } from '../events/types.js';
 import { prefixRange, type Store, type WriteOp } from '../store/store.js';
 import { MIG_PREFIX, migKey, type MigrationRecord } from './record.js';
+import { idAt } from '../ids.js';
 
 /** Finished records kept in memory (all stay in the store). */
 const KEEP_FINISHED = 1000;
@@ -15,14 +16,16 @@ const KEEP_FINISHED = 1000;
 export class MigrationBook {
   #records = new Map<string, MigrationRecord>();
   #events: EventLog;
+  #store: Store;
 
-  private constructor(events: EventLog) {
+  private constructor(store: Store, events: EventLog) {
+    this.#store = store;
     this.#events = events;
   }
 
   /** Loads records; ones still running belonged to a daemon that died: they failed. */
   static async open(store: Store, events: EventLog): Promise<MigrationBook> {
-    const book = new MigrationBook(events);
+    const book = new MigrationBook(store, events);
     const interrupted: MigrationRecord[] = [];
     for (const e of await store.scan(prefixRange(MIG_PREFIX))) {
       const rec = unpack(e.value) as MigrationRecord;
@@ -68,6 +71,15 @@ export class MigrationBook {
   finished(rec: MigrationRecord, state: 'completed' | 'failed' | 'cancelled', error?: { code: ErrorCode; message: string }): MigrationRecord {
     const now = new Date().toISOString();
     return { ...rec, state, phase: 'done', ...(error ? { error } : {}), updatedAt: now, finishedAt: now, totalMs: Date.parse(now) - Date.parse(rec.createdAt) };
+  }
+
+  /** Deletes finished records of migrations started before `cutoffMs`; returns how many. */
+  async trimBefore(cutoffMs: number): Promise<number> {
+    const old = (await this.#store.scan({ start: migKey('mig-'), end: migKey(idAt('mig', cutoffMs)) })).filter((e) => (unpack(e.value) as MigrationRecord).state !== 'running');
+    if (old.length === 0) return 0;
+    await this.#events.commit(old.map((e) => ({ key: e.key })), []);
+    for (const e of old) this.#records.delete((unpack(e.value) as MigrationRecord).id);
+    return old.length;
   }
 
   #trim(): void {

@@ -91,7 +91,15 @@ export interface IncomingDeps {
   dataPorts?: { from: number; to: number };
 }
 
+/** A connection that has not said hello by then is closed. */
+export const HELLO_DEADLINE_MS = 5000;
+/** What a connection may send before its hello (a hello is a few hundred bytes). */
+export const HELLO_MAX_BYTES = 64 << 10;
+/** Connections one address may hold open without having said hello. */
+export const MAX_UNGREETED_PER_SOURCE = 8;
+
 export class IncomingMigrations {
+  #ungreeted = new Map<string, number>();
   #deps: IncomingDeps;
   #server: Server;
   #pending = new Map<string, Pending>();
@@ -191,6 +199,26 @@ export class IncomingMigrations {
 
   #onConnection(sock: Socket): void {
     sock.setNoDelay(true);
+    // Until it has said hello, a connection is a stranger: it gets HELLO_DEADLINE_MS and
+    // HELLO_MAX_BYTES, and one source address holds at most MAX_UNGREETED_PER_SOURCE such
+    // connections, so strangers cannot tie up memory or the real source's way in.
+    const source = sock.remoteAddress ?? '?';
+    const ungreeted = (this.#ungreeted.get(source) ?? 0) + 1;
+    if (ungreeted > MAX_UNGREETED_PER_SOURCE) return void sock.destroy();
+    this.#ungreeted.set(source, ungreeted);
+    let greeted = false;
+    const greet = () => {
+      if (greeted) return;
+      greeted = true;
+      clearTimeout(deadline);
+      const left = (this.#ungreeted.get(source) ?? 1) - 1;
+      if (left > 0) this.#ungreeted.set(source, left);
+      else this.#ungreeted.delete(source);
+    };
+    const deadline = setTimeout(() => sock.destroy(), HELLO_DEADLINE_MS);
+    deadline.unref();
+    sock.once('close', greet);
+    let helloBytes = 0;
     const reader = new FrameReader();
     let p: Pending | undefined;
     let files: FileReceiver | undefined;
@@ -209,11 +237,13 @@ export class IncomingMigrations {
     };
     const onData = (chunk: Buffer) => {
       if (aborted) return;
+      if (!p && (helloBytes += chunk.length) > HELLO_MAX_BYTES) return void sock.destroy();
       try {
         for (const f of reader.push(chunk)) {
           if (!p) {
             const hello = this.#hello(f.type === FrameType.Control ? f.payload : undefined);
             if (!hello) return void sock.destroy();
+            greet();
             if (hello.stream === 'nbd') {
               // A disk-mirror connection: splice it onto the destination QEMU's NBD server.
               sock.off('data', onData);
@@ -270,6 +300,8 @@ export class IncomingMigrations {
     const p = this.#pending.get(msg.migrationId);
     const given = Buffer.from(String(msg.token), 'hex');
     if (!p || p.settled || given.length !== p.token.length || !timingSafeEqual(given, p.token)) return undefined;
+    // The control connection's hello is single-use (disk-mirror tunnels, one per disk, come after it).
+    if (msg.stream !== 'nbd' && p.abort) return undefined;
     return { p, ...(msg.stream === 'nbd' ? { stream: 'nbd' as const } : {}) };
   }
 

@@ -78,6 +78,11 @@ export class MigrationService {
     return svc;
   }
 
+  /** Deletes finished migration records started before `cutoffMs`. */
+  trimRecords(cutoffMs: number): Promise<number> {
+    return this.#book.trimBefore(cutoffMs);
+  }
+
   get(id: string): MigrationRecord {
     return this.#outgoing.get(id)?.record ?? this.#book.get(id);
   }

@@ -11,6 +11,7 @@ import type { Logger } from 'pino';
 import { NovaError, type ErrorCode } from '../errors.js';
 import type { EventLog } from '../events/log.js';
 import type { EventDraft } from '../events/types.js';
+import { idAt } from '../ids.js';
 import { newOperation, opKey, OP_PREFIX, type OperationKind, type OperationRecord } from '../operations/operation.js';
 import { prefixRange, type Store, type WriteOp } from '../store/store.js';
 import { ACTIONS, actionAllowed, isForcedDelete, type ActionOptions, type ActionOutcome } from './actions.js';
@@ -210,6 +211,21 @@ export class OperationRunner {
     const { done, event } = this.#finished(op, state, extra);
     await this.#deps.events.commit([opWrite(done)], [event]);
     this.#ops.set(op.id, done);
+  }
+
+  /** Deletes finished operations created before `cutoffMs` (the store's and the cache's); returns how many. */
+  async trimBefore(cutoffMs: number): Promise<number> {
+    const end = opKey(idAt('op', cutoffMs));
+    let removed = 0;
+    for (let start = opKey('op-'); ; ) {
+      const page = await this.#deps.store.scan({ start, end, limit: 512 });
+      const old = page.filter((e) => (unpack(e.value) as OperationRecord).state !== 'running');
+      if (old.length > 0) await this.#deps.store.write(old.map((e) => ({ key: e.key })));
+      for (const e of old) this.#ops.delete((unpack(e.value) as OperationRecord).id);
+      removed += old.length;
+      if (page.length < 512) return removed;
+      start = `${page.at(-1)!.key}\u0000`;
+    }
   }
 
   #trimCache(): void {

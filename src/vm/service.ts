@@ -204,6 +204,11 @@ export class VmService {
     return this.#registry.countByState();
   }
 
+  /** Deletes finished operations created before `cutoffMs`. */
+  trimOperations(cutoffMs: number): Promise<number> {
+    return this.#runner.trimBefore(cutoffMs);
+  }
+
   /** A recent operation, if this member holds it in memory. */
   peekOperation(id: string): OperationRecord | undefined {
     return this.#runner.peek(id);

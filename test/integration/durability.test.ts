@@ -1,3 +1,5 @@
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { api, removeDir, sampleVm, spawnDaemon, tempDataDir, waitOp } from '../helpers/daemon.js';
 
@@ -91,6 +93,33 @@ describe('durability', () => {
     try {
       await expect(spawnDaemon({ dataDir })).rejects.toThrow(/STORE_LOCKED/);
       expect((await api(d.url, 'GET', '/healthz')).status).toBe(200);
+    } finally {
+      await d.kill();
+      removeDir(dataDir);
+    }
+  });
+});
+
+describe('record retention', () => {
+  it('finished operations and migrations are deleted once older than recordRetentionMs; a running one stays', async () => {
+    const dataDir = tempDataDir();
+    writeFileSync(join(dataDir, 'config.json'), JSON.stringify({ recordRetentionMs: 1500, sim: { latencyMs: { stop: 6000 } } }));
+    const d = await spawnDaemon({ dataDir, args: ['--config', join(dataDir, 'config.json')] });
+    try {
+      const vm = (await api(d.url, 'POST', '/v1/vms', sampleVm('kept'))).body;
+      const op = await waitOp(d.url, (await api(d.url, 'POST', `/v1/vms/${vm.id}/start`)).body.id);
+      const stopping = (await api(d.url, 'POST', `/v1/vms/${vm.id}/stop`)).body.id; // runs 6 s
+      await new Promise((r) => setTimeout(r, 500));
+      const cold = (await api(d.url, 'POST', '/v1/vms', sampleVm('cold'))).body;
+      const mig = await api(d.url, 'POST', `/v1/vms/${cold.id}/migrate`, { target: 'http://127.0.0.1:1', targetToken: 'x'.repeat(16) });
+      expect(mig.status, JSON.stringify(mig.body)).toBe(202); // then fails: nothing listens there
+      expect((await api(d.url, 'GET', `/v1/operations/${op.id}`)).status).toBe(200);
+      expect((await api(d.url, 'GET', `/v1/migrations/${mig.body.id}`)).status).toBe(200);
+      await new Promise((r) => setTimeout(r, 3000));
+      expect((await api(d.url, 'GET', `/v1/operations/${op.id}`)).body.error.code).toBe('OPERATION_NOT_FOUND');
+      expect((await api(d.url, 'GET', `/v1/migrations/${mig.body.id}`)).body.error.code).toBe('MIGRATION_NOT_FOUND');
+      expect((await api(d.url, 'GET', `/v1/operations/${stopping}`)).body.state).toBe('running');
+      await waitOp(d.url, stopping);
     } finally {
       await d.kill();
       removeDir(dataDir);

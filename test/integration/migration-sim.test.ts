@@ -5,6 +5,8 @@
  * source sends at switchover before the VM runs there.
  */
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:http';
+import { connect, createServer as createTcpServer, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { api, authHeaders, removeDir, spawnDaemon, tempDataDir, waitOp, type DaemonHandle } from '../helpers/daemon.js';
@@ -31,6 +33,15 @@ async function host(config: Record<string, unknown> = {}): Promise<DaemonHandle>
   return d;
 }
 
+function freeTcpPort(): Promise<number> {
+  return new Promise((resolve) => {
+    const srv = createTcpServer().listen(0, '127.0.0.1', () => {
+      const { port } = srv.address() as { port: number };
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
 async function runningVm(d: DaemonHandle, name: string, dirtyMiBps: number, disks: unknown[] = []): Promise<string> {
   const vm = await api(d.url, 'POST', '/v1/vms', { name, vcpus: 1, memoryMiB: 64, disks: [{ name: 'root', volume: 'shared/base', readOnly: true }, ...disks], labels: { 'sim.novacron.io/dirty-mibps': String(dirtyMiBps) } });
   expect(vm.status, JSON.stringify(vm.body)).toBe(201);
@@ -48,6 +59,60 @@ async function settle(d: DaemonHandle, id: string): Promise<any> {
 }
 
 describe('live migration of sim VMs (real daemons, relays, codec)', { timeout: 60_000 }, () => {
+  it('a daemon outside the cluster gets exactly the targetToken the caller gave (never the source\'s or the caller\'s token); without one, or from a non-administrator, the migration is refused', async () => {
+    const a = await host();
+    const id = await runningVm(a, 'outside', 1);
+    const seen: string[] = [];
+    const outside = createServer((req, res) => {
+      seen.push(req.headers.authorization ?? '');
+      res.writeHead(403, { 'content-type': 'application/json' }).end('{"error":{"code":"FORBIDDEN","message":"no"}}');
+    });
+    await new Promise<void>((r) => outside.listen(0, '127.0.0.1', r));
+    const target = `http://127.0.0.1:${(outside.address() as { port: number }).port}`;
+    try {
+      const missing = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target, force: true });
+      expect(missing.status).toBe(400);
+      expect(missing.body.error.message).toContain('targetToken');
+      await api(a.url, 'POST', '/v1/users', { name: 'opr' });
+      await api(a.url, 'PUT', '/v1/acl', { path: '/', user: 'opr', role: 'Operator' });
+      const opr = { authorization: `Bearer ${(await api(a.url, 'POST', '/v1/users/opr/tokens', {})).body.token}` };
+      const notAdmin = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target, targetToken: 'given-to-the-caller-0001', force: true }, opr);
+      expect(notAdmin.body.error).toMatchObject({ code: 'FORBIDDEN', details: { privilege: 'Sys.Modify' } });
+      expect(seen).toEqual([]);
+      const r = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target, targetToken: 'given-to-the-caller-0001', force: true });
+      expect(r.status, JSON.stringify(r.body)).toBe(202);
+      expect(await settle(a, r.body.id)).toMatchObject({ state: 'failed', error: { code: 'MIGRATION_TARGET_REJECTED' } }); // the outside daemon refuses
+      expect(seen).toEqual(['Bearer given-to-the-caller-0001']);
+      expect((await api(a.url, 'GET', `/v1/vms/${id}`)).body.state).toBe('running');
+    } finally {
+      outside.close();
+    }
+  });
+
+  it('the migration port closes strangers: no hello within the deadline, too many bytes before it, too many ungreeted connections from one address; a real migration gets through meanwhile', async () => {
+    const [a, b] = [await host(), await host({ migrationPort: await freeTcpPort() })];
+    const port = JSON.parse(readFileSync(join(b.dataDir, 'config.json'), 'utf8')).migrationPort as number;
+    const closedAfter = (sock: Socket) => new Promise<number>((r) => { const t0 = Date.now(); sock.on('close', () => r(Date.now() - t0)); sock.on('error', () => undefined); });
+    // Strangers come from 127.0.0.2 (also loopback); the real source from 127.0.0.1.
+    const open = () => new Promise<Socket>((r) => { const s = connect({ port, host: '127.0.0.1', localAddress: '127.0.0.2' }, () => r(s)); });
+    const silent = await Promise.all(Array.from({ length: 8 }, open));
+    const silentClosed = silent.map(closedAfter);
+    const ninth = await open();
+    expect(await closedAfter(ninth)).toBeLessThan(1000); // over the per-address limit: closed at once
+    const flood = await open();
+    const flooded = closedAfter(flood);
+    flood.write(Buffer.alloc(256 << 10));
+    expect(await flooded).toBeLessThan(1000);
+    // The strangers hold their slots, yet the source's own connection (hello first) is served.
+    const id = await runningVm(a, 'through', 1);
+    const r = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: b.url, targetToken: b.token, maxDowntimeMs: 50, force: true });
+    expect(r.status, JSON.stringify(r.body)).toBe(202);
+    expect((await settle(a, r.body.id)).state).toBe('completed');
+    const waited = await Promise.all(silentClosed);
+    expect(Math.min(...waited)).toBeGreaterThan(4000); // held until the 5 s hello deadline...
+    expect(Math.max(...waited)).toBeLessThan(6500); // ...and closed then
+  });
+
   it('moves a VM whose RAM is being dirtied; the destination verifies every byte', async () => {
     const [a, b] = [await host(), await host()];
     const id = await runningVm(a, 'sim-mig', 16);
