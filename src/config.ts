@@ -68,6 +68,14 @@ export const ConfigSchema = z.strictObject({
   allowedHosts: z.array(z.string().regex(/^[A-Za-z0-9.-]{1,253}$/)).max(64).default([]),
   /** Origins (scheme://host:port) of web pages allowed to call the API from a browser. */
   allowedOrigins: z.array(z.string().regex(/^https?:\/\/[A-Za-z0-9.:[\]-]+$/)).max(64).default([]),
+  /** Tokens of an OIDC provider: verified against its JWKS file; the user is `<userClaim>@<realm>`. */
+  oidc: z.strictObject({
+    jwksFile: z.string().min(1),
+    issuer: z.string().min(1).max(512),
+    audience: z.string().min(1).max(512).optional(),
+    userClaim: z.string().min(1).max(64).default('sub'),
+    realm: z.string().regex(/^[a-z0-9][a-z0-9.-]{0,31}$/).default('oidc'),
+  }).optional(),
   /** How long finished operations and migrations are kept (their records, not their events). */
   recordRetentionMs: z.int().min(1000).max(10 * 365 * 86_400_000).default(30 * 86_400_000),
   /** Largest volume upload accepted, bytes. */

@@ -43,6 +43,7 @@ import { PoolSync } from './storage/pool-sync.js';
 import { loadOrCreateAdminToken } from './auth/admin-token.js';
 import { IdentityStore } from './auth/identity.js';
 import { Authenticator } from './auth/principal.js';
+import { Sessions } from './auth/sessions.js';
 import { daemonResolver } from './api/target-resolver.js';
 import { authRoutes } from './api/routes/auth.js';
 import { AuditLog } from './auth/audit.js';
@@ -72,7 +73,8 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
   chmodSync(dataDir, 0o700);
   const admin = loadOrCreateAdminToken(dataDir, config.nodeId);
   const identity = new IdentityStore([admin.record]);
-  const authenticator = new Authenticator(identity, config.apiToken);
+  const sessions = new Sessions(identity, config.oidc);
+  const authenticator = new Authenticator(identity, config.apiToken, sessions);
   const store = RocksStore.open(join(dataDir, 'store'));
   let ready = false;
   let cluster: Cluster | undefined;
@@ -155,7 +157,7 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
     let isMember: (url: string) => Promise<boolean> = async () => false;
     migrationRoutes(router, migrations, (member) => resolveTarget(member), (url) => isMember(url));
     const resolver = daemonResolver(vms, storage, () => migrations);
-    authRoutes(router, identity, resolver, audit);
+    authRoutes(router, identity, resolver, audit, sessions);
     const server = await ApiServer.listen(
       router,
       {

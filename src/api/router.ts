@@ -14,6 +14,8 @@ export interface ApiRequest {
   body: unknown;
   /** The caller's credentials and content headers (routes declared with `callerHeaders` only). */
   callerHeaders?: Record<string, string>;
+  /** The caller's IP address (routes declared with `source: true` only). */
+  source?: string;
   /** Who is calling (every route but the public ones). */
   principal?: import('../auth/principal.js').Principal;
   /** The raw body, streamed (routes declared with `stream: true` only), and its declared length. */
@@ -51,6 +53,8 @@ export interface RouteOptions {
   forward?: import('./forwarding.js').ForwardKind;
   /** The handler asks other members on the caller's behalf: `req.callerHeaders` carries the caller's credentials. */
   callerHeaders?: boolean;
+  /** The handler needs the caller's address (`req.source`). */
+  source?: boolean;
 }
 
 export interface Route extends RouteOptions {

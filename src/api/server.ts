@@ -213,6 +213,7 @@ export class ApiServer {
     const query = req.getQuery() ?? '';
     const request = new Request(method, path, query, params);
     if (principal) request.principal = principal;
+    if (route.source) request.source = Buffer.from(res.getRemoteAddressAsText()).toString();
     if (route.callerHeaders) request.callerHeaders = forwardHeaders(req);
     // What forwarding a request needs is read from uWS's req, which is valid only during
     // this callback: #run takes it while still synchronous, and only when it may be needed.
@@ -420,6 +421,7 @@ const METHODS: Record<string, string> = { get: 'GET', post: 'POST', put: 'PUT', 
 class Request implements ApiRequest {
   body: unknown = undefined;
   principal?: Principal;
+  source?: string;
   callerHeaders?: Record<string, string>;
   stream?: AsyncIterable<Buffer>;
   contentLength?: number;

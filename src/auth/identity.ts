@@ -36,6 +36,10 @@ export const TokenRecord = z.strictObject({
 });
 export type TokenRecord = z.infer<typeof TokenRecord>;
 
+/** A session-signing key (Ed25519, PEM): private half too, so any member can sign. */
+export const JwtKeyRecord = z.strictObject({ kid: z.string().max(64), createdAt: z.number(), privatePem: z.string().max(4096), publicPem: z.string().max(4096) });
+export type JwtKeyRecord = z.infer<typeof JwtKeyRecord>;
+
 export const RoleRecord = z.strictObject({ name: RoleName, privileges: z.array(PrivilegeName).max(64) });
 export type RoleRecord = z.infer<typeof RoleRecord>;
 
@@ -54,6 +58,7 @@ const K = {
   token: (id: string) => `${PREFIX}token/${id}`,
   role: (n: string) => `${PREFIX}role/${n}`,
   acl: (e: { path: string; user: string }) => `${PREFIX}acl/${e.path}\u0000${e.user}`,
+  jwtKey: (kid: string) => `${PREFIX}jwtkey/${kid}`,
 };
 
 interface Snapshot {
@@ -63,6 +68,7 @@ interface Snapshot {
   custom: Map<string, RoleRecord>;
   acls: AclEntry[];
   aclsByUser: Map<string, AclEntry[]>;
+  jwtKeys: Map<string, JwtKeyRecord>;
 }
 
 export class IdentityStore {
@@ -154,6 +160,17 @@ export class IdentityStore {
     return this.#snap.aclsByUser.get(user) ?? [];
   }
 
+  jwtKey(kid: string): JwtKeyRecord | undefined {
+    return this.#snap.jwtKeys.get(kid);
+  }
+  jwtKeys(): JwtKeyRecord[] {
+    return [...this.#snap.jwtKeys.values()];
+  }
+  /** Adds a signing key and deletes retired ones, in one write. */
+  async rotateJwtKeys(add: JwtKeyRecord, remove: string[]): Promise<void> {
+    await this.#write([{ key: K.jwtKey(add.kid), value: json(add) }, ...remove.map((kid) => ({ key: K.jwtKey(kid) }))]);
+  }
+
   async putUser(u: UserRecord): Promise<void> {
     await this.#write([{ key: K.user(u.name), value: json(u) }]);
   }
@@ -194,7 +211,7 @@ export class IdentityStore {
 const json = (v: unknown) => Buffer.from(JSON.stringify(v));
 
 function build(entries: Entry[], bootstrap: TokenRecord[]): Snapshot {
-  const s: Snapshot = { users: new Map(), tokens: new Map(), roles: new Map(), custom: new Map(), acls: [], aclsByUser: new Map() };
+  const s: Snapshot = { users: new Map(), tokens: new Map(), roles: new Map(), custom: new Map(), acls: [], aclsByUser: new Map(), jwtKeys: new Map() };
   for (const [name, privs] of Object.entries(BUILTIN_ROLES)) s.roles.set(name, new Set(privs));
   for (const t of bootstrap) s.tokens.set(t.id, t);
   for (const e of entries) {
@@ -217,6 +234,9 @@ function build(entries: Entry[], bootstrap: TokenRecord[]): Snapshot {
         s.custom.set(r.data.name, r.data);
         s.roles.set(r.data.name, new Set(r.data.privileges));
       }
+    } else if (kind === 'jwtkey') {
+      const k = JwtKeyRecord.safeParse(value);
+      if (k.success) s.jwtKeys.set(k.data.kid, k.data);
     } else if (kind === 'acl') {
       const a = AclEntry.safeParse(value);
       if (a.success) s.acls.push(a.data);

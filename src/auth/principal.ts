@@ -9,6 +9,7 @@ import { chainOf, Grants, type ObjectRef } from './acl.js';
 import { ADMIN_USER, type IdentityStore } from './identity.js';
 import type { Privilege } from './privileges.js';
 import { parseToken, secretMatchesHash } from './secrets.js';
+import type { Sessions } from './sessions.js';
 
 export class Principal {
   readonly #grants: Grants;
@@ -54,9 +55,12 @@ export class Authenticator {
   #cache = new Map<string, Principal>();
   #version = -1;
 
-  constructor(identity: IdentityStore, configuredToken?: string) {
+  readonly #sessions: Sessions | undefined;
+
+  constructor(identity: IdentityStore, configuredToken?: string, sessions?: Sessions) {
     this.#identity = identity;
     this.#configured = configuredToken ? Buffer.from(configuredToken) : undefined;
+    this.#sessions = sessions;
   }
 
   authenticate(header: string, now = Date.now()): AuthOutcome {
@@ -67,6 +71,7 @@ export class Authenticator {
       this.#cache.clear();
       this.#version = this.#identity.version;
     }
+    if (this.#sessions && text.startsWith('eyJ')) return this.#jwt(text);
     const parsed = parseToken(text);
     if (!parsed) {
       if (this.#configured) {
@@ -89,6 +94,18 @@ export class Authenticator {
       this.#cache.set(record.id, p);
     }
     return { ok: true, principal: p };
+  }
+
+  /** A session token of this cluster, or an OIDC provider's token. */
+  #jwt(text: string): AuthOutcome {
+    const session = this.#sessions!.verifySession(text);
+    const name = session?.user ?? this.#sessions!.verifyExternal(text);
+    if (!name) return { ok: false, reason: 'unknown' };
+    // An OIDC user exists here too (made by an administrator, like a Proxmox realm's users), with its ACLs.
+    const user = this.#identity.user(name);
+    if (!user) return { ok: false, reason: 'unknown' };
+    if (user.disabled) return { ok: false, reason: 'disabled' };
+    return { ok: true, principal: this.principalOf(name) };
   }
 
   /** A user's principal with all of its grants (a session, or the configured token for `admin`). */

@@ -19,7 +19,7 @@ export function daemonRouter(): Router {
   systemRoutes(router, none, none);
   vmRoutes(router, none);
   migrationRoutes(router, none, none, none);
-  authRoutes(router, none, none, none);
+  authRoutes(router, none, none, none, none);
   clusterRoutes(router, none, none, none);
   storageRoutes(router, none);
   return router;

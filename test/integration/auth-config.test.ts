@@ -6,7 +6,9 @@
  */
 import { spawnSync } from 'node:child_process';
 import { request } from 'node:http';
-import { statSync } from 'node:fs';
+import { statSync, writeFileSync } from 'node:fs';
+import { generateKeyPairSync, type KeyObject } from 'node:crypto';
+import { createSigner } from 'fast-jwt';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { api, BIN, NO_AUTH, removeDir, sampleVm, spawnDaemon, tempDataDir } from '../helpers/daemon.js';
@@ -179,6 +181,72 @@ describe('authentication', () => {
     } finally {
       await d.kill();
       removeDir(d.dataDir);
+    }
+  });
+
+  it('password login gives a short-lived session token (EdDSA JWT) that refresh renews; failed logins are rate-limited per address', async () => {
+    const d = await spawnDaemon();
+    try {
+      expect((await api(d.url, 'POST', '/v1/users', { name: 'dash', password: 'correct horse battery' })).status).toBe(201);
+      await api(d.url, 'PUT', '/v1/acl', { path: '/', user: 'dash', role: 'Auditor' });
+      expect((await api(d.url, 'GET', '/v1/users/dash')).body).toMatchObject({ hasPassword: true });
+      expect(JSON.stringify((await api(d.url, 'GET', '/v1/users/dash')).body)).not.toContain('scrypt');
+      const login = await api(d.url, 'POST', '/v1/auth/login', { user: 'dash', password: 'correct horse battery' }, NO_AUTH);
+      expect(login.status, JSON.stringify(login.body)).toBe(200);
+      expect(login.body.token).toMatch(/^eyJ/);
+      expect(login.body.expiresAt - Date.now()).toBeLessThanOrEqual(15 * 60_000);
+      const session = { authorization: `Bearer ${login.body.token}` };
+      expect((await api(d.url, 'GET', '/v1/auth/whoami', undefined, session)).body).toMatchObject({ user: 'dash', privileges: ['Cluster.Audit', 'Pool.Audit', 'Sys.Audit', 'VM.Audit'] });
+      expect((await api(d.url, 'POST', '/v1/vms', sampleVm('no'), session)).status).toBe(403);
+      const renewed = await api(d.url, 'POST', '/v1/auth/refresh', undefined, session);
+      expect(renewed.status).toBe(200);
+      expect(renewed.body.token).not.toBe(login.body.token);
+      expect((await api(d.url, 'GET', '/v1/vms', undefined, { authorization: `Bearer ${renewed.body.token}` })).status).toBe(200);
+      expect((await api(d.url, 'POST', '/v1/auth/refresh')).status).toBe(400); // an API token is not a session
+      // A forged session (signed by another key) and a tampered one are refused.
+      const [h, p, sig] = login.body.token.split('.');
+      const tampered = `${h}.${Buffer.from(JSON.stringify({ ...JSON.parse(Buffer.from(p, 'base64url').toString()), sub: 'admin' })).toString('base64url')}.${sig}`;
+      expect((await api(d.url, 'GET', '/v1/vms', undefined, { authorization: `Bearer ${tampered}` })).status).toBe(401);
+      // Disabling the user ends its sessions.
+      await api(d.url, 'PATCH', '/v1/users/dash', { disabled: true });
+      expect((await api(d.url, 'GET', '/v1/vms', undefined, session)).status).toBe(401);
+      await api(d.url, 'PATCH', '/v1/users/dash', { disabled: false });
+
+      const wrong = await api(d.url, 'POST', '/v1/auth/login', { user: 'dash', password: 'wrong' }, NO_AUTH);
+      expect(wrong.body.error.code).toBe('LOGIN_FAILED');
+      expect((await api(d.url, 'POST', '/v1/auth/login', { user: 'ghost', password: 'wrong' }, NO_AUTH)).body.error).toEqual(wrong.body.error);
+      for (let i = 0; i < 3; i++) await api(d.url, 'POST', '/v1/auth/login', { user: 'dash', password: 'wrong' }, NO_AUTH);
+      const limited = await api(d.url, 'POST', '/v1/auth/login', { user: 'dash', password: 'correct horse battery' }, NO_AUTH);
+      expect(limited.status).toBe(429);
+      expect(limited.body.error.code).toBe('TOO_MANY_ATTEMPTS');
+    } finally {
+      await d.kill();
+      removeDir(d.dataDir);
+    }
+  });
+
+  it('tokens of an OIDC provider are verified against its JWKS file (key, issuer, expiry) and name the user <sub>@oidc', async () => {
+    const dataDir = tempDataDir();
+    const { privateKey, publicKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
+    const other = generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey;
+    writeFileSync(join(dataDir, 'jwks.json'), JSON.stringify({ keys: [{ ...publicKey.export({ format: 'jwk' }), kid: 'idp-1', use: 'sig' }] }));
+    writeFileSync(join(dataDir, 'config.json'), JSON.stringify({ oidc: { jwksFile: join(dataDir, 'jwks.json'), issuer: 'https://idp.test' } }));
+    const d = await spawnDaemon({ dataDir, args: ['--config', join(dataDir, 'config.json')] });
+    try {
+      const pem = (k: KeyObject) => k.export({ format: 'pem', type: 'pkcs8' }).toString();
+      const sign = (key: KeyObject, claims: Record<string, unknown>, opts: Record<string, unknown> = {}) => createSigner({ key: pem(key), algorithm: 'RS256', kid: 'idp-1', expiresIn: 60_000, ...opts })(claims);
+      const call = (t: string) => api(d.url, 'GET', '/v1/auth/whoami', undefined, { authorization: `Bearer ${t}` });
+      const good = sign(privateKey, { sub: 'erin', iss: 'https://idp.test' });
+      expect((await call(good)).status).toBe(401); // no such user here yet
+      await api(d.url, 'POST', '/v1/users', { name: 'erin@oidc' });
+      await api(d.url, 'PUT', '/v1/acl', { path: '/', user: 'erin@oidc', role: 'Auditor' });
+      expect((await call(good)).body).toMatchObject({ user: 'erin@oidc', privileges: expect.arrayContaining(['VM.Audit']) });
+      expect((await call(sign(privateKey, { sub: 'erin', iss: 'https://evil.test' }))).status).toBe(401);
+      expect((await call(sign(other, { sub: 'erin', iss: 'https://idp.test' }))).status).toBe(401);
+      expect((await call(sign(privateKey, { sub: 'erin', iss: 'https://idp.test', exp: Math.floor(Date.now() / 1000) - 10 }, { expiresIn: undefined }))).status).toBe(401);
+    } finally {
+      await d.kill();
+      removeDir(dataDir);
     }
   });
 

@@ -9,11 +9,16 @@ import { NovaError } from '../../errors.js';
 import { AclEntry, AclPath, ROOT, TenantName, UserName, type ObjectRef } from '../../auth/acl.js';
 import { ADMIN_USER, type IdentityStore, type TokenRecord, type UserRecord } from '../../auth/identity.js';
 import { isBuiltinRole, PrivilegeName, RoleName } from '../../auth/privileges.js';
-import { hashPassword, newToken } from '../../auth/secrets.js';
+import { hashPassword, newToken, verifyPassword } from '../../auth/secrets.js';
+
+/** A valid hash of nothing anyone knows: unknown users cost a login as much as known ones. */
+const DUMMY_HASH = 'scrypt$32768$8$1$AAAAAAAAAAAAAAAAAAAAAA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA';
 import type { ApiRequest, Router } from '../router.js';
 import type { TargetResolver } from '../access.js';
 import { parseWith } from '../validate.js';
 import type { AuditLog } from '../../auth/audit.js';
+import { FailureLimiter } from '../../auth/rate-limit.js';
+import { MAX_SESSION_MS, type Sessions } from '../../auth/sessions.js';
 
 const Password = z.string().min(12, 'passwords have at least 12 characters').max(1024);
 const CreateUser = z.strictObject({ name: UserName, tenant: TenantName.optional(), password: Password.optional() });
@@ -37,7 +42,33 @@ const AuditQuery = z.strictObject({
   limit: z.coerce.number().int().min(1).max(1000).default(100),
 });
 
-export function authRoutes(router: Router, identity: IdentityStore, resolver: TargetResolver, audit: AuditLog): void {
+const Login = z.strictObject({ user: UserName, password: z.string().min(1).max(1024) });
+
+export function authRoutes(router: Router, identity: IdentityStore, resolver: TargetResolver, audit: AuditLog, sessions: Sessions): void {
+  // Password login: a session token (15 min), renewed by refresh for up to 12 h.
+  const failures = new FailureLimiter();
+  router.add('POST', '/v1/auth/login', async (req) => {
+    const source = req.source ?? '?';
+    failures.check(source);
+    const body = parseWith(Login, req.body);
+    const u = identity.user(body.user);
+    // The same answer and roughly the same time whether the user exists or not.
+    const ok = await verifyPassword(body.password, u?.passwordHash ?? DUMMY_HASH);
+    if (!u || !u.passwordHash || !ok || u.disabled) {
+      failures.fail(source);
+      throw new NovaError('LOGIN_FAILED');
+    }
+    failures.succeed(source);
+    return { status: 200, json: { user: u.name, ...(await sessions.issue(u.name)) } };
+  }, { priv: 'public', body: true, source: true });
+  router.add('POST', '/v1/auth/refresh', async (req) => {
+    const p = req.principal!;
+    const claims = sessions.verifySession(String(req.callerHeaders?.authorization ?? '').slice(7));
+    if (!claims) throw new NovaError('VALIDATION_FAILED', 'refresh takes a session token (from POST /v1/auth/login), not an API token');
+    if (Date.now() - claims.authTime >= MAX_SESSION_MS) throw new NovaError('UNAUTHORIZED', 'the session is too old to renew: log in again');
+    return { status: 200, json: { user: p.user, ...(await sessions.issue(p.user, claims.authTime)) } };
+  }, { priv: 'authenticated', callerHeaders: true });
+
   router.add('GET', '/v1/audit', async (req) => {
     const q = parseWith(AuditQuery, Object.fromEntries(req.query), 'BAD_QUERY');
     const items = await audit.list({ since: q.since, limit: q.limit, ...(q.principal ? { principal: q.principal } : {}) });
