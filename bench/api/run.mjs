@@ -36,7 +36,7 @@ const quick = args.quick;
 const VMS = quick ? 1000 : Number(args.vms);
 const DURATION = quick ? 2 : Number(args.duration);
 const CONNS = Number(args.connections);
-const TARGETS = { getRps: 30_000, getP99Ms: 2, ratioVsNodeHttp: 2, forwardAddedP50Ms: 1 };
+const TARGETS = { getRps: 30_000, getP99Ms: 2, ratioVsNodeHttp: 2, forwardAddedP50Ms: 1, authSharePercent: 5 };
 /** Offered rate and connections of the forwarding comparison: a latency measurement, well below saturation. */
 const FORWARD_RPS = 2000;
 const FORWARD_CONNS = 8;
@@ -68,6 +68,7 @@ try {
   await baseline.stop();
 
   results.forwarding = await measureForwarding();
+  results.auth = await measureAuthCost(results.runs.novacron.get.rps);
 
   const n = results.runs.novacron;
   const b = results.runs.nodeHttp;
@@ -79,6 +80,7 @@ try {
     ratio: results.ratio.getRps >= TARGETS.ratioVsNodeHttp,
     errorsFree: [n.get, n.getAtTarget, n.list, results.forwarding.direct, results.forwarding.forwarded].every((r) => r.errors === 0),
     forwarding: results.forwarding.addedP50Ms <= TARGETS.forwardAddedP50Ms,
+    auth: results.auth.apiToken.sharePercent <= TARGETS.authSharePercent,
   };
   results.pass = Object.values(results.verdict).every(Boolean);
 
@@ -91,6 +93,56 @@ try {
   }
 } finally {
   rmSync(dataDir, { recursive: true, force: true });
+}
+
+/**
+ * What authentication and authorization cost a GET by id, measured in this process on the
+ * daemon's own code: an identity store of 1,000 users with a token and an ACL entry each,
+ * then the server's per-request work (parse and check the bearer token, build or reuse the
+ * principal, check VM.Audit on a VM's ACL chain), for an API token and a session JWT. The
+ * share is that time over the time one GET by id took at saturation in this run.
+ */
+async function measureAuthCost(getRps) {
+  const { IdentityStore } = await import('../../dist/auth/identity.js');
+  const { Authenticator } = await import('../../dist/auth/principal.js');
+  const { Sessions } = await import('../../dist/auth/sessions.js');
+  const { newToken } = await import('../../dist/auth/secrets.js');
+  const entries = [];
+  const put = (key, v) => entries.push({ key, value: Buffer.from(JSON.stringify(v)) });
+  let last;
+  for (let i = 0; i < 1000; i++) {
+    const t = newToken();
+    put(`auth/user/u${i}`, { name: `u${i}`, tenant: `t${i % 10}`, createdAt: new Date().toISOString() });
+    put(`auth/token/${t.id}`, { id: t.id, user: `u${i}`, hash: t.hash, createdAt: new Date().toISOString() });
+    put(`auth/acl//tenants/t${i % 10}\u0000u${i}`, { path: `/tenants/t${i % 10}`, user: `u${i}`, role: 'TenantUser', propagate: true });
+    last = { text: t.text, user: `u${i}`, tenant: `t${i % 10}` };
+  }
+  const backend = {
+    scan: async () => entries.sort((a, b) => (a.key < b.key ? -1 : 1)),
+    write: async (ops) => { for (const o of ops) if (o.value) entries.push({ key: o.key, value: Buffer.from(o.value) }); },
+  };
+  const identity = new IdentityStore();
+  await identity.attach(backend, 3_600_000);
+  const sessions = new Sessions(identity);
+  const authn = new Authenticator(identity, undefined, sessions);
+  const session = (await sessions.issue(last.user)).token;
+  identity.stop();
+  await identity.refresh();
+  const vm = { kind: 'vm', id: 'vm-01a2349c8cc90000499f4e7a', tenant: last.tenant };
+  const perCall = (header) => {
+    const N = quick ? 50_000 : 300_000;
+    for (let i = 0; i < 5000; i++) authn.authenticate(header).principal.assertCan('VM.Audit', vm);
+    const t0 = process.hrtime.bigint();
+    for (let i = 0; i < N; i++) {
+      const o = authn.authenticate(header);
+      if (!o.ok) throw new Error('bench: authentication failed');
+      o.principal.assertCan('VM.Audit', vm);
+    }
+    return Number(process.hrtime.bigint() - t0) / N / 1000; // µs
+  };
+  const requestUs = 1e6 / getRps;
+  const row = (us) => ({ usPerRequest: round(us), sharePercent: round((100 * us) / requestUs) });
+  return { users: 1000, getRequestUs: round(requestUs), apiToken: row(perCall(`Bearer ${last.text}`)), session: row(perCall(`Bearer ${session}`)) };
 }
 
 /**
@@ -249,5 +301,6 @@ function printTable(r) {
   console.log(`\nGET by id: ${r.ratio.getRps}x node:http throughput (target >= ${r.targets.ratioVsNodeHttp}x); list: ${r.ratio.listRps}x; p99 at ${r.targets.getRps} req/s: ${r.ratio.getP99AtTarget}x lower than node:http`);
   const f = r.forwarding;
   console.log(`forwarding (2 members, ${f.offeredRps} req/s offered, ${f.connections} connections): GET by id p50 ${f.direct.p50Ms} ms direct, ${f.forwarded.p50Ms} ms through the other member: +${f.addedP50Ms} ms p50 (target <= ${r.targets.forwardAddedP50Ms} ms) ${r.verdict.forwarding ? 'PASS' : 'MISS'}; p99 +${f.addedP99Ms} ms`);
+  console.log(`authentication + authorization per GET by id (1,000 users): API token ${r.auth.apiToken.usPerRequest} µs = ${r.auth.apiToken.sharePercent}% of a request at saturation (target <= ${r.targets.authSharePercent}%) ${r.verdict.auth ? 'PASS' : 'MISS'}; session JWT ${r.auth.session.usPerRequest} µs = ${r.auth.session.sharePercent}%`);
   console.log(`targets: GET >= ${r.targets.getRps} req/s ${r.verdict.getRps ? 'PASS' : 'MISS'}, p99 <= ${r.targets.getP99Ms} ms at ${r.targets.getRps} req/s ${r.verdict.getP99 ? 'PASS' : 'MISS'}, ratio ${r.verdict.ratio ? 'PASS' : 'MISS'}, errors ${r.verdict.errorsFree ? 'none' : 'PRESENT'}`);
 }

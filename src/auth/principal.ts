@@ -47,12 +47,17 @@ export class Principal {
   }
 }
 
+/** Verified credentials remembered (by their full text) at most this many, and this long. */
+const MAX_VERIFIED = 10_000;
+const VERIFIED_MS = 60_000;
+
 export type AuthOutcome = { ok: true; principal: Principal } | { ok: false; reason: 'missing' | 'malformed' | 'unknown' | 'expired' | 'disabled' };
 
 export class Authenticator {
   readonly #identity: IdentityStore;
   readonly #configured: Buffer | undefined;
   #cache = new Map<string, Principal>();
+  #verified = new Map<string, { outcome: AuthOutcome; until: number }>();
   #version = -1;
 
   readonly #sessions: Sessions | undefined;
@@ -66,11 +71,33 @@ export class Authenticator {
   authenticate(header: string, now = Date.now()): AuthOutcome {
     if (header === '') return { ok: false, reason: 'missing' };
     if (!header.startsWith('Bearer ')) return { ok: false, reason: 'malformed' };
-    const text = header.slice(7);
     if (this.#version !== this.#identity.version) {
       this.#cache.clear();
+      this.#verified.clear();
       this.#version = this.#identity.version;
     }
+    // A credential verified before (and unchanged since: the records' version is the same)
+    // is looked up by its full text, which only its holder knows; no hashing per request.
+    const seen = this.#verified.get(header);
+    if (seen && seen.until > now) return seen.outcome;
+    const outcome = this.#verify(header.slice(7), now);
+    if (outcome.ok) {
+      if (this.#verified.size >= MAX_VERIFIED) this.#verified.clear();
+      this.#verified.set(header, { outcome, until: Math.min(now + VERIFIED_MS, this.#expiry(header.slice(7)) ?? Infinity) });
+    }
+    return outcome;
+  }
+
+  /** When a verified credential stops being valid by itself (an API token's or a JWT's expiry). */
+  #expiry(text: string): number | undefined {
+    const parsed = parseToken(text);
+    if (parsed) return this.#identity.token(parsed.id)?.expiresAt;
+    if (!text.startsWith('eyJ')) return undefined;
+    const exp = (JSON.parse(Buffer.from(text.split('.')[1] ?? '', 'base64url').toString()) as { exp?: unknown }).exp;
+    return typeof exp === 'number' ? exp * 1000 : 0; // verified JWTs have one; without, nothing is remembered
+  }
+
+  #verify(text: string, now: number): AuthOutcome {
     if (this.#sessions && text.startsWith('eyJ')) return this.#jwt(text);
     const parsed = parseToken(text);
     if (!parsed) {

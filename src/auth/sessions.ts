@@ -144,7 +144,7 @@ function loadJwks(c: OidcConfig): Map<string, Verify> {
     }
     const alg = key.asymmetricKeyType === 'ed25519' ? 'EdDSA' : key.asymmetricKeyType === 'ec' ? 'ES256' : 'RS256';
     const pem = key.export({ format: 'pem', type: 'spki' }).toString();
-    out.set(jwk.kid, createVerifier({ key: pem, algorithms: [alg as 'EdDSA'], allowedIss: c.issuer, ...(c.audience ? { allowedAud: c.audience } : {}), cache: 10_000 }));
+    out.set(jwk.kid, createVerifier({ key: pem, algorithms: [alg as 'EdDSA'], allowedIss: c.issuer, ...(c.audience ? { allowedAud: c.audience } : {}), requiredClaims: ['exp'], cache: 10_000 }));
   }
   if (out.size === 0) throw new NovaError('CONFIG_INVALID', `the OIDC JWKS file ${c.jwksFile} has no usable key with a kid`);
   return out;

@@ -16,10 +16,10 @@ import { EventClient } from '../helpers/events.js';
 import { daemonRouter, wsPaths } from '../helpers/routes.js';
 
 const TOKEN = 'test-token-0123456789abcdef';
-const PUBLIC = ['GET /healthz', 'GET /readyz', 'POST /v1/cluster/members'];
+const PUBLIC = ['GET /healthz', 'GET /readyz', 'POST /v1/auth/login', 'POST /v1/cluster/members'];
 
 describe('authentication', () => {
-  it('a fresh daemon answers every route but the probes and join with 401 UNAUTHORIZED, whatever the credentials are missing or wrong', async () => {
+  it('a fresh daemon answers every route but the probes, login and join with 401 UNAUTHORIZED, whatever the credentials are missing or wrong', async () => {
     const d = await spawnDaemon();
     try {
       const routes = daemonRouter().routes;
