@@ -83,6 +83,31 @@ describe('any member answers for any VM', { timeout: 60_000 }, () => {
     expect((await call(0, 'GET', `/v1/vms/${id}`)).status).toBe(404);
   });
 
+  it('identities are the cluster\'s: a user and token made on one member work on every member, and a revoked token or disabled user is refused everywhere within a second', async () => {
+    expect((await call(0, 'POST', '/v1/users', { name: 'roamer' })).status).toBe(201);
+    expect((await call(0, 'PUT', '/v1/acl', { path: '/', user: 'roamer', role: 'Auditor' })).status).toBe(200);
+    const t = await call(0, 'POST', '/v1/users/roamer/tokens', {});
+    const roamer = { authorization: `Bearer ${t.body.token}` };
+    const everywhere = async (status: number) => (await Promise.all([0, 1, 2].map((i) => api(url(i), 'GET', '/v1/auth/whoami', undefined, roamer)))).every((r) => r.status === status);
+    const within = async (what: string, status: number) => {
+      const t0 = Date.now();
+      while (!(await everywhere(status))) {
+        if (Date.now() - t0 > 1000) throw new Error(`${what} took more than a second on some member`);
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    };
+    await within('the new token', 200);
+    // Each member's own admin token is every member's too.
+    expect((await api(url(1), 'GET', '/v1/auth/whoami', undefined, { authorization: `Bearer ${c.members[2]!.daemon!.token}` })).body.user).toBe('admin');
+    expect((await call(1, 'DELETE', `/v1/users/roamer/tokens/${t.body.id}`)).status).toBe(204);
+    await within('revocation', 401);
+    const t2 = await call(2, 'POST', '/v1/users/roamer/tokens', {});
+    roamer.authorization = `Bearer ${t2.body.token}`;
+    await within('the second token', 200);
+    expect((await call(1, 'PATCH', '/v1/users/roamer', { disabled: true })).status).toBe(200);
+    await within('disabling the user', 401);
+  });
+
   it('a VM no member has is a 404 from the member asked, without a hop', async () => {
     const r = await call(1, 'GET', '/v1/vms/vm-nowhere');
     expect(r.status).toBe(404);

@@ -1,7 +1,7 @@
 import fc from 'fast-check';
-import { connect } from 'node:net';
+import { connect, type Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { api, removeDir, sampleVm, spawnDaemon, type DaemonHandle } from '../helpers/daemon.js';
+import { api, NO_AUTH, removeDir, sampleVm, spawnDaemon, type DaemonHandle } from '../helpers/daemon.js';
 
 let d: DaemonHandle;
 let baseline: any[];
@@ -109,7 +109,7 @@ describe('API fuzzing: no crash, clean 4xx, nothing stored is lost', () => {
   });
 });
 
-describe('pre-auth: hostile bodies to the public join endpoint', () => {
+describe('pre-auth: hostile input to the public endpoints', { timeout: 60_000 }, () => {
   const token = 'fuzz-token-0123456789abcdef';
   let t: DaemonHandle;
   beforeAll(async () => {
@@ -132,6 +132,50 @@ describe('pre-auth: hostile bodies to the public join endpoint', () => {
     expect(shallow.status).toBe(400);
     expect(shallow.body.error.code).toBe('VALIDATION_FAILED');
     expect((await api(t.url, 'GET', '/healthz')).status).toBe(200);
+    expect(t.proc.exitCode).toBeNull();
+  });
+
+  it('every public endpoint survives nested and __proto__ bodies, huge headers, slow bodies and half-open connections and WebSockets: /healthz answers throughout, nothing stored changes', async () => {
+    const stored = async () => JSON.stringify(await Promise.all(['/v1/users', '/v1/vms', '/v1/acl', '/v1/pools/local/volumes'].map(async (p) => (await api(t.url, 'GET', p)).body)));
+    const before = await stored();
+    const healthy = async () => {
+      const t0 = performance.now();
+      const r = await api(t.url, 'GET', '/healthz', undefined, NO_AUTH);
+      return r.status === 200 && performance.now() - t0 < 1000;
+    };
+    const raw = (text: string, keep = false) =>
+      new Promise<Socket>((resolve) => {
+        const s = connect(t.port, '127.0.0.1', () => {
+          s.write(text, 'latin1');
+          resolve(s);
+        });
+        s.on('error', () => undefined);
+        s.on('data', () => undefined);
+        if (!keep) setTimeout(() => s.destroy(), 3000).unref();
+      });
+    for (const path of ['/v1/cluster/members', '/v1/auth/login']) {
+      for (const body of ['['.repeat(50_000) + ']'.repeat(50_000), '{"__proto__":{"admin":true},"user":"admin","password":"x"}', '{"constructor":{"prototype":{"admin":true}}}', 'x'.repeat(2 << 20)]) {
+        const r = await api(t.url, 'POST', path, body, NO_AUTH);
+        expect([400, 413], `${path} ${body.slice(0, 20)}`).toContain(r.status);
+      }
+    }
+    // Huge headers, and requests that never finish (half-open), many at once.
+    const held: Socket[] = [];
+    held.push(await raw(`GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: ${'a'.repeat(256 << 10)}\r\n\r\n`));
+    for (let i = 0; i < 50; i++) held.push(await raw('POST /v1/auth/login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{"user":', true));
+    for (let i = 0; i < 50; i++) held.push(await raw('GET /v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n', true));
+    for (let i = 0; i < 20; i++) held.push(await raw(`GET /v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: ${Buffer.alloc(16, i).toString('base64')}\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer ${t.token}\r\n\r\n`, true));
+    // A slow body: a byte every 100 ms to the join endpoint while the probe is asked.
+    const slow = await raw('POST /v1/cluster/members HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 40\r\n\r\n', true);
+    for (let i = 0; i < 20; i++) {
+      slow.write('[');
+      expect(await healthy()).toBe(true);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    expect(await healthy()).toBe(true);
+    for (const s of [...held, slow]) s.destroy();
+    expect(await healthy()).toBe(true);
+    expect(await stored()).toBe(before);
     expect(t.proc.exitCode).toBeNull();
   });
 });
