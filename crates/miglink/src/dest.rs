@@ -15,12 +15,13 @@ use crate::wire::{self, FrameType};
 use crate::{LinkError, LinkStats};
 use novacron_memdelta::ShardedDecoder;
 use std::collections::HashMap;
-use std::io::{BufReader, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::mpsc::{channel, Sender};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, channel, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -42,7 +43,7 @@ pub struct DestConfig {
 }
 
 /// Time a connection gets to say hello before it is dropped.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 const LINK_READ_BUFFER: usize = 1 << 20;
 
 struct Shared {
@@ -175,30 +176,80 @@ fn same_token(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Accepts connections until one says hello with the token; then serves it alone.
+/// Connections allowed to be saying hello at once; more are dropped until one finishes.
+const MAX_GREETING: usize = 16;
+
+/// Accepts connections until one says hello with the token; then serves it alone. Each
+/// connection says hello on its own thread (at most `MAX_GREETING` at once, each for at
+/// most `HELLO_TIMEOUT`), so a stranger that connects and says nothing never holds up the
+/// real source.
 fn accept(
     shared: &Shared,
     listener: TcpListener,
     token: &[u8],
 ) -> Result<Option<TcpStream>, LinkError> {
-    for conn in listener.incoming() {
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| LinkError::io("data link", e))?;
+    let (tx, rx) = mpsc::channel::<TcpStream>();
+    let greeting = Arc::new(AtomicUsize::new(0));
+    let token: Arc<[u8]> = token.into();
+    loop {
         if shared.outcome.closing() {
             return Ok(None);
         }
-        let Ok(mut s) = conn else { continue };
-        let _ = s.set_read_timeout(Some(HELLO_TIMEOUT));
-        match wire::read_frame(&mut s, "the source") {
-            Ok(Some(f)) if f.kind == FrameType::Hello && same_token(&f.payload, token) => {
-                s.set_read_timeout(None)
-                    .map_err(|e| LinkError::io("data link", e))?;
-                s.set_nodelay(true)
-                    .map_err(|e| LinkError::io("data link", e))?;
-                return Ok(Some(s));
+        match listener.accept() {
+            Ok((s, _)) => {
+                if greeting.load(Ordering::Acquire) >= MAX_GREETING
+                    || s.set_nonblocking(false).is_err()
+                {
+                    continue; // dropped
+                }
+                greeting.fetch_add(1, Ordering::AcqRel);
+                let (tx, token, g) = (tx.clone(), token.clone(), greeting.clone());
+                let spawned = std::thread::Builder::new()
+                    .name("nc-mig-hello".into())
+                    .spawn(move || {
+                        if let Some(s) = hello(s, &token) {
+                            let _ = tx.send(s);
+                        }
+                        g.fetch_sub(1, Ordering::AcqRel);
+                    });
+                if spawned.is_err() {
+                    greeting.fetch_sub(1, Ordering::AcqRel);
+                }
             }
-            _ => continue, // not our source: drop it, keep waiting
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if let Ok(s) = rx.recv_timeout(Duration::from_millis(10)) {
+                    return Ok(Some(s));
+                }
+            }
+            Err(_) => {}
+        }
+        if let Ok(s) = rx.try_recv() {
+            return Ok(Some(s));
         }
     }
-    Ok(None)
+}
+
+/// The connection, if its first frame is a hello with exactly the token; nothing bigger
+/// than a hello is read from a stranger.
+fn hello(mut s: TcpStream, token: &[u8]) -> Option<TcpStream> {
+    s.set_read_timeout(Some(HELLO_TIMEOUT)).ok()?;
+    let mut header = [0u8; wire::HEADER_LEN];
+    s.read_exact(&mut header).ok()?;
+    let len = u32::from_be_bytes([header[3], header[4], header[5], header[6]]) as usize;
+    if header[0] != FrameType::Hello as u8 || len != token.len() {
+        return None;
+    }
+    let mut payload = vec![0u8; len];
+    s.read_exact(&mut payload).ok()?;
+    if !same_token(&payload, token) {
+        return None;
+    }
+    s.set_read_timeout(None).ok()?;
+    s.set_nodelay(true).ok()?;
+    Some(s)
 }
 
 fn serve(shared: &Arc<Shared>, listener: TcpListener, cfg: DestConfig) -> Result<(), LinkError> {

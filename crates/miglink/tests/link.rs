@@ -374,6 +374,75 @@ fn a_connection_without_the_token_is_dropped_and_the_real_source_still_gets_in()
     dest.close();
 }
 
+#[test]
+fn strangers_that_connect_and_say_nothing_do_not_hold_up_the_real_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let qemu_sock = dir.path().join("q.sock");
+    let _l = UnixListener::bind(&qemu_sock).unwrap();
+    let (ftx, failures) = channel();
+    let dest = DestLink::start(
+        DestConfig {
+            bind_host: "127.0.0.1".into(),
+            ports: None,
+            qemu_socket: qemu_sock,
+            token: vec![7; 24],
+            capacity_pages: 64,
+            shards: 1,
+        },
+        fail_to(ftx, "dest"),
+    )
+    .unwrap();
+    // Silent strangers, and one that claims a hello of 64 MiB: none of them is waited for.
+    let mut strangers: Vec<_> = (0..4)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", dest.port())).unwrap())
+        .collect();
+    let mut big = std::net::TcpStream::connect(("127.0.0.1", dest.port())).unwrap();
+    big.write_all(&[1, 0, 0, 4, 0, 0, 0]).unwrap();
+    strangers.push(big);
+    let started = std::time::Instant::now();
+    let (stx, _sf) = channel();
+    let source = SourceLink::start(
+        SourceConfig {
+            socket_path: dir.path().join("r.sock"),
+            dest: format!("127.0.0.1:{}", dest.port()),
+            token: vec![7; 24],
+            capacity_pages: 64,
+            shards: 1,
+            window: 1 << 20,
+            bucket: None,
+            corrupt_pages_frame: None,
+            cut_after_bytes: None,
+        },
+        fail_to(stx, "source"),
+    )
+    .unwrap();
+    send_as_qemu(&dir.path().join("r.sock"), b"QEVMhello".to_vec(), 10)
+        .join()
+        .unwrap();
+    while dest.stats().raw_bytes < 9 && started.elapsed() < Duration::from_secs(3) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        dest.stats().raw_bytes,
+        9,
+        "the source's bytes arrived while the strangers were still connected"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "not held up by the strangers: {:?}",
+        started.elapsed()
+    );
+    assert!(failures.try_recv().is_err());
+    // The one that announced 64 MiB was dropped without reading it.
+    let mut buf = [0u8; 1];
+    let big = strangers.last_mut().unwrap();
+    big.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    assert_eq!(big.read(&mut buf).unwrap_or(0), 0, "dropped");
+    drop(strangers);
+    source.close();
+    dest.close();
+}
+
 /// Throughput probe (not a benchmark claim: run by hand with `--ignored --nocapture`).
 #[test]
 #[ignore]
