@@ -48,6 +48,8 @@ import { daemonResolver } from './api/target-resolver.js';
 import { authRoutes } from './api/routes/auth.js';
 import { AuditLog } from './auth/audit.js';
 import { OriginPolicy } from './api/origin.js';
+import { Quotas } from './cluster/quotas.js';
+import { quotaRoutes } from './api/routes/quotas.js';
 import { hostname } from 'node:os';
 
 export { VERSION } from './version.js';
@@ -218,6 +220,13 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
     resolveTarget = (t) => resolveMember(replicated, self, t);
     isMember = (url) => isMemberAddress(replicated, url);
     clusterRoutes(router, cluster, replicated, locks);
+    const quotas = new Quotas(replicated, locks, `member-${self}`);
+    vms.useQuota(quotas);
+    // A deleted VM leaves the inventory; its admission must not count again until it expires.
+    events.subscribe({ types: ['vm.deleted'] }, (ev) => {
+      if (ev.vmId && ev.tenant) quotas.withdraw(ev.tenant, ev.vmId).catch(() => undefined);
+    });
+    quotaRoutes(router, quotas);
     // Any member answers for any VM: requests about another member's VM go there.
     const forwarder = new ClusterForwarder(replicated, self);
     listing.forwarder = forwarder;

@@ -103,6 +103,7 @@ export const ERROR_CODES = {
   TOO_MANY_ATTEMPTS: { status: 429, message: 'too many failed attempts from this address; wait and retry' },
   ORIGIN_REFUSED: { status: 403, message: 'the request\'s Host or Origin is not one this daemon serves' },
   NOT_READY: { status: 503, message: 'the daemon is starting; retry' },
+  QUOTA_EXCEEDED: { status: 403, message: 'the tenant is over its quota' },
   // Daemon
   CONFIG_INVALID: { status: 500, message: 'daemon configuration is invalid' },
   SHUTTING_DOWN: { status: 503, message: 'daemon is shutting down' },

@@ -201,7 +201,7 @@ export class ApiServer {
     const { route, params } = match;
     x.stats = (route.stats ??= this.#opts.metrics.requests.for(route.method, route.pattern));
     const mutating = method !== 'GET' && method !== 'HEAD';
-    if (mutating || this.#opts.audit) x.audit = this.#auditor(method, path, res, req.getHeader('x-request-id'), mutating);
+    x.audit = this.#auditor(method, path, res, req.getHeader('x-request-id'), mutating);
     const authorization = req.getHeader('authorization');
     let principal: Principal | undefined;
     if (route.priv !== 'public' || authorization !== '') {
@@ -345,16 +345,20 @@ export class ApiServer {
     return obj instanceof Promise ? obj.then(check) : check(obj);
   }
 
-  /** The audit hook of one request; `always` (mutating) or only when refused. */
+  /**
+   * The audit hook of one request: it records mutating requests (`always`) and refused
+   * ones; what only a record needs (the source address, a request id) is found only then,
+   * while the response is still open.
+   */
   #auditor(method: string, path: string, res: UWS.HttpResponse, requestId: string, always: boolean): AuditHook | undefined {
     const sink = this.#opts.audit;
     if (!sink) return undefined;
-    const source = Buffer.from(res.getRemoteAddressAsText()).toString();
-    const id = requestId !== '' && requestId.length <= 128 ? requestId : randomUUID();
     const hook: AuditHook = {
       principal: undefined,
       record: (status, code) => {
-        if (always || status === 401 || status === 403) sink({ principal: hook.principal, method, path, status, ...(code ? { code } : {}), source, requestId: id });
+        if (!always && status !== 401 && status !== 403) return;
+        const source = Buffer.from(res.getRemoteAddressAsText()).toString();
+        sink({ principal: hook.principal, method, path, status, ...(code ? { code } : {}), source, requestId: requestId !== '' && requestId.length <= 128 ? requestId : randomUUID() });
       },
     };
     return hook;
@@ -484,6 +488,7 @@ class Exchange {
     this.finished = true;
     const body = reply.rawJson ?? (reply.text ? reply.text.body : reply.json === undefined ? '' : JSON.stringify(reply.json));
     const res = this.res;
+    this.audit?.record(reply.status, (reply.json as { error?: { code?: string } } | undefined)?.error?.code); // while res is open
     const write = () => {
       res.writeStatus(statusLine(reply.status));
       if (reply.text) res.writeHeader('content-type', reply.text.contentType);
@@ -495,7 +500,6 @@ class Exchange {
     else write();
     for (const fn of this.#onFinish.splice(0)) fn();
     this.stats.observe(reply.status, (performance.now() - this.#started) / 1000);
-    this.audit?.record(reply.status, (reply.json as { error?: { code?: string } } | undefined)?.error?.code);
   }
 
   /** Headers now, then the body as the socket takes it; a failure mid-body closes the connection. */

@@ -50,11 +50,18 @@ export interface MigrationClaim {
   release: () => void;
 }
 
+/** Admission of new VMs against their tenant's quota (cluster/quotas.ts). */
+export interface VmQuota {
+  admit(tenant: string, vm: { id: string; vcpus: number; memoryMiB: number }): Promise<void>;
+  withdraw(tenant: string, vmId: string): Promise<void>;
+}
+
 export class VmService {
   #deps: VmServiceDeps;
   #registry: VmRegistry;
   #claims = new VmClaims();
   #runner: OperationRunner;
+  #quota: VmQuota | undefined;
   #reconciler: Reconciler;
 
   private constructor(deps: VmServiceDeps, registry: VmRegistry) {
@@ -240,33 +247,47 @@ export class VmService {
     const spec = this.#deps.storage.normalize(asked);
     const id = newId('vm');
     this.#assertValid(spec, id);
-    if (opts.prepare) {
-      if (this.#registry.find(name)) throw new NovaError('VM_NAME_CONFLICT', `a VM named "${name}" already exists`);
-      await opts.prepare(id);
+    if (this.#registry.find(name)) throw new NovaError('VM_NAME_CONFLICT', `a VM named "${name}" already exists`);
+    await this.#quota?.admit(spec.tenant, { id, vcpus: spec.vcpus, memoryMiB: spec.memoryMiB });
+    let inserted = false;
+    try {
+      if (opts.prepare) await opts.prepare(id);
+      const vm = await this.#insertNew(id, name, spec);
+      inserted = true;
+      return await this.#createOnDriver(vm);
+    } catch (err) {
+      // Not made after all: its admission stops counting now rather than when it expires.
+      if (!inserted) await this.#quota?.withdraw(spec.tenant, id).catch(() => undefined);
+      throw err;
     }
+  }
+
+  async #insertNew(id: string, name: string, spec: VmSpec): Promise<VmRecord> {
     const unreserve = this.#registry.reserveName(name);
     try {
       const now = new Date().toISOString();
       const draft: VmRecord = { id, name, spec, state: 'pending', node: this.#deps.nodeId, generation: 1, createdAt: now, updatedAt: now };
       // Its volumes first: a pool that cannot take them refuses the VM with nothing left behind.
       await this.#deps.storage.provision(draft);
-      let vm: VmRecord;
       try {
-        vm = await this.#registry.insert(draft, [{ type: 'vm.created', data: { name, spec } }]);
+        return await this.#registry.insert(draft, [{ type: 'vm.created', data: { name, spec } }]);
       } catch (err) {
         await this.#deps.storage.release(draft, { keepDisks: false }).catch(() => undefined);
         throw err;
       }
-      try {
-        await this.#deps.driver.create(vm);
-      } catch (err) {
-        await this.#registry.commit(vm.id, { to: 'error', reason: reasonOf(err) });
-        throw driverFailure('create', err, vm.id);
-      }
-      return await this.#registry.commit(vm.id, { to: 'stopped' });
     } finally {
       unreserve();
     }
+  }
+
+  async #createOnDriver(vm: VmRecord): Promise<VmRecord> {
+    try {
+      await this.#deps.driver.create(vm);
+    } catch (err) {
+      await this.#registry.commit(vm.id, { to: 'error', reason: reasonOf(err) });
+      throw driverFailure('create', err, vm.id);
+    }
+    return await this.#registry.commit(vm.id, { to: 'stopped' });
   }
 
   /**
@@ -437,6 +458,11 @@ export class VmService {
   /** Makes lifecycle operations and migrations also take the VM's cluster-wide lock. */
   useLockGuard(guard: VmLockGuard): void {
     this.#claims.useLockGuard(guard);
+  }
+
+  /** From now on, every new VM is admitted against its tenant's quota first (QUOTA_EXCEEDED). */
+  useQuota(quota: VmQuota): void {
+    this.#quota = quota;
   }
 
   /** Waits for running operations to finish (graceful shutdown). */

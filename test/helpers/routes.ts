@@ -8,6 +8,7 @@ import { migrationRoutes } from '../../src/api/routes/migrations.js';
 import { systemRoutes } from '../../src/api/routes/system.js';
 import { vmRoutes } from '../../src/api/routes/vms.js';
 import { storageRoutes } from '../../src/api/routes/storage.js';
+import { quotaRoutes } from '../../src/api/routes/quotas.js';
 import { telemetryWsRoute } from '../../src/api/telemetry-ws.js';
 import { vncWsRoute } from '../../src/api/vnc-ws.js';
 import type { WsRouteInstaller } from '../../src/api/server.js';
@@ -22,6 +23,7 @@ export function daemonRouter(): Router {
   authRoutes(router, none, none, none, none);
   clusterRoutes(router, none, none, none);
   storageRoutes(router, none);
+  quotaRoutes(router, none);
   return router;
 }
 

@@ -108,6 +108,38 @@ describe('any member answers for any VM', { timeout: 60_000 }, () => {
     await within('disabling the user', 401);
   });
 
+  it('a tenant quota holds cluster-wide under concurrent creates through every member: never over, QUOTA_EXCEEDED naming what is over, room again once a VM goes', async () => {
+    expect((await call(0, 'PUT', '/v1/tenants/race/quota', { vms: 3, memoryMiB: 4096 })).status).toBe(200);
+    const results = await Promise.all(Array.from({ length: 12 }, (_, i) => call(i % 3, 'POST', '/v1/vms', sampleVm(`race-${i}`, { tenant: 'race' }))));
+    const made = results.filter((r) => r.status === 201);
+    const refused = results.filter((r) => r.status !== 201);
+    expect(made.length).toBe(3);
+    for (const r of refused) {
+      expect(r.status, JSON.stringify(r.body)).toBe(403);
+      expect(r.body.error).toMatchObject({ code: 'QUOTA_EXCEEDED', details: { tenant: 'race', over: [{ resource: 'vms', limit: 3, used: 3, requested: 1 }] } });
+    }
+    const quota = await call(1, 'GET', '/v1/tenants/race/quota');
+    expect(quota.body).toMatchObject({ limits: { vms: 3, memoryMiB: 4096 }, usage: { vms: 3, memoryMiB: 3 * 512 } });
+    // Memory: 3 x 512 MiB used of 4096; a VM of 4096 MiB is over on memory only... and on count.
+    const big = await call(2, 'POST', '/v1/vms', sampleVm('race-big', { tenant: 'race', memoryMiB: 4096 }));
+    expect(big.body.error.details.over.map((o: any) => o.resource).sort()).toEqual(['memoryMiB', 'vms']);
+    // One goes: once the inventory drops it, there is room for one more.
+    const gone = made[0]!.body;
+    const owner = [0, 1, 2].find((i) => results.indexOf(made[0]!) % 3 === i)!;
+    await settle(owner, (await call(owner, 'DELETE', `/v1/vms/${gone.id}`)).body.id);
+    await c.waitFor(async () => (await call(0, 'GET', '/v1/tenants/race/quota')).body.usage.vms === 2, 'the deleted VM to leave the usage');
+    expect((await call(1, 'POST', '/v1/vms', sampleVm('race-again', { tenant: 'race' }))).status).toBe(201);
+    expect((await call(2, 'POST', '/v1/vms', sampleVm('race-over', { tenant: 'race' }))).status).toBe(403);
+    expect((await call(0, 'DELETE', '/v1/tenants/race/quota')).status).toBe(204);
+    expect((await call(0, 'POST', '/v1/vms', sampleVm('race-free', { tenant: 'race' }))).status).toBe(201);
+    // Leave the members as the other tests expect them: no VMs of this test anywhere.
+    for (const vm of (await call(0, 'GET', '/v1/vms?tenant=race&limit=1000')).body.items) {
+      const op = await call(0, 'DELETE', `/v1/vms/${vm.id}`);
+      expect(op.status, JSON.stringify(op.body)).toBe(202);
+      await settle(0, op.body.id);
+    }
+  });
+
   it('a VM no member has is a 404 from the member asked, without a hop', async () => {
     const r = await call(1, 'GET', '/v1/vms/vm-nowhere');
     expect(r.status).toBe(404);

@@ -176,6 +176,8 @@ export function authRoutes(router: Router, identity: IdentityStore, resolver: Ta
   router.add('DELETE', '/v1/acl', async (req) => {
     const q = parseWith(AclQuery, Object.fromEntries(req.query), 'BAD_QUERY');
     req.principal!.assertCan('User.Modify', await pathObject(q.path));
+    const grantee = identity.user(q.user);
+    if (grantee) req.principal!.assertCan('User.Modify', userObject(grantee)); // only entries of users the caller manages
     await identity.deleteAcl(q);
     return { status: 204 };
   }, { priv: 'authenticated' });
