@@ -8,6 +8,7 @@ import { NovaError } from '../../errors.js';
 import type { ApiRequest, Router } from '../router.js';
 import type { Target } from '../access.js';
 import { ROOT } from '../../auth/acl.js';
+import { page, PageQuery } from '../paging.js';
 import { parseWith } from '../validate.js';
 import type { Cluster } from '../../cluster/cluster.js';
 import type { ReplicatedStore } from '../../cluster/replicated-store.js';
@@ -28,8 +29,8 @@ const PutBody = z.strictObject({
 });
 const Consistency = z.enum(['linearizable', 'stale']).default('linearizable');
 const ReadQuery = z.strictObject({ consistency: Consistency });
-const MigrationsQuery = z.strictObject({ consistency: Consistency, state: z.enum(['running', 'completed', 'failed', 'cancelled']).optional(), vm: z.string().min(1).max(64).optional() });
-const InventoryQuery = z.strictObject({ consistency: Consistency, member: MemberId.optional(), name: z.string().min(1).max(256).optional() });
+const MigrationsQuery = z.strictObject({ consistency: Consistency, state: z.enum(['running', 'completed', 'failed', 'cancelled']).optional(), vm: z.string().min(1).max(64).optional(), ...PageQuery });
+const InventoryQuery = z.strictObject({ consistency: Consistency, member: MemberId.optional(), name: z.string().min(1).max(256).optional(), ...PageQuery });
 const KeyParam = z.string().min(1).max(1024);
 const LockName = z.string().min(1).max(256);
 const AcquireBody = z.strictObject({ holder: z.string().min(1).max(256), ttlMs: z.int().min(100).max(3_600_000), requestId: RequestIdHex.optional() });
@@ -73,13 +74,15 @@ export function clusterRoutes(router: Router, cluster: Cluster, store: Replicate
   router.add('GET', '/v1/cluster/migrations', async (req) => {
     const q = parseWith(MigrationsQuery, Object.fromEntries(req.query), 'BAD_QUERY');
     const all = await clusterMigrations(store, q.consistency === 'stale');
-    return { status: 200, json: { items: all.filter((m) => (q.state === undefined || m.state === q.state) && (q.vm === undefined || m.vmId === q.vm || m.vmName === q.vm)) } };
+    const items = all.filter((m) => (q.state === undefined || m.state === q.state) && (q.vm === undefined || m.vmId === q.vm || m.vmName === q.vm));
+    const key = (m: (typeof items)[number]) => `${m.createdAt}|${m.id}|${m.role}`;
+    return { status: 200, json: page(items.sort((a, b) => (key(a) < key(b) ? 1 : -1)), key, q, 'desc') };
   }, { priv: 'Cluster.Audit', on: onCluster });
   router.add('GET', '/v1/cluster/vms', async (req) => {
     const q = parseWith(InventoryQuery, Object.fromEntries(req.query), 'BAD_QUERY');
     const all = await clusterPlacements(store, q.consistency === 'stale');
-    const items = all.filter((p) => (q.member === undefined || p.member === q.member) && (q.name === undefined || p.name === q.name));
-    return { status: 200, json: { items } };
+    const items = all.filter((p) => (q.member === undefined || p.member === q.member) && (q.name === undefined || p.name === q.name)).sort((a, b) => (a.vmId < b.vmId ? -1 : 1));
+    return { status: 200, json: page(items, (p) => p.vmId, q) };
   }, { priv: 'Cluster.Audit', on: onCluster });
   router.add('POST', '/v1/cluster/leader', async (req) => {
     const { to } = parseWith(TransferBody, req.body);

@@ -5,6 +5,8 @@ import { NovaError } from '../../errors.js';
 
 const onMigration = (req: ApiRequest): Target => ({ kind: 'migration', id: req.params.id! });
 import { parseWith } from '../validate.js';
+import { z } from 'zod';
+import { page, PageQuery } from '../paging.js';
 import { IncomingRequest } from '../../migration/incoming.js';
 import { isDaemonAddress, MigrateRequest } from '../../migration/record.js';
 import type { MigrationService } from '../../migration/service.js';
@@ -29,7 +31,9 @@ export function migrationRoutes(router: Router, migrations: MigrationService, re
     if (!r.started) return { status: 200, json: { dryRun: true, prediction: r.prediction } };
     return { status: 202, json: r.migration, headers: { location: `/v1/migrations/${r.migration!.id}` } };
   }, { priv: 'VM.Migrate', on: (req) => ({ kind: 'vm-ref', ref: req.params.id! }), body: true, forward: 'vm' });
-  router.add('GET', '/v1/migrations', () => ({ status: 200, json: { items: migrations.list() } }), { priv: 'VM.Audit' });
+  const ListQuery = z.strictObject(PageQuery);
+  // Newest first; `cursor` is the last id of the previous page.
+  router.add('GET', '/v1/migrations', (req) => ({ status: 200, json: page(migrations.list(), (m) => m.id, parseWith(ListQuery, Object.fromEntries(req.query), 'BAD_QUERY'), 'desc') }), { priv: 'VM.Audit' });
   router.add('GET', '/v1/migrations/:id', (req) => ({ status: 200, json: migrations.get(req.params.id!) }), { priv: 'VM.Audit', on: onMigration, forward: 'migration' });
   router.add('DELETE', '/v1/migrations/:id', (req) => ({ status: 202, json: migrations.cancel(req.params.id!) }), { priv: 'VM.Migrate', on: onMigration, forward: 'migration' });
   // Daemon to daemon: the source offers a VM; the answer says where to stream it.
