@@ -20,6 +20,7 @@ import type { AuthOutcome, Principal } from '../auth/principal.js';
 import { ROOT, type ObjectRef } from '../auth/acl.js';
 import type { Target, TargetResolver } from './access.js';
 import type { OriginPolicy } from './origin.js';
+import type { AuditRecord } from '../auth/audit.js';
 
 /** Authentication and the objects privileges are checked on. */
 export interface ServerAuth {
@@ -28,8 +29,6 @@ export interface ServerAuth {
   /** Host/Origin checks (DNS rebinding, cross-site requests); none when absent. */
   origins?: OriginPolicy;
 }
-
-import type { AuditRecord } from '../auth/audit.js';
 
 export interface ServerOptions {
   host: string;

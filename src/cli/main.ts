@@ -15,6 +15,7 @@ import type { MigrationRecord } from '../migration/record.js';
 import type { VmRecord } from '../vm/record.js';
 import { VERSION } from '../version.js';
 import { addClusterCommands } from './cluster-commands.js';
+import { addAuthCommands } from './auth-commands.js';
 import { addStorageCommands, fmtBytes } from './storage-commands.js';
 
 interface GlobalOpts {
@@ -321,6 +322,7 @@ export function buildProgram(): Command {
     });
 
   addClusterCommands(program, client, json);
+  addAuthCommands(program, client, json);
   addStorageCommands(program, client, json);
   return program;
 }

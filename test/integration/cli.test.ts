@@ -12,12 +12,39 @@ afterAll(async () => {
 });
 
 function cli(...args: string[]) {
+  return cliWith({}, ...args);
+}
+
+function cliWith(opts: { input?: string; env?: Record<string, string> }, ...args: string[]) {
   // The CLI finds the daemon's admin.token in its data directory, as on the daemon's own host.
-  const r = spawnSync(process.execPath, [BIN, '--url', d.url, ...args], { encoding: 'utf8', timeout: 20_000, env: { ...process.env, NOVACRON_DATA_DIR: d.dataDir } });
+  const r = spawnSync(process.execPath, [BIN, '--url', d.url, ...args], { encoding: 'utf8', timeout: 20_000, env: { ...process.env, NOVACRON_DATA_DIR: d.dataDir, ...opts.env }, ...(opts.input !== undefined ? { input: opts.input } : {}) });
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
 describe('novacron CLI', () => {
+  it('manages users, tokens, ACLs, quotas and reads the audit trail, with tables and --json', () => {
+    expect(cliWith({ input: 'a long enough password\n' }, 'user', 'create', 'cli-ops', '--tenant', 'acme', '--password-stdin').stdout).toContain('user cli-ops created');
+    expect(JSON.parse(cli('--json', 'user', 'list').stdout).find((u: any) => u.name === 'cli-ops')).toMatchObject({ tenant: 'acme', hasPassword: true });
+    expect(cli('acl', 'set', '/tenants/acme', 'cli-ops', 'TenantAdmin').code).toBe(0);
+    expect(cli('acl', 'list').stdout).toMatch(/\/tenants\/acme\s.*cli-ops\s.*TenantAdmin/);
+    const made = JSON.parse(cli('--json', 'token', 'create', 'cli-ops', '--roles', 'TenantUser', '--description', 'ci').stdout);
+    expect(made.token).toMatch(/^nc1\./);
+    const who = JSON.parse(cliWith({ env: { NOVACRON_API_TOKEN: made.token } }, '--json', 'whoami').stdout);
+    expect(who).toMatchObject({ user: 'cli-ops', tenant: 'acme', token: made.id });
+    expect(who.privileges).not.toContain('VM.Allocate'); // capped to TenantUser
+    expect(cli('token', 'list', 'cli-ops').stdout).toMatch(new RegExp(`${made.id}\\s.*TenantUser.*never.*ci`));
+    expect(cli('quota', 'set', 'acme', '--vms', '2', '--memory', '2048').code).toBe(0);
+    expect(JSON.parse(cli('--json', 'quota', 'get', 'acme').stdout)).toMatchObject({ limits: { vms: 2, memoryMiB: 2048 }, usage: { vms: 0 } });
+    expect(cli('quota', 'get', 'acme').stdout).toMatch(/vms\s.*0\s.*2/);
+    expect(cli('token', 'revoke', 'cli-ops', made.id).code).toBe(0);
+    expect(cliWith({ env: { NOVACRON_API_TOKEN: made.token } }, 'whoami').code).not.toBe(0);
+    const audit = JSON.parse(cli('--json', 'audit', '--limit', '1000').stdout);
+    expect(audit.map((r: any) => `${r.method} ${r.path} ${r.status}`)).toEqual(expect.arrayContaining(['POST /v1/users 201', 'PUT /v1/acl 200', 'PUT /v1/tenants/acme/quota 200', 'GET /v1/auth/whoami 401']));
+    expect(cli('audit', '--principal', 'admin').stdout).toMatch(/PUT \/v1\/acl\s.*200/);
+    expect(cli('quota', 'clear', 'acme').code).toBe(0);
+    expect(cli('user', 'delete', 'cli-ops').code).toBe(0);
+  });
+
   it('creates, starts, lists and deletes a VM, with --json for scripts', () => {
     const created = cli('--json', 'vm', 'create', '--name', 'cli-1', '--vcpus', '2', '--memory', '256', '--disk', 'root:512', '--label', 'app=db');
     expect(created.code, created.stderr).toBe(0);
