@@ -41,8 +41,8 @@ export interface ServerOptions {
   metrics: Metrics;
 }
 
-/** Authenticates a WebSocket upgrade (its Authorization, Host and Origin headers): the caller's principal, or a NovaError. */
-export type WsAuthenticate = (authorization: string, host: string, origin: string) => Principal;
+/** Authenticates a WebSocket upgrade (its Authorization, Host and Origin headers): the caller's principal, or a NovaError (audited). */
+export type WsAuthenticate = (req: UWS.HttpRequest, res: UWS.HttpResponse) => Principal;
 
 export interface WsRouteInstaller {
   (app: UWS.TemplatedApp, authenticate: WsAuthenticate, forwarder: () => Forwarder | undefined, resolver: TargetResolver): void;
@@ -75,7 +75,7 @@ export function upgradeWebSocket<T>(
   };
   let data: T;
   try {
-    data = build(req, authenticate?.(authorization, req.getHeader('host'), req.getHeader('origin')));
+    data = build(req, authenticate?.(req, res));
   } catch (err) {
     const forwarder = relay?.forwarder();
     if (!forwarder || !(err instanceof NovaError) || err.code !== 'VM_NOT_FOUND' || req.getHeader(FORWARDED_BY) !== '') return refuse(err);
@@ -142,7 +142,7 @@ export class ApiServer {
     const { uws } = loadUws();
     const app = uws.App();
     const server = new ApiServer(app, router, opts);
-    for (const install of installWs) install(app, (h, host, origin) => server.#wsPrincipal(h, host, origin), () => server.#forwarder, opts.auth.resolver);
+    for (const install of installWs) install(app, (req, res) => server.#wsPrincipal(req, res), () => server.#forwarder, opts.auth.resolver);
     app.any('/*', (res, req) => server.#handle(res, req));
     const socket = await new Promise<UWS.us_listen_socket>((resolve, reject) => {
       app.listen(opts.host, opts.port, (s) => (s ? resolve(s) : reject(new Error(`cannot listen on ${opts.host}:${opts.port} (address in use or not available)`))));
@@ -162,11 +162,17 @@ export class ApiServer {
     return this.#port;
   }
 
-  #wsPrincipal(header: string, host: string, origin: string): Principal {
-    this.#auth.origins?.check(host, origin);
-    const outcome = this.#auth.authenticate(header);
-    if (!outcome.ok) throw unauthorized(outcome.reason);
-    return outcome.principal;
+  #wsPrincipal(req: UWS.HttpRequest, res: UWS.HttpResponse): Principal {
+    try {
+      this.#auth.origins?.check(req.getHeader('host'), req.getHeader('origin'));
+      const outcome = this.#auth.authenticate(req.getHeader('authorization'));
+      if (!outcome.ok) throw unauthorized(outcome.reason);
+      return outcome.principal;
+    } catch (err) {
+      const { status, body } = toErrorBody(err);
+      this.#auditor('GET', req.getUrl(), res, req.getHeader('x-request-id'), true)?.record(status, body.error.code);
+      throw err;
+    }
   }
 
   /** Stops accepting connections, then waits for in-flight requests to finish. */

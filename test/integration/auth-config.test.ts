@@ -162,6 +162,7 @@ describe('authentication', () => {
       expect((await api(d.url, 'GET', '/v1/vms', undefined, NO_AUTH)).status).toBe(401);
       expect((await api(d.url, 'DELETE', '/v1/vms/audited', undefined, viewer)).status).toBe(403);
       expect((await api(d.url, 'GET', '/v1/vms', undefined, viewer)).status).toBe(200); // a read that succeeds is not audited
+      await expect(EventClient.connect(d.url, '', NO_AUTH)).rejects.toMatchObject({ status: 401 }); // a WebSocket upgrade too
       const log = await api(d.url, 'GET', '/v1/audit');
       expect(log.status).toBe(200);
       const rows = log.body.items.map((r: any) => [r.principal, r.method, r.path, r.status, r.code]);
@@ -169,6 +170,7 @@ describe('authentication', () => {
         ['admin!' + d.token.split('.')[1], 'POST', '/v1/vms', 201, undefined],
         [undefined, 'GET', '/v1/vms', 401, 'UNAUTHORIZED'],
         [expect.stringMatching(/^viewer!/), 'DELETE', '/v1/vms/audited', 403, 'FORBIDDEN'],
+        [undefined, 'GET', '/v1/events', 401, 'UNAUTHORIZED'],
       ]));
       expect(rows.some((r: any[]) => r[0]?.startsWith('viewer') && r[1] === 'GET')).toBe(false);
       expect(log.body.items.find((r: any) => r.path === '/v1/vms' && r.status === 201)).toMatchObject({ source: '127.0.0.1', requestId: 'req-42' });
