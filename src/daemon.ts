@@ -222,6 +222,7 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
     clusterRoutes(router, cluster, replicated, locks);
     const quotas = new Quotas(replicated, locks, `member-${self}`);
     vms.useQuota(quotas);
+    migrations.useQuota(quotas);
     // A deleted VM leaves the inventory; its admission must not count again until it expires.
     events.subscribe({ types: ['vm.deleted'] }, (ev) => {
       if (ev.vmId && ev.tenant) quotas.withdraw(ev.tenant, ev.vmId).catch(() => undefined);

@@ -85,12 +85,12 @@ export function addAuthCommands(program: Command, client: () => NovaClient, json
   quota.command('get <tenant>').action(async (t: string) => {
     const q = await client().request<{ limits: Row | null; usage: Row }>('GET', `/v1/tenants/${enc(t)}/quota`);
     if (json()) return print(q);
-    table(['vms', 'vcpus', 'memoryMiB'].map((k) => ({ k, used: q.usage[k], limit: q.limits?.[k] ?? 'none' })), { RESOURCE: (r) => r.k, USED: (r) => r.used, LIMIT: (r) => r.limit });
+    table(['vms', 'vcpus', 'memoryMiB', 'migrations'].map((k) => ({ k, used: q.usage[k], limit: q.limits?.[k] ?? 'none' })), { RESOURCE: (r) => r.k, USED: (r) => r.used, LIMIT: (r) => r.limit });
   });
   quota.command('set <tenant>')
-    .option('--vms <n>').option('--vcpus <n>').option('--memory <MiB>')
-    .action(async (t: string, opts: { vms?: string; vcpus?: string; memory?: string }) => {
-      const limits = { ...(opts.vms ? { vms: Number(opts.vms) } : {}), ...(opts.vcpus ? { vcpus: Number(opts.vcpus) } : {}), ...(opts.memory ? { memoryMiB: Number(opts.memory) } : {}) };
+    .option('--vms <n>').option('--vcpus <n>').option('--memory <MiB>').option('--migrations <n>', 'outgoing migrations at once')
+    .action(async (t: string, opts: { vms?: string; vcpus?: string; memory?: string; migrations?: string }) => {
+      const limits = { ...(opts.vms ? { vms: Number(opts.vms) } : {}), ...(opts.vcpus ? { vcpus: Number(opts.vcpus) } : {}), ...(opts.memory ? { memoryMiB: Number(opts.memory) } : {}), ...(opts.migrations ? { migrations: Number(opts.migrations) } : {}) };
       const q = await client().request<Row>('PUT', `/v1/tenants/${enc(t)}/quota`, limits);
       if (json()) print(q);
     });

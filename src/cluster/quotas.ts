@@ -21,6 +21,8 @@ export const QuotaLimits = z.strictObject({
   vms: z.int().min(0).max(1_000_000).optional(),
   vcpus: z.int().min(0).max(100_000_000).optional(),
   memoryMiB: z.int().min(0).max(2 ** 40).optional(),
+  /** Outgoing migrations running at once. */
+  migrations: z.int().min(0).max(10_000).optional(),
 });
 export type QuotaLimits = z.infer<typeof QuotaLimits>;
 export type Usage = Required<QuotaLimits>;
@@ -28,17 +30,30 @@ type Resource = keyof Usage;
 
 /** How long an admission counts without its VM in the inventory. */
 export const PENDING_MS = 30_000;
+/** How long a migration counts if its source never says it ended (a crashed member). */
+export const MIGRATION_MS = 10 * 60_000;
 const LOCK_TTL_MS = 5000;
 const LOCK_WAIT_MS = 10_000;
 
 const limitsKey = (t: string) => `quota/${t}/limits`;
 const pendingPrefix = (t: string) => `quota/${t}/pending/`;
+const migratingPrefix = (t: string) => `quota/${t}/migrating/`;
 
 interface Pending {
   vmId: string;
   vcpus: number;
   memoryMiB: number;
   until: number;
+}
+
+/** QUOTA_EXCEEDED, naming each resource that `want` would take over its limit. */
+function assertFits(tenant: string, limits: QuotaLimits, used: Usage, want: Partial<Usage>): void {
+  const over = (Object.keys(want) as Resource[])
+    .filter((r) => limits[r] !== undefined && used[r] + want[r]! > limits[r]!)
+    .map((r) => ({ resource: r, limit: limits[r]!, used: used[r], requested: want[r]! }));
+  if (over.length > 0) {
+    throw new NovaError('QUOTA_EXCEEDED', `tenant "${tenant}" is over its quota: ${over.map((o) => `${o.resource} ${o.used} + ${o.requested} > ${o.limit}`).join(', ')}`, { tenant, over });
+  }
 }
 
 export class Quotas {
@@ -64,10 +79,10 @@ export class Quotas {
 
   /** The tenant's VMs in the inventory, plus admissions not yet in it (linearizable reads). */
   async usage(tenant: string, now = Date.now()): Promise<Usage> {
-    const [placed, pending] = await Promise.all([clusterPlacements(this.store), this.store.scan(prefixRange(pendingPrefix(tenant)))]);
+    const [placed, pending, migrating] = await Promise.all([clusterPlacements(this.store), this.store.scan(prefixRange(pendingPrefix(tenant))), this.store.scan(prefixRange(migratingPrefix(tenant)))]);
     const mine = placed.filter((p) => (p.tenant ?? 'default') === tenant);
     const seen = new Set(mine.map((p) => p.vmId));
-    const u: Usage = { vms: 0, vcpus: 0, memoryMiB: 0 };
+    const u: Usage = { vms: 0, vcpus: 0, memoryMiB: 0, migrations: migrating.filter((e) => (JSON.parse(e.value.toString()) as { until: number }).until > now).length };
     for (const p of mine) {
       u.vms++;
       u.vcpus += p.vcpus;
@@ -94,13 +109,7 @@ export class Quotas {
       const limits = await this.limits(tenant); // again, under the lock
       if (!limits) return;
       const used = await this.usage(tenant);
-      const want: Usage = { vms: 1, vcpus: vm.vcpus, memoryMiB: vm.memoryMiB };
-      const over = (Object.keys(want) as Resource[])
-        .filter((r) => limits[r] !== undefined && used[r] + want[r] > limits[r]!)
-        .map((r) => ({ resource: r, limit: limits[r]!, used: used[r], requested: want[r] }));
-      if (over.length > 0) {
-        throw new NovaError('QUOTA_EXCEEDED', `tenant "${tenant}" is over its quota: ${over.map((o) => `${o.resource} ${o.used} + ${o.requested} > ${o.limit}`).join(', ')}`, { tenant, over });
-      }
+      assertFits(tenant, limits, used, { vms: 1, vcpus: vm.vcpus, memoryMiB: vm.memoryMiB });
       const a: Pending = { vmId: vm.id, vcpus: vm.vcpus, memoryMiB: vm.memoryMiB, until: Date.now() + PENDING_MS };
       // Admissions that expired, or whose VM the inventory has now, go in the same write.
       const placed = new Set((await clusterPlacements(this.store, true)).map((p) => p.vmId));
@@ -110,6 +119,23 @@ export class Quotas {
       });
       await this.store.write([{ key: pendingPrefix(tenant) + vm.id, value: Buffer.from(JSON.stringify(a)) }, ...stale.map((e) => ({ key: e.key }))], { fence });
     });
+  }
+
+  /** Admits an outgoing migration of `vmId` against the tenant's limit of concurrent migrations. */
+  async admitMigration(tenant: string, vmId: string): Promise<void> {
+    const limits = await this.limits(tenant);
+    if (limits?.migrations === undefined) return;
+    await this.#locked(tenant, async (fence) => {
+      const now = await this.limits(tenant);
+      if (now?.migrations === undefined) return;
+      assertFits(tenant, now, await this.usage(tenant), { migrations: 1 });
+      await this.store.write([{ key: migratingPrefix(tenant) + vmId, value: Buffer.from(JSON.stringify({ until: Date.now() + MIGRATION_MS })) }], { fence });
+    });
+  }
+
+  /** The migration of `vmId` ended (or never started). */
+  async endMigration(tenant: string, vmId: string): Promise<void> {
+    await this.store.write([{ key: migratingPrefix(tenant) + vmId }]);
   }
 
   /** Withdraws an admission whose VM was not made after all (best effort: it expires anyway). */

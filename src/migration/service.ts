@@ -55,9 +55,16 @@ const DIRTY_RATE_SAMPLE_MS = 250;
 const SAMPLE_CHUNKS = 4;
 const SAMPLE_CHUNK_BYTES = 2 << 20;
 
+/** Admission of outgoing migrations against their tenant's quota of concurrent migrations (cluster/quotas.ts). */
+export interface MigrationQuota {
+  admitMigration(tenant: string, vmId: string): Promise<void>;
+  endMigration(tenant: string, vmId: string): Promise<void>;
+}
+
 export class MigrationService {
   #deps: MigrationServiceDeps;
   #book: MigrationBook;
+  #quota: MigrationQuota | undefined;
   #incoming?: IncomingMigrations;
   #outgoing = new Map<string, OutgoingMigration | ColdMigration>();
   #runs = new Set<Promise<void>>();
@@ -114,6 +121,7 @@ export class MigrationService {
       throw new NovaError('MIGRATION_WONT_CONVERGE', `predicted not to converge within ${req.maxDowntimeMs} ms downtime (needs ~${prediction.throttleNeededPercent}% vCPU throttle, ceiling ${req.maxThrottlePercent}%); pass force to migrate with auto-converge`, { prediction });
     }
     const { rec, release } = await this.#begin(vm, 'live', req, prediction);
+    const tenant = vm.spec.tenant;
     const { target } = req;
     const out = new OutgoingMigration(
       {
@@ -125,7 +133,7 @@ export class MigrationService {
       target,
     );
     const cachePages = Math.max(1024, Math.floor(Math.min(vm.spec.memoryMiB * 1048576 * CACHE_SHARE, MAX_CACHE_BYTES) / PAGE_SIZE));
-    this.#track(out, out.run(release, cachePages, !prediction.converges));
+    this.#track(out, out.run(release, cachePages, !prediction.converges), tenant);
     return { started: true, migration: rec, prediction };
   }
 
@@ -140,15 +148,32 @@ export class MigrationService {
     });
     if (req.dryRun) return { started: false, prediction };
     const { rec, release } = await this.#begin(vm, 'cold', req, prediction);
+    const tenant = vm.spec.tenant;
     const { target } = req;
     const { vms, log, nodeId } = this.#deps;
     const out = new ColdMigration({ vms, book: this.#book, log, nodeId, ...(credential ? { apiToken: credential } : {}) }, rec, target);
-    this.#track(out, out.run(release));
+    this.#track(out, out.run(release), tenant);
     return { started: true, migration: rec, prediction };
   }
 
   /** Claims the VM and stores its new migration record with the started event. */
   async #begin(vm: VmRecord, mode: MigrationRecord['mode'], req: MigrateRequest, prediction: Prediction): Promise<{ rec: MigrationRecord; release: () => void }> {
+    const quota = this.#quota;
+    await quota?.admitMigration(vm.spec.tenant, vm.id);
+    try {
+      return await this.#record(vm, mode, req, prediction);
+    } catch (err) {
+      await quota?.endMigration(vm.spec.tenant, vm.id).catch(() => undefined);
+      throw err;
+    }
+  }
+
+  /** From now on, outgoing migrations count against their tenant's quota of concurrent migrations. */
+  useQuota(quota: MigrationQuota): void {
+    this.#quota = quota;
+  }
+
+  async #record(vm: VmRecord, mode: MigrationRecord['mode'], req: MigrateRequest, prediction: Prediction): Promise<{ rec: MigrationRecord; release: () => void }> {
     const now = new Date().toISOString();
     const { target, dryRun: _, ...policy } = req;
     const rec: MigrationRecord = {
@@ -161,11 +186,13 @@ export class MigrationService {
     return { rec, release };
   }
 
-  #track(out: OutgoingMigration | ColdMigration, run: Promise<void>): void {
+  #track(out: OutgoingMigration | ColdMigration, run: Promise<void>, tenant: string): void {
     this.#outgoing.set(out.record.id, out);
+    const quota = this.#quota;
     const tracked = run.finally(() => {
       this.#outgoing.delete(out.record.id);
       this.#runs.delete(tracked);
+      quota?.endMigration(tenant, out.record.vmId).catch(() => undefined);
     });
     this.#runs.add(tracked);
   }

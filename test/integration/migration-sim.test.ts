@@ -197,6 +197,32 @@ describe('live migration of sim VMs (real daemons, relays, codec)', { timeout: 6
     expect((await api(b.url, 'GET', `/v1/vms/${id}`)).status).toBe(404);
   });
 
+  it('a tenant\'s quota of concurrent migrations refuses a second migration while the first runs (QUOTA_EXCEEDED), and admits it once the first has ended', async () => {
+    const [a, b] = [await host(), await host()];
+    expect((await api(a.url, 'PUT', '/v1/tenants/movers/quota', { migrations: 1 })).status).toBe(200);
+    const base = await api(a.url, 'POST', '/v1/pools/shared/volumes', { name: 'movers-base', sizeMiB: 1, format: 'raw', tenant: 'movers' });
+    expect([201, 409]).toContain(base.status);
+    const vm = async (name: string) => {
+      const r = await api(a.url, 'POST', '/v1/vms', { name, tenant: 'movers', vcpus: 1, memoryMiB: 64, disks: [{ name: 'root', volume: 'shared/movers-base', readOnly: true }], labels: { 'sim.novacron.io/dirty-mibps': '4' } });
+      expect(r.status, JSON.stringify(r.body)).toBe(201);
+      expect((await waitOp(a.url, (await api(a.url, 'POST', `/v1/vms/${r.body.id}/start`)).body.id)).state).toBe('succeeded');
+      return r.body.id as string;
+    };
+    const [one, two] = [await vm('mover-1'), await vm('mover-2')];
+    const first = await api(a.url, 'POST', `/v1/vms/${one}/migrate`, { target: b.url, targetToken: b.token, bandwidthMBps: 1, force: true });
+    expect(first.status, JSON.stringify(first.body)).toBe(202);
+    const second = await api(a.url, 'POST', `/v1/vms/${two}/migrate`, { target: b.url, targetToken: b.token, force: true });
+    expect(second.status).toBe(403);
+    expect(second.body.error).toMatchObject({ code: 'QUOTA_EXCEEDED', details: { over: [{ resource: 'migrations', limit: 1, used: 1, requested: 1 }] } });
+    expect((await api(a.url, 'GET', '/v1/tenants/movers/quota')).body.usage.migrations).toBe(1);
+    expect((await api(a.url, 'DELETE', `/v1/migrations/${first.body.id}`)).status).toBe(202);
+    expect((await settle(a, first.body.id)).state).toBe('cancelled');
+    for (let i = 0; i < 50 && (await api(a.url, 'GET', '/v1/tenants/movers/quota')).body.usage.migrations !== 0; i++) await new Promise((r) => setTimeout(r, 20));
+    const again = await api(a.url, 'POST', `/v1/vms/${two}/migrate`, { target: b.url, targetToken: b.token, force: true });
+    expect(again.status, JSON.stringify(again.body)).toBe(202);
+    expect((await settle(a, again.body.id)).state).toBe('completed');
+  });
+
   it('cancel and a corrupt frame both leave the VM running on the source', async () => {
     const [a, b, faulty] = [await host(), await host(), await host({ faults: { corruptMigrationFrame: 3 } })];
     const id = await runningVm(a, 'sim-cancel', 4);
