@@ -214,14 +214,16 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
         }
       },
       () => cluster?.lastStatus,
+      () => storage.diskUsage(),
     );
     inventory.start(events);
     const self = cluster.memberId;
     resolveTarget = (t) => resolveMember(replicated, self, t);
     isMember = (url) => isMemberAddress(replicated, url);
     clusterRoutes(router, cluster, replicated, locks);
-    const quotas = new Quotas(replicated, locks, `member-${self}`);
+    const quotas = new Quotas(replicated, locks, `member-${self}`, () => storage.sharedDiskUsage());
     vms.useQuota(quotas);
+    storage.useQuota(quotas);
     migrations.useQuota(quotas);
     // A deleted VM leaves the inventory; its admission must not count again until it expires.
     events.subscribe({ types: ['vm.deleted'] }, (ev) => {

@@ -85,12 +85,20 @@ export function addAuthCommands(program: Command, client: () => NovaClient, json
   quota.command('get <tenant>').action(async (t: string) => {
     const q = await client().request<{ limits: Row | null; usage: Row }>('GET', `/v1/tenants/${enc(t)}/quota`);
     if (json()) return print(q);
-    table(['vms', 'vcpus', 'memoryMiB', 'migrations'].map((k) => ({ k, used: q.usage[k], limit: q.limits?.[k] ?? 'none' })), { RESOURCE: (r) => r.k, USED: (r) => r.used, LIMIT: (r) => r.limit });
+    const disk = (q.usage.diskBytes ?? {}) as Record<string, number>;
+    const diskLimits = (q.limits?.diskGiB ?? {}) as Record<string, number>;
+    const rows = [
+      ...['vms', 'vcpus', 'memoryMiB', 'migrations'].map((k) => ({ k, used: q.usage[k], limit: q.limits?.[k] ?? 'none' })),
+      ...[...new Set([...Object.keys(disk), ...Object.keys(diskLimits)])].map((p) => ({ k: `diskGiB ${p}`, used: Math.round(((disk[p] ?? 0) / 2 ** 30) * 100) / 100, limit: diskLimits[p] ?? 'none' })),
+    ];
+    table(rows, { RESOURCE: (r) => r.k, USED: (r) => r.used, LIMIT: (r) => r.limit });
   });
   quota.command('set <tenant>')
     .option('--vms <n>').option('--vcpus <n>').option('--memory <MiB>').option('--migrations <n>', 'outgoing migrations at once')
-    .action(async (t: string, opts: { vms?: string; vcpus?: string; memory?: string; migrations?: string }) => {
-      const limits = { ...(opts.vms ? { vms: Number(opts.vms) } : {}), ...(opts.vcpus ? { vcpus: Number(opts.vcpus) } : {}), ...(opts.memory ? { memoryMiB: Number(opts.memory) } : {}), ...(opts.migrations ? { migrations: Number(opts.migrations) } : {}) };
+    .option('--disk <pool=GiB>', 'provisioned GiB in a pool (repeatable)', (v: string, prev: string[] = []) => [...prev, v])
+    .action(async (t: string, opts: { vms?: string; vcpus?: string; memory?: string; migrations?: string; disk?: string[] }) => {
+      const disk = opts.disk && Object.fromEntries(opts.disk.map((d) => { const [pool, gib] = d.split('='); return [pool, Number(gib)]; }));
+      const limits = { ...(opts.vms ? { vms: Number(opts.vms) } : {}), ...(opts.vcpus ? { vcpus: Number(opts.vcpus) } : {}), ...(opts.memory ? { memoryMiB: Number(opts.memory) } : {}), ...(opts.migrations ? { migrations: Number(opts.migrations) } : {}), ...(disk ? { diskGiB: disk } : {}) };
       const q = await client().request<Row>('PUT', `/v1/tenants/${enc(t)}/quota`, limits);
       if (json()) print(q);
     });

@@ -38,6 +38,8 @@ export interface HostRecord {
   cpus: number;
   memoryMiB: number;
   vms: number;
+  /** Provisioned bytes of this member's own (not shared) pools, by tenant and pool: what disk quotas count. */
+  disk?: Record<string, Record<string, number>>;
   startedAt: string;
   heartbeatAt: string;
 }
@@ -80,6 +82,7 @@ export class InventoryPublisher {
   #finished: string[] = [];
   #timer: NodeJS.Timeout | undefined;
   #heartbeat: NodeJS.Timeout | undefined;
+  #hostTimer: NodeJS.Timeout | undefined;
   #sweeper: NodeJS.Timeout | undefined;
   #flushing: Promise<void> = Promise.resolve();
   #unsubscribe: (() => void) | undefined;
@@ -95,6 +98,8 @@ export class InventoryPublisher {
     private readonly migrationOf: (id: string) => MigrationRecord | undefined = () => undefined,
     /** The latest Raft view: who leads and who the members are. */
     private readonly membership: () => { leader: number; voters: number[]; learners: number[] } | undefined = () => undefined,
+    /** Provisioned bytes of this member's own pools, by tenant and pool. */
+    private readonly diskUsage: () => Record<string, Record<string, number>> = () => ({}),
   ) {}
 
   /**
@@ -106,6 +111,8 @@ export class InventoryPublisher {
     this.#unsubscribe = events.subscribe({}, (ev) => {
       if (ev.type.startsWith('migration.') && typeof ev.data.migrationId === 'string') this.#dirtyMigrations.add(ev.data.migrationId);
       if (ev.vmId) this.#markDirty(ev.vmId);
+      // Volumes change the host record's disk usage: republished soon, not at the next heartbeat.
+      if (ev.type === 'volume.created' || ev.type === 'volume.deleted' || ev.type === 'volume.updated') this.#hostSoon();
     });
     const prefix = placementPrefix(this.host.member);
     this.#flushing = this.store
@@ -149,6 +156,7 @@ export class InventoryPublisher {
     this.#unsubscribe?.();
     clearTimeout(this.#timer);
     clearInterval(this.#heartbeat);
+    clearTimeout(this.#hostTimer);
     clearInterval(this.#sweeper);
   }
 
@@ -216,11 +224,19 @@ export class InventoryPublisher {
     };
   }
 
+  #hostSoon(): void {
+    this.#hostTimer ??= setTimeout(() => {
+      this.#hostTimer = undefined;
+      this.#writeHost().catch(() => undefined);
+    }, 100);
+    this.#hostTimer.unref();
+  }
+
   async #writeHost(): Promise<void> {
     const now = new Date().toISOString();
     const record: HostRecord = {
       member: this.host.member, node: this.host.node, address: this.host.address, version: VERSION, driver: this.host.driver,
-      cpus: cpus().length, memoryMiB: Math.floor(totalmem() / 1048576), vms: this.vms.size, startedAt: this.#startedAt, heartbeatAt: now,
+      cpus: cpus().length, memoryMiB: Math.floor(totalmem() / 1048576), vms: this.vms.size, disk: this.diskUsage(), startedAt: this.#startedAt, heartbeatAt: now,
     };
     await this.store.write([{ key: hostKey(this.host.member), value: Buffer.from(JSON.stringify(record)) }]);
   }

@@ -13,7 +13,8 @@ import { randomBytes } from 'node:crypto';
 import { z } from 'zod';
 import { NovaError } from '../errors.js';
 import { prefixRange } from '../store/store.js';
-import { clusterPlacements } from './inventory.js';
+import { clusterHosts, clusterPlacements } from './inventory.js';
+import { PoolName } from '../storage/model.js';
 import type { LockService } from './locks.js';
 import type { ReplicatedStore } from './replicated-store.js';
 
@@ -23,10 +24,13 @@ export const QuotaLimits = z.strictObject({
   memoryMiB: z.int().min(0).max(2 ** 40).optional(),
   /** Outgoing migrations running at once. */
   migrations: z.int().min(0).max(10_000).optional(),
+  /** Provisioned GiB (virtual sizes of volumes) per pool. */
+  diskGiB: z.record(PoolName, z.number().min(0).max(2 ** 30)).optional(),
 });
 export type QuotaLimits = z.infer<typeof QuotaLimits>;
-export type Usage = Required<QuotaLimits>;
-type Resource = keyof Usage;
+type Counted = 'vms' | 'vcpus' | 'memoryMiB' | 'migrations';
+export type Usage = Record<Counted, number> & { diskBytes: Record<string, number> };
+type Resource = Counted;
 
 /** How long an admission counts without its VM in the inventory. */
 export const PENDING_MS = 30_000;
@@ -38,6 +42,8 @@ const LOCK_WAIT_MS = 10_000;
 const limitsKey = (t: string) => `quota/${t}/limits`;
 const pendingPrefix = (t: string) => `quota/${t}/pending/`;
 const migratingPrefix = (t: string) => `quota/${t}/migrating/`;
+const diskPrefix = (t: string) => `quota/${t}/disk/`;
+const GiB = 2 ** 30;
 
 interface Pending {
   vmId: string;
@@ -62,6 +68,8 @@ export class Quotas {
     private readonly locks: LockService,
     /** Who holds a tenant's lock while admitting (this member). */
     private readonly holder: string,
+    /** Provisioned bytes of the shared pools, by tenant and pool (every member sees the same). */
+    private readonly sharedDisk: () => Promise<Record<string, Record<string, number>>> = async () => ({}),
   ) {}
 
   async limits(tenant: string): Promise<QuotaLimits | undefined> {
@@ -79,10 +87,22 @@ export class Quotas {
 
   /** The tenant's VMs in the inventory, plus admissions not yet in it (linearizable reads). */
   async usage(tenant: string, now = Date.now()): Promise<Usage> {
-    const [placed, pending, migrating] = await Promise.all([clusterPlacements(this.store), this.store.scan(prefixRange(pendingPrefix(tenant))), this.store.scan(prefixRange(migratingPrefix(tenant)))]);
+    const [placed, pending, migrating, hosts, shared, disk] = await Promise.all([
+      clusterPlacements(this.store), this.store.scan(prefixRange(pendingPrefix(tenant))), this.store.scan(prefixRange(migratingPrefix(tenant))),
+      clusterHosts(this.store), this.sharedDisk(), this.store.scan(prefixRange(diskPrefix(tenant))),
+    ]);
     const mine = placed.filter((p) => (p.tenant ?? 'default') === tenant);
     const seen = new Set(mine.map((p) => p.vmId));
-    const u: Usage = { vms: 0, vcpus: 0, memoryMiB: 0, migrations: migrating.filter((e) => (JSON.parse(e.value.toString()) as { until: number }).until > now).length };
+    const u: Usage = { vms: 0, vcpus: 0, memoryMiB: 0, migrations: migrating.filter((e) => (JSON.parse(e.value.toString()) as { until: number }).until > now).length, diskBytes: {} };
+    // Disk: what every member publishes of its own pools, the shared pools, and admissions
+    // not yet published (counted twice until they expire: never too little).
+    const addDisk = (pool: string, bytes: number) => (u.diskBytes[pool] = (u.diskBytes[pool] ?? 0) + bytes);
+    for (const h of hosts) for (const [pool, bytes] of Object.entries(h.disk?.[tenant] ?? {})) addDisk(pool, bytes);
+    for (const [pool, bytes] of Object.entries(shared[tenant] ?? {})) addDisk(pool, bytes);
+    for (const e of disk) {
+      const a = JSON.parse(e.value.toString()) as { pool: string; bytes: number; until: number };
+      if (a.until > now) addDisk(a.pool, a.bytes);
+    }
     for (const p of mine) {
       u.vms++;
       u.vcpus += p.vcpus;
@@ -130,6 +150,27 @@ export class Quotas {
       if (now?.migrations === undefined) return;
       assertFits(tenant, now, await this.usage(tenant), { migrations: 1 });
       await this.store.write([{ key: migratingPrefix(tenant) + vmId, value: Buffer.from(JSON.stringify({ until: Date.now() + MIGRATION_MS })) }], { fence });
+    });
+  }
+
+  /**
+   * Admits `bytes` more provisioned in `pool` for `tenant` against its `diskGiB` limit for
+   * that pool (no-op without one); counted from now, as an admission until the member's
+   * published usage has it.
+   */
+  async admitDisk(tenant: string, pool: string, bytes: number): Promise<void> {
+    if (bytes <= 0 || (await this.limits(tenant))?.diskGiB?.[pool] === undefined) return;
+    await this.#locked(tenant, async (fence) => {
+      const limit = (await this.limits(tenant))?.diskGiB?.[pool];
+      if (limit === undefined) return;
+      const used = (await this.usage(tenant)).diskBytes[pool] ?? 0;
+      if (used + bytes > limit * GiB) {
+        const gib = (b: number) => Math.round((b / GiB) * 1000) / 1000;
+        throw new NovaError('QUOTA_EXCEEDED', `tenant "${tenant}" is over its quota: diskGiB in ${pool} ${gib(used)} + ${gib(bytes)} > ${limit}`, { tenant, over: [{ resource: 'diskGiB', pool, limit, used: gib(used), requested: gib(bytes) }] });
+      }
+      const stale = (await this.store.scan(prefixRange(diskPrefix(tenant)))).filter((e) => (JSON.parse(e.value.toString()) as { until: number }).until <= Date.now());
+      const a = { pool, bytes, until: Date.now() + PENDING_MS };
+      await this.store.write([{ key: diskPrefix(tenant) + randomBytes(8).toString('hex'), value: Buffer.from(JSON.stringify(a)) }, ...stale.map((e) => ({ key: e.key }))], { fence });
     });
   }
 

@@ -78,8 +78,14 @@ export interface VolumeListQuery {
   visibleTenant?: (tenant: string) => boolean;
 }
 
+/** Admission of new provisioned bytes against their tenant's disk quota (cluster/quotas.ts). */
+export interface DiskQuota {
+  admitDisk(tenant: string, pool: string, bytes: number): Promise<void>;
+}
+
 export class StorageService {
   #pools = new Map<string, Pool>();
+  #quota: DiskQuota | undefined;
   #deps: StorageDeps;
   #img: QemuImg;
   #attachments: (ref: string) => string[] = () => [];
@@ -180,6 +186,33 @@ export class StorageService {
   }
 
   /** Pool status for metrics: every pool, with its media class. */
+  /** From now on, new volumes and growth are admitted against their tenant's disk quota first (QUOTA_EXCEEDED). */
+  useQuota(quota: DiskQuota): void {
+    this.#quota = quota;
+  }
+
+  /**
+   * Provisioned bytes (virtual sizes) by tenant and pool: of this member's own pools, or
+   * (`shared`) of the shared pools as every member sees them. What disk quotas count.
+   */
+  diskUsage(shared = false): Record<string, Record<string, number>> {
+    const out: Record<string, Record<string, number>> = {};
+    for (const [name, pool] of this.#pools) {
+      if (pool.def.shared !== shared || pool.def.type !== 'dir') continue;
+      for (const m of pool.volumes.values()) {
+        const t = (out[m.tenant] ??= {});
+        t[name] = (t[name] ?? 0) + m.sizeBytes;
+      }
+    }
+    return out;
+  }
+
+  /** The shared pools' usage, read from the pools now (what other members wrote included). */
+  async sharedDiskUsage(): Promise<Record<string, Record<string, number>>> {
+    for (const pool of this.#pools.values()) if (pool.def.shared) pool.volumes = new VolumeIndex(await pool.driver.scan());
+    return this.diskUsage(true);
+  }
+
   async statuses(): Promise<Array<{ pool: string; mediaClass: string; status: PoolStatus }>> {
     return Promise.all([...this.#pools.values()].map(async (p) => ({ pool: p.def.name, mediaClass: p.def.mediaClass, status: await this.#status(p) })));
   }
@@ -286,6 +319,8 @@ export class StorageService {
     return this.#exclusive(volumeRef(poolName, req.name), async () => {
       this.#assertFree(pool, req.name);
       await this.#assertRoom(pool, { virtualBytes: sizeBytes, bytes: extra.reserveBytes ?? 0 });
+      // A new allocation (not a volume arriving by migration or moving between pools) counts against the disk quota.
+      if (!extra.arriving && !extra.moving) await this.#quota?.admitDisk(req.tenant, poolName, sizeBytes);
       const now = new Date().toISOString();
       const meta: VolumeMeta = {
         name: req.name, format: req.format, content: req.content, sizeBytes, tenant: req.tenant,
@@ -336,6 +371,7 @@ export class StorageService {
     if (meta.readOnly) throw new NovaError('VOLUME_IN_USE', `volume ${ref} is a read-only template volume`);
     return this.#exclusive(ref, async () => {
       await this.#assertRoom(pool, { virtualBytes: sizeBytes - meta.sizeBytes, bytes: 0 });
+      await this.#quota?.admitDisk(meta.tenant, pool.def.name, sizeBytes - meta.sizeBytes);
       if (online) await online(sizeBytes);
       else await pool.driver.resize(meta.name, meta.format, sizeBytes);
       return this.#update(pool, meta, { sizeBytes });
@@ -464,6 +500,7 @@ export class StorageService {
         if (info.format !== q.format) throw new NovaError('VOLUME_FORMAT_INVALID', `the upload is a ${info.format} image, not ${q.format}`, { detected: info.format });
         if (info.backingFile) throw new NovaError('VOLUME_FORMAT_INVALID', 'uploaded images may not name a backing file (it would be opened from the host)');
         if (info.dataFile) throw new NovaError('VOLUME_FORMAT_INVALID', 'uploaded images may not name an external data file (it would be opened from the host)');
+        await this.#quota?.admitDisk(q.tenant, poolName, info.virtualBytes);
         const now = new Date().toISOString();
         const meta: VolumeMeta = { name, format: q.format, content: q.content, sizeBytes: info.virtualBytes, tenant: q.tenant, sha256, createdAt: now, updatedAt: now };
         await pool.driver.writeMeta(meta);

@@ -33,8 +33,9 @@ describe('novacron CLI', () => {
     expect(who).toMatchObject({ user: 'cli-ops', tenant: 'acme', token: made.id });
     expect(who.privileges).not.toContain('VM.Allocate'); // capped to TenantUser
     expect(cli('token', 'list', 'cli-ops').stdout).toMatch(new RegExp(`${made.id}\\s.*TenantUser.*never.*ci`));
-    expect(cli('quota', 'set', 'acme', '--vms', '2', '--memory', '2048').code).toBe(0);
-    expect(JSON.parse(cli('--json', 'quota', 'get', 'acme').stdout)).toMatchObject({ limits: { vms: 2, memoryMiB: 2048 }, usage: { vms: 0 } });
+    expect(cli('quota', 'set', 'acme', '--vms', '2', '--memory', '2048', '--disk', 'local=5').code).toBe(0);
+    expect(JSON.parse(cli('--json', 'quota', 'get', 'acme').stdout)).toMatchObject({ limits: { vms: 2, memoryMiB: 2048, diskGiB: { local: 5 } }, usage: { vms: 0 } });
+    expect(cli('quota', 'get', 'acme').stdout).toMatch(/diskGiB local\s.*0\s.*5/);
     expect(cli('quota', 'get', 'acme').stdout).toMatch(/vms\s.*0\s.*2/);
     expect(cli('token', 'revoke', 'cli-ops', made.id).code).toBe(0);
     expect(cliWith({ env: { NOVACRON_API_TOKEN: made.token } }, 'whoami').code).not.toBe(0);

@@ -140,6 +140,25 @@ describe('any member answers for any VM', { timeout: 60_000 }, () => {
     }
   });
 
+  it('a tenant disk quota per pool holds cluster-wide: concurrent volume creates through every member never provision more than it allows', async () => {
+    expect((await call(0, 'PUT', '/v1/tenants/disky/quota', { diskGiB: { local: 1 } })).status).toBe(200);
+    const results = await Promise.all(Array.from({ length: 6 }, (_, i) => call(i % 3, 'POST', '/v1/pools/local/volumes', { name: `disky-${i}`, sizeMiB: 300, tenant: 'disky' })));
+    const made = results.filter((r) => r.status === 201);
+    expect(made.length).toBe(3); // 3 x 300 MiB fit in 1 GiB, a fourth does not
+    for (const r of results.filter((x) => x.status !== 201)) {
+      expect(r.status, JSON.stringify(r.body)).toBe(403);
+      expect(r.body.error).toMatchObject({ code: 'QUOTA_EXCEEDED', details: { over: [{ resource: 'diskGiB', pool: 'local', limit: 1 }] } });
+    }
+    // A VM's new disk counts too; the refused VM leaves nothing behind.
+    const vm = await call(1, 'POST', '/v1/vms', sampleVm('disky-vm', { tenant: 'disky', disks: [{ name: 'root', sizeMiB: 512 }] }));
+    expect(vm.body.error?.code).toBe('QUOTA_EXCEEDED');
+    expect((await call(1, 'GET', '/v1/vms/disky-vm')).status).toBe(404);
+    // Another pool is not limited.
+    expect((await call(0, 'GET', '/v1/tenants/disky/quota')).body.usage.diskBytes.local).toBeGreaterThanOrEqual(900 * 2 ** 20);
+    expect((await call(0, 'DELETE', '/v1/tenants/disky/quota')).status).toBe(204);
+    for (const [i, r] of results.entries()) if (r.status === 201) expect((await call(i % 3, 'DELETE', `/v1/pools/local/volumes/disky-${i}`)).status).toBe(204);
+  });
+
   it('a VM no member has is a 404 from the member asked, without a hop', async () => {
     const r = await call(1, 'GET', '/v1/vms/vm-nowhere');
     expect(r.status).toBe(404);
