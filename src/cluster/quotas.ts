@@ -72,8 +72,13 @@ export class Quotas {
     private readonly sharedDisk: () => Promise<Record<string, Record<string, number>>> = async () => ({}),
   ) {}
 
-  async limits(tenant: string): Promise<QuotaLimits | undefined> {
-    const raw = await this.store.get(limitsKey(tenant));
+  /**
+   * The tenant's limits. `stale` reads this member's copy (no quorum needed): admissions
+   * use it to skip tenants without limits, so a member cut off from the majority still
+   * creates their VMs; with limits, they read again under the lock.
+   */
+  async limits(tenant: string, stale = false): Promise<QuotaLimits | undefined> {
+    const raw = await this.store.get(limitsKey(tenant), { stale });
     return raw ? (JSON.parse(raw.toString()) as QuotaLimits) : undefined;
   }
 
@@ -124,9 +129,9 @@ export class Quotas {
    * the tenant's lock.
    */
   async admit(tenant: string, vm: { id: string; vcpus: number; memoryMiB: number }): Promise<void> {
-    if (!(await this.limits(tenant))) return;
+    if (!(await this.limits(tenant, true))) return;
     await this.#locked(tenant, async (fence) => {
-      const limits = await this.limits(tenant); // again, under the lock
+      const limits = await this.limits(tenant); // again, linearizable, under the lock
       if (!limits) return;
       const used = await this.usage(tenant);
       assertFits(tenant, limits, used, { vms: 1, vcpus: vm.vcpus, memoryMiB: vm.memoryMiB });
@@ -143,7 +148,7 @@ export class Quotas {
 
   /** Admits an outgoing migration of `vmId` against the tenant's limit of concurrent migrations. */
   async admitMigration(tenant: string, vmId: string): Promise<void> {
-    const limits = await this.limits(tenant);
+    const limits = await this.limits(tenant, true);
     if (limits?.migrations === undefined) return;
     await this.#locked(tenant, async (fence) => {
       const now = await this.limits(tenant);
@@ -159,7 +164,7 @@ export class Quotas {
    * published usage has it.
    */
   async admitDisk(tenant: string, pool: string, bytes: number): Promise<void> {
-    if (bytes <= 0 || (await this.limits(tenant))?.diskGiB?.[pool] === undefined) return;
+    if (bytes <= 0 || (await this.limits(tenant, true))?.diskGiB?.[pool] === undefined) return;
     await this.#locked(tenant, async (fence) => {
       const limit = (await this.limits(tenant))?.diskGiB?.[pool];
       if (limit === undefined) return;

@@ -110,6 +110,8 @@ describe('any member answers for any VM', { timeout: 60_000 }, () => {
 
   it('a tenant quota holds cluster-wide under concurrent creates through every member: never over, QUOTA_EXCEEDED naming what is over, room again once a VM goes', async () => {
     expect((await call(0, 'PUT', '/v1/tenants/race/quota', { vms: 3, memoryMiB: 4096 })).status).toBe(200);
+    // Each member applies a new limit once it has replicated it (a linearizable read here waits for that).
+    for (const i of [1, 2]) expect((await call(i, 'GET', '/v1/tenants/race/quota')).body.limits.vms).toBe(3);
     const results = await Promise.all(Array.from({ length: 12 }, (_, i) => call(i % 3, 'POST', '/v1/vms', sampleVm(`race-${i}`, { tenant: 'race' }))));
     const made = results.filter((r) => r.status === 201);
     const refused = results.filter((r) => r.status !== 201);
@@ -142,6 +144,7 @@ describe('any member answers for any VM', { timeout: 60_000 }, () => {
 
   it('a tenant disk quota per pool holds cluster-wide: concurrent volume creates through every member never provision more than it allows', async () => {
     expect((await call(0, 'PUT', '/v1/tenants/disky/quota', { diskGiB: { local: 1 } })).status).toBe(200);
+    for (const i of [1, 2]) expect((await call(i, 'GET', '/v1/tenants/disky/quota')).body.limits.diskGiB.local).toBe(1);
     const results = await Promise.all(Array.from({ length: 6 }, (_, i) => call(i % 3, 'POST', '/v1/pools/local/volumes', { name: `disky-${i}`, sizeMiB: 300, tenant: 'disky' })));
     const made = results.filter((r) => r.status === 201);
     expect(made.length).toBe(3); // 3 x 300 MiB fit in 1 GiB, a fourth does not
