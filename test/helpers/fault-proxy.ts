@@ -17,7 +17,8 @@ export interface LinkFaults {
 }
 
 interface Link {
-  from: number;
+  /** The dialling member's index, looked up each time: a link opened before the test knew its id gets its faults too. */
+  readonly from: number;
   to: number;
   sockets: Socket[];
 }
@@ -77,24 +78,25 @@ export class FaultNet {
       }
       client.off('data', onHead);
       client.pause();
-      const from = this.indexOf(Number(MEMBER_HEADER.exec(head.subarray(0, end + 2).toString('latin1'))?.[1] ?? 0));
-      if (this.#rule(from, to).cut) return void client.destroy();
+      const fromId = Number(MEMBER_HEADER.exec(head.subarray(0, end + 2).toString('latin1'))?.[1] ?? 0);
+      const indexOf = this.indexOf;
+      if (this.#rule(indexOf(fromId), to).cut) return void client.destroy();
       const upstream = connect(targetPort, '127.0.0.1');
       upstream.on('error', () => undefined);
-      const link: Link = { from, to, sockets: [client, upstream] };
+      const link: Link = { get from() { return indexOf(fromId); }, to, sockets: [client, upstream] };
       this.#links.add(link);
       const gone = () => this.#reset(link);
       client.on('close', gone);
       upstream.on('close', gone);
-      this.#pipe(link, client, upstream, from, to, head);
-      this.#pipe(link, upstream, client, to, from);
+      this.#pipe(link, client, upstream, 'out', head);
+      this.#pipe(link, upstream, client, 'back');
       client.resume();
     };
     client.on('data', onHead);
   }
 
   /** Forwards `src` to `dst` under the faults of `from → to`, keeping the byte order. */
-  #pipe(link: Link, src: Socket, dst: Socket, from: number, to: number, first?: Buffer): void {
+  #pipe(link: Link, src: Socket, dst: Socket, way: 'out' | 'back', first?: Buffer): void {
     const queue: Array<{ due: number; chunk: Buffer }> = [];
     let timer: NodeJS.Timeout | undefined;
     // Due times on the monotonic clock: a wall-clock step (NTP) must not release a chunk early.
@@ -105,7 +107,7 @@ export class FaultNet {
       if (queue.length > 0) timer = setTimeout(flush, queue[0]!.due - now);
     };
     const forward = (chunk: Buffer) => {
-      const rule = this.#rule(from, to);
+      const rule = way === 'out' ? this.#rule(link.from, link.to) : this.#rule(link.to, link.from);
       if (rule.cut || (rule.loss && Math.random() < rule.loss)) return this.#reset(link);
       const wait = (rule.delayMs ?? 0) + Math.random() * (rule.jitterMs ?? 0);
       const due = Math.max(performance.now() + wait, queue.at(-1)?.due ?? 0);
