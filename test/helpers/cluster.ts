@@ -82,12 +82,17 @@ export class TestCluster {
    */
   static async start(n: number, raft: Record<string, number> = TEST_RAFT, opts: { withFaults?: boolean; apiToken?: string; args?: string[]; config?: Record<string, unknown> } = {}): Promise<TestCluster> {
     const c = new TestCluster(raft, opts.apiToken, opts.args, opts.config);
-    if (opts.withFaults) c.net = new FaultNet((id) => c.members.findIndex((m) => m.id === id));
-    for (let i = 0; i < n; i++) await c.#newMember();
-    await c.startMember(0);
-    for (let i = 1; i < n; i++) await c.startMember(i, 0);
-    await c.waitFor(async () => (await c.status(0)).voters.length === n, `${n} voters`);
-    return c;
+    try {
+      if (opts.withFaults) c.net = new FaultNet((id) => c.members.findIndex((m) => m.id === id));
+      for (let i = 0; i < n; i++) await c.#newMember();
+      await c.startMember(0);
+      for (let i = 1; i < n; i++) await c.startMember(i, 0);
+      await c.waitFor(async () => (await c.status(0)).voters.length === n, `${n} voters`);
+      return c;
+    } catch (err) {
+      await c.close(); // nothing this start spawned outlives it
+      throw err;
+    }
   }
 
   /** A new member that joins through `via` (as a learner, promoted once caught up); returns its index. */
