@@ -83,12 +83,20 @@ export class OutgoingMigration extends SourceMigration {
       let lastSaved = 0;
       const linkRate = new RecentRate(1000);
       this.rec = { ...this.rec, progress: { ...this.rec.progress, downtimeLimitMs: switchover.settings.downtimeLimitMs } };
+      let continued = false;
       for (;;) {
         const p = await migration.progress(vmId);
         if (p.status === 'paused-for-disks') {
+          // QEMU may still say pre-switchover for a moment after migrate-continue (its
+          // migration thread moves on by itself): continue exactly once.
+          if (continued) {
+            await this.peer.nap(5);
+            continue;
+          }
           // Guest paused, device state not sent yet: the disks catch up, then QEMU goes on.
           await migration.storage!.completeMirrors(vmId, MIRROR_FINISH_TIMEOUT_MS);
           await migration.continueSwitchover(vmId);
+          continued = true;
           continue;
         }
         if (p.status === 'completed') {
