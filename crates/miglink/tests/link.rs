@@ -325,34 +325,35 @@ fn the_bandwidth_cap_paces_the_link() {
     h.source.close();
 }
 
-#[test]
-fn a_connection_without_the_token_is_dropped_and_the_real_source_still_gets_in() {
-    let dir = tempfile::tempdir().unwrap();
-    let qemu_sock = dir.path().join("q.sock");
-    let _l = UnixListener::bind(&qemu_sock).unwrap();
-    let (ftx, failures) = channel();
-    let dest = DestLink::start(
+/// A destination end whose migration token is `[7; 24]`, feeding `qemu_socket`.
+fn token_dest(
+    qemu_socket: std::path::PathBuf,
+    failures: std::sync::mpsc::Sender<(&'static str, String)>,
+) -> DestLink {
+    DestLink::start(
         DestConfig {
             bind_host: "127.0.0.1".into(),
             ports: None,
-            qemu_socket: qemu_sock,
+            qemu_socket,
             token: vec![7; 24],
             capacity_pages: 64,
             shards: 1,
         },
-        fail_to(ftx, "dest"),
+        fail_to(failures, "dest"),
     )
-    .unwrap();
-    let mut intruder = std::net::TcpStream::connect(("127.0.0.1", dest.port())).unwrap();
-    intruder.write_all(&[1, 0, 0, 0, 0, 0, 24]).unwrap();
-    intruder.write_all(&[8; 24]).unwrap();
-    let mut buf = [0u8; 1];
-    assert_eq!(intruder.read(&mut buf).unwrap_or(0), 0, "dropped");
-    let (stx, _sf) = channel();
-    let source = SourceLink::start(
+    .unwrap()
+}
+
+/// The real source of `token_dest`'s migration, listening for QEMU at `dir/r.sock`.
+fn token_source(
+    dir: &std::path::Path,
+    port: u16,
+    failures: std::sync::mpsc::Sender<(&'static str, String)>,
+) -> SourceLink {
+    SourceLink::start(
         SourceConfig {
-            socket_path: dir.path().join("r.sock"),
-            dest: format!("127.0.0.1:{}", dest.port()),
+            socket_path: dir.join("r.sock"),
+            dest: format!("127.0.0.1:{port}"),
             token: vec![7; 24],
             capacity_pages: 64,
             shards: 1,
@@ -361,9 +362,25 @@ fn a_connection_without_the_token_is_dropped_and_the_real_source_still_gets_in()
             corrupt_pages_frame: None,
             cut_after_bytes: None,
         },
-        fail_to(stx, "source"),
+        fail_to(failures, "source"),
     )
-    .unwrap();
+    .unwrap()
+}
+
+#[test]
+fn a_connection_without_the_token_is_dropped_and_the_real_source_still_gets_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let qemu_sock = dir.path().join("q.sock");
+    let _l = UnixListener::bind(&qemu_sock).unwrap();
+    let (ftx, failures) = channel();
+    let dest = token_dest(qemu_sock, ftx);
+    let mut intruder = std::net::TcpStream::connect(("127.0.0.1", dest.port())).unwrap();
+    intruder.write_all(&[1, 0, 0, 0, 0, 0, 24]).unwrap();
+    intruder.write_all(&[8; 24]).unwrap();
+    let mut buf = [0u8; 1];
+    assert_eq!(intruder.read(&mut buf).unwrap_or(0), 0, "dropped");
+    let (stx, _sf) = channel();
+    let source = token_source(dir.path(), dest.port(), stx);
     send_as_qemu(&dir.path().join("r.sock"), b"QEVMhello".to_vec(), 10)
         .join()
         .unwrap();
@@ -380,18 +397,7 @@ fn strangers_that_connect_and_say_nothing_do_not_hold_up_the_real_source() {
     let qemu_sock = dir.path().join("q.sock");
     let _l = UnixListener::bind(&qemu_sock).unwrap();
     let (ftx, failures) = channel();
-    let dest = DestLink::start(
-        DestConfig {
-            bind_host: "127.0.0.1".into(),
-            ports: None,
-            qemu_socket: qemu_sock,
-            token: vec![7; 24],
-            capacity_pages: 64,
-            shards: 1,
-        },
-        fail_to(ftx, "dest"),
-    )
-    .unwrap();
+    let dest = token_dest(qemu_sock, ftx);
     // Silent strangers, and one that claims a hello of 64 MiB: none of them is waited for.
     let mut strangers: Vec<_> = (0..4)
         .map(|_| std::net::TcpStream::connect(("127.0.0.1", dest.port())).unwrap())
@@ -401,21 +407,7 @@ fn strangers_that_connect_and_say_nothing_do_not_hold_up_the_real_source() {
     strangers.push(big);
     let started = std::time::Instant::now();
     let (stx, _sf) = channel();
-    let source = SourceLink::start(
-        SourceConfig {
-            socket_path: dir.path().join("r.sock"),
-            dest: format!("127.0.0.1:{}", dest.port()),
-            token: vec![7; 24],
-            capacity_pages: 64,
-            shards: 1,
-            window: 1 << 20,
-            bucket: None,
-            corrupt_pages_frame: None,
-            cut_after_bytes: None,
-        },
-        fail_to(stx, "source"),
-    )
-    .unwrap();
+    let source = token_source(dir.path(), dest.port(), stx);
     send_as_qemu(&dir.path().join("r.sock"), b"QEVMhello".to_vec(), 10)
         .join()
         .unwrap();
