@@ -11,17 +11,27 @@ import { generateKeyPairSync, type KeyObject } from 'node:crypto';
 import { createSigner } from 'fast-jwt';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { api, BIN, NO_AUTH, removeDir, sampleVm, spawnDaemon, tempDataDir } from '../helpers/daemon.js';
+import { api, BIN, NO_AUTH, removeDir, sampleVm, spawnDaemon, tempDataDir, type DaemonHandle, type SpawnOptions } from '../helpers/daemon.js';
 import { EventClient } from '../helpers/events.js';
 import { daemonRouter, wsPaths } from '../helpers/routes.js';
 
 const TOKEN = 'test-token-0123456789abcdef';
 const PUBLIC = ['GET /healthz', 'GET /readyz', 'POST /v1/auth/login', 'POST /v1/cluster/members'];
 
+/** Runs `fn` against a fresh daemon, then kills it and removes its data directory. */
+async function withDaemon(opts: SpawnOptions, fn: (d: DaemonHandle) => Promise<void>): Promise<void> {
+  const d = await spawnDaemon(opts);
+  try {
+    await fn(d);
+  } finally {
+    await d.kill();
+    removeDir(d.dataDir);
+  }
+}
+
 describe('authentication', () => {
   it('a fresh daemon answers every route but the probes, login and join with 401 UNAUTHORIZED, whatever the credentials are missing or wrong', async () => {
-    const d = await spawnDaemon();
-    try {
+    await withDaemon({}, async (d) => {
       const routes = daemonRouter().routes;
       expect(routes.filter((r) => r.priv === 'public').map((r) => `${r.method} ${r.pattern}`).sort()).toEqual(PUBLIC.slice().sort());
       for (const r of routes.filter((x) => x.priv !== 'public')) {
@@ -39,10 +49,7 @@ describe('authentication', () => {
       expect((await api(d.url, 'GET', '/healthz', undefined, NO_AUTH)).body).toEqual({ status: 'ok' });
       expect((await api(d.url, 'GET', '/healthz')).body).toMatchObject({ status: 'ok', driver: 'sim' });
       expect((await api(d.url, 'GET', '/v1/vms')).status).toBe(200);
-    } finally {
-      await d.kill();
-      removeDir(d.dataDir);
-    }
+    });
   });
 
   it('makes DIR/admin.token (0600, in a 0700 data dir) on first start, shows it only then, keeps it across restarts, and the CLI finds it', async () => {
@@ -71,23 +78,18 @@ describe('authentication', () => {
   });
 
   it('a configured token is one more administrator token, warned about when it is on the command line', async () => {
-    const d = await spawnDaemon({ args: ['--api-token', TOKEN] });
-    try {
+    await withDaemon({ args: ['--api-token', TOKEN] }, async (d) => {
       expect((await api(d.url, 'GET', '/v1/auth/whoami', undefined, { authorization: `Bearer ${TOKEN}` })).body.user).toBe('admin');
       expect((await api(d.url, 'GET', '/v1/vms', undefined, { authorization: `Bearer ${TOKEN}x` })).status).toBe(401);
       expect(d.output()).toContain('--api-token on the command line is visible');
       expect(d.output()).not.toContain(TOKEN);
       const ok = await EventClient.connect(d.url, '', { authorization: `Bearer ${TOKEN}` });
       ok.close();
-    } finally {
-      await d.kill();
-      removeDir(d.dataDir);
-    }
+    });
   });
 
   it('a user\'s API token: shown once, stored as a hash, capped by its roles, refused once expired or revoked', async () => {
-    const d = await spawnDaemon();
-    try {
+    await withDaemon({}, async (d) => {
       expect((await api(d.url, 'POST', '/v1/users', { name: 'ops' })).status).toBe(201);
       expect((await api(d.url, 'PUT', '/v1/acl', { path: '/', user: 'ops', role: 'Operator' })).status).toBe(200);
       const full = await api(d.url, 'POST', '/v1/users/ops/tokens', { description: 'ci' });
@@ -117,15 +119,11 @@ describe('authentication', () => {
       // Disabling the user stops its other tokens too.
       expect((await api(d.url, 'PATCH', '/v1/users/ops', { disabled: true })).status).toBe(200);
       expect((await api(d.url, 'GET', '/v1/vms', undefined, bearer(audit.body.token))).status).toBe(401);
-    } finally {
-      await d.kill();
-      removeDir(d.dataDir);
-    }
+    });
   });
 
   it('refuses foreign Host names (DNS rebinding) and cross-site Origins with 403 ORIGIN_REFUSED, on routes and WebSocket upgrades alike', async () => {
-    const d = await spawnDaemon();
-    try {
+    await withDaemon({}, async (d) => {
       const raw = (headers: Record<string, string>) =>
         new Promise<{ status: number; body: any }>((resolve, reject) => {
           const req = request({ host: '127.0.0.1', port: d.port, path: '/v1/vms', headers: { authorization: `Bearer ${d.token}`, ...headers } }, (res) => {
@@ -144,15 +142,11 @@ describe('authentication', () => {
       await expect(EventClient.connect(d.url, '', { origin: 'http://evil.example' })).rejects.toMatchObject({ status: 403 });
       const same = await EventClient.connect(d.url, '', { origin: d.url });
       same.close();
-    } finally {
-      await d.kill();
-      removeDir(d.dataDir);
-    }
+    });
   });
 
   it('audits every mutating request and every refused credential or privilege: who, what, result, source, request id; Sys.Audit only', async () => {
-    const d = await spawnDaemon();
-    try {
+    await withDaemon({}, async (d) => {
       await api(d.url, 'POST', '/v1/users', { name: 'viewer' });
       await api(d.url, 'PUT', '/v1/acl', { path: '/', user: 'viewer', role: 'TenantUser' });
       const viewer = { authorization: `Bearer ${(await api(d.url, 'POST', '/v1/users/viewer/tokens', {})).body.token}` };
@@ -180,15 +174,11 @@ describe('authentication', () => {
       expect(viewerEvents.frames.some((f: any) => f.type === 'event' && f.event.type === 'audit.request')).toBe(false);
       events.close();
       viewerEvents.close();
-    } finally {
-      await d.kill();
-      removeDir(d.dataDir);
-    }
+    });
   });
 
   it('password login gives a short-lived session token (EdDSA JWT) that refresh renews; failed logins are rate-limited per address', async () => {
-    const d = await spawnDaemon();
-    try {
+    await withDaemon({}, async (d) => {
       expect((await api(d.url, 'POST', '/v1/users', { name: 'dash', password: 'correct horse battery' })).status).toBe(201);
       await api(d.url, 'PUT', '/v1/acl', { path: '/', user: 'dash', role: 'Auditor' });
       expect((await api(d.url, 'GET', '/v1/users/dash')).body).toMatchObject({ hasPassword: true });
@@ -221,10 +211,7 @@ describe('authentication', () => {
       const limited = await api(d.url, 'POST', '/v1/auth/login', { user: 'dash', password: 'correct horse battery' }, NO_AUTH);
       expect(limited.status).toBe(429);
       expect(limited.body.error.code).toBe('TOO_MANY_ATTEMPTS');
-    } finally {
-      await d.kill();
-      removeDir(d.dataDir);
-    }
+    });
   });
 
   it('tokens of an OIDC provider are verified against its JWKS file (key, issuer, expiry) and name the user <sub>@oidc', async () => {
@@ -233,8 +220,7 @@ describe('authentication', () => {
     const other = generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey;
     writeFileSync(join(dataDir, 'jwks.json'), JSON.stringify({ keys: [{ ...publicKey.export({ format: 'jwk' }), kid: 'idp-1', use: 'sig' }] }));
     writeFileSync(join(dataDir, 'config.json'), JSON.stringify({ oidc: { jwksFile: join(dataDir, 'jwks.json'), issuer: 'https://idp.test' } }));
-    const d = await spawnDaemon({ dataDir, args: ['--config', join(dataDir, 'config.json')] });
-    try {
+    await withDaemon({ dataDir, args: ['--config', join(dataDir, 'config.json')] }, async (d) => {
       const pem = (k: KeyObject) => k.export({ format: 'pem', type: 'pkcs8' }).toString();
       const sign = (key: KeyObject, claims: Record<string, unknown>, opts: Record<string, unknown> = {}) => createSigner({ key: pem(key), algorithm: 'RS256', kid: 'idp-1', expiresIn: 60_000, ...opts })(claims);
       const call = (t: string) => api(d.url, 'GET', '/v1/auth/whoami', undefined, { authorization: `Bearer ${t}` });
@@ -246,10 +232,7 @@ describe('authentication', () => {
       expect((await call(sign(privateKey, { sub: 'erin', iss: 'https://evil.test' }))).status).toBe(401);
       expect((await call(sign(other, { sub: 'erin', iss: 'https://idp.test' }))).status).toBe(401);
       expect((await call(sign(privateKey, { sub: 'erin', iss: 'https://idp.test', exp: Math.floor(Date.now() / 1000) - 10 }, { expiresIn: undefined }))).status).toBe(401);
-    } finally {
-      await d.kill();
-      removeDir(dataDir);
-    }
+    });
   });
 
   it('rejects invalid configuration with a clear message', async () => {
