@@ -207,9 +207,14 @@ export class StorageService {
     return out;
   }
 
+  /** A shared pool's index, read again from the pool: what every member wrote. */
+  async #rescanShared(pool: Pool): Promise<void> {
+    if (pool.def.shared) pool.volumes = new VolumeIndex(await pool.driver.scan());
+  }
+
   /** The shared pools' usage, read from the pools now (what other members wrote included). */
   async sharedDiskUsage(): Promise<Record<string, Record<string, number>>> {
-    for (const pool of this.#pools.values()) if (pool.def.shared) pool.volumes = new VolumeIndex(await pool.driver.scan());
+    for (const pool of this.#pools.values()) await this.#rescanShared(pool);
     return this.diskUsage(true);
   }
 
@@ -259,7 +264,7 @@ export class StorageService {
 
   async list(poolName: string, q: VolumeListQuery): Promise<{ items: VolumeView[]; nextCursor?: string; total: number }> {
     const pool = this.#pool(poolName);
-    if (pool.def.shared) pool.volumes = new VolumeIndex(await pool.driver.scan()); // what every member wrote
+    await this.#rescanShared(pool);
     // Names in order (kept sorted until the pool changes); a cursor is the last name seen.
     const page = this.#page(pool, q);
     return { items: page.metas.map((m) => this.#volumeView(pool, m)), total: page.total, ...(page.nextCursor ? { nextCursor: page.nextCursor } : {}) };
@@ -272,7 +277,7 @@ export class StorageService {
    */
   async listJson(poolName: string, q: VolumeListQuery): Promise<string> {
     const pool = this.#pool(poolName);
-    if (pool.def.shared) pool.volumes = new VolumeIndex(await pool.driver.scan()); // what every member wrote
+    await this.#rescanShared(pool);
     const page = this.#page(pool, q);
     let json = `{"items":[${page.metas.map((m) => this.#viewJson(pool, m)).join(',')}],"total":${page.total}`;
     if (page.nextCursor) json += `,"nextCursor":${JSON.stringify(page.nextCursor)}`;
