@@ -217,6 +217,7 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
       () => storage.diskUsage(),
     );
     inventory.start(events);
+    vms.useDirectory(inventory);
     const self = cluster.memberId;
     resolveTarget = (t) => resolveMember(replicated, self, t);
     isMember = (url) => isMemberAddress(replicated, url);

@@ -119,7 +119,8 @@ export class ClusterForwarder implements Forwarder {
 
   async #vmOwner(ref: string): Promise<HostRecord | undefined> {
     let found = (await this.#placementMap(false)).get(ref);
-    if (!found) found = (await this.#placementMap(true)).get(ref); // perhaps created since the last read
+    // Perhaps created since the last read: a linearizable read sees every placement published before it.
+    if (!found) found = (await this.#placementMap(true)).get(ref);
     const elsewhere = (found ?? []).filter((p) => p.member !== this.self);
     if (elsewhere.length === 0) return undefined;
     const vms = new Set(elsewhere.map((p) => p.vmId));
@@ -134,7 +135,7 @@ export class ClusterForwarder implements Forwarder {
   async #placementMap(fresh: boolean): Promise<Map<string, Placement[]>> {
     if (!fresh && this.#placements && Date.now() - this.#placements.at < INVENTORY_TTL_MS) return this.#placements.byRef;
     const byRef = new Map<string, Placement[]>();
-    for (const p of await clusterPlacements(this.store, true)) {
+    for (const p of await clusterPlacements(this.store, !fresh)) {
       for (const key of [p.vmId, p.name]) {
         const list = byRef.get(key);
         if (list) list.push(p);
@@ -147,7 +148,7 @@ export class ClusterForwarder implements Forwarder {
 
   async #hostMap(fresh = false): Promise<Map<number, HostRecord>> {
     if (!fresh && this.#hosts && Date.now() - this.#hosts.at < INVENTORY_TTL_MS) return this.#hosts.byMember;
-    const byMember = new Map((await clusterHosts(this.store, true)).map((h) => [h.member, h]));
+    const byMember = new Map((await clusterHosts(this.store, !fresh)).map((h) => [h.member, h]));
     this.#hosts = { at: Date.now(), byMember };
     return byMember;
   }

@@ -74,6 +74,8 @@ const HEARTBEAT_MS = 30_000;
 /** How often the leader clears inventory that members no longer in the cluster left behind. */
 const SWEEP_MS = 2000;
 const RETRY_MS = 2000;
+/** How long a create waits for its VM's placement to be published. */
+const PUBLISH_WAIT_MS = 2000;
 
 export class InventoryPublisher {
   #dirty = new Set<string>();
@@ -85,6 +87,8 @@ export class InventoryPublisher {
   #hostTimer: NodeJS.Timeout | undefined;
   #sweeper: NodeJS.Timeout | undefined;
   #flushing: Promise<void> = Promise.resolve();
+  /** A flush queued behind the one running and not yet started: callers that want one join it. */
+  #queued: Promise<void> | undefined;
   #unsubscribe: (() => void) | undefined;
   #startedAt = new Date().toISOString();
   #stopped = false;
@@ -147,7 +151,7 @@ export class InventoryPublisher {
 
   #markDirty(vmId: string): void {
     this.#dirty.add(vmId);
-    if (!this.#stopped) this.#timer ??= setTimeout(() => this.#flushSoon(), FLUSH_MS);
+    if (!this.#stopped) this.#timer ??= setTimeout(() => void this.#flushSoon(), FLUSH_MS);
   }
 
   /** Stops publishing; a write in flight is left to fail with the stopping Raft node. */
@@ -160,13 +164,37 @@ export class InventoryPublisher {
     clearInterval(this.#sweeper);
   }
 
-  #flushSoon(): void {
+  /**
+   * Publishes `vmId`'s placement now rather than within FLUSH_MS: a create is answered
+   * once every member can find the VM. Waits at most PUBLISH_WAIT_MS (a cluster without
+   * a quorum takes no writes; publishing then goes on retrying in the background).
+   */
+  async publish(vmId: string): Promise<void> {
+    if (this.#stopped) return;
+    this.#dirty.add(vmId);
+    let timer: NodeJS.Timeout | undefined;
+    const waited = new Promise<void>((resolve) => (timer = setTimeout(resolve, PUBLISH_WAIT_MS)));
+    await Promise.race([this.#flushSoon(), waited]).finally(() => clearTimeout(timer));
+  }
+
+  /** Starts a flush after the running one (joining one already queued); resolves when it has run, published or not. */
+  #flushSoon(): Promise<void> {
+    clearTimeout(this.#timer);
     this.#timer = undefined;
-    this.#flushing = this.#flushing.then(() => this.#flush()).catch((err) => {
-      if (this.#stopped) return;
-      this.log.warn({ err: (err as Error).message }, 'publishing VM placements failed; will retry');
-      this.#timer ??= setTimeout(() => this.#flushSoon(), RETRY_MS);
-    });
+    if (this.#queued) return this.#queued;
+    const run = this.#flushing
+      .then(() => {
+        this.#queued = undefined;
+        return this.#flush();
+      })
+      .catch((err) => {
+        if (this.#stopped) return;
+        this.log.warn({ err: (err as Error).message }, 'publishing VM placements failed; will retry');
+        this.#timer ??= setTimeout(() => void this.#flushSoon(), RETRY_MS);
+      });
+    this.#queued = run;
+    this.#flushing = run;
+    return run;
   }
 
   async #flush(): Promise<void> {

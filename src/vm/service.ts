@@ -56,12 +56,19 @@ export interface VmQuota {
   withdraw(tenant: string, vmId: string): Promise<void>;
 }
 
+/** The cluster inventory, as the VM service needs it: a new VM is findable from every member before its create is answered. */
+export interface VmDirectory {
+  /** Resolves once `vmId`'s placement is published (or after a bounded wait when the cluster cannot take writes). */
+  publish(vmId: string): Promise<void>;
+}
+
 export class VmService {
   #deps: VmServiceDeps;
   #registry: VmRegistry;
   #claims = new VmClaims();
   #runner: OperationRunner;
   #quota: VmQuota | undefined;
+  #directory: VmDirectory | undefined;
   #reconciler: Reconciler;
 
   private constructor(deps: VmServiceDeps, registry: VmRegistry) {
@@ -254,7 +261,9 @@ export class VmService {
       if (opts.prepare) await opts.prepare(id);
       const vm = await this.#insertNew(id, name, spec);
       inserted = true;
-      return await this.#createOnDriver(vm);
+      const made = await this.#createOnDriver(vm);
+      await this.#directory?.publish(made.id);
+      return made;
     } catch (err) {
       // Not made after all: its admission stops counting now rather than when it expires.
       if (!inserted) await this.#quota?.withdraw(spec.tenant, id).catch(() => undefined);
@@ -463,6 +472,11 @@ export class VmService {
   /** From now on, every new VM is admitted against its tenant's quota first (QUOTA_EXCEEDED). */
   useQuota(quota: VmQuota): void {
     this.#quota = quota;
+  }
+
+  /** From now on, a create is answered only once `directory` lets every member find the new VM. */
+  useDirectory(directory: VmDirectory): void {
+    this.#directory = directory;
   }
 
   /** Waits for running operations to finish (graceful shutdown). */
