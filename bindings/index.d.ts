@@ -96,16 +96,17 @@ export declare class NativeRaftNode {
   /** The node's status. */
   status(tag: number): void
   /**
-   * Delivers a peer's message. Throws `RAFT_BAD_MESSAGE` for anything malformed or
-   * not addressed to this member.
+   * Delivers a message from member `from` (who the peer connection authenticated).
+   * Throws `RAFT_BAD_MESSAGE` for anything malformed, not addressed to this member, or
+   * whose sender is not `from`.
    */
-  step(bytes: Buffer): void
+  step(bytes: Buffer, from: number): void
   /**
-   * Delivers several messages packed as `[u32 big-endian length][message]…` (one peer
-   * frame carries a Ready's worth of messages). Stops at the first bad one with
-   * `RAFT_BAD_MESSAGE`; returns how many were stepped.
+   * Delivers several messages from member `from`, packed as `[u32 big-endian
+   * length][message]…` (one peer frame carries a Ready's worth of messages). Stops at
+   * the first bad one with `RAFT_BAD_MESSAGE`; returns how many were stepped.
    */
-  stepBatch(bytes: Buffer): number
+  stepBatch(bytes: Buffer, from: number): number
   /** The last message to `id` could not be delivered. */
   reportUnreachable(id: number): void
   /** Whether a snapshot sent to `id` arrived. */

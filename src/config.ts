@@ -42,10 +42,16 @@ export const ConfigSchema = z.strictObject({
   /** Shared secret of the cluster: peers authenticate with it. Generated on first start when not given. */
   clusterSecret: z.string().min(16, 'cluster secrets must be at least 16 characters').optional(),
   clusterSecretFile: z.string().min(1).optional(),
-  /** HOST:PORT of a member to join on first start (ignored once this daemon is a member). */
+  /** HOST:PORT of a member's cluster port, to join its cluster on first start (ignored once this daemon is a member). */
   join: HostPort.optional(),
-  /** HOST:PORT peers dial to reach this member (default: the listen address); for NAT or a proxy in front. */
+  /** The pin of the cluster CA a join must find (`sha256:<hex>`, from `novacron cluster join-command` or GET /v1/cluster). */
+  caHash: z.string().regex(/^sha256:[0-9a-f]{64}$/, 'expected sha256:<64 hex digits>').optional(),
+  /** HOST:PORT API clients and other members' API calls reach this member at (default: the listen address); for NAT or a proxy in front. */
   advertise: HostPort.optional(),
+  /** Where the cluster port (members' mutual-TLS traffic: Raft, joins) listens; default: the API host, API port + 1 (any free port when the API's is 0). */
+  peerListen: HostPort.optional(),
+  /** HOST:PORT other members dial this member's cluster port at (default: the peer listen address). */
+  peerAdvertise: HostPort.optional(),
   /** Raft timing (defaults suit a LAN; tests shorten them). */
   raft: z.strictObject({
     tickMs: z.int().min(1).max(10_000).optional(),
@@ -82,7 +88,7 @@ export const ConfigSchema = z.strictObject({
   uploadLimitBytes: z.int().min(1 << 20).max(2 ** 46).default(64 * 2 ** 30),
 });
 
-export type DaemonConfig = z.infer<typeof ConfigSchema> & { host: string; port: number };
+export type DaemonConfig = z.infer<typeof ConfigSchema> & { host: string; port: number; peer: { host: string; port: number } };
 
 const ENV: Record<string, keyof z.infer<typeof ConfigSchema>> = {
   NOVACRON_LISTEN: 'listen',
@@ -96,6 +102,9 @@ const ENV: Record<string, keyof z.infer<typeof ConfigSchema>> = {
   NOVACRON_CLUSTER_SECRET_FILE: 'clusterSecretFile',
   NOVACRON_JOIN: 'join',
   NOVACRON_ADVERTISE: 'advertise',
+  NOVACRON_CA_HASH: 'caHash',
+  NOVACRON_PEER_LISTEN: 'peerListen',
+  NOVACRON_PEER_ADVERTISE: 'peerAdvertise',
   NOVACRON_MIGRATION_DATA_PORTS: 'migrationDataPorts',
 };
 
@@ -135,7 +144,9 @@ export function loadConfig({ flags, env = process.env, configFile }: ConfigSourc
     throw new NovaError('CONFIG_INVALID', `invalid configuration: ${msg}`);
   }
   const { host, port } = parseListen(parsed.data.listen);
-  return { ...parsed.data, host, port };
+  const peer = parsed.data.peerListen ? parseListen(parsed.data.peerListen) : { host, port: port === 0 ? 0 : port + 1 };
+  if (peer.port > 65535) throw new NovaError('CONFIG_INVALID', `the API listens on port ${port}: give the cluster port with --peer-listen`);
+  return { ...parsed.data, host, port, peer };
 }
 
 export function parseListen(listen: string): { host: string; port: number } {

@@ -31,7 +31,8 @@ import type { HypervisorDriver } from './vm/driver.js';
 import { Cluster } from './cluster/cluster.js';
 import { ReplicatedStore } from './cluster/replicated-store.js';
 import { LockService, vmLockGuard } from './cluster/locks.js';
-import { peerWsRoute } from './api/peer-ws.js';
+import { ClusterCa } from './cluster/cluster-ca.js';
+import { freePort } from './util/free-port.js';
 import { registerClusterMetrics } from './cluster/metrics.js';
 import { clusterRoutes } from './api/routes/cluster.js';
 import { InventoryPublisher, isMemberAddress, resolveMember } from './cluster/inventory.js';
@@ -171,23 +172,31 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
         },
         audit: (rec) => audit.record(rec),
       },
-      [eventsWsRoute(events, log), consoleWsRoute(vms, new ConsoleHub(driver), log), telemetryWsRoute(sampler, vms), vncWsRoute(vms, driver), peerWsRoute(() => cluster, log)],
+      [eventsWsRoute(events, log), consoleWsRoute(vms, new ConsoleHub(driver), log), telemetryWsRoute(sampler, vms), vncWsRoute(vms, driver)],
     );
-    // The cluster starts once the API listens: its peer endpoint is this server, and a
-    // joining member is contacted by the leader as soon as it is added.
-    const host = config.host.includes(':') ? `[${config.host}]` : config.host;
-    const advertised = config.advertise ?? `${host}:${server.port}`;
+    // The cluster starts once the API listens (a joining member is contacted by the leader
+    // as soon as it is added). Members talk to each other on the cluster port, over mutual TLS.
+    const bracket = (h: string) => (h.includes(':') ? `[${h}]` : h);
+    const advertised = config.advertise ?? `${bracket(config.host)}:${server.port}`;
+    const peerPort = config.peer.port || (await freePort(config.peer.host));
+    const peerAdvertised = config.peerAdvertise ?? `${bracket(config.peer.host)}:${peerPort}`;
+    const certHosts = [hostname(), advertised.replace(/:\d+$/, '').replace(/^\[|\]$/g, '')];
     try {
       cluster = await Cluster.open({
-        dataDir, address: advertised, log, raft: config.raft,
+        dataDir, address: peerAdvertised, listen: { host: config.peer.host, port: peerPort }, hosts: certHosts, log, raft: config.raft,
         ...(config.clusterSecret ? { secret: config.clusterSecret } : {}),
         ...(config.join ? { join: config.join } : {}),
+        ...(config.caHash ? { caHash: config.caHash } : {}),
       });
     } catch (err) {
       await server.close();
       throw err;
     }
     const replicated = new ReplicatedStore(cluster.node);
+    const clusterCa = new ClusterCa(replicated, cluster.tls, certHosts, log);
+    cluster.useSigner(clusterCa);
+    void publishCa(clusterCa, log);
+    clusterCa.startRenewal();
     await identity.attach(replicated);
     // Pools defined through the API are every member's; then a shared pool is used only
     // where this member really sees the directory the others do.
@@ -261,6 +270,7 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
           await audit.flush();
           forwarder.close();
           inventory.stop();
+          clusterCa.stop();
           cluster?.close();
           await migrations.close();
           await vms.drain();
@@ -273,5 +283,17 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
     cluster?.close();
     await store.close().catch(() => undefined);
     throw err;
+  }
+}
+
+/** The cluster CA into the replicated store (on the member that made it), retried until the cluster takes the write. */
+async function publishCa(ca: ClusterCa, log: Logger): Promise<void> {
+  for (let delay = 200; ; delay = Math.min(delay * 2, 5000)) {
+    try {
+      return await ca.publish();
+    } catch (err) {
+      log.debug({ err: (err as Error).message }, 'publishing the cluster CA failed; will retry');
+      await new Promise((r) => setTimeout(r, delay).unref());
+    }
   }
 }

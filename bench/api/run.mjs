@@ -154,11 +154,13 @@ async function measureForwarding() {
   const secret = 'bench-cluster-secret-0123456789';
   const dirs = [mkdtempSync(join(tmpdir(), 'novacron-bench-fwd-a-')), mkdtempSync(join(tmpdir(), 'novacron-bench-fwd-b-'))];
   const ports = [await freePort(), await freePort()];
+  const peerPorts = [await freePort(), await freePort()];
   // Not pinned: two members share this host's two cores as the scheduler sees fit (on
   // separate hosts each would have its own); the load generator is light at this rate.
-  const member = (i, extra) => unpinned([process.execPath, join(root, 'bin', 'novacron.js'), 'daemon', '--driver', 'sim', '--listen', `127.0.0.1:${ports[i]}`, '--data-dir', dirs[i], '--log-level', 'warn', '--cluster-secret', secret, ...extra]);
+  const member = (i, extra) => unpinned([process.execPath, join(root, 'bin', 'novacron.js'), 'daemon', '--driver', 'sim', '--listen', `127.0.0.1:${ports[i]}`, '--peer-listen', `127.0.0.1:${peerPorts[i]}`, '--data-dir', dirs[i], '--log-level', 'warn', '--cluster-secret', secret, ...extra]);
   const a = await startServer(member(0, []), /listening on (http:\/\/[^\s]+)/);
-  const b = await startServer(member(1, ['--join', `127.0.0.1:${ports[0]}`]), /listening on (http:\/\/[^\s]+)/);
+  const { caHash } = await (await fetch(`${a.url}/v1/cluster`, { headers: AUTH })).json();
+  const b = await startServer(member(1, ['--join', `127.0.0.1:${peerPorts[0]}`, '--ca-hash', caHash]), /listening on (http:\/\/[^\s]+)/);
   try {
     const ids = await seed(a.url, count);
     // B forwards once its copy of the inventory places A's VMs.

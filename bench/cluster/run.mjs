@@ -174,10 +174,12 @@ async function novacronCluster(n) {
   const secret = 'bench-cluster-secret-0123456789';
   for (let i = 0; i < n; i++) {
     const port = await freePort();
+    const peerPort = await freePort();
     const dir = join(scratch, `novacron-${Date.now()}-${i}`);
-    const argv = [join(root, 'bin', 'novacron.js'), 'daemon', '--driver', 'sim', '--listen', `127.0.0.1:${port}`, '--data-dir', dir, '--log-level', 'warn', '--cluster-secret', secret];
-    if (i > 0) argv.push('--join', `127.0.0.1:${nodes[0].port}`);
-    nodes.push(await startProc(process.execPath, argv, /listening on/, { port, url: `http://127.0.0.1:${port}` }));
+    const argv = [join(root, 'bin', 'novacron.js'), 'daemon', '--driver', 'sim', '--listen', `127.0.0.1:${port}`, '--peer-listen', `127.0.0.1:${peerPort}`, '--data-dir', dir, '--log-level', 'warn', '--cluster-secret', secret];
+    // Members join on the first one's cluster port, pinning its CA.
+    if (i > 0) argv.push('--join', `127.0.0.1:${nodes[0].peerPort}`, '--ca-hash', (await (await fetch(`${nodes[0].url}/v1/cluster`, { headers: AUTH })).json()).caHash);
+    nodes.push(await startProc(process.execPath, argv, /listening on/, { port, peerPort, url: `http://127.0.0.1:${port}` }));
   }
   await until(async () => (await (await fetch(`${nodes[0].url}/v1/cluster`, { headers: AUTH })).json()).voters.length === n, 'all members to be voters');
   return nodes;

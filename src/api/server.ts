@@ -10,7 +10,7 @@ import type { Logger } from 'pino';
 import { NovaError, toErrorBody } from '../errors.js';
 import { ANSWERED_BY, FORWARDED_BY, NOT_HERE, type ForwardKind, type ForwardRequest, type Forwarder } from './forwarding.js';
 import type { ApiReply, ApiRequest, Route, Router } from './router.js';
-import { parseJsonBody } from './json-body.js';
+import { parseJsonBody } from '../util/json-body.js';
 import { BodyStream, sendStream } from './streams.js';
 import { relayTarget } from './ws-relay.js';
 import { loadUws, type UWS } from './uws.js';

@@ -11,21 +11,33 @@ export function addClusterCommands(program: Command, client: () => NovaClient, j
   const cluster = program.command('cluster').description('cluster membership and Raft state (new daemons join with `novacron daemon --join HOST:PORT`)');
 
   cluster.command('init')
-    .description('make a data directory the first member of a new cluster, offline, and print how others join (a daemon started without --join does this itself)')
+    .description('make a data directory the first member of a new cluster, offline, with its CA, and print how others join (a daemon started without --join does this itself)')
     .option('--data-dir <dir>', 'data directory', './data')
-    .option('--advertise <host:port>', 'where peers will reach this member: the daemon\'s --advertise, or its --listen address', '127.0.0.1:7700')
+    .option('--advertise <host:port>', 'where peers will reach this member\'s cluster port: the daemon\'s --peer-advertise, or its --peer-listen address', '127.0.0.1:7701')
     .option('--cluster-secret <secret>', 'shared secret (default: generated)')
     .action(async (opts: { dataDir: string; advertise: string; clusterSecret?: string }) => {
-      const [{ bootstrapCluster }, { ConfigSchema }] = await Promise.all([import('../cluster/cluster.js'), import('../config.js')]);
+      const [{ bootstrapCluster }, { bootstrapMaterial }, { caPin }, { ConfigSchema }] = await Promise.all([
+        import('../cluster/cluster.js'), import('../cluster/cluster-ca.js'), import('../tls/pki.js'), import('../config.js'),
+      ]);
       // The daemon's own rules for these two settings.
-      const checked = ConfigSchema.pick({ advertise: true, clusterSecret: true }).safeParse({ advertise: opts.advertise, clusterSecret: opts.clusterSecret });
+      const checked = ConfigSchema.pick({ peerAdvertise: true, clusterSecret: true }).safeParse({ peerAdvertise: opts.advertise, clusterSecret: opts.clusterSecret });
       const flag = (key: PropertyKey) => String(key).replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
       if (!checked.success) throw new NovaError('CONFIG_INVALID', checked.error.issues.map((i) => `--${i.path.map(flag).join('.')}: ${i.message}`).join('; '));
       const id = bootstrapCluster(opts.dataDir, opts.advertise, opts.clusterSecret);
-      if (json()) return print({ clusterId: id.clusterId, memberId: id.memberId, secret: id.secret, dataDir: opts.dataDir, advertise: opts.advertise });
-      console.log(`cluster ${id.clusterId}: member ${id.memberId} in ${opts.dataDir}, reachable at ${opts.advertise}`);
-      console.log(`start it:     novacron daemon --data-dir ${opts.dataDir} --listen ${opts.advertise}`);
-      console.log(`join others:  novacron daemon --join ${opts.advertise} --cluster-secret ${id.secret}`);
+      const host = opts.advertise.replace(/:\d+$/, '').replace(/^\[|\]$/g, '');
+      const caHash = caPin((await bootstrapMaterial(opts.dataDir, id.clusterId, id.memberId, [host])).caPem);
+      if (json()) return print({ clusterId: id.clusterId, memberId: id.memberId, secret: id.secret, caHash, dataDir: opts.dataDir, advertise: opts.advertise });
+      console.log(`cluster ${id.clusterId}: member ${id.memberId} in ${opts.dataDir}, cluster port reachable at ${opts.advertise}`);
+      console.log(`start it:     novacron daemon --data-dir ${opts.dataDir} --peer-listen ${opts.advertise}`);
+      console.log(`join others:  novacron daemon --join ${opts.advertise} --ca-hash ${caHash} --cluster-secret-file <a file holding ${id.secret}>`);
+    });
+
+  cluster.command('join-command')
+    .description('print how another daemon joins this cluster: the cluster port to --join and the CA pin (the secret is in cluster.json on any member)')
+    .action(async () => {
+      const st = await client().request<ClusterStatus>('GET', '/v1/cluster');
+      if (json()) return print({ join: st.peerAddress, caHash: st.caHash });
+      console.log(`novacron daemon --join ${st.peerAddress} --ca-hash ${st.caHash} --cluster-secret-file <file holding the "secret" of a member's cluster.json>`);
     });
 
   cluster.command('status')

@@ -45,7 +45,9 @@ export async function runDaemon(flags: DaemonFlags): Promise<void> {
     // Shown this once (like Jupyter's token); the CLI on this host reads it from the file.
     console.error(`novacron: administrator token (saved in ${daemon.adminToken.path}, mode 0600; shown only now):\n  ${daemon.adminToken.created}`);
   }
-  // Written for tools and tests that start the daemon on port 0.
+  // Written for tools and tests that start the daemon on port 0 (the cluster port first).
+  const bracket = (h: string) => (h.includes(':') ? `[${h}]` : h);
+  console.error(`novacron: cluster port (mutual TLS) on ${bracket(config.peer.host)}:${daemon.cluster.peerPort}, CA ${daemon.cluster.caHash}`);
   console.error(`novacron: listening on http://${config.host.includes(':') ? `[${config.host}]` : config.host}:${daemon.port}`);
   let signals = 0;
   const stop = (signal: string) => {

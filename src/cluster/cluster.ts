@@ -4,15 +4,22 @@
  * peer transport, keeps peer addresses current, and promotes learners to voters once
  * they have caught up. A single daemon is simply a one-member cluster.
  */
+import { X509Certificate } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { NovaError } from '../errors.js';
 import { RaftNode, type RaftMembers, type RaftStatus } from '../native/raft-node.js';
+import { MemberTls, readMaterial, writeMaterial } from '../tls/member-tls.js';
+import { caPin } from '../tls/pki.js';
+import { FailureLimiter } from '../auth/rate-limit.js';
 import { newClusterId, newMemberId, newSecret, readIdentity, writeIdentity, type Identity } from './identity.js';
 import { PeerTransport, type PeerState } from './peer-transport.js';
-import type { PeerEndpoint } from './peer-frames.js';
+import { secretMatches, type PeerEndpoint } from './peer-frames.js';
 import { withRetry } from './replicated-store.js';
+import { ClusterPort, type JoinReply, type JoinRequest } from './cluster-port.js';
+import { bootstrapMaterial } from './cluster-ca.js';
+import { requestJoin } from './join.js';
 
 export interface RaftTuning {
   tickMs?: number;
@@ -25,14 +32,27 @@ export interface RaftTuning {
 
 export interface ClusterOptions {
   dataDir: string;
-  /** host:port where this daemon's API (and peer endpoint) listens. */
+  /** host:port other members dial this member's cluster port at. */
   address: string;
+  /** Where the cluster port listens. */
+  listen: { host: string; port: number };
+  /** Names and addresses this member's certificate carries (besides the address's host). */
+  hosts?: string[];
   /** Shared secret; generated on bootstrap when not given, required to join. */
   secret?: string;
-  /** host:port of any member, to join its cluster on first start. */
+  /** host:port of a member's cluster port, to join its cluster on first start. */
   join?: string;
+  /** The CA pin a join must find (required with `join`). */
+  caHash?: string;
   raft?: RaftTuning;
   log: Logger;
+}
+
+/** The cluster CA, once the replicated store is up: signs joiners' certificates and renews this member's. */
+export interface MemberCertificates {
+  sign(csrPem: string, memberId: number, hosts: string[]): Promise<{ certPem: string; caPem: string }>;
+  /** A new key and certificate for this member now (or only when due); true when renewed. */
+  renewIfDue(force?: boolean): Promise<boolean>;
 }
 
 /** A learner within this many entries of the commit index counts as caught up. */
@@ -40,11 +60,21 @@ const CAUGHT_UP_LAG = 64;
 const HOUSEKEEPING_MS = 500;
 /** How long a membership change keeps retrying while the cluster elects a leader. */
 const MEMBERSHIP_RETRY_MS = 10_000;
-/** How long a joining daemon keeps asking while the member it asks is unreachable or leaderless. */
-const JOIN_RETRY_MS = 30_000;
+
+export interface CertificateInfo {
+  serial: string;
+  notBefore: string;
+  notAfter: string;
+}
 
 export interface ClusterStatus extends RaftStatus {
   clusterId: string;
+  /** The pin a joining daemon is given (`--ca-hash`). */
+  caHash: string;
+  /** Where other members reach this member's cluster port. */
+  peerAddress: string;
+  /** This member's certificate (renewed in place once two thirds of its life have passed). */
+  certificate: CertificateInfo;
   peers: PeerState[];
 }
 
@@ -54,8 +84,15 @@ export class Cluster implements PeerEndpoint {
   readonly memberId: number;
   readonly clusterId: string;
   readonly secret: string;
-  /** Where peers reach this member now. */
+  /** Where peers reach this member's cluster port now. */
   readonly address: string;
+  readonly tls: MemberTls;
+  /** The pin joiners are given (`--ca-hash`). */
+  readonly caHash: string;
+  #port: ClusterPort | undefined;
+  /** Wrong join secrets per source address (as failed logins on the API). */
+  #joinFailures = new FailureLimiter();
+  #signer: MemberCertificates | undefined;
   #log: Logger;
   #timer: NodeJS.Timeout;
   #last: RaftStatus | undefined;
@@ -63,8 +100,10 @@ export class Cluster implements PeerEndpoint {
   #addressFixed = false;
   refusedMessages = new Map<string, number>();
 
-  private constructor(identity: Required<Identity>, address: string, node: RaftNode, transport: PeerTransport, log: Logger) {
+  private constructor(identity: Required<Identity>, address: string, tls: MemberTls, node: RaftNode, transport: PeerTransport, log: Logger) {
     this.address = address;
+    this.tls = tls;
+    this.caHash = caPin(tls.material.caPem);
     this.memberId = identity.memberId;
     this.clusterId = identity.clusterId;
     this.secret = identity.secret;
@@ -78,6 +117,7 @@ export class Cluster implements PeerEndpoint {
   static async open(opts: ClusterOptions): Promise<Cluster> {
     const raftDir = join(opts.dataDir, 'raft');
     mkdirSync(opts.dataDir, { recursive: true });
+    const hosts = [opts.address.replace(/:\d+$/, '').replace(/^\[|\]$/g, ''), ...(opts.hosts ?? [])];
     let identity = readIdentity(opts.dataDir);
     if (identity && opts.secret && opts.secret !== identity.secret) {
       throw new NovaError('CONFIG_INVALID', 'the cluster secret differs from the one this member joined with (see cluster.json)');
@@ -85,26 +125,52 @@ export class Cluster implements PeerEndpoint {
     if (!identity?.clusterId) {
       if (opts.join) {
         if (!opts.secret) throw new NovaError('CONFIG_INVALID', 'joining a cluster needs its secret (--cluster-secret or NOVACRON_CLUSTER_SECRET)');
+        if (!opts.caHash) throw new NovaError('CONFIG_INVALID', 'joining a cluster needs the pin of its CA (--ca-hash sha256:…; `novacron cluster join-command` on a member prints it)');
         identity = identity ?? { memberId: newMemberId(), secret: opts.secret };
         writeIdentity(opts.dataDir, identity); // Before asking: a crash mid-join retries with this id.
-        const clusterId = await requestJoin(opts.join, identity, opts.address);
-        identity = { ...identity, clusterId };
+        const joined = await requestJoin(opts.join, { memberId: identity.memberId, secret: identity.secret, address: opts.address, hosts }, opts.caHash);
+        writeMaterial(opts.dataDir, joined.material);
+        identity = { ...identity, clusterId: joined.clusterId };
         writeIdentity(opts.dataDir, identity);
-        opts.log.info({ clusterId, memberId: identity.memberId, via: opts.join }, 'joined the cluster as a learner');
+        opts.log.info({ clusterId: joined.clusterId, memberId: identity.memberId, via: opts.join }, 'joined the cluster as a learner');
       } else {
-        identity = bootstrapCluster(opts.dataDir, opts.address, opts.secret);
-        opts.log.info({ clusterId: identity.clusterId, memberId: identity.memberId }, 'bootstrapped a new one-member cluster');
+        const made = bootstrapCluster(opts.dataDir, opts.address, opts.secret);
+        await bootstrapMaterial(opts.dataDir, made.clusterId, made.memberId, hosts);
+        identity = made;
+        opts.log.info({ clusterId: made.clusterId, memberId: made.memberId }, 'bootstrapped a new one-member cluster and its CA');
       }
     }
     const full = identity as Required<Identity>;
     let cluster: Cluster | undefined;
+    let material = readMaterial(opts.dataDir);
+    let tls: MemberTls | undefined; // set before the node can send anything to a peer
     const transport = new PeerTransport(
-      { clusterId: full.clusterId, secret: full.secret, memberId: full.memberId, address: opts.address },
+      { clusterId: full.clusterId, memberId: full.memberId, address: opts.address, tls: () => tls! },
       { unreachable: (id) => cluster?.node.reportUnreachable(id), snapshot: (id, ok) => cluster?.node.reportSnapshot(id, ok) },
       opts.log,
     );
     const node = RaftNode.start(raftDir, { id: full.memberId, ...opts.raft }, (batch) => transport.send(batch));
-    cluster = new Cluster(full, opts.address, node, transport, opts.log);
+    if (!material) {
+      // No certificate: a crash between bootstrapping and making the CA, or a data dir from
+      // before certificates. Alone in its cluster, a member makes a CA now; otherwise it
+      // cannot prove who it is to anyone.
+      const st = await node.status();
+      if (st.voters.length !== 1 || st.voters[0] !== full.memberId || st.learners.length > 0) {
+        node.stop();
+        throw new NovaError('CONFIG_INVALID', `${opts.dataDir} has no cluster certificate (tls/member.pem) and is not its cluster's only member: remove member ${full.memberId} from the cluster and join this host again`);
+      }
+      material = await bootstrapMaterial(opts.dataDir, full.clusterId, full.memberId, hosts);
+      opts.log.warn('this member had no cluster certificate: made a new CA for its one-member cluster');
+    }
+    tls = new MemberTls(opts.dataDir, full.memberId, material);
+    cluster = new Cluster(full, opts.address, tls, node, transport, opts.log);
+    try {
+      const c = cluster;
+      c.#port = await ClusterPort.listen(opts.listen.host, opts.listen.port, tls, { peer: () => c, join: (req, source) => c.#admit(req, source) }, opts.log);
+    } catch (err) {
+      cluster.close();
+      throw new NovaError('CONFIG_INVALID', `the cluster port cannot listen on ${opts.listen.host}:${opts.listen.port}: ${(err as Error).message}`);
+    }
     await cluster.#housekeeping();
     // The only voter need not wait out an election timeout to lead again.
     const st = cluster.lastStatus;
@@ -112,13 +178,54 @@ export class Cluster implements PeerEndpoint {
     return cluster;
   }
 
-  // PeerEndpoint
-  step(bytes: Buffer): void {
-    this.node.step(bytes);
+  /** The port the cluster port listens on (useful when it was 0). */
+  get peerPort(): number {
+    return this.#port?.port ?? 0;
   }
 
-  stepBatch(bytes: Buffer): void {
-    this.node.stepBatch(bytes);
+  /** From now on, joins are answered with a certificate `signer` makes. */
+  useSigner(signer: MemberCertificates): void {
+    this.#signer = signer;
+  }
+
+  /** Renews this member's certificate now (`POST /v1/cluster/certificate`); open peer links keep the old one until they reconnect. */
+  async renewCertificate(): Promise<CertificateInfo> {
+    if (!this.#signer) throw new NovaError('RAFT_NO_LEADER', 'this member is still starting; retry');
+    await this.#signer.renewIfDue(true);
+    return this.certificate();
+  }
+
+  /** This member's certificate as it is now. */
+  certificate(): CertificateInfo {
+    const cert = new X509Certificate(this.tls.material.certPem);
+    return { serial: cert.serialNumber, notBefore: new Date(cert.validFrom).toISOString(), notAfter: new Date(cert.validTo).toISOString() };
+  }
+
+  /** A daemon asks to join: the cluster secret authenticates it; it becomes a learner and gets its certificate. */
+  async #admit(req: JoinRequest, source: string): Promise<JoinReply> {
+    this.#joinFailures.check(source);
+    if (!secretMatches(req.secret, this.secret)) {
+      this.#joinFailures.fail(source);
+      this.refused('join');
+      this.#log.warn({ source, member: req.id }, 'refused a join with a wrong cluster secret');
+      throw new NovaError('CLUSTER_AUTH');
+    }
+    if (!this.#signer) throw new NovaError('RAFT_NO_LEADER', 'this member is still starting; retry');
+    const host = req.address.replace(/:\d+$/, '').replace(/^\[|\]$/g, '');
+    // Signed first: a bad CSR must not leave a learner behind.
+    const { certPem, caPem } = await this.#signer.sign(req.csr, req.id, [host, ...req.hosts]);
+    const members = await this.addMember(req.id, req.address);
+    this.#log.info({ source, member: req.id, address: req.address }, 'admitted a member as a learner');
+    return { clusterId: this.clusterId, memberId: req.id, certPem, caPem, ...members };
+  }
+
+  // PeerEndpoint
+  step(bytes: Buffer, from: number): void {
+    this.node.step(bytes, from);
+  }
+
+  stepBatch(bytes: Buffer, from: number): void {
+    this.node.stepBatch(bytes, from);
   }
 
   peerAddress(id: number, address: string): void {
@@ -137,7 +244,7 @@ export class Cluster implements PeerEndpoint {
   async status(): Promise<ClusterStatus> {
     const st = await this.node.status();
     this.#last = st;
-    return { ...st, clusterId: this.clusterId, peers: this.transport.peers() };
+    return { ...st, clusterId: this.clusterId, caHash: this.caHash, peerAddress: this.address, certificate: this.certificate(), peers: this.transport.peers() };
   }
 
   /** Adds `id` as a learner (idempotent); housekeeping on the leader promotes it once caught up. */
@@ -239,12 +346,12 @@ export class Cluster implements PeerEndpoint {
 
   close(): void {
     clearInterval(this.#timer);
+    this.#port?.close();
     this.transport.close();
     this.node.stop();
   }
 }
 
-/** Asks a member to add us; returns the cluster id. Retries while it is down or leaderless. */
 /**
  * Makes `dataDir` the first member of a new cluster (`novacron cluster init`, or a
  * daemon's first start without --join). `address` is where peers will dial it.
@@ -259,29 +366,4 @@ export function bootstrapCluster(dataDir: string, address: string, secret?: stri
   RaftNode.bootstrap(raftDir, identity.memberId, address);
   writeIdentity(dataDir, identity);
   return identity;
-}
-
-async function requestJoin(via: string, identity: Identity, address: string): Promise<string> {
-  const deadline = Date.now() + JOIN_RETRY_MS;
-  for (let delay = 100; ; delay = Math.min(delay * 2, 2000)) {
-    let res: Response | undefined;
-    let problem: string;
-    try {
-      res = await fetch(`http://${via}/v1/cluster/members`, {
-        method: 'POST',
-        headers: { 'content-type': 'application/json' },
-        body: JSON.stringify({ id: identity.memberId, address, secret: identity.secret }),
-        signal: AbortSignal.timeout(15_000),
-      });
-      const body = (await res.json().catch(() => ({}))) as { clusterId?: string; error?: { code: string; message: string } };
-      if (res.ok && body.clusterId) return body.clusterId;
-      problem = body.error ? `${body.error.code}: ${body.error.message}` : `HTTP ${res.status}`;
-    } catch (e) {
-      problem = `cannot reach it: ${(e as Error).message}`;
-    }
-    // 4xx is a definite refusal (wrong secret, bad request); 5xx and network errors may pass.
-    const retryable = !res || res.status >= 500;
-    if (!retryable || Date.now() + delay > deadline) throw new NovaError('CLUSTER_JOIN_FAILED', `${via} refused the join: ${problem}`);
-    await new Promise((r) => setTimeout(r, delay));
-  }
 }

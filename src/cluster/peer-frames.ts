@@ -1,5 +1,5 @@
 /**
- * Raft traffic between daemons: binary WebSocket messages on `/v1/cluster/peer`, each
+ * Raft traffic between daemons: binary WebSocket messages on the cluster port's `/v1/cluster/peer`, each
  * one byte of kind followed by payload. A Raft message larger than one chunk (a
  * snapshot carries the whole state) is streamed as chunks and reassembled, so no frame
  * exceeds `CHUNK_BYTES` and a snapshot never needs one giant buffer on the wire.
@@ -23,10 +23,9 @@ export const enum FrameKind {
   Batch = 4,
 }
 
-/** Handshake headers a dialing peer sends with the upgrade request. */
+/** Handshake headers a dialing peer sends with the upgrade request (its member id must be its certificate's). */
 export const HEADERS = {
   cluster: 'x-novacron-cluster',
-  secret: 'x-novacron-cluster-secret',
   member: 'x-novacron-member',
   address: 'x-novacron-peer-address',
 } as const;
@@ -110,14 +109,13 @@ export class FrameAssembler {
   }
 }
 
-/** What the inbound peer route (api/peer-ws.ts) needs of the cluster. */
+/** What the cluster port's peer route (cluster-port.ts) needs of the cluster. */
 export interface PeerEndpoint {
   clusterId: string;
-  secret: string;
-  /** Steps a peer's message into Raft; throws a NovaError for a bad one. */
-  step(bytes: Buffer): void;
-  /** Steps length-prefixed messages; throws at the first bad one. */
-  stepBatch(bytes: Buffer): void;
+  /** Steps a message from member `from` (the connection's certificate) into Raft; throws a NovaError for a bad one or another sender. */
+  step(bytes: Buffer, from: number): void;
+  /** Steps length-prefixed messages from member `from`; throws at the first bad one. */
+  stepBatch(bytes: Buffer, from: number): void;
   /** A peer announced where it listens. */
   peerAddress(id: number, address: string): void;
   /** Counts refused messages (metrics). */

@@ -7,14 +7,16 @@
 import WebSocket from 'ws';
 import type { Logger } from 'pino';
 import type { RaftOutbound } from '../native/raft-node.js';
+import type { MemberTls } from '../tls/member-tls.js';
 import { HEADERS, PEER_PATH, packFrames, toFrames } from './peer-frames.js';
 
 export interface PeerIdentity {
   clusterId: string;
-  secret: string;
   memberId: number;
-  /** Where this member's peer endpoint listens (announced to peers on connect). */
+  /** Where this member's cluster port listens (announced to peers on connect). */
   address: string;
+  /** This member's certificate, as it is now (it is renewed in place). */
+  tls: () => MemberTls;
 }
 
 export interface DeliveryReports {
@@ -78,10 +80,11 @@ class PeerLink {
   }
 
   #dial(): void {
-    const ws = new WebSocket(`ws://${this.address}${PEER_PATH}`, {
+    // Mutual TLS: this member's certificate out, and only the member we mean to reach accepted.
+    const ws = new WebSocket(`wss://${this.address}${PEER_PATH}`, {
+      ...this.me.tls().clientOptions(this.id),
       headers: {
         [HEADERS.cluster]: this.me.clusterId,
-        [HEADERS.secret]: this.me.secret,
         [HEADERS.member]: String(this.me.memberId),
         [HEADERS.address]: this.me.address,
       },

@@ -275,14 +275,14 @@ export class RaftNode {
     return this.#request('status', (c) => toStatus(c.status), (tag) => this.#native.status(tag));
   }
 
-  /** Delivers a peer's message; throws RAFT_BAD_MESSAGE for anything malformed. */
-  step(bytes: Buffer): void {
-    callNative(() => this.#native.step(bytes));
+  /** Delivers a message from member `from`; throws RAFT_BAD_MESSAGE for anything malformed or sent by another member. */
+  step(bytes: Buffer, from: number): void {
+    callNative(() => this.#native.step(bytes, from));
   }
 
-  /** Delivers `[u32 BE length][message]…`; throws RAFT_BAD_MESSAGE at the first bad one. */
-  stepBatch(bytes: Buffer): number {
-    return callNative(() => this.#native.stepBatch(bytes));
+  /** Delivers `[u32 BE length][message]…` from member `from`; throws RAFT_BAD_MESSAGE at the first bad one. */
+  stepBatch(bytes: Buffer, from: number): number {
+    return callNative(() => this.#native.stepBatch(bytes, from));
   }
 
   reportUnreachable(id: number): void {

@@ -2,7 +2,7 @@
  * Real multi-process clusters for tests: N daemons on fixed loopback ports (so a
  * restarted member comes back where its peers expect it), each with its own data dir.
  */
-import { writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { api, authHeaders, removeDir, spawnDaemon, tempDataDir, type DaemonHandle } from './daemon.js';
@@ -43,9 +43,11 @@ function canListen(port: number): Promise<boolean> {
 
 export interface Member {
   port: number;
+  /** Its cluster port (mutual TLS between members: Raft and joins). */
+  peerPort: number;
   dataDir: string;
   url: string;
-  /** Where peers dial this member (its fault proxy, when the cluster has one). */
+  /** Where peers dial this member's cluster port (its fault proxy, when the cluster has one). */
   advertise?: string;
   id?: number;
   daemon?: DaemonHandle;
@@ -83,7 +85,7 @@ export class TestCluster {
   static async start(n: number, raft: Record<string, number> = TEST_RAFT, opts: { withFaults?: boolean; apiToken?: string; args?: string[]; config?: Record<string, unknown> } = {}): Promise<TestCluster> {
     const c = new TestCluster(raft, opts.apiToken, opts.args, opts.config);
     try {
-      if (opts.withFaults) c.net = new FaultNet((id) => c.members.findIndex((m) => m.id === id));
+      if (opts.withFaults) c.net = new FaultNet((id) => c.members.findIndex((m) => m.id === id), (i) => c.material(i));
       for (let i = 0; i < n; i++) await c.#newMember();
       await c.startMember(0);
       for (let i = 1; i < n; i++) await c.startMember(i, 0);
@@ -104,28 +106,38 @@ export class TestCluster {
 
   async #newMember(): Promise<number> {
     const port = await freePort();
+    const peerPort = await freePort();
     const dataDir = tempDataDir();
     this.#dirs.push(dataDir);
-    const advertise = this.net && `127.0.0.1:${await this.net.front(this.members.length, port)}`;
-    return this.members.push({ port, dataDir, url: `http://127.0.0.1:${port}`, ...(advertise ? { advertise } : {}) }) - 1;
+    const advertise = this.net && `127.0.0.1:${await this.net.front(this.members.length, peerPort)}`;
+    return this.members.push({ port, peerPort, dataDir, url: `http://127.0.0.1:${port}`, ...(advertise ? { advertise } : {}) }) - 1;
   }
 
-  /** (Re)starts member `i`; with `joinVia`, it joins through that member on first start. */
+  /** Member `i`'s TLS material as its data directory holds it now (the fault proxy plays every member). */
+  material(i: number): { key: string; cert: string; ca: string } | undefined {
+    const dir = join(this.members[i]?.dataDir ?? '/nonexistent', 'tls');
+    if (!existsSync(join(dir, 'member.pem'))) return undefined;
+    const read = (f: string) => readFileSync(join(dir, f), 'utf8');
+    return { key: read('member.key'), cert: read('member.pem'), ca: read('ca.pem') };
+  }
+
+  /** (Re)starts member `i`; with `joinVia`, it joins through that member's cluster port on first start. */
   async startMember(i: number, joinVia?: number, extraArgs: string[] = []): Promise<DaemonHandle> {
     const m = this.members[i]!;
-    const args = ['--listen', `127.0.0.1:${m.port}`, '--cluster-secret', SECRET, '--config', this.#config, ...this.#args, ...extraArgs];
-    if (joinVia !== undefined) args.push('--join', `127.0.0.1:${this.members[joinVia]!.port}`);
-    if (m.advertise) args.push('--advertise', m.advertise);
+    const args = ['--listen', `127.0.0.1:${m.port}`, '--peer-listen', `127.0.0.1:${m.peerPort}`, '--cluster-secret', SECRET, '--config', this.#config, ...this.#args, ...extraArgs];
+    if (joinVia !== undefined) args.push('--join', `127.0.0.1:${this.members[joinVia]!.peerPort}`, '--ca-hash', (await this.status(joinVia)).caHash);
+    if (m.advertise) args.push('--peer-advertise', m.advertise);
     m.daemon = await spawnDaemon({ dataDir: m.dataDir, args, ...(this.#apiToken ? { env: { NOVACRON_API_TOKEN: this.#apiToken } } : {}) });
     m.id = (await this.status(i)).id;
     return m.daemon;
   }
 
-  /** Gives stopped member `i` a new port (its next start listens there). */
+  /** Gives stopped member `i` new ports, the API's and the cluster port (its next start listens there). */
   async movePort(i: number): Promise<void> {
     const m = this.members[i]!;
     if (m.daemon) throw new Error(`member ${i} is running`);
     m.port = await freePort();
+    m.peerPort = await freePort();
     m.url = `http://127.0.0.1:${m.port}`;
   }
 

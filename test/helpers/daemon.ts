@@ -13,6 +13,8 @@ export const BIN = join(ROOT, 'bin', 'novacron.js');
 export interface DaemonHandle {
   url: string;
   port: number;
+  /** Its cluster port (members' mutual TLS: Raft and joins). */
+  peerPort: number;
   dataDir: string;
   /** The daemon's administrator token (its DIR/admin.token); `api()` sends it unless told otherwise. */
   token: string;
@@ -60,11 +62,13 @@ export async function spawnDaemon(opts: SpawnOptions = {}): Promise<DaemonHandle
     });
   });
   const url = `http://127.0.0.1:${port}`;
+  const peerPort = Number(/cluster port \(mutual TLS\) on 127\.0\.0\.1:(\d+)/.exec(out)?.[1] ?? 0);
   const token = readFileSync(join(dataDir, 'admin.token'), 'utf8').trim();
   TOKENS.set(url, token);
   const handle: DaemonHandle = {
     url,
     port,
+    peerPort,
     dataDir,
     token,
     proc,

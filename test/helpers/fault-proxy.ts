@@ -1,13 +1,19 @@
 /**
- * A fault-injecting network between cluster members: one TCP proxy in front of each
- * member's peer endpoint (members advertise the proxy's address, so every peer dials
- * through it). A proxy reads the dialing member's id from the WebSocket upgrade, so the
- * faults apply per directed link `from → to`:
+ * A fault-injecting network between cluster members: one proxy in front of each
+ * member's cluster port (members advertise the proxy's address, so every peer dials
+ * through it). Peer links are mutual TLS, so the proxy is a man in the middle the test
+ * can afford to be: it holds every member's key (from their data directories), ends the
+ * dialer's TLS as the member dialled, learns the dialer from its certificate, and dials
+ * the member as the dialer. The faults apply per directed link `from → to`, to the
+ * plaintext between the two TLS sessions:
  *  - cut: open connections on the link are reset and new ones refused (a partition);
  *  - delay: every chunk waits `ms` (plus up to `jitterMs`) before it is forwarded, in order;
  *  - loss: each chunk resets the connection with this probability, losing what was in flight.
  */
-import { createServer, connect, type Server, type Socket } from 'node:net';
+import { createServer, type Server, type Socket } from 'node:net';
+import { connect as tlsConnect, createSecureContext, TLSSocket } from 'node:tls';
+import { X509Certificate } from 'node:crypto';
+import { memberIdFromAltNames } from '../../src/tls/pki.js';
 
 export interface LinkFaults {
   cut?: boolean;
@@ -23,11 +29,18 @@ interface Link {
   sockets: Socket[];
 }
 
-const MEMBER_HEADER = /\r\nx-novacron-member:\s*(\d+)\r\n/i;
+/** A member's key, certificate and CA (PEM), as its data directory holds them now; undefined before it has them (or past the last member). */
+export type MaterialOf = (index: number) => { key: string; cert: string; ca: string } | undefined;
+
+/** More members than any test cluster has. */
+const MAX_MEMBERS = 16;
 
 export class FaultNet {
-  /** Members are named by their index in the test; peers announce raft ids, mapped here. */
-  constructor(private readonly indexOf: (memberId: number) => number) {}
+  /** Members are named by their index in the test; certificates name raft ids, mapped here. */
+  constructor(
+    private readonly indexOf: (memberId: number) => number,
+    private readonly materialOf: MaterialOf,
+  ) {}
 
   #rules = new Map<string, LinkFaults>();
   #servers: Server[] = [];
@@ -66,37 +79,33 @@ export class FaultNet {
     await Promise.all(this.#servers.map((s) => new Promise((r) => s.close(r))));
   }
 
-  #accept(client: Socket, to: number, targetPort: number): void {
+  #accept(raw: Socket, to: number, targetPort: number): void {
+    raw.on('error', () => undefined);
+    const mine = this.materialOf(to);
+    if (!mine) return void raw.destroy(); // not a member yet: the dialer retries
+    const client = new TLSSocket(raw, { isServer: true, secureContext: createSecureContext(mine), requestCert: true, rejectUnauthorized: false });
     client.on('error', () => undefined);
-    let head = Buffer.alloc(0);
-    const onHead = (chunk: Buffer) => {
-      head = Buffer.concat([head, chunk]);
-      const end = head.indexOf('\r\n\r\n');
-      if (end < 0) {
-        if (head.length > 64 * 1024) client.destroy();
-        return;
-      }
-      client.off('data', onHead);
-      client.pause();
-      const fromId = Number(MEMBER_HEADER.exec(head.subarray(0, end + 2).toString('latin1'))?.[1] ?? 0);
+    client.once('secure', () => {
+      const fromId = memberIdFromAltNames(client.getPeerCertificate().subjectaltname) ?? 0;
       const indexOf = this.indexOf;
-      if (this.#rule(indexOf(fromId), to).cut) return void client.destroy();
-      const upstream = connect(targetPort, '127.0.0.1');
+      const theirs = this.#materialOfMember(fromId);
+      if (!theirs || this.#rule(indexOf(fromId), to).cut) return void client.destroy();
+      client.pause();
+      const upstream = tlsConnect({ host: '127.0.0.1', port: targetPort, ...theirs, checkServerIdentity: () => undefined });
       upstream.on('error', () => undefined);
-      const link: Link = { get from() { return indexOf(fromId); }, to, sockets: [client, upstream] };
+      const link: Link = { get from() { return indexOf(fromId); }, to, sockets: [client, upstream, raw] };
       this.#links.add(link);
       const gone = () => this.#reset(link);
       client.on('close', gone);
       upstream.on('close', gone);
-      this.#pipe(link, client, upstream, 'out', head);
+      this.#pipe(link, client, upstream, 'out');
       this.#pipe(link, upstream, client, 'back');
       client.resume();
-    };
-    client.on('data', onHead);
+    });
   }
 
   /** Forwards `src` to `dst` under the faults of `from → to`, keeping the byte order. */
-  #pipe(link: Link, src: Socket, dst: Socket, way: 'out' | 'back', first?: Buffer): void {
+  #pipe(link: Link, src: Socket, dst: Socket, way: 'out' | 'back'): void {
     const queue: Array<{ due: number; chunk: Buffer }> = [];
     let timer: NodeJS.Timeout | undefined;
     // Due times on the monotonic clock: a wall-clock step (NTP) must not release a chunk early.
@@ -116,7 +125,15 @@ export class FaultNet {
     };
     src.on('data', forward);
     src.on('close', () => clearTimeout(timer));
-    if (first) forward(first);
+  }
+
+  /** The dialer's material, found by the member id in its certificate (the test may not know a just-joined member's id yet). */
+  #materialOfMember(id: number): { key: string; cert: string; ca: string } | undefined {
+    for (let i = 0; i < MAX_MEMBERS; i++) {
+      const m = this.materialOf(i);
+      if (m && memberIdFromAltNames(new X509Certificate(m.cert).subjectAltName) === id) return m;
+    }
+    return undefined;
   }
 
   #rule(from: number, to: number): LinkFaults {

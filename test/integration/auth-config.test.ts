@@ -16,7 +16,7 @@ import { EventClient } from '../helpers/events.js';
 import { daemonRouter, wsPaths } from '../helpers/routes.js';
 
 const TOKEN = 'test-token-0123456789abcdef';
-const PUBLIC = ['GET /healthz', 'GET /readyz', 'POST /v1/auth/login', 'POST /v1/cluster/members'];
+const PUBLIC = ['GET /healthz', 'GET /readyz', 'POST /v1/auth/login'];
 
 /** Runs `fn` against a fresh daemon, then kills it and removes its data directory. */
 async function withDaemon(opts: SpawnOptions, fn: (d: DaemonHandle) => Promise<void>): Promise<void> {

@@ -10,6 +10,23 @@ import { spawnSync } from 'node:child_process';
 import { BIN, api, spawnDaemon, tempDataDir, removeDir, waitOp, type DaemonHandle } from '../helpers/daemon.js';
 import { SECRET, TEST_RAFT, TestCluster, expectAllPresent, freePort, registerClients, sleep, writeLoad } from '../helpers/cluster.js';
 import { checkRegister } from '../helpers/linearizability.js';
+import { readFileSync, rmSync } from 'node:fs';
+import { X509Certificate } from 'node:crypto';
+import { connect as tlsConnect } from 'node:tls';
+import { join } from 'node:path';
+import { Agent, request } from 'undici';
+import { caPin, createCa, createCsr, signMember } from '../../src/tls/pki.js';
+
+/** POSTs JSON over TLS verified against `ca` (any server name: members are checked by id, not host). */
+async function fetchJson(url: string, ca: string, body: unknown): Promise<any> {
+  const dispatcher = new Agent({ connect: { ca, checkServerIdentity: () => undefined } });
+  try {
+    const res = await request(url, { method: 'POST', dispatcher, headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+    return await res.body.json();
+  } finally {
+    await dispatcher.close();
+  }
+}
 
 let cluster: TestCluster | undefined;
 afterEach(async () => {
@@ -117,62 +134,146 @@ describe('cluster', () => {
     for (const i of remaining) expect((await cluster.get(i, 'after-leave')).body.value).toBe('yes');
   });
 
-  it('refuses wrong secrets, foreign clusters and malformed peer traffic, and keeps working', async () => {
+  it('the cluster port takes Raft traffic only from a member certificate of this cluster\'s CA, valid now, for the member it claims, with messages from that member; joins need the secret (rate-limited) and the right CA pin; malformed traffic is refused; the cluster keeps working', async () => {
     cluster = await TestCluster.start(1);
     const m = cluster.members[0]!;
     const st = await cluster.status(0);
-    const peer = (headers: Record<string, string>) =>
-      new Promise<{ status?: number; body?: string; closeCode?: number; ws?: WebSocket }>((resolve) => {
-        const ws = new WebSocket(`ws://127.0.0.1:${m.port}/v1/cluster/peer`, { headers });
+    const own = cluster.material(0)!;
+    const ca = { keyPem: readFileSync(join(m.dataDir, 'tls', 'ca.key'), 'utf8'), certPem: own.ca };
+    const certFor = async (id: number, by = ca, now = new Date()) => {
+      const { keyPem, csrPem } = await createCsr(id);
+      return { key: keyPem, cert: await signMember(by, csrPem, id, ['127.0.0.1'], now) };
+    };
+    const peer = (creds: { key: string; cert: string } | undefined, headers: Record<string, string>) =>
+      new Promise<{ status?: number; code?: string; ws?: WebSocket }>((resolve) => {
+        const tls: object = { ...creds, ca: own.ca, checkServerIdentity: () => undefined }; // (tls.connect's contract: undefined accepts)
+        const ws = new WebSocket(`wss://127.0.0.1:${m.peerPort}/v1/cluster/peer`, { ...tls, headers });
         ws.on('unexpected-response', (_req, res) => {
           let body = '';
           res.on('data', (d: Buffer) => (body += d));
-          res.on('end', () => resolve({ status: res.statusCode!, body }));
+          res.on('end', () => resolve({ status: res.statusCode!, code: JSON.parse(body).error.code }));
         });
         ws.on('open', () => resolve({ ws }));
         ws.on('error', () => undefined);
       });
-    const good = { 'x-novacron-cluster': st.clusterId, 'x-novacron-cluster-secret': SECRET, 'x-novacron-member': '77' };
+    const claims = (id: number) => ({ 'x-novacron-cluster': st.clusterId, 'x-novacron-member': String(id) });
+    const stranger = await certFor(77);
 
-    const badSecret = await peer({ ...good, 'x-novacron-cluster-secret': 'wrong-secret-wrong-secret' });
-    expect(badSecret.status).toBe(401);
-    expect(JSON.parse(badSecret.body!).error.code).toBe('CLUSTER_AUTH');
-    const foreign = await peer({ ...good, 'x-novacron-cluster': 'some-other-cluster' });
-    expect(foreign.status).toBe(409);
-    expect(JSON.parse(foreign.body!).error.code).toBe('CLUSTER_MISMATCH');
+    expect(await peer(undefined, claims(77))).toEqual({ status: 401, code: 'CLUSTER_AUTH' }); // no certificate
+    const otherCa = await createCa('another-cluster');
+    expect(await peer(await certFor(77, otherCa), claims(77))).toEqual({ status: 401, code: 'CLUSTER_AUTH' }); // another CA's
+    const expired = await certFor(77, ca, new Date(Date.now() - 200 * 86_400_000));
+    expect(await peer(expired, claims(77))).toEqual({ status: 401, code: 'CLUSTER_AUTH' });
+    // Member 77's certificate cannot speak for member st.id.
+    expect(await peer(stranger, claims(st.id))).toEqual({ status: 403, code: 'CLUSTER_PEER_IDENTITY' });
+    expect(await peer(stranger, { ...claims(77), 'x-novacron-cluster': 'some-other-cluster' })).toEqual({ status: 409, code: 'CLUSTER_MISMATCH' });
 
+    // A Raft message on member 77's connection whose sender field names someone else.
+    const varint = (n: number) => { const out: number[] = []; while (n > 127) { out.push((n & 127) | 128); n = Math.floor(n / 128); } out.push(n); return out; };
+    const heartbeat = (from: number) => Buffer.from([1, 0x08, 8, 0x10, ...varint(st.id), 0x18, ...varint(from), 0x20, 1]);
+    const closeCode = async (frame: Buffer) => {
+      const { ws } = await peer(stranger, claims(77));
+      const closed = new Promise<{ code: number; reason: string }>((r) => ws!.on('close', (code, reason) => r({ code, reason: reason.toString() })));
+      ws!.send(frame);
+      return closed;
+    };
+    expect(await closeCode(heartbeat(12345))).toEqual({ code: 4400, reason: expect.stringContaining('member 77\'s connection') });
     for (const garbage of [Buffer.from([1, 0xff, 0xff, 0xff, 0x0f]), Buffer.from([9, 1, 2, 3]), Buffer.from([1]), Buffer.from([4, 0, 0, 0, 9, 1, 2])]) {
-      const { ws } = await peer(good);
-      const closed = new Promise<number>((r) => ws!.on('close', (code) => r(code)));
-      ws!.send(garbage);
-      expect(await closed).toBe(4400);
+      expect((await closeCode(garbage)).code).toBe(4400);
     }
+    // A frame over the size limit is refused without being buffered.
+    expect((await closeCode(Buffer.concat([Buffer.of(1), Buffer.alloc(4 << 20, 0xab)]))).code).not.toBe(1000);
 
-    // A frame over the size limit: uWS drops the connection without buffering it.
-    {
-      const { ws } = await peer(good);
-      const closed = new Promise<number>((r) => ws!.on('close', (code) => r(code)));
-      ws!.send(Buffer.concat([Buffer.of(1), Buffer.alloc(4 << 20, 0xab)]));
-      expect(await closed).not.toBe(1000);
-    }
-
-    // A join with the wrong secret fails clearly and changes nothing.
-    const dir = tempDataDir();
-    try {
-      const err = await spawnDaemon({ dataDir: dir, args: ['--join', `127.0.0.1:${m.port}`, '--cluster-secret', 'wrong-secret-wrong-secret'], expectFailure: true }).catch((e) => e);
-      expect(String(err.output ?? err.message)).toMatch(/CLUSTER_JOIN_FAILED.*CLUSTER_AUTH/);
-    } finally {
-      removeDir(dir);
-    }
-    const join = await api(m.url, 'POST', '/v1/cluster/members', { id: 5, address: 'nonsense', secret: SECRET });
-    expect(join.body.error.code).toBe('VALIDATION_FAILED');
+    // Joins: a wrong secret, a wrong CA pin, none (each from a fresh data directory), a malformed body.
+    const tryJoin = async (...args: string[]) => {
+      const dir = tempDataDir();
+      try {
+        return await spawnDaemon({ dataDir: dir, args: ['--join', `127.0.0.1:${m.peerPort}`, ...args], expectFailure: true }).catch((e) => String(e.output ?? e.message));
+      } finally {
+        removeDir(dir);
+      }
+    };
+    expect(await tryJoin('--cluster-secret', 'wrong-secret-wrong-secret', '--ca-hash', st.caHash)).toMatch(/CLUSTER_JOIN_FAILED.*CLUSTER_AUTH/);
+    expect(await tryJoin('--cluster-secret', SECRET, '--ca-hash', caPin(otherCa.certPem))).toMatch(/CLUSTER_CA_MISMATCH/);
+    expect(await tryJoin('--cluster-secret', SECRET)).toMatch(/--ca-hash/);
+    // Wrong secrets from one address: four more answered CLUSTER_AUTH, then it is refused outright for a while.
+    const guess = { id: 5, address: '127.0.0.1:1', secret: 'guessed-secret-guessed-secret', csr: 'x' };
+    for (let i = 0; i < 4; i++) expect((await fetchJson(`https://127.0.0.1:${m.peerPort}/v1/cluster/join`, own.ca, guess)).error.code).toBe('CLUSTER_AUTH');
+    expect((await fetchJson(`https://127.0.0.1:${m.peerPort}/v1/cluster/join`, own.ca, { ...guess, secret: SECRET })).error.code).toBe('TOO_MANY_ATTEMPTS');
+    const malformed = await fetchJson(`https://127.0.0.1:${m.peerPort}/v1/cluster/join`, own.ca, { id: 5, address: 'nonsense', secret: SECRET, csr: 'x' });
+    expect(malformed.error.code).toBe('VALIDATION_FAILED');
 
     expect((await cluster.status(0)).voters).toEqual([st.id]);
     expect((await cluster.put(0, 'still', 'fine')).status).toBe(200);
     expect((await cluster.get(0, 'still')).body.value).toBe('fine');
     const metrics = await api(m.url, 'GET', '/metrics');
-    expect(metrics.body).toMatch(/novacron_raft_refused_total\{reason="auth"\} 1/);
-    expect(metrics.body).toMatch(/novacron_raft_refused_total\{reason="message"\} 4/);
+    expect(metrics.body).toMatch(/novacron_raft_refused_total\{reason="auth"\} 3/);
+    expect(metrics.body).toMatch(/novacron_raft_refused_total\{reason="join"\} 5/);
+    expect(metrics.body).toMatch(/novacron_raft_refused_total\{reason="identity"\} 1/);
+    expect(metrics.body).toMatch(/novacron_raft_refused_total\{reason="message"\} 5/);
+  });
+
+  it('certificates renewed on every member under write load: no write fails, each cluster port serves its new certificate, and members restarted afterwards form the cluster again with them', async () => {
+    cluster = await TestCluster.start(3);
+    const c = cluster;
+    let running = true;
+    const outcomes: number[] = [];
+    const writers = [0, 1, 2].map(async (w) => {
+      for (let n = 0; running; n++) outcomes.push((await c.put((w + n) % 3, `renew-${w}-${n}`, 'v')).status);
+    });
+    const served = (i: number) =>
+      new Promise<string>((resolve, reject) => {
+        const s = tlsConnect({ host: '127.0.0.1', port: c.members[i]!.peerPort, rejectUnauthorized: false }, () => {
+          resolve(s.getPeerX509Certificate()!.serialNumber);
+          s.end();
+        });
+        s.on('error', reject);
+      });
+    await sleep(500);
+    for (const i of [0, 1, 2]) {
+      const before = (await c.status(i)).certificate;
+      const renewed = await api(c.members[i]!.url, 'POST', '/v1/cluster/certificate');
+      expect(renewed.status).toBe(200);
+      expect(renewed.body.serial).not.toBe(before.serial);
+      expect(await served(i)).toBe(renewed.body.serial);
+      expect(new X509Certificate(readFileSync(join(c.members[i]!.dataDir, 'tls', 'member.pem'))).serialNumber).toBe(renewed.body.serial);
+      await sleep(300);
+    }
+    await sleep(500);
+    running = false;
+    await Promise.all(writers);
+    expect(outcomes.length).toBeGreaterThan(30);
+    expect(outcomes.filter((s) => s !== 200)).toEqual([]);
+    // Every link is re-made with the new certificates.
+    for (const i of [0, 1, 2]) await c.kill(i);
+    for (const i of [0, 1, 2]) await c.startMember(i);
+    const leader = await c.leader();
+    expect((await c.put(leader, 'after-renewal', 'ok')).status).toBe(200);
+    for (const i of [0, 1, 2]) expect((await c.get(i, 'after-renewal')).body.value).toBe('ok');
+  });
+
+  it('a one-member cluster without certificates (a data dir from before them) makes its CA on the next start and keeps its data; a member of a larger one refuses to start', async () => {
+    const dir = tempDataDir();
+    try {
+      let d = await spawnDaemon({ dataDir: dir });
+      expect((await api(d.url, 'PUT', '/v1/kv/kept', { value: 'yes' })).status).toBe(200);
+      const before = (await api(d.url, 'GET', '/v1/cluster')).body;
+      await d.kill();
+      rmSync(join(dir, 'tls'), { recursive: true });
+      d = await spawnDaemon({ dataDir: dir });
+      const after = (await api(d.url, 'GET', '/v1/cluster')).body;
+      expect(after).toMatchObject({ clusterId: before.clusterId, id: before.id, role: 'leader' });
+      expect(after.caHash).not.toBe(before.caHash);
+      expect((await api(d.url, 'GET', '/v1/kv/kept')).body.value).toBe('yes');
+      await d.kill();
+    } finally {
+      removeDir(dir);
+    }
+    cluster = await TestCluster.start(2);
+    await cluster.kill(1);
+    rmSync(join(cluster.members[1]!.dataDir, 'tls'), { recursive: true });
+    const refused = await cluster.startMember(1).catch((e) => String(e.output ?? e.message));
+    expect(refused).toMatch(/CONFIG_INVALID.*no cluster certificate.*join this host again/);
   });
 
   it('locks fence stale holders through the API', async () => {
@@ -306,11 +407,12 @@ describe('cluster', () => {
       expect(again.stderr).toMatch(/CLUSTER_EXISTS/);
       expect(init('--data-dir', other, '--advertise', 'nope').status).toBe(2);
 
-      const first = await spawnDaemon({ dataDir: dir, args: ['--listen', `127.0.0.1:${port}`] });
+      expect(made.caHash).toMatch(/^sha256:[0-9a-f]{64}$/);
+      const first = await spawnDaemon({ dataDir: dir, args: ['--peer-listen', `127.0.0.1:${port}`] });
       daemons.push(first);
       const st = (await api(first.url, 'GET', '/v1/cluster')).body;
-      expect(st).toMatchObject({ clusterId: made.clusterId, id: made.memberId });
-      const second = await spawnDaemon({ dataDir: other, args: ['--join', `127.0.0.1:${port}`, '--cluster-secret', made.secret] });
+      expect(st).toMatchObject({ clusterId: made.clusterId, id: made.memberId, caHash: made.caHash, peerAddress: `127.0.0.1:${port}` });
+      const second = await spawnDaemon({ dataDir: other, args: ['--join', `127.0.0.1:${port}`, '--ca-hash', made.caHash, '--cluster-secret', made.secret] });
       daemons.push(second);
       expect((await api(second.url, 'GET', '/v1/cluster')).body.clusterId).toBe(made.clusterId);
     } finally {
@@ -327,7 +429,7 @@ describe('cluster', () => {
     await c.kill(moved);
     await c.movePort(moved);
     await c.startMember(moved);
-    const want = `127.0.0.1:${c.members[moved]!.port}`;
+    const want = `127.0.0.1:${c.members[moved]!.peerPort}`;
     const recorded = async (i: number) => (await c.status(i)).addresses.find((a: { id: number }) => a.id === c.members[moved]!.id)?.address;
     await c.waitFor(async () => (await recorded(0)) === want, 'the new address in the replicated state');
 

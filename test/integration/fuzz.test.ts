@@ -1,5 +1,7 @@
 import fc from 'fast-check';
 import { connect, type Socket } from 'node:net';
+import { connect as tlsConnect } from 'node:tls';
+import { Agent, request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { api, NO_AUTH, removeDir, sampleVm, spawnDaemon, type DaemonHandle } from '../helpers/daemon.js';
 
@@ -112,23 +114,35 @@ describe('API fuzzing: no crash, clean 4xx, nothing stored is lost', () => {
 describe('pre-auth: hostile input to the public endpoints', { timeout: 60_000 }, () => {
   const token = 'fuzz-token-0123456789abcdef';
   let t: DaemonHandle;
+  // The join endpoint is on the cluster port, over TLS; a stranger need not trust its certificate to send garbage.
+  const stranger = new Agent({ connect: { rejectUnauthorized: false } });
+  const join = async (body: string) => {
+    const res = await request(`https://127.0.0.1:${t.peerPort}/v1/cluster/join`, { method: 'POST', dispatcher: stranger, headers: { 'content-type': 'application/json' }, body });
+    return { status: res.statusCode, body: (await res.body.json().catch(() => undefined)) as any };
+  };
   beforeAll(async () => {
     t = await spawnDaemon({ env: { NOVACRON_API_TOKEN: token } });
   });
   afterAll(async () => {
+    await stranger.close();
     await t.kill();
     removeDir(t.dataDir);
   });
 
-  it('a body nested 50,000 deep around "__proto__", sent without credentials, gets a 400 and the daemon keeps answering', async () => {
-    const depth = 50_000;
-    for (const body of ['['.repeat(depth) + '{"__proto__":1}' + ']'.repeat(depth), '{"a":'.repeat(depth) + '{"__proto__":{}}' + '}'.repeat(depth)]) {
-      const r = await api(t.url, 'POST', '/v1/cluster/members', body);
+  it('bodies nested deep around "__proto__", sent without credentials, get a 400 (a 413 past the join\'s 16 KiB) and the daemon keeps answering', async () => {
+    const nested = (depth: number) => ['['.repeat(depth) + '{"__proto__":1}' + ']'.repeat(depth), '{"a":'.repeat(depth) + '{"__proto__":{}}' + '}'.repeat(depth)];
+    const deep = (r: { status: number; body: any }) => {
       expect(r.status).toBe(400);
       expect(r.body.error.code).toBe('VALIDATION_FAILED');
       expect(r.body.error.message).toMatch(/deeper than 64/);
+    };
+    for (const body of nested(50_000)) {
+      deep(await api(t.url, 'POST', '/v1/auth/login', body, NO_AUTH));
+      const tooBig = await join(body);
+      expect([tooBig.status, tooBig.body.error.code]).toEqual([413, 'BODY_TOO_LARGE']);
     }
-    const shallow = await api(t.url, 'POST', '/v1/cluster/members', '{"nodeId":"x","address":"127.0.0.1:1","__proto__":{"admin":true}}');
+    for (const body of nested(2_000)) deep(await join(body));
+    const shallow = await join('{"nodeId":"x","address":"127.0.0.1:1","__proto__":{"admin":true}}');
     expect(shallow.status).toBe(400);
     expect(shallow.body.error.code).toBe('VALIDATION_FAILED');
     expect((await api(t.url, 'GET', '/healthz')).status).toBe(200);
@@ -153,11 +167,11 @@ describe('pre-auth: hostile input to the public endpoints', { timeout: 60_000 },
         s.on('data', () => undefined);
         if (!keep) setTimeout(() => s.destroy(), 3000).unref();
       });
-    for (const path of ['/v1/cluster/members', '/v1/auth/login']) {
-      for (const body of ['['.repeat(50_000) + ']'.repeat(50_000), '{"__proto__":{"admin":true},"user":"admin","password":"x"}', '{"constructor":{"prototype":{"admin":true}}}', 'x'.repeat(2 << 20)]) {
-        const r = await api(t.url, 'POST', path, body, NO_AUTH);
-        expect([400, 413], `${path} ${body.slice(0, 20)}`).toContain(r.status);
-      }
+    for (const body of ['['.repeat(50_000) + ']'.repeat(50_000), '{"__proto__":{"admin":true},"user":"admin","password":"x"}', '{"constructor":{"prototype":{"admin":true}}}', 'x'.repeat(2 << 20)]) {
+      const login = await api(t.url, 'POST', '/v1/auth/login', body, NO_AUTH);
+      expect([400, 413], `login ${body.slice(0, 20)}`).toContain(login.status);
+      const joined = await join(body).catch(() => ({ status: 413 })); // the cluster port may hang up on 2 MiB
+      expect([400, 413], `join ${body.slice(0, 20)}`).toContain(joined.status);
     }
     // Huge headers, and requests that never finish (half-open), many at once.
     const held: Socket[] = [];
@@ -165,8 +179,19 @@ describe('pre-auth: hostile input to the public endpoints', { timeout: 60_000 },
     for (let i = 0; i < 50; i++) held.push(await raw('POST /v1/auth/login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{"user":', true));
     for (let i = 0; i < 50; i++) held.push(await raw('GET /v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n', true));
     for (let i = 0; i < 20; i++) held.push(await raw(`GET /v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: ${Buffer.alloc(16, i).toString('base64')}\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer ${t.token}\r\n\r\n`, true));
-    // A slow body: a byte every 100 ms to the join endpoint while the probe is asked.
-    const slow = await raw('POST /v1/cluster/members HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 40\r\n\r\n', true);
+    // On the cluster port: TCP connections that never start TLS, TLS ones that never finish a request.
+    for (let i = 0; i < 50; i++) {
+      const s = connect(t.peerPort, '127.0.0.1');
+      s.on('error', () => undefined);
+      held.push(s);
+    }
+    for (let i = 0; i < 20; i++) {
+      const s = tlsConnect({ port: t.peerPort, host: '127.0.0.1', rejectUnauthorized: false }, () => s.write('POST /v1/cluster/join HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 9000\r\n\r\n{'));
+      s.on('error', () => undefined);
+      held.push(s as unknown as Socket);
+    }
+    // A slow body: a byte every 100 ms to the login endpoint while the probe is asked.
+    const slow = await raw('POST /v1/auth/login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 40\r\n\r\n', true);
     for (let i = 0; i < 20; i++) {
       slow.write('[');
       expect(await healthy()).toBe(true);
@@ -176,6 +201,7 @@ describe('pre-auth: hostile input to the public endpoints', { timeout: 60_000 },
     for (const s of [...held, slow]) s.destroy();
     expect(await healthy()).toBe(true);
     expect(await stored()).toBe(before);
+    expect((await api(t.url, 'GET', '/v1/cluster')).body.voters).toHaveLength(1); // no join got through
     expect(t.proc.exitCode).toBeNull();
   });
 });

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { nestingDepth, parseJsonBody } from '../../src/api/json-body.js';
+import { nestingDepth, parseJsonBody } from '../../src/util/json-body.js';
 import { NovaError } from '../../src/errors.js';
 
 function codeOf(text: string): string | undefined {

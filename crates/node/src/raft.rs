@@ -646,18 +646,20 @@ impl NativeRaftNode {
         );
     }
 
-    /// Delivers a peer's message. Throws `RAFT_BAD_MESSAGE` for anything malformed or
-    /// not addressed to this member.
+    /// Delivers a message from member `from` (who the peer connection authenticated).
+    /// Throws `RAFT_BAD_MESSAGE` for anything malformed, not addressed to this member, or
+    /// whose sender is not `from`.
     #[napi]
-    pub fn step(&self, bytes: Buffer) -> Result<()> {
-        self.node.step(&bytes).map_err(to_js)
+    pub fn step(&self, bytes: Buffer, from: i64) -> Result<()> {
+        self.node.step(&bytes, member_id(from)?).map_err(to_js)
     }
 
-    /// Delivers several messages packed as `[u32 big-endian length][message]…` (one peer
-    /// frame carries a Ready's worth of messages). Stops at the first bad one with
-    /// `RAFT_BAD_MESSAGE`; returns how many were stepped.
+    /// Delivers several messages from member `from`, packed as `[u32 big-endian
+    /// length][message]…` (one peer frame carries a Ready's worth of messages). Stops at
+    /// the first bad one with `RAFT_BAD_MESSAGE`; returns how many were stepped.
     #[napi]
-    pub fn step_batch(&self, bytes: Buffer) -> Result<u32> {
+    pub fn step_batch(&self, bytes: Buffer, from: i64) -> Result<u32> {
+        let from = member_id(from)?;
         let mut rest: &[u8] = &bytes;
         let mut n = 0;
         while !rest.is_empty() {
@@ -671,7 +673,7 @@ impl NativeRaftNode {
             let msg = rest
                 .get(4..4 + len)
                 .ok_or_else(|| bad("truncated message"))?;
-            self.node.step(msg).map_err(to_js)?;
+            self.node.step(msg, from).map_err(to_js)?;
             rest = &rest[4 + len..];
             n += 1;
         }

@@ -295,11 +295,19 @@ impl Node {
         self.send(Input::Propose(req, done));
     }
 
-    /// Delivers a message from another member (protobuf bytes as produced by
-    /// [`encode_message`]).
-    pub fn step(&self, bytes: &[u8]) -> RaftResult<()> {
+    /// Delivers a message from member `from` (protobuf bytes as produced by
+    /// [`encode_message`]). `from` is who the connection it arrived on authenticated
+    /// (the peer's certificate), never what the message says: a message whose sender
+    /// field names anyone else is refused, so no member can speak for another.
+    pub fn step(&self, bytes: &[u8], from: u64) -> RaftResult<()> {
         let msg =
             Message::parse_from_bytes(bytes).map_err(|e| RaftError::BadMessage(e.to_string()))?;
+        if msg.from != from {
+            return Err(RaftError::BadMessage(format!(
+                "a message from member {} arrived on member {from}'s connection",
+                msg.from
+            )));
+        }
         if msg.to != self.id {
             return Err(RaftError::BadMessage(format!(
                 "message for member {} delivered to {}",

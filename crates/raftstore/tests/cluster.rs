@@ -484,7 +484,9 @@ fn bad_requests_and_messages_are_refused_with_codes() {
     let huge = put_request("big", &"x".repeat(2 << 20));
     assert_eq!(propose(&node, huge).unwrap_err().code(), "RAFT_INVALID");
     assert_eq!(
-        node.step(b"\xff\xff\xffnot protobuf").unwrap_err().code(),
+        node.step(b"\xff\xff\xffnot protobuf", 2)
+            .unwrap_err()
+            .code(),
         "RAFT_BAD_MESSAGE"
     );
     let mut msg = novacron_raftstore::eraftpb::Message {
@@ -493,15 +495,25 @@ fn bad_requests_and_messages_are_refused_with_codes() {
         ..Default::default()
     };
     assert_eq!(
-        node.step(&novacron_raftstore::encode_message(&msg))
+        node.step(&novacron_raftstore::encode_message(&msg), 2)
             .unwrap_err()
             .code(),
         "RAFT_BAD_MESSAGE"
     );
+    // Addressed right, but its sender field names another member than the connection's.
     msg.to = 1;
+    msg.set_msg_type(novacron_raftstore::eraftpb::MessageType::MsgHeartbeat);
+    let impostor = node
+        .step(&novacron_raftstore::encode_message(&msg), 3)
+        .unwrap_err();
+    assert_eq!(impostor.code(), "RAFT_BAD_MESSAGE");
+    assert!(
+        impostor.to_string().contains("member 3's connection"),
+        "{impostor}"
+    );
     msg.set_msg_type(novacron_raftstore::eraftpb::MessageType::MsgHup);
     assert_eq!(
-        node.step(&novacron_raftstore::encode_message(&msg))
+        node.step(&novacron_raftstore::encode_message(&msg), 2)
             .unwrap_err()
             .code(),
         "RAFT_BAD_MESSAGE"

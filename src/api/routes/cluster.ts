@@ -13,12 +13,10 @@ import { parseWith } from '../validate.js';
 import type { Cluster } from '../../cluster/cluster.js';
 import type { ReplicatedStore } from '../../cluster/replicated-store.js';
 import type { LockService } from '../../cluster/locks.js';
-import { secretMatches } from '../../cluster/peer-frames.js';
 import { HostPort } from '../../config.js';
 import { clusterHosts, clusterMigrations, clusterPlacements, forgetMember } from '../../cluster/inventory.js';
 
 const MemberId = z.coerce.number().int().min(1).max(Number.MAX_SAFE_INTEGER);
-const JoinBody = z.strictObject({ id: MemberId, address: HostPort, secret: z.string().min(1).max(256) });
 const TransferBody = z.strictObject({ to: MemberId });
 const AddressBody = z.strictObject({ address: HostPort });
 const RequestIdHex = z.string().regex(/^[0-9a-f]{32}$/, 'request ids are 32 hex digits');
@@ -42,13 +40,8 @@ const LOCK_PREFIX = 'api/';
 
 export function clusterRoutes(router: Router, cluster: Cluster, store: ReplicatedStore, locks: LockService): void {
   router.add('GET', '/v1/cluster', async () => ({ status: 200, json: await cluster.status() }), { priv: 'Cluster.Audit', on: onCluster });
-  // A daemon asks to join: authenticated by the cluster secret, not the API token.
-  router.add('POST', '/v1/cluster/members', async (req) => {
-    const body = parseWith(JoinBody, req.body);
-    if (!secretMatches(body.secret, cluster.secret)) throw new NovaError('CLUSTER_AUTH');
-    const members = await cluster.addMember(body.id, body.address);
-    return { status: 200, json: { clusterId: cluster.clusterId, memberId: body.id, ...members } };
-  }, { priv: 'public', body: true });
+  // (Daemons join on the cluster port, over TLS: cluster/cluster-port.ts.)
+  router.add('POST', '/v1/cluster/certificate', async () => ({ status: 200, json: await cluster.renewCertificate() }), { priv: 'Cluster.Admin', on: onCluster });
   router.add('DELETE', '/v1/cluster/members/:id', async (req) => {
     const id = parseWith(MemberId, req.params.id, 'BAD_QUERY');
     const members = await cluster.removeMember(id);

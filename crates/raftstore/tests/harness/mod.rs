@@ -62,7 +62,7 @@ impl Transport for NetTransport {
                 continue;
             };
             target
-                .step(&encode_message(&msg))
+                .step(&encode_message(&msg), from)
                 .expect("peer messages are well formed");
             if is_snapshot {
                 self.net.snapshots_delivered.fetch_add(1, Ordering::Relaxed);

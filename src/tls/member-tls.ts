@@ -1,0 +1,130 @@
+/**
+ * This member's TLS material, kept in `<dataDir>/tls/` (0700): the cluster CA's
+ * certificate (`ca.pem`), the member's key (`member.key`, 0600) and certificate
+ * (`member.pem`); on the member that created the cluster also the CA's key (`ca.key`,
+ * 0600) until it is in the replicated store. `MemberTls` hands out the options of
+ * every TLS server and client between members, and swaps in a renewed certificate
+ * without a restart (servers get a new secure context; new connections use it).
+ */
+import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, writeSync } from 'node:fs';
+import { join } from 'node:path';
+import type { PeerCertificate, SecureContextOptions } from 'node:tls';
+import { NovaError } from '../errors.js';
+import { memberIdFromAltNames, type KeyAndCert } from './pki.js';
+
+export interface MemberMaterial {
+  caPem: string;
+  certPem: string;
+  keyPem: string;
+}
+
+const FILES = { caPem: 'ca.pem', certPem: 'member.pem', keyPem: 'member.key' } as const;
+const CA_KEY = 'ca.key';
+
+export const tlsDir = (dataDir: string) => join(dataDir, 'tls');
+
+export function readMaterial(dataDir: string): MemberMaterial | undefined {
+  const dir = tlsDir(dataDir);
+  if (!existsSync(join(dir, FILES.certPem))) return undefined;
+  const read = (f: string) => readFileSync(join(dir, f), 'utf8');
+  return { caPem: read(FILES.caPem), certPem: read(FILES.certPem), keyPem: read(FILES.keyPem) };
+}
+
+/** Durable and atomic per file; the key is written first, so a certificate never names a key that is not there. */
+export function writeMaterial(dataDir: string, m: MemberMaterial): void {
+  const dir = tlsDir(dataDir);
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  writeDurably(join(dir, FILES.keyPem), m.keyPem, 0o600);
+  writeDurably(join(dir, FILES.caPem), m.caPem, 0o644);
+  writeDurably(join(dir, FILES.certPem), m.certPem, 0o644);
+}
+
+/** The CA's key on the member that made it, while the replicated store may not have it yet. */
+export function writeCaKey(dataDir: string, ca: KeyAndCert): void {
+  mkdirSync(tlsDir(dataDir), { recursive: true, mode: 0o700 });
+  writeDurably(join(tlsDir(dataDir), CA_KEY), ca.keyPem, 0o600);
+}
+
+export function readCaKey(dataDir: string): string | undefined {
+  const path = join(tlsDir(dataDir), CA_KEY);
+  return existsSync(path) ? readFileSync(path, 'utf8') : undefined;
+}
+
+export function removeCaKey(dataDir: string): void {
+  rmSync(join(tlsDir(dataDir), CA_KEY), { force: true });
+}
+
+function writeDurably(path: string, text: string, mode: number): void {
+  const tmp = `${path}.tmp`;
+  const fd = openSync(tmp, 'w', mode);
+  try {
+    writeSync(fd, text);
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+  renameSync(tmp, path);
+}
+
+/** The member a verified peer certificate names, or why it is not acceptable. */
+export function peerMember(cert: PeerCertificate | undefined, authorized: boolean, authorizationError?: Error | string): number {
+  if (!cert || Object.keys(cert).length === 0) throw new NovaError('CLUSTER_AUTH', 'no client certificate: members authenticate with their cluster certificate');
+  if (!authorized) throw new NovaError('CLUSTER_AUTH', `the client certificate is not valid for this cluster: ${String(authorizationError ?? 'unverified')}`);
+  const id = memberIdFromAltNames(cert.subjectaltname);
+  if (id === undefined) throw new NovaError('CLUSTER_AUTH', 'the client certificate names no member');
+  return id;
+}
+
+export class MemberTls {
+  #material: MemberMaterial;
+  #listeners: Array<(m: MemberMaterial) => void> = [];
+
+  constructor(
+    readonly dataDir: string,
+    readonly memberId: number,
+    material: MemberMaterial,
+  ) {
+    this.#material = material;
+  }
+
+  get material(): MemberMaterial {
+    return this.#material;
+  }
+
+  /** TLS 1.3 server that asks every client for a certificate; routes decide what a client without one may do. */
+  serverOptions(): SecureContextOptions & { requestCert: true; rejectUnauthorized: false; minVersion: 'TLSv1.3' } {
+    const m = this.#material;
+    return { key: m.keyPem, cert: m.certPem, ca: m.caPem, requestCert: true, rejectUnauthorized: false, minVersion: 'TLSv1.3' };
+  }
+
+  /**
+   * A client that presents this member's certificate and accepts only a server whose
+   * certificate the cluster CA signed for member `expect` (any member when undefined).
+   */
+  clientOptions(expect?: number): { key: string; cert: string; ca: string; minVersion: 'TLSv1.3'; checkServerIdentity: (host: string, cert: PeerCertificate) => Error | undefined } {
+    const m = this.#material;
+    return {
+      key: m.keyPem,
+      cert: m.certPem,
+      ca: m.caPem,
+      minVersion: 'TLSv1.3',
+      checkServerIdentity: (_host, cert) => {
+        const id = memberIdFromAltNames(cert.subjectaltname);
+        if (id === undefined) return new Error('the server\'s certificate names no cluster member');
+        if (expect !== undefined && id !== expect) return new Error(`the server is member ${id}, not member ${expect}`);
+        return undefined;
+      },
+    };
+  }
+
+  /** Installs a renewed certificate (and key): written to disk first, then used by every new connection. */
+  replace(material: MemberMaterial): void {
+    writeMaterial(this.dataDir, material);
+    this.#material = material;
+    for (const fn of this.#listeners) fn(material);
+  }
+
+  onReplace(fn: (m: MemberMaterial) => void): void {
+    this.#listeners.push(fn);
+  }
+}
