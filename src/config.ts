@@ -42,6 +42,15 @@ export const ConfigSchema = z.strictObject({
   /** Shared secret of the cluster: peers authenticate with it. Generated on first start when not given. */
   clusterSecret: z.string().min(16, 'cluster secrets must be at least 16 characters').optional(),
   clusterSecretFile: z.string().min(1).optional(),
+  /**
+   * HTTPS on the API: `auto` serves it on any address but loopback (where plain HTTP to
+   * local clients is allowed); `on` serves it on loopback too. The certificate is the
+   * member's own (signed by the cluster CA), unless `apiCertFile`/`apiKeyFile` name one.
+   */
+  apiTls: z.enum(['auto', 'on']).default('auto'),
+  /** An operator's own API certificate and key (PEM files), instead of the member certificate. */
+  apiCertFile: z.string().min(1).optional(),
+  apiKeyFile: z.string().min(1).optional(),
   /** HOST:PORT of a member's cluster port, to join its cluster on first start (ignored once this daemon is a member). */
   join: HostPort.optional(),
   /** The pin of the cluster CA a join must find (`sha256:<hex>`, from `novacron cluster join-command` or GET /v1/cluster). */
@@ -103,6 +112,9 @@ const ENV: Record<string, keyof z.infer<typeof ConfigSchema>> = {
   NOVACRON_JOIN: 'join',
   NOVACRON_ADVERTISE: 'advertise',
   NOVACRON_CA_HASH: 'caHash',
+  NOVACRON_API_TLS: 'apiTls',
+  NOVACRON_API_CERT_FILE: 'apiCertFile',
+  NOVACRON_API_KEY_FILE: 'apiKeyFile',
   NOVACRON_PEER_LISTEN: 'peerListen',
   NOVACRON_PEER_ADVERTISE: 'peerAdvertise',
   NOVACRON_MIGRATION_DATA_PORTS: 'migrationDataPorts',
@@ -144,6 +156,7 @@ export function loadConfig({ flags, env = process.env, configFile }: ConfigSourc
     throw new NovaError('CONFIG_INVALID', `invalid configuration: ${msg}`);
   }
   const { host, port } = parseListen(parsed.data.listen);
+  if ((parsed.data.apiCertFile === undefined) !== (parsed.data.apiKeyFile === undefined)) throw new NovaError('CONFIG_INVALID', 'give both apiCertFile and apiKeyFile, or neither');
   const peer = parsed.data.peerListen ? parseListen(parsed.data.peerListen) : { host, port: port === 0 ? 0 : port + 1 };
   if (peer.port > 65535) throw new NovaError('CONFIG_INVALID', `the API listens on port ${port}: give the cluster port with --peer-listen`);
   return { ...parsed.data, host, port, peer };

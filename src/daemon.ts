@@ -20,7 +20,7 @@ import { telemetryWsRoute } from './api/telemetry-ws.js';
 import { vncWsRoute } from './api/vnc-ws.js';
 import { TelemetrySampler } from './telemetry/sampler.js';
 import { loadUws } from './api/uws.js';
-import type { DaemonConfig } from './config.js';
+import { isLoopback, type DaemonConfig } from './config.js';
 import { EventLog } from './events/log.js';
 import { createLogger } from './log.js';
 import { RocksStore } from './native/rocks-store.js';
@@ -32,6 +32,7 @@ import { Cluster } from './cluster/cluster.js';
 import { ReplicatedStore } from './cluster/replicated-store.js';
 import { LockService, vmLockGuard } from './cluster/locks.js';
 import { ClusterCa } from './cluster/cluster-ca.js';
+import { memberCertFiles } from './tls/member-tls.js';
 import { freePort } from './util/free-port.js';
 import { registerClusterMetrics } from './cluster/metrics.js';
 import { clusterRoutes } from './api/routes/cluster.js';
@@ -51,7 +52,9 @@ import { AuditLog } from './auth/audit.js';
 import { OriginPolicy } from './api/origin.js';
 import { Quotas } from './cluster/quotas.js';
 import { quotaRoutes } from './api/routes/quotas.js';
-import { hostname } from 'node:os';
+import { hostname, networkInterfaces } from 'node:os';
+import { rootCertificates } from 'node:tls';
+import { Agent, setGlobalDispatcher } from 'undici';
 
 export { VERSION } from './version.js';
 import { VERSION } from './version.js';
@@ -59,6 +62,8 @@ import { VERSION } from './version.js';
 export interface Daemon {
   config: DaemonConfig;
   port: number;
+  /** Whether the API speaks HTTPS. */
+  tls: boolean;
   log: Logger;
   vms: VmService;
   driver: HypervisorDriver;
@@ -161,37 +166,43 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
     migrationRoutes(router, migrations, (member) => resolveTarget(member), (url) => isMember(url));
     const resolver = daemonResolver(vms, storage, () => migrations);
     authRoutes(router, identity, resolver, audit, sessions);
+    // The cluster first: members talk to each other on the cluster port, over mutual TLS,
+    // and the member certificate it holds is also what the API serves HTTPS with.
+    const bracket = (h: string) => (h.includes(':') ? `[${h}]` : h);
+    const unbracket = (hostPort: string) => hostPort.replace(/:\d+$/, '').replace(/^\[|\]$/g, '');
+    const peerPort = config.peer.port || (await freePort(config.peer.host));
+    const peerAdvertised = config.peerAdvertise ?? `${bracket(config.peer.host)}:${peerPort}`;
+    const certHosts = certificateHosts([config.host, config.peer.host, ...(config.advertise ? [unbracket(config.advertise)] : []), unbracket(peerAdvertised)]);
+    cluster = await Cluster.open({
+      dataDir, address: peerAdvertised, listen: { host: config.peer.host, port: peerPort }, hosts: certHosts, log, raft: config.raft,
+      ...(config.clusterSecret ? { secret: config.clusterSecret } : {}),
+      ...(config.join ? { join: config.join } : {}),
+      ...(config.caHash ? { caHash: config.caHash } : {}),
+    });
+    // Other members' APIs are HTTPS with certificates of this cluster's CA: trusted, besides the system's.
+    const memberCas = [...rootCertificates, cluster.tls.material.caPem];
+    setGlobalDispatcher(new Agent({ connect: { ca: memberCas } }));
+    const apiTls = apiTlsFiles(config, dataDir);
     const server = await ApiServer.listen(
       router,
       {
         host: config.host, port: config.port, bodyLimitBytes: config.bodyLimitBytes, log, metrics,
+        ...(apiTls ? { tls: apiTls } : {}),
         auth: {
           authenticate: (h) => authenticator.authenticate(h),
           resolver,
-          origins: new OriginPolicy([hostname(), config.nodeId, config.host, ...(config.advertise ? [config.advertise.replace(/:\d+$/, '').replace(/^\[|\]$/g, '')] : [])], { allowedHosts: config.allowedHosts, allowedOrigins: config.allowedOrigins }),
+          origins: new OriginPolicy([hostname(), config.nodeId, config.host, ...(config.advertise ? [unbracket(config.advertise)] : [])], { allowedHosts: config.allowedHosts, allowedOrigins: config.allowedOrigins }),
         },
         audit: (rec) => audit.record(rec),
       },
       [eventsWsRoute(events, log), consoleWsRoute(vms, new ConsoleHub(driver), log), telemetryWsRoute(sampler, vms), vncWsRoute(vms, driver)],
     );
-    // The cluster starts once the API listens (a joining member is contacted by the leader
-    // as soon as it is added). Members talk to each other on the cluster port, over mutual TLS.
-    const bracket = (h: string) => (h.includes(':') ? `[${h}]` : h);
-    const advertised = config.advertise ?? `${bracket(config.host)}:${server.port}`;
-    const peerPort = config.peer.port || (await freePort(config.peer.host));
-    const peerAdvertised = config.peerAdvertise ?? `${bracket(config.peer.host)}:${peerPort}`;
-    const certHosts = [hostname(), advertised.replace(/:\d+$/, '').replace(/^\[|\]$/g, '')];
-    try {
-      cluster = await Cluster.open({
-        dataDir, address: peerAdvertised, listen: { host: config.peer.host, port: peerPort }, hosts: certHosts, log, raft: config.raft,
-        ...(config.clusterSecret ? { secret: config.clusterSecret } : {}),
-        ...(config.join ? { join: config.join } : {}),
-        ...(config.caHash ? { caHash: config.caHash } : {}),
-      });
-    } catch (err) {
-      await server.close();
-      throw err;
+    // uWS cannot swap a listening app's certificate (nor re-listen on its port while old
+    // connections linger): a renewed member certificate reaches the API at the next start.
+    if (apiTls && !config.apiCertFile) {
+      cluster.tls.onReplace(() => log.warn('this member\'s certificate was renewed; the API serves the new one from its next start (the old one is valid for a third of its life yet)'));
     }
+    const advertised = config.advertise ?? `${bracket(config.host)}:${server.port}`;
     const replicated = new ReplicatedStore(cluster.node);
     const clusterCa = new ClusterCa(replicated, cluster.tls, certHosts, log);
     cluster.useSigner(clusterCa);
@@ -213,7 +224,7 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
     const inventory = new InventoryPublisher(
       replicated,
       vms,
-      { member: cluster.memberId, node: config.nodeId, address: advertised, driver: driver.name },
+      { member: cluster.memberId, node: config.nodeId, address: advertised, tls: server.tls, driver: driver.name },
       log,
       (id) => {
         try {
@@ -241,7 +252,7 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
     });
     quotaRoutes(router, quotas);
     // Any member answers for any VM: requests about another member's VM go there.
-    const forwarder = new ClusterForwarder(replicated, self);
+    const forwarder = new ClusterForwarder(replicated, self, memberCas);
     listing.forwarder = forwarder;
     listing.self = self;
     server.useForwarder(forwarder);
@@ -253,6 +264,7 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
     return {
       config,
       port: server.port,
+      tls: server.tls,
       log,
       vms,
       driver,
@@ -296,4 +308,20 @@ async function publishCa(ca: ClusterCa, log: Logger): Promise<void> {
       await new Promise((r) => setTimeout(r, delay).unref());
     }
   }
+}
+
+/** The names and addresses a member certificate carries: this host's, loopback, and every configured one (wildcards left out). */
+function certificateHosts(configured: string[]): string[] {
+  const local = Object.values(networkInterfaces()).flatMap((list) => (list ?? []).map((a) => a.address));
+  const all = [hostname(), 'localhost', '127.0.0.1', '::1', ...local, ...configured];
+  return [...new Set(all.map((h) => h.replace(/%.*$/, '')).filter((h) => h !== '' && h !== '0.0.0.0' && h !== '::'))];
+}
+
+/**
+ * What the API serves HTTPS with: the operator's certificate when configured, else this
+ * member's own; nothing (plain HTTP) only when it listens on loopback and `apiTls` is `auto`.
+ */
+export function apiTlsFiles(config: Pick<DaemonConfig, 'host' | 'apiTls' | 'apiCertFile' | 'apiKeyFile'>, dataDir: string): { keyFile: string; certFile: string } | undefined {
+  if (config.apiCertFile && config.apiKeyFile) return { certFile: config.apiCertFile, keyFile: config.apiKeyFile };
+  return config.apiTls === 'on' || !isLoopback(config.host) ? memberCertFiles(dataDir) : undefined;
 }

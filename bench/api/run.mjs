@@ -6,7 +6,8 @@
 //
 // Also measures forwarding: in a two-member cluster, GET by id of member A's VMs sent
 // to A and sent to B (which forwards to A), at the same fixed offered rate; the target
-// is at most 1 ms added to the p50.
+// is at most 1 ms added to the p50. And the daemon over HTTPS (--api-tls on) against
+// itself over plain HTTP: GET by id at saturation, target >= 0.6x.
 //
 // The server under test is pinned to CPU 0 and wrk to CPU 1 (taskset), so "one core"
 // is literal. Writes bench/results/api-<time>.json and prints a table. With --check,
@@ -36,7 +37,7 @@ const quick = args.quick;
 const VMS = quick ? 1000 : Number(args.vms);
 const DURATION = quick ? 2 : Number(args.duration);
 const CONNS = Number(args.connections);
-const TARGETS = { getRps: 30_000, getP99Ms: 2, ratioVsNodeHttp: 2, forwardAddedP50Ms: 1, authSharePercent: 5 };
+const TARGETS = { getRps: 30_000, getP99Ms: 2, ratioVsNodeHttp: 2, forwardAddedP50Ms: 1, authSharePercent: 5, httpsVsHttp: 0.6 };
 /** Offered rate and connections of the forwarding comparison: a latency measurement, well below saturation. */
 const FORWARD_RPS = 2000;
 const FORWARD_CONNS = 8;
@@ -62,6 +63,12 @@ try {
   results.runs.novacron = await measure(daemon.url, files);
   await daemon.stop();
 
+  // 1b. The same daemon and store over HTTPS (--api-tls on: the member certificate, ECDSA P-256, TLS 1.3), GET by id at saturation.
+  const tlsDaemon = await startServer(pin(0, [process.execPath, join(root, 'bin', 'novacron.js'), 'daemon', '--driver', 'sim', '--listen', '127.0.0.1:0', '--api-tls', 'on', '--data-dir', dataDir, '--log-level', 'warn']), /listening on (https:\/\/[^\s]+)/);
+  wrk(tlsDaemon.url, files.get, 1);
+  results.runs.novacronHttps = { get: wrk(tlsDaemon.url, files.get, DURATION) };
+  await tlsDaemon.stop();
+
   // 2. Baseline: node:http over the same store and VmService.
   const baseline = await startServer(pin(0, [process.execPath, join(here, 'baseline-http.mjs'), dataDir]), /baseline listening on (http:\/\/[^\s]+)/);
   results.runs.nodeHttp = await measure(baseline.url, files);
@@ -72,15 +79,16 @@ try {
 
   const n = results.runs.novacron;
   const b = results.runs.nodeHttp;
-  results.ratio = { getRps: round(n.get.rps / b.get.rps), listRps: round(n.list.rps / b.list.rps), getP99AtTarget: round(b.getAtTarget.p99Ms / n.getAtTarget.p99Ms) };
+  results.ratio = { getRps: round(n.get.rps / b.get.rps), listRps: round(n.list.rps / b.list.rps), getP99AtTarget: round(b.getAtTarget.p99Ms / n.getAtTarget.p99Ms), httpsGetRps: round(results.runs.novacronHttps.get.rps / n.get.rps) };
   results.verdict = {
     getRps: n.get.rps >= TARGETS.getRps,
     // "30,000 req/s with p99 <= 2 ms": the p99 measured while 30,000 req/s are offered.
     getP99: n.getAtTarget.p99Ms <= TARGETS.getP99Ms && n.getAtTarget.rps >= TARGETS.getRps * 0.98,
     ratio: results.ratio.getRps >= TARGETS.ratioVsNodeHttp,
-    errorsFree: [n.get, n.getAtTarget, n.list, results.forwarding.direct, results.forwarding.forwarded].every((r) => r.errors === 0),
+    errorsFree: [n.get, n.getAtTarget, n.list, results.runs.novacronHttps.get, results.forwarding.direct, results.forwarding.forwarded].every((r) => r.errors === 0),
     forwarding: results.forwarding.addedP50Ms <= TARGETS.forwardAddedP50Ms,
     auth: results.auth.apiToken.sharePercent <= TARGETS.authSharePercent,
+    https: results.ratio.httpsGetRps >= TARGETS.httpsVsHttp,
   };
   results.pass = Object.values(results.verdict).every(Boolean);
 
@@ -303,6 +311,7 @@ function printTable(r) {
   console.log(`\nGET by id: ${r.ratio.getRps}x node:http throughput (target >= ${r.targets.ratioVsNodeHttp}x); list: ${r.ratio.listRps}x; p99 at ${r.targets.getRps} req/s: ${r.ratio.getP99AtTarget}x lower than node:http`);
   const f = r.forwarding;
   console.log(`forwarding (2 members, ${f.offeredRps} req/s offered, ${f.connections} connections): GET by id p50 ${f.direct.p50Ms} ms direct, ${f.forwarded.p50Ms} ms through the other member: +${f.addedP50Ms} ms p50 (target <= ${r.targets.forwardAddedP50Ms} ms) ${r.verdict.forwarding ? 'PASS' : 'MISS'}; p99 +${f.addedP99Ms} ms`);
+  console.log(`HTTPS (TLS 1.3, ECDSA P-256, keep-alive): GET by id ${r.runs.novacronHttps.get.rps} req/s = ${r.ratio.httpsGetRps}x plain HTTP (target >= ${r.targets.httpsVsHttp}x) ${r.verdict.https ? 'PASS' : 'MISS'}`);
   console.log(`authentication + authorization per GET by id (1,000 users): API token ${r.auth.apiToken.usPerRequest} µs = ${r.auth.apiToken.sharePercent}% of a request at saturation (target <= ${r.targets.authSharePercent}%) ${r.verdict.auth ? 'PASS' : 'MISS'}; session JWT ${r.auth.session.usPerRequest} µs = ${r.auth.session.sharePercent}%`);
   console.log(`targets: GET >= ${r.targets.getRps} req/s ${r.verdict.getRps ? 'PASS' : 'MISS'}, p99 <= ${r.targets.getP99Ms} ms at ${r.targets.getRps} req/s ${r.verdict.getP99 ? 'PASS' : 'MISS'}, ratio ${r.verdict.ratio ? 'PASS' : 'MISS'}, errors ${r.verdict.errorsFree ? 'none' : 'PRESENT'}`);
 }

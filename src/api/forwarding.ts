@@ -7,7 +7,7 @@
  */
 import { Agent, request } from 'undici';
 import { NovaError, type ErrorCode } from '../errors.js';
-import { clusterHosts, clusterMigrations, clusterPlacements, type HostRecord, type Placement } from '../cluster/inventory.js';
+import { apiUrl, clusterHosts, clusterMigrations, clusterPlacements, type HostRecord, type Placement } from '../cluster/inventory.js';
 import type { ReplicatedStore } from '../cluster/replicated-store.js';
 
 /** What a route's `:id` names, when requests about it may be forwarded. */
@@ -41,6 +41,8 @@ export interface ForwardedReply {
 export interface Forwarder {
   /** This member's id (what forwarded requests say they come from). */
   readonly self: number;
+  /** CA certificates (PEM) other members' HTTPS APIs are checked against (undefined: the system's). */
+  readonly ca?: string[] | undefined;
   /** The member that owns `ref`, when another one does; `headers` carry the caller's credentials for any question asked on the way. */
   locate(kind: ForwardKind, ref: string, headers: Record<string, string>): Promise<HostRecord | undefined>;
   send(to: HostRecord, req: ForwardRequest): Promise<ForwardedReply>;
@@ -56,7 +58,7 @@ const INVENTORY_TTL_MS = 1000;
 const KNOWN_OPERATIONS = 10_000;
 
 export class ClusterForwarder implements Forwarder {
-  #agent = new Agent({ keepAliveTimeout: 30_000, connections: 64 });
+  #agent: Agent;
   #placements: { at: number; byRef: Map<string, Placement[]> } | undefined;
   #hosts: { at: number; byMember: Map<number, HostRecord> } | undefined;
   #operations = new Map<string, number>();
@@ -64,7 +66,11 @@ export class ClusterForwarder implements Forwarder {
   constructor(
     private readonly store: ReplicatedStore,
     readonly self: number,
-  ) {}
+    /** CA certificates (PEM) other members' HTTPS APIs are checked against. */
+    readonly ca?: string[],
+  ) {
+    this.#agent = new Agent({ keepAliveTimeout: 30_000, connections: 64, ...(ca ? { connect: { ca } } : {}) });
+  }
 
   async locate(kind: ForwardKind, ref: string, headers: Record<string, string>): Promise<HostRecord | undefined> {
     if (kind === 'vm') return this.#vmOwner(ref);
@@ -82,7 +88,7 @@ export class ClusterForwarder implements Forwarder {
   async send(to: HostRecord, req: ForwardRequest): Promise<ForwardedReply> {
     let res;
     try {
-      res = await request(`http://${to.address}${req.url}`, {
+      res = await request(`${apiUrl(to)}${req.url}`, {
         method: req.method as 'GET',
         headers: { ...req.headers, [FORWARDED_BY]: String(this.self) },
         ...(req.body ? { body: req.body } : {}),

@@ -7,10 +7,11 @@
 import WebSocket from 'ws';
 import { FORWARDED_BY, type Forwarder } from './forwarding.js';
 import type { UWS } from './uws.js';
+import { apiUrl, type HostRecord } from '../cluster/inventory.js';
 
 /** Set in a connection's user data instead of the route's own when the VM is elsewhere. */
 export interface RelayTarget {
-  relay: { url: string; headers: Record<string, string> };
+  relay: { url: string; headers: Record<string, string>; ca?: string[] };
 }
 
 interface RelayState {
@@ -31,10 +32,10 @@ export function isRelay(data: unknown): data is RelayTarget {
 }
 
 /** The upgrade data of a relayed connection to `owner`'s route at `url` (path and query). */
-export function relayTarget(forwarder: Forwarder, address: string, url: string, authorization: string): RelayTarget {
+export function relayTarget(forwarder: Forwarder, owner: HostRecord, url: string, authorization: string): RelayTarget {
   const headers: Record<string, string> = { [FORWARDED_BY]: String(forwarder.self) };
   if (authorization) headers.authorization = authorization;
-  return { relay: { url: `ws://${address}${url}`, headers } };
+  return { relay: { url: `${apiUrl(owner).replace(/^http/, 'ws')}${url}`, headers, ...(forwarder.ca ? { ca: forwarder.ca } : {}) } };
 }
 
 /**
@@ -49,7 +50,7 @@ export function relaying<T>(behavior: UWS.WebSocketBehavior<T>): UWS.WebSocketBe
       if (!isRelay(data)) return behavior.open?.(ws);
       const state: RelayState = { queued: [], closed: false };
       states.set(data, state);
-      const peer = new WebSocket(data.relay.url, { headers: data.relay.headers, perMessageDeflate: false });
+      const peer = new WebSocket(data.relay.url, { headers: data.relay.headers, perMessageDeflate: false, ...(data.relay.ca ? { ca: data.relay.ca } : {}) });
       state.peer = peer;
       peer.on('open', () => {
         for (const m of state.queued.splice(0)) peer.send(m.data, { binary: m.binary });

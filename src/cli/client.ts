@@ -1,4 +1,6 @@
 /** A small typed HTTP client for the NovaCron API (used by the CLI and tests). */
+import { rootCertificates } from 'node:tls';
+import { Agent, fetch } from 'undici';
 import type { ErrorBody } from '../errors.js';
 import type { OperationRecord } from '../operations/operation.js';
 import type { MigrationRecord } from '../migration/record.js';
@@ -25,18 +27,39 @@ export class ConnectionError extends Error {
 export interface ClientOptions {
   url: string;
   token?: string;
+  /** A CA certificate (PEM) an HTTPS daemon is checked against, besides the system's. */
+  ca?: string;
 }
 
 export class NovaClient {
-  constructor(readonly opts: ClientOptions) {}
+  #dispatcher: Agent | undefined;
+
+  constructor(readonly opts: ClientOptions) {
+    if (opts.ca) this.#dispatcher = new Agent({ connect: { ca: [...rootCertificates, opts.ca] } });
+  }
+
+  /** The undici dispatcher for other requests to the daemon (streams), when it has its own CA. */
+  get dispatcher(): Agent | undefined {
+    return this.#dispatcher;
+  }
+
+  /** TLS options for WebSocket connections to the daemon. */
+  get wsTls(): { ca?: string[] } {
+    return this.opts.ca ? { ca: [...rootCertificates, this.opts.ca] } : {};
+  }
 
   async request<T>(method: string, path: string, body?: unknown): Promise<T> {
     const headers: Record<string, string> = {};
     if (this.opts.token) headers.authorization = `Bearer ${this.opts.token}`;
     if (body !== undefined) headers['content-type'] = 'application/json';
-    let res: Response;
+    let res: Awaited<ReturnType<typeof fetch>>;
     try {
-      res = await fetch(new URL(path, this.opts.url), { method, headers, ...(body !== undefined ? { body: JSON.stringify(body) } : {}) });
+      res = await fetch(new URL(path, this.opts.url), {
+        method,
+        headers,
+        ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
+        ...(this.#dispatcher ? { dispatcher: this.#dispatcher } : {}),
+      });
     } catch (e) {
       throw new ConnectionError(`cannot reach the NovaCron daemon at ${this.opts.url}: ${(e as Error & { cause?: Error }).cause?.message ?? (e as Error).message}`);
     }

@@ -14,7 +14,7 @@ export async function runConsole(client: NovaClient, ref: string, opts: { for?: 
   const vm = await client.getVm(ref); // a clear 404 before the upgrade
   const url = new URL(`/v1/vms/${encodeURIComponent(vm.id)}/console`, client.opts.url);
   url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
-  const ws = new WebSocket(url, { headers: client.opts.token ? { authorization: `Bearer ${client.opts.token}` } : {} });
+  const ws = new WebSocket(url, { ...client.wsTls, headers: client.opts.token ? { authorization: `Bearer ${client.opts.token}` } : {} });
   const interactive = process.stdin.isTTY && opts.for === undefined && opts.until === undefined;
   let seen = '';
   let matched = false;

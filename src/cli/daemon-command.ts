@@ -48,7 +48,7 @@ export async function runDaemon(flags: DaemonFlags): Promise<void> {
   // Written for tools and tests that start the daemon on port 0 (the cluster port first).
   const bracket = (h: string) => (h.includes(':') ? `[${h}]` : h);
   console.error(`novacron: cluster port (mutual TLS) on ${bracket(config.peer.host)}:${daemon.cluster.peerPort}, CA ${daemon.cluster.caHash}`);
-  console.error(`novacron: listening on http://${config.host.includes(':') ? `[${config.host}]` : config.host}:${daemon.port}`);
+  console.error(`novacron: listening on ${daemon.tls ? 'https' : 'http'}://${bracket(config.host)}:${daemon.port}`);
   let signals = 0;
   const stop = (signal: string) => {
     if (++signals > 1) {

@@ -22,7 +22,19 @@ interface GlobalOpts {
   url: string;
   token?: string;
   tokenFile?: string;
+  caFile?: string;
   json?: boolean;
+}
+
+/** The CA an HTTPS daemon's certificate is checked against: `file`, else this host's cluster CA when readable (else the system's). */
+function readCa(file: string | undefined): string | undefined {
+  const path = file ?? join(process.env.NOVACRON_DATA_DIR || './data', 'tls', 'ca.pem');
+  try {
+    return readFileSync(path, 'utf8');
+  } catch (err) {
+    if (file) throw new NovaError('VALIDATION_FAILED', `cannot read the CA file ${file}: ${(err as Error).message}`);
+    return undefined;
+  }
 }
 
 /**
@@ -51,6 +63,7 @@ export function buildProgram(): Command {
     .addOption(new Option('--url <url>', 'daemon API address').env('NOVACRON_URL').default('http://127.0.0.1:7700'))
     .addOption(new Option('--token <token>', 'API bearer token (visible in ps: prefer --token-file or NOVACRON_API_TOKEN)').env('NOVACRON_API_TOKEN'))
     .addOption(new Option('--token-file <file>', 'file holding the API token (default: <data dir>/admin.token when readable)').env('NOVACRON_TOKEN_FILE'))
+    .addOption(new Option('--ca-file <file>', 'CA certificate an https:// daemon is checked against (default: <data dir>/tls/ca.pem when readable, plus the system CAs)').env('NOVACRON_CA_FILE'))
     .option('--json', 'machine-readable JSON output')
     .showHelpAfterError()
     .exitOverride();
@@ -65,6 +78,9 @@ export function buildProgram(): Command {
     .addOption(new Option('--log-level <level>', 'log level').choices(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).env('NOVACRON_LOG_LEVEL'))
     .addOption(new Option('--api-token <token>', 'also accept this administrator token (visible in ps: prefer --api-token-file)').env('NOVACRON_API_TOKEN'))
     .addOption(new Option('--api-token-file <file>', 'file holding an extra administrator token').env('NOVACRON_API_TOKEN_FILE'))
+    .addOption(new Option('--api-tls <mode>', 'HTTPS on the API: auto (on any address but loopback) or on').choices(['auto', 'on']).env('NOVACRON_API_TLS'))
+    .addOption(new Option('--api-cert-file <file>', 'the API\'s certificate (PEM), instead of the member certificate').env('NOVACRON_API_CERT_FILE'))
+    .addOption(new Option('--api-key-file <file>', 'the key of --api-cert-file (PEM)').env('NOVACRON_API_KEY_FILE'))
     .addOption(new Option('--join <host:port>', 'join the cluster of the member whose cluster port this is, on first start (default: start a new one-member cluster)').env('NOVACRON_JOIN'))
     .addOption(new Option('--ca-hash <sha256:hex>', 'with --join: the pin of the cluster CA (refuses to join anything else)').env('NOVACRON_CA_HASH'))
     .addOption(new Option('--advertise <host:port>', 'API address other members and clients reach this member at (default: the listen address)').env('NOVACRON_ADVERTISE'))
@@ -83,7 +99,8 @@ export function buildProgram(): Command {
     const g = program.opts<GlobalOpts>();
     if (program.getOptionValueSource('token') === 'cli') console.error('novacron: warning: --token is visible to every user of this host (ps); use --token-file or NOVACRON_API_TOKEN');
     const token = g.token ?? readToken(g.tokenFile);
-    return new NovaClient({ url: g.url, ...(token ? { token } : {}) });
+    const ca = g.url.startsWith('https:') ? readCa(g.caFile) : undefined;
+    return new NovaClient({ url: g.url, ...(token ? { token } : {}), ...(ca ? { ca } : {}) });
   };
   const json = () => program.opts<GlobalOpts>().json === true;
 

@@ -153,7 +153,7 @@ async function watchProgress(c: NovaClient, pool: string, volume: string, action
   const [{ default: WebSocket }, { unpack }] = await Promise.all([import('ws'), import('msgpackr')]);
   const url = new URL('/v1/events?types=volume.progress', c.opts.url);
   url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
-  const ws = new WebSocket(url, { headers: c.opts.token ? { authorization: `Bearer ${c.opts.token}` } : {} });
+  const ws = new WebSocket(url, { ...c.wsTls, headers: c.opts.token ? { authorization: `Bearer ${c.opts.token}` } : {} });
   const bar = new cliProgress.SingleBar({ format: `${action} {bar} {percentage}% | {done} of {size}`, hideCursor: true }, cliProgress.Presets.shades_classic);
   let started = false;
   ws.on('message', (raw: Buffer) => {
@@ -181,7 +181,7 @@ async function send(c: NovaClient, method: 'GET' | 'PUT', path: string, o: { bod
   const headers: Record<string, string> = { ...(o.headers ?? {}) };
   if (c.opts.token) headers.authorization = `Bearer ${c.opts.token}`;
   try {
-    return await request(new URL(path, c.opts.url), { method, headers, ...(o.body ? { body: o.body as never } : {}) });
+    return await request(new URL(path, c.opts.url), { method, headers, ...(o.body ? { body: o.body as never } : {}), ...(c.dispatcher ? { dispatcher: c.dispatcher } : {}) });
   } catch (e) {
     throw new ConnectionError(`cannot reach the NovaCron daemon at ${c.opts.url}: ${(e as Error).message}`);
   }

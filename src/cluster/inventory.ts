@@ -32,7 +32,10 @@ export interface Placement {
 export interface HostRecord {
   member: number;
   node: string;
+  /** Where its API is reached (host:port). */
   address: string;
+  /** Whether its API speaks HTTPS. */
+  tls?: boolean;
   version: string;
   driver: string;
   cpus: number;
@@ -43,6 +46,9 @@ export interface HostRecord {
   startedAt: string;
   heartbeatAt: string;
 }
+
+/** The base URL of a member's API. */
+export const apiUrl = (host: Pick<HostRecord, 'address' | 'tls'>) => `${host.tls ? 'https' : 'http'}://${host.address}`;
 
 const placementPrefix = (member?: number) => (member === undefined ? 'placement/' : `placement/${member}/`);
 const migrationPrefix = (member?: number) => (member === undefined ? 'migration/' : `migration/${member}/`);
@@ -96,7 +102,7 @@ export class InventoryPublisher {
   constructor(
     private readonly store: ReplicatedStore,
     private readonly vms: VmService,
-    private readonly host: { member: number; node: string; address: string; driver: string },
+    private readonly host: { member: number; node: string; address: string; tls: boolean; driver: string },
     private readonly log: Logger,
     /** This member's record of a migration, if it still has one. */
     private readonly migrationOf: (id: string) => MigrationRecord | undefined = () => undefined,
@@ -263,7 +269,7 @@ export class InventoryPublisher {
   async #writeHost(): Promise<void> {
     const now = new Date().toISOString();
     const record: HostRecord = {
-      member: this.host.member, node: this.host.node, address: this.host.address, version: VERSION, driver: this.host.driver,
+      member: this.host.member, node: this.host.node, address: this.host.address, ...(this.host.tls ? { tls: true } : {}), version: VERSION, driver: this.host.driver,
       cpus: cpus().length, memoryMiB: Math.floor(totalmem() / 1048576), vms: this.vms.size, disk: this.diskUsage(), startedAt: this.#startedAt, heartbeatAt: now,
     };
     await this.store.write([{ key: hostKey(this.host.member), value: Buffer.from(JSON.stringify(record)) }]);
@@ -324,10 +330,10 @@ export async function resolveMember(store: ReplicatedStore, self: number, target
   if (matches.length > 1) throw new NovaError('MIGRATION_TARGET_UNKNOWN', `${matches.length} members are named "${target}"; name one by id (${matches.map((h) => h.member).join(', ')})`, { members: matches.map((h) => h.member) });
   const host = matches[0]!;
   if (host.member === self) throw new NovaError('VALIDATION_FAILED', `the VM is already on member ${self}`);
-  return `http://${host.address}`;
+  return apiUrl(host);
 }
 
-/** Whether the API address `url` (http://host:port) is where a member of this cluster is reached. */
+/** Whether the API address `url` (http(s)://host:port) is where a member of this cluster is reached. */
 export async function isMemberAddress(store: ReplicatedStore, url: string): Promise<boolean> {
   let host: string;
   try {

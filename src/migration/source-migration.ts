@@ -79,12 +79,15 @@ export abstract class SourceMigration {
   protected async settleSuccess(extra: Record<string, unknown>): Promise<void> {
     const { book, vms } = this.base;
     const done = book.finished(this.rec, 'completed');
+    let left: { cleanedUp: Promise<void> } | undefined;
     try {
-      await vms.migratedAway(done.vmId, [book.op(done)], [book.event(done, 'migration.completed', { target: this.target, totalMs: done.totalMs, ...extra })]);
+      left = await vms.migratedAway(done.vmId, [book.op(done)], [book.event(done, 'migration.completed', { target: this.target, totalMs: done.totalMs, ...extra })]);
     } finally {
-      // Shown as completed only once the VM has left this node's records (as for failures).
+      // Shown as completed once the VM has left this node's records (as for failures), not
+      // only once its files are gone: the inventory publishes what the record says then.
       this.rec = done;
       book.track(done);
     }
+    await left.cleanedUp;
   }
 }

@@ -23,6 +23,11 @@ const CA_KEY = 'ca.key';
 
 export const tlsDir = (dataDir: string) => join(dataDir, 'tls');
 
+/** The files of this member's key and certificate (what the API serves HTTPS with). */
+export function memberCertFiles(dataDir: string): { keyFile: string; certFile: string } {
+  return { keyFile: join(tlsDir(dataDir), FILES.keyPem), certFile: join(tlsDir(dataDir), FILES.certPem) };
+}
+
 export function readMaterial(dataDir: string): MemberMaterial | undefined {
   const dir = tlsDir(dataDir);
   if (!existsSync(join(dir, FILES.certPem))) return undefined;

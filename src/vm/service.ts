@@ -579,10 +579,16 @@ export class VmService {
   }
 
   /** Source: the VM runs on the destination now; it is no longer ours. */
-  async migratedAway(vmId: string, extraOps: WriteOp[], events: EventDraft[]): Promise<void> {
+  async migratedAway(vmId: string, extraOps: WriteOp[], events: EventDraft[]): Promise<{ cleanedUp: Promise<void> }> {
     const vm = this.#registry.get(vmId);
     await this.#registry.drop(vm, extraOps, [{ type: 'vm.migrated', vmId, tenant: vm.spec.tenant, data: { name: vm.name } }, ...events]);
-    // What it left here is a stale copy: its process directory and the volumes that moved with it.
+    // Answered once the VM has left the records; its files go after (that can take a while).
+    return { cleanedUp: this.#removeMigratedAway(vm) };
+  }
+
+  /** What a migrated-away VM left here is a stale copy: its process directory and the volumes that moved with it. */
+  async #removeMigratedAway(vm: VmRecord): Promise<void> {
+    const vmId = vm.id;
     await this.#deps.driver.destroy(vm).catch((err) => this.#deps.log.error({ err, vmId }, 'removing the migrated-away VM\'s files failed'));
     const seeds = this.#deps.storage.uses(vm.id, vm.spec).filter((u) => u.role === 'cidata' && this.#deps.storage.storage.find(u.ref));
     for (const { ref } of [...this.#deps.storage.carried(vm), ...seeds]) {

@@ -110,7 +110,7 @@ export class TestCluster {
     const dataDir = tempDataDir();
     this.#dirs.push(dataDir);
     const advertise = this.net && `127.0.0.1:${await this.net.front(this.members.length, peerPort)}`;
-    return this.members.push({ port, peerPort, dataDir, url: `http://127.0.0.1:${port}`, ...(advertise ? { advertise } : {}) }) - 1;
+    return this.members.push({ port, peerPort, dataDir, url: `https://127.0.0.1:${port}`, ...(advertise ? { advertise } : {}) }) - 1;
   }
 
   /** Member `i`'s TLS material as its data directory holds it now (the fault proxy plays every member). */
@@ -124,10 +124,12 @@ export class TestCluster {
   /** (Re)starts member `i`; with `joinVia`, it joins through that member's cluster port on first start. */
   async startMember(i: number, joinVia?: number, extraArgs: string[] = []): Promise<DaemonHandle> {
     const m = this.members[i]!;
-    const args = ['--listen', `127.0.0.1:${m.port}`, '--peer-listen', `127.0.0.1:${m.peerPort}`, '--cluster-secret', SECRET, '--config', this.#config, ...this.#args, ...extraArgs];
+    // Members' APIs are HTTPS with their member certificates, as between hosts.
+    const args = ['--listen', `127.0.0.1:${m.port}`, '--api-tls', 'on', '--peer-listen', `127.0.0.1:${m.peerPort}`, '--cluster-secret', SECRET, '--config', this.#config, ...this.#args, ...extraArgs];
     if (joinVia !== undefined) args.push('--join', `127.0.0.1:${this.members[joinVia]!.peerPort}`, '--ca-hash', (await this.status(joinVia)).caHash);
     if (m.advertise) args.push('--peer-advertise', m.advertise);
     m.daemon = await spawnDaemon({ dataDir: m.dataDir, args, ...(this.#apiToken ? { env: { NOVACRON_API_TOKEN: this.#apiToken } } : {}) });
+    m.url = m.daemon.url;
     m.id = (await this.status(i)).id;
     return m.daemon;
   }
@@ -138,7 +140,7 @@ export class TestCluster {
     if (m.daemon) throw new Error(`member ${i} is running`);
     m.port = await freePort();
     m.peerPort = await freePort();
-    m.url = `http://127.0.0.1:${m.port}`;
+    m.url = `https://127.0.0.1:${m.port}`;
   }
 
   async kill(i: number, signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {

@@ -4,6 +4,8 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { rootCertificates } from 'node:tls';
+import { Agent, buildConnector, setGlobalDispatcher } from 'undici';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 
@@ -49,7 +51,7 @@ export async function spawnDaemon(opts: SpawnOptions = {}): Promise<DaemonHandle
   const port = await new Promise<number>((resolvePort, reject) => {
     const timer = setTimeout(() => reject(new Error(`daemon did not start in time:\n${out}`)), 20_000);
     const onData = () => {
-      const m = /listening on http:\/\/127\.0\.0\.1:(\d+)/.exec(out);
+      const m = /listening on https?:\/\/127\.0\.0\.1:(\d+)/.exec(out);
       if (m) {
         clearTimeout(timer);
         resolvePort(Number(m[1]));
@@ -61,7 +63,9 @@ export async function spawnDaemon(opts: SpawnOptions = {}): Promise<DaemonHandle
       reject(Object.assign(new Error(`daemon exited (${code ?? signal}) before listening:\n${out}`), { output: out, code }));
     });
   });
-  const url = `http://127.0.0.1:${port}`;
+  const scheme = /listening on (https?):/.exec(out)![1]!;
+  const url = `${scheme}://127.0.0.1:${port}`;
+  if (scheme === 'https' && !CAS.has(url)) CAS.set(url, readFileSync(join(dataDir, 'tls', 'ca.pem'), 'utf8'));
   const peerPort = Number(/cluster port \(mutual TLS\) on 127\.0\.0\.1:(\d+)/.exec(out)?.[1] ?? 0);
   const token = readFileSync(join(dataDir, 'admin.token'), 'utf8').trim();
   TOKENS.set(url, token);
@@ -94,6 +98,32 @@ export interface JsonResponse<T = any> {
 
 /** Each test daemon's admin token, by its base URL. */
 const TOKENS = new Map<string, string>();
+/** The cluster CA of each test daemon that serves HTTPS, by its base URL. */
+const CAS = new Map<string, string>();
+
+/**
+ * Every fetch in the tests checks an HTTPS daemon's certificate against that daemon's
+ * own cluster CA (each test cluster has its own), besides the system's.
+ */
+setGlobalDispatcher(
+  new Agent({
+    connect: (opts, cb) => {
+      const ca = CAS.get(`https://${opts.hostname}:${opts.port}`);
+      buildConnector(ca ? { ca: [...rootCertificates, ca] } : {})(opts, cb);
+    },
+  }),
+);
+
+/** Checks the HTTPS daemon at `url` against `caPem` from now on (a daemon with an operator's certificate). */
+export function trustCa(url: string, caPem: string): void {
+  CAS.set(new URL(url).origin, caPem);
+}
+
+/** TLS options for a WebSocket client of the daemon at `url` (its CA when it serves HTTPS). */
+export function wsTls(url: string): { ca?: string[] } {
+  const ca = CAS.get(new URL(url.replace(/^ws/, 'http')).origin);
+  return ca ? { ca: [...rootCertificates, ca] } : {};
+}
 
 /**
  * The Authorization header a test sends to `base`: `headers.authorization` when given

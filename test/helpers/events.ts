@@ -1,4 +1,4 @@
-import { authHeaders } from './daemon.js';
+import { authHeaders, wsTls } from './daemon.js';
 import WebSocket from 'ws';
 import { pack, unpack } from 'msgpackr';
 
@@ -23,7 +23,7 @@ export class EventClient {
   }
 
   static connect(url: string, query = '', headers: Record<string, string> = {}, path = '/v1/events'): Promise<EventClient> {
-    const ws = new WebSocket(`${url.replace('http', 'ws')}${path}${query}`, { headers: authHeaders(url, headers) });
+    const ws = new WebSocket(`${url.replace('http', 'ws')}${path}${query}`, { ...wsTls(url), headers: authHeaders(url, headers) });
     return new Promise((resolve, reject) => {
       ws.once('open', () => resolve(new EventClient(ws)));
       ws.once('unexpected-response', (_req, res) => reject(Object.assign(new Error(`upgrade refused: ${res.statusCode}`), { status: res.statusCode })));

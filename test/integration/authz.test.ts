@@ -6,7 +6,7 @@
 import WebSocket from 'ws';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BUILTIN_ROLES } from '../../src/auth/privileges.js';
-import { api, removeDir, sampleVm, spawnDaemon, waitOp, type DaemonHandle } from '../helpers/daemon.js';
+import { api, removeDir, sampleVm, spawnDaemon, waitOp, type DaemonHandle, wsTls } from '../helpers/daemon.js';
 import { EventClient } from '../helpers/events.js';
 import { daemonRouter } from '../helpers/routes.js';
 
@@ -33,7 +33,7 @@ async function userWith(name: string, acl: { path: string; role: string } | unde
 
 function wsStatus(path: string, headers: Record<string, string>): Promise<number> {
   return new Promise((resolve, reject) => {
-    const ws = new WebSocket(`${d.url.replace('http', 'ws')}${path}`, { headers });
+    const ws = new WebSocket(`${d.url.replace('http', 'ws')}${path}`, { ...wsTls(d.url), headers });
     ws.once('open', () => {
       ws.close();
       resolve(101);

@@ -358,7 +358,9 @@ describe('cluster', () => {
     await c.waitFor(async () => (await api(url(0), 'GET', `/v1/migrations/${mig.body.id}`)).body.state === 'completed', 'the migration');
     await eventually('the migrated VM to be listed on its new member', () => ({ [a]: c.members[1]!.id!, [b]: c.members[1]!.id! }));
     // Both sides of the migration, seen from a third member.
-    await c.waitFor(async () => (await api(url(2), 'GET', `/v1/cluster/migrations?vm=${a}&state=completed`)).body.items.length === 2, 'both sides of the migration in the cluster view', 10_000);
+    await c.waitFor(async () => (await api(url(2), 'GET', `/v1/cluster/migrations?vm=${a}&state=completed`)).body.items.length === 2, 'both sides of the migration in the cluster view', 10_000).catch(async (e) => {
+      throw new Error(`${(e as Error).message}: ${JSON.stringify((await api(url(2), 'GET', `/v1/cluster/migrations?vm=${a}`)).body)}`);
+    });
     const sides = (await api(url(2), 'GET', `/v1/cluster/migrations?vm=${a}`)).body.items;
     expect(sides.map((m: { role: string; member: number; id: string }) => [m.role, m.member, m.id]).sort()).toEqual(
       [['destination', c.members[1]!.id, mig.body.id], ['source', c.members[0]!.id, mig.body.id]],

@@ -5,7 +5,7 @@
  */
 import WebSocket from 'ws';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { api, authHeaders, waitOp } from '../helpers/daemon.js';
+import { api, authHeaders, waitOp, wsTls } from '../helpers/daemon.js';
 import { TestCluster } from '../helpers/cluster.js';
 import { ensureQemuAndGuest, guestVm, installGuest, killGuests } from '../helpers/qemu.js';
 
@@ -36,7 +36,7 @@ describe('forwarding to a member running a real guest', { timeout: 180_000 }, ()
     expect((await waitOp(owner, (await api(owner, 'POST', `/v1/vms/${id}/start`)).body.id)).state).toBe('succeeded');
     await c.waitFor(async () => (await api(other, 'GET', `/v1/vms/${id}`)).status === 200, 'the VM placed in the inventory');
 
-    const ws = new WebSocket(`${other.replace('http', 'ws')}/v1/vms/${id}/console`, { headers: authHeaders(other) });
+    const ws = new WebSocket(`${other.replace('http', 'ws')}/v1/vms/${id}/console`, { ...wsTls(other), headers: authHeaders(other) });
     let text = '';
     ws.on('message', (data: Buffer, isBinary: boolean) => {
       expect(isBinary).toBe(true);

@@ -5,7 +5,7 @@
  */
 import WebSocket from 'ws';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { api, NO_AUTH, sampleVm } from '../helpers/daemon.js';
+import { api, NO_AUTH, sampleVm, wsTls } from '../helpers/daemon.js';
 import { TestCluster } from '../helpers/cluster.js';
 
 const TOKEN = 'forwarding-test-token-0123456789';
@@ -191,8 +191,10 @@ describe('any member answers for any VM', { timeout: 60_000 }, () => {
     const vm = (await call(0, 'POST', '/v1/vms', sampleVm('fw-console'))).body;
     const close = (i: number) =>
       new Promise<{ code: number; reason: string }>((resolve, reject) => {
-        const ws = new WebSocket(`${url(i).replace('http', 'ws')}/v1/vms/${vm.id}/console`, { headers: c.headers });
-        ws.on('close', (code, reason) => resolve({ code, reason: reason.toString() }));
+        const ws = new WebSocket(`${url(i).replace('http', 'ws')}/v1/vms/${vm.id}/console`, { ...wsTls(url(0)), headers: c.headers });
+        let failure = '';
+        ws.on('error', (err) => (failure = err.message));
+        ws.on('close', (code, reason) => resolve({ code, reason: reason.toString() || failure }));
         ws.on('unexpected-response', (_req, res) => reject(new Error(`upgrade refused: ${res.statusCode}`)));
       });
     const direct = await close(0);
@@ -217,7 +219,7 @@ describe('any member answers for any VM', { timeout: 60_000 }, () => {
     const vm = (await call(0, 'POST', '/v1/vms', sampleVm('fw-tele'))).body;
     const { unpack } = await import('msgpackr');
     const frame = await new Promise<any>((resolve, reject) => {
-      const ws = new WebSocket(`${url(1).replace('http', 'ws')}/v1/telemetry?vmId=${vm.id}`, { headers: c.headers });
+      const ws = new WebSocket(`${url(1).replace('http', 'ws')}/v1/telemetry?vmId=${vm.id}`, { ...wsTls(url(0)), headers: c.headers });
       ws.on('message', (data: Buffer) => {
         resolve(unpack(data));
         ws.close();
@@ -227,7 +229,7 @@ describe('any member answers for any VM', { timeout: 60_000 }, () => {
     });
     expect(frame).toMatchObject({ type: 'samples', intervalMs: expect.any(Number), samples: expect.any(Array) });
     const refused = await new Promise<number>((resolve) => {
-      const ws = new WebSocket(`${url(1).replace('http', 'ws')}/v1/telemetry?vmId=vm-nowhere`, { headers: c.headers });
+      const ws = new WebSocket(`${url(1).replace('http', 'ws')}/v1/telemetry?vmId=vm-nowhere`, { ...wsTls(url(0)), headers: c.headers });
       ws.on('unexpected-response', (_req, res) => resolve(res.statusCode ?? 0));
       ws.on('open', () => resolve(101));
     });

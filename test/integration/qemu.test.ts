@@ -7,7 +7,7 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { api, authHeaders, removeDir, spawnDaemon, tempDataDir, waitOp, type DaemonHandle } from '../helpers/daemon.js';
+import { api, authHeaders, removeDir, spawnDaemon, tempDataDir, waitOp, type DaemonHandle, wsTls } from '../helpers/daemon.js';
 import { ensureQemuAndGuest, guestVm, heartbeats, installGuest, serial, waitUntil, killGuests } from '../helpers/qemu.js';
 import { EventClient } from '../helpers/events.js';
 
@@ -36,6 +36,16 @@ async function startVm(name: string, cmdline = '', extra: Record<string, unknown
   const op = await waitOp(d.url, (await api(d.url, 'POST', `/v1/vms/${created.body.id}/start`)).body.id);
   expect(op.state, JSON.stringify(op)).toBe('succeeded');
   return created.body.id as string;
+}
+
+
+/** Whether `pid` is a live process (a zombie has exited; only its entry waits to be reaped). */
+function processRuns(pid: number): boolean {
+  try {
+    return !/^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
+  } catch {
+    return false;
+  }
 }
 
 describe('qemu driver', { timeout: 180_000 }, () => {
@@ -73,7 +83,7 @@ describe('qemu driver', { timeout: 180_000 }, () => {
     const id = await startVm('console-1');
     await waitUntil(() => heartbeats(dataDir, id).length >= 2, BOOT_MS, 'boot');
     const { default: WebSocket } = await import('ws');
-    const ws = new WebSocket(`${d.url.replace('http', 'ws')}/v1/vms/${id}/console`, { headers: authHeaders(d.url) });
+    const ws = new WebSocket(`${d.url.replace('http', 'ws')}/v1/vms/${id}/console`, { ...wsTls(d.url), headers: authHeaders(d.url) });
     let text = '';
     ws.on('message', (data: Buffer, isBinary: boolean) => {
       expect(isBinary).toBe(true);
@@ -95,7 +105,7 @@ describe('qemu driver', { timeout: 180_000 }, () => {
     expect(metrics).toMatch(new RegExp(`novacron_vm_cpu_seconds\\{vm="${id}",name="console-1"\\} [0-9.]+`));
     expect(metrics).toMatch(new RegExp(`novacron_vm_memory_rss_bytes\\{vm="${id}",name="console-1"\\} \\d+`));
     // The display: the VNC bridge speaks RFB (QEMU's server greets with its version).
-    const vnc = new WebSocket(`${d.url.replace('http', 'ws')}/v1/vms/${id}/vnc`, { headers: authHeaders(d.url) });
+    const vnc = new WebSocket(`${d.url.replace('http', 'ws')}/v1/vms/${id}/vnc`, { ...wsTls(d.url), headers: authHeaders(d.url) });
     const banner = await new Promise<string>((r, j) => {
       vnc.once('message', (data: Buffer) => r(data.toString('latin1')));
       vnc.once('error', j);
@@ -109,7 +119,7 @@ describe('qemu driver', { timeout: 180_000 }, () => {
     const sample = tele.frames.find((f) => f.type === 'samples' && f.samples.length === 1).samples[0];
     expect(sample).toMatchObject({ vmId: id, name: 'console-1', stats: { cpuSeconds: expect.any(Number) } });
     tele.close();
-    const unknown = new WebSocket(`${d.url.replace('http', 'ws')}/v1/vms/nope/console`, { headers: authHeaders(d.url) });
+    const unknown = new WebSocket(`${d.url.replace('http', 'ws')}/v1/vms/nope/console`, { ...wsTls(d.url), headers: authHeaders(d.url) });
     const status = await new Promise((r) => unknown.once('unexpected-response', (_q, res) => r(res.statusCode)));
     expect(status).toBe(404);
   });
@@ -161,7 +171,8 @@ describe('qemu driver', { timeout: 180_000 }, () => {
     const b = await startVm('force-1');
     const pid = Number(readFileSync(join(dataDir, 'vms', b, 'qemu.pid'), 'utf8'));
     expect((await waitOp(d.url, (await api(d.url, 'POST', `/v1/vms/${b}/stop`)).body.id)).state).toBe('succeeded');
-    expect(existsSync(`/proc/${pid}`)).toBe(false);
+    // Dead: gone, or a zombie its parent (the daemon) has not reaped yet.
+    expect(processRuns(pid)).toBe(false);
     expect((await api(d.url, 'GET', `/v1/vms/${b}`)).body.state).toBe('stopped');
   });
 

@@ -3,6 +3,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { isLoopback, loadConfig, parseListen } from '../../src/config.js';
+import { apiTlsFiles } from '../../src/daemon.js';
 
 describe('config', () => {
   it('applies defaults', () => {
@@ -16,6 +17,21 @@ describe('config', () => {
     writeFileSync(file, JSON.stringify({ listen: '127.0.0.1:1', dataDir: '/from-file', logLevel: 'debug' }));
     const c = loadConfig({ flags: { listen: '127.0.0.1:3' }, env: { NOVACRON_LISTEN: '127.0.0.1:2', NOVACRON_DATA_DIR: '/from-env' }, configFile: file });
     expect(c).toMatchObject({ port: 3, dataDir: '/from-env', logLevel: 'debug' });
+  });
+
+  it('the API is HTTPS on every address but loopback (with --api-tls on there too); the cluster port defaults to API port + 1', () => {
+    const files = (listen: string, more: Record<string, unknown> = {}) => apiTlsFiles(loadConfig({ flags: { listen, ...more }, env: {} }), '/d');
+    expect(files('127.0.0.1:7700')).toBeUndefined();
+    expect(files('[::1]:7700')).toBeUndefined();
+    expect(files('0.0.0.0:7700')).toEqual({ keyFile: '/d/tls/member.key', certFile: '/d/tls/member.pem' });
+    expect(files('10.0.0.1:7700')).toEqual({ keyFile: '/d/tls/member.key', certFile: '/d/tls/member.pem' });
+    expect(files('127.0.0.1:7700', { apiTls: 'on' })).toEqual({ keyFile: '/d/tls/member.key', certFile: '/d/tls/member.pem' });
+    expect(files('127.0.0.1:7700', { apiCertFile: '/etc/c.pem', apiKeyFile: '/etc/k.pem' })).toEqual({ keyFile: '/etc/k.pem', certFile: '/etc/c.pem' });
+    expect(() => loadConfig({ flags: { apiCertFile: '/etc/c.pem' }, env: {} })).toThrow(/both apiCertFile and apiKeyFile/);
+    expect(() => loadConfig({ flags: { apiTls: 'off' }, env: {} })).toThrow(/apiTls/);
+    expect(loadConfig({ flags: {}, env: {} }).peer).toEqual({ host: '127.0.0.1', port: 7701 });
+    expect(loadConfig({ flags: { listen: '127.0.0.1:0' }, env: {} }).peer).toEqual({ host: '127.0.0.1', port: 0 });
+    expect(loadConfig({ flags: { peerListen: '10.1.1.1:2380' }, env: {} }).peer).toEqual({ host: '10.1.1.1', port: 2380 });
   });
 
   it('parses listen addresses', () => {
