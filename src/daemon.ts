@@ -94,6 +94,11 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
     const vms = await VmService.open({ store, events, driver, storage: vmStorage, nodeId: config.nodeId, log, shutdownTimeoutMs: config.shutdownTimeoutMs, dataDir });
     const migrations = await MigrationService.open({
       store, events, vms, driver, log, nodeId: config.nodeId, dataDir, host: config.host,
+      // The cluster (and its member certificate) is up before the API takes any migration.
+      tls: () => {
+        if (!cluster) throw new NovaError('RAFT_STOPPED', 'the cluster is not running yet');
+        return cluster.tls;
+      },
       ...(config.migrationPort ? { transportPort: config.migrationPort } : {}),
       ...(config.migrationDataPorts ? { dataPorts: config.migrationDataPorts } : {}),
       memberToken: admin.text,

@@ -20,6 +20,7 @@ import type { IncomingOffer } from './peer.js';
 import { checkOffered, makeArriving, OfferedVolume } from './volumes.js';
 import { VolumeRef } from '../storage/model.js';
 import { controlFrame, FrameReader, FrameType, TRANSPORT_VERSION, type ControlMessage, type Frame } from './wire.js';
+import { acceptTls, type TransportTls } from './secure-link.js';
 
 const offered = {
   migrationId: z.string().regex(/^mig-[0-9a-f]{24}$/),
@@ -89,6 +90,8 @@ export interface IncomingDeps {
   host: string;
   /** Ports for data links (default: any free port). */
   dataPorts?: { from: number; to: number };
+  /** This member's certificate: the migration port speaks TLS with it. */
+  tls: () => TransportTls;
 }
 
 /** A connection that has not said hello by then is closed. */
@@ -189,7 +192,7 @@ export class IncomingMigrations {
     await book.save(rec);
     p.timer = setTimeout(() => void this.#abandon(p, new NovaError('MIGRATION_TRANSPORT', 'the source never connected')), CONNECT_TIMEOUT_MS);
     this.#pending.set(rec.id, p);
-    return { transport: { host: this.#deps.host, port: this.port }, token: token.toString('hex'), ...(p.live?.link ? { data: { port: p.live.link.port } } : {}) };
+    return { transport: { host: this.#deps.host, port: this.port, certSha256: this.#deps.tls().fingerprint() }, token: token.toString('hex'), ...(p.live?.link ? { data: { port: p.live.link.port } } : {}) };
   }
 
   async close(): Promise<void> {
@@ -197,14 +200,16 @@ export class IncomingMigrations {
     for (const p of this.#pending.values()) await this.#abandon(p, new NovaError('MIGRATION_TRANSPORT', 'destination daemon shutting down'));
   }
 
-  #onConnection(sock: Socket): void {
-    sock.setNoDelay(true);
-    // Until it has said hello, a connection is a stranger: it gets HELLO_DEADLINE_MS and
-    // HELLO_MAX_BYTES, and one source address holds at most MAX_UNGREETED_PER_SOURCE such
-    // connections, so strangers cannot tie up memory or the real source's way in.
-    const source = sock.remoteAddress ?? '?';
+  #onConnection(raw: Socket): void {
+    // Until it has said hello, a connection is a stranger: it gets HELLO_DEADLINE_MS (TLS
+    // handshake included) and HELLO_MAX_BYTES, and one source address holds at most
+    // MAX_UNGREETED_PER_SOURCE such connections, so strangers cannot tie up memory or the
+    // real source's way in.
+    raw.on('error', () => undefined);
+    const source = raw.remoteAddress ?? '?';
     const ungreeted = (this.#ungreeted.get(source) ?? 0) + 1;
-    if (ungreeted > MAX_UNGREETED_PER_SOURCE) return void sock.destroy();
+    if (ungreeted > MAX_UNGREETED_PER_SOURCE) return void raw.destroy();
+    const sock = acceptTls(raw, this.#deps.tls());
     this.#ungreeted.set(source, ungreeted);
     let greeted = false;
     const greet = () => {
@@ -217,7 +222,7 @@ export class IncomingMigrations {
     };
     const deadline = setTimeout(() => sock.destroy(), HELLO_DEADLINE_MS);
     deadline.unref();
-    sock.once('close', greet);
+    raw.once('close', greet);
     let helloBytes = 0;
     const reader = new FrameReader();
     let p: Pending | undefined;

@@ -1,18 +1,17 @@
 /**
  * The source end of the disk-mirror tunnel: a unix socket the source QEMU's NBD client
- * connects to. Each of its connections becomes one more connection to the destination
- * daemon's migration port, authenticated by the migration's token (a `hello` naming the
- * `nbd` stream), which the destination splices onto its QEMU's NBD server. Bytes pass
- * through unchanged in both directions.
+ * connects to. Each of its connections becomes one more TLS connection to the destination
+ * daemon's migration port (its certificate pinned), authenticated by the migration's token
+ * (a `hello` naming the `nbd` stream), which the destination splices onto its QEMU's NBD
+ * server. Bytes pass through unchanged in both directions.
  */
-import { connect, createServer, type Server, type Socket } from 'node:net';
+import { createServer, type Server, type Socket } from 'node:net';
 import { rmSync } from 'node:fs';
 import type { LinkBucket } from '../native/miglink.js';
 import { controlFrame, TRANSPORT_VERSION } from './wire.js';
+import { dialPinned, type PinnedTarget } from './secure-link.js';
 
-export interface TunnelTarget {
-  host: string;
-  port: number;
+export interface TunnelTarget extends PinnedTarget {
   migrationId: string;
   token: string;
 }
@@ -41,7 +40,7 @@ export class NbdTunnel {
   }
 
   #splice(local: Socket): void {
-    const remote = connect({ host: this.target.host, port: this.target.port, noDelay: true });
+    const remote = dialPinned(this.target);
     for (const s of [local, remote]) {
       this.#sockets.add(s);
       s.on('close', () => {

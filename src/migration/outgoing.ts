@@ -11,6 +11,7 @@ import type { HypervisorDriver, LiveMigration, MigrationProgress, MirroredDisk }
 import { mirroredDisks, offeredSpec, volumesToCarry } from './volumes.js';
 import { NbdTunnel } from './nbd-tunnel.js';
 import type { MigrationRecord } from './record.js';
+import type { IncomingOffer } from './peer.js';
 import { SourceMigration, type SourceDeps } from './source-migration.js';
 import { RecentRate } from './rate.js';
 import { SwitchoverTuner } from './switchover.js';
@@ -189,7 +190,7 @@ export class OutgoingMigration extends SourceMigration {
    * Live storage migration, before RAM: mirror every local disk through the tunnel until
    * all mirrors are ready (they then copy guest writes as they happen), with progress.
    */
-  async #mirrorDisks(disks: MirroredDisk[], offer: { transport: { host: string; port: number }; token: string }): Promise<void> {
+  async #mirrorDisks(disks: MirroredDisk[], offer: Pick<IncomingOffer, 'transport' | 'token'>): Promise<void> {
     const { migration, runDir } = this.#deps;
     const vmId = this.rec.vmId;
     const storage = migration.storage!;

@@ -3,15 +3,17 @@
  * its API, the control connection (hello, control messages; a cold migration's files
  * too), and what the destination says went wrong. Shared by live and cold migrations.
  */
-import { connect, type Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { isErrorCode, NovaError } from '../errors.js';
 import type { MigrationRecord } from './record.js';
 import { controlFrame, FrameReader, FrameType, TRANSPORT_VERSION, type ControlMessage } from './wire.js';
+import { dialPinned, type PinnedTarget } from './secure-link.js';
 
 /** Answer of the target's POST /v1/migrations/incoming. */
 export interface IncomingOffer {
-  transport: { host: string; port: number };
+  /** The migration port, over TLS with the destination's certificate (`certSha256` pins it). */
+  transport: PinnedTarget;
   token: string;
   /** Live migrations: the destination's data link (crates/miglink) for QEMU's stream. */
   data?: { port: number };
@@ -57,16 +59,16 @@ export class PeerLink {
       throw new NovaError('MIGRATION_TARGET_UNREACHABLE', `cannot reach ${this.target}: ${e.cause instanceof Error ? e.cause.message : e.message}`);
     }
     const json = (await res.json().catch(() => ({}))) as { error?: { code: string; message: string } } & Partial<IncomingOffer>;
-    if (!res.ok || !json.transport || !json.token) {
+    if (!res.ok || !json.transport || !json.token || typeof json.transport.certSha256 !== 'string') {
       throw new NovaError('MIGRATION_TARGET_REJECTED', `${this.target} refused the VM: ${json.error ? `${json.error.code}: ${json.error.message}` : `HTTP ${res.status}`}`, { targetError: json.error });
     }
     return json as IncomingOffer;
   }
 
   async connect(offer: IncomingOffer): Promise<Socket> {
-    const s = connect({ host: offer.transport.host, port: offer.transport.port, noDelay: true });
+    const s = dialPinned(offer.transport);
     await new Promise<void>((resolve, reject) => {
-      s.once('connect', resolve);
+      s.once('secureConnect', () => (s.destroyed ? undefined : resolve()));
       s.once('error', (e) => reject(new NovaError('MIGRATION_TRANSPORT', `transport connect to ${offer.transport.host}:${offer.transport.port}: ${e.message}`)));
     });
     const reader = new FrameReader();

@@ -9,6 +9,7 @@ import { NovaError } from '../errors.js';
 import type { EventLog } from '../events/log.js';
 import { isZeroPage, PageEncoder, PAGE_SIZE } from '../native/memdelta.js';
 import type { LinkFaults } from '../native/miglink.js';
+import type { TransportTls } from './secure-link.js';
 import type { Store } from '../store/store.js';
 import type { HypervisorDriver, LiveMigration } from '../vm/driver.js';
 import { newId } from '../ids.js';
@@ -33,6 +34,8 @@ export interface MigrationServiceDeps {
   dataDir: string;
   /** Address the transport listener binds. */
   host: string;
+  /** This member's certificate (the migration port speaks TLS with it); read when a migration arrives. */
+  tls: () => TransportTls;
   transportPort?: number;
   /** Ports for incoming migrations' data links (default: any free port). */
   dataPorts?: { from: number; to: number };
@@ -78,7 +81,7 @@ export class MigrationService {
     const svc = new MigrationService(deps, await MigrationBook.open(deps.store, deps.events));
     const migration = deps.driver.migration;
     svc.#incoming = await IncomingMigrations.listen(
-      { vms: deps.vms, driver: deps.driver, ...(migration ? { migration } : {}), book: svc.#book, log: deps.log, host: deps.host, ...(deps.dataPorts ? { dataPorts: deps.dataPorts } : {}) },
+      { vms: deps.vms, driver: deps.driver, ...(migration ? { migration } : {}), book: svc.#book, log: deps.log, host: deps.host, tls: deps.tls, ...(deps.dataPorts ? { dataPorts: deps.dataPorts } : {}) },
       deps.transportPort ?? 0,
     );
     mkdirSync(join(deps.dataDir, 'run'), { recursive: true });

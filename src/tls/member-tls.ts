@@ -8,7 +8,8 @@
  */
 import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
-import type { PeerCertificate, SecureContextOptions } from 'node:tls';
+import { X509Certificate } from 'node:crypto';
+import { createSecureContext, type PeerCertificate, type SecureContext, type SecureContextOptions } from 'node:tls';
 import { NovaError } from '../errors.js';
 import { memberIdFromAltNames, type KeyAndCert } from './pki.js';
 
@@ -83,6 +84,7 @@ export function peerMember(cert: PeerCertificate | undefined, authorized: boolea
 export class MemberTls {
   #material: MemberMaterial;
   #listeners: Array<(m: MemberMaterial) => void> = [];
+  #context: { context: SecureContext; fingerprint: string } | undefined;
 
   constructor(
     readonly dataDir: string,
@@ -122,10 +124,26 @@ export class MemberTls {
     };
   }
 
+  /** A server context with this member's key and certificate (made once per certificate: TLS servers wrapping raw sockets). */
+  secureContext(): SecureContext {
+    return this.#current().context;
+  }
+
+  /** The SHA-256 fingerprint of this member's certificate (`AB:CD:…`, as Node's `fingerprint256`), which a peer may pin. */
+  fingerprint(): string {
+    return this.#current().fingerprint;
+  }
+
+  #current(): { context: SecureContext; fingerprint: string } {
+    const m = this.#material;
+    return (this.#context ??= { context: createSecureContext({ key: m.keyPem, cert: m.certPem, minVersion: 'TLSv1.3' }), fingerprint: new X509Certificate(m.certPem).fingerprint256 });
+  }
+
   /** Installs a renewed certificate (and key): written to disk first, then used by every new connection. */
   replace(material: MemberMaterial): void {
     writeMaterial(this.dataDir, material);
     this.#material = material;
+    this.#context = undefined;
     for (const fn of this.#listeners) fn(material);
   }
 

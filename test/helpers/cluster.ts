@@ -5,7 +5,7 @@
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
-import { api, authHeaders, removeDir, spawnDaemon, tempDataDir, type DaemonHandle } from './daemon.js';
+import { api, authHeaders, removeDir, spawnDaemon, tempDataDir, tlsInit, type DaemonHandle } from './daemon.js';
 import { FaultNet } from './fault-proxy.js';
 import type { RegisterOp } from './linearizability.js';
 
@@ -256,6 +256,7 @@ export function registerClients(c: TestCluster, members: () => number[], clients
   let counter = 0;
   const request = async (member: number, method: 'GET' | 'PUT', body?: unknown) => {
     const res = await fetch(`${c.members[member]!.url}/v1/kv/${key}`, {
+      ...tlsInit(c.members[member]!.url),
       method,
       headers: authHeaders(c.members[member]!.url, { ...c.headers, ...(body ? { 'content-type': 'application/json' } : {}) }),
       ...(body ? { body: JSON.stringify(body) } : {}),

@@ -5,7 +5,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { rootCertificates } from 'node:tls';
-import { Agent, buildConnector, setGlobalDispatcher } from 'undici';
+import { Agent, buildConnector } from 'undici';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 
@@ -102,17 +102,20 @@ const TOKENS = new Map<string, string>();
 const CAS = new Map<string, string>();
 
 /**
- * Every fetch in the tests checks an HTTPS daemon's certificate against that daemon's
- * own cluster CA (each test cluster has its own), besides the system's.
+ * Fetches to an HTTPS daemon check its certificate against that daemon's own cluster CA
+ * (each test cluster has its own), besides the system's: `...tlsInit(url)` in the init.
  */
-setGlobalDispatcher(
-  new Agent({
-    connect: (opts, cb) => {
-      const ca = CAS.get(`https://${opts.hostname}:${opts.port}`);
-      buildConnector(ca ? { ca: [...rootCertificates, ca] } : {})(opts, cb);
-    },
-  }),
-);
+const tlsAgent = new Agent({
+  connect: (opts, cb) => {
+    const ca = CAS.get(`https://${opts.hostname}:${opts.port}`);
+    buildConnector({ ca: [...rootCertificates, ...(ca ? [ca] : [])] })(opts, cb);
+  },
+});
+
+/** The fetch option that makes an HTTPS test daemon at `url` trusted (nothing for plain HTTP). */
+export function tlsInit(url: string): { dispatcher?: Agent } {
+  return url.startsWith('https:') ? { dispatcher: tlsAgent } : {};
+}
 
 /** Checks the HTTPS daemon at `url` against `caPem` from now on (a daemon with an operator's certificate). */
 export function trustCa(url: string, caPem: string): void {
@@ -148,7 +151,7 @@ export async function api<T = any>(base: string, method: string, path: string, b
     init.body = typeof body === 'string' ? body : JSON.stringify(body);
     (init.headers as Record<string, string>)['content-type'] ??= 'application/json';
   }
-  const res = await fetch(base + path, init);
+  const res = await fetch(base + path, { ...init, ...tlsInit(base) } as RequestInit);
   const text = await res.text();
   let parsed: unknown = text;
   try {

@@ -6,7 +6,7 @@
 import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { authHeaders, ROOT } from './daemon.js';
+import { authHeaders, ROOT, tlsInit } from './daemon.js';
 
 let guest: { kernel: string; initrd: string } | undefined;
 
@@ -30,8 +30,9 @@ export async function installGuest(url: string, headers: Record<string, string> 
   const g = ensureQemuAndGuest();
   for (const [ref, file] of [[GUEST_KERNEL, g.kernel], [GUEST_INITRD, g.initrd]] as const) {
     const [pool, name] = ref.split('/');
-    if ((await fetch(`${url}/v1/pools/${pool}/volumes/${name}`, { headers: authHeaders(url, headers) })).status === 200) continue; // a restarted daemon has them
+    if ((await fetch(`${url}/v1/pools/${pool}/volumes/${name}`, { ...tlsInit(url), headers: authHeaders(url, headers) } as RequestInit)).status === 200) continue; // a restarted daemon has them
     const res = await fetch(`${url}/v1/pools/${pool}/volumes/${name}/content?format=raw&content=kernel`, {
+      ...tlsInit(url),
       method: 'PUT',
       headers: authHeaders(url, { ...headers, 'content-type': 'application/octet-stream' }),
       body: readFileSync(file),

@@ -4,6 +4,8 @@
  * relays, codec and transport in seconds. The destination verifies the RAM checksum the
  * source sends at switchover before the VM runs there.
  */
+import { X509Certificate } from 'node:crypto';
+import { connect as tlsConnect } from 'node:tls';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { connect, createServer as createTcpServer, type Socket } from 'node:net';
@@ -89,9 +91,18 @@ describe('live migration of sim VMs (real daemons, relays, codec)', { timeout: 6
     }
   });
 
-  it('the migration port closes strangers: no hello within the deadline, too many bytes before it, too many ungreeted connections from one address; a real migration gets through meanwhile', async () => {
+  it('the migration port speaks TLS with the member certificate and closes strangers: no hello within the deadline, too many bytes before it, too many ungreeted connections from one address; a real migration gets through meanwhile', async () => {
     const [a, b] = [await host(), await host({ migrationPort: await freeTcpPort() })];
     const port = JSON.parse(readFileSync(join(b.dataDir, 'config.json'), 'utf8')).migrationPort as number;
+    // It speaks TLS, with the destination's member certificate.
+    const served = await new Promise<string>((resolve, reject) => {
+      const s = tlsConnect({ port, host: '127.0.0.1', rejectUnauthorized: false }, () => {
+        resolve(s.getPeerX509Certificate()!.fingerprint256);
+        s.destroy();
+      });
+      s.on('error', reject);
+    });
+    expect(served).toBe(new X509Certificate(readFileSync(join(b.dataDir, 'tls', 'member.pem'))).fingerprint256);
     const closedAfter = (sock: Socket) => new Promise<number>((r) => { const t0 = Date.now(); sock.on('close', () => r(Date.now() - t0)); sock.on('error', () => undefined); });
     // Strangers come from 127.0.0.2 (also loopback); the real source from 127.0.0.1.
     const open = () => new Promise<Socket>((r) => { const s = connect({ port, host: '127.0.0.1', localAddress: '127.0.0.2' }, () => r(s)); });

@@ -4,7 +4,8 @@
  * moves. The guest itself proves the result: its heartbeat counter continues on the
  * destination without a reset, and it re-verifies every page of its working set there.
  */
-import { execFileSync } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
+import { promisify } from 'node:util';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -85,7 +86,9 @@ async function startDiskWriter(d: DaemonHandle, name: string, cmdline: string, s
   const created = await api(d.url, 'POST', '/v1/vms', guestVm(name, `nc.disk=1 ${cmdline}`.trim(), { disks: [{ name: 'data', sizeMiB, format: 'qcow2' }] }));
   expect(created.status, JSON.stringify(created.body)).toBe(201);
   const id = created.body.id as string;
-  execFileSync('qemu-io', ['-f', 'qcow2', '-c', prefill, dataVolume(d, id)]);
+  // Not execFileSync: a gigabyte takes seconds, and a test process that blocks that long
+  // finds its keep-alive connections closed by the daemon's idle timeout mid-request.
+  await promisify(execFile)('qemu-io', ['-f', 'qcow2', '-c', prefill, dataVolume(d, id)]);
   expect((await waitOp(d.url, (await api(d.url, 'POST', `/v1/vms/${id}/start`)).body.id)).state).toBe('succeeded');
   await waitUntil(() => diskRecords(d, id).length >= 3, BOOT_MS, 'guest up and writing its disk');
   return id;
@@ -270,7 +273,7 @@ describe('live migration (real QEMU, two daemons)', { timeout: 300_000 }, () => 
     await waitUntil(() => records().length >= n + 3, 20_000, 'the guest keeps writing its disk on the source');
     await expectNotThere(b, id);
     expect((await waitOp(a.url, (await api(a.url, 'POST', `/v1/vms/${id}/stop`)).body.id)).state).toBe('succeeded');
-    execFileSync('qemu-io', ['-f', 'qcow2', '-c', 'read -P 0x5a 16M 1000M', dataVolume(a, id)]);
+    await promisify(execFile)('qemu-io', ['-f', 'qcow2', '-c', 'read -P 0x5a 16M 1000M', dataVolume(a, id)]);
   });
 
   it('cold migration: a checkpointed VM moves with its disk and RAM state, and resumes on the target where it stopped', async () => {

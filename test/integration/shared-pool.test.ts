@@ -6,7 +6,7 @@
  */
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { api, authHeaders, removeDir, tempDataDir } from '../helpers/daemon.js';
+import { api, authHeaders, removeDir, tempDataDir, tlsInit } from '../helpers/daemon.js';
 import { TestCluster } from '../helpers/cluster.js';
 
 let c: TestCluster;
@@ -32,7 +32,7 @@ afterAll(async () => {
 describe('shared pools across members', () => {
   it('a really shared pool works on every member; a "shared" pool that is not is unavailable where the marker is missing', async () => {
     const [first, second] = [c.members[0]!.url, c.members[1]!.url];
-    const up = await fetch(`${first}/v1/pools/real/volumes/common/content?format=raw`, { method: 'PUT', body: new Uint8Array(1 << 20), headers: authHeaders(first) });
+    const up = await fetch(`${first}/v1/pools/real/volumes/common/content?format=raw`, { ...tlsInit(first), method: 'PUT', body: new Uint8Array(1 << 20), headers: authHeaders(first) } as RequestInit);
     expect(up.status).toBe(201);
     expect((await api(second, 'GET', '/v1/pools/real/volumes/common')).body).toMatchObject({ ref: 'real/common', sizeBytes: 1 << 20 });
     expect((await api(second, 'GET', '/v1/pools/real')).body.unavailable).toBeUndefined();

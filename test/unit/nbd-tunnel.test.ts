@@ -1,11 +1,22 @@
 import { mkdtempSync, rmSync } from 'node:fs';
-import { connect, createServer, type Server } from 'node:net';
+import { connect } from 'node:net';
+import { X509Certificate } from 'node:crypto';
+import { createServer, type Server } from 'node:tls';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { NbdTunnel } from '../../src/migration/nbd-tunnel.js';
 import { LinkBucket } from '../../src/native/miglink.js';
 import { FrameReader, FrameType } from '../../src/migration/wire.js';
+import { createCa, createCsr, signMember } from '../../src/tls/pki.js';
+
+/** A key and certificate as a destination member has them, and the certificate's pin. */
+async function memberCert(): Promise<{ key: string; cert: string; pin: string }> {
+  const ca = await createCa('tunnel-test');
+  const { keyPem, csrPem } = await createCsr(1);
+  const cert = await signMember(ca, csrPem, 1, ['127.0.0.1']);
+  return { key: keyPem, cert, pin: new X509Certificate(cert).fingerprint256 };
+}
 
 const cleanups: Array<() => void> = [];
 afterEach(() => {
@@ -13,10 +24,10 @@ afterEach(() => {
 });
 
 /** A stand-in destination daemon: reads the hello, then answers NBD-style (server first) and counts bytes. */
-async function destination(): Promise<{ port: number; hellos: unknown[]; received: () => number; server: Server }> {
+async function destination(tls: { key: string; cert: string }): Promise<{ port: number; hellos: unknown[]; received: () => number; server: Server }> {
   const hellos: unknown[] = [];
   let received = 0;
-  const server = createServer((sock) => {
+  const server = createServer({ key: tls.key, cert: tls.cert }, (sock) => {
     const reader = new FrameReader();
     let greeted = false;
     sock.on('data', (chunk: Buffer) => {
@@ -34,12 +45,13 @@ async function destination(): Promise<{ port: number; hellos: unknown[]; receive
 }
 
 describe('disk-mirror tunnel', () => {
-  it('announces each connection as an nbd stream of the migration, passes bytes both ways, and keeps to the link cap', async () => {
-    const dest = await destination();
+  it('announces each connection as an nbd stream of the migration over TLS to the pinned certificate, passes bytes both ways, and keeps to the link cap', async () => {
+    const tls = await memberCert();
+    const dest = await destination(tls);
     const dir = mkdtempSync(join(tmpdir(), 'nc-tunnel-'));
     cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
     const errors: Error[] = [];
-    const tunnel = await NbdTunnel.open(join(dir, 't.sock'), { host: '127.0.0.1', port: dest.port, migrationId: 'mig-1', token: 'ab'.repeat(24) }, (e) => errors.push(e), new LinkBucket(8e6));
+    const tunnel = await NbdTunnel.open(join(dir, 't.sock'), { host: '127.0.0.1', port: dest.port, certSha256: tls.pin, migrationId: 'mig-1', token: 'ab'.repeat(24) }, (e) => errors.push(e), new LinkBucket(8e6));
     cleanups.push(() => tunnel.close());
 
     const client = connect(tunnel.socketPath);
@@ -56,5 +68,19 @@ describe('disk-mirror tunnel', () => {
     expect(seconds).toBeGreaterThan(0.4);
     expect(errors).toEqual([]);
     client.destroy();
+  });
+
+  it('refuses a destination that presents another certificate than the pinned one: the token never reaches it', async () => {
+    const [real, impostor] = [await memberCert(), await memberCert()];
+    const dest = await destination(impostor);
+    const dir = mkdtempSync(join(tmpdir(), 'nc-tunnel-'));
+    cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+    const errors: Error[] = [];
+    const tunnel = await NbdTunnel.open(join(dir, 't.sock'), { host: '127.0.0.1', port: dest.port, certSha256: real.pin, migrationId: 'mig-1', token: 'ab'.repeat(24) }, (e) => errors.push(e));
+    cleanups.push(() => tunnel.close());
+    const client = connect(tunnel.socketPath);
+    await new Promise((r) => client.on('close', r));
+    expect(errors.map((e) => e.message).join()).toMatch(/not the one its offer named/);
+    expect(dest.hellos).toEqual([]);
   });
 });
