@@ -143,9 +143,9 @@ export class Cluster implements PeerEndpoint {
     const full = identity as Required<Identity>;
     let cluster: Cluster | undefined;
     let material = readMaterial(opts.dataDir);
-    let tls: MemberTls | undefined; // set before the node can send anything to a peer
+    let tls: MemberTls | undefined; // until it is set, nothing goes out to peers
     const transport = new PeerTransport(
-      { clusterId: full.clusterId, memberId: full.memberId, address: opts.address, tls: () => tls! },
+      { clusterId: full.clusterId, memberId: full.memberId, address: opts.address, tls: () => tls },
       { unreachable: (id) => cluster?.node.reportUnreachable(id), snapshot: (id, ok) => cluster?.node.reportSnapshot(id, ok) },
       opts.log,
     );

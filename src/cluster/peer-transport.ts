@@ -15,8 +15,8 @@ export interface PeerIdentity {
   memberId: number;
   /** Where this member's cluster port listens (announced to peers on connect). */
   address: string;
-  /** This member's certificate, as it is now (it is renewed in place). */
-  tls: () => MemberTls;
+  /** This member's certificate, as it is now (it is renewed in place); undefined while it has none yet (nothing is sent then). */
+  tls: () => MemberTls | undefined;
 }
 
 export interface DeliveryReports {
@@ -57,7 +57,11 @@ class PeerLink {
       if (this.#queue.length >= MAX_QUEUED || Date.now() < this.#retryAt) this.#drop(msg);
       else this.#queue.push(msg);
     }
-    if (!this.#ws && this.#queue.length > 0) this.#dial();
+    if (!this.#ws && this.#queue.length > 0) {
+      const tls = this.me.tls();
+      if (tls) this.#dial(tls);
+      else for (const msg of this.#queue.splice(0)) this.#drop(msg);
+    }
   }
 
   #drop(msg: RaftOutbound): void {
@@ -79,10 +83,10 @@ class PeerLink {
     }
   }
 
-  #dial(): void {
+  #dial(tls: MemberTls): void {
     // Mutual TLS: this member's certificate out, and only the member we mean to reach accepted.
     const ws = new WebSocket(`wss://${this.address}${PEER_PATH}`, {
-      ...this.me.tls().clientOptions(this.id),
+      ...tls.clientOptions(this.id),
       headers: {
         [HEADERS.cluster]: this.me.clusterId,
         [HEADERS.member]: String(this.me.memberId),

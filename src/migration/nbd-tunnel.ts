@@ -40,21 +40,34 @@ export class NbdTunnel {
   }
 
   #splice(local: Socket): void {
-    const remote = dialPinned(this.target);
-    for (const s of [local, remote]) {
-      this.#sockets.add(s);
-      s.on('close', () => {
-        this.#sockets.delete(s);
-        local.destroy();
-        remote.destroy();
-      });
-    }
+    this.#sockets.add(local);
+    local.pause(); // until the destination has proved it is the one the offer named
     local.on('error', () => undefined);
-    remote.on('error', (err) => this.onError(new Error(`disk mirror tunnel to ${this.target.host}:${this.target.port}: ${err.message}`)));
-    // NBD servers speak first, so nothing from QEMU is sent before the hello.
-    for (const b of controlFrame({ type: 'hello', version: TRANSPORT_VERSION, migrationId: this.target.migrationId, token: this.target.token, stream: 'nbd' })) remote.write(b);
-    this.#forward(local, remote);
-    remote.pipe(local); // replies to the mirror's requests: small, uncapped
+    local.on('close', () => this.#sockets.delete(local));
+    const where = `${this.target.host}:${this.target.port}`;
+    dialPinned(this.target).then(
+      (remote) => {
+        if (local.destroyed) return void remote.destroy();
+        this.#sockets.add(remote);
+        for (const s of [local, remote]) {
+          s.on('close', () => {
+            this.#sockets.delete(s);
+            local.destroy();
+            remote.destroy();
+          });
+        }
+        remote.on('error', (err) => this.onError(new Error(`disk mirror tunnel to ${where}: ${err.message}`)));
+        // NBD servers speak first, so nothing from QEMU is sent before the hello.
+        for (const b of controlFrame({ type: 'hello', version: TRANSPORT_VERSION, migrationId: this.target.migrationId, token: this.target.token, stream: 'nbd' })) remote.write(b);
+        this.#forward(local, remote);
+        remote.pipe(local); // replies to the mirror's requests: small, uncapped
+        local.resume();
+      },
+      (err: Error) => {
+        this.onError(new Error(`disk mirror tunnel to ${where}: ${err.message}`));
+        local.destroy();
+      },
+    );
   }
 
   /** Source → destination (the disk data), under the link's cap and the socket's backpressure. */

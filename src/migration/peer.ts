@@ -66,10 +66,8 @@ export class PeerLink {
   }
 
   async connect(offer: IncomingOffer): Promise<Socket> {
-    const s = dialPinned(offer.transport);
-    await new Promise<void>((resolve, reject) => {
-      s.once('secureConnect', () => (s.destroyed ? undefined : resolve()));
-      s.once('error', (e) => reject(new NovaError('MIGRATION_TRANSPORT', `transport connect to ${offer.transport.host}:${offer.transport.port}: ${e.message}`)));
+    const s = await dialPinned(offer.transport).catch((e: Error) => {
+      throw new NovaError('MIGRATION_TRANSPORT', `transport connect to ${offer.transport.host}:${offer.transport.port}: ${e.message}`);
     });
     const reader = new FrameReader();
     s.on('data', (chunk: Buffer) => {

@@ -31,17 +31,25 @@ export function acceptTls(raw: Socket, tls: TransportTls): TLSSocket {
 }
 
 /**
- * Dials `target` over TLS and accepts it only if it presents the pinned certificate; a
- * mismatch destroys the socket with an error naming both. What is written before the
- * handshake is done waits for it.
+ * Dials `target` over TLS; resolves once it has presented the pinned certificate (a
+ * mismatch destroys the socket and rejects, naming both). Nothing may be written before
+ * that: data written during the handshake would go out before the check.
  */
-export function dialPinned(target: PinnedTarget): TLSSocket {
-  // (Not checked against a CA: the pin below is the check.)
-  const sock = connect({ host: target.host, port: target.port, rejectUnauthorized: false, minVersion: 'TLSv1.3' });
-  sock.setNoDelay(true);
-  sock.once('secureConnect', () => {
-    const got = sock.getPeerX509Certificate()?.fingerprint256;
-    if (got !== target.certSha256) sock.destroy(new Error(`the destination's certificate (${got ?? 'none'}) is not the one its offer named (${target.certSha256})`));
+export function dialPinned(target: PinnedTarget): Promise<TLSSocket> {
+  return new Promise((resolve, reject) => {
+    // (Not checked against a CA: the pin below is the check.)
+    const sock = connect({ host: target.host, port: target.port, rejectUnauthorized: false, minVersion: 'TLSv1.3' });
+    sock.setNoDelay(true);
+    sock.once('error', reject);
+    sock.once('secureConnect', () => {
+      const got = sock.getPeerX509Certificate()?.fingerprint256;
+      if (got === target.certSha256) {
+        sock.off('error', reject);
+        return resolve(sock);
+      }
+      const err = new Error(`the destination's certificate (${got ?? 'none'}) is not the one its offer named (${target.certSha256})`);
+      sock.destroy();
+      reject(err);
+    });
   });
-  return sock;
 }
