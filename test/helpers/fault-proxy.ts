@@ -43,6 +43,8 @@ export class FaultNet {
   ) {}
 
   #rules = new Map<string, LinkFaults>();
+  /** Connections reset by a `loss` rule so far. */
+  lossResets = 0;
   #servers: Server[] = [];
   #links = new Set<Link>();
 
@@ -117,7 +119,11 @@ export class FaultNet {
     };
     const forward = (chunk: Buffer) => {
       const rule = way === 'out' ? this.#rule(link.from, link.to) : this.#rule(link.to, link.from);
-      if (rule.cut || (rule.loss && Math.random() < rule.loss)) return this.#reset(link);
+      if (rule.cut) return this.#reset(link);
+      if (rule.loss && Math.random() < rule.loss) {
+        this.lossResets++;
+        return this.#reset(link);
+      }
       const wait = (rule.delayMs ?? 0) + Math.random() * (rule.jitterMs ?? 0);
       const due = Math.max(performance.now() + wait, queue.at(-1)?.due ?? 0);
       queue.push({ due, chunk });

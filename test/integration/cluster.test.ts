@@ -51,7 +51,7 @@ describe('cluster', () => {
     expect(metrics.body).toMatch(/novacron_raft_voters 3/);
   });
 
-  it('kill -9 of the leader under write load loses no acknowledged write, and a new leader takes over within a second or two', async () => {
+  it('kill -9 of the leader under write load loses no acknowledged write, and writes resume through a new leader within 5 s', async () => {
     cluster = await TestCluster.start(3);
     const load = writeLoad(cluster, 4, 'kill');
     await sleep(1000);
@@ -413,7 +413,7 @@ describe('cluster', () => {
       const first = await spawnDaemon({ dataDir: dir, args: ['--peer-listen', `127.0.0.1:${port}`] });
       daemons.push(first);
       const st = (await api(first.url, 'GET', '/v1/cluster')).body;
-      expect(st).toMatchObject({ clusterId: made.clusterId, id: made.memberId, caHash: made.caHash, peerAddress: `127.0.0.1:${port}` });
+      expect(st).toMatchObject({ clusterId: made.clusterId, id: made.memberId, role: 'leader', leader: made.memberId, caHash: made.caHash, peerAddress: `127.0.0.1:${port}` });
       const second = await spawnDaemon({ dataDir: other, args: ['--join', `127.0.0.1:${port}`, '--ca-hash', made.caHash, '--cluster-secret', made.secret] });
       daemons.push(second);
       expect((await api(second.url, 'GET', '/v1/cluster')).body.clusterId).toBe(made.clusterId);

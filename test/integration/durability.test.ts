@@ -44,17 +44,26 @@ describe('durability', () => {
 
   it('reconciles state after a crash: lost sim VMs go to error, interrupted operations fail', async () => {
     const dataDir = tempDataDir();
-    const d = await spawnDaemon({ dataDir });
+    // A stop that takes 30 s: it is still running when the daemon dies.
+    const config = join(dataDir, 'config.json');
+    writeFileSync(config, JSON.stringify({ sim: { latencyMs: { stop: 30_000 } } }));
+    const d = await spawnDaemon({ dataDir, args: ['--config', config] });
     const { body: vm } = await api(d.url, 'POST', '/v1/vms', sampleVm('crashy'));
     await waitOp(d.url, (await api(d.url, 'POST', `/v1/vms/${vm.id}/start`)).body.id);
+    const { body: other } = await api(d.url, 'POST', '/v1/vms', sampleVm('stopping'));
+    await waitOp(d.url, (await api(d.url, 'POST', `/v1/vms/${other.id}/start`)).body.id);
+    const stopping = (await api(d.url, 'POST', `/v1/vms/${other.id}/stop`)).body;
+    expect((await api(d.url, 'GET', `/v1/operations/${stopping.id}`)).body.state).toBe('running');
     const lastSeq = (await api(d.url, 'GET', '/healthz')).body.lastEventSeq;
     await d.kill('SIGKILL');
 
-    const again = await spawnDaemon({ dataDir });
+    const again = await spawnDaemon({ dataDir, args: ['--config', config] });
     try {
       const r = await api(again.url, 'GET', `/v1/vms/${vm.id}`);
       expect(r.body.state).toBe('error');
       expect(r.body.stateReason).toBe('VM process not found after daemon restart');
+      expect((await api(again.url, 'GET', `/v1/operations/${stopping.id}`)).body).toMatchObject({ state: 'failed', error: { message: 'interrupted by daemon restart' } });
+      expect((await api(again.url, 'GET', `/v1/vms/${other.id}`)).body.state).toBe('stopped'); // it was being stopped, and its process is gone
       expect((await api(again.url, 'GET', '/healthz')).body.lastEventSeq).toBeGreaterThan(lastSeq);
       // The operator can recover it.
       const op = await waitOp(again.url, (await api(again.url, 'POST', `/v1/vms/${vm.id}/start`)).body.id);

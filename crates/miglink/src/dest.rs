@@ -26,6 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// How the destination end of a data link listens and feeds its QEMU.
+#[derive(Clone)]
 pub struct DestConfig {
     /// Address to listen on (the daemon's migration host).
     pub bind_host: String,

@@ -486,26 +486,34 @@ fn probe_throughput() {
 #[test]
 fn a_port_range_is_used_first_free_first_and_a_full_one_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
-    // A free range of three: find one by binding and releasing.
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let base = probe.local_addr().unwrap().port();
-    drop(probe);
-    let range = Some((base, base.saturating_add(1)));
-    let cfg = || DestConfig {
-        bind_host: "127.0.0.1".into(),
-        ports: range,
-        qemu_socket: dir.path().join("q.sock"),
-        token: vec![1; 24],
-        capacity_pages: 64,
-        shards: 1,
-    };
     let nop = || -> Box<dyn Fn(LinkError) + Send + Sync> { Box::new(|_| ()) };
-    let Ok(first) = DestLink::start(cfg(), nop()) else {
-        return;
-    }; // someone took the port meanwhile: nothing to learn
-    let second = DestLink::start(cfg(), nop()).unwrap();
+    // A range of two free ports: probe for a base, and pick another if someone takes one
+    // meanwhile (the setup is retried, never the assertions below).
+    let (base, cfg, first, second) = (0..20)
+        .find_map(|_| {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let base = probe.local_addr().unwrap().port();
+            drop(probe);
+            let cfg = DestConfig {
+                bind_host: "127.0.0.1".into(),
+                ports: Some((base, base.checked_add(1)?)),
+                qemu_socket: dir.path().join("q.sock"),
+                token: vec![1; 24],
+                capacity_pages: 64,
+                shards: 1,
+            };
+            let first = DestLink::start(cfg.clone(), nop()).ok()?;
+            match DestLink::start(cfg.clone(), nop()) {
+                Ok(second) => Some((base, cfg, first, second)),
+                Err(_) => {
+                    first.close();
+                    None
+                }
+            }
+        })
+        .expect("no two free adjacent ports in 20 tries");
     assert_eq!((first.port(), second.port()), (base, base + 1));
-    let third = DestLink::start(cfg(), nop())
+    let third = DestLink::start(cfg, nop())
         .err()
         .expect("the range is full");
     assert_eq!(third.code(), "MIGRATION_TRANSPORT");

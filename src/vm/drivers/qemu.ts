@@ -453,6 +453,8 @@ export class QemuDriver implements HypervisorDriver {
         this.events.emit('event', { type: 'guest-shutdown', vmId });
         return;
       }
+      // Our own child: its exit status (SIGKILL, a code) may arrive a moment after QMP closed.
+      if (child && child.exitCode === null && child.signalCode === null) await Promise.race([new Promise((r) => child.once('exit', r)), sleep(2000)]);
       const status = child?.exitCode ?? child?.signalCode;
       const tail = stderrTail(join(this.vmDir(vmId), 'qemu.stderr'));
       const reason = `QEMU exited${status !== undefined && status !== null ? ` (${status})` : ''}${alive(pid) ? ' (QMP lost, process still present)' : ''}${tail ? `: ${tail}` : ''}`;
