@@ -20,7 +20,8 @@ import { telemetryWsRoute } from './api/telemetry-ws.js';
 import { vncWsRoute } from './api/vnc-ws.js';
 import { TelemetrySampler } from './telemetry/sampler.js';
 import { loadUws } from './api/uws.js';
-import { isLoopback, type DaemonConfig } from './config.js';
+import { isLoopback, parseListen, type DaemonConfig } from './config.js';
+import { formatHostPort } from './util/host-port.js';
 import { EventLog } from './events/log.js';
 import { createLogger } from './log.js';
 import { RocksStore } from './native/rocks-store.js';
@@ -173,11 +174,10 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
     authRoutes(router, identity, resolver, audit, sessions);
     // The cluster first: members talk to each other on the cluster port, over mutual TLS,
     // and the member certificate it holds is also what the API serves HTTPS with.
-    const bracket = (h: string) => (h.includes(':') ? `[${h}]` : h);
-    const unbracket = (hostPort: string) => hostPort.replace(/:\d+$/, '').replace(/^\[|\]$/g, '');
     const peerPort = config.peer.port || (await freePort(config.peer.host));
-    const peerAdvertised = config.peerAdvertise ?? `${bracket(config.peer.host)}:${peerPort}`;
-    const certHosts = certificateHosts([config.host, config.peer.host, ...(config.advertise ? [unbracket(config.advertise)] : []), unbracket(peerAdvertised)]);
+    const peerAdvertised = config.peerAdvertise ?? formatHostPort(config.peer.host, peerPort);
+    const advertisedHost = config.advertise ? [parseListen(config.advertise).host] : [];
+    const certHosts = certificateHosts([config.host, config.peer.host, ...advertisedHost, parseListen(peerAdvertised).host]);
     cluster = await Cluster.open({
       dataDir, address: peerAdvertised, listen: { host: config.peer.host, port: peerPort }, hosts: certHosts, log, raft: config.raft,
       ...(config.clusterSecret ? { secret: config.clusterSecret } : {}),
@@ -196,7 +196,7 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
         auth: {
           authenticate: (h) => authenticator.authenticate(h),
           resolver,
-          origins: new OriginPolicy([hostname(), config.nodeId, config.host, ...(config.advertise ? [unbracket(config.advertise)] : [])], { allowedHosts: config.allowedHosts, allowedOrigins: config.allowedOrigins }),
+          origins: new OriginPolicy([hostname(), config.nodeId, config.host, ...advertisedHost], { allowedHosts: config.allowedHosts, allowedOrigins: config.allowedOrigins }),
         },
         audit: (rec) => audit.record(rec),
       },
@@ -207,7 +207,7 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
     if (apiTls && !config.apiCertFile) {
       cluster.tls.onReplace(() => log.warn('this member\'s certificate was renewed; the API serves the new one from its next start (the old one is valid for a third of its life yet)'));
     }
-    const advertised = config.advertise ?? `${bracket(config.host)}:${server.port}`;
+    const advertised = config.advertise ?? formatHostPort(config.host, server.port);
     const replicated = new ReplicatedStore(cluster.node);
     const clusterCa = new ClusterCa(replicated, cluster.tls, certHosts, log);
     cluster.useSigner(clusterCa);

@@ -108,17 +108,6 @@ export function upgradeWebSocket<T>(
   res.cork(() => res.upgrade(data, key, protocol, extensions, context));
 }
 
-function newApp(opts: ServerOptions): UWS.TemplatedApp {
-  const { uws } = loadUws();
-  return opts.tls ? uws.SSLApp({ key_file_name: opts.tls.keyFile, cert_file_name: opts.tls.certFile }) : uws.App();
-}
-
-function listenOn(app: UWS.TemplatedApp, host: string, port: number): Promise<UWS.us_listen_socket> {
-  return new Promise((resolve, reject) => {
-    app.listen(host, port, (s) => (s ? resolve(s) : reject(new Error(`cannot listen on ${host}:${port} (address in use or not available)`))));
-  });
-}
-
 const STATUS_LINES = new Map<number, string>();
 export function statusLine(status: number): string {
   let line = STATUS_LINES.get(status);
@@ -131,7 +120,6 @@ export function statusLine(status: number): string {
 
 export class ApiServer {
   #app: UWS.TemplatedApp;
-  #installWs: WsRouteInstaller[] = [];
   #listenSocket: UWS.us_listen_socket | undefined;
   #opts: ServerOptions;
   #router: Router;
@@ -154,23 +142,21 @@ export class ApiServer {
   /** Creates the app, installs routes (and WebSocket routes), and listens. */
   static async listen(router: Router, opts: ServerOptions, installWs: WsRouteInstaller[] = []): Promise<ApiServer> {
     const { uws } = loadUws();
-    const app = newApp(opts);
+    const app = opts.tls ? uws.SSLApp({ key_file_name: opts.tls.keyFile, cert_file_name: opts.tls.certFile }) : uws.App();
     const server = new ApiServer(app, router, opts);
-    server.#installWs = installWs;
-    server.#install(app);
-    server.#listenSocket = await listenOn(app, opts.host, opts.port);
-    server.#port = uws.us_socket_local_port(server.#listenSocket);
+    for (const install of installWs) install(app, (req, res) => server.#wsPrincipal(req, res), () => server.#forwarder, opts.auth.resolver);
+    app.any('/*', (res, req) => server.#handle(res, req));
+    const socket = await new Promise<UWS.us_listen_socket>((resolve, reject) => {
+      app.listen(opts.host, opts.port, (s) => (s ? resolve(s) : reject(new Error(`cannot listen on ${opts.host}:${opts.port} (address in use or not available)`))));
+    });
+    server.#listenSocket = socket;
+    server.#port = uws.us_socket_local_port(socket);
     return server;
   }
 
   /** Whether this server speaks HTTPS. */
   get tls(): boolean {
     return this.#opts.tls !== undefined;
-  }
-
-  #install(app: UWS.TemplatedApp): void {
-    for (const install of this.#installWs) install(app, (req, res) => this.#wsPrincipal(req, res), () => this.#forwarder, this.#opts.auth.resolver);
-    app.any('/*', (res, req) => this.#handle(res, req));
   }
 
   /** From now on, requests about resources another member owns are forwarded there. */

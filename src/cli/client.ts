@@ -32,10 +32,15 @@ export interface ClientOptions {
 }
 
 export class NovaClient {
+  /** The CAs an HTTPS daemon is checked against, when it has its own. */
+  #ca: string[] | undefined;
   #dispatcher: Agent | undefined;
 
   constructor(readonly opts: ClientOptions) {
-    if (opts.ca) this.#dispatcher = new Agent({ connect: { ca: [...rootCertificates, opts.ca] } });
+    if (opts.ca) {
+      this.#ca = [...rootCertificates, opts.ca];
+      this.#dispatcher = new Agent({ connect: { ca: this.#ca } });
+    }
   }
 
   /** The undici dispatcher for other requests to the daemon (streams), when it has its own CA. */
@@ -45,7 +50,7 @@ export class NovaClient {
 
   /** TLS options for WebSocket connections to the daemon. */
   get wsTls(): { ca?: string[] } {
-    return this.opts.ca ? { ca: [...rootCertificates, this.opts.ca] } : {};
+    return this.#ca ? { ca: this.#ca } : {};
   }
 
   async request<T>(method: string, path: string, body?: unknown): Promise<T> {

@@ -16,7 +16,7 @@ export function addClusterCommands(program: Command, client: () => NovaClient, j
     .option('--advertise <host:port>', 'where peers will reach this member\'s cluster port: the daemon\'s --peer-advertise, or its --peer-listen address', '127.0.0.1:7701')
     .option('--cluster-secret <secret>', 'shared secret (default: generated)')
     .action(async (opts: { dataDir: string; advertise: string; clusterSecret?: string }) => {
-      const [{ bootstrapCluster }, { bootstrapMaterial }, { caPin }, { ConfigSchema }] = await Promise.all([
+      const [{ bootstrapCluster }, { bootstrapMaterial }, { caPin }, { ConfigSchema, parseListen }] = await Promise.all([
         import('../cluster/cluster.js'), import('../cluster/cluster-ca.js'), import('../tls/pki.js'), import('../config.js'),
       ]);
       // The daemon's own rules for these two settings.
@@ -24,8 +24,7 @@ export function addClusterCommands(program: Command, client: () => NovaClient, j
       const flag = (key: PropertyKey) => String(key).replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
       if (!checked.success) throw new NovaError('CONFIG_INVALID', checked.error.issues.map((i) => `--${i.path.map(flag).join('.')}: ${i.message}`).join('; '));
       const id = bootstrapCluster(opts.dataDir, opts.advertise, opts.clusterSecret);
-      const host = opts.advertise.replace(/:\d+$/, '').replace(/^\[|\]$/g, '');
-      const caHash = caPin((await bootstrapMaterial(opts.dataDir, id.clusterId, id.memberId, [host])).caPem);
+      const caHash = caPin((await bootstrapMaterial(opts.dataDir, id.clusterId, id.memberId, [parseListen(opts.advertise).host])).caPem);
       if (json()) return print({ clusterId: id.clusterId, memberId: id.memberId, secret: id.secret, caHash, dataDir: opts.dataDir, advertise: opts.advertise });
       console.log(`cluster ${id.clusterId}: member ${id.memberId} in ${opts.dataDir}, cluster port reachable at ${opts.advertise}`);
       console.log(`start it:     novacron daemon --data-dir ${opts.dataDir} --peer-listen ${opts.advertise}`);

@@ -1,5 +1,6 @@
 /** `novacron daemon`: config → daemon → signals. */
 import { loadConfig } from '../config.js';
+import { formatHostPort } from '../util/host-port.js';
 import { startDaemon } from '../daemon.js';
 import { NovaError } from '../errors.js';
 import { createLogger } from '../log.js';
@@ -46,9 +47,8 @@ export async function runDaemon(flags: DaemonFlags): Promise<void> {
     console.error(`novacron: administrator token (saved in ${daemon.adminToken.path}, mode 0600; shown only now):\n  ${daemon.adminToken.created}`);
   }
   // Written for tools and tests that start the daemon on port 0 (the cluster port first).
-  const bracket = (h: string) => (h.includes(':') ? `[${h}]` : h);
-  console.error(`novacron: cluster port (mutual TLS) on ${bracket(config.peer.host)}:${daemon.cluster.peerPort}, CA ${daemon.cluster.caHash}`);
-  console.error(`novacron: listening on ${daemon.tls ? 'https' : 'http'}://${bracket(config.host)}:${daemon.port}`);
+  console.error(`novacron: cluster port (mutual TLS) on ${formatHostPort(config.peer.host, daemon.cluster.peerPort)}, CA ${daemon.cluster.caHash}`);
+  console.error(`novacron: listening on ${daemon.tls ? 'https' : 'http'}://${formatHostPort(config.host, daemon.port)}`);
   let signals = 0;
   const stop = (signal: string) => {
     if (++signals > 1) {

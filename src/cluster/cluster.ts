@@ -4,13 +4,12 @@
  * peer transport, keeps peer addresses current, and promotes learners to voters once
  * they have caught up. A single daemon is simply a one-member cluster.
  */
-import { X509Certificate } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { NovaError } from '../errors.js';
 import { RaftNode, type RaftMembers, type RaftStatus } from '../native/raft-node.js';
-import { MemberTls, readMaterial, writeMaterial } from '../tls/member-tls.js';
+import { MemberTls, readMaterial, writeMaterial, type CertificateInfo } from '../tls/member-tls.js';
 import { caPin } from '../tls/pki.js';
 import { FailureLimiter } from '../auth/rate-limit.js';
 import { newClusterId, newMemberId, newSecret, readIdentity, writeIdentity, type Identity } from './identity.js';
@@ -20,6 +19,7 @@ import { withRetry } from './replicated-store.js';
 import { ClusterPort, type JoinReply, type JoinRequest } from './cluster-port.js';
 import { bootstrapMaterial } from './cluster-ca.js';
 import { requestJoin } from './join.js';
+import { parseListen } from '../config.js';
 
 export interface RaftTuning {
   tickMs?: number;
@@ -60,12 +60,6 @@ const CAUGHT_UP_LAG = 64;
 const HOUSEKEEPING_MS = 500;
 /** How long a membership change keeps retrying while the cluster elects a leader. */
 const MEMBERSHIP_RETRY_MS = 10_000;
-
-export interface CertificateInfo {
-  serial: string;
-  notBefore: string;
-  notAfter: string;
-}
 
 export interface ClusterStatus extends RaftStatus {
   clusterId: string;
@@ -117,7 +111,7 @@ export class Cluster implements PeerEndpoint {
   static async open(opts: ClusterOptions): Promise<Cluster> {
     const raftDir = join(opts.dataDir, 'raft');
     mkdirSync(opts.dataDir, { recursive: true });
-    const hosts = [opts.address.replace(/:\d+$/, '').replace(/^\[|\]$/g, ''), ...(opts.hosts ?? [])];
+    const hosts = [parseListen(opts.address).host, ...(opts.hosts ?? [])];
     let identity = readIdentity(opts.dataDir);
     if (identity && opts.secret && opts.secret !== identity.secret) {
       throw new NovaError('CONFIG_INVALID', 'the cluster secret differs from the one this member joined with (see cluster.json)');
@@ -192,13 +186,7 @@ export class Cluster implements PeerEndpoint {
   async renewCertificate(): Promise<CertificateInfo> {
     if (!this.#signer) throw new NovaError('RAFT_NO_LEADER', 'this member is still starting; retry');
     await this.#signer.renewIfDue(true);
-    return this.certificate();
-  }
-
-  /** This member's certificate as it is now. */
-  certificate(): CertificateInfo {
-    const cert = new X509Certificate(this.tls.material.certPem);
-    return { serial: cert.serialNumber, notBefore: new Date(cert.validFrom).toISOString(), notAfter: new Date(cert.validTo).toISOString() };
+    return this.tls.certificateInfo();
   }
 
   /** A daemon asks to join: the cluster secret authenticates it; it becomes a learner and gets its certificate. */
@@ -211,9 +199,8 @@ export class Cluster implements PeerEndpoint {
       throw new NovaError('CLUSTER_AUTH');
     }
     if (!this.#signer) throw new NovaError('RAFT_NO_LEADER', 'this member is still starting; retry');
-    const host = req.address.replace(/:\d+$/, '').replace(/^\[|\]$/g, '');
     // Signed first: a bad CSR must not leave a learner behind.
-    const { certPem, caPem } = await this.#signer.sign(req.csr, req.id, [host, ...req.hosts]);
+    const { certPem, caPem } = await this.#signer.sign(req.csr, req.id, [parseListen(req.address).host, ...req.hosts]);
     const members = await this.addMember(req.id, req.address);
     this.#log.info({ source, member: req.id, address: req.address }, 'admitted a member as a learner');
     return { clusterId: this.clusterId, memberId: req.id, certPem, caPem, ...members };
@@ -244,7 +231,7 @@ export class Cluster implements PeerEndpoint {
   async status(): Promise<ClusterStatus> {
     const st = await this.node.status();
     this.#last = st;
-    return { ...st, clusterId: this.clusterId, caHash: this.caHash, peerAddress: this.address, certificate: this.certificate(), peers: this.transport.peers() };
+    return { ...st, clusterId: this.clusterId, caHash: this.caHash, peerAddress: this.address, certificate: this.tls.certificateInfo(), peers: this.transport.peers() };
   }
 
   /** Adds `id` as a learner (idempotent); housekeeping on the leader promotes it once caught up. */

@@ -4,6 +4,7 @@
  * hears of the first failure (as a NovaError with the Rust side's stable code).
  */
 import type { NovaError } from '../errors.js';
+import { formatHostPort } from '../util/host-port.js';
 import { binding, callNative, fromBindingError, type Binding } from './binding.js';
 
 /** Counters of one end of a migration link. */
@@ -85,11 +86,10 @@ export class SourceLink extends LinkEnd {
   /** Connects to the destination and listens for QEMU; throws MIGRATION_TRANSPORT if it cannot. */
   constructor(o: SourceLinkOptions, onFail: OnFail) {
     super();
-    const host = o.host.includes(':') ? `[${o.host}]` : o.host;
     this.native = callNative(() =>
       binding.NativeSourceLink.start(
         {
-          socketPath: o.socketPath, dest: `${host}:${o.port}`, token: o.token, capacityPages: o.capacityPages, shards: o.shards, window: o.window,
+          socketPath: o.socketPath, dest: formatHostPort(o.host, o.port), token: o.token, capacityPages: o.capacityPages, shards: o.shards, window: o.window,
           ...(o.faults?.corruptPagesFrame !== undefined ? { corruptPagesFrame: o.faults.corruptPagesFrame } : {}),
           ...(o.faults?.cutAfterBytes !== undefined ? { cutAfterBytes: o.faults.cutAfterBytes } : {}),
         },

@@ -13,6 +13,12 @@ import { createSecureContext, type PeerCertificate, type SecureContext, type Sec
 import { NovaError } from '../errors.js';
 import { memberIdFromAltNames, type KeyAndCert } from './pki.js';
 
+export interface CertificateInfo {
+  serial: string;
+  notBefore: string;
+  notAfter: string;
+}
+
 export interface MemberMaterial {
   caPem: string;
   certPem: string;
@@ -84,7 +90,7 @@ export function peerMember(cert: PeerCertificate | undefined, authorized: boolea
 export class MemberTls {
   #material: MemberMaterial;
   #listeners: Array<(m: MemberMaterial) => void> = [];
-  #context: { context: SecureContext; fingerprint: string } | undefined;
+  #context: { context: SecureContext; fingerprint: string; info: CertificateInfo } | undefined;
 
   constructor(
     readonly dataDir: string,
@@ -134,9 +140,21 @@ export class MemberTls {
     return this.#current().fingerprint;
   }
 
-  #current(): { context: SecureContext; fingerprint: string } {
+  /** This member's certificate: its serial and validity. */
+  certificateInfo(): CertificateInfo {
+    return this.#current().info;
+  }
+
+  /** What is derived from the material, once per certificate. */
+  #current(): { context: SecureContext; fingerprint: string; info: CertificateInfo } {
+    if (this.#context) return this.#context;
     const m = this.#material;
-    return (this.#context ??= { context: createSecureContext({ key: m.keyPem, cert: m.certPem, minVersion: 'TLSv1.3' }), fingerprint: new X509Certificate(m.certPem).fingerprint256 });
+    const cert = new X509Certificate(m.certPem);
+    return (this.#context = {
+      context: createSecureContext({ key: m.keyPem, cert: m.certPem, minVersion: 'TLSv1.3' }),
+      fingerprint: cert.fingerprint256,
+      info: { serial: cert.serialNumber, notBefore: new Date(cert.validFrom).toISOString(), notAfter: new Date(cert.validTo).toISOString() },
+    });
   }
 
   /** Installs a renewed certificate (and key): written to disk first, then used by every new connection. */
