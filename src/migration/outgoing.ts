@@ -95,7 +95,9 @@ export class OutgoingMigration extends SourceMigration {
             continue;
           }
           // Guest paused, device state not sent yet: the disks catch up, then QEMU goes on.
-          await migration.storage!.completeMirrors(vmId, MIRROR_FINISH_TIMEOUT_MS);
+          // The mirrors' last writes count too: the progress shows what they copied in the end.
+          const m = await migration.storage!.completeMirrors(vmId, MIRROR_FINISH_TIMEOUT_MS);
+          this.rec = { ...this.rec, progress: { ...this.rec.progress, storageCopiedBytes: m.copiedBytes, storageTotalBytes: m.totalBytes } };
           await migration.continueSwitchover(vmId);
           continued = true;
           continue;

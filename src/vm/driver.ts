@@ -249,8 +249,8 @@ export interface StorageMigration {
   /** Source: mirror each disk to the export of the same name behind `socketPath`. */
   startMirrors(vmId: string, disks: MirroredDisk[], socketPath: string): Promise<void>;
   mirrorProgress(vmId: string): Promise<MirrorProgress>;
-  /** Source, guest paused at pre-switchover: copy what is left and end the mirrors. */
-  completeMirrors(vmId: string, timeoutMs: number): Promise<void>;
+  /** Source, guest paused at pre-switchover: copy what is left and end the mirrors; what they copied in the end. */
+  completeMirrors(vmId: string, timeoutMs: number): Promise<Pick<MirrorProgress, 'copiedBytes' | 'totalBytes'>>;
   /** Source: abandon the mirrors; the source disks stay authoritative. */
   cancelMirrors(vmId: string): Promise<void>;
   /** Source: bytes the disks' images hold (what a full mirror copies), for predictions. */

@@ -118,13 +118,14 @@ export class QemuStorageMirror implements StorageMigration {
     return { ready, copiedBytes: copied, totalBytes: total };
   }
 
-  async completeMirrors(vmId: string, timeoutMs: number): Promise<void> {
+  async completeMirrors(vmId: string, timeoutMs: number): Promise<Pick<MirrorProgress, 'copiedBytes' | 'totalBytes'>> {
     const { qmp } = await this.host.instance(vmId);
     const ours = this.#jobs.get(vmId) ?? [];
     for (const id of ours) await qmp.execute('block-job-cancel', { device: id });
-    const errors = await this.#settle(qmp, ours, timeoutMs);
+    const { errors, copiedBytes, totalBytes } = await this.#settle(qmp, ours, timeoutMs);
     this.#jobs.delete(vmId);
     if (errors.length > 0) throw new DriverError('migrate-storage', `finishing the disk mirrors failed: ${errors.join('; ')}`);
+    return { copiedBytes, totalBytes };
   }
 
   async cancelMirrors(vmId: string): Promise<void> {
@@ -136,14 +137,18 @@ export class QemuStorageMirror implements StorageMigration {
     await this.#settle(qmp, ours, 30_000).catch(() => undefined);
   }
 
-  /** Waits for the jobs to conclude, dismisses them, and returns their errors. */
-  async #settle(qmp: QmpClient, ids: string[], timeoutMs: number): Promise<string[]> {
+  /** Waits for the jobs to conclude, dismisses them, and returns their errors and final progress. */
+  async #settle(qmp: QmpClient, ids: string[], timeoutMs: number): Promise<{ errors: string[]; copiedBytes: number; totalBytes: number }> {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
       const jobs = (await qmp.execute<QueryJob[]>('query-jobs')).filter((j) => ids.includes(j.id));
       if (jobs.every((j) => j.status === 'concluded')) {
         for (const j of jobs) await qmp.execute('job-dismiss', { id: j.id }).catch(() => undefined);
-        return jobs.flatMap((j) => (j.error ? [`${j.id}: ${j.error}`] : []));
+        return {
+          errors: jobs.flatMap((j) => (j.error ? [`${j.id}: ${j.error}`] : [])),
+          copiedBytes: jobs.reduce((n, j) => n + j['current-progress'], 0),
+          totalBytes: jobs.reduce((n, j) => n + j['total-progress'], 0),
+        };
       }
       if (Date.now() > deadline) throw new DriverError('migrate-storage', `disk mirrors did not finish within ${timeoutMs} ms`);
       await sleep(10);
