@@ -37,7 +37,8 @@ import { memberCertFiles } from './tls/member-tls.js';
 import { freePort } from './util/free-port.js';
 import { registerClusterMetrics } from './cluster/metrics.js';
 import { clusterRoutes } from './api/routes/cluster.js';
-import { InventoryPublisher, isMemberAddress, resolveMember } from './cluster/inventory.js';
+import { InventoryPublisher, memberAt, resolveMember } from './cluster/inventory.js';
+import { MemberAssertions } from './cluster/member-assertion.js';
 import { StorageService } from './storage/service.js';
 import { VmStorage } from './vm/media.js';
 import { storageRoutes } from './api/routes/storage.js';
@@ -102,7 +103,6 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
       },
       ...(config.migrationPort ? { transportPort: config.migrationPort } : {}),
       ...(config.migrationDataPorts ? { dataPorts: config.migrationDataPorts } : {}),
-      memberToken: admin.text,
       faults: {
         ...(config.faults.corruptMigrationFrame ? { corruptPagesFrame: config.faults.corruptMigrationFrame } : {}),
         ...(config.faults.cutMigrationLinkAfterMiB ? { cutAfterBytes: config.faults.cutMigrationLinkAfterMiB * 1048576 } : {}),
@@ -168,7 +168,7 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
     let resolveTarget: MemberResolver = async () => {
       throw new NovaError('MIGRATION_TARGET_UNKNOWN', 'the cluster is not running yet; give the target as an address');
     };
-    let isMember: (url: string) => Promise<boolean> = async () => false;
+    let isMember: (url: string) => Promise<number | undefined> = async () => undefined;
     migrationRoutes(router, migrations, (member) => resolveTarget(member), (url) => isMember(url));
     const resolver = daemonResolver(vms, storage, () => migrations);
     authRoutes(router, identity, resolver, audit, sessions);
@@ -186,6 +186,10 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
     });
     // Other members' APIs are HTTPS with certificates of this cluster's CA: trusted, besides the system's.
     const memberCas = [...rootCertificates, cluster.tls.material.caPem];
+    // Members vouch for their requests to each other with their certificates, never with a token.
+    const assertions = new MemberAssertions(cluster.tls);
+    authenticator.useMembers(assertions);
+    migrations.useAssertions((to, method, url) => assertions.header(to, method, url));
     setGlobalDispatcher(new Agent({ connect: { ca: memberCas } }));
     const apiTls = apiTlsFiles(config, dataDir);
     const server = await ApiServer.listen(
@@ -194,7 +198,7 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
         host: config.host, port: config.port, bodyLimitBytes: config.bodyLimitBytes, log, metrics,
         ...(apiTls ? { tls: apiTls } : {}),
         auth: {
-          authenticate: (h) => authenticator.authenticate(h),
+          authenticate: (h, call) => authenticator.authenticate(h, call),
           resolver,
           origins: new OriginPolicy([hostname(), config.nodeId, config.host, ...advertisedHost], { allowedHosts: config.allowedHosts, allowedOrigins: config.allowedOrigins }),
         },
@@ -245,7 +249,7 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
     vms.useDirectory(inventory);
     const self = cluster.memberId;
     resolveTarget = (t) => resolveMember(replicated, self, t);
-    isMember = (url) => isMemberAddress(replicated, url);
+    isMember = (url) => memberAt(replicated, url);
     clusterRoutes(router, cluster, replicated, locks);
     const quotas = new Quotas(replicated, locks, `member-${self}`, () => storage.sharedDiskUsage());
     vms.useQuota(quotas);
@@ -257,7 +261,7 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
     });
     quotaRoutes(router, quotas);
     // Any member answers for any VM: requests about another member's VM go there.
-    const forwarder = new ClusterForwarder(replicated, self, memberCas);
+    const forwarder = new ClusterForwarder(replicated, assertions, memberCas);
     listing.forwarder = forwarder;
     listing.self = self;
     server.useForwarder(forwarder);

@@ -1,14 +1,19 @@
 /**
  * Any member answers for any VM: a request about a VM, operation or migration this
  * member does not have is forwarded to the member that owns it (found through the
- * cluster inventory), with the caller's credentials, and its reply passed back as it is.
- * A forwarded request carries `x-novacron-forwarded-by`; the member receiving it never
- * forwards it again, so a stale inventory cannot make requests loop.
+ * cluster inventory), and its reply passed back as it is. The caller's credentials stay
+ * on the member they were given to: the forwarded request carries this member's signed
+ * assertion of who called (cluster/member-assertion.ts), and the owner checks that
+ * user's privileges itself. A forwarded request carries `x-novacron-forwarded-by`; the
+ * member receiving it never forwards it again, so a stale inventory cannot make
+ * requests loop.
  */
 import { Agent, request } from 'undici';
 import { NovaError, type ErrorCode } from '../errors.js';
 import { apiUrl, clusterHosts, clusterMigrations, clusterPlacements, type HostRecord, type Placement } from '../cluster/inventory.js';
 import type { ReplicatedStore } from '../cluster/replicated-store.js';
+import type { MemberAssertions } from '../cluster/member-assertion.js';
+import type { Principal } from '../auth/principal.js';
 
 /** What a route's `:id` names, when requests about it may be forwarded. */
 export type ForwardKind = 'vm' | 'operation' | 'migration';
@@ -24,8 +29,11 @@ export interface ForwardRequest {
   method: string;
   /** Path and query, as received. */
   url: string;
+  /** Content headers (never credentials). */
   headers: Record<string, string>;
   body?: Buffer;
+  /** The caller, as this member authenticated it (the owner checks its privileges). */
+  as?: Principal | undefined;
 }
 
 export interface ForwardedReply {
@@ -43,9 +51,11 @@ export interface Forwarder {
   readonly self: number;
   /** CA certificates (PEM) other members' HTTPS APIs are checked against (undefined: the system's). */
   readonly ca?: string[] | undefined;
-  /** The member that owns `ref`, when another one does; `headers` carry the caller's credentials for any question asked on the way. */
-  locate(kind: ForwardKind, ref: string, headers: Record<string, string>): Promise<HostRecord | undefined>;
+  /** The member that owns `ref`, when another one does; any question asked on the way is asked as `as`. */
+  locate(kind: ForwardKind, ref: string, as: Principal | undefined): Promise<HostRecord | undefined>;
   send(to: HostRecord, req: ForwardRequest): Promise<ForwardedReply>;
+  /** The Authorization header of this member's request to member `to` (`method` on `url`) on behalf of `as`. */
+  authorization(to: number, method: string, url: string, as: Principal | undefined): string;
   /** Every other member (for cluster-wide lists), as the inventory read at most a second ago says. */
   others(): Promise<HostRecord[]>;
   /** Synchronous: false only when that read found no other member (a lone member then answers lists without a hop). */
@@ -63,16 +73,24 @@ export class ClusterForwarder implements Forwarder {
   #hosts: { at: number; byMember: Map<number, HostRecord> } | undefined;
   #operations = new Map<string, number>();
 
+  readonly self: number;
+
   constructor(
     private readonly store: ReplicatedStore,
-    readonly self: number,
+    private readonly assertions: MemberAssertions,
     /** CA certificates (PEM) other members' HTTPS APIs are checked against. */
     readonly ca?: string[],
   ) {
+    this.self = assertions.self;
     this.#agent = new Agent({ keepAliveTimeout: 30_000, connections: 64, ...(ca ? { connect: { ca } } : {}) });
   }
 
-  async locate(kind: ForwardKind, ref: string, headers: Record<string, string>): Promise<HostRecord | undefined> {
+  authorization(to: number, method: string, url: string, as: Principal | undefined): string {
+    // A member acting for itself (its own request, forwarded on) asserts only itself.
+    return this.assertions.header(to, method, url, as && as.member === undefined ? { user: as.user, tokenId: as.tokenId } : undefined);
+  }
+
+  async locate(kind: ForwardKind, ref: string, as: Principal | undefined): Promise<HostRecord | undefined> {
     if (kind === 'vm') return this.#vmOwner(ref);
     if (kind === 'migration') {
       // Both sides keep a record; the source's can be cancelled.
@@ -82,7 +100,7 @@ export class ClusterForwarder implements Forwarder {
     }
     const known = this.#operations.get(ref);
     if (known !== undefined) return this.#host(known);
-    return this.#findOperation(ref, headers);
+    return this.#findOperation(ref, as);
   }
 
   async send(to: HostRecord, req: ForwardRequest): Promise<ForwardedReply> {
@@ -90,7 +108,7 @@ export class ClusterForwarder implements Forwarder {
     try {
       res = await request(`${apiUrl(to)}${req.url}`, {
         method: req.method as 'GET',
-        headers: { ...req.headers, [FORWARDED_BY]: String(this.self) },
+        headers: { ...req.headers, authorization: this.authorization(to.member, req.method, req.url, req.as), [FORWARDED_BY]: String(this.self) },
         ...(req.body ? { body: req.body } : {}),
         dispatcher: this.#agent,
         headersTimeout: 60_000,
@@ -164,12 +182,12 @@ export class ClusterForwarder implements Forwarder {
   }
 
   /** An operation nobody told us about: ask the other members (rare: a client polling a member it did not start the operation through). */
-  async #findOperation(id: string, headers: Record<string, string>): Promise<HostRecord | undefined> {
+  async #findOperation(id: string, as: Principal | undefined): Promise<HostRecord | undefined> {
     const hosts = await this.others();
     const answers = await Promise.all(
       hosts.map(async (h) => {
         try {
-          return (await this.send(h, { method: 'GET', url: `/v1/operations/${encodeURIComponent(id)}`, headers })).status === 200 ? h : undefined;
+          return (await this.send(h, { method: 'GET', url: `/v1/operations/${encodeURIComponent(id)}`, headers: {}, as })).status === 200 ? h : undefined;
         } catch {
           return undefined;
         }

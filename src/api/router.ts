@@ -12,7 +12,7 @@ export interface ApiRequest {
   params: Record<string, string>;
   /** Parsed JSON body (routes declared with `body: true` only). */
   body: unknown;
-  /** The caller's credentials and content headers (routes declared with `callerHeaders` only). */
+  /** The caller's own credentials and content headers (routes declared with `callerHeaders` only). */
   callerHeaders?: Record<string, string>;
   /** The caller's IP address (routes declared with `source: true` only). */
   source?: string;
@@ -51,7 +51,7 @@ export interface RouteOptions {
    * the request is forwarded to the member that does (see api/forwarding.ts).
    */
   forward?: import('./forwarding.js').ForwardKind;
-  /** The handler asks other members on the caller's behalf: `req.callerHeaders` carries the caller's credentials. */
+  /** The handler reads the caller's own credentials (a session's renewal): `req.callerHeaders` carries them. */
   callerHeaders?: boolean;
   /** The handler needs the caller's address (`req.source`). */
   source?: boolean;

@@ -16,7 +16,7 @@ import { relayTarget } from './ws-relay.js';
 import { loadUws, type UWS } from './uws.js';
 import type { Metrics } from '../telemetry/metrics.js';
 import type { RouteStats } from '../telemetry/request-stats.js';
-import type { AuthOutcome, Principal } from '../auth/principal.js';
+import type { AuthOutcome, CallTarget, Principal } from '../auth/principal.js';
 import { ROOT, type ObjectRef } from '../auth/acl.js';
 import type { Target, TargetResolver } from './access.js';
 import type { OriginPolicy } from './origin.js';
@@ -24,7 +24,8 @@ import type { AuditRecord } from '../auth/audit.js';
 
 /** Authentication and the objects privileges are checked on. */
 export interface ServerAuth {
-  authenticate(authorization: string): AuthOutcome;
+  /** `call` is the request the credentials came with (another member's assertion is bound to it). */
+  authenticate(authorization: string, call: CallTarget): AuthOutcome;
   resolver: TargetResolver;
   /** Host/Origin checks (DNS rebinding, cross-site requests); none when absent. */
   origins?: OriginPolicy;
@@ -70,14 +71,19 @@ export function upgradeWebSocket<T>(
   const key = req.getHeader('sec-websocket-key');
   const protocol = req.getHeader('sec-websocket-protocol');
   const extensions = req.getHeader('sec-websocket-extensions');
-  const authorization = req.getHeader('authorization');
   const refuse = (err: unknown) => {
     const { status, body } = toErrorBody(err);
     res.cork(() => res.writeStatus(statusLine(status)).writeHeader('content-type', 'application/json').end(JSON.stringify(body)));
   };
+  let principal: Principal | undefined;
   let data: T;
   try {
-    data = build(req, authenticate?.(req, res));
+    principal = authenticate?.(req, res);
+  } catch (err) {
+    return refuse(err);
+  }
+  try {
+    data = build(req, principal);
   } catch (err) {
     const forwarder = relay?.forwarder();
     if (!forwarder || !(err instanceof NovaError) || err.code !== 'VM_NOT_FOUND' || req.getHeader(FORWARDED_BY) !== '') return refuse(err);
@@ -93,11 +99,11 @@ export function upgradeWebSocket<T>(
     if (!ref) return refuse(err);
     let aborted = false;
     res.onAborted(() => (aborted = true));
-    forwarder.locate('vm', ref, authorization ? { authorization } : {}).then(
+    forwarder.locate('vm', ref, principal).then(
       (owner) => {
         if (aborted) return;
         if (!owner) return refuse(err);
-        res.cork(() => res.upgrade(relayTarget(forwarder, owner, url, authorization) as T, key, protocol, extensions, context));
+        res.cork(() => res.upgrade(relayTarget(forwarder, owner, url, principal) as T, key, protocol, extensions, context));
       },
       (e) => {
         if (!aborted) refuse(e);
@@ -172,7 +178,8 @@ export class ApiServer {
   #wsPrincipal(req: UWS.HttpRequest, res: UWS.HttpResponse): Principal {
     try {
       this.#auth.origins?.check(req.getHeader('host'), req.getHeader('origin'));
-      const outcome = this.#auth.authenticate(req.getHeader('authorization'));
+      const query = req.getQuery();
+      const outcome = this.#auth.authenticate(req.getHeader('authorization'), { method: 'GET', url: query ? `${req.getUrl()}?${query}` : req.getUrl() });
       if (!outcome.ok) throw unauthorized(outcome.reason);
       return outcome.principal;
     } catch (err) {
@@ -215,23 +222,25 @@ export class ApiServer {
     const mutating = method !== 'GET' && method !== 'HEAD';
     x.audit = this.#auditor(method, path, res, req.getHeader('x-request-id'), mutating);
     const authorization = req.getHeader('authorization');
+    const query = req.getQuery() ?? '';
+    const url = query ? `${path}?${query}` : path;
     let principal: Principal | undefined;
     if (route.priv !== 'public' || authorization !== '') {
-      const outcome = this.#auth.authenticate(authorization);
+      const outcome = this.#auth.authenticate(authorization, { method, url });
       if (outcome.ok) principal = outcome.principal;
       else if (route.priv !== 'public') return x.fail(unauthorized(outcome.reason));
     }
     if (x.audit) x.audit.principal = principal?.label;
-    const query = req.getQuery() ?? '';
     const request = new Request(method, path, query, params);
     if (principal) request.principal = principal;
     if (route.source) request.source = Buffer.from(res.getRemoteAddressAsText()).toString();
-    if (route.callerHeaders) request.callerHeaders = forwardHeaders(req);
+    if (route.callerHeaders) request.callerHeaders = { ...contentHeaders(req), ...(authorization ? { authorization } : {}) };
     // What forwarding a request needs is read from uWS's req, which is valid only during
     // this callback: #run takes it while still synchronous, and only when it may be needed.
+    // The caller's credentials stay here: the owner trusts this member's assertion of who called.
     const forwardable = route.forward !== undefined && this.#forwarder !== undefined;
     const capture = (): ForwardRequest | undefined =>
-      forwardable && req.getHeader(FORWARDED_BY) === '' ? { method, url: query ? `${path}?${query}` : path, headers: forwardHeaders(req) } : undefined;
+      forwardable && req.getHeader(FORWARDED_BY) === '' ? { method, url, headers: contentHeaders(req), ...(principal ? { as: principal } : {}) } : undefined;
 
     if (route.stream) return this.#runStreaming(x, route, request, req, res);
     if (!route.body) return this.#run(x, route, request, forwardable ? capture : undefined);
@@ -382,7 +391,7 @@ export class ApiServer {
     x.watchAbort();
     this.#inFlight++;
     forwarder
-      .locate(kind, ref, fwd.headers)
+      .locate(kind, ref, fwd.as)
       .then(async (owner) => {
         if (!owner) return x.fail(notHere);
         const reply = await forwarder.send(owner, fwd);
@@ -405,10 +414,10 @@ function notHere(route: Route, err: unknown): err is NovaError {
   return route.forward !== undefined && err instanceof NovaError && err.code === NOT_HERE[route.forward];
 }
 
-/** The caller's headers a forwarded request carries: its credentials and what its body is. */
-function forwardHeaders(req: UWS.HttpRequest): Record<string, string> {
+/** The caller's headers a forwarded request carries: what its body is and what it accepts (never its credentials). */
+function contentHeaders(req: UWS.HttpRequest): Record<string, string> {
   const out: Record<string, string> = {};
-  for (const name of ['authorization', 'content-type', 'accept']) {
+  for (const name of ['content-type', 'accept']) {
     const v = req.getHeader(name);
     if (v !== '') out[name] = v;
   }

@@ -1,13 +1,15 @@
 /**
  * WebSocket routes about a VM that runs on another member (console, VNC): the upgrade is
  * accepted here and every frame is relayed to the same route on the VM's member, a `ws`
- * client connection made with the caller's credentials, both ways. Either side closing
+ * client connection made with this member's assertion of who the caller is (never the
+ * caller's credentials), both ways. Either side closing
  * closes the other with its code and reason, so a client sees what the owner said.
  */
 import WebSocket from 'ws';
 import { FORWARDED_BY, type Forwarder } from './forwarding.js';
 import type { UWS } from './uws.js';
 import { apiUrl, type HostRecord } from '../cluster/inventory.js';
+import type { Principal } from '../auth/principal.js';
 
 /** Set in a connection's user data instead of the route's own when the VM is elsewhere. */
 export interface RelayTarget {
@@ -31,10 +33,9 @@ export function isRelay(data: unknown): data is RelayTarget {
   return typeof data === 'object' && data !== null && 'relay' in data;
 }
 
-/** The upgrade data of a relayed connection to `owner`'s route at `url` (path and query). */
-export function relayTarget(forwarder: Forwarder, owner: HostRecord, url: string, authorization: string): RelayTarget {
-  const headers: Record<string, string> = { [FORWARDED_BY]: String(forwarder.self) };
-  if (authorization) headers.authorization = authorization;
+/** The upgrade data of a relayed connection to `owner`'s route at `url` (path and query), made for `as` with this member's assertion. */
+export function relayTarget(forwarder: Forwarder, owner: HostRecord, url: string, as: Principal | undefined): RelayTarget {
+  const headers: Record<string, string> = { [FORWARDED_BY]: String(forwarder.self), authorization: forwarder.authorization(owner.member, 'GET', url, as) };
   return { relay: { url: `${apiUrl(owner).replace(/^http/, 'ws')}${url}`, headers, ...(forwarder.ca ? { ca: forwarder.ca } : {}) } };
 }
 

@@ -16,8 +16,6 @@ export const ADMIN_TOKEN_FILE = 'admin.token';
 export interface AdminToken {
   record: TokenRecord;
   path: string;
-  /** The token itself (this member presents it to the members it migrates to). */
-  text: string;
   /** The token's text when it was made by this call (to be shown once); undefined when read back. */
   created?: string;
 }
@@ -29,11 +27,11 @@ export function loadOrCreateAdminToken(dataDir: string, member: string): AdminTo
     const text = readFileSync(path, 'utf8').trim();
     const parsed = parseToken(text);
     if (!parsed) throw new NovaError('CONFIG_INVALID', `${path} does not hold a NovaCron token; delete it to have a new one made`);
-    return { path, text, record: record(parsed.id, sha256(parsed.secret), member) };
+    return { path, record: record(parsed.id, sha256(parsed.secret), member) };
   }
   const t = newToken();
   writeFileSync(path, `${t.text}\n`, { mode: 0o600, flag: 'wx' });
-  return { path, text: t.text, record: record(t.id, t.hash, member), created: t.text };
+  return { path, record: record(t.id, t.hash, member), created: t.text };
 }
 
 function record(id: string, hash: string, member: string): TokenRecord {

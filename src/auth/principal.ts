@@ -6,7 +6,7 @@
 import { timingSafeEqual } from 'node:crypto';
 import { NovaError } from '../errors.js';
 import { chainOf, Grants, type ObjectRef } from './acl.js';
-import { ADMIN_USER, type IdentityStore } from './identity.js';
+import { ADMIN_USER, type IdentityStore, type TokenRecord } from './identity.js';
 import type { Privilege } from './privileges.js';
 import { parseToken, secretMatchesHash } from './secrets.js';
 import type { Sessions } from './sessions.js';
@@ -22,6 +22,8 @@ export class Principal {
     readonly tokenId: string | undefined,
     grants: Grants,
     cap?: ReadonlySet<Privilege>,
+    /** Set when the caller is a cluster member acting for itself. */
+    readonly member?: number,
   ) {
     this.#grants = grants;
     this.#cap = cap;
@@ -53,6 +55,22 @@ const VERIFIED_MS = 60_000;
 
 export type AuthOutcome = { ok: true; principal: Principal } | { ok: false; reason: 'missing' | 'malformed' | 'unknown' | 'expired' | 'disabled' };
 
+/** The request a credential comes with (a member's assertion is bound to it). */
+export interface CallTarget {
+  method: string;
+  /** Path and query. */
+  url: string;
+}
+
+/** Checks another member's assertion (cluster/member-assertion.ts): who sent it and for whom. */
+export interface MemberVerifier {
+  verify(header: string, method: string, url: string): { member: number; onBehalf?: { user: string; tokenId?: string | undefined } } | undefined;
+}
+
+/** What a member acting for itself may do: offer a VM it migrates, and follow that migration. */
+const MEMBER_PRIVILEGES: ReadonlySet<Privilege> = new Set<Privilege>(['VM.Migrate', 'VM.Audit']);
+const MEMBER_ROLE = '(member)';
+
 export class Authenticator {
   readonly #identity: IdentityStore;
   readonly #configured: Buffer | undefined;
@@ -61,6 +79,7 @@ export class Authenticator {
   #version = -1;
 
   readonly #sessions: Sessions | undefined;
+  #members: MemberVerifier | undefined;
 
   constructor(identity: IdentityStore, configuredToken?: string, sessions?: Sessions) {
     this.#identity = identity;
@@ -68,14 +87,21 @@ export class Authenticator {
     this.#sessions = sessions;
   }
 
-  authenticate(header: string, now = Date.now()): AuthOutcome {
+  /** From now on, other members' assertions are accepted (once this member knows its cluster's CA). */
+  useMembers(verifier: MemberVerifier): void {
+    this.#members = verifier;
+  }
+
+  /** `call` is the request the header came with: a member's assertion is valid only for the one it was made for. */
+  authenticate(header: string, call?: CallTarget, now = Date.now()): AuthOutcome {
     if (header === '') return { ok: false, reason: 'missing' };
-    if (!header.startsWith('Bearer ')) return { ok: false, reason: 'malformed' };
     if (this.#version !== this.#identity.version) {
       this.#cache.clear();
       this.#verified.clear();
       this.#version = this.#identity.version;
     }
+    if (header.startsWith('NovaMember ')) return this.#member(header, call, now);
+    if (!header.startsWith('Bearer ')) return { ok: false, reason: 'malformed' };
     // A credential verified before (and unchanged since: the records' version is the same)
     // is looked up by its full text, which only its holder knows; no hashing per request.
     const seen = this.#verified.get(header);
@@ -109,6 +135,11 @@ export class Authenticator {
     }
     const record = this.#identity.token(parsed.id);
     if (!record || !secretMatchesHash(parsed.secret, record.hash)) return { ok: false, reason: 'unknown' };
+    return this.#tokenPrincipal(record, now);
+  }
+
+  /** The principal of a known API token, unless it expired or its user is gone or disabled. */
+  #tokenPrincipal(record: TokenRecord, now: number): AuthOutcome {
     if (record.expiresAt !== undefined && record.expiresAt <= now) return { ok: false, reason: 'expired' };
     const user = this.#identity.user(record.user);
     if (!user) return { ok: false, reason: 'unknown' };
@@ -121,6 +152,36 @@ export class Authenticator {
       this.#cache.set(record.id, p);
     }
     return { ok: true, principal: p };
+  }
+
+  /**
+   * Another member's request: for the user (and token) it names, checked against this
+   * member's identity records as if the user had called here; or for the member itself.
+   */
+  #member(header: string, call: CallTarget | undefined, now: number): AuthOutcome {
+    const verified = call && this.#members?.verify(header, call.method, call.url);
+    if (!verified) return { ok: false, reason: 'unknown' };
+    const on = verified.onBehalf;
+    if (!on) return { ok: true, principal: this.#memberPrincipal(verified.member) };
+    if (on.tokenId !== undefined) {
+      const record = this.#identity.token(on.tokenId);
+      if (!record || record.user !== on.user) return { ok: false, reason: 'unknown' };
+      return this.#tokenPrincipal(record, now);
+    }
+    const user = this.#identity.user(on.user);
+    if (!user) return { ok: false, reason: 'unknown' };
+    if (user.disabled) return { ok: false, reason: 'disabled' };
+    return { ok: true, principal: this.principalOf(on.user) };
+  }
+
+  #memberPrincipal(member: number): Principal {
+    const key = `member:${member}`;
+    let p = this.#cache.get(key);
+    if (!p) {
+      p = new Principal(key, undefined, undefined, new Grants([{ path: '/', user: key, role: MEMBER_ROLE, propagate: true }], new Map([[MEMBER_ROLE, MEMBER_PRIVILEGES]])), undefined, member);
+      this.#cache.set(key, p);
+    }
+    return p;
   }
 
   /** A session token of this cluster, or an OIDC provider's token. */

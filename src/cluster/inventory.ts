@@ -323,25 +323,25 @@ export async function clusterHosts(store: ReplicatedStore, stale = false): Promi
  * The API address of the member a migration names by id or node name. A name several
  * members share must be given as an id.
  */
-export async function resolveMember(store: ReplicatedStore, self: number, target: string): Promise<string> {
+export async function resolveMember(store: ReplicatedStore, self: number, target: string): Promise<{ member: number; url: string }> {
   const hosts = await clusterHosts(store);
   const matches = hosts.filter((h) => String(h.member) === target || h.node === target);
   if (matches.length === 0) throw new NovaError('MIGRATION_TARGET_UNKNOWN', `no cluster member has the id or name "${target}"`);
   if (matches.length > 1) throw new NovaError('MIGRATION_TARGET_UNKNOWN', `${matches.length} members are named "${target}"; name one by id (${matches.map((h) => h.member).join(', ')})`, { members: matches.map((h) => h.member) });
   const host = matches[0]!;
   if (host.member === self) throw new NovaError('VALIDATION_FAILED', `the VM is already on member ${self}`);
-  return apiUrl(host);
+  return { member: host.member, url: apiUrl(host) };
 }
 
-/** Whether the API address `url` (http(s)://host:port) is where a member of this cluster is reached. */
-export async function isMemberAddress(store: ReplicatedStore, url: string): Promise<boolean> {
+/** The member of this cluster whose API is reached at `url` (http(s)://host:port), if one is. */
+export async function memberAt(store: ReplicatedStore, url: string): Promise<number | undefined> {
   let host: string;
   try {
     host = new URL(url).host;
   } catch {
-    return false;
+    return undefined;
   }
-  return (await clusterHosts(store, true)).some((h) => h.address === host);
+  return (await clusterHosts(store, true)).find((h) => h.address === host)?.member;
 }
 
 /** What a removed member left behind: its host record and placements. */

@@ -10,6 +10,13 @@ import type { MigrationRecord } from './record.js';
 import { controlFrame, FrameReader, FrameType, TRANSPORT_VERSION, type ControlMessage } from './wire.js';
 import { dialPinned, type PinnedTarget } from './secure-link.js';
 
+/**
+ * The Authorization header the source presents to the destination daemon for `method` on
+ * `url`: a cluster member gets this member's signed assertion, never a token; a daemon
+ * outside the cluster the token an administrator was given for it.
+ */
+export type TargetCredential = (method: string, url: string) => string;
+
 /** Answer of the target's POST /v1/migrations/incoming. */
 export interface IncomingOffer {
   /** The migration port, over TLS with the destination's certificate (`certSha256` pins it). */
@@ -37,11 +44,11 @@ export class PeerLink {
   constructor(
     readonly target: string,
     readonly migrationId: string,
-    readonly apiToken: string | undefined,
+    readonly credential: TargetCredential | undefined,
   ) {}
 
-  #auth(): Record<string, string> {
-    return this.apiToken ? { authorization: `Bearer ${this.apiToken}` } : {};
+  #auth(method: string, url: string): Record<string, string> {
+    return this.credential ? { authorization: this.credential(method, url) } : {};
   }
 
   /** Offers the VM to the target daemon; its answer says where to stream. */
@@ -50,7 +57,7 @@ export class PeerLink {
     try {
       res = await fetch(`${this.target}/v1/migrations/incoming`, {
         method: 'POST',
-        headers: { 'content-type': 'application/json', ...this.#auth() },
+        headers: { 'content-type': 'application/json', ...this.#auth('POST', '/v1/migrations/incoming') },
         body: JSON.stringify(body),
         signal: AbortSignal.timeout(60_000),
       });
@@ -149,7 +156,8 @@ export class PeerLink {
    */
   async reasonFromDestination(): Promise<NovaError | undefined> {
     try {
-      const res = await fetch(`${this.target}/v1/migrations/${this.migrationId}`, { headers: this.#auth(), signal: AbortSignal.timeout(2000) });
+      const path = `/v1/migrations/${this.migrationId}`;
+      const res = await fetch(`${this.target}${path}`, { headers: this.#auth('GET', path), signal: AbortSignal.timeout(2000) });
       const rec = (await res.json()) as Partial<MigrationRecord>;
       const e = rec.error;
       if (!res.ok || rec.state !== 'failed' || !e || e.code === 'MIGRATION_TRANSPORT' || !isErrorCode(e.code)) return undefined;

@@ -20,7 +20,7 @@ import { IncomingMigrations, type IncomingRequest } from './incoming.js';
 import { ColdMigration } from './cold.js';
 import { OutgoingMigration } from './outgoing.js';
 import { volumesToCarry } from './volumes.js';
-import type { IncomingOffer } from './peer.js';
+import type { IncomingOffer, TargetCredential } from './peer.js';
 import { predict, type Prediction } from './predict.js';
 import { emptyProgress, type MigrateRequest, type MigrationRecord } from './record.js';
 
@@ -39,8 +39,6 @@ export interface MigrationServiceDeps {
   transportPort?: number;
   /** Ports for incoming migrations' data links (default: any free port). */
   dataPorts?: { from: number; to: number };
-  /** The token this member presents to other members it migrates to (its admin token, valid cluster-wide). */
-  memberToken?: string;
   /** Fault injection (tests) for outgoing live migrations. */
   faults?: LinkFaults;
 }
@@ -58,6 +56,11 @@ const DIRTY_RATE_SAMPLE_MS = 250;
 const SAMPLE_CHUNKS = 4;
 const SAMPLE_CHUNK_BYTES = 2 << 20;
 
+/** Who the target is, for authentication: a member of this cluster, or a daemon outside it with a token it accepts. */
+export type TargetAuth = { member: number } | { token: string };
+/** This member's assertion for a request to member `to` (cluster/member-assertion.ts), acting for itself. */
+export type MemberAssert = (to: number, method: string, url: string) => string;
+
 /** Admission of outgoing migrations against their tenant's quota of concurrent migrations (cluster/quotas.ts). */
 export interface MigrationQuota {
   admitMigration(tenant: string, vmId: string): Promise<void>;
@@ -68,6 +71,7 @@ export class MigrationService {
   #deps: MigrationServiceDeps;
   #book: MigrationBook;
   #quota: MigrationQuota | undefined;
+  #assert: MemberAssert | undefined;
   #incoming?: IncomingMigrations;
   #outgoing = new Map<string, OutgoingMigration | ColdMigration>();
   #runs = new Set<Promise<void>>();
@@ -102,17 +106,15 @@ export class MigrationService {
   }
 
   /**
-   * Plans a migration of `vmRef` and, unless it is a dry run or misses its target
-   * without `force`, starts it. Resolves once started (202) or planned (200).
+   * Plans a migration of `vmRef` to `req.target` and, unless it is a dry run or misses its
+   * target without `force`, starts it. Resolves once started (202) or planned (200). The
+   * source authenticates to a member of this cluster with its certificate (a signed
+   * assertion), to a daemon outside it with the token given; never with the caller's.
    */
-  /**
-   * Migrates `vmRef` to `req.target`. The source presents `targetToken` to the target when
-   * given (a daemon outside the cluster), else this member's own token; never the caller's.
-   */
-  async migrate(vmRef: string, req: MigrateRequest, targetToken?: string): Promise<{ started: boolean; migration?: MigrationRecord; prediction: Prediction }> {
+  async migrate(vmRef: string, req: MigrateRequest, to: TargetAuth): Promise<{ started: boolean; migration?: MigrationRecord; prediction: Prediction }> {
     const { vms } = this.#deps;
     const vm = vms.get(vmRef);
-    const credential = targetToken ?? this.#deps.memberToken;
+    const credential = this.#credential(to);
     if (vm.state === 'stopped') return this.#migrateCold(vm, req, credential);
     const migration = this.#requireSupport(vm);
     if (vm.state !== 'running') throw new NovaError('VM_INVALID_STATE', `cannot migrate VM "${vm.name}" while it is ${vm.state}`, { state: vm.state, allowedFrom: ['running', 'stopped'] });
@@ -129,7 +131,7 @@ export class MigrationService {
     const out = new OutgoingMigration(
       {
         vms, driver: this.#deps.driver, migration, book: this.#book, log: this.#deps.log, nodeId: this.#deps.nodeId, runDir: join(this.#deps.dataDir, 'run'),
-        ...(credential ? { apiToken: credential } : {}),
+        credential,
         ...(this.#deps.faults ? { faults: this.#deps.faults } : {}),
       },
       rec,
@@ -141,7 +143,7 @@ export class MigrationService {
   }
 
   /** A stopped VM moves with its files; the "prediction" is the copy at the link's speed. */
-  async #migrateCold(vm: VmRecord, req: MigrateRequest, credential: string | undefined): Promise<{ started: boolean; migration?: MigrationRecord; prediction: Prediction }> {
+  async #migrateCold(vm: VmRecord, req: MigrateRequest, credential: TargetCredential): Promise<{ started: boolean; migration?: MigrationRecord; prediction: Prediction }> {
     const { files } = ColdMigration.files(this.#deps.vms.storage, vm);
     const bytes = files.reduce((n, f) => n + f.size, 0);
     const prediction = predict({
@@ -154,7 +156,7 @@ export class MigrationService {
     const tenant = vm.spec.tenant;
     const { target } = req;
     const { vms, log, nodeId } = this.#deps;
-    const out = new ColdMigration({ vms, book: this.#book, log, nodeId, ...(credential ? { apiToken: credential } : {}) }, rec, target);
+    const out = new ColdMigration({ vms, book: this.#book, log, nodeId, credential }, rec, target);
     this.#track(out, out.run(release), tenant);
     return { started: true, migration: rec, prediction };
   }
@@ -169,6 +171,18 @@ export class MigrationService {
       await quota?.endMigration(vm.spec.tenant, vm.id).catch(() => undefined);
       throw err;
     }
+  }
+
+  /** From now on, migrations to other members authenticate with this member's assertions (once the cluster runs). */
+  useAssertions(assert: MemberAssert): void {
+    this.#assert = assert;
+  }
+
+  #credential(to: TargetAuth): TargetCredential {
+    if ('token' in to) return () => `Bearer ${to.token}`;
+    const assert = this.#assert;
+    if (!assert) throw new NovaError('RAFT_STOPPED', 'the cluster is not running yet');
+    return (method, url) => assert(to.member, method, url);
   }
 
   /** From now on, outgoing migrations count against their tenant's quota of concurrent migrations. */

@@ -7,7 +7,7 @@ import type { Logger } from 'pino';
 import { NovaError } from '../errors.js';
 import type { VmService } from '../vm/service.js';
 import type { MigrationBook } from './book.js';
-import { PeerLink } from './peer.js';
+import { PeerLink, type TargetCredential } from './peer.js';
 import type { MigrationRecord } from './record.js';
 
 export interface SourceDeps {
@@ -15,8 +15,8 @@ export interface SourceDeps {
   book: MigrationBook;
   log: Logger;
   nodeId: string;
-  /** The bearer token presented to the target daemon. */
-  apiToken?: string;
+  /** How the source authenticates to the target daemon. */
+  credential?: TargetCredential;
 }
 
 export abstract class SourceMigration {
@@ -30,7 +30,7 @@ export abstract class SourceMigration {
     protected readonly target: string,
   ) {
     this.rec = rec;
-    this.peer = new PeerLink(target, rec.id, base.apiToken);
+    this.peer = new PeerLink(target, rec.id, base.credential);
   }
 
   get record(): MigrationRecord {

@@ -11,23 +11,22 @@ import { IncomingRequest } from '../../migration/incoming.js';
 import { isDaemonAddress, MigrateRequest } from '../../migration/record.js';
 import type { MigrationService } from '../../migration/service.js';
 
-/** The API address (`http://host:port`) of the cluster member a migration names by id or node name. */
-export type MemberResolver = (member: string) => Promise<string>;
-/** Whether an API address is a member of this cluster. */
-export type MemberCheck = (address: string) => Promise<boolean>;
+/** The cluster member a migration names by id or node name: its id and API address (`https://host:port`). */
+export type MemberResolver = (member: string) => Promise<{ member: number; url: string }>;
+/** The member of this cluster reached at an API address, if one is. */
+export type MemberCheck = (address: string) => Promise<number | undefined>;
 
 export function migrationRoutes(router: Router, migrations: MigrationService, resolveMember: MemberResolver, isMember: MemberCheck): void {
   router.add('POST', '/v1/vms/:id/migrate', async (req) => {
     const { targetToken, ...body } = parseWith(MigrateRequest, req.body ?? {});
-    const target = isDaemonAddress(body.target) ? body.target : await resolveMember(body.target);
+    const named = isDaemonAddress(body.target) ? { url: body.target, member: await isMember(body.target) } : await resolveMember(body.target);
     // A daemon outside the cluster: only an administrator sends a VM there, with a token
-    // that daemon gave them. Inside the cluster, members present their own credentials.
-    const outside = isDaemonAddress(body.target) && !(await isMember(body.target));
-    if (outside) {
+    // that daemon gave them. Inside the cluster, members vouch for themselves by certificate.
+    if (named.member === undefined) {
       req.principal!.assertCan('Sys.Modify', ROOT);
       if (!targetToken) throw new NovaError('VALIDATION_FAILED', `${body.target} is not a member of this cluster: pass targetToken, a token that daemon accepts`);
     }
-    const r = await migrations.migrate(req.params.id!, { ...body, target }, outside ? targetToken : undefined);
+    const r = await migrations.migrate(req.params.id!, { ...body, target: named.url }, named.member === undefined ? { token: targetToken! } : { member: named.member });
     if (!r.started) return { status: 200, json: { dryRun: true, prediction: r.prediction } };
     return { status: 202, json: r.migration, headers: { location: `/v1/migrations/${r.migration!.id}` } };
   }, { priv: 'VM.Migrate', on: (req) => ({ kind: 'vm-ref', ref: req.params.id! }), body: true, forward: 'vm' });

@@ -74,7 +74,7 @@ export function vmRoutes(router: Router, vms: VmService, cluster: ClusterListing
     if (!here) return listCluster(forwarder, req, q.limit, q.member, local, (page) => pageReply(vms, page));
     if (q.member !== undefined && q.member !== self) return { status: 200, json: { items: [], total: 0 } };
     return pageReply(vms, local());
-  }, { priv: 'authenticated', callerHeaders: true });
+  }, { priv: 'authenticated' });
 
   router.add('POST', '/v1/vms', async (req) => {
     const fromTemplate = typeof req.body === 'object' && req.body !== null && 'fromTemplate' in req.body;
@@ -153,7 +153,7 @@ async function listCluster(forwarder: Forwarder, req: ApiRequest, limit: number,
   remote.delete('member');
   const here = member === undefined ? local() : undefined;
   const pages: Page[] = here ? [{ items: here.items, ...(here.nextCursor ? { nextCursor: here.nextCursor } : {}), ...(here.total >= 0 ? { total: here.total } : {}) }] : [];
-  for (const reply of await Promise.all(others.map((h) => forwarder.send(h, { method: 'GET', url: `/v1/vms?${remote}`, headers: req.callerHeaders ?? {} })))) {
+  for (const reply of await Promise.all(others.map((h) => forwarder.send(h, { method: 'GET', url: `/v1/vms?${remote}`, headers: {}, as: req.principal })))) {
     const body = JSON.parse(reply.body.toString('utf8'));
     if (reply.status !== 200) {
       const code = body?.error?.code;
