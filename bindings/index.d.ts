@@ -175,6 +175,13 @@ export interface BindingDestLinkOptions {
   qemuSocket: string
   /** The migration's token: the source's hello must carry exactly these bytes. */
   token: Buffer
+  /**
+   * This member's certificate (chain), PEM: what the link's TLS serves; absent (with
+   * `key_pem`): plain TCP (the benchmark's unencrypted baseline only).
+   */
+  certPem?: string
+  /** This member's private key, PEM. */
+  keyPem?: string
   /** Codec cache size in pages; must equal the source's. */
   capacityPages: number
   /** Codec shards; must equal the source's. */
@@ -411,6 +418,11 @@ export interface BindingSourceLinkOptions {
   dest: string
   /** The migration's token, sent in the hello. */
   token: Buffer
+  /**
+   * SHA-256 (32 bytes) of the destination's certificate, the only one accepted;
+   * absent: plain TCP (the benchmark's unencrypted baseline only).
+   */
+  destCertSha256?: Buffer
   /** Codec cache size in pages; the destination uses the same. */
   capacityPages: number
   /** Codec shards; the destination uses the same. */

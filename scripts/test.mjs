@@ -44,7 +44,7 @@ try {
 if (vitest.status !== 0) finish(1, 'vitest failed');
 
 // Benchmarks run in smoke mode so they never rot (figures are not judged here).
-for (const bench of ['api/run.mjs', 'qemu/run.mjs', 'native/memdelta.mjs', 'migration/run.mjs', 'cluster/run.mjs', 'storage/run.mjs']) {
+for (const bench of ['api/run.mjs', 'qemu/run.mjs', 'native/memdelta.mjs', 'native/miglink-tls.mjs', 'migration/run.mjs', 'cluster/run.mjs', 'storage/run.mjs']) {
   const r = spawnSync(process.execPath, [join(root, 'bench', bench), '--quick'], { cwd: root, stdio: 'inherit' });
   if (r.status !== 0) finish(1, `bench/${bench} smoke run failed`);
 }

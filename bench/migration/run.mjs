@@ -4,7 +4,9 @@
 //   node bench/migration/run.mjs [--memory 2048] [--working-set 512] [--rates 0,32,128,512]
 //        [--links 125,0] [--runs 3] [--modes novacron,plain,xbzrle,auto-converge,multifd]
 //        [--model half] [--timeout 90] [--quick] [--check]
-//   (mode `link`, a diagnostic: NovaCron's native link between two bare QEMUs, no daemons)
+//   (mode `link`, a diagnostic: NovaCron's native link between two bare QEMUs, no daemons —
+//    TLS 1.3 as between members; mode `link-plain`: the same over plain TCP, the baseline
+//    of what encryption costs: `tlsCost` per cell, target time and downtime within 10%)
 //
 // Per cell (guest dirty rate × link): each mode migrates the same kind of guest (RAM
 // --memory MiB, --working-set MiB prefilled and re-dirtied at the rate) and we record:
@@ -46,9 +48,12 @@ const LINKS = (Q ? '0' : a.links).split(',').map(Number);
 const RUNS = Q ? 1 : Number(a.runs);
 const MODES = (Q ? 'novacron,plain' : a.modes).split(',');
 const TIMEOUT_MS = (Q ? 60 : Number(a.timeout)) * 1000;
-const TARGETS = { wireRatio: 0.6, timeRatio: 0.7, downtimeP99Ms: 50, stallMs: 100 };
+const TARGETS = { wireRatio: 0.6, timeRatio: 0.7, downtimeP99Ms: 50, stallMs: 100, tlsCostRatio: 1.1 };
 /** The test guest prints a heartbeat every 100 ms (scripts/guest/heartbeat.c). */
 const HEARTBEAT_PERIOD_MS = 100;
+/** NovaCron's native link between bare QEMUs: TLS (`link`) or plain TCP (`link-plain`). */
+const isLink = (mode) => mode === 'link' || mode === 'link-plain';
+const TLS_DOWNTIME_SLACK_MS = 3;
 
 execFileSync('bash', [join(root, 'scripts', 'setup-qemu.sh')], { stdio: 'inherit' });
 const guestDir = execFileSync('bash', [join(root, 'scripts', 'build-test-guest.sh')], { encoding: 'utf8' }).trim().split('\n').at(-1);
@@ -75,8 +80,15 @@ function summarize(cell) {
     };
   }
   const nova = cell.summary.novacron;
+  // What TLS costs the link: `link` against `link-plain`, same guest, same run.
+  const { link: tls, 'link-plain': plain } = cell.summary;
+  if (tls?.converged && plain?.converged) {
+    const t = (cell.tlsCost = { timeRatio: round(tls.totalP50Ms / plain.totalP50Ms), stopToResumeRatio: round(tls.stopToResumeP50Ms / Math.max(1, plain.stopToResumeP50Ms)), stopToResumeDeltaMs: round(tls.stopToResumeP50Ms - plain.stopToResumeP50Ms) });
+    // Stop→resume is a few ms: within 10% or within TLS_DOWNTIME_SLACK_MS (timer noise) of plain.
+    cell.tlsVerdict = { time: t.timeRatio <= TARGETS.tlsCostRatio, stopToResume: t.stopToResumeRatio <= TARGETS.tlsCostRatio || t.stopToResumeDeltaMs <= TLS_DOWNTIME_SLACK_MS };
+  }
   // `link` (NovaCron's link between bare QEMUs) is a diagnostic, not a QEMU mode.
-  const qemuModes = Object.entries(cell.summary).filter(([m, s]) => m !== 'novacron' && m !== 'link' && s.converged > 0);
+  const qemuModes = Object.entries(cell.summary).filter(([m, s]) => m !== 'novacron' && !isLink(m) && s.converged > 0);
   if (!nova) return cell;
   // QEMU's best mode in this cell: the converging one with the shortest total time.
   const best = qemuModes.sort((x, y) => x[1].totalP50Ms - y[1].totalP50Ms)[0];
@@ -244,7 +256,7 @@ async function bareQemu(name, cmdline, incomingPort, mode) {
   // The driver's own command line for the same VM spec (unpaused: no daemon resumes it).
   const args = bareQemuArgs(name, { vcpus: 1, memoryMiB: MEMORY, boot: { type: 'kernel', kernel: GUEST.kernel, initrd: GUEST.initrd, cmdline } }, { accel: 'tcg', dir, kernel, initrd });
   rmSync(join(dir, 'serial.log'), { force: true }); // the driver's serial log appends
-  if (incomingPort) args.push('-incoming', mode === 'multifd' || mode === 'link' ? 'defer' : `tcp:127.0.0.1:${incomingPort}`);
+  if (incomingPort) args.push('-incoming', mode === 'multifd' || isLink(mode) ? 'defer' : `tcp:127.0.0.1:${incomingPort}`);
   const proc = spawn('qemu-system-x86_64', args, { stdio: 'ignore' });
   const g = { dir, console, serial: join(dir, 'serial.log'), proc, kill: () => { proc.kill('SIGKILL'); bares.delete(g); } };
   bares.add(g);
@@ -271,7 +283,7 @@ async function bareMigrate(src, mode, link, name, cmdline) {
   const hb = new Heartbeats();
   await hb.follow(src.console);
   await hb.follow(dst.console);
-  const multifd = mode === 'multifd' || mode === 'link';
+  const multifd = mode === 'multifd' || isLink(mode);
   const caps = [{ capability: 'xbzrle', state: mode === 'xbzrle' }, { capability: 'auto-converge', state: mode === 'auto-converge' }, { capability: 'multifd', state: multifd }];
   await src.qmp.execute('migrate-set-capabilities', { capabilities: caps });
   let uri = `tcp:127.0.0.1:${port}`;
@@ -281,9 +293,9 @@ async function bareMigrate(src, mode, link, name, cmdline) {
     await dst.qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'multifd', state: true }] });
     await dst.qmp.execute('migrate-set-parameters', { 'multifd-channels': 2 });
     await src.qmp.execute('migrate-set-parameters', { 'multifd-channels': 2 });
-    if (mode === 'link') {
+    if (isLink(mode)) {
       // Diagnostic: NovaCron's native data link between two bare QEMUs, without daemons.
-      links = await nativeLinks(dst, link);
+      links = await nativeLinks(dst, link, mode === 'link-plain');
       uri = `unix:${links.sourceSock}`;
     } else await dst.qmp.execute('migrate-incoming', { uri });
   }
@@ -354,21 +366,26 @@ function linkCpuMs() {
   return (u.user + u.system) / 1000;
 }
 
-/** Source and destination ends of NovaCron's data link, in this process, for `dst`. */
-async function nativeLinks(dst, link) {
+/** Source and destination ends of NovaCron's data link, in this process, for `dst` (over plain TCP with `plain`). */
+async function nativeLinks(dst, link, plain) {
   const { SourceLink, DestLink, LinkBucket } = await import('../../dist/native/miglink.js');
   const { DEFAULT_SHARDS } = await import('../../dist/native/memdelta.js');
   const { channelWindow } = await import('../../dist/migration/wire.js');
-  const { randomBytes } = await import('node:crypto');
+  const { randomBytes, X509Certificate } = await import('node:crypto');
+  const { createCa, createCsr, signMember } = await import('../../dist/tls/pki.js');
   const token = randomBytes(24);
+  // The link is TLS 1.3 as between members: the destination serves a member certificate, the source pins it.
+  const { csrPem, keyPem } = await createCsr(2);
+  const certPem = await signMember(await createCa('bench'), csrPem, 2, ['127.0.0.1']);
+  const certSha256 = new X509Certificate(certPem).fingerprint256;
   const qemuSocket = join(dst.dir, 'in.sock');
   await dst.qmp.execute('migrate-incoming', { uri: `unix:${qemuSocket}` });
   const capacityPages = Math.min((MEMORY * 256) / 4, 65536);
   const fail = (err) => console.error(`link: ${err.code}: ${err.message}`);
-  const dest = new DestLink({ bindHost: '127.0.0.1', qemuSocket, token, capacityPages, shards: DEFAULT_SHARDS }, fail);
+  const dest = new DestLink({ bindHost: '127.0.0.1', qemuSocket, token, tls: plain ? null : { certPem, keyPem }, capacityPages, shards: DEFAULT_SHARDS }, fail);
   const sourceSock = join(dst.dir, 'out.sock');
   const source = new SourceLink(
-    { socketPath: sourceSock, host: '127.0.0.1', port: dest.port, token, capacityPages, shards: DEFAULT_SHARDS, window: channelWindow(link || undefined), ...(link ? { bucket: new LinkBucket(link * 1e6) } : {}) },
+    { socketPath: sourceSock, host: '127.0.0.1', port: dest.port, certSha256: plain ? null : certSha256, token, capacityPages, shards: DEFAULT_SHARDS, window: channelWindow(link || undefined), ...(link ? { bucket: new LinkBucket(link * 1e6) } : {}) },
     fail,
   );
   return { source, dest, sourceSock, close: () => (source.close(), dest.close()) };
@@ -403,7 +420,7 @@ async function main() {
       if (nova) await nova.remove();
       bare?.kill();
     }
-    results.pass = results.cells.every((c) => Object.values(c.verdict ?? {}).every(Boolean));
+    results.pass = results.cells.every((c) => Object.values({ ...c.verdict, ...c.tlsVerdict }).every(Boolean));
     const out = writeResults(root, 'migration', results);
     const rows = [];
     for (const c of results.cells) {
@@ -413,6 +430,9 @@ async function main() {
     }
     printTable(`bench/migration (${MEMORY} MiB guest, ${WS} MiB working set, model ${a.model}, ${RUNS} runs per cell)`, ['cell', 'mode', 'conv', 'down p50', 'down max', 'stop→res p50', 'stall max', 'total p50', 'stream p50', 'wire MiB p50'], rows);
     for (const c of results.cells) console.log(`${c.dirtyMiBps} MiB/s, link ${c.linkMBps}: vs ${c.bestQemuMode ?? '-'} — ${Object.entries(c.verdict ?? {}).map(([k, v]) => `${k} ${v ? 'PASS' : 'MISS'}`).join(', ')}${c.ratios ? ` (wire ${c.ratios.wire}x, time ${c.ratios.time}x)` : ''}`);
+    for (const c of results.cells.filter((x) => x.tlsCost)) {
+      console.log(`${c.dirtyMiBps} MiB/s, link ${c.linkMBps}: TLS vs plain link — time ${c.tlsCost.timeRatio}x ${c.tlsVerdict.time ? 'PASS' : 'MISS'}, stop→resume ${c.tlsCost.stopToResumeRatio}x (${c.tlsCost.stopToResumeDeltaMs >= 0 ? '+' : ''}${c.tlsCost.stopToResumeDeltaMs} ms) ${c.tlsVerdict.stopToResume ? 'PASS' : 'MISS'}`);
+    }
     console.log(`results: ${out}`);
     if (a.check && !results.pass) process.exitCode = 1;
   } finally {

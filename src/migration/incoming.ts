@@ -154,7 +154,7 @@ export class IncomingMigrations {
         const prepared = await migration!.prepareIncoming(vm, req.channels);
         p.live = prepared;
         p.live.link = new DestLink(
-          { bindHost: this.#deps.host, ...(this.#deps.dataPorts ? { ports: this.#deps.dataPorts } : {}), qemuSocket: prepared.socketPath, token, capacityPages: req.cachePages, shards: req.shards },
+          { bindHost: this.#deps.host, ...(this.#deps.dataPorts ? { ports: this.#deps.dataPorts } : {}), qemuSocket: prepared.socketPath, token, tls: this.#deps.tls().material, capacityPages: req.cachePages, shards: req.shards },
           (err) => this.#linkFailed(p, err),
         );
         if (req.volumes.length > 0) {

@@ -67,7 +67,7 @@ export class OutgoingMigration extends SourceMigration {
       const switchover = new SwitchoverTuner(this.rec.policy.maxDowntimeMs, window * (this.rec.policy.channels + 1));
       this.#link = new SourceLink(
         {
-          socketPath, host: offer.transport.host, port: offer.data.port, token: Buffer.from(offer.token, 'hex'),
+          socketPath, host: offer.transport.host, port: offer.data.port, certSha256: offer.transport.certSha256, token: Buffer.from(offer.token, 'hex'),
           capacityPages: cachePages, shards: DEFAULT_SHARDS, window,
           ...(this.#bucket ? { bucket: this.#bucket } : {}),
           ...(this.#deps.faults ? { faults: this.#deps.faults } : {}),

@@ -9,10 +9,11 @@
 import type { Socket } from 'node:net';
 import { connect, TLSSocket, type SecureContext } from 'node:tls';
 
-/** What the destination side needs: its certificate, as a server context and as a pin. */
+/** What the destination side needs: its certificate, as a server context, as a pin, and as PEM (for the native data link). */
 export interface TransportTls {
   secureContext(): SecureContext;
   fingerprint(): string;
+  readonly material: { certPem: string; keyPem: string };
 }
 
 /** Where a source dials, and the certificate it must find there. */

@@ -46,6 +46,12 @@ export interface SourceLinkOptions {
   /** The destination's data listener. */
   host: string;
   port: number;
+  /**
+   * The destination's certificate fingerprint (`AB:CD:…`, SHA-256): the link's TLS accepts
+   * only that certificate. `null`: plain TCP — bench/migration's unencrypted baseline only;
+   * the daemon always pins.
+   */
+  certSha256: string | null;
   token: Buffer;
   capacityPages: number;
   shards: number;
@@ -89,7 +95,8 @@ export class SourceLink extends LinkEnd {
     this.native = callNative(() =>
       binding.NativeSourceLink.start(
         {
-          socketPath: o.socketPath, dest: formatHostPort(o.host, o.port), token: o.token, capacityPages: o.capacityPages, shards: o.shards, window: o.window,
+          socketPath: o.socketPath, dest: formatHostPort(o.host, o.port), token: o.token, ...(o.certSha256 !== null ? { destCertSha256: Buffer.from(o.certSha256.replaceAll(':', ''), 'hex') } : {}),
+          capacityPages: o.capacityPages, shards: o.shards, window: o.window,
           ...(o.faults?.corruptPagesFrame !== undefined ? { corruptPagesFrame: o.faults.corruptPagesFrame } : {}),
           ...(o.faults?.cutAfterBytes !== undefined ? { cutAfterBytes: o.faults.cutAfterBytes } : {}),
         },
@@ -107,6 +114,8 @@ export interface DestLinkOptions {
   /** The destination QEMU's incoming unix socket. */
   qemuSocket: string;
   token: Buffer;
+  /** This member's certificate and key (PEM), which the link's TLS serves. `null`: plain TCP (bench/migration's unencrypted baseline only). */
+  tls: { certPem: string; keyPem: string } | null;
   capacityPages: number;
   shards: number;
 }
@@ -117,8 +126,8 @@ export class DestLink extends LinkEnd {
   /** Listens for the migration's source on a system-chosen port (`port`). */
   constructor(o: DestLinkOptions, onFail: OnFail) {
     super();
-    const { ports, ...rest } = o;
-    this.native = callNative(() => binding.NativeDestLink.start({ ...rest, ...(ports ? { portFrom: ports.from, portTo: ports.to } : {}) }, failure(onFail)));
+    const { ports, tls, ...rest } = o;
+    this.native = callNative(() => binding.NativeDestLink.start({ ...rest, ...(tls ? { certPem: tls.certPem, keyPem: tls.keyPem } : {}), ...(ports ? { portFrom: ports.from, portTo: ports.to } : {}) }, failure(onFail)));
   }
 
   get port(): number {

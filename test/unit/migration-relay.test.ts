@@ -7,7 +7,7 @@
  * the crate's own tests: crates/miglink/tests/link.rs.) Also the TypeScript multifd
  * parser the sim driver uses as its QEMU, and the control connection's framing.
  */
-import { randomBytes } from 'node:crypto';
+import { randomBytes, X509Certificate } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer, connect, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -18,6 +18,14 @@ import { DestLink, SourceLink } from '../../src/native/miglink.js';
 import { FLAG_DEVICE_STATE, FLAG_SYNC, MULTIFD_MAGIC, MultifdParser, QEVM_MAGIC } from '../../src/vm/drivers/sim-multifd.js';
 import { CHANNEL_WINDOW, FrameReader } from '../../src/migration/wire.js';
 import { ByteQueue } from '../../src/util/byte-queue.js';
+import { createCa, createCsr, signMember } from '../../src/tls/pki.js';
+
+/** A destination member's certificate and key, and the pin a source checks it by. */
+async function memberCert(): Promise<{ tls: { certPem: string; keyPem: string }; certSha256: string }> {
+  const { csrPem, keyPem } = await createCsr(2);
+  const certPem = await signMember(await createCa('c'), csrPem, 2, ['127.0.0.1']);
+  return { tls: { certPem, keyPem }, certSha256: new X509Certificate(certPem).fingerprint256 };
+}
 
 const PAGE = 4096;
 const ALLOC = 128;
@@ -127,11 +135,12 @@ async function harness(expectConnections: number, corruptPagesFrame?: number): P
   let fail!: (f: { end: 'source' | 'dest'; err: NovaError }) => void;
   const failed = new Promise<{ end: 'source' | 'dest'; err: NovaError }>((r) => (fail = r));
   const token = randomBytes(24);
-  const dest = new DestLink({ bindHost: '127.0.0.1', qemuSocket: qemuSock, token, capacityPages: 4096, shards: 2 }, (err) => fail({ end: 'dest', err }));
+  const { tls, certSha256 } = await memberCert();
+  const dest = new DestLink({ bindHost: '127.0.0.1', qemuSocket: qemuSock, token, tls, capacityPages: 4096, shards: 2 }, (err) => fail({ end: 'dest', err }));
   cleanup.push(() => dest.close());
   const sourceSock = join(dir, 'relay.sock');
   const source = new SourceLink(
-    { socketPath: sourceSock, host: '127.0.0.1', port: dest.port, token, capacityPages: 4096, shards: 2, window: CHANNEL_WINDOW, ...(corruptPagesFrame ? { faults: { corruptPagesFrame } } : {}) },
+    { socketPath: sourceSock, host: '127.0.0.1', port: dest.port, certSha256, token, capacityPages: 4096, shards: 2, window: CHANNEL_WINDOW, ...(corruptPagesFrame ? { faults: { corruptPagesFrame } } : {}) },
     (err) => fail({ end: 'source', err }),
   );
   cleanup.push(() => source.close());
@@ -191,7 +200,8 @@ describe('migration data link (native, through the binding)', () => {
     await new Promise<void>((r) => closed.listen(0, '127.0.0.1', r));
     const port = (closed.address() as { port: number }).port;
     closed.close();
-    expect(() => new SourceLink({ socketPath: join(dir, 's.sock'), host: '127.0.0.1', port, token: randomBytes(24), capacityPages: 64, shards: 1, window: CHANNEL_WINDOW }, () => undefined))
+    const { certSha256 } = await memberCert();
+    expect(() => new SourceLink({ socketPath: join(dir, 's.sock'), host: '127.0.0.1', port, certSha256, token: randomBytes(24), capacityPages: 64, shards: 1, window: CHANNEL_WINDOW }, () => undefined))
       .toThrow(expect.objectContaining({ code: 'MIGRATION_TRANSPORT' }));
   });
 

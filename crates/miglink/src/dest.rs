@@ -1,5 +1,6 @@
 //! Destination end of the data link. It listens for the one source connection of a
-//! migration (authenticated by the migration's token), opens a connection to the
+//! migration (TLS 1.3 with this member's certificate; then authenticated by the
+//! migration's token), opens a connection to the
 //! destination QEMU's incoming socket for each channel the source opens, and feeds it
 //! byte-exact what the source QEMU wrote: RAM packets are rebuilt from their verbatim
 //! header and the decoded pages. A batch the codec refuses is never applied; the link
@@ -11,6 +12,7 @@
 use crate::multifd::{normal_pages, PACKET_SLOTS, PAGE_SIZE};
 use crate::outcome::Outcome;
 use crate::pool::Pool;
+use crate::secure::{self, Link, TlsLink};
 use crate::wire::{self, FrameType};
 use crate::{LinkError, LinkStats};
 use novacron_memdelta::ShardedDecoder;
@@ -37,10 +39,22 @@ pub struct DestConfig {
     pub qemu_socket: PathBuf,
     /// The migration's token: the source's hello must carry exactly these bytes.
     pub token: Vec<u8>,
+    /// This member's certificate and key: what the link's TLS serves. `None`: plain TCP,
+    /// for the benchmark's unencrypted baseline only (the daemon always serves TLS).
+    pub tls: Option<DestTls>,
     /// Codec cache size in pages; must equal the source's.
     pub capacity_pages: usize,
     /// Codec shards; must equal the source's.
     pub shards: usize,
+}
+
+/// The destination's certificate (chain) and private key, PEM.
+#[derive(Clone)]
+pub struct DestTls {
+    /// The certificate chain.
+    pub cert_pem: Vec<u8>,
+    /// The private key (PKCS#8 or SEC1).
+    pub key_pem: Vec<u8>,
 }
 
 /// Time a connection gets to say hello before it is dropped.
@@ -51,7 +65,7 @@ struct Shared {
     stats: LinkStats,
     outcome: Outcome,
     /// Back-channel for window credits; set once the source connected.
-    link: Mutex<Option<TcpStream>>,
+    link: Mutex<Option<Link>>,
     qemu: Mutex<Vec<UnixStream>>,
     port: u16,
     host: String,
@@ -68,7 +82,7 @@ impl Shared {
 
     fn shutdown(&self) {
         if let Some(l) = self.link.lock().unwrap().as_ref() {
-            let _ = l.shutdown(Shutdown::Both);
+            l.shutdown();
         }
         for s in self.qemu.lock().unwrap().drain(..) {
             let _ = s.shutdown(Shutdown::Both);
@@ -79,11 +93,12 @@ impl Shared {
         let mut f = wire::frame_with_capacity(FrameType::Window, channel, 4);
         f.extend_from_slice(&(bytes as u32).to_be_bytes());
         wire::seal(&mut f);
-        let mut link = self.link.lock().unwrap();
+        let link = self.link.lock().unwrap();
         let l = link
-            .as_mut()
+            .as_ref()
             .ok_or_else(|| LinkError::Transport("no migration link".into()))?;
-        l.write_all(&f)
+        l.writer()
+            .and_then(|mut w| w.write_all(&f))
             .map_err(|e| LinkError::io("returning window credit", e))
     }
 }
@@ -96,6 +111,10 @@ pub struct DestLink {
 impl DestLink {
     /// Binds the listener; the source may connect from now on.
     pub fn start(cfg: DestConfig, on_fail: crate::FailFn) -> Result<Self, LinkError> {
+        let tls = match &cfg.tls {
+            Some(t) => Some(secure::server_config(&t.cert_pem, &t.key_pem)?),
+            None => None,
+        };
         let listener = bind(&cfg.bind_host, cfg.ports)?;
         let port = listener
             .local_addr()
@@ -114,7 +133,7 @@ impl DestLink {
         std::thread::Builder::new()
             .name("nc-mig-recv".into())
             .spawn(move || {
-                if let Err(e) = serve(&s, listener, cfg) {
+                if let Err(e) = serve(&s, listener, cfg, tls) {
                     s.fail(e);
                 }
             })
@@ -180,19 +199,23 @@ fn same_token(a: &[u8], b: &[u8]) -> bool {
 /// Connections allowed to be saying hello at once; more are dropped until one finishes.
 const MAX_GREETING: usize = 16;
 
-/// Accepts connections until one says hello with the token; then serves it alone. Each
-/// connection says hello on its own thread (at most `MAX_GREETING` at once, each for at
-/// most `HELLO_TIMEOUT`), so a stranger that connects and says nothing never holds up the
-/// real source.
+/// A source that said hello: its link and the reader its hello was read from.
+type Greeted = (Link, Box<dyn Read + Send>);
+
+/// Accepts connections until one completes the TLS handshake and says hello with the
+/// token; then serves it alone. Each connection does so on its own thread (at most
+/// `MAX_GREETING` at once, each for at most `HELLO_TIMEOUT`), so a stranger that connects
+/// and says nothing never holds up the real source.
 fn accept(
     shared: &Shared,
     listener: TcpListener,
     token: &[u8],
-) -> Result<Option<TcpStream>, LinkError> {
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> Result<Option<Greeted>, LinkError> {
     listener
         .set_nonblocking(true)
         .map_err(|e| LinkError::io("data link", e))?;
-    let (tx, rx) = mpsc::channel::<TcpStream>();
+    let (tx, rx) = mpsc::channel::<Greeted>();
     let greeting = Arc::new(AtomicUsize::new(0));
     let token: Arc<[u8]> = token.into();
     loop {
@@ -207,11 +230,12 @@ fn accept(
                     continue; // dropped
                 }
                 greeting.fetch_add(1, Ordering::AcqRel);
-                let (tx, token, g) = (tx.clone(), token.clone(), greeting.clone());
+                let (tx, token, g, tls) =
+                    (tx.clone(), token.clone(), greeting.clone(), tls.clone());
                 let spawned = std::thread::Builder::new()
                     .name("nc-mig-hello".into())
                     .spawn(move || {
-                        if let Some(s) = hello(s, &token) {
+                        if let Some(s) = hello(s, &token, tls) {
                             let _ = tx.send(s);
                         }
                         g.fetch_sub(1, Ordering::AcqRel);
@@ -233,39 +257,46 @@ fn accept(
     }
 }
 
-/// The connection, if its first frame is a hello with exactly the token; nothing bigger
-/// than a hello is read from a stranger.
-fn hello(mut s: TcpStream, token: &[u8]) -> Option<TcpStream> {
-    s.set_read_timeout(Some(HELLO_TIMEOUT)).ok()?;
+/// The connection, if it completes the TLS handshake and its first frame is a hello with
+/// exactly the token; nothing bigger than a hello is read from a stranger.
+fn hello(s: TcpStream, token: &[u8], tls: Option<Arc<rustls::ServerConfig>>) -> Option<Greeted> {
+    s.set_nodelay(true).ok()?;
+    let link = match tls {
+        Some(cfg) => Link::Tls(TlsLink::server(s, cfg, HELLO_TIMEOUT).ok()?),
+        None => Link::Plain(s),
+    };
+    link.socket().set_read_timeout(Some(HELLO_TIMEOUT)).ok()?;
+    let mut r = link.reader().ok()?;
     let mut header = [0u8; wire::HEADER_LEN];
-    s.read_exact(&mut header).ok()?;
+    r.read_exact(&mut header).ok()?;
     let len = u32::from_be_bytes([header[3], header[4], header[5], header[6]]) as usize;
     if header[0] != FrameType::Hello as u8 || len != token.len() {
         return None;
     }
     let mut payload = vec![0u8; len];
-    s.read_exact(&mut payload).ok()?;
+    r.read_exact(&mut payload).ok()?;
     if !same_token(&payload, token) {
         return None;
     }
-    s.set_read_timeout(None).ok()?;
-    s.set_nodelay(true).ok()?;
-    Some(s)
+    link.socket().set_read_timeout(None).ok()?;
+    Some((link, r))
 }
 
-fn serve(shared: &Arc<Shared>, listener: TcpListener, cfg: DestConfig) -> Result<(), LinkError> {
-    let Some(link) = accept(shared, listener, &cfg.token)? else {
+fn serve(
+    shared: &Arc<Shared>,
+    listener: TcpListener,
+    cfg: DestConfig,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> Result<(), LinkError> {
+    let Some((link, reader)) = accept(shared, listener, &cfg.token, tls)? else {
         return Ok(());
     };
-    *shared.link.lock().unwrap() = Some(
-        link.try_clone()
-            .map_err(|e| LinkError::io("data link", e))?,
-    );
+    *shared.link.lock().unwrap() = Some(link);
     if shared.outcome.closing() {
         shared.shutdown();
         return Ok(());
     }
-    let mut r = BufReader::with_capacity(LINK_READ_BUFFER, link);
+    let mut r = BufReader::with_capacity(LINK_READ_BUFFER, reader);
     let mut channels: HashMap<u16, Sender<Vec<u8>>> = HashMap::new();
     let result = pump(shared, &mut r, &cfg, &mut channels);
     if let Err(e) = result {

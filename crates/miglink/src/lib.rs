@@ -2,10 +2,11 @@
 //!
 //! QEMU migrates with multifd to a unix socket on the source host. [`SourceLink`] reads
 //! each of QEMU's connections, runs RAM pages through the page codec
-//! (`novacron-memdelta`) and multiplexes everything onto one TCP connection to the
-//! destination daemon's [`DestLink`], which decodes and re-emits the byte-exact stream
-//! into the destination QEMU's `-incoming` socket. Per-channel windows bound what the two
-//! ends hold; a token bucket caps the link's bandwidth.
+//! (`novacron-memdelta`) and multiplexes everything onto one TLS 1.3 connection to the
+//! destination daemon's [`DestLink`] (rustls; the source pins the destination's member
+//! certificate), which decodes and re-emits the byte-exact stream into the destination
+//! QEMU's `-incoming` socket. Per-channel windows bound what the two ends hold; a token
+//! bucket caps the link's bandwidth.
 //!
 //! The control conversation (offer, hello, "the guest resumed", aborts) stays with the
 //! daemons' TypeScript; this crate moves bytes and reports the first failure.
@@ -16,11 +17,12 @@ mod error;
 pub mod multifd;
 mod outcome;
 mod pool;
+pub mod secure;
 mod source;
 pub mod wire;
 
 pub use bucket::TokenBucket;
-pub use dest::{DestConfig, DestLink};
+pub use dest::{DestConfig, DestLink, DestTls};
 pub use error::LinkError;
 pub use source::{FailFn, SourceConfig, SourceLink};
 

@@ -1,7 +1,7 @@
 //! Source end of the data link. QEMU migrates to a unix socket this end listens on; each
-//! of its connections (main + multifd) becomes a channel of the one TCP link to the
-//! destination. Multifd RAM pages go through the page codec; everything else is
-//! forwarded as is.
+//! of its connections (main + multifd) becomes a channel of the one TLS link to the
+//! destination (which must present the certificate its offer named: `secure.rs`).
+//! Multifd RAM pages go through the page codec; everything else is forwarded as is.
 //!
 //! Threads: one per QEMU channel (read, parse, encode), one writer that owns the link's
 //! send side (bandwidth cap, batching of small frames), one reader of the destination's
@@ -11,6 +11,7 @@
 use crate::multifd::{BlockNumbers, Item, MultifdReader, MULTIFD_MAGIC, QEVM_MAGIC};
 use crate::outcome::Outcome;
 use crate::pool::Pool;
+use crate::secure::{Link, TlsLink};
 use crate::wire::{self, FrameType, KIND_MAIN, KIND_MULTIFD};
 use crate::{LinkError, LinkStats, TokenBucket};
 use novacron_memdelta::ShardedEncoder;
@@ -30,8 +31,12 @@ pub struct SourceConfig {
     pub socket_path: PathBuf,
     /// The destination's data listener, `host:port`.
     pub dest: String,
-    /// The migration's token, sent in the hello.
+    /// The migration's token, sent in the hello (once the destination's certificate checked out).
     pub token: Vec<u8>,
+    /// SHA-256 of the destination's certificate (DER): the only one the link's TLS
+    /// accepts. `None`: plain TCP, for the benchmark's unencrypted baseline only (the
+    /// daemon always pins).
+    pub dest_cert_sha256: Option<[u8; 32]>,
     /// Codec cache size and shards; the destination uses the same.
     pub capacity_pages: usize,
     /// Codec shards (see `capacity_pages`).
@@ -76,7 +81,7 @@ struct Shared {
     /// Page and frame buffers, recycled.
     buffers: Pool,
     /// Everything to shut down on close: the link and QEMU's connections.
-    link: TcpStream,
+    link: Link,
     qemu: Mutex<Vec<UnixStream>>,
 }
 
@@ -88,7 +93,7 @@ impl Shared {
     }
 
     fn shutdown(&self) {
-        let _ = self.link.shutdown(Shutdown::Both);
+        self.link.shutdown();
         for s in self.qemu.lock().unwrap().drain(..) {
             let _ = s.shutdown(Shutdown::Both);
         }
@@ -147,21 +152,21 @@ impl SourceLink {
                     cfg.dest
                 ))
             })?;
-        let link = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
+        let sock = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
             .map_err(|e| LinkError::io(format!("data link to {}", cfg.dest), e))?;
-        link.set_nodelay(true)
+        sock.set_nodelay(true)
             .map_err(|e| LinkError::io("data link", e))?;
+        let link = match cfg.dest_cert_sha256 {
+            Some(pin) => Link::Tls(TlsLink::client(sock, pin, CONNECT_TIMEOUT)?),
+            None => Link::Plain(sock),
+        };
         let _ = std::fs::remove_file(&cfg.socket_path);
         let listener = UnixListener::bind(&cfg.socket_path)
             .map_err(|e| LinkError::io(format!("binding {}", cfg.socket_path.display()), e))?;
         let hello = wire::frame(FrameType::Hello, 0, &cfg.token);
         let encoder = ShardedEncoder::new(cfg.capacity_pages, cfg.shards);
-        let reader = link
-            .try_clone()
-            .map_err(|e| LinkError::io("data link", e))?;
-        let writer = link
-            .try_clone()
-            .map_err(|e| LinkError::io("data link", e))?;
+        let io = |e| LinkError::io("data link", e);
+        let (reader, writer) = (link.reader().map_err(io)?, link.writer().map_err(io)?);
         let shared = Arc::new(Shared {
             cfg,
             stats: LinkStats::default(),
@@ -364,7 +369,7 @@ fn forward_channel(
 }
 
 /// Owns the link's send side: applies the bandwidth cap and flushes when the queue runs dry.
-fn send_loop(shared: &Shared, link: TcpStream, rx: Receiver<Vec<u8>>) -> Result<(), LinkError> {
+fn send_loop(shared: &Shared, link: impl Write, rx: Receiver<Vec<u8>>) -> Result<(), LinkError> {
     let mut w = BufWriter::with_capacity(LINK_WRITE_BUFFER, link);
     let io = |e| {
         if shared.outcome.closing() {
@@ -385,7 +390,7 @@ fn send_loop(shared: &Shared, link: TcpStream, rx: Receiver<Vec<u8>>) -> Result<
             w.write_all(&f).map_err(io)?;
             let sent = shared.stats.wire_bytes.fetch_add(f.len() as u64, Relaxed) + f.len() as u64;
             if shared.cfg.cut_after_bytes.is_some_and(|cut| sent >= cut) {
-                let _ = shared.link.shutdown(Shutdown::Both);
+                let _ = shared.link.socket().shutdown(Shutdown::Both);
             }
             shared.buffers.give(f);
             match rx.try_recv() {
@@ -403,7 +408,7 @@ fn send_loop(shared: &Shared, link: TcpStream, rx: Receiver<Vec<u8>>) -> Result<
 }
 
 /// Reads the destination's window credits until the link closes.
-fn credit_loop(shared: &Shared, link: TcpStream) -> Result<(), LinkError> {
+fn credit_loop(shared: &Shared, link: impl Read) -> Result<(), LinkError> {
     let mut r = BufReader::new(link);
     loop {
         let f = match wire::read_frame(&mut r, "the destination") {

@@ -3,7 +3,10 @@
 //! the source's unix socket and must come out of the destination byte for byte — or,
 //! when a batch is corrupted, not at all past it.
 
-use novacron_miglink::{DestConfig, DestLink, LinkError, SourceConfig, SourceLink, TokenBucket};
+use novacron_miglink::secure::certificate_sha256;
+use novacron_miglink::{
+    DestConfig, DestLink, DestTls, LinkError, SourceConfig, SourceLink, TokenBucket,
+};
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
@@ -11,6 +14,30 @@ use std::sync::mpsc::{channel, Receiver};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+/// A destination's certificate and key (PEM), self-signed for the tests.
+struct TestCert {
+    cert_pem: Vec<u8>,
+    key_pem: Vec<u8>,
+    sha256: [u8; 32],
+}
+
+fn test_cert() -> TestCert {
+    let c = rcgen::generate_simple_self_signed(vec!["novacron-member".into()]).unwrap();
+    let cert_pem = c.cert.pem().into_bytes();
+    let sha256 = certificate_sha256(&cert_pem).unwrap();
+    TestCert {
+        cert_pem,
+        key_pem: c.key_pair.serialize_pem().into_bytes(),
+        sha256,
+    }
+}
+
+/// The certificate every test destination serves (made once).
+fn cert() -> &'static TestCert {
+    static CERT: std::sync::OnceLock<TestCert> = std::sync::OnceLock::new();
+    CERT.get_or_init(test_cert)
+}
 
 const PAGE: usize = 4096;
 const SLOTS: usize = 128;
@@ -170,6 +197,10 @@ fn harness(corrupt: Option<u64>, stall: Duration, bucket: Option<Arc<TokenBucket
             ports: None,
             qemu_socket: qemu_sock,
             token: token.clone(),
+            tls: Some(DestTls {
+                cert_pem: cert().cert_pem.clone(),
+                key_pem: cert().key_pem.clone(),
+            }),
             capacity_pages: 4096,
             shards: 2,
         },
@@ -181,6 +212,7 @@ fn harness(corrupt: Option<u64>, stall: Duration, bucket: Option<Arc<TokenBucket
             socket_path: dir.path().join("relay.sock"),
             dest: format!("127.0.0.1:{}", dest.port()),
             token,
+            dest_cert_sha256: Some(cert().sha256),
             capacity_pages: 4096,
             shards: 2,
             window: 4 << 20,
@@ -336,6 +368,10 @@ fn token_dest(
             ports: None,
             qemu_socket,
             token: vec![7; 24],
+            tls: Some(DestTls {
+                cert_pem: cert().cert_pem.clone(),
+                key_pem: cert().key_pem.clone(),
+            }),
             capacity_pages: 64,
             shards: 1,
         },
@@ -350,11 +386,23 @@ fn token_source(
     port: u16,
     failures: std::sync::mpsc::Sender<(&'static str, String)>,
 ) -> SourceLink {
+    source_with(dir, "r.sock", port, vec![7; 24], failures).unwrap()
+}
+
+/// A source end with `token`, pinning the test certificate, listening at `dir/sock`.
+fn source_with(
+    dir: &std::path::Path,
+    sock: &str,
+    port: u16,
+    token: Vec<u8>,
+    failures: std::sync::mpsc::Sender<(&'static str, String)>,
+) -> Result<SourceLink, LinkError> {
     SourceLink::start(
         SourceConfig {
-            socket_path: dir.join("r.sock"),
+            socket_path: dir.join(sock),
             dest: format!("127.0.0.1:{port}"),
-            token: vec![7; 24],
+            token,
+            dest_cert_sha256: Some(cert().sha256),
             capacity_pages: 64,
             shards: 1,
             window: 1 << 20,
@@ -364,21 +412,40 @@ fn token_source(
         },
         fail_to(failures, "source"),
     )
-    .unwrap()
+}
+
+/// The destination closed `s`, having sent at most a TLS alert (a 7-byte record, type 21).
+fn assert_dropped(s: &mut std::net::TcpStream) {
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut got = vec![];
+    s.read_to_end(&mut got).expect("closed, not left hanging");
+    assert!(
+        got.is_empty() || (got.len() == 7 && got[0] == 21),
+        "dropped, with at most an alert: {got:?}"
+    );
 }
 
 #[test]
-fn a_connection_without_the_token_is_dropped_and_the_real_source_still_gets_in() {
+fn a_connection_without_the_token_or_without_tls_is_dropped_and_the_real_source_still_gets_in() {
     let dir = tempfile::tempdir().unwrap();
     let qemu_sock = dir.path().join("q.sock");
     let _l = UnixListener::bind(&qemu_sock).unwrap();
     let (ftx, failures) = channel();
     let dest = token_dest(qemu_sock, ftx);
-    let mut intruder = std::net::TcpStream::connect(("127.0.0.1", dest.port())).unwrap();
-    intruder.write_all(&[1, 0, 0, 0, 0, 0, 24]).unwrap();
-    intruder.write_all(&[8; 24]).unwrap();
-    let mut buf = [0u8; 1];
-    assert_eq!(intruder.read(&mut buf).unwrap_or(0), 0, "dropped");
+    // The right token in clear: not TLS, dropped.
+    let mut plain = std::net::TcpStream::connect(("127.0.0.1", dest.port())).unwrap();
+    plain.write_all(&[1, 0, 0, 0, 0, 0, 24]).unwrap();
+    plain.write_all(&[7; 24]).unwrap();
+    assert_dropped(&mut plain);
+    // TLS with the destination's certificate, but the wrong token: dropped.
+    let (itx, intruder_failures) = channel();
+    let intruder = source_with(dir.path(), "i.sock", dest.port(), vec![8; 24], itx).unwrap();
+    let (who, why) = intruder_failures
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the destination drops the intruder");
+    assert_eq!(who, "source");
+    assert!(why.contains("closed"), "{why}");
+    intruder.close();
     let (stx, _sf) = channel();
     let source = token_source(dir.path(), dest.port(), stx);
     send_as_qemu(&dir.path().join("r.sock"), b"QEVMhello".to_vec(), 10)
@@ -425,14 +492,127 @@ fn strangers_that_connect_and_say_nothing_do_not_hold_up_the_real_source() {
         started.elapsed()
     );
     assert!(failures.try_recv().is_err());
-    // The one that announced 64 MiB was dropped without reading it.
-    let mut buf = [0u8; 1];
+    // The one that sent a frame header instead of a TLS handshake was dropped at once.
     let big = strangers.last_mut().unwrap();
     big.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    assert_eq!(big.read(&mut buf).unwrap_or(0), 0, "dropped");
+    assert_dropped(big);
     drop(strangers);
     source.close();
     dest.close();
+}
+
+/// A TCP relay between a source and its destination that records what the source sends.
+fn recording_relay(to: u16) -> (u16, Arc<std::sync::Mutex<Vec<u8>>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    std::thread::spawn(move || {
+        let (mut from, _) = listener.accept().unwrap();
+        let mut onward = std::net::TcpStream::connect(("127.0.0.1", to)).unwrap();
+        let (mut back_from, mut back_to) = (onward.try_clone().unwrap(), from.try_clone().unwrap());
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut back_from, &mut back_to);
+        });
+        let mut buf = [0u8; 65536];
+        while let Ok(n) = from.read(&mut buf) {
+            if n == 0 || onward.write_all(&buf[..n]).is_err() {
+                break;
+            }
+            record.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+        let _ = onward.shutdown(std::net::Shutdown::Write);
+    });
+    (port, seen)
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn the_link_is_tls_neither_qemus_stream_nor_the_token_crosses_the_wire_in_clear() {
+    let dir = tempfile::tempdir().unwrap();
+    let qemu_sock = dir.path().join("q.sock");
+    let listener = UnixListener::bind(&qemu_sock).unwrap();
+    let arrived = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut all = vec![];
+        s.read_to_end(&mut all).unwrap();
+        all
+    });
+    let (ftx, failures) = channel();
+    let dest = token_dest(qemu_sock, ftx.clone());
+    let (relay, wire) = recording_relay(dest.port());
+    let source = token_source(dir.path(), relay, ftx);
+    // A main channel carrying guest bytes anyone would recognise.
+    let marker = b"GUEST-SECRET-0123456789-GUEST-SECRET";
+    let stream: Vec<u8> = [&b"QEVM"[..], &marker.repeat(4096)].concat();
+    send_as_qemu(&dir.path().join("r.sock"), stream.clone(), 8192)
+        .join()
+        .unwrap();
+    let got = arrived.join().unwrap();
+    assert!(
+        got == stream,
+        "arrived byte-exact ({} of {} bytes)",
+        got.len(),
+        stream.len()
+    );
+    assert!(failures.try_recv().is_err());
+    let wire = wire.lock().unwrap().clone();
+    assert!(
+        wire.len() > stream.len(),
+        "the relay saw the link's bytes ({})",
+        wire.len()
+    );
+    assert_eq!(wire[0], 0x16, "the link opens with a TLS handshake record");
+    assert!(
+        !contains(&wire, &marker[..16]),
+        "guest bytes in clear on the wire"
+    );
+    assert!(
+        !contains(&wire, &[7u8; 24]),
+        "the migration token in clear on the wire"
+    );
+    source.close();
+    dest.close();
+}
+
+#[test]
+fn a_destination_without_the_pinned_certificate_is_refused_before_the_source_says_hello() {
+    use novacron_miglink::secure::{server_config, TlsLink};
+    let dir = tempfile::tempdir().unwrap();
+    // An impostor with a certificate of its own: what would it read from the source?
+    let impostor_cert = test_cert();
+    let tls = server_config(&impostor_cert.cert_pem, &impostor_cert.key_pem).unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let impostor = std::thread::spawn(move || {
+        let (sock, _) = listener.accept().unwrap();
+        let link = TlsLink::server(sock, tls, Duration::from_secs(10))?;
+        let mut plain = vec![];
+        link.socket()
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let _ = link.reader().read_to_end(&mut plain);
+        Ok::<Vec<u8>, LinkError>(plain)
+    });
+    let (stx, _sf) = channel();
+    let err = source_with(dir.path(), "r.sock", port, vec![7; 24], stx)
+        .err()
+        .expect("refused");
+    assert_eq!(err.code(), "MIGRATION_TRANSPORT");
+    assert!(
+        err.to_string().contains("not the one its offer named"),
+        "{err}"
+    );
+    // The source broke off the handshake: the impostor never got a byte of plaintext (no hello, no token).
+    let heard = impostor.join().unwrap();
+    assert!(
+        heard.is_err(),
+        "the impostor's handshake failed; it read {:?}",
+        heard.ok().map(|p| p.len())
+    );
 }
 
 /// Throughput probe (not a benchmark claim: run by hand with `--ignored --nocapture`).
@@ -499,6 +679,10 @@ fn a_port_range_is_used_first_free_first_and_a_full_one_is_a_clear_error() {
                 ports: Some((base, base.checked_add(1)?)),
                 qemu_socket: dir.path().join("q.sock"),
                 token: vec![1; 24],
+                tls: Some(DestTls {
+                    cert_pem: cert().cert_pem.clone(),
+                    key_pem: cert().key_pem.clone(),
+                }),
                 capacity_pages: 64,
                 shards: 1,
             };

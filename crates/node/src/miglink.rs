@@ -6,7 +6,7 @@ use crate::{js_error, BindingError, Result};
 use napi::bindgen_prelude::*;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi_derive::napi;
-use novacron_miglink::{DestConfig, LinkError, SourceConfig, StatsSnapshot, TokenBucket};
+use novacron_miglink::{DestConfig, DestTls, LinkError, SourceConfig, StatsSnapshot, TokenBucket};
 use std::sync::Arc;
 
 type FailFn = ThreadsafeFunction<BindingError, (), BindingError, Status, false, true>;
@@ -84,6 +84,9 @@ pub struct BindingSourceLinkOptions {
     pub dest: String,
     /// The migration's token, sent in the hello.
     pub token: Buffer,
+    /// SHA-256 (32 bytes) of the destination's certificate, the only one accepted;
+    /// absent: plain TCP (the benchmark's unencrypted baseline only).
+    pub dest_cert_sha256: Option<Buffer>,
     /// Codec cache size in pages; the destination uses the same.
     pub capacity_pages: u32,
     /// Codec shards; the destination uses the same.
@@ -116,6 +119,17 @@ impl NativeSourceLink {
             socket_path: options.socket_path.into(),
             dest: options.dest,
             token: options.token.to_vec(),
+            dest_cert_sha256: options
+                .dest_cert_sha256
+                .map(|pin| {
+                    pin.as_ref().try_into().map_err(|_| {
+                        js_error(
+                            "MIGRATION_TRANSPORT",
+                            "the destination's certificate pin must be 32 bytes (SHA-256)",
+                        )
+                    })
+                })
+                .transpose()?,
             capacity_pages: options.capacity_pages as usize,
             shards: options.shards as usize,
             window: options.window as u64,
@@ -162,6 +176,11 @@ pub struct BindingDestLinkOptions {
     pub qemu_socket: String,
     /// The migration's token: the source's hello must carry exactly these bytes.
     pub token: Buffer,
+    /// This member's certificate (chain), PEM: what the link's TLS serves; absent (with
+    /// `key_pem`): plain TCP (the benchmark's unencrypted baseline only).
+    pub cert_pem: Option<String>,
+    /// This member's private key, PEM.
+    pub key_pem: Option<String>,
     /// Codec cache size in pages; must equal the source's.
     pub capacity_pages: u32,
     /// Codec shards; must equal the source's.
@@ -190,6 +209,13 @@ impl NativeDestLink {
             },
             qemu_socket: options.qemu_socket.into(),
             token: options.token.to_vec(),
+            tls: match (options.cert_pem, options.key_pem) {
+                (Some(cert), Some(key)) => Some(DestTls {
+                    cert_pem: cert.into_bytes(),
+                    key_pem: key.into_bytes(),
+                }),
+                _ => None,
+            },
             capacity_pages: options.capacity_pages as usize,
             shards: options.shards as usize,
         };
