@@ -181,6 +181,37 @@ describe('live migration (real QEMU, two daemons)', { timeout: 300_000 }, () => 
     expect((await api(a.url, 'GET', `/v1/vms/${id}`)).body.state).toBe('running');
   });
 
+  it('without force, the plan decides: a guest it predicts within maxDowntimeMs migrates and its measured stop→resume is within it; one dirtying faster than the link carries is refused with 422 and keeps running', async () => {
+    const a = await host();
+    const b = await host();
+    const maxDowntimeMs = 300;
+    // Accepted: a small working set, dirtied slowly.
+    const calm = await startGuest(a, 'mig-calm', 'nc.dirty_mib=8 nc.rate=1 nc.model=half nc.verify_every=1');
+    const plan = await api(a.url, 'POST', `/v1/vms/${calm}/migrate`, { target: b.url, targetToken: b.token, maxDowntimeMs, dryRun: true });
+    expect(plan.status, JSON.stringify(plan.body)).toBe(200);
+    expect(plan.body.prediction.converges, JSON.stringify(plan.body.prediction)).toBe(true);
+    expect(plan.body.prediction.downtimeMs).toBeLessThanOrEqual(maxDowntimeMs);
+    const started = await api(a.url, 'POST', `/v1/vms/${calm}/migrate`, { target: b.url, targetToken: b.token, maxDowntimeMs });
+    expect(started.status, JSON.stringify(started.body)).toBe(202);
+    const done = await waitMigration(a, started.body.id);
+    expect(done, JSON.stringify(done)).toMatchObject({ state: 'completed', policy: { force: false, maxDowntimeMs } });
+    expect(done.downtimeMs.measured, JSON.stringify(done.downtimeMs)).toBeLessThanOrEqual(maxDowntimeMs);
+    await expectNotThere(a, calm);
+    await waitUntil(() => /VERIFY ok/.test(serial(b.dataDir, calm)), 30_000, 'working set verified on the destination');
+
+    // Refused: 64 MiB dirtied at 64 MiB/s over a 1 MB/s link, throttling allowed only to 10%.
+    const busy = await startGuest(a, 'mig-busy', 'nc.dirty_mib=64 nc.rate=64 nc.model=random');
+    const refused = await api(a.url, 'POST', `/v1/vms/${busy}/migrate`, { target: b.url, targetToken: b.token, maxDowntimeMs, bandwidthMBps: 1, maxThrottlePercent: 10 });
+    expect(refused.status, JSON.stringify(refused.body)).toBe(422);
+    expect(refused.body.error.code).toBe('MIGRATION_WONT_CONVERGE');
+    const why = refused.body.error.details.prediction;
+    expect(why.inputs.dirtyBytesPerSec, 'the dirty rate was measured on the guest').toBeGreaterThan(8 << 20);
+    expect(why.converges === false || why.downtimeMs > maxDowntimeMs, JSON.stringify(why)).toBe(true);
+    const migrations = (await api(a.url, 'GET', '/v1/migrations')).body.items as Array<{ vmId: string }>;
+    expect(migrations.filter((m) => m.vmId === busy)).toEqual([]);
+    await expectStillHere(a, busy);
+  });
+
   it('live storage migration: a guest writing to its local disk moves with it; every record it fsynced is in the destination image', async () => {
     const a = await host();
     const b = await host();
