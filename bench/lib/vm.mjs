@@ -23,10 +23,11 @@ export async function installGuest(url, files) {
  * the same schema), its sockets and serial log in `dir`, booting the kernel and initrd
  * files the daemon's volumes hold; unpaused, as no daemon resumes it.
  */
-export function bareQemuArgs(name, spec, { accel, dir, kernel, initrd }) {
+/** `id` (default from `name`) sets the machine's UUID: a migration's destination must have its source's (multifd checks it). */
+export function bareQemuArgs(name, spec, { accel, dir, kernel, initrd, id = `vm-bench-${name}` }) {
   const { name: _, ...parsed } = CreateVmRequest.parse({ name, ...spec });
   const now = new Date().toISOString();
-  const vm = { id: `vm-bench-${name}`, name, spec: parsed, state: 'stopped', node: 'bench', generation: 1, createdAt: now, updatedAt: now };
+  const vm = { id, name, spec: parsed, state: 'stopped', node: 'bench', generation: 1, createdAt: now, updatedAt: now };
   if (parsed.disks.length > 0) throw new Error('bench guests have no disks');
   return qemuArgs(vm, { accel, dir, media: { disks: [], kernel, initrd }, hugepagesPath: '/dev/hugepages' }).filter((a) => a !== '-S');
 }

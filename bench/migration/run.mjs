@@ -19,7 +19,7 @@
 // Targets (issue 4), per cell against QEMU's best mode: converges everywhere; wire bytes
 // <= 0.6x; total time <= 0.7x; downtime <= QEMU's and <= 50 ms p99; stall <= 100 ms.
 import { spawn, execFileSync } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
@@ -248,17 +248,18 @@ async function novaMigrate(g, link) {
 let nextPort = 47000 + Math.floor(Math.random() * 1000);
 
 /** A bare QEMU with the driver's machine, devices and guest; optionally waiting for a migration. */
-async function bareQemu(name, cmdline, incomingPort, mode) {
+/** A bare QEMU guest; a migration's destination (`incomingPort`) takes its source's `id` (the machine UUID multifd checks). */
+async function bareQemu(name, cmdline, incomingPort, mode, id = `vm-bench-${name}`) {
   const dir = join(work, `bare-${name}`);
   execFileSync('mkdir', ['-p', dir]);
   const qmpSock = join(dir, 'qmp.sock');
   const console = join(dir, 'console.sock');
   // The driver's own command line for the same VM spec (unpaused: no daemon resumes it).
-  const args = bareQemuArgs(name, { vcpus: 1, memoryMiB: MEMORY, boot: { type: 'kernel', kernel: GUEST.kernel, initrd: GUEST.initrd, cmdline } }, { accel: 'tcg', dir, kernel, initrd });
+  const args = bareQemuArgs(name, { vcpus: 1, memoryMiB: MEMORY, boot: { type: 'kernel', kernel: GUEST.kernel, initrd: GUEST.initrd, cmdline } }, { accel: 'tcg', dir, kernel, initrd, id });
   rmSync(join(dir, 'serial.log'), { force: true }); // the driver's serial log appends
   if (incomingPort) args.push('-incoming', mode === 'multifd' || isLink(mode) ? 'defer' : `tcp:127.0.0.1:${incomingPort}`);
-  const proc = spawn('qemu-system-x86_64', args, { stdio: 'ignore' });
-  const g = { dir, console, serial: join(dir, 'serial.log'), proc, kill: () => { proc.kill('SIGKILL'); bares.delete(g); } };
+  const proc = spawn('qemu-system-x86_64', args, { stdio: ['ignore', 'ignore', openSync(join(dir, 'stderr.log'), 'w')] });
+  const g = { id, dir, console, serial: join(dir, 'serial.log'), proc, kill: () => { proc.kill('SIGKILL'); bares.delete(g); } };
   bares.add(g);
   for (let i = 0; i < 2000 && !existsSync(qmpSock); i++) await sleep(5);
   g.qmp = await QmpClient.connect(qmpSock, 5000);
@@ -279,7 +280,7 @@ async function bareMigrate(src, mode, link, name, cmdline) {
   const port = nextPort++;
   // Total time counts from starting the destination, as NovaCron's does.
   const tStart = performance.now();
-  const dst = await bareQemu(name, cmdline, port, mode);
+  const dst = await bareQemu(name, cmdline, port, mode, src.id);
   const hb = new Heartbeats();
   await hb.follow(src.console);
   await hb.follow(dst.console);
@@ -330,7 +331,7 @@ async function bareMigrate(src, mode, link, name, cmdline) {
   hb.close();
   if (info.status !== 'completed') {
     dst.kill();
-    if (!cancelled) throw new Error(`QEMU ${mode} migration ${info.status}: ${info['error-desc']}`);
+    if (!cancelled) throw new Error(`QEMU ${mode} migration ${info.status}: ${info['error-desc']}; destination QEMU said: ${readFileSync(join(dst.dir, 'stderr.log'), 'utf8').trim().slice(-600) || '(nothing)'}`);
     // The guest keeps running on the source; it stays the source for the next run.
     if (!(await src.qmp.execute('query-status')).running) await src.qmp.execute('cont');
     return { guest: src, result: { converged: false, totalMs, wireBytes: info.ram?.transferred ?? 0, stallMs, maxGapMs } };
