@@ -151,7 +151,12 @@ describe('live migration of sim VMs (real daemons, relays, codec)', { timeout: 6
     const returned = await settle(b, back.body.id);
     expect(returned.state, JSON.stringify(returned)).toBe('completed');
     const dry = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: b.url, targetToken: b.token, dryRun: true, bandwidthMBps: 100 });
-    expect(dry.body.prediction).toMatchObject({ converges: true, inputs: { dirtyBytesPerSec: 16 * 1048576, wireBytesPerSec: 100e6 } });
+    expect(dry.body.prediction).toMatchObject({ converges: true, inputs: { wireBytesPerSec: 100e6 } });
+    // Measured on the guest over the sample (distinct pages written), not read from its label:
+    // near the 16 MiB/s it dirties, a little under (pages hit twice count once; timers slip under load).
+    const measured = dry.body.prediction.inputs.dirtyBytesPerSec / 1048576;
+    expect(measured).toBeGreaterThan(4);
+    expect(measured).toBeLessThanOrEqual(17);
     expect((await api(a.url, 'GET', `/v1/vms/${id}`)).body.state).toBe('running');
   });
 

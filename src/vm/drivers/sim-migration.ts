@@ -31,6 +31,8 @@ export class SimMemory {
   readonly pages: number;
   dirty: Uint8Array;
   #version: Uint32Array;
+  /** Dirty-rate samples in progress: each marks the pages written while it runs. */
+  #samples = new Set<Uint8Array>();
   #timer?: NodeJS.Timeout;
   #cursor = 0;
 
@@ -54,7 +56,7 @@ export class SimMemory {
     if (this.#timer || this.dirtyMiBps <= 0) return;
     const perTick = Math.max(1, Math.round((this.dirtyMiBps * 256) / 100));
     this.#timer = setInterval(() => {
-      for (let i = 0; i < perTick; i++) this.#write((this.#cursor = (this.#cursor * 1103515245 + 12345) >>> 0) % this.pages);
+      for (let i = 0; i < perTick; i++) this.#write((this.#cursor = (Math.imul(this.#cursor, 1103515245) + 12345) >>> 0) % this.pages);
     }, 10);
   }
 
@@ -79,6 +81,22 @@ export class SimMemory {
     this.dirty.fill(1);
   }
 
+  /**
+   * Distinct pages dirtied over `ms`, as bytes per second: measured, as QEMU's
+   * calc-dirty-rate does, not read back from the rate the dirtier was given.
+   */
+  async measureDirtyRate(ms: number): Promise<number> {
+    const sample = new Uint8Array(this.pages);
+    this.#samples.add(sample);
+    const t0 = performance.now();
+    await new Promise((r) => setTimeout(r, ms));
+    const secs = (performance.now() - t0) / 1000;
+    this.#samples.delete(sample);
+    let pages = 0;
+    for (const b of sample) pages += b;
+    return (pages * PAGE) / secs;
+  }
+
   checksum(): string {
     return createHash('sha256').update(this.bytes).digest('hex');
   }
@@ -90,6 +108,7 @@ export class SimMemory {
     page.fill(0, PAGE / 2);
     page.writeUInt32LE(v, PAGE - 4);
     this.dirty[p] = 1;
+    for (const s of this.#samples) s[p] = 1;
   }
 }
 
@@ -370,8 +389,8 @@ export class SimLiveMigration implements LiveMigration {
     return this.#out.get(vmId)?.stoppedAt;
   }
 
-  async measureDirtyRate(vmId: string): Promise<number> {
-    return (this.#host.memory(vmId)?.dirtyMiBps ?? 0) * 1048576;
+  async measureDirtyRate(vmId: string, ms: number): Promise<number> {
+    return (await this.#host.memory(vmId)?.measureDirtyRate(ms)) ?? 0;
   }
 
   async sampleMemory(vmId: string, offset: number, bytes: number): Promise<Buffer> {
