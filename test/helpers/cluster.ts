@@ -201,33 +201,59 @@ export class TestCluster {
 
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-/** Writers putting unique keys through live members (round robin); the acknowledged keys. */
-export function writeLoad(c: TestCluster, clients: number, prefix: string) {
+/** What a load's requests came to: how many were sent, and why those that failed did. */
+export interface LoadReport {
+  attempts: number;
+  acked: number;
+  /** Failures by reason: an HTTP status, or `unanswered` (refused, reset, timed out). */
+  failures: Record<string, number>;
+}
+
+/**
+ * Writers putting unique keys through live members (round robin); the acknowledged keys.
+ * Nothing is swallowed: every failure is counted by reason, and `stop` throws when more
+ * than `maxFailureShare` of the writes failed (a run where the cluster mostly refused is
+ * not a pass). A writer whose write failed waits a moment before the next.
+ */
+export function writeLoad(c: TestCluster, clients: number, prefix: string, maxFailureShare = 0.5) {
   const acked = new Map<string, string>();
   const ackTimes: number[] = [];
+  const report: LoadReport = { attempts: 0, acked: 0, failures: {} };
+  const failed = (why: string) => (report.failures[why] = (report.failures[why] ?? 0) + 1);
   let running = true;
   const loops = Array.from({ length: clients }, async (_, client) => {
     for (let n = 0; running; n++) {
       const live = c.live();
       const member = live[(n + client) % live.length]!;
       const key = `${prefix}-${client}-${n}`;
+      report.attempts++;
       try {
         const r = await c.put(member, key, `v${n}`);
         if (r.status === 200) {
           acked.set(key, `v${n}`);
           ackTimes.push(Date.now());
+          report.acked++;
+          continue;
         }
+        failed(String(r.status));
       } catch {
-        // Connection refused or reset (member killed): outcome unknown, not acknowledged.
+        failed('unanswered'); // connection refused or reset (member killed): outcome unknown, not acknowledged
       }
+      await sleep(20);
     }
   });
   return {
     acked,
     ackTimes,
-    stop: async () => {
+    report,
+    stop: async (): Promise<LoadReport> => {
       running = false;
       await Promise.all(loops);
+      const lost = report.attempts - report.acked;
+      if (report.attempts > 0 && lost / report.attempts > maxFailureShare) {
+        throw new Error(`${prefix}: ${lost} of ${report.attempts} writes failed (more than ${maxFailureShare * 100}%): ${JSON.stringify(report.failures)}`);
+      }
+      return report;
     },
   };
 }
@@ -254,6 +280,8 @@ export function registerClients(c: TestCluster, members: () => number[], clients
   const now = () => performance.now() - t0;
   let running = true;
   let counter = 0;
+  let unanswered = 0;
+  let attempts = 0;
   const request = async (member: number, method: 'GET' | 'PUT', body?: unknown) => {
     const res = await fetch(`${c.members[member]!.url}/v1/kv/${key}`, {
       ...tlsInit(c.members[member]!.url),
@@ -271,6 +299,7 @@ export function registerClients(c: TestCluster, members: () => number[], clients
       const write = Math.random() < 0.5;
       const value = `c${client}-${counter++}`;
       const start = now();
+      attempts++;
       try {
         if (write) {
           const r = await request(member, 'PUT', { value });
@@ -282,6 +311,7 @@ export function registerClients(c: TestCluster, members: () => number[], clients
           else if (r.body?.error?.code === 'KEY_NOT_FOUND') history.push({ kind: 'read', value: null, start, end: now(), client });
         }
       } catch {
+        unanswered++;
         if (write) history.push({ kind: 'write', value, start, end: Infinity, client });
       }
       await sleep(5);
@@ -291,9 +321,15 @@ export function registerClients(c: TestCluster, members: () => number[], clients
     history,
     /** Completed operations so far. */
     completed: () => history.filter((o) => o.end !== Infinity).length,
-    stop: async () => {
+    /** Requests that got no answer (a write's then of unknown outcome; a read's dropped from the history). */
+    unanswered: () => unanswered,
+    /** Stops the clients; throws when more than `maxUnansweredShare` of their requests got no answer. */
+    stop: async (maxUnansweredShare = 0.5) => {
       running = false;
       await Promise.all(loops);
+      if (attempts > 0 && unanswered / attempts > maxUnansweredShare) {
+        throw new Error(`${key}: ${unanswered} of ${attempts} requests got no answer (more than ${maxUnansweredShare * 100}%)`);
+      }
     },
   };
 }
