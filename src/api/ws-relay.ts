@@ -56,26 +56,28 @@ export function relaying<T>(behavior: UWS.WebSocketBehavior<T>): UWS.WebSocketBe
       peer.on('open', () => {
         for (const m of state.queued.splice(0)) peer.send(m.data, { binary: m.binary });
       });
+      // What reaches the client from outside uWS's own callbacks goes out corked (uWS's rule).
+      const end = (code: number, reason: string) => ws.cork(() => ws.end(code, reason));
       peer.on('message', (msg: Buffer, binary: boolean) => {
         if (state.closed) return;
-        ws.send(msg, binary);
+        ws.cork(() => ws.send(msg, binary));
         // Let the client drain before reading more from the owner (a VNC stream is fast).
         if (ws.getBufferedAmount() > HIGH_WATER) peer.pause();
       });
       peer.on('close', (code, reason) => {
         if (state.closed) return;
         state.closed = true;
-        ws.end(code >= 1000 && code !== 1005 && code !== 1006 ? code : 1011, reason.toString() || 'the owner closed the connection');
+        end(code >= 1000 && code !== 1005 && code !== 1006 ? code : 1011, reason.toString() || 'the owner closed the connection');
       });
       peer.on('unexpected-response', (_req, res) => {
         if (state.closed) return;
         state.closed = true;
-        ws.end(4502, `the VM's member refused the connection (HTTP ${res.statusCode})`);
+        end(4502, `the VM's member refused the connection (HTTP ${res.statusCode})`);
       });
       peer.on('error', (err) => {
         if (state.closed) return;
         state.closed = true;
-        ws.end(4502, `the VM's member could not be reached: ${err.message}`.slice(0, 120));
+        end(4502, `the VM's member could not be reached: ${err.message}`.slice(0, 120));
       });
     },
     drain: (ws) => {
