@@ -7,6 +7,9 @@
  * the member as the dialer. The faults apply per directed link `from → to`, to the
  * plaintext between the two TLS sessions:
  *  - cut: open connections on the link are reset and new ones refused (a partition);
+ *  - blackhole: nothing on the link is forwarded, and nothing is closed either — bytes are
+ *    held, as a network that drops packets holds them in TCP's retransmissions, and
+ *    delivered in order once the rule is lifted; new connections hang the same way;
  *  - delay: every chunk waits `ms` (plus up to `jitterMs`) before it is forwarded, in order;
  *  - loss: each chunk resets the connection with this probability, losing what was in flight.
  */
@@ -17,6 +20,7 @@ import { memberIdFromAltNames } from '../../src/tls/pki.js';
 
 export interface LinkFaults {
   cut?: boolean;
+  blackhole?: boolean;
   delayMs?: number;
   jitterMs?: number;
   loss?: number;
@@ -47,6 +51,8 @@ export class FaultNet {
   lossResets = 0;
   #servers: Server[] = [];
   #links = new Set<Link>();
+  /** Pipes holding bytes for a blackholed link: woken when rules change. */
+  #held = new Set<() => void>();
 
   /** Starts a proxy on a free loopback port for the member `to` listening on `targetPort`. */
   async front(to: number, targetPort: number): Promise<number> {
@@ -60,6 +66,12 @@ export class FaultNet {
   set(from: number, to: number, faults: LinkFaults): void {
     this.#rules.set(`${from}>${to}`, faults);
     if (faults.cut) for (const l of this.#links) if (l.from === from && l.to === to) this.#reset(l);
+    this.#wake();
+  }
+
+  /** Blackholes every link between the groups, both ways. */
+  blackhole(...groups: number[][]): void {
+    for (const a of groups) for (const b of groups) if (a !== b) for (const from of a) for (const to of b) this.set(from, to, { blackhole: true });
   }
 
   /** Cuts every link between the groups, both ways (members in no group are untouched). */
@@ -74,6 +86,11 @@ export class FaultNet {
 
   heal(): void {
     this.#rules.clear();
+    this.#wake();
+  }
+
+  #wake(): void {
+    for (const w of [...this.#held]) w();
   }
 
   async close(): Promise<void> {
@@ -93,17 +110,30 @@ export class FaultNet {
       const theirs = this.#materialOfMember(fromId);
       if (!theirs || this.#rule(indexOf(fromId), to).cut) return void client.destroy();
       client.pause();
-      const upstream = tlsConnect({ host: '127.0.0.1', port: targetPort, ...theirs, checkServerIdentity: () => undefined });
-      upstream.on('error', () => undefined);
-      const link: Link = { get from() { return indexOf(fromId); }, to, sockets: [client, upstream, raw] };
-      this.#links.add(link);
-      const gone = () => this.#reset(link);
-      client.on('close', gone);
-      upstream.on('close', gone);
-      this.#pipe(link, client, upstream, 'out');
-      this.#pipe(link, upstream, client, 'back');
-      client.resume();
+      // A new connection into a blackhole hangs until the rule is lifted (or the dialer gives up).
+      const open = () => {
+        if (this.#rule(indexOf(fromId), to).blackhole) return void this.#held.add(open);
+        this.#held.delete(open);
+        if (!client.destroyed) this.#connect(client, raw, fromId, to, targetPort, theirs);
+      };
+      client.on('close', () => this.#held.delete(open));
+      open();
     });
+  }
+
+  /** Dials member `to` as the dialer and pipes both ways under the link's faults. */
+  #connect(client: TLSSocket, raw: Socket, fromId: number, to: number, targetPort: number, theirs: { key: string; cert: string; ca: string }): void {
+    const indexOf = this.indexOf;
+    const upstream = tlsConnect({ host: '127.0.0.1', port: targetPort, ...theirs, checkServerIdentity: () => undefined });
+    upstream.on('error', () => undefined);
+    const link: Link = { get from() { return indexOf(fromId); }, to, sockets: [client, upstream, raw] };
+    this.#links.add(link);
+    const gone = () => this.#reset(link);
+    client.on('close', gone);
+    upstream.on('close', gone);
+    this.#pipe(link, client, upstream, 'out');
+    this.#pipe(link, upstream, client, 'back');
+    client.resume();
   }
 
   /** Forwards `src` to `dst` under the faults of `from → to`, keeping the byte order. */
@@ -111,26 +141,36 @@ export class FaultNet {
     const queue: Array<{ due: number; chunk: Buffer }> = [];
     let timer: NodeJS.Timeout | undefined;
     // Due times on the monotonic clock: a wall-clock step (NTP) must not release a chunk early.
+    const rule = () => (way === 'out' ? this.#rule(link.from, link.to) : this.#rule(link.to, link.from));
     const flush = () => {
       timer = undefined;
+      if (rule().blackhole) return void this.#held.add(flush); // held, in order, until the rule is lifted
+      this.#held.delete(flush);
       const now = performance.now();
       while (queue.length > 0 && queue[0]!.due <= now) dst.write(queue.shift()!.chunk);
       if (queue.length > 0) timer = setTimeout(flush, queue[0]!.due - now);
     };
     const forward = (chunk: Buffer) => {
-      const rule = way === 'out' ? this.#rule(link.from, link.to) : this.#rule(link.to, link.from);
-      if (rule.cut) return this.#reset(link);
-      if (rule.loss && Math.random() < rule.loss) {
+      const r = rule();
+      if (r.cut) return this.#reset(link);
+      if (r.blackhole) {
+        queue.push({ due: 0, chunk });
+        return void this.#held.add(flush);
+      }
+      if (r.loss && Math.random() < r.loss) {
         this.lossResets++;
         return this.#reset(link);
       }
-      const wait = (rule.delayMs ?? 0) + Math.random() * (rule.jitterMs ?? 0);
+      const wait = (r.delayMs ?? 0) + Math.random() * (r.jitterMs ?? 0);
       const due = Math.max(performance.now() + wait, queue.at(-1)?.due ?? 0);
       queue.push({ due, chunk });
       if (!timer) timer = setTimeout(flush, due - performance.now());
     };
     src.on('data', forward);
-    src.on('close', () => clearTimeout(timer));
+    src.on('close', () => {
+      clearTimeout(timer);
+      this.#held.delete(flush);
+    });
   }
 
   /** The dialer's material, found by the member id in its certificate (the test may not know a just-joined member's id yet). */

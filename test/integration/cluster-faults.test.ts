@@ -75,6 +75,35 @@ describe('cluster under network faults', () => {
     expectLinearizable(register.history);
   }, 120_000); // The minority writes each retry for 10 s before answering 503.
 
+  it('a blackholed leader (its links drop everything, nothing is closed): the other two elect a leader and commit; healed, nothing acknowledged is lost and the history is linearizable', async () => {
+    cluster = await TestCluster.start(3, TEST_RAFT, { withFaults: true });
+    const c = cluster;
+    const net = c.net!;
+    const all = [0, 1, 2];
+    const register = registerClients(c, () => all, 4);
+    const load = writeLoad(c, 3, 'blackhole');
+    await sleep(800);
+    const old = await c.leader();
+    const others = all.filter((i) => i !== old);
+    net.blackhole([old], others);
+    // No FIN, no reset: the others notice only that the leader went quiet.
+    const next = await c.leader(others);
+    expect(next).not.toBe(old);
+    expect((await c.put(next, 'side', 'majority')).status).toBe(200);
+    await sleep(1000);
+    net.heal();
+    await c.leader(all);
+    await sleep(500);
+
+    await Promise.all([register.stop(), load.stop()]);
+    await converged(c);
+    for (const i of all) expect((await c.get(i, 'side')).body.value).toBe('majority');
+    expect(load.acked.size).toBeGreaterThan(25);
+    await expectAllPresent(c, load.acked);
+    expect(register.completed()).toBeGreaterThan(30);
+    expectLinearizable(register.history);
+  }, 90_000);
+
   it('delayed and jittered links, a leadership transfer and lossy connections keep the history linearizable', async () => {
     cluster = await TestCluster.start(3, TEST_RAFT, { withFaults: true });
     const c = cluster;
