@@ -88,8 +88,7 @@ export function upgradeWebSocket<T>(
     const forwarder = relay?.forwarder();
     if (!forwarder || !(err instanceof NovaError) || err.code !== 'VM_NOT_FOUND' || req.getHeader(FORWARDED_BY) !== '') return refuse(err);
     // (A VM this member does not have: its member authenticates and authorizes the relayed upgrade.)
-    const query = req.getQuery();
-    const url = query ? `${req.getUrl()}?${query}` : req.getUrl();
+    const url = requestTarget(req.getUrl(), req.getQuery());
     let ref: string | undefined;
     try {
       ref = relay!.ref ? relay!.ref(req) : decodeURIComponent(req.getParameter(0) ?? '');
@@ -178,8 +177,7 @@ export class ApiServer {
   #wsPrincipal(req: UWS.HttpRequest, res: UWS.HttpResponse): Principal {
     try {
       this.#auth.origins?.check(req.getHeader('host'), req.getHeader('origin'));
-      const query = req.getQuery();
-      const outcome = this.#auth.authenticate(req.getHeader('authorization'), { method: 'GET', url: query ? `${req.getUrl()}?${query}` : req.getUrl() });
+      const outcome = this.#auth.authenticate(req.getHeader('authorization'), { method: 'GET', url: requestTarget(req.getUrl(), req.getQuery()) });
       if (!outcome.ok) throw unauthorized(outcome.reason);
       return outcome.principal;
     } catch (err) {
@@ -223,7 +221,7 @@ export class ApiServer {
     x.audit = this.#auditor(method, path, res, req.getHeader('x-request-id'), mutating);
     const authorization = req.getHeader('authorization');
     const query = req.getQuery() ?? '';
-    const url = query ? `${path}?${query}` : path;
+    const url = requestTarget(path, query);
     let principal: Principal | undefined;
     if (route.priv !== 'public' || authorization !== '') {
       const outcome = this.#auth.authenticate(authorization, { method, url });
@@ -412,6 +410,11 @@ export class ApiServer {
 /** The route's resource is not on this member (the error that makes a request go on to its owner). */
 function notHere(route: Route, err: unknown): err is NovaError {
   return route.forward !== undefined && err instanceof NovaError && err.code === NOT_HERE[route.forward];
+}
+
+/** Path and query as the request named them (what forwarding sends on and a member's assertion is bound to). */
+function requestTarget(path: string, query: string | undefined): string {
+  return query ? `${path}?${query}` : path;
 }
 
 /** The caller's headers a forwarded request carries: what its body is and what it accepts (never its credentials). */

@@ -44,11 +44,11 @@ export class PeerLink {
   constructor(
     readonly target: string,
     readonly migrationId: string,
-    readonly credential: TargetCredential | undefined,
+    readonly credential: TargetCredential,
   ) {}
 
   #auth(method: string, url: string): Record<string, string> {
-    return this.credential ? { authorization: this.credential(method, url) } : {};
+    return { authorization: this.credential(method, url) };
   }
 
   /** Offers the VM to the target daemon; its answer says where to stream. */

@@ -16,7 +16,7 @@ export interface SourceDeps {
   log: Logger;
   nodeId: string;
   /** How the source authenticates to the target daemon. */
-  credential?: TargetCredential;
+  credential: TargetCredential;
 }
 
 export abstract class SourceMigration {

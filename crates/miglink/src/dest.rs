@@ -97,8 +97,7 @@ impl Shared {
         let l = link
             .as_ref()
             .ok_or_else(|| LinkError::Transport("no migration link".into()))?;
-        l.writer()
-            .and_then(|mut w| w.write_all(&f))
+        l.write_all(&f)
             .map_err(|e| LinkError::io("returning window credit", e))
     }
 }

@@ -200,11 +200,6 @@ impl TlsLink {
             .map(|s| format!("{:?}", s.suite()))
     }
 
-    /// Shuts the socket both ways (the reader and writers then fail).
-    pub fn shutdown(&self) {
-        let _ = self.recv.shutdown(Shutdown::Both);
-    }
-
     /// The socket (for fault injection and shutdown by the owner).
     pub fn socket(&self) -> &TcpStream {
         &self.recv
@@ -256,8 +251,7 @@ impl Read for TlsReader {
                 let mut pending = &self.raw[self.start..self.end];
                 let taken = c.read_tls(&mut pending)?;
                 self.start += taken;
-                c.process_new_packets()
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                process(&mut c)?;
                 let reply = c.wants_write(); // a key update, an alert
                 drop(c);
                 if reply {
@@ -277,8 +271,7 @@ impl Read for TlsReader {
             if n == 0 {
                 let mut c = self.link.conn.lock().unwrap();
                 c.read_tls(&mut &[][..])?; // end of stream
-                c.process_new_packets()
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                process(&mut c)?;
                 return match c.reader().read(out) {
                     Ok(n) => Ok(n),
                     // Closed without close_notify: to the frame reader, the end of the stream
@@ -294,6 +287,13 @@ impl Read for TlsReader {
             }
         }
     }
+}
+
+/// Decrypts what `read_tls` took in; a record that fails is the stream's error.
+fn process(c: &mut Connection) -> io::Result<()> {
+    c.process_new_packets()
+        .map(|_| ())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 /// Plaintext to the peer, as a `Write`; cheap to make, one per writing thread.
@@ -335,6 +335,15 @@ impl Link {
             Link::Tls(t) => Box::new(t.writer()),
             Link::Plain(s) => Box::new(s.try_clone()?),
         })
+    }
+
+    /// Sends `bytes` whole (a small frame from a thread that is not the link's writer:
+    /// no writer is made for it, and plain TCP writes to the socket it has).
+    pub fn write_all(&self, bytes: &[u8]) -> io::Result<()> {
+        match self {
+            Link::Tls(t) => t.writer().write_all(bytes),
+            Link::Plain(s) => (&*s).write_all(bytes),
+        }
     }
 
     /// The socket underneath.
