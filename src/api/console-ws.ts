@@ -1,7 +1,8 @@
 /**
  * `GET /v1/vms/:id/console`: the VM's serial console over WebSocket. Binary frames both
- * ways carry raw console bytes; text frames are rejected. The connection closes with
- * 4404 for an unknown VM and 4409 when the VM has no console (not running).
+ * ways carry raw console bytes; text frames are rejected. An unknown VM is refused with
+ * HTTP 404 (relayed from another member: closed with 4404), and the connection closes with
+ * 4409 when the VM has no console (not running).
  */
 import type { Logger } from 'pino';
 import { NovaError } from '../errors.js';

@@ -87,7 +87,8 @@ export function upgradeWebSocket<T>(
   } catch (err) {
     const forwarder = relay?.forwarder();
     if (!forwarder || !(err instanceof NovaError) || err.code !== 'VM_NOT_FOUND' || req.getHeader(FORWARDED_BY) !== '') return refuse(err);
-    // (A VM this member does not have: its member authenticates and authorizes the relayed upgrade.)
+    // (A VM this member does not have: its member authenticates and authorizes the relayed
+    // connection. Accepted now, looked up after: see ws-relay.ts for why it cannot wait.)
     const url = requestTarget(req.getUrl(), req.getQuery());
     let ref: string | undefined;
     try {
@@ -96,19 +97,7 @@ export function upgradeWebSocket<T>(
       return refuse(err);
     }
     if (!ref) return refuse(err);
-    let aborted = false;
-    res.onAborted(() => (aborted = true));
-    forwarder.locate('vm', ref, principal).then(
-      (owner) => {
-        if (aborted) return;
-        if (!owner) return refuse(err);
-        res.cork(() => res.upgrade(relayTarget(forwarder, owner, url, principal) as T, key, protocol, extensions, context));
-      },
-      (e) => {
-        if (!aborted) refuse(e);
-      },
-    );
-    return;
+    data = relayTarget(forwarder, ref, url, principal, err) as T;
   }
   res.cork(() => res.upgrade(data, key, protocol, extensions, context));
 }

@@ -215,7 +215,7 @@ describe('any member answers for any VM', { timeout: 60_000 }, () => {
     expect((await call(2, 'GET', `/v1/vms/${vm.id}`)).body).toMatchObject({ id: vm.id, name: 'fw-move' });
   });
 
-  it('telemetry for a VM on another member is relayed from it; a VM no member has is refused with 404', async () => {
+  it('telemetry for a VM on another member is relayed from it; a VM no member has closes with 4404 VM_NOT_FOUND', async () => {
     const vm = (await call(0, 'POST', '/v1/vms', sampleVm('fw-tele'))).body;
     const { unpack } = await import('msgpackr');
     const frame = await new Promise<any>((resolve, reject) => {
@@ -228,12 +228,13 @@ describe('any member answers for any VM', { timeout: 60_000 }, () => {
       setTimeout(() => reject(new Error('no telemetry frame through the relay')), 10_000).unref();
     });
     expect(frame).toMatchObject({ type: 'samples', intervalMs: expect.any(Number), samples: expect.any(Array) });
-    const refused = await new Promise<number>((resolve) => {
+    const refused = await new Promise<{ code: number; reason: string }>((resolve) => {
       const ws = new WebSocket(`${url(1).replace('http', 'ws')}/v1/telemetry?vmId=vm-nowhere`, { ...wsTls(url(0)), headers: c.headers });
-      ws.on('unexpected-response', (_req, res) => resolve(res.statusCode ?? 0));
-      ws.on('open', () => resolve(101));
+      ws.on('unexpected-response', (_req, res) => resolve({ code: res.statusCode ?? 0, reason: 'HTTP' }));
+      ws.on('close', (code, reason) => resolve({ code, reason: reason.toString() }));
     });
-    expect(refused).toBe(404);
+    expect(refused.code).toBe(4404); // Accepted before the lookup, then closed (see ws-relay.ts).
+    expect(refused.reason).toMatch(/^VM_NOT_FOUND: /);
   });
 
   // Last: it kills a member.
