@@ -261,7 +261,10 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
     });
     quotaRoutes(router, quotas);
     // Any member answers for any VM: requests about another member's VM go there.
-    const forwarder = new ClusterForwarder(replicated, assertions, memberCas);
+    const forwarder = new ClusterForwarder(replicated, assertions, memberCas, () => {
+      const st = cluster?.lastStatus;
+      return st && [...st.voters, ...st.learners];
+    });
     listing.forwarder = forwarder;
     listing.self = self;
     server.useForwarder(forwarder);

@@ -60,6 +60,8 @@ export interface Forwarder {
   others(): Promise<HostRecord[]>;
   /** Synchronous: false only when that read found no other member (a lone member then answers lists without a hop). */
   mayHaveOthers(): boolean;
+  /** Synchronous: whether the Raft configuration this member saw last (at most half a second ago) has no other member. */
+  alone(): boolean;
 }
 
 /** How long an inventory read is reused before the next lookup reads it again. */
@@ -80,6 +82,8 @@ export class ClusterForwarder implements Forwarder {
     private readonly assertions: MemberAssertions,
     /** CA certificates (PEM) other members' HTTPS APIs are checked against. */
     readonly ca?: string[],
+    /** The members in the Raft configuration this member saw last (undefined: not seen yet). */
+    private readonly members: () => readonly number[] | undefined = () => undefined,
   ) {
     this.self = assertions.self;
     this.#agent = new Agent({ keepAliveTimeout: 30_000, connections: 64, ...(ca ? { connect: { ca } } : {}) });
@@ -135,6 +139,11 @@ export class ClusterForwarder implements Forwarder {
     if (!this.#hosts || Date.now() - this.#hosts.at >= INVENTORY_TTL_MS) return true;
     for (const member of this.#hosts.byMember.keys()) if (member !== this.self) return true;
     return false;
+  }
+
+  alone(): boolean {
+    const members = this.members();
+    return members !== undefined && members.every((m) => m === this.self);
   }
 
   close(): void {

@@ -87,6 +87,8 @@ export function upgradeWebSocket<T>(
   } catch (err) {
     const forwarder = relay?.forwarder();
     if (!forwarder || !(err instanceof NovaError) || err.code !== 'VM_NOT_FOUND' || req.getHeader(FORWARDED_BY) !== '') return refuse(err);
+    // A lone member knows at once that no member has it.
+    if (forwarder.alone()) return refuse(err);
     // (A VM this member does not have: its member authenticates and authorizes the relayed
     // connection. Accepted now, looked up after: see ws-relay.ts for why it cannot wait.)
     const url = requestTarget(req.getUrl(), req.getQuery());

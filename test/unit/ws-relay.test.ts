@@ -30,6 +30,8 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 describe.each([{ secure: false }, { secure: true }])('the WebSocket relay (TLS: $secure)', ({ secure }) => {
   const dir = mkdtempSync(join(tmpdir(), 'ws-relay-'));
   let caPem: string | undefined;
+  /** What the forwarder says of the Raft configuration. */
+  let alone = false;
   let owner: { socket: UWS.us_listen_socket; port: number };
   let relay: { socket: UWS.us_listen_socket; port: number };
   /** Connections the owner opened, and the forwarded-by header each carried. */
@@ -87,6 +89,7 @@ describe.each([{ secure: false }, { secure: true }])('the WebSocket relay (TLS: 
       send: () => Promise.reject(new Error('not used')),
       others: async () => [host],
       mayHaveOthers: () => true,
+      alone: () => alone,
     };
     const relayApp = app().ws<object>('/v1/vms/:id/console', relaying<object>({
       maxPayloadLength: 1 << 20,
@@ -200,6 +203,17 @@ describe.each([{ secure: false }, { secure: true }])('the WebSocket relay (TLS: 
       const r = await session('vm-nowhere');
       expect(r.code).toBe(4404);
       expect(r.reason).toMatch(/^VM_NOT_FOUND: /);
+    });
+
+    it('a lone member refuses a VM it does not have with HTTP 404, before any lookup', async () => {
+      alone = true;
+      try {
+        const before = lookups.length;
+        await expect(session('vm-there')).rejects.toThrow('upgrade refused: HTTP 404');
+        expect(lookups.length).toBe(before);
+      } finally {
+        alone = false;
+      }
     });
 
     it('the owner\'s refusal of the upgrade comes back as 4000 + its HTTP status', async () => {
