@@ -432,6 +432,16 @@ pub fn encode_message(msg: &Message) -> Vec<u8> {
     msg.write_to_bytes().expect("protobuf encodes into a Vec")
 }
 
+/// Where this incarnation numbers its reads from: the wall clock in nanoseconds, so that a
+/// restarted member's reads do not reuse the contexts of its previous incarnation's reads,
+/// which the leader may still hold pending.
+fn first_read_number() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1)
+}
+
 fn fail_input(input: Input, err: RaftError) {
     match input {
         Input::Propose(_, cb) => cb(Err(err)),
@@ -464,6 +474,7 @@ struct RaftLoop {
     conf_changes: HashMap<RequestId, Waiter<ConfState>>,
     reads_for_index: HashMap<u64, Waiter<u64>>,
     reads_for_apply: Vec<(u64, Waiter<u64>)>,
+    /// The next ReadIndex number; see [`RaftLoop::read_ctx`].
     next_read: u64,
     stopping: bool,
     /// Leadership hand-overs tried since this (removed) leader was removed.
@@ -488,7 +499,7 @@ impl RaftLoop {
             conf_changes: HashMap::new(),
             reads_for_index: HashMap::new(),
             reads_for_apply: Vec::new(),
-            next_read: 1,
+            next_read: first_read_number(),
             stopping: false,
         }
     }
@@ -576,8 +587,8 @@ impl RaftLoop {
                     return done(Err(RaftError::NoLeader));
                 }
                 let ctx = self.next_read;
-                self.next_read += 1;
-                self.raw.read_index(ctx.to_be_bytes().to_vec());
+                self.next_read = self.next_read.wrapping_add(1);
+                self.raw.read_index(self.read_ctx(ctx));
                 let deadline = self.deadline();
                 self.reads_for_index.insert(ctx, Waiter { done, deadline });
             }
@@ -750,12 +761,9 @@ impl RaftLoop {
             self.transport.send(rd.take_persisted_messages());
         }
         for rs in rd.take_read_states() {
-            let ctx = rs
-                .request_ctx
-                .as_slice()
-                .try_into()
-                .map(u64::from_be_bytes)
-                .unwrap_or(0);
+            let Some(ctx) = self.own_read(&rs.request_ctx) else {
+                continue;
+            };
             if let Some(w) = self.reads_for_index.remove(&ctx) {
                 self.reads_for_apply.push((rs.index, w));
             }
@@ -908,10 +916,34 @@ impl RaftLoop {
         for d in data {
             let _ = self.raw.propose(Vec::new(), d);
         }
-        let reads: Vec<u64> = self.reads_for_index.keys().copied().collect();
+        let reads: Vec<Vec<u8>> = self
+            .reads_for_index
+            .keys()
+            .map(|&n| self.read_ctx(n))
+            .collect();
         for ctx in reads {
-            self.raw.read_index(ctx.to_be_bytes().to_vec());
+            self.raw.read_index(ctx);
         }
+    }
+
+    /// A ReadIndex request's context: this member's id and the read's number. raft-rs's
+    /// read-only queue keys pending requests by context and drops a request whose context
+    /// is already pending, so contexts must be unique across the cluster, not per member —
+    /// two members' reads numbered alike once collided at the leader and one of them waited
+    /// out its deadline.
+    fn read_ctx(&self, number: u64) -> Vec<u8> {
+        let mut ctx = Vec::with_capacity(16);
+        ctx.extend_from_slice(&self.raw.raft.id.to_be_bytes());
+        ctx.extend_from_slice(&number.to_be_bytes());
+        ctx
+    }
+
+    /// The number of a read this member asked for, if `ctx` is one of this member's.
+    fn own_read(&self, ctx: &[u8]) -> Option<u64> {
+        let (id, number) = ctx.split_at_checked(8)?;
+        let id = u64::from_be_bytes(id.try_into().ok()?);
+        let number = u64::from_be_bytes(number.try_into().ok()?);
+        (id == self.raw.raft.id).then_some(number)
     }
 
     fn answer_reads(&mut self) {

@@ -563,3 +563,45 @@ fn a_proposal_forwarded_to_a_dead_leader_is_sent_again_to_the_next_one() {
         Some("1")
     );
 }
+
+/// raft-rs's read-only queue keys a ReadIndex request by its context and drops one whose
+/// context is already pending, so contexts must be unique across the cluster: two members'
+/// reads numbered alike once collided at the leader and one waited out its deadline.
+#[test]
+fn concurrent_reads_through_every_member_are_each_answered_promptly() {
+    let c = Cluster::new();
+    c.form(&[1, 2, 3]);
+    put(&c.node(c.leader()), "k", "v");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let start = std::time::Instant::now();
+    let nodes: Vec<_> = [1, 2, 3].into_iter().map(|id| (id, c.node(id))).collect();
+    let mut sent = 0;
+    for _round in 0..20 {
+        for (id, node) in &nodes {
+            for _ in 0..10 {
+                let tx = tx.clone();
+                let id = *id;
+                node.read_index(Box::new(move |r| {
+                    let _ = tx.send((id, r.map_err(|e| e.code()), start.elapsed()));
+                }));
+                sent += 1;
+            }
+        }
+    }
+    drop(tx);
+    let answers: Vec<_> = rx.iter().collect();
+    assert_eq!(answers.len(), sent);
+    let failed: Vec<_> = answers.iter().filter(|(_, r, _)| r.is_err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {sent} reads failed, e.g. {:?}",
+        failed.len(),
+        failed.first()
+    );
+    let slowest = answers.iter().map(|(_, _, t)| *t).max().unwrap();
+    // The harness's request deadline is 3 s; a healthy in-process cluster answers in milliseconds.
+    assert!(
+        slowest < Duration::from_secs(1),
+        "the slowest of {sent} reads took {slowest:?}"
+    );
+}
