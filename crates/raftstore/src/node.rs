@@ -476,6 +476,9 @@ struct RaftLoop {
     reads_for_apply: Vec<(u64, Waiter<u64>)>,
     /// The next ReadIndex number; see [`RaftLoop::read_ctx`].
     next_read: u64,
+    /// The term in which the pending reads were last sent again; see
+    /// [`RaftLoop::resend_on_leader_change`].
+    reads_sent_in_term: u64,
     stopping: bool,
     /// Leadership hand-overs tried since this (removed) leader was removed.
     handover_tries: u32,
@@ -500,6 +503,7 @@ impl RaftLoop {
             reads_for_index: HashMap::new(),
             reads_for_apply: Vec::new(),
             next_read: first_read_number(),
+            reads_sent_in_term: 0,
             stopping: false,
         }
     }
@@ -900,22 +904,30 @@ impl RaftLoop {
     }
 
     /// A follower forwards proposals and reads to its leader; if that leader dies they are
-    /// lost and would wait out their deadline. When a new leader appears, send them again:
-    /// request ids make a proposal that did get through apply once, and a read answered
-    /// twice is answered once.
+    /// lost and would wait out their deadline. When a new leader appears, send the
+    /// proposals again (request ids make a proposal that did get through apply once); send
+    /// the reads again once this member sees an entry of the new term committed, because a
+    /// leader drops ReadIndex requests until it has committed an entry of its term (a read
+    /// answered twice is answered once).
     fn resend_on_leader_change(&mut self) {
         let leader = self.raw.raft.leader_id;
-        if leader == self.leader_seen {
+        if leader != self.leader_seen {
+            self.leader_seen = leader;
+            if leader != raft::INVALID_ID {
+                let data: Vec<Vec<u8>> = self.proposals.values().map(|p| p.data.clone()).collect();
+                for d in data {
+                    let _ = self.raw.propose(Vec::new(), d);
+                }
+            }
+        }
+        let term = self.raw.raft.term;
+        if self.reads_sent_in_term == term
+            || !self.leader_known()
+            || !self.raw.raft.commit_to_current_term()
+        {
             return;
         }
-        self.leader_seen = leader;
-        if leader == raft::INVALID_ID {
-            return;
-        }
-        let data: Vec<Vec<u8>> = self.proposals.values().map(|p| p.data.clone()).collect();
-        for d in data {
-            let _ = self.raw.propose(Vec::new(), d);
-        }
+        self.reads_sent_in_term = term;
         let reads: Vec<Vec<u8>> = self
             .reads_for_index
             .keys()

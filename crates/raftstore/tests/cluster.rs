@@ -605,3 +605,57 @@ fn concurrent_reads_through_every_member_are_each_answered_promptly() {
         "the slowest of {sent} reads took {slowest:?}"
     );
 }
+
+/// A new leader drops ReadIndex requests until it has committed an entry of its own term, so
+/// reads sent to it as soon as it is known are lost: each member sends its pending reads
+/// again once it sees an entry of the current term committed. Reads waiting on a follower
+/// when the leader dies are then answered about as soon as writes are.
+#[test]
+fn reads_in_flight_when_the_leader_dies_are_answered_by_the_next_leader() {
+    let mut c = Cluster::new();
+    c.config.request_timeout = Duration::from_secs(10);
+    c.form(&[1, 2, 3]);
+    let old = c.leader();
+    put(&c.node(old), "k", "v");
+    let rest: Vec<u64> = [1, 2, 3].into_iter().filter(|&id| id != old).collect();
+    c.stop(old);
+    let started = std::time::Instant::now();
+    let (tx, rx) = std::sync::mpsc::channel();
+    // Reads through both survivors while they still believe in the dead leader, and again
+    // while they elect the next one.
+    let mut sent = 0;
+    for wave in 0..10 {
+        for &id in &rest {
+            let tx = tx.clone();
+            c.node(id).read_index(Box::new(move |r| {
+                let _ = tx.send((id, r.map_err(|e| e.code()), started.elapsed()));
+            }));
+            sent += 1;
+        }
+        if wave < 9 {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    drop(tx);
+    let new = c.leader_among(&rest);
+    let elected = started.elapsed();
+    let answers: Vec<_> = rx.iter().collect();
+    assert_eq!(answers.len(), sent);
+    for (id, r, t) in &answers {
+        // NO_LEADER is a fair answer while no leader is known; anything answered must be
+        // answered by the time a leader is, plus a few heartbeats, not at the deadline.
+        assert!(
+            r.is_ok() || *r == Err("RAFT_NO_LEADER"),
+            "read through {id}: {r:?} after {t:?}"
+        );
+        assert!(
+            *t < elected + Duration::from_secs(1),
+            "read through {id} answered after {t:?}; leader {new} known by {elected:?}"
+        );
+    }
+    assert!(
+        answers.iter().filter(|(_, r, _)| r.is_ok()).count() >= sent / 2,
+        "{answers:?}"
+    );
+    assert_eq!(read(&c.node(new), "k").unwrap().as_deref(), Some("v"));
+}
