@@ -195,7 +195,7 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
     const server = await ApiServer.listen(
       router,
       {
-        host: config.host, port: config.port, bodyLimitBytes: config.bodyLimitBytes, log, metrics,
+        host: config.host, port: config.port, bodyLimitBytes: config.bodyLimitBytes, log, metrics, ready: () => ready,
         ...(apiTls ? { tls: apiTls } : {}),
         auth: {
           authenticate: (h, call) => authenticator.authenticate(h, call),

@@ -111,6 +111,7 @@ export const ERROR_CODES = {
   // Daemon
   CONFIG_INVALID: { status: 500, message: 'daemon configuration is invalid' },
   SHUTTING_DOWN: { status: 503, message: 'daemon is shutting down' },
+  STARTING: { status: 503, message: 'this member is starting and serves nothing but /healthz and /readyz yet; retry shortly' },
   INTERNAL: { status: 500, message: 'internal error' },
 } as const satisfies Record<string, { status: number; message: string }>;
 

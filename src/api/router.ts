@@ -55,6 +55,8 @@ export interface RouteOptions {
   callerHeaders?: boolean;
   /** The handler needs the caller's address (`req.source`). */
   source?: boolean;
+  /** Served while the member is still starting (liveness and readiness); every other route answers 503 STARTING until then. */
+  whileStarting?: boolean;
 }
 
 export interface Route extends RouteOptions {

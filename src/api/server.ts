@@ -42,6 +42,12 @@ export interface ServerOptions {
   metrics: Metrics;
   /** Serve HTTPS with this key and certificate (PEM files); plain HTTP without. */
   tls?: { keyFile: string; certFile: string };
+  /**
+   * Whether the member can serve every route yet. Until then only `whileStarting` routes
+   * answer; everything else, unknown paths and WebSockets included, is 503 STARTING with
+   * Retry-After (routes are still being installed, and a 404 then would be a wrong answer).
+   */
+  ready: () => boolean;
 }
 
 /** Authenticates a WebSocket upgrade (its Authorization, Host and Origin headers): the caller's principal, or a NovaError (audited). */
@@ -73,7 +79,12 @@ export function upgradeWebSocket<T>(
   const extensions = req.getHeader('sec-websocket-extensions');
   const refuse = (err: unknown) => {
     const { status, body } = toErrorBody(err);
-    res.cork(() => res.writeStatus(statusLine(status)).writeHeader('content-type', 'application/json').end(JSON.stringify(body)));
+    const headers = errorHeaders(err) ?? {};
+    res.cork(() => {
+      res.writeStatus(statusLine(status)).writeHeader('content-type', 'application/json');
+      for (const k in headers) res.writeHeader(k, headers[k]!);
+      res.end(JSON.stringify(body));
+    });
   };
   let principal: Principal | undefined;
   let data: T;
@@ -102,6 +113,20 @@ export function upgradeWebSocket<T>(
     data = relayTarget(forwarder, ref, url, principal, err) as T;
   }
   res.cork(() => res.upgrade(data, key, protocol, extensions, context));
+}
+
+/** 503 STARTING: the member is not ready yet (a second is about what the rest of a start takes). */
+function starting(): NovaError {
+  return new NovaError('STARTING', undefined, { retryAfterSeconds: 1 });
+}
+
+/** The headers an error answer carries: `Allow` for a wrong method, `Retry-After` when the error says when. */
+function errorHeaders(err: unknown): Record<string, string> | undefined {
+  if (!(err instanceof NovaError) || err.details === undefined) return undefined;
+  const d = err.details as { allow?: string[]; retryAfterSeconds?: number };
+  if (err.code === 'METHOD_NOT_ALLOWED' && d.allow) return { allow: d.allow.join(', ') };
+  if (typeof d.retryAfterSeconds === 'number') return { 'retry-after': String(d.retryAfterSeconds) };
+  return undefined;
 }
 
 const STATUS_LINES = new Map<number, string>();
@@ -167,6 +192,7 @@ export class ApiServer {
 
   #wsPrincipal(req: UWS.HttpRequest, res: UWS.HttpResponse): Principal {
     try {
+      if (!this.#opts.ready()) throw starting();
       this.#auth.origins?.check(req.getHeader('host'), req.getHeader('origin'));
       const outcome = this.#auth.authenticate(req.getHeader('authorization'), { method: 'GET', url: requestTarget(req.getUrl(), req.getQuery()) });
       if (!outcome.ok) throw unauthorized(outcome.reason);
@@ -202,6 +228,7 @@ export class ApiServer {
       }
     }
     const match = this.#router.match(method, path);
+    if (!this.#opts.ready() && (match.kind !== 'found' || !match.route.whileStarting)) return x.fail(starting());
     if (match.kind === 'not-found') return x.fail(new NovaError('ROUTE_NOT_FOUND', `no endpoint ${method} ${path}`));
     if (match.kind === 'method-not-allowed') {
       return x.fail(new NovaError('METHOD_NOT_ALLOWED', `${method} is not allowed on ${path}; use ${match.allow.join(', ')}`, { allow: match.allow }));
@@ -536,8 +563,8 @@ class Exchange {
 
   fail(err: unknown): void {
     const { status, body } = toErrorBody(err);
-    if (status >= 500) this.log.error({ err, method: this.stats.method, route: this.stats.route }, 'request failed');
-    const allow = err instanceof NovaError && err.code === 'METHOD_NOT_ALLOWED' ? (err.details as { allow: string[] }).allow.join(', ') : undefined;
-    this.send({ status, json: body, ...(allow ? { headers: { allow } } : {}) });
+    if (status >= 500 && !(err instanceof NovaError && err.code === 'STARTING')) this.log.error({ err, method: this.stats.method, route: this.stats.route }, 'request failed');
+    const headers = errorHeaders(err);
+    this.send({ status, json: body, ...(headers ? { headers } : {}) });
   }
 }

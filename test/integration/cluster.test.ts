@@ -7,7 +7,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { spawnSync } from 'node:child_process';
-import { BIN, api, spawnDaemon, tempDataDir, removeDir, waitOp, type DaemonHandle } from '../helpers/daemon.js';
+import { BIN, api, authHeaders, spawnDaemon, tempDataDir, removeDir, waitOp, wsTls, type DaemonHandle } from '../helpers/daemon.js';
 import { SECRET, TEST_RAFT, TestCluster, expectAllPresent, freePort, registerClients, sleep, writeLoad } from '../helpers/cluster.js';
 import { checkRegister } from '../helpers/linearizability.js';
 import { readFileSync, rmSync } from 'node:fs';
@@ -422,6 +422,40 @@ describe('cluster', () => {
       removeDir(dir);
       removeDir(other);
     }
+  });
+
+  it('a member restarting without a quorum answers 503 STARTING with Retry-After on every route but /healthz and /readyz, never 404, until it is ready; then serves', async () => {
+    cluster = await TestCluster.start(3);
+    const c = cluster;
+    expect((await c.put(0, 'k', 'before')).status).toBe(200);
+    for (const i of [0, 1, 2]) await c.kill(i);
+    // Member 0 alone: its start waits for the cluster after its API already listens.
+    const restarting = c.startMember(0);
+    restarting.catch(() => undefined);
+    const url = c.members[0]!.url;
+    await c.waitFor(async () => (await api(url, 'GET', '/healthz')).status === 200, 'member 0 to listen');
+    expect((await api(url, 'GET', '/readyz')).body).toEqual({ status: 'not-ready' });
+    for (const [method, path] of [['GET', '/v1/kv/k'], ['GET', '/v1/cluster'], ['GET', '/v1/vms'], ['GET', '/v1/no-such-route'], ['PUT', '/v1/kv/k']] as const) {
+      const r = await api(url, method, path, method === 'PUT' ? { value: 'during' } : undefined);
+      expect(r.status, `${method} ${path}: ${JSON.stringify(r.body)}`).toBe(503);
+      expect(r.body.error.code).toBe('STARTING');
+      expect(r.headers.get('retry-after')).toBe('1');
+    }
+    const upgrade = await new Promise<number>((resolve, reject) => {
+      const ws = new WebSocket(`${url.replace('http', 'ws')}/v1/events`, { ...wsTls(url), headers: authHeaders(url) });
+      ws.once('open', () => (ws.close(), resolve(101)));
+      ws.once('unexpected-response', (_req, res) => resolve(res.statusCode ?? 0));
+      ws.once('error', reject);
+    });
+    expect(upgrade).toBe(503);
+    // Still starting: nothing it was asked meanwhile reached the store.
+    expect((await api(url, 'GET', '/readyz')).status).toBe(503);
+
+    await c.startMember(1);
+    await restarting;
+    expect((await api(url, 'GET', '/readyz')).body).toEqual({ status: 'ready' });
+    expect((await c.get(0, 'k')).body.value).toBe('before');
+    expect((await api(url, 'GET', '/v1/no-such-route')).body.error.code).toBe('ROUTE_NOT_FOUND');
   });
 
   it('a member that comes back on another port records its new address, so the others find it even after they all restart', async () => {
