@@ -458,6 +458,42 @@ describe('cluster', () => {
     expect((await api(url, 'GET', '/v1/no-such-route')).body.error.code).toBe('ROUTE_NOT_FOUND');
   });
 
+  it('a member restarted after kill -9 answers at once while it starts (refused or 503 STARTING, never held, never 404) and serves writes and linearizable reads within 500 ms of being ready', async () => {
+    cluster = await TestCluster.start(3);
+    const c = cluster;
+    expect((await c.put(0, 'k', 'v')).status).toBe(200);
+    const leader = await c.leader();
+    const follower = [0, 1, 2].find((i) => i !== leader)!;
+    for (const victim of [follower, leader]) {
+      await c.kill(victim);
+      const url = c.members[victim]!.url;
+      let restarted = false;
+      const probes: Array<{ answer: string; ms: number }> = [];
+      const probing = (async () => {
+        while (!restarted) {
+          const t = performance.now();
+          const answer = await api(url, 'GET', '/v1/kv/k').then((r) => `${r.status} ${r.body?.error?.code ?? r.body?.value}`, (e) => `refused ${e.cause?.code ?? e.message}`);
+          probes.push({ answer, ms: performance.now() - t });
+          await sleep(20);
+        }
+      })();
+      await c.startMember(victim);
+      restarted = true;
+      await probing;
+      const t = performance.now();
+      const put = await c.put(victim, `after-restart-${victim}`, 'yes');
+      const putMs = performance.now() - t;
+      const got = await c.get(victim, `after-restart-${victim}`);
+      const totalMs = performance.now() - t;
+      expect(put.status, JSON.stringify(put.body)).toBe(200);
+      expect(got.body.value).toBe('yes');
+      expect(totalMs, `first write ${putMs.toFixed(0)} ms, write and read ${totalMs.toFixed(0)} ms`).toBeLessThan(500);
+      const odd = probes.filter((p) => !/^(refused|503 STARTING|200 v)/.test(p.answer) || p.ms > 500);
+      expect(odd, JSON.stringify(probes)).toEqual([]);
+      expect(probes.length).toBeGreaterThan(0);
+    }
+  });
+
   it('a member that comes back on another port records its new address, so the others find it even after they all restart', async () => {
     cluster = await TestCluster.start(3);
     const c = cluster;
