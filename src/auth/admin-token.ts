@@ -5,9 +5,10 @@
  * no setup. It is a token of the built-in `admin` user, valid on every member once the
  * cluster store has it.
  */
-import { chmodSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { NovaError } from '../errors.js';
+import { writeFileDurably } from '../util/durable-file.js';
 import { ADMIN_USER, type TokenRecord } from './identity.js';
 import { newToken, parseToken, sha256 } from './secrets.js';
 
@@ -30,7 +31,8 @@ export function loadOrCreateAdminToken(dataDir: string, member: string): AdminTo
     return { path, record: record(parsed.id, sha256(parsed.secret), member) };
   }
   const t = newToken();
-  writeFileSync(path, `${t.text}\n`, { mode: 0o600, flag: 'wx' });
+  // Durable before it is shown: a token printed once and then lost to a power failure would lock the operator out.
+  writeFileDurably(path, `${t.text}\n`, { mode: 0o600, exclusive: true });
   return { path, record: record(t.id, t.hash, member), created: t.text };
 }
 

@@ -4,8 +4,9 @@
  * same member id instead of leaving a ghost learner behind.
  */
 import { randomBytes, randomInt, randomUUID } from 'node:crypto';
-import { closeSync, existsSync, fsyncSync, openSync, readFileSync, renameSync, writeSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { writeFileDurably } from '../util/durable-file.js';
 import { z } from 'zod';
 import { NovaError } from '../errors.js';
 
@@ -31,24 +32,9 @@ export function readIdentity(dataDir: string): Identity | undefined {
   }
 }
 
-/** Atomic and durable: write a temp file, fsync it, rename over, fsync the directory. */
+/** Atomic and durable (see util/durable-file.ts). */
 export function writeIdentity(dataDir: string, identity: Identity): void {
-  const path = identityPath(dataDir);
-  const tmp = `${path}.tmp`;
-  const fd = openSync(tmp, 'w', 0o600);
-  try {
-    writeSync(fd, JSON.stringify(identity, null, 2) + '\n');
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
-  renameSync(tmp, path);
-  const dir = openSync(dirname(path), 'r');
-  try {
-    fsyncSync(dir);
-  } finally {
-    closeSync(dir);
-  }
+  writeFileDurably(identityPath(dataDir), JSON.stringify(identity, null, 2) + '\n', { mode: 0o600 });
 }
 
 /** Member ids are random (no coordination needed) and below 2^48 so they survive JSON and JS numbers. */

@@ -10,6 +10,7 @@ import { chmod, open, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { NovaError } from '../errors.js';
+import { syncDir, writeFileDurablyAsync } from '../util/durable-file.js';
 import type { PoolDef, VolumeFormat, VolumeMeta } from './model.js';
 import { VOLUME_NAME } from './model.js';
 import type { BlockTarget, ImageInfo, PoolDriver, PoolSpace, StagedWrite } from './pool-driver.js';
@@ -238,24 +239,6 @@ function refused(pool: string, name: string, why: string): NovaError {
 }
 
 /** Writes `name` in `dir` through a staging file: fsync, rename, fsync the directory. */
-async function writeDurably(dir: string, name: string, text: string): Promise<void> {
-  const tmp = join(dir, `${STAGE_PREFIX}${name}-${randomBytes(4).toString('hex')}`);
-  const fh = await open(tmp, 'wx', 0o600);
-  try {
-    await fh.writeFile(text);
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-  await rename(tmp, join(dir, name));
-  await syncDir(dir);
-}
-
-async function syncDir(dir: string): Promise<void> {
-  const fh = await open(dir, 'r');
-  try {
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
+function writeDurably(dir: string, name: string, text: string): Promise<void> {
+  return writeFileDurablyAsync(join(dir, name), text, { staging: join(dir, `${STAGE_PREFIX}${name}-${randomBytes(4).toString('hex')}`) });
 }

@@ -6,11 +6,12 @@
  * every TLS server and client between members, and swaps in a renewed certificate
  * without a restart (servers get a new secure context; new connections use it).
  */
-import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, writeSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { X509Certificate } from 'node:crypto';
 import { createSecureContext, type PeerCertificate, type SecureContext, type SecureContextOptions } from 'node:tls';
 import { NovaError } from '../errors.js';
+import { writeFileDurably } from '../util/durable-file.js';
 import { memberIdFromAltNames, type KeyAndCert } from './pki.js';
 
 export interface CertificateInfo {
@@ -46,15 +47,15 @@ export function readMaterial(dataDir: string): MemberMaterial | undefined {
 export function writeMaterial(dataDir: string, m: MemberMaterial): void {
   const dir = tlsDir(dataDir);
   mkdirSync(dir, { recursive: true, mode: 0o700 });
-  writeDurably(join(dir, FILES.keyPem), m.keyPem, 0o600);
-  writeDurably(join(dir, FILES.caPem), m.caPem, 0o644);
-  writeDurably(join(dir, FILES.certPem), m.certPem, 0o644);
+  writeFileDurably(join(dir, FILES.keyPem), m.keyPem, { mode: 0o600 });
+  writeFileDurably(join(dir, FILES.caPem), m.caPem, { mode: 0o644 });
+  writeFileDurably(join(dir, FILES.certPem), m.certPem, { mode: 0o644 });
 }
 
 /** The CA's key on the member that made it, while the replicated store may not have it yet. */
 export function writeCaKey(dataDir: string, ca: KeyAndCert): void {
   mkdirSync(tlsDir(dataDir), { recursive: true, mode: 0o700 });
-  writeDurably(join(tlsDir(dataDir), CA_KEY), ca.keyPem, 0o600);
+  writeFileDurably(join(tlsDir(dataDir), CA_KEY), ca.keyPem, { mode: 0o600 });
 }
 
 export function readCaKey(dataDir: string): string | undefined {
@@ -64,18 +65,6 @@ export function readCaKey(dataDir: string): string | undefined {
 
 export function removeCaKey(dataDir: string): void {
   rmSync(join(tlsDir(dataDir), CA_KEY), { force: true });
-}
-
-function writeDurably(path: string, text: string, mode: number): void {
-  const tmp = `${path}.tmp`;
-  const fd = openSync(tmp, 'w', mode);
-  try {
-    writeSync(fd, text);
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
-  renameSync(tmp, path);
 }
 
 /** The member a verified peer certificate names, or why it is not acceptable. */

@@ -2,7 +2,7 @@
  * Real multi-process clusters for tests: N daemons on fixed loopback ports (so a
  * restarted member comes back where its peers expect it), each with its own data dir.
  */
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { api, authHeaders, removeDir, spawnDaemon, tempDataDir, tlsInit, type DaemonHandle } from './daemon.js';
@@ -65,9 +65,12 @@ export class TestCluster {
 
   /** Extra daemon flags of every member (e.g. `--driver qemu`). */
   #args: string[];
+  /** Where members' data directories are made (a temporary directory each, by default). */
+  #dataRoot: string | undefined;
 
-  private constructor(raft: Record<string, number>, apiToken?: string, args: string[] = [], config: Record<string, unknown> = {}) {
+  private constructor(raft: Record<string, number>, apiToken?: string, args: string[] = [], config: Record<string, unknown> = {}, dataRoot?: string) {
     this.#args = args;
+    this.#dataRoot = dataRoot;
     if (apiToken) {
       this.#apiToken = apiToken;
       this.headers.authorization = `Bearer ${apiToken}`;
@@ -82,8 +85,8 @@ export class TestCluster {
    * Starts `n` members: the first bootstraps, the rest join through it and are promoted.
    * `withFaults` puts a fault-injecting proxy (`c.net`) in front of every member.
    */
-  static async start(n: number, raft: Record<string, number> = TEST_RAFT, opts: { withFaults?: boolean; apiToken?: string; args?: string[]; config?: Record<string, unknown> } = {}): Promise<TestCluster> {
-    const c = new TestCluster(raft, opts.apiToken, opts.args, opts.config);
+  static async start(n: number, raft: Record<string, number> = TEST_RAFT, opts: { withFaults?: boolean; apiToken?: string; args?: string[]; config?: Record<string, unknown>; dataRoot?: string } = {}): Promise<TestCluster> {
+    const c = new TestCluster(raft, opts.apiToken, opts.args, opts.config, opts.dataRoot);
     try {
       if (opts.withFaults) c.net = new FaultNet((id) => c.members.findIndex((m) => m.id === id), (i) => c.material(i));
       for (let i = 0; i < n; i++) await c.#newMember();
@@ -107,7 +110,7 @@ export class TestCluster {
   async #newMember(): Promise<number> {
     const port = await freePort();
     const peerPort = await freePort();
-    const dataDir = tempDataDir();
+    const dataDir = this.#dataRoot ? mkdtempSync(join(this.#dataRoot, 'member-')) : tempDataDir();
     this.#dirs.push(dataDir);
     const advertise = this.net && `127.0.0.1:${await this.net.front(this.members.length, peerPort)}`;
     return this.members.push({ port, peerPort, dataDir, url: `https://127.0.0.1:${port}`, ...(advertise ? { advertise } : {}) }) - 1;
