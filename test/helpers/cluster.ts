@@ -7,7 +7,7 @@ import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { api, authHeaders, removeDir, spawnDaemon, tempDataDir, tlsInit, type DaemonHandle } from './daemon.js';
 import { FaultNet } from './fault-proxy.js';
-import type { RegisterOp } from './linearizability.js';
+import { checkKv, type KvOp } from './linearizability.js';
 
 export const SECRET = 'test-cluster-secret-0123456789';
 
@@ -272,21 +272,22 @@ export async function expectAllPresent(c: TestCluster, acked: Map<string, string
 }
 
 /**
- * Clients reading and writing one register, each through its own member (`members`,
- * evaluated per request so joining members can be added), recording a history for the
- * linearizability checker. A request that fails without an answer (timeout, reset, 5xx)
- * is a write of unknown outcome: it may or may not take effect, at any later time.
+ * Clients reading and writing `keys` (each operation picks one at random), each through
+ * its own member (`members`, evaluated per request so joining members can be added),
+ * recording a history for the linearizability checker (`checkKv`). A request that fails
+ * without an answer (timeout, reset, 5xx) is a write of unknown outcome: it may or may not
+ * take effect, at any later time; such a read is left out (it constrains nothing).
  */
-export function registerClients(c: TestCluster, members: () => number[], clients: number, key = 'register') {
-  const history: RegisterOp[] = [];
+export function kvClients(c: TestCluster, members: () => number[], clients: number, keys: string[] = ['register']) {
+  const history: KvOp[] = [];
   const t0 = performance.now();
   const now = () => performance.now() - t0;
   let running = true;
   let counter = 0;
   let unanswered = 0;
   let attempts = 0;
-  const request = async (member: number, method: 'GET' | 'PUT', body?: unknown) => {
-    const res = await fetch(`${c.members[member]!.url}/v1/kv/${key}`, {
+  const request = async (member: number, key: string, method: 'GET' | 'PUT', body?: unknown) => {
+    const res = await fetch(`${c.members[member]!.url}/v1/kv/${encodeURIComponent(key)}`, {
       ...tlsInit(c.members[member]!.url),
       method,
       headers: authHeaders(c.members[member]!.url, { ...c.headers, ...(body ? { 'content-type': 'application/json' } : {}) }),
@@ -295,27 +296,35 @@ export function registerClients(c: TestCluster, members: () => number[], clients
     });
     return { status: res.status, body: (await res.json().catch(() => undefined)) as any };
   };
+  /** Reads `key` through `member` into the history; whether it was answered. */
+  const read = async (member: number, key: string, client: number): Promise<boolean> => {
+    const start = now();
+    const r = await request(member, key, 'GET');
+    if (r.status === 200) history.push({ key, kind: 'read', value: r.body.value, start, end: now(), client });
+    else if (r.body?.error?.code === 'KEY_NOT_FOUND') history.push({ key, kind: 'read', value: null, start, end: now(), client });
+    else return false;
+    return true;
+  };
   const loops = Array.from({ length: clients }, async (_, client) => {
     while (running) {
       const list = members();
       const member = list[client % list.length]!;
+      const key = keys[Math.floor(Math.random() * keys.length)]!;
       const write = Math.random() < 0.5;
       const value = `c${client}-${counter++}`;
       const start = now();
       attempts++;
       try {
         if (write) {
-          const r = await request(member, 'PUT', { value });
-          if (r.status === 200) history.push({ kind: 'write', value, start, end: now(), client });
-          else if (r.status >= 500) history.push({ kind: 'write', value, start, end: Infinity, client });
+          const r = await request(member, key, 'PUT', { value });
+          if (r.status === 200) history.push({ key, kind: 'write', value, start, end: now(), client });
+          else if (r.status >= 500) history.push({ key, kind: 'write', value, start, end: Infinity, client });
         } else {
-          const r = await request(member, 'GET');
-          if (r.status === 200) history.push({ kind: 'read', value: r.body.value, start, end: now(), client });
-          else if (r.body?.error?.code === 'KEY_NOT_FOUND') history.push({ kind: 'read', value: null, start, end: now(), client });
+          await read(member, key, client);
         }
       } catch {
         unanswered++;
-        if (write) history.push({ kind: 'write', value, start, end: Infinity, client });
+        if (write) history.push({ key, kind: 'write', value, start, end: Infinity, client });
       }
       await sleep(5);
     }
@@ -326,13 +335,41 @@ export function registerClients(c: TestCluster, members: () => number[], clients
     completed: () => history.filter((o) => o.end !== Infinity).length,
     /** Requests that got no answer (a write's then of unknown outcome; a read's dropped from the history). */
     unanswered: () => unanswered,
+    /** Acknowledged writes so far. */
+    acknowledgedWrites: () => history.filter((o) => o.kind === 'write' && o.end !== Infinity).length,
+    /**
+     * After the clients stopped and the cluster healed: every key read through every
+     * live member, into the history — so a member missing an acknowledged write, or
+     * holding one that was never acknowledged and never seen, fails the check.
+     */
+    finalReads: async () => {
+      for (const member of c.live()) {
+        for (const key of keys) {
+          if (!(await read(member, key, 1000 + member))) throw new Error(`final read of ${key} through member ${member} was not answered`);
+        }
+      }
+    },
     /** Stops the clients; throws when more than `maxUnansweredShare` of their requests got no answer. */
     stop: async (maxUnansweredShare = 0.5) => {
       running = false;
       await Promise.all(loops);
       if (attempts > 0 && unanswered / attempts > maxUnansweredShare) {
-        throw new Error(`${key}: ${unanswered} of ${attempts} requests got no answer (more than ${maxUnansweredShare * 100}%)`);
+        throw new Error(`${keys.join(',')}: ${unanswered} of ${attempts} requests got no answer (more than ${maxUnansweredShare * 100}%)`);
       }
     },
   };
+}
+
+/** The registers the fault tests' clients read and write (few, so operations on each overlap). */
+export const REGISTERS = ['reg-0', 'reg-1', 'reg-2'];
+
+/** Throws, with the key and the end of the longest linearizable prefix, unless `history` is linearizable. */
+export function expectLinearizable(history: KvOp[]): void {
+  const result = checkKv(history);
+  if (!result.ok) throw new Error(`the history of ${result.key} is not linearizable; longest prefix ends ${JSON.stringify(result.longestPrefix?.slice(-5))}`);
+}
+
+/** Clients of one register (`kvClients` with one key). */
+export function registerClients(c: TestCluster, members: () => number[], clients: number, key = 'register') {
+  return kvClients(c, members, clients, [key]);
 }

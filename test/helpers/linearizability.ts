@@ -118,3 +118,33 @@ export function checkRegister(history: RegisterOp[], initial: string | null = nu
   }
   return { ok: true };
 }
+
+/** An operation on one key of a key-value store. */
+export type KvOp = RegisterOp & { key: string };
+
+export interface KvCheckResult extends CheckResult {
+  /** The first key whose history is not linearizable. */
+  key?: string;
+  /** How many keys the history touched. */
+  keys: number;
+}
+
+/**
+ * Linearizability of a key-value history. Linearizability is local (Herlihy and Wing):
+ * a history is linearizable exactly when each object's sub-history is, so each key is
+ * checked as its own register — which also keeps the search small (Porcupine's
+ * partitioning).
+ */
+export function checkKv(history: KvOp[], initial: string | null = null): KvCheckResult {
+  const byKey = new Map<string, RegisterOp[]>();
+  for (const op of history) {
+    let ops = byKey.get(op.key);
+    if (!ops) byKey.set(op.key, (ops = []));
+    ops.push(op);
+  }
+  for (const [key, ops] of byKey) {
+    const r = checkRegister(ops, initial);
+    if (!r.ok) return { ...r, key, keys: byKey.size };
+  }
+  return { ok: true, keys: byKey.size };
+}

@@ -1,13 +1,13 @@
 /**
  * The cluster under network faults and membership changes, with real daemons whose peer
  * traffic all passes through a fault-injecting proxy (partitions, delay, connection
- * loss). Every test records a client history and checks it for linearizability, and
- * checks that every acknowledged write is still there on every member.
+ * loss). Every test records a client history of a few registers, reads every register
+ * through every member after healing, and checks the whole for linearizability (per key),
+ * and checks that every acknowledged write is still there on every member.
  */
 import { afterEach, describe, expect, it } from 'vitest';
 import { api } from '../helpers/daemon.js';
-import { TEST_RAFT, TestCluster, expectAllPresent, registerClients, sleep, writeLoad } from '../helpers/cluster.js';
-import { checkRegister } from '../helpers/linearizability.js';
+import { REGISTERS, TEST_RAFT, TestCluster, expectAllPresent, expectLinearizable, kvClients, sleep, writeLoad } from '../helpers/cluster.js';
 
 let cluster: TestCluster | undefined;
 afterEach(async () => {
@@ -22,18 +22,13 @@ async function converged(c: TestCluster): Promise<void> {
   for (const i of c.live()) await c.waitFor(async () => (await c.status(i)).applied >= commit, `member ${i} to apply ${commit}`);
 }
 
-function expectLinearizable(history: Parameters<typeof checkRegister>[0]): void {
-  const result = checkRegister(history);
-  expect(result.ok, `not linearizable; longest prefix ends ${JSON.stringify(result.longestPrefix?.slice(-5))}`).toBe(true);
-}
-
 describe('cluster under network faults', () => {
   it('five members: an isolated leader, then a minority with the leader, commit nothing; the majority carries on; healed, nothing acknowledged is lost', async () => {
     cluster = await TestCluster.start(5, TEST_RAFT, { withFaults: true });
     const c = cluster;
     const net = c.net!;
     const all = [0, 1, 2, 3, 4];
-    const register = registerClients(c, () => all, 5);
+    const register = kvClients(c, () => all, 5, REGISTERS);
     const load = writeLoad(c, 3, 'partition');
     await sleep(800);
 
@@ -72,6 +67,8 @@ describe('cluster under network faults', () => {
     expect(load.acked.size).toBeGreaterThan(25);
     await expectAllPresent(c, load.acked);
     expect(register.completed()).toBeGreaterThan(50);
+    await register.finalReads();
+    expect(register.acknowledgedWrites()).toBeGreaterThan(10);
     expectLinearizable(register.history);
   }, 120_000); // The minority writes each retry for 10 s before answering 503.
 
@@ -80,7 +77,7 @@ describe('cluster under network faults', () => {
     const c = cluster;
     const net = c.net!;
     const all = [0, 1, 2];
-    const register = registerClients(c, () => all, 4);
+    const register = kvClients(c, () => all, 4, REGISTERS);
     const load = writeLoad(c, 3, 'blackhole');
     await sleep(800);
     const old = await c.leader();
@@ -101,6 +98,8 @@ describe('cluster under network faults', () => {
     expect(load.acked.size).toBeGreaterThan(25);
     await expectAllPresent(c, load.acked);
     expect(register.completed()).toBeGreaterThan(30);
+    await register.finalReads();
+    expect(register.acknowledgedWrites()).toBeGreaterThan(10);
     expectLinearizable(register.history);
   }, 90_000);
 
@@ -110,7 +109,7 @@ describe('cluster under network faults', () => {
     const net = c.net!;
     const all = [0, 1, 2];
     net.everyLink(all, { delayMs: 20, jitterMs: 40 });
-    const register = registerClients(c, () => all, 4);
+    const register = kvClients(c, () => all, 4, REGISTERS);
     const load = writeLoad(c, 3, 'delay');
     await sleep(1500);
     // Each commit waits for a follower's answer: at least two delayed hops.
@@ -138,6 +137,8 @@ describe('cluster under network faults', () => {
     expect(load.acked.size).toBeGreaterThan(30);
     await expectAllPresent(c, load.acked);
     expect(register.completed()).toBeGreaterThan(30);
+    await register.finalReads();
+    expect(register.acknowledgedWrites()).toBeGreaterThan(10);
     expectLinearizable(register.history);
   }, 60_000);
 
@@ -148,7 +149,7 @@ describe('cluster under network faults', () => {
     // Clients talk to the original three until they are removed, and to the new ones too.
     const removed = new Set<number>();
     const serving = () => c.live().filter((i) => !removed.has(i));
-    const register = registerClients(c, serving, 4);
+    const register = kvClients(c, serving, 4, REGISTERS);
     const load = writeLoad(c, 2, 'members');
     await sleep(800);
 
@@ -182,6 +183,8 @@ describe('cluster under network faults', () => {
     expect((await c.status(newLeader)).voters.sort()).toEqual(remaining.map((i) => c.members[i]!.id).sort());
     await expectAllPresent(c, load.acked);
     expect(register.completed()).toBeGreaterThan(30);
+    await register.finalReads();
+    expect(register.acknowledgedWrites()).toBeGreaterThan(10);
     expectLinearizable(register.history);
   }, 60_000);
 });
