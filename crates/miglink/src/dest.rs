@@ -9,6 +9,7 @@
 //! Threads: the link reader (frames in order, decoding), one writer per QEMU channel
 //! (which returns window credit once bytes reach QEMU's socket), and the acceptor.
 
+use crate::liveness::{self, Heard};
 use crate::multifd::{normal_pages, PACKET_SLOTS, PAGE_SIZE};
 use crate::outcome::Outcome;
 use crate::pool::Pool;
@@ -24,7 +25,7 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, channel, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 /// How the destination end of a data link listens and feeds its QEMU.
@@ -46,6 +47,9 @@ pub struct DestConfig {
     pub capacity_pages: usize,
     /// Codec shards; must equal the source's.
     pub shards: usize,
+    /// Fail the link after hearing nothing from the source this long, once it connected
+    /// (`None`: [`crate::liveness::SILENCE_TIMEOUT`]).
+    pub silence_timeout: Option<Duration>,
 }
 
 /// The destination's certificate (chain) and private key, PEM.
@@ -64,8 +68,15 @@ const LINK_READ_BUFFER: usize = 1 << 20;
 struct Shared {
     stats: LinkStats,
     outcome: Outcome,
-    /// Back-channel for window credits; set once the source connected.
-    link: Mutex<Option<Link>>,
+    /// Back-channel for window credits and keepalives; set once the source connected.
+    /// Shut down without a lock, so a write blocked on a dead network cannot hold it up.
+    link: OnceLock<Link>,
+    /// Serializes writes to `link` (a plain socket's writes from two threads could interleave).
+    writing: Mutex<()>,
+    /// When anything last arrived from the source.
+    heard: Arc<Heard>,
+    /// The source closed the link after every channel ended: nothing more to watch.
+    ended: std::sync::atomic::AtomicBool,
     qemu: Mutex<Vec<UnixStream>>,
     port: u16,
     host: String,
@@ -81,7 +92,7 @@ impl Shared {
     }
 
     fn shutdown(&self) {
-        if let Some(l) = self.link.lock().unwrap().as_ref() {
+        if let Some(l) = self.link.get() {
             l.shutdown();
         }
         for s in self.qemu.lock().unwrap().drain(..) {
@@ -93,12 +104,17 @@ impl Shared {
         let mut f = wire::frame_with_capacity(FrameType::Window, channel, 4);
         f.extend_from_slice(&(bytes as u32).to_be_bytes());
         wire::seal(&mut f);
-        let link = self.link.lock().unwrap();
-        let l = link
-            .as_ref()
-            .ok_or_else(|| LinkError::Transport("no migration link".into()))?;
-        l.write_all(&f)
+        self.send(&f)
             .map_err(|e| LinkError::io("returning window credit", e))
+    }
+
+    fn send(&self, frame: &[u8]) -> std::io::Result<()> {
+        let l = self
+            .link
+            .get()
+            .ok_or_else(|| std::io::Error::other("no migration link"))?;
+        let _one = self.writing.lock().unwrap();
+        l.write_all(frame)
     }
 }
 
@@ -122,7 +138,10 @@ impl DestLink {
         let shared = Arc::new(Shared {
             stats: LinkStats::default(),
             outcome: Outcome::new(on_fail),
-            link: Mutex::new(None),
+            link: OnceLock::new(),
+            writing: Mutex::new(()),
+            heard: Heard::new(),
+            ended: std::sync::atomic::AtomicBool::new(false),
             qemu: Mutex::new(Vec::new()),
             port,
             host: cfg.bind_host.clone(),
@@ -290,14 +309,27 @@ fn serve(
     let Some((link, reader)) = accept(shared, listener, &cfg.token, tls)? else {
         return Ok(());
     };
-    *shared.link.lock().unwrap() = Some(link);
+    let _ = shared.link.set(link);
     if shared.outcome.closing() {
         shared.shutdown();
         return Ok(());
     }
+    let (s, alive, failing) = (shared.clone(), shared.clone(), shared.clone());
+    liveness::watch(
+        shared.heard.clone(),
+        cfg.silence_timeout.unwrap_or(liveness::SILENCE_TIMEOUT),
+        Arc::new(move || s.outcome.closing() || s.ended.load(Relaxed)),
+        move || {
+            // A failed send is the link's failure, reported by whoever reads or watches it.
+            let _ = alive.send(&wire::frame(FrameType::Keepalive, 0, &[]));
+        },
+        move |e| failing.fail(e),
+        "the source",
+    );
     let mut r = BufReader::with_capacity(LINK_READ_BUFFER, reader);
     let mut channels: HashMap<u16, Sender<Vec<u8>>> = HashMap::new();
     let result = pump(shared, &mut r, &cfg, &mut channels);
+    shared.ended.store(true, Relaxed);
     if let Err(e) = result {
         // Recorded while the QEMU channels are still open: closing them makes QEMU fail,
         // and whoever sees that must already find the cause.
@@ -325,6 +357,7 @@ fn pump(
             }
             Err(e) => return Err(e), // after a close, fail() swallows it
         };
+        shared.heard.now();
         shared
             .stats
             .wire_bytes
@@ -386,6 +419,7 @@ fn pump(
                     .remove(&id)
                     .ok_or_else(|| LinkError::Protocol(format!("end of unknown channel {id}")))?;
             }
+            FrameType::Keepalive => {}
             FrameType::Hello | FrameType::Window => {
                 return Err(LinkError::Protocol(format!(
                     "unexpected {:?} frame on channel {id}",

@@ -14,6 +14,7 @@
 mod bucket;
 mod dest;
 mod error;
+pub mod liveness;
 pub mod multifd;
 mod outcome;
 mod pool;

@@ -8,6 +8,7 @@
 //! window credits, and the acceptor. Channel threads encode and queue under one lock, so
 //! frames reach the wire in encode order — the order the destination decodes in.
 
+use crate::liveness::{self, Heard};
 use crate::multifd::{BlockNumbers, Item, MultifdReader, MULTIFD_MAGIC, QEVM_MAGIC};
 use crate::outcome::Outcome;
 use crate::pool::Pool;
@@ -52,6 +53,9 @@ pub struct SourceConfig {
     /// Fault injection (tests): cut the link (shut the TCP connection both ways, as a
     /// failed network would) once this many bytes were sent.
     pub cut_after_bytes: Option<u64>,
+    /// Fail the link after hearing nothing from the destination this long (`None`:
+    /// [`crate::liveness::SILENCE_TIMEOUT`]).
+    pub silence_timeout: Option<Duration>,
 }
 
 /// Called once with the first failure of a link end (on the thread that saw it).
@@ -83,6 +87,8 @@ struct Shared {
     /// Everything to shut down on close: the link and QEMU's connections.
     link: Link,
     qemu: Mutex<Vec<UnixStream>>,
+    /// When anything last arrived from the destination.
+    heard: Arc<Heard>,
 }
 
 impl Shared {
@@ -182,9 +188,25 @@ impl SourceLink {
             buffers: Pool::default(),
             link,
             qemu: Mutex::new(Vec::new()),
+            heard: Heard::new(),
         });
         let (tx, rx) = sync_channel::<Vec<u8>>(SEND_QUEUE);
         tx.send(hello).expect("fresh queue");
+        let (s, alive, failing) = (shared.clone(), tx.clone(), shared.clone());
+        liveness::watch(
+            shared.heard.clone(),
+            shared
+                .cfg
+                .silence_timeout
+                .unwrap_or(liveness::SILENCE_TIMEOUT),
+            Arc::new(move || s.outcome.closing()),
+            // Never blocks: a full queue is frames on their way anyway.
+            move || {
+                let _ = alive.try_send(wire::frame(FrameType::Keepalive, 0, &[]));
+            },
+            move |e| failing.fail(e),
+            "the destination",
+        );
         spawn("nc-mig-send", &shared, move |s| send_loop(&s, writer, rx));
         spawn("nc-mig-credit", &shared, move |s| credit_loop(&s, reader));
         spawn("nc-mig-accept", &shared, move |s| {
@@ -420,6 +442,10 @@ fn credit_loop(shared: &Shared, link: impl Read) -> Result<(), LinkError> {
             }
             Err(e) => return Err(e),
         };
+        shared.heard.now();
+        if f.kind == FrameType::Keepalive {
+            continue;
+        }
         if f.kind != FrameType::Window || f.payload.len() != 4 {
             return Err(LinkError::Protocol(format!(
                 "the destination sent a {:?} frame on the data link",

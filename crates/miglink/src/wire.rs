@@ -29,6 +29,8 @@ pub enum FrameType {
     Eof = 5,
     /// destination → source: u32 BE bytes of a channel delivered to the destination QEMU.
     Window = 7,
+    /// Either direction, empty: the sender is alive (see [`crate::liveness`]).
+    Keepalive = 8,
 }
 
 impl FrameType {
@@ -40,6 +42,7 @@ impl FrameType {
             4 => Self::Pages,
             5 => Self::Eof,
             7 => Self::Window,
+            8 => Self::Keepalive,
             _ => return None,
         })
     }

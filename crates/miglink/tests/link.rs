@@ -203,6 +203,7 @@ fn harness(corrupt: Option<u64>, stall: Duration, bucket: Option<Arc<TokenBucket
             }),
             capacity_pages: 4096,
             shards: 2,
+            silence_timeout: None,
         },
         fail_to(ftx.clone(), "dest"),
     )
@@ -219,6 +220,7 @@ fn harness(corrupt: Option<u64>, stall: Duration, bucket: Option<Arc<TokenBucket
             bucket,
             corrupt_pages_frame: corrupt,
             cut_after_bytes: None,
+            silence_timeout: None,
         },
         fail_to(ftx, "source"),
     )
@@ -361,6 +363,7 @@ fn the_bandwidth_cap_paces_the_link() {
 fn token_dest(
     qemu_socket: std::path::PathBuf,
     failures: std::sync::mpsc::Sender<(&'static str, String)>,
+    silence_timeout: Option<Duration>,
 ) -> DestLink {
     DestLink::start(
         DestConfig {
@@ -374,6 +377,7 @@ fn token_dest(
             }),
             capacity_pages: 64,
             shards: 1,
+            silence_timeout,
         },
         fail_to(failures, "dest"),
     )
@@ -386,7 +390,7 @@ fn token_source(
     port: u16,
     failures: std::sync::mpsc::Sender<(&'static str, String)>,
 ) -> SourceLink {
-    source_with(dir, "r.sock", port, vec![7; 24], failures).unwrap()
+    source_with(dir, "r.sock", port, vec![7; 24], failures, None).unwrap()
 }
 
 /// A source end with `token`, pinning the test certificate, listening at `dir/sock`.
@@ -396,6 +400,7 @@ fn source_with(
     port: u16,
     token: Vec<u8>,
     failures: std::sync::mpsc::Sender<(&'static str, String)>,
+    silence_timeout: Option<Duration>,
 ) -> Result<SourceLink, LinkError> {
     SourceLink::start(
         SourceConfig {
@@ -409,6 +414,7 @@ fn source_with(
             bucket: None,
             corrupt_pages_frame: None,
             cut_after_bytes: None,
+            silence_timeout,
         },
         fail_to(failures, "source"),
     )
@@ -431,7 +437,7 @@ fn a_connection_without_the_token_or_without_tls_is_dropped_and_the_real_source_
     let qemu_sock = dir.path().join("q.sock");
     let _l = UnixListener::bind(&qemu_sock).unwrap();
     let (ftx, failures) = channel();
-    let dest = token_dest(qemu_sock, ftx);
+    let dest = token_dest(qemu_sock, ftx, None);
     // The right token in clear: not TLS, dropped.
     let mut plain = std::net::TcpStream::connect(("127.0.0.1", dest.port())).unwrap();
     plain.write_all(&[1, 0, 0, 0, 0, 0, 24]).unwrap();
@@ -439,7 +445,7 @@ fn a_connection_without_the_token_or_without_tls_is_dropped_and_the_real_source_
     assert_dropped(&mut plain);
     // TLS with the destination's certificate, but the wrong token: dropped.
     let (itx, intruder_failures) = channel();
-    let intruder = source_with(dir.path(), "i.sock", dest.port(), vec![8; 24], itx).unwrap();
+    let intruder = source_with(dir.path(), "i.sock", dest.port(), vec![8; 24], itx, None).unwrap();
     let (who, why) = intruder_failures
         .recv_timeout(Duration::from_secs(10))
         .expect("the destination drops the intruder");
@@ -464,7 +470,7 @@ fn strangers_that_connect_and_say_nothing_do_not_hold_up_the_real_source() {
     let qemu_sock = dir.path().join("q.sock");
     let _l = UnixListener::bind(&qemu_sock).unwrap();
     let (ftx, failures) = channel();
-    let dest = token_dest(qemu_sock, ftx);
+    let dest = token_dest(qemu_sock, ftx, None);
     // Silent strangers, and one that claims a hello of 64 MiB: none of them is waited for.
     let mut strangers: Vec<_> = (0..4)
         .map(|_| std::net::TcpStream::connect(("127.0.0.1", dest.port())).unwrap())
@@ -542,7 +548,7 @@ fn the_link_is_tls_neither_qemus_stream_nor_the_token_crosses_the_wire_in_clear(
         all
     });
     let (ftx, failures) = channel();
-    let dest = token_dest(qemu_sock, ftx.clone());
+    let dest = token_dest(qemu_sock, ftx.clone(), None);
     let (relay, wire) = recording_relay(dest.port());
     let source = token_source(dir.path(), relay, ftx);
     // A main channel carrying guest bytes anyone would recognise.
@@ -598,7 +604,7 @@ fn a_destination_without_the_pinned_certificate_is_refused_before_the_source_say
         Ok::<Vec<u8>, LinkError>(plain)
     });
     let (stx, _sf) = channel();
-    let err = source_with(dir.path(), "r.sock", port, vec![7; 24], stx)
+    let err = source_with(dir.path(), "r.sock", port, vec![7; 24], stx, None)
         .err()
         .expect("refused");
     assert_eq!(err.code(), "MIGRATION_TRANSPORT");
@@ -685,6 +691,7 @@ fn a_port_range_is_used_first_free_first_and_a_full_one_is_a_clear_error() {
                 }),
                 capacity_pages: 64,
                 shards: 1,
+                silence_timeout: None,
             };
             let first = DestLink::start(cfg.clone(), nop()).ok()?;
             match DestLink::start(cfg.clone(), nop()) {
@@ -707,4 +714,93 @@ fn a_port_range_is_used_first_free_first_and_a_full_one_is_a_clear_error() {
     );
     first.close();
     second.close();
+}
+
+/// A relay that forwards both ways until `blackhole` is set, then holds every byte and
+/// closes nothing — a network that drops packets.
+fn blackhole_relay(to: u16) -> (u16, Arc<std::sync::atomic::AtomicBool>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let blackhole = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hole = blackhole.clone();
+    std::thread::spawn(move || {
+        let (from, _) = listener.accept().unwrap();
+        let onward = std::net::TcpStream::connect(("127.0.0.1", to)).unwrap();
+        let pipe = |mut a: std::net::TcpStream,
+                    mut b: std::net::TcpStream,
+                    hole: Arc<std::sync::atomic::AtomicBool>| {
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 65536];
+                let mut held = Vec::new();
+                while let Ok(n) = a.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    if hole.load(std::sync::atomic::Ordering::SeqCst) {
+                        held.extend_from_slice(&buf[..n]);
+                    } else if b.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                // Ended by the ends giving up: hold the sockets open a little longer still.
+                std::thread::sleep(Duration::from_secs(1));
+                drop((a, b, held));
+            });
+        };
+        pipe(
+            from.try_clone().unwrap(),
+            onward.try_clone().unwrap(),
+            hole.clone(),
+        );
+        pipe(onward, from, hole);
+    });
+    (port, blackhole)
+}
+
+#[test]
+fn a_blackholed_link_fails_both_ends_within_the_silence_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let qemu_sock = dir.path().join("q.sock");
+    let listener = UnixListener::bind(&qemu_sock).unwrap();
+    std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut sink = vec![];
+        let _ = s.read_to_end(&mut sink);
+    });
+    let (ftx, failures) = channel();
+    let silence = Duration::from_millis(1500);
+    let dest = token_dest(qemu_sock, ftx.clone(), Some(silence));
+    let (relay, blackhole) = blackhole_relay(dest.port());
+    let source = source_with(dir.path(), "r.sock", relay, vec![7; 24], ftx, Some(silence)).unwrap();
+    // QEMU starts streaming, and keeps the link busy; then the network drops everything.
+    let qemu = std::os::unix::net::UnixStream::connect(dir.path().join("r.sock")).unwrap();
+    let writer = std::thread::spawn(move || {
+        let mut qemu = qemu;
+        let _ = qemu.write_all(b"QEVM");
+        let chunk = vec![0x5a; 64 << 10];
+        while qemu.write_all(&chunk).is_ok() {}
+    });
+    // Healthy while it flows, and longer than the timeout: keepalives and data are heard.
+    std::thread::sleep(silence * 2);
+    assert!(failures.try_recv().is_err(), "a healthy link failed");
+    let cut = std::time::Instant::now();
+    blackhole.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut failed = std::collections::HashMap::new();
+    while failed.len() < 2 {
+        let (who, err) = failures
+            .recv_timeout(silence * 4)
+            .expect("both ends fail on their own, nothing was closed");
+        failed.insert(who, (err, cut.elapsed()));
+    }
+    for (who, (err, after)) in &failed {
+        assert!(err.starts_with("MIGRATION_TRANSPORT"), "{who}: {err}");
+        assert!(err.contains("nothing arrived from"), "{who}: {err}");
+        assert!(
+            *after >= silence && *after < silence * 3,
+            "{who} failed after {after:?}"
+        );
+    }
+    source.close();
+    dest.close();
+    writer.join().unwrap();
 }

@@ -136,6 +136,7 @@ impl NativeSourceLink {
             bucket: bucket.map(|b| b.inner.clone()),
             corrupt_pages_frame: options.corrupt_pages_frame.map(u64::from),
             cut_after_bytes: options.cut_after_bytes.map(|b| b as u64),
+            silence_timeout: None,
         };
         Ok(Self {
             inner: novacron_miglink::SourceLink::start(cfg, on_fail(on_fail_fn)).map_err(to_js)?,
@@ -218,6 +219,7 @@ impl NativeDestLink {
             },
             capacity_pages: options.capacity_pages as usize,
             shards: options.shards as usize,
+            silence_timeout: None,
         };
         Ok(Self {
             inner: novacron_miglink::DestLink::start(cfg, on_fail(on_fail_fn)).map_err(to_js)?,
