@@ -6,7 +6,7 @@
  * kill -9 keeps it, a power loss does not — test/integration/power-loss.test.ts.)
  */
 import { closeSync, fsyncSync, linkSync, openSync, renameSync, rmSync, writeSync } from 'node:fs';
-import { open, rename } from 'node:fs/promises';
+import { open, rename, rm } from 'node:fs/promises';
 import { dirname } from 'node:path';
 
 export interface DurableWriteOptions {
@@ -20,7 +20,9 @@ export interface DurableWriteOptions {
 
 export function writeFileDurably(path: string, data: string | Buffer, opts: DurableWriteOptions = {}): void {
   const tmp = opts.staging ?? `${path}.tmp`;
-  const fd = openSync(tmp, 'w', opts.mode ?? 0o600);
+  // O_EXCL: never through a link planted at the staging path (a crash's leftover goes first).
+  rmSync(tmp, { force: true });
+  const fd = openSync(tmp, 'wx', opts.mode ?? 0o600);
   try {
     writeSync(fd, typeof data === 'string' ? Buffer.from(data) : data);
     fsyncSync(fd);
@@ -41,7 +43,8 @@ export function writeFileDurably(path: string, data: string | Buffer, opts: Dura
 
 export async function writeFileDurablyAsync(path: string, data: string | Buffer, opts: Omit<DurableWriteOptions, 'exclusive'> = {}): Promise<void> {
   const tmp = opts.staging ?? `${path}.tmp`;
-  const fh = await open(tmp, 'w', opts.mode ?? 0o600);
+  await rm(tmp, { force: true });
+  const fh = await open(tmp, 'wx', opts.mode ?? 0o600);
   try {
     await fh.writeFile(data);
     await fh.sync();

@@ -271,6 +271,9 @@ export async function expectAllPresent(c: TestCluster, acked: Map<string, string
   }
 }
 
+/** The registers the fault tests' clients read and write (few, so operations on each overlap). */
+export const REGISTERS = ['reg-0', 'reg-1', 'reg-2'];
+
 /**
  * Clients reading and writing `keys` (each operation picks one at random), each through
  * its own member (`members`, evaluated per request so joining members can be added),
@@ -278,7 +281,7 @@ export async function expectAllPresent(c: TestCluster, acked: Map<string, string
  * without an answer (timeout, reset, 5xx) is a write of unknown outcome: it may or may not
  * take effect, at any later time; such a read is left out (it constrains nothing).
  */
-export function kvClients(c: TestCluster, members: () => number[], clients: number, keys: string[] = ['register']) {
+export function kvClients(c: TestCluster, members: () => number[], clients: number, keys: string[] = REGISTERS) {
   const history: KvOp[] = [];
   const t0 = performance.now();
   const now = () => performance.now() - t0;
@@ -360,16 +363,8 @@ export function kvClients(c: TestCluster, members: () => number[], clients: numb
   };
 }
 
-/** The registers the fault tests' clients read and write (few, so operations on each overlap). */
-export const REGISTERS = ['reg-0', 'reg-1', 'reg-2'];
-
 /** Throws, with the key and the end of the longest linearizable prefix, unless `history` is linearizable. */
 export function expectLinearizable(history: KvOp[]): void {
   const result = checkKv(history);
   if (!result.ok) throw new Error(`the history of ${result.key} is not linearizable; longest prefix ends ${JSON.stringify(result.longestPrefix?.slice(-5))}`);
-}
-
-/** Clients of one register (`kvClients` with one key). */
-export function registerClients(c: TestCluster, members: () => number[], clients: number, key = 'register') {
-  return kvClients(c, members, clients, [key]);
 }

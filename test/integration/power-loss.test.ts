@@ -41,8 +41,10 @@ function vmCreator(c: TestCluster, prefix: string) {
   let running = true;
   const loop = (async () => {
     for (let n = 0; running; n++) {
+      // No answer (the power is out) is no acknowledgement; wait a moment instead of spinning.
       const r = await api(c.members[0]!.url, 'POST', '/v1/vms', sampleVm(`${prefix}-${n}`)).catch(() => undefined);
       if (r?.status === 201) created.set(r.body.id, r.body.name);
+      else await sleep(20);
     }
   })();
   return {
@@ -58,12 +60,14 @@ describe('power loss', { timeout: 180_000 }, () => {
   it('a single member loses no acknowledged write when the power fails: every acknowledged key and every VM whose creation was acknowledged is there after the reboot', async () => {
     disk = await LossyDisk.mount();
     cluster = await TestCluster.start(1, TEST_RAFT, { dataRoot: disk.root });
-    const load = writeLoad(cluster, 8, 'power');
+    // Writes cut by the power loss and refused during the reboot are unacknowledged, not
+    // failures of the test (any share may fail); the floor on acknowledged writes is the check.
+    const load = writeLoad(cluster, 8, 'power', 1);
     const vms = vmCreator(cluster, 'power-vm');
     await sleep(3000);
     // The power fails under load: nothing is stopped first.
     await powerCycle(cluster, disk);
-    await load.stop().catch(() => undefined); // requests cut by the power loss are unacknowledged, not failures of the test
+    await load.stop();
     await vms.stop();
     expect(load.acked.size, JSON.stringify(load.report)).toBeGreaterThan(50);
     expect(vms.created.size).toBeGreaterThan(3);
@@ -78,10 +82,10 @@ describe('power loss', { timeout: 180_000 }, () => {
   it('three members losing power at once lose no acknowledged write: after the reboot every acknowledged key is on every member', async () => {
     disk = await LossyDisk.mount();
     cluster = await TestCluster.start(3, TEST_RAFT, { dataRoot: disk.root });
-    const load = writeLoad(cluster, 8, 'power3');
+    const load = writeLoad(cluster, 8, 'power3', 1);
     await sleep(3000);
     await powerCycle(cluster, disk);
-    await load.stop().catch(() => undefined);
+    await load.stop();
     expect(load.acked.size, JSON.stringify(load.report)).toBeGreaterThan(50);
     await expectAllPresent(cluster, load.acked);
   });

@@ -18,6 +18,7 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Attributes are never cached by the kernel: sizes of unsynced files change under it.
@@ -31,7 +32,8 @@ pub struct LossyFs {
     /// Our inode of each backing file, by its device and inode number.
     by_backing: HashMap<(u64, u64), u64>,
     unsynced: HashMap<u64, Unsynced>,
-    handles: HashMap<u64, (u64, File)>,
+    /// Open files by handle; shared, so a request can hold one while it changes `unsynced`.
+    handles: HashMap<u64, Arc<File>>,
     next_fh: u64,
 }
 
@@ -137,11 +139,16 @@ impl LossyFs {
         Ok(())
     }
 
-    fn open_handle(&mut self, ino: u64, file: File) -> u64 {
+    fn open_handle(&mut self, file: File) -> u64 {
         let fh = self.next_fh;
         self.next_fh += 1;
-        self.handles.insert(fh, (ino, file));
+        self.handles.insert(fh, Arc::new(file));
         fh
+    }
+
+    /// The open file behind handle `fh`.
+    fn handle(&self, fh: u64) -> Result<Arc<File>, i32> {
+        self.handles.get(&fh).cloned().ok_or(libc::EBADF)
     }
 
     /// The unsynced state of `ino`, made from the synced file's length on first use.
@@ -155,9 +162,9 @@ impl LossyFs {
     }
 
     fn truncate(&mut self, ino: u64, fh: Option<u64>, size: u64) -> Result<(), i32> {
-        let file = match fh.and_then(|fh| self.handles.get(&fh)) {
-            Some((_, f)) => f.try_clone().map_err(errno)?,
-            None => open_backing(&self.path(ino)?)?,
+        let file = match fh {
+            Some(fh) => self.handle(fh)?,
+            None => Arc::new(open_backing(&self.path(ino)?)?),
         };
         self.unsynced_of(ino, &file)?.truncate(size);
         Ok(())
@@ -241,7 +248,7 @@ impl Filesystem for LossyFs {
 
     fn getattr(&mut self, _req: &Request<'_>, ino: u64, fh: Option<u64>, reply: ReplyAttr) {
         let md = match fh.and_then(|fh| self.handles.get(&fh)) {
-            Some((_, f)) => f.metadata(),
+            Some(f) => f.metadata(),
             None => fs::symlink_metadata(tri!(reply, self.path(ino))),
         };
         let md = tri!(reply, md.map_err(errno));
@@ -416,7 +423,7 @@ impl Filesystem for LossyFs {
 
     fn open(&mut self, _req: &Request<'_>, ino: u64, _flags: i32, reply: ReplyOpen) {
         let file = tri!(reply, open_backing(&tri!(reply, self.path(ino))));
-        let fh = self.open_handle(ino, file);
+        let fh = self.open_handle(file);
         reply.opened(fh, 0);
     }
 
@@ -431,9 +438,8 @@ impl Filesystem for LossyFs {
         _lock_owner: Option<u64>,
         reply: ReplyData,
     ) {
-        let Some((_, file)) = self.handles.get(&fh) else {
-            return reply.error(libc::EBADF);
-        };
+        let file = tri!(reply, self.handle(fh));
+        let file = &*file;
         let data = match self.unsynced.get(&ino) {
             Some(u) => u.read(offset as u64, size as usize, file),
             None => {
@@ -457,10 +463,7 @@ impl Filesystem for LossyFs {
         _lock_owner: Option<u64>,
         reply: ReplyWrite,
     ) {
-        let Some((_, file)) = self.handles.get(&fh) else {
-            return reply.error(libc::EBADF);
-        };
-        let file = tri!(reply, file.try_clone().map_err(errno));
+        let file = tri!(reply, self.handle(fh));
         let u = tri!(reply, self.unsynced_of(ino, &file));
         tri!(reply, u.write(offset as u64, data, &file).map_err(errno));
         reply.written(data.len() as u32);
@@ -493,10 +496,7 @@ impl Filesystem for LossyFs {
     }
 
     fn fsync(&mut self, _req: &Request<'_>, ino: u64, fh: u64, datasync: bool, reply: ReplyEmpty) {
-        let Some((_, file)) = self.handles.get(&fh) else {
-            return reply.error(libc::EBADF);
-        };
-        let file = tri!(reply, file.try_clone().map_err(errno));
+        let file = tri!(reply, self.handle(fh));
         tri!(reply, self.sync(ino, &file, datasync));
         reply.ok();
     }
@@ -603,7 +603,7 @@ impl Filesystem for LossyFs {
                 .map_or(attr.size, Unsynced::size),
             ..attr
         };
-        let fh = self.open_handle(attr.ino, file);
+        let fh = self.open_handle(file);
         reply.created(&TTL, &attr, 0, fh, 0);
     }
 
@@ -622,10 +622,7 @@ impl Filesystem for LossyFs {
             return reply.error(libc::EOPNOTSUPP);
         }
         if mode & libc::FALLOC_FL_KEEP_SIZE == 0 {
-            let Some((_, file)) = self.handles.get(&fh) else {
-                return reply.error(libc::EBADF);
-            };
-            let file = tri!(reply, file.try_clone().map_err(errno));
+            let file = tri!(reply, self.handle(fh));
             let u = tri!(reply, self.unsynced_of(ino, &file));
             let end = (offset + length) as u64;
             if end > u.size() {

@@ -154,6 +154,14 @@ mod tests {
         (f, file)
     }
 
+    /// Flushes `u` into `file`, which must then hold exactly `expected`.
+    fn assert_flushed_as(u: &Unsynced, file: &File, expected: &[u8]) {
+        u.flush_into(file).unwrap();
+        let mut on_disk = vec![0; file.metadata().unwrap().len() as usize];
+        file.read_exact_at(&mut on_disk, 0).unwrap();
+        assert_eq!(on_disk, expected);
+    }
+
     #[test]
     fn writes_read_back_over_the_synced_contents_and_reach_the_file_only_when_flushed() {
         let (_t, file) = synced(&[b'a'; 10_000]);
@@ -168,10 +176,7 @@ mod tests {
         assert_eq!(&all[12_000..], b"tail");
         // Nothing reached the file yet.
         assert_eq!(file.metadata().unwrap().len(), 10_000);
-        u.flush_into(&file).unwrap();
-        let mut on_disk = vec![0; 12_004];
-        file.read_exact_at(&mut on_disk, 0).unwrap();
-        assert_eq!(on_disk, all);
+        assert_flushed_as(&u, &file, &all);
     }
 
     #[test]
@@ -188,10 +193,7 @@ mod tests {
             all[5000..].iter().all(|&b| b == 0),
             "bytes past the cut came back"
         );
-        u.flush_into(&file).unwrap();
-        let mut on_disk = vec![0; 9000];
-        file.read_exact_at(&mut on_disk, 0).unwrap();
-        assert_eq!(on_disk, all);
+        assert_flushed_as(&u, &file, &all);
     }
 
     #[test]

@@ -477,7 +477,7 @@ struct RaftLoop {
     /// The next ReadIndex number; see [`RaftLoop::read_ctx`].
     next_read: u64,
     /// The term in which the pending reads were last sent again; see
-    /// [`RaftLoop::resend_on_leader_change`].
+    /// [`RaftLoop::resend_pending`].
     reads_sent_in_term: u64,
     stopping: bool,
     /// Leadership hand-overs tried since this (removed) leader was removed.
@@ -781,7 +781,7 @@ impl RaftLoop {
         self.apply(light.take_committed_entries(), commit)?;
         self.raw.advance_apply();
         self.answer_reads();
-        self.resend_on_leader_change();
+        self.resend_pending();
         self.maybe_compact()
     }
 
@@ -909,7 +909,7 @@ impl RaftLoop {
     /// the reads again once this member sees an entry of the new term committed, because a
     /// leader drops ReadIndex requests until it has committed an entry of its term (a read
     /// answered twice is answered once).
-    fn resend_on_leader_change(&mut self) {
+    fn resend_pending(&mut self) {
         let leader = self.raw.raft.leader_id;
         if leader != self.leader_seen {
             self.leader_seen = leader;
