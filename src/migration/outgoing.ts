@@ -125,7 +125,8 @@ export class OutgoingMigration extends SourceMigration {
           lastSaved = Date.now();
           await this.update({ phase }, 'migration.progress');
         }
-        await this.peer.nap(50);
+        // Wake at once when QEMU moves on (at pre-switchover the guest is already paused).
+        await Promise.race([this.peer.nap(50), migration.statusChange(vmId, 50)]);
       }
       await this.update({ phase: 'switchover', timings: { ...this.rec.timings, streamMs: since(tStream) } }, 'migration.progress');
       const tConfirm = performance.now();

@@ -271,6 +271,12 @@ export interface LiveMigration {
   /** Source: starts streaming the running VM to `params.socketPath`. */
   startOutgoing(vmId: string, params: OutgoingParams): Promise<void>;
   progress(vmId: string): Promise<MigrationProgress>;
+  /**
+   * Source: resolves when the migration's status may have changed (QEMU's MIGRATION
+   * event), or after `maxMs`. Lets the engine act at pre-switchover — the guest is
+   * already paused there — without polling faster.
+   */
+  statusChange(vmId: string, maxMs: number): Promise<void>;
   /** Source: stops an outgoing migration; the guest keeps running here. */
   cancelOutgoing(vmId: string): Promise<void>;
   /** Source: after a completed stream the destination did not take over — run here again. */

@@ -371,6 +371,10 @@ export class SimLiveMigration implements LiveMigration {
     };
   }
 
+  async statusChange(_vmId: string, maxMs: number): Promise<void> {
+    await sleep(maxMs); // the sim's state moves on its own timers; the engine re-reads it
+  }
+
   async cancelOutgoing(vmId: string): Promise<void> {
     const out = this.#out.get(vmId);
     if (!out) return;

@@ -134,7 +134,15 @@ export class QemuLiveMigration implements LiveMigration {
 
   async progress(vmId: string): Promise<MigrationProgress> {
     const { qmp } = await this.#host.instance(vmId);
+    migrationWatch(qmp).changed = false; // this read sees every change before it
     return toProgress(await qmp.execute<QueryMigrate>('query-migrate'));
+  }
+
+  async statusChange(vmId: string, maxMs: number): Promise<void> {
+    const { qmp } = await this.#host.instance(vmId);
+    const w = migrationWatch(qmp);
+    if (w.changed) return; // an event came after the last progress() read
+    await qmp.nextEvent(['MIGRATION'], maxMs);
   }
 
   async cancelOutgoing(vmId: string): Promise<void> {
@@ -197,6 +205,20 @@ export class QemuLiveMigration implements LiveMigration {
       rmSync(file, { force: true });
     }
   }
+}
+
+/** Whether a MIGRATION event came since the last progress read, per QMP connection. */
+const watches = new WeakMap<QmpClient, { changed: boolean }>();
+function migrationWatch(qmp: QmpClient): { changed: boolean } {
+  let w = watches.get(qmp);
+  if (!w) {
+    const watch = { changed: false };
+    qmp.on('event', (ev: QmpEvent) => {
+      if (ev.event === 'MIGRATION') watch.changed = true;
+    });
+    watches.set(qmp, (w = watch));
+  }
+  return w;
 }
 
 async function setCapabilities(qmp: QmpClient, caps: Record<string, boolean>): Promise<void> {

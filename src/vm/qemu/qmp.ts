@@ -114,6 +114,25 @@ export class QmpClient extends EventEmitter {
     });
   }
 
+  /**
+   * Resolves on the next event named in `names`, or after `maxMs`, whichever is first
+   * (callers re-check state either way: an event is a hint, not the answer).
+   */
+  nextEvent(names: readonly string[], maxMs: number): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        this.off('event', onEvent);
+        this.off('close', done);
+        resolve();
+      };
+      const onEvent = (ev: QmpEvent) => names.includes(ev.event) && done();
+      const timer = setTimeout(done, maxMs);
+      this.on('event', onEvent);
+      this.once('close', done);
+    });
+  }
+
   #onMessage(line: string): void {
     let msg: any;
     try {

@@ -8,7 +8,6 @@
  */
 import { rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { DriverError, type MirroredDisk, type MirrorProgress, type StorageMigration } from '../driver.js';
 import type { QmpClient } from './qmp.js';
 
@@ -121,7 +120,8 @@ export class QemuStorageMirror implements StorageMigration {
   async completeMirrors(vmId: string, timeoutMs: number): Promise<Pick<MirrorProgress, 'copiedBytes' | 'totalBytes'>> {
     const { qmp } = await this.host.instance(vmId);
     const ours = this.#jobs.get(vmId) ?? [];
-    for (const id of ours) await qmp.execute('block-job-cancel', { device: id });
+    // The guest is paused while this runs: end every mirror at once.
+    await Promise.all(ours.map((id) => qmp.execute('block-job-cancel', { device: id })));
     const { errors, copiedBytes, totalBytes } = await this.#settle(qmp, ours, timeoutMs);
     this.#jobs.delete(vmId);
     if (errors.length > 0) throw new DriverError('migrate-storage', `finishing the disk mirrors failed: ${errors.join('; ')}`);
@@ -143,7 +143,7 @@ export class QemuStorageMirror implements StorageMigration {
     for (;;) {
       const jobs = (await qmp.execute<QueryJob[]>('query-jobs')).filter((j) => ids.includes(j.id));
       if (jobs.every((j) => j.status === 'concluded')) {
-        for (const j of jobs) await qmp.execute('job-dismiss', { id: j.id }).catch(() => undefined);
+        await Promise.all(jobs.map((j) => qmp.execute('job-dismiss', { id: j.id }).catch(() => undefined)));
         return {
           errors: jobs.flatMap((j) => (j.error ? [`${j.id}: ${j.error}`] : [])),
           copiedBytes: jobs.reduce((n, j) => n + j['current-progress'], 0),
@@ -151,7 +151,7 @@ export class QemuStorageMirror implements StorageMigration {
         };
       }
       if (Date.now() > deadline) throw new DriverError('migrate-storage', `disk mirrors did not finish within ${timeoutMs} ms`);
-      await sleep(10);
+      await qmp.nextEvent(['JOB_STATUS_CHANGE'], 10);
     }
   }
 }
