@@ -6,6 +6,7 @@
 #   protobuf-compiler raft-rs message code generation
 #   build-essential   C/C++ toolchain for the bundled RocksDB build
 #   genisoimage       builds cloud-init NoCloud seed ISOs (a VM's cloudInit)
+#   iproute2          ip: the tests' network namespaces (a second host on a network they can break)
 set -euo pipefail
 
 missing=()
@@ -14,6 +15,7 @@ ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 || ls /usr/lib/*-linux-gnu/l
 command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
 command -v g++ >/dev/null 2>&1 || missing+=(build-essential)
 command -v genisoimage >/dev/null 2>&1 || missing+=(genisoimage)
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 for pkg in "$@"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
 
 [ ${#missing[@]} -eq 0 ] && exit 0

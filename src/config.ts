@@ -51,6 +51,12 @@ export const ConfigSchema = z.strictObject({
   /** An operator's own API certificate and key (PEM files), instead of the member certificate. */
   apiCertFile: z.string().min(1).optional(),
   apiKeyFile: z.string().min(1).optional(),
+  /**
+   * More CA certificates (a PEM bundle) to trust for HTTPS to daemons outside this cluster
+   * (migration targets: another cluster's members, an operator's own CA), besides the
+   * system's and the cluster's.
+   */
+  trustCaFile: z.string().min(1).optional(),
   /** HOST:PORT of a member's cluster port, to join its cluster on first start (ignored once this daemon is a member). */
   join: HostPort.optional(),
   /** The pin of the cluster CA a join must find (`sha256:<hex>`, from `novacron cluster join-command` or GET /v1/cluster). */
@@ -115,6 +121,7 @@ const ENV: Record<string, keyof z.infer<typeof ConfigSchema>> = {
   NOVACRON_API_TLS: 'apiTls',
   NOVACRON_API_CERT_FILE: 'apiCertFile',
   NOVACRON_API_KEY_FILE: 'apiKeyFile',
+  NOVACRON_TRUST_CA_FILE: 'trustCaFile',
   NOVACRON_PEER_LISTEN: 'peerListen',
   NOVACRON_PEER_ADVERTISE: 'peerAdvertise',
   NOVACRON_MIGRATION_DATA_PORTS: 'migrationDataPorts',

@@ -2,7 +2,7 @@
  * The daemon: opens the store, recovers state, serves the API, and shuts down
  * gracefully (in-flight requests and operations finish, the store is flushed).
  */
-import { chmodSync, mkdirSync } from 'node:fs';
+import { chmodSync, mkdirSync, readFileSync } from 'node:fs';
 import { resolve, join } from 'node:path';
 import type { Logger } from 'pino';
 import { NovaError } from './errors.js';
@@ -184,8 +184,9 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
       ...(config.join ? { join: config.join } : {}),
       ...(config.caHash ? { caHash: config.caHash } : {}),
     });
-    // Other members' APIs are HTTPS with certificates of this cluster's CA: trusted, besides the system's.
-    const memberCas = [...rootCertificates, cluster.tls.material.caPem];
+    // Other members' APIs are HTTPS with certificates of this cluster's CA: trusted, besides the
+    // system's and the operator's own (daemons outside the cluster).
+    const memberCas = [...rootCertificates, cluster.tls.material.caPem, ...(config.trustCaFile ? [trustedCas(config.trustCaFile)] : [])];
     // Members vouch for their requests to each other with their certificates, never with a token.
     const assertions = new MemberAssertions(cluster.tls);
     authenticator.useMembers(assertions);
@@ -333,6 +334,18 @@ function certificateHosts(configured: string[]): string[] {
  * What the API serves HTTPS with: the operator's certificate when configured, else this
  * member's own; nothing (plain HTTP) only when it listens on loopback and `apiTls` is `auto`.
  */
+/** The operator's extra CA bundle (`trustCaFile`), checked to hold certificates. */
+function trustedCas(file: string): string {
+  let pem: string;
+  try {
+    pem = readFileSync(file, 'utf8');
+  } catch (e) {
+    throw new NovaError('CONFIG_INVALID', `cannot read trustCaFile ${file}: ${(e as Error).message}`);
+  }
+  if (!pem.includes('-----BEGIN CERTIFICATE-----')) throw new NovaError('CONFIG_INVALID', `trustCaFile ${file} holds no PEM certificate`);
+  return pem;
+}
+
 export function apiTlsFiles(config: Pick<DaemonConfig, 'host' | 'apiTls' | 'apiCertFile' | 'apiKeyFile'>, dataDir: string): { keyFile: string; certFile: string } | undefined {
   if (config.apiCertFile && config.apiKeyFile) return { certFile: config.apiCertFile, keyFile: config.apiKeyFile };
   return config.apiTls === 'on' || !isLoopback(config.host) ? memberCertFiles(dataDir) : undefined;

@@ -81,6 +81,7 @@ export function buildProgram(): Command {
     .addOption(new Option('--api-tls <mode>', 'HTTPS on the API: auto (on any address but loopback) or on').choices(['auto', 'on']).env('NOVACRON_API_TLS'))
     .addOption(new Option('--api-cert-file <file>', 'the API\'s certificate (PEM), instead of the member certificate').env('NOVACRON_API_CERT_FILE'))
     .addOption(new Option('--api-key-file <file>', 'the key of --api-cert-file (PEM)').env('NOVACRON_API_KEY_FILE'))
+    .addOption(new Option('--trust-ca-file <file>', 'also trust these CA certificates (PEM) for HTTPS to daemons outside this cluster (migration targets)').env('NOVACRON_TRUST_CA_FILE'))
     .addOption(new Option('--join <host:port>', 'join the cluster of the member whose cluster port this is, on first start (default: start a new one-member cluster)').env('NOVACRON_JOIN'))
     .addOption(new Option('--ca-hash <sha256:hex>', 'with --join: the pin of the cluster CA (refuses to join anything else)').env('NOVACRON_CA_HASH'))
     .addOption(new Option('--advertise <host:port>', 'API address other members and clients reach this member at (default: the listen address)').env('NOVACRON_ADVERTISE'))

@@ -36,14 +36,21 @@ export interface SpawnOptions {
   dataDir?: string;
   args?: string[];
   env?: Record<string, string>;
+  /** The API's listen host (default 127.0.0.1; an address inside `netns`, say). */
+  host?: string;
+  /** Run the daemon inside this network namespace (`ip netns exec`). */
+  netns?: string;
   /** Expect the daemon to fail to start; resolve with its output instead of a handle. */
   expectFailure?: boolean;
 }
 
 export async function spawnDaemon(opts: SpawnOptions = {}): Promise<DaemonHandle> {
   const dataDir = opts.dataDir ?? tempDataDir();
-  const args = [BIN, 'daemon', '--listen', '127.0.0.1:0', '--data-dir', dataDir, '--driver', 'sim', '--log-level', 'warn', ...(opts.args ?? [])];
-  const proc = spawn(process.execPath, args, { env: { ...process.env, ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const host = opts.host ?? '127.0.0.1';
+  const args = [BIN, 'daemon', '--listen', `${host}:0`, '--data-dir', dataDir, '--driver', 'sim', '--log-level', 'warn', ...(opts.args ?? [])];
+  // `ip netns exec` execs the daemon itself: the child's pid is the daemon's.
+  const [cmd, argv] = opts.netns ? ['ip', ['netns', 'exec', opts.netns, process.execPath, ...args]] : [process.execPath, args];
+  const proc = spawn(cmd, argv, { env: { ...process.env, ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   proc.stdout!.on('data', (d) => (out += d));
   proc.stderr!.on('data', (d) => (out += d));
@@ -51,7 +58,7 @@ export async function spawnDaemon(opts: SpawnOptions = {}): Promise<DaemonHandle
   const port = await new Promise<number>((resolvePort, reject) => {
     const timer = setTimeout(() => reject(new Error(`daemon did not start in time:\n${out}`)), 20_000);
     const onData = () => {
-      const m = /listening on https?:\/\/127\.0\.0\.1:(\d+)/.exec(out);
+      const m = new RegExp(`listening on https?://${host.replaceAll('.', '\\.')}:(\\d+)`).exec(out);
       if (m) {
         clearTimeout(timer);
         resolvePort(Number(m[1]));
@@ -64,7 +71,7 @@ export async function spawnDaemon(opts: SpawnOptions = {}): Promise<DaemonHandle
     });
   });
   const scheme = /listening on (https?):/.exec(out)![1]!;
-  const url = `${scheme}://127.0.0.1:${port}`;
+  const url = `${scheme}://${host}:${port}`;
   if (scheme === 'https' && !CAS.has(url)) CAS.set(url, readFileSync(join(dataDir, 'tls', 'ca.pem'), 'utf8'));
   const peerPort = Number(/cluster port \(mutual TLS\) on 127\.0\.0\.1:(\d+)/.exec(out)?.[1] ?? 0);
   const token = readFileSync(join(dataDir, 'admin.token'), 'utf8').trim();

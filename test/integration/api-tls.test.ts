@@ -85,4 +85,19 @@ describe('API over HTTPS', { timeout: 60_000 }, () => {
       d = undefined;
     }
   });
+
+  it('a --trust-ca-file that cannot be read or holds no certificate stops the daemon at start with CONFIG_INVALID', async () => {
+    const dir = tempDataDir();
+    try {
+      const notPem = join(dir, 'not.pem');
+      writeFileSync(notPem, 'hello');
+      for (const [file, why] of [[join(dir, 'missing.pem'), /cannot read trustCaFile/], [notPem, /holds no PEM certificate/]] as const) {
+        const out = await spawnDaemon({ dataDir: join(dir, 'data'), args: ['--trust-ca-file', file], expectFailure: true }).catch((e) => String(e.output ?? e.message));
+        expect(out).toMatch(/CONFIG_INVALID/);
+        expect(out).toMatch(why);
+      }
+    } finally {
+      removeDir(dir);
+    }
+  });
 });

@@ -11,11 +11,13 @@ import { join } from 'node:path';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { api, removeDir, spawnDaemon, tempDataDir, waitOp, type DaemonHandle } from '../helpers/daemon.js';
 import { EventClient } from '../helpers/events.js';
+import { NetNs } from '../helpers/netns.js';
 import { diskRecords as guestDiskRecords, ensureQemuAndGuest, guestVm, heartbeats, installGuest, keepSerial, missingRecords, serial, waitUntil, killGuests } from '../helpers/qemu.js';
 
 const BOOT_MS = 60_000;
 const dirs: string[] = [];
 const daemons: DaemonHandle[] = [];
+const namespaces: NetNs[] = [];
 
 async function host(extraArgs: string[] = [], dataDir = tempDataDir()): Promise<DaemonHandle> {
   if (!dirs.includes(dataDir)) dirs.push(dataDir);
@@ -38,6 +40,7 @@ afterEach(async () => {
     killGuests(dir);
     removeDir(dir);
   }
+  for (const ns of namespaces.splice(0)) ns.destroy();
 });
 
 async function startGuest(d: DaemonHandle, name: string, cmdline: string): Promise<string> {
@@ -458,6 +461,39 @@ describe('live migration (real QEMU, two daemons)', { timeout: 300_000 }, () => 
     expect(await waitMigration(a, again.body.id, 120_000)).toMatchObject({ state: 'completed' });
     await waitUntil(() => /VERIFY ok/.test(serial(b.dataDir, id).slice(-4000)), 30_000, 'working set verifies on the destination');
     expect(serial(b.dataDir, id)).not.toContain('VERIFY FAIL');
+  });
+
+  it('network blackholed mid-flight (every packet dropped, nothing closed): the migration fails with MIGRATION_TRANSPORT within the link\'s 10 s liveness timeout plus 10 s, the guest runs on at the source, and the destination drops its half on its own', async () => {
+    // The destination is another "host" in a network namespace, reached over a veth pair;
+    // its API is HTTPS (not loopback) with its own cluster's CA, which the source trusts.
+    const ns = NetNs.create();
+    namespaces.push(ns);
+    const bDir = tempDataDir();
+    dirs.push(bDir);
+    const b = await spawnDaemon({ dataDir: bDir, netns: ns.name, host: ns.ip, args: ['--driver', 'qemu'] });
+    daemons.push(b);
+    await installGuest(b.url);
+    const a = await host(['--trust-ca-file', join(bDir, 'tls', 'ca.pem')]);
+    const id = await startGuest(a, 'mig-blackhole', 'nc.dirty_mib=64 nc.rate=4 nc.model=random');
+    const r = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: b.url, targetToken: b.token, bandwidthMBps: 2, force: true });
+    expect(r.status, JSON.stringify(r.body)).toBe(202);
+    for (let i = 0; ; i++) {
+      const m = (await api(a.url, 'GET', `/v1/migrations/${r.body.id}`)).body;
+      if (m.progress?.bytesWire > 2 << 20) break;
+      if (m.state !== 'running' || i > 1200) throw new Error(`the migration never got going: ${JSON.stringify(m)}`);
+      await new Promise((res) => setTimeout(res, 50));
+    }
+    ns.blackhole();
+    const cut = Date.now();
+    const m = await waitMigration(a, r.body.id, 60_000);
+    const tookMs = Date.now() - cut;
+    expect(m, JSON.stringify(m)).toMatchObject({ state: 'failed', error: { code: 'MIGRATION_TRANSPORT' } });
+    expect(tookMs, m.error.message).toBeLessThan(20_000);
+    await expectStillHere(a, id);
+    // The destination heard nothing either: it gave up by itself, which shows once it can be asked.
+    ns.heal();
+    expect(await waitMigration(b, r.body.id, 30_000)).toMatchObject({ state: 'failed' });
+    await expectNotThere(b, id);
   });
 
   it('destination daemon killed mid-flight: source keeps the VM; the restarted destination has no trace of it', async () => {
