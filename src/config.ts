@@ -9,6 +9,7 @@ import { isIP } from 'node:net';
 import { z } from 'zod';
 import { NovaError } from './errors.js';
 import { LOG_LEVELS } from './log.js';
+import { OPERATION_KINDS } from './operations/operation.js';
 import { SIM_OPS } from './vm/drivers/sim.js';
 import { HostPathEntry, PoolDef } from './storage/model.js';
 
@@ -76,8 +77,13 @@ export const ConfigSchema = z.strictObject({
     compactThreshold: z.int().min(10).optional(),
     keepEntries: z.int().min(1).optional(),
   }).default({}),
-  /** Fault injection for tests; never set in production: corrupt the Nth RAM packet's pages; cut the migration link after N MiB. */
-  faults: z.strictObject({ corruptMigrationFrame: z.int().min(1).optional(), cutMigrationLinkAfterMiB: z.int().min(1).optional() }).default({}),
+  /** Fault injection for tests; never set in production: corrupt the Nth RAM packet's pages; cut the migration link after N MiB; die mid-operation. */
+  faults: z.strictObject({
+    corruptMigrationFrame: z.int().min(1).optional(),
+    cutMigrationLinkAfterMiB: z.int().min(1).optional(),
+    /** SIGKILL this daemon once an operation of this kind has done its driver work, before its outcome is written. */
+    killAfterDriverWork: z.enum(OPERATION_KINDS).optional(),
+  }).default({}),
   sim: z.strictObject({ latencyMs: simOpRecord.optional(), failureRate: simOpRecord.optional() }).default({}),
   /** Storage pools (config file only); a `local` pool under DIR/pools/local is added when none is named so. */
   pools: z.array(PoolDef).max(64).default([]),

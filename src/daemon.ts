@@ -93,7 +93,11 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
     const storage = await StorageService.open({ dataDir, pools: config.pools, events, log, uploadLimitBytes: config.uploadLimitBytes, hostPaths: config.hostPaths });
     const vmStorage = new VmStorage(storage);
     const driver = selectDriver(config.driver, { sim: config.sim, dataDir, log, media: (vm) => vmStorage.media(vm) });
-    const vms = await VmService.open({ store, events, driver, storage: vmStorage, nodeId: config.nodeId, log, shutdownTimeoutMs: config.shutdownTimeoutMs, dataDir });
+    const killAfter = config.faults.killAfterDriverWork;
+    const vms = await VmService.open({
+      store, events, driver, storage: vmStorage, nodeId: config.nodeId, log, shutdownTimeoutMs: config.shutdownTimeoutMs, dataDir,
+      ...(killAfter ? { afterDriverWork: (kind) => kind === killAfter && process.kill(process.pid, 'SIGKILL') } : {}),
+    });
     const migrations = await MigrationService.open({
       store, events, vms, driver, log, nodeId: config.nodeId, dataDir, host: config.host,
       // The cluster (and its member certificate) is up before the API takes any migration.

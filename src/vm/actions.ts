@@ -66,6 +66,13 @@ export interface ActionHandler {
   from: readonly VmState[];
   /** The state while it runs; omitted: the state does not change until it ends. */
   during?: VmState;
+  /**
+   * Done before it is acknowledged (a quick hypervisor command): no state while it runs;
+   * the driver call, then its outcome, the operation and its events in one write. A crash
+   * in between leaves nothing recorded (nothing was acknowledged) and the hypervisor's
+   * state, which the reconciler takes after the restart.
+   */
+  inline?: boolean;
   /** `DELETE /v1/operations/:id` aborts its signal. */
   cancellable?: boolean;
   /** Refuses the request before anything is recorded. */
@@ -124,7 +131,7 @@ export const ACTIONS: Record<OperationKind, ActionHandler> = {
   },
   pause: {
     from: ['running'],
-    during: 'pausing',
+    inline: true,
     async run({ vm, driver }) {
       await driver.pause(vm.id);
       return { to: 'paused' };
@@ -132,7 +139,7 @@ export const ACTIONS: Record<OperationKind, ActionHandler> = {
   },
   resume: {
     from: ['paused'],
-    during: 'resuming',
+    inline: true,
     async run({ vm, driver }) {
       await driver.resume(vm.id);
       return { to: 'running' };

@@ -31,9 +31,21 @@ export interface VmClaim {
   readonly vmId: string;
   /** Throws LOCK_FENCED once the lease is lost; called before every write made for the claim. */
   assertHeld(): void;
-  /** Ends the claim (the cluster lock is handed back in the background; see `settled`). */
-  release(): void;
+  /**
+   * Ends the claim (the cluster lock is handed back in the background; see `settled`).
+   * With `linger` the VM stays here, so this member keeps its cluster lock a moment
+   * (`LINGER_MS`, still renewed) for the next operation on the VM to take at no cost.
+   */
+  release(opts?: { linger?: boolean }): void;
 }
+
+/**
+ * How long a member keeps a VM's cluster lock after an operation that leaves the VM here:
+ * operations in a row (pause then resume, a snapshot series) take it once instead of a
+ * replicated write to take and another to give it back each. Under the guard's hand-over
+ * wait, so another member asking for it meanwhile gets it, only later.
+ */
+export const LINGER_MS = 1000;
 
 export class VmClaims {
   #guard: VmLockGuard | undefined;
@@ -41,6 +53,8 @@ export class VmClaims {
   #active = new Map<string, Promise<void>>();
   /** vmId → a finished claim still giving back the VM's cluster lock. */
   #handingBack = new Map<string, Promise<void>>();
+  /** vmId → the cluster lease kept after an operation (`LINGER_MS`), and its give-back timer. */
+  #lingering = new Map<string, { lease: VmLease; timer: NodeJS.Timeout }>();
 
   /** Makes cluster claims also take the VM's cluster-wide lock. */
   useLockGuard(guard: VmLockGuard): void {
@@ -81,7 +95,7 @@ export class VmClaims {
     if (!this.#guard) return local;
     let lease: VmLease;
     try {
-      lease = await this.#guard.hold(vm.id, purpose);
+      lease = this.#reuse(vm.id) ?? (await this.#guard.hold(vm.id, purpose));
     } catch (err) {
       local.release();
       throw err;
@@ -91,16 +105,36 @@ export class VmClaims {
       assertHeld: () => {
         if (lease.lost.aborted) throw new NovaError('LOCK_FENCED', `the cluster lock on VM "${vm.name}" was lost (lease lapsed); its work was stopped`, { token: lease.token });
       },
-      release: () => {
-        // The work already reads as finished; a request arriving now waits for this
-        // hand-back rather than seeing VM_BUSY from a claim that is about to go.
-        const done = lease.release().catch(() => undefined).finally(local.release);
-        this.#handingBack.set(vm.id, done);
-        void done.finally(() => {
-          if (this.#handingBack.get(vm.id) === done) this.#handingBack.delete(vm.id);
-        });
+      release: (opts) => {
+        if (opts?.linger && !lease.lost.aborted) {
+          const timer = setTimeout(() => this.#reuse(vm.id) && this.#giveBack(vm.id, lease, () => undefined), LINGER_MS);
+          timer.unref();
+          this.#lingering.set(vm.id, { lease, timer });
+          local.release();
+          return;
+        }
+        this.#giveBack(vm.id, lease, local.release);
       },
     };
+  }
+
+  /** Takes the lease kept after the VM's last operation, if it is still good. */
+  #reuse(vmId: string): VmLease | undefined {
+    const kept = this.#lingering.get(vmId);
+    if (!kept) return undefined;
+    this.#lingering.delete(vmId);
+    clearTimeout(kept.timer);
+    return kept.lease.lost.aborted ? undefined : kept.lease;
+  }
+
+  #giveBack(vmId: string, lease: VmLease, then: () => void): void {
+    // The work already reads as finished; a request arriving now waits for this
+    // hand-back rather than seeing VM_BUSY from a claim that is about to go.
+    const done = lease.release().catch(() => undefined).finally(then);
+    this.#handingBack.set(vmId, done);
+    void done.finally(() => {
+      if (this.#handingBack.get(vmId) === done) this.#handingBack.delete(vmId);
+    });
   }
 
   /**
@@ -113,8 +147,13 @@ export class VmClaims {
     if (pending) await pending;
   }
 
-  /** Waits for every claim to be released (graceful shutdown). */
+  /** Waits for every claim to be released and gives back the locks kept after them (graceful shutdown). */
   async drain(): Promise<void> {
     await Promise.allSettled([...this.#active.values()]);
+    for (const vmId of [...this.#lingering.keys()]) {
+      const lease = this.#reuse(vmId);
+      if (lease) this.#giveBack(vmId, lease, () => undefined);
+    }
+    await Promise.allSettled([...this.#handingBack.values()]);
   }
 }

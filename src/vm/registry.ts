@@ -32,8 +32,10 @@ export interface VmChange {
   clear?: Array<'checkpoint' | 'incoming'>;
   /** Other keys written in the same batch (operation records, migration records). */
   alsoWrite?: WriteOp[];
-  /** Events of this change besides the `vm.state` event a state change adds itself. */
+  /** Events of this change besides the `vm.state` event a state change adds itself (after it). */
   events?: VmEventDraft[];
+  /** Events of this change that come before its `vm.state` event (an inline operation's start). */
+  eventsBefore?: VmEventDraft[];
 }
 
 export interface ListQuery {
@@ -176,7 +178,7 @@ export class VmRegistry {
       next.stateReason = change.reason; // the state stays; why the last thing failed is news
     }
     if (change.runtime !== undefined) next.runtime = change.runtime;
-    await this.#write(next, [...events, ...(change.events ?? [])], change.alsoWrite ?? []);
+    await this.#write(next, [...(change.eventsBefore ?? []), ...events, ...(change.events ?? [])], change.alsoWrite ?? []);
     return next;
   }
 

@@ -31,6 +31,8 @@ export interface RunnerDeps {
   log: Logger;
   /** Default ACPI shutdown timeout. */
   shutdownTimeoutMs: number;
+  /** Test fault: called once an action's driver work is done, before its outcome is written. */
+  afterDriverWork?: (kind: OperationKind) => void;
 }
 
 /** Finished operations kept in memory (older ones are read from the store). */
@@ -73,8 +75,16 @@ export class OperationRunner {
     action.check?.(vm, driver, opts, this.#deps.storage);
     const op = newOperation(kind, vm.id);
     const claim = await claims.cluster(vm, kind);
+    const started: EventDraft = { type: 'operation.started', vmId: vm.id, tenant: vm.spec.tenant, operationId: op.id, data: { kind } };
+    if (action.inline) {
+      try {
+        await this.#run(op, vm.id, opts, claim, new AbortController().signal, [started]);
+      } finally {
+        claim.release({ linger: true });
+      }
+      return this.#ops.get(op.id) ?? op;
+    }
     try {
-      const started: EventDraft = { type: 'operation.started', vmId: vm.id, tenant: vm.spec.tenant, operationId: op.id, data: { kind } };
       if (action.during && !isForcedDelete(kind, vm, opts)) {
         await registry.commit(vm.id, { to: action.during, alsoWrite: [opWrite(op)], events: [started] });
       } else {
@@ -89,7 +99,7 @@ export class OperationRunner {
     if (action.cancellable) this.#aborts.set(op.id, abort);
     void this.#run(op, vm.id, opts, claim, abort.signal).finally(() => {
       this.#aborts.delete(op.id);
-      claim.release();
+      claim.release({ linger: kind !== 'delete' });
     });
     return op;
   }
@@ -111,7 +121,8 @@ export class OperationRunner {
     }
   }
 
-  async #run(op: OperationRecord, vmId: string, opts: ActionOptions, claim: VmClaim, signal: AbortSignal): Promise<void> {
+  /** Runs the action and writes how it ended; `started` events go out with that write (inline actions). */
+  async #run(op: OperationRecord, vmId: string, opts: ActionOptions, claim: VmClaim, signal: AbortSignal, started: EventDraft[] = []): Promise<void> {
     const { registry, driver, storage } = this.#deps;
     const vm = registry.get(vmId);
     let lastSaved = 0;
@@ -139,22 +150,25 @@ export class OperationRunner {
         progress,
         signal,
       });
+      this.#deps.afterDriverWork?.(op.kind);
       claim.assertHeld();
-      await this.#record(current, vmId, outcome);
+      await this.#record(current, vmId, outcome, started);
     } catch (err) {
       this.#deps.log.warn({ err, op: op.id, vmId, kind: op.kind }, 'operation failed');
       await this.#settleAfterFailure(vmId, op.kind, err).catch((e) => this.#deps.log.error({ err: e, vmId }, 'could not settle VM state'));
-      await this.#finishAlone(current, 'failed', { error: operationError(err) }).catch((e) => this.#deps.log.error({ err: e, op: op.id }, 'could not record operation failure'));
+      await this.#finishAlone(current, 'failed', { error: operationError(err) }, started).catch((e) => this.#deps.log.error({ err: e, op: op.id }, 'could not record operation failure'));
     }
   }
 
   /** Writes an action's outcome and the finished operation in one batch. */
-  async #record(op: OperationRecord, vmId: string, outcome: ActionOutcome): Promise<void> {
+  async #record(op: OperationRecord, vmId: string, outcome: ActionOutcome, started: EventDraft[] = []): Promise<void> {
     const { registry } = this.#deps;
-    const { done, event } = this.#finished(op, 'succeeded', outcome.result ? { result: outcome.result } : {});
+    const finished = this.#finished(op, 'succeeded', outcome.result ? { result: outcome.result } : {});
+    const { done } = finished;
+    const events = [...started, finished.event];
     if (outcome.removed) {
       const vm = registry.get(vmId);
-      await registry.drop(vm, [opWrite(done)], [{ type: 'vm.deleted', vmId, tenant: vm.spec.tenant, operationId: op.id, data: { name: vm.name } }, event]);
+      await registry.drop(vm, [opWrite(done)], [...started, { type: 'vm.deleted', vmId, tenant: vm.spec.tenant, operationId: op.id, data: { name: vm.name } }, finished.event]);
     } else if (outcome.to || outcome.checkpoint || outcome.consumedCheckpoint || outcome.spec) {
       await registry.commit(vmId, stripUndefined({
         to: outcome.to,
@@ -163,10 +177,11 @@ export class OperationRunner {
         ...(outcome.checkpoint || outcome.spec ? { set: { ...(outcome.checkpoint ? { checkpoint: outcome.checkpoint } : {}), ...(outcome.spec ? { spec: outcome.spec } : {}) } } : {}),
         ...(outcome.consumedCheckpoint ? { clear: ['checkpoint' as const] } : {}),
         alsoWrite: [opWrite(done)],
-        events: [event],
+        eventsBefore: started,
+        events: [finished.event],
       }));
     } else {
-      await this.#deps.events.commit([opWrite(done)], [event]);
+      await this.#deps.events.commit([opWrite(done)], events);
     }
     // Cleanup that must follow the write (a moved disk's old volume) is done before anyone
     // reading the operation sees it finished.
@@ -207,9 +222,9 @@ export class OperationRunner {
   }
 
   /** Writes a finished operation on its own (no VM change with it). */
-  async #finishAlone(op: OperationRecord, state: 'succeeded' | 'failed', extra: Pick<OperationRecord, 'error' | 'result'>): Promise<void> {
+  async #finishAlone(op: OperationRecord, state: 'succeeded' | 'failed', extra: Pick<OperationRecord, 'error' | 'result'>, started: EventDraft[] = []): Promise<void> {
     const { done, event } = this.#finished(op, state, extra);
-    await this.#deps.events.commit([opWrite(done)], [event]);
+    await this.#deps.events.commit([opWrite(done)], [...started, event]);
     this.#ops.set(op.id, done);
   }
 

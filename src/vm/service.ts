@@ -42,6 +42,8 @@ export interface VmServiceDeps {
   shutdownTimeoutMs?: number;
   /** The daemon's data directory: VMs from before storage pools have their files imported from it. */
   dataDir?: string;
+  /** Test fault: called once an operation's driver work is done, before its outcome is written. */
+  afterDriverWork?: (kind: OperationKind) => void;
 }
 
 /** A VM claimed for a migration, and how to give it back. */
@@ -75,7 +77,10 @@ export class VmService {
     this.#deps = deps;
     this.#registry = registry;
     const { store, events, driver, storage, log } = deps;
-    this.#runner = new OperationRunner({ store, events, driver, storage, log, registry, claims: this.#claims, shutdownTimeoutMs: deps.shutdownTimeoutMs ?? 60_000 });
+    this.#runner = new OperationRunner({
+      store, events, driver, storage, log, registry, claims: this.#claims, shutdownTimeoutMs: deps.shutdownTimeoutMs ?? 60_000,
+      ...(deps.afterDriverWork ? { afterDriverWork: deps.afterDriverWork } : {}),
+    });
     storage.storage.useAttachments((ref) => this.#attachments(ref));
     registry.observe((before, after) => this.#indexAttachments(before, after));
     this.#reconciler = new Reconciler({ driver, registry, claims: this.#claims, log, abandonIncoming: (vmId) => this.incomingAbandoned(vmId, [], []) });

@@ -6,14 +6,17 @@
  *                 │  ▲                                │
  *          start  ▼  │ start failed        stop/shutdown
  *              starting ──► running ──────────────────┤
- *                             │ ▲ ▲                   │
- *                       pause ▼ │ └─ resuming ◄─ paused
- *                          pausing ──────────►  ┘     │
+ *                             │ ▲                     │
+ *                       pause ▼ │ resume              │
+ *                             paused ─────────────────┘
  *                             running ─► migrating ─► running | stopped
  *   any settled state ─► deleting ─► (gone);  any state ─► error (driver failure)
  *
  * - pending: created, resources not yet prepared by the driver.
- * - starting/pausing/resuming/stopping/migrating/deleting: an operation is running.
+ * - starting/stopping/migrating/deleting: an operation is running. Pause and resume
+ *   finish before they are acknowledged, so they go straight between running and paused
+ *   (as the hypervisor's own pauses do); `pausing`/`resuming` remain only for records
+ *   written by earlier versions, which the reconciler settles after a restart.
  * - error: the driver reported a failure or the VM's process vanished; it can be
  *   stopped (to clean up), started again, or deleted.
  */
@@ -27,9 +30,9 @@ const TRANSITIONS: Record<VmState, readonly VmState[]> = {
   pending: ['stopped', 'deleting', 'error'],
   stopped: ['starting', 'deleting', 'migrating', 'error'],
   starting: ['running', 'stopped', 'error'],
-  running: ['pausing', 'stopping', 'migrating', 'starting', 'error'],
+  running: ['paused', 'stopping', 'migrating', 'starting', 'error'],
   pausing: ['paused', 'running', 'error'],
-  paused: ['resuming', 'stopping', 'error'],
+  paused: ['running', 'stopping', 'error'],
   resuming: ['running', 'paused', 'error'],
   stopping: ['stopped', 'running', 'error'],
   migrating: ['running', 'stopped', 'error'],

@@ -414,4 +414,51 @@ describe('qemu driver across daemon restarts', { timeout: 180_000 }, () => {
       removeDir(own);
     }
   });
+
+  it('pause and resume are done before they are acknowledged: one write each, and a kill -9 after QEMU paused the guest but before that write leaves the guest paused, which the restarted daemon records', async () => {
+    const own = tempDataDir();
+    const cfg = join(own, '..', `${own.split('/').at(-1)}-faults.json`);
+    writeFileSync(cfg, JSON.stringify({ faults: { killAfterDriverWork: 'pause' } }));
+    let daemon = await spawnDaemon({ dataDir: own, args: ['--driver', 'qemu'] });
+    await installGuest(daemon.url);
+    try {
+      const created = await api(daemon.url, 'POST', '/v1/vms', guestVm('paused-at-crash'));
+      const id = created.body.id;
+      expect((await waitOp(daemon.url, (await api(daemon.url, 'POST', `/v1/vms/${id}/start`)).body.id)).state).toBe('succeeded');
+      await waitUntil(() => heartbeats(own, id).length >= 3, BOOT_MS, 'boot');
+      // Answered finished, with the operation's events and the state change in one write.
+      const ev = await EventClient.connect(daemon.url, `?vmId=${id}`);
+      const paused = await api(daemon.url, 'POST', `/v1/vms/${id}/pause`);
+      expect(paused.status).toBe(202);
+      expect(paused.body).toMatchObject({ kind: 'pause', state: 'succeeded' });
+      await ev.waitFor((c) => c.events.some((e) => e.type === 'operation.succeeded' && e.operationId === paused.body.id));
+      const mine = ev.events.filter((e) => e.operationId === paused.body.id || e.type === 'vm.state');
+      ev.close();
+      expect(mine.map((e) => e.type)).toEqual(['operation.started', 'vm.state', 'operation.succeeded']);
+      expect(new Set(mine.map((e) => e.seq - mine[0]!.seq))).toEqual(new Set([0, 1, 2])); // consecutive: one commit
+      expect((await api(daemon.url, 'GET', `/v1/vms/${id}`)).body.state).toBe('paused');
+      const resumed = await api(daemon.url, 'POST', `/v1/vms/${id}/resume`);
+      expect(resumed.body).toMatchObject({ kind: 'resume', state: 'succeeded' });
+      await daemon.kill();
+
+      daemon = await spawnDaemon({ dataDir: own, args: ['--driver', 'qemu', '--config', cfg] });
+      const lost = await api(daemon.url, 'POST', `/v1/vms/${id}/pause`).then(() => 'answered', (e: Error) => e.message);
+      expect(lost, 'the daemon died before answering').not.toBe('answered');
+      expect((await daemon.exited).signal).toBe('SIGKILL');
+      const at = heartbeats(own, id).length;
+      await new Promise((r) => setTimeout(r, 2500));
+      expect(heartbeats(own, id).length, 'QEMU paused the guest before the daemon died').toBe(at);
+
+      daemon = await spawnDaemon({ dataDir: own, args: ['--driver', 'qemu'] });
+      const vm = (await api(daemon.url, 'GET', `/v1/vms/${id}`)).body;
+      expect(vm).toMatchObject({ state: 'paused', stateReason: 'reconciled with the hypervisor after restart' });
+      expect((await waitOp(daemon.url, (await api(daemon.url, 'POST', `/v1/vms/${id}/resume`)).body.id)).state).toBe('succeeded');
+      await waitUntil(() => heartbeats(own, id).length >= at + 3, 20_000, 'the guest running on after resume');
+      expect((await waitOp(daemon.url, (await api(daemon.url, 'DELETE', `/v1/vms/${id}?force=true`)).body.id)).state).toBe('succeeded');
+    } finally {
+      await daemon.kill();
+      removeDir(own);
+      removeDir(cfg);
+    }
+  });
 });
