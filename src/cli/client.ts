@@ -29,7 +29,12 @@ export interface ClientOptions {
   token?: string;
   /** A CA certificate (PEM) an HTTPS daemon is checked against, besides the system's. */
   ca?: string;
+  /** How long to keep asking a daemon that answers 503 STARTING (it serves nothing else yet). Default 30 s. */
+  startingWaitMs?: number;
 }
+
+/** A starting daemon's Retry-After is 1 s; ask again sooner than that, never much later. */
+const STARTING_RETRY_MS = { min: 100, max: 1000 };
 
 export class NovaClient {
   /** The CAs an HTTPS daemon is checked against, when it has its own. */
@@ -53,7 +58,25 @@ export class NovaClient {
     return this.#ca ? { ca: this.#ca } : {};
   }
 
+  /**
+   * One API call. A daemon that is still starting answers every route with 503 STARTING
+   * before doing anything, so the call is made again (POSTs included) until it is ready
+   * or `startingWaitMs` has passed.
+   */
   async request<T>(method: string, path: string, body?: unknown): Promise<T> {
+    const deadline = Date.now() + (this.opts.startingWaitMs ?? 30_000);
+    for (;;) {
+      try {
+        return await this.#requestOnce<T>(method, path, body);
+      } catch (err) {
+        if (!(err instanceof ApiError) || err.status !== 503 || err.code !== 'STARTING' || Date.now() >= deadline) throw err;
+        const after = Number((err.details as { retryAfterSeconds?: number } | undefined)?.retryAfterSeconds ?? 1) * 1000;
+        await new Promise((r) => setTimeout(r, Math.min(Math.max(after / 4, STARTING_RETRY_MS.min), STARTING_RETRY_MS.max, deadline - Date.now())));
+      }
+    }
+  }
+
+  async #requestOnce<T>(method: string, path: string, body?: unknown): Promise<T> {
     const headers: Record<string, string> = {};
     if (this.opts.token) headers.authorization = `Bearer ${this.opts.token}`;
     if (body !== undefined) headers['content-type'] = 'application/json';

@@ -6,7 +6,7 @@
  */
 import { afterEach, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { BIN, api, authHeaders, spawnDaemon, tempDataDir, removeDir, waitOp, wsTls, type DaemonHandle } from '../helpers/daemon.js';
 import { REGISTERS, SECRET, TEST_RAFT, TestCluster, expectAllPresent, expectLinearizable, freePort, kvClients, sleep, writeLoad } from '../helpers/cluster.js';
 import { readFileSync, rmSync } from 'node:fs';
@@ -454,7 +454,7 @@ describe('cluster', () => {
     }
   });
 
-  it('a member restarting without a quorum answers 503 STARTING with Retry-After on every route but /healthz and /readyz, never 404, until it is ready; then serves', async () => {
+  it('a member restarting without a quorum answers 503 STARTING with Retry-After on every route but /healthz and /readyz, never 404, until it is ready; then serves, and a CLI call made meanwhile waits and gets the answer', async () => {
     cluster = await TestCluster.start(3);
     const c = cluster;
     expect((await c.put(0, 'k', 'before')).status).toBe(200);
@@ -480,9 +480,19 @@ describe('cluster', () => {
     expect(upgrade).toBe(503);
     // Still starting: nothing it was asked meanwhile reached the store.
     expect((await api(url, 'GET', '/readyz')).status).toBe(503);
+    // The CLI asked now waits for the member instead of failing on the 503.
+    const cli = spawn(process.execPath, [BIN, '--url', url, '--json', 'kv', 'get', 'k'], { env: { ...process.env, NOVACRON_DATA_DIR: c.members[0]!.dataDir }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let cliOut = '';
+    cli.stdout.on('data', (d) => (cliOut += d));
+    cli.stderr.on('data', (d) => (cliOut += d));
+    const cliExit = new Promise<number | null>((r) => cli.on('exit', r));
+    await new Promise((r) => setTimeout(r, 1500));
+    expect(cli.exitCode, `the CLI gave up while the member was starting: ${cliOut}`).toBeNull();
 
     await c.startMember(1);
     await restarting;
+    expect(await cliExit, cliOut).toBe(0);
+    expect(JSON.parse(cliOut).value).toBe('before');
     expect((await api(url, 'GET', '/readyz')).body).toEqual({ status: 'ready' });
     expect((await c.get(0, 'k')).body.value).toBe('before');
     expect((await api(url, 'GET', '/v1/no-such-route')).body.error.code).toBe('ROUTE_NOT_FOUND');
