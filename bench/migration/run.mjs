@@ -2,8 +2,10 @@
 // bench/migration: NovaCron live migration vs QEMU's native migration, same guest, same run.
 //
 //   node bench/migration/run.mjs [--memory 2048] [--working-set 512] [--rates 0,32,128,512]
-//        [--links 125,0] [--runs 3] [--modes novacron,plain,xbzrle,auto-converge,multifd]
-//        [--model half] [--disk-mib 0] [--timeout 90] [--quick] [--check]
+//        [--links 125,1250,0] [--runs 3] [--modes novacron,plain,xbzrle,auto-converge,multifd]
+//        [--model vary] [--disk-mib 0] [--timeout 90] [--quick] [--check]
+//   (--model vary, the default, boots a new guest for each run with another content model
+//    and write pattern — see VARIED_GUESTS; --model half|text|random|sparse|mixed keeps one)
 //   (--disk-mib N gives NovaCron's guest a local N MiB qcow2 disk, mirrored during the
 //    migration: the pause-before-switchover path)
 //   (mode `link`, a diagnostic: NovaCron's native link between two bare QEMUs, no daemons —
@@ -38,8 +40,8 @@ const root = resolve(here, '..', '..');
 const { values: a } = parseArgs({
   options: {
     memory: { type: 'string', default: '2048' }, 'working-set': { type: 'string', default: '512' }, rates: { type: 'string', default: '0,32,128,512' },
-    links: { type: 'string', default: '125,0' }, runs: { type: 'string', default: '3' }, modes: { type: 'string', default: 'novacron,plain,xbzrle,auto-converge' },
-    model: { type: 'string', default: 'half' }, 'disk-mib': { type: 'string', default: '0' }, timeout: { type: 'string', default: '90' }, quick: { type: 'boolean', default: false }, check: { type: 'boolean', default: false },
+    links: { type: 'string', default: '125,1250,0' }, runs: { type: 'string', default: '3' }, modes: { type: 'string', default: 'novacron,plain,xbzrle,auto-converge' },
+    model: { type: 'string', default: 'vary' }, 'disk-mib': { type: 'string', default: '0' }, timeout: { type: 'string', default: '90' }, quick: { type: 'boolean', default: false }, check: { type: 'boolean', default: false },
   },
 });
 const Q = a.quick;
@@ -396,32 +398,65 @@ async function nativeLinks(dst, link, plain) {
   return { source, dest, sourceSock, close: () => (source.close(), dest.close()) };
 }
 
+/**
+ * The guests `--model vary` cycles through (content model × write pattern), each run and
+ * rate its own, with its own seed; `--model M` keeps one guest of model M (uniform writes).
+ */
+const VARIED_GUESTS = [
+  { model: 'half', pattern: 'uniform' },
+  { model: 'mixed', pattern: 'hot' },
+  { model: 'text', pattern: 'seq' },
+  { model: 'random', pattern: 'hot' },
+  { model: 'sparse', pattern: 'uniform' },
+  { model: 'mixed', pattern: 'seq' },
+];
+function guestOf(run, rateIndex) {
+  if (a.model !== 'vary') return { model: a.model, pattern: 'uniform', seed: 1, key: `${a.model}/uniform/1` };
+  const g = VARIED_GUESTS[(run + rateIndex * 2) % VARIED_GUESTS.length];
+  const seed = 1 + run + rateIndex * 97;
+  return { ...g, seed, key: `${g.model}/${g.pattern}/${seed}` };
+}
+
 async function main() {
   try {
     daemons.push(await startDaemon(root, join(work, 'a')), await startDaemon(root, join(work, 'b')));
     for (const d of daemons) await installGuest(d.url, { kernel, initrd });
-    for (const rate of RATES) {
-      const cmdline = `console=ttyS0 quiet panic=-1 nc.dirty_mib=${WS} nc.rate=${rate} nc.model=${a.model} nc.prefill=1`;
-      // One guest per system and rate; migrations go back and forth.
-      const nova = MODES.includes('novacron') ? await novaGuest(cmdline, `bench-r${rate}`) : undefined;
-      let bare = MODES.some((m) => m !== 'novacron') ? await bareGuest(cmdline, `r${rate}-0`) : undefined;
-      for (const link of LINKS) {
-        const cell = { dirtyMiBps: rate, linkMBps: link || 'unlimited', modes: {} };
-        for (let run = 0; run < RUNS; run++) {
+    for (const [ri, rate] of RATES.entries()) {
+      const cells = LINKS.map((link) => ({ dirtyMiBps: rate, linkMBps: link || 'unlimited', guests: [], modes: {} }));
+      let nova;
+      let bare;
+      let guest;
+      for (let run = 0; run < RUNS; run++) {
+        // Every mode of a run migrates the same kind of guest; with --model vary each run
+        // boots a new one (content model, write pattern, seed), so no tuning fits one guest.
+        const want = guestOf(run, ri);
+        if (!guest || guest.key !== want.key) {
+          if (nova) await nova.remove();
+          bare?.kill();
+          guest = want;
+          const cmdline = `console=ttyS0 quiet panic=-1 nc.dirty_mib=${WS} nc.rate=${rate} nc.model=${guest.model} nc.pattern=${guest.pattern} nc.seed=${guest.seed} nc.prefill=1`;
+          guest.cmdline = cmdline;
+          // One guest per system; migrations go back and forth.
+          nova = MODES.includes('novacron') ? await novaGuest(cmdline, `bench-r${rate}-g${run}`) : undefined;
+          bare = MODES.some((m) => m !== 'novacron') ? await bareGuest(cmdline, `r${rate}-g${run}-0`) : undefined;
+        }
+        for (const [li, link] of LINKS.entries()) {
+          const cell = cells[li];
+          cell.guests.push(guest.key);
           for (const mode of MODES) {
             let r;
             if (mode === 'novacron') r = await novaMigrate(nova, link);
             else {
-              const out = await bareMigrate(bare, mode, link, `r${rate}-l${link}-${run}-${mode}`, cmdline);
+              const out = await bareMigrate(bare, mode, link, `r${rate}-l${link}-${run}-${mode}`, guest.cmdline);
               bare = out.guest;
               r = out.result;
             }
-            (cell.modes[mode] ??= []).push(r);
-            console.error(`rate ${rate} MiB/s, link ${link || '∞'}: ${mode} run ${run + 1}: ${r.converged ? `downtime ${r.downtimeMs} ms (stop→resume ${r.stopToResumeMs}), stall ${r.stallMs} ms, total ${r.totalMs} ms, wire ${mib(r.wireBytes)} MiB` : `did not converge in ${TIMEOUT_MS / 1000} s`}`);
+            (cell.modes[mode] ??= []).push({ ...r, guest: guest.key });
+            console.error(`rate ${rate} MiB/s, link ${link || '∞'}, guest ${guest.key}: ${mode} run ${run + 1}: ${r.converged ? `downtime ${r.downtimeMs} ms (stop→resume ${r.stopToResumeMs}), stall ${r.stallMs} ms, total ${r.totalMs} ms, wire ${mib(r.wireBytes)} MiB` : `did not converge in ${TIMEOUT_MS / 1000} s`}`);
           }
         }
-        results.cells.push(summarize(cell));
       }
+      for (const cell of cells) results.cells.push(summarize(cell));
       if (nova) await nova.remove();
       bare?.kill();
     }

@@ -3,7 +3,10 @@
  *
  * - Prints "HB <counter> <uptime_ms>" on the console every 100 ms.
  * - Optionally dirties a working set of nc.dirty_mib MiB at nc.rate MiB/s with a page
- *   content model (nc.model = random | half | text | sparse). Every page's content is a
+ *   content model (nc.model = random | half | text | sparse, or mixed: each page one of
+ *   the four, by a hash of its number) and a write pattern (nc.pattern = uniform: any
+ *   page alike; hot: 80% of writes on a tenth of the set; seq: sweeps the set in order,
+ *   like a streaming buffer). Every page's content is a
  *   pure function of (seed, page, version), so the guest can re-derive what each page
  *   must hold and verify the whole set ("VERIFY ok ..." / "VERIFY FAIL ...") every
  *   nc.verify_every seconds, and print a checksum ("SUM <hex>") of it.
@@ -29,7 +32,7 @@
 #define PAGE 4096
 
 static unsigned long dirty_mib = 0, rate_mib = 0, verify_every = 0, seed = 1, prefill = 0, disk_rate = 0;
-static char model[16] = "half";
+static char model[16] = "half", pattern[16] = "uniform";
 
 static uint64_t now_ms(void) {
   struct timespec ts;
@@ -51,10 +54,18 @@ static void fill_random(uint8_t *p, size_t n, uint64_t s) {
   }
 }
 
+static const char *MODELS[] = {"random", "half", "text", "sparse"};
+
+/* The model of page `pg`: the guest's, or for "mixed" one of the four by the page. */
+static const char *model_of(uint64_t pg) {
+  return strcmp(model, "mixed") == 0 ? MODELS[mix(pg * 0x9e3779b97f4a7c15ULL ^ seed) % 4] : model;
+}
+
 /* The content page `pg` must hold at version `v` (v = 0: never written, all zero). */
 static void page_content(uint8_t *out, uint64_t pg, uint32_t v) {
   if (v == 0) { memset(out, 0, PAGE); return; }
   uint64_t s = mix(seed * 0x100000001b3ULL ^ pg * 0x9e3779b97f4a7c15ULL ^ v);
+  const char *model = model_of(pg);
   if (strcmp(model, "random") == 0) {
     fill_random(out, PAGE, s);
   } else if (strcmp(model, "text") == 0) {
@@ -79,6 +90,17 @@ static void page_content(uint8_t *out, uint64_t pg, uint32_t v) {
   }
 }
 
+/* The `n`th page written, by nc.pattern. */
+static uint64_t next_page(uint64_t n, uint64_t pages) {
+  if (strcmp(pattern, "seq") == 0) return n % pages;
+  uint64_t r = mix(n ^ seed);
+  if (strcmp(pattern, "hot") == 0 && r % 10 < 8) {
+    uint64_t hot = pages / 10 ? pages / 10 : 1;
+    return mix((r >> 8) % hot ^ (seed << 20)) % pages; /* a tenth of the set, scattered */
+  }
+  return r % pages;
+}
+
 static void parse_cmdline(void) {
   FILE *f = fopen("/proc/cmdline", "r");
   if (!f) return;
@@ -93,6 +115,7 @@ static void parse_cmdline(void) {
     else if (!strncmp(tok, "nc.seed=", 8)) seed = strtoul(tok + 8, 0, 10);
     else if (!strncmp(tok, "nc.prefill=", 11)) prefill = strtoul(tok + 11, 0, 10);
     else if (!strncmp(tok, "nc.model=", 9)) snprintf(model, sizeof model, "%s", tok + 9);
+    else if (!strncmp(tok, "nc.pattern=", 11)) snprintf(pattern, sizeof pattern, "%s", tok + 11);
     else if (!strncmp(tok, "nc.diskrate=", 12)) disk_rate = strtoul(tok + 12, 0, 10);
   }
 }
@@ -134,7 +157,7 @@ int main(void) {
     set = calloc(pages, PAGE);
     version = calloc(pages, sizeof *version);
     if (!set || !version) { printf("DIRTY cannot allocate %lu MiB\n", dirty_mib); pages = 0; }
-    else printf("DIRTY set=%luMiB rate=%luMiB/s model=%s seed=%lu\n", dirty_mib, rate_mib, model, seed);
+    else printf("DIRTY set=%luMiB rate=%luMiB/s model=%s pattern=%s seed=%lu\n", dirty_mib, rate_mib, model, pattern, seed);
     if (pages && prefill) {
       for (uint64_t pg = 0; pg < pages; pg++) { version[pg] = 1; page_content(set + pg * PAGE, pg, 1); }
       printf("PREFILLED pages=%llu\n", (unsigned long long)pages);
@@ -152,7 +175,7 @@ int main(void) {
       if (budget > pages) budget = pages;
     }
     if (pages && budget >= 1) {
-      uint64_t pg = mix(cursor++ ^ seed) % pages;
+      uint64_t pg = next_page(cursor++, pages);
       version[pg]++;
       page_content(set + pg * PAGE, pg, version[pg]);
       budget -= 1;
