@@ -63,6 +63,8 @@ export class TestCluster {
   readonly headers: Record<string, string> = {};
   #apiToken: string | undefined;
 
+  /** Every daemon this cluster started, killed by `close` even if a start never finished. */
+  #spawned = new Set<DaemonHandle>();
   /** Extra daemon flags of every member (e.g. `--driver qemu`). */
   #args: string[];
   /** Where members' data directories are made (a temporary directory each, by default). */
@@ -132,6 +134,7 @@ export class TestCluster {
     if (joinVia !== undefined) args.push('--join', `127.0.0.1:${this.members[joinVia]!.peerPort}`, '--ca-hash', (await this.status(joinVia)).caHash);
     if (m.advertise) args.push('--peer-advertise', m.advertise);
     m.daemon = await spawnDaemon({ dataDir: m.dataDir, args, ...(this.#apiToken ? { env: { NOVACRON_API_TOKEN: this.#apiToken } } : {}) });
+    this.#spawned.add(m.daemon);
     m.url = m.daemon.url;
     m.id = (await this.status(i)).id;
     return m.daemon;
@@ -196,8 +199,9 @@ export class TestCluster {
 
   async close(): Promise<void> {
     await this.net?.close();
-    await Promise.all(this.members.map((m) => m.daemon?.kill('SIGKILL')));
-    for (const m of this.members) m.daemon?.proc.kill('SIGCONT');
+    const all = new Set([...this.#spawned, ...this.members.flatMap((m) => (m.daemon ? [m.daemon] : []))]);
+    for (const d of all) d.proc.kill('SIGCONT'); // a SIGSTOPped member dies too
+    await Promise.all([...all].map((d) => d.kill('SIGKILL')));
     for (const d of this.#dirs) removeDir(d);
   }
 }
