@@ -8,7 +8,8 @@
 // every member (followers forward to the leader), HTTP/1.1 keep-alive from one Node
 // load generator: NovaCron's `PUT /v1/kv/:key`, etcd's gRPC gateway `POST /v3/kv/put`.
 // Then: failover (kill -9 of the leader under c=16 load → first acknowledged write),
-// and one member alone at c=128. Writes bench/results/cluster-<time>.json; --check
+// and one member alone at c=128; and linearizable reads on 16 connections while 128 write
+// (target: read p99 <= 20 ms). Writes bench/results/cluster-<time>.json; --check
 // exits 1 when a target is missed.
 import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -36,7 +37,9 @@ const quick = args.quick;
 const DURATION_MS = (quick ? 1 : Number(args.duration)) * 1000;
 const LEVELS = quick ? [1, 16] : args.concurrency.split(',').map(Number);
 const VALUE = 'x'.repeat(256);
-const TARGETS = { throughputVsEtcdAt128: 1.5, p99NoWorseThanEtcd: true, failoverMs: 1000, singleNodeWritesPerSec: 20_000 };
+const TARGETS = { throughputVsEtcdAt128: 1.5, p99NoWorseThanEtcd: true, failoverMs: 1000, singleNodeWritesPerSec: 20_000, readP99UnderLoadMs: 20 };
+/** The reads-under-load cell: linearizable reads on this many connections while c=128 writes. */
+const READERS = 16;
 const withEtcd = !args['no-etcd'];
 
 const scratch = mkdtempSync(join(tmpdir(), 'novacron-bench-cluster-'));
@@ -54,6 +57,7 @@ if (withEtcd) ensureEtcd();
 {
   const nodes = await novacronCluster(3);
   results.novacron.three = await loadMatrix(nodes, novacronPut);
+  results.novacron.reads = await readsUnderWrites(nodes, novacronPut, novacronRequest, novacronReadRequest);
   results.novacron.failover = await failover(nodes, novacronPut, () => novacronLeader(nodes));
   stopAll(nodes);
   const single = await novacronCluster(1);
@@ -65,6 +69,7 @@ if (withEtcd) ensureEtcd();
 if (withEtcd) {
   const nodes = await etcdCluster(3);
   results.etcd.three = await loadMatrix(nodes, etcdPut);
+  results.etcd.reads = await readsUnderWrites(nodes, etcdPut, etcdRequest, etcdReadRequest);
   results.etcd.failover = await failover(nodes, etcdPut, () => etcdLeader(nodes));
   stopAll(nodes);
   const single = await etcdCluster(1);
@@ -85,6 +90,10 @@ for (const c of LEVELS) {
   rows.push(['1 member, c=128', n.writesPerSec, n.p50Ms, n.p99Ms, e?.writesPerSec ?? '-', e?.p50Ms ?? '-', e?.p99Ms ?? '-', e ? (n.writesPerSec / e.writesPerSec).toFixed(2) : '-']);
 }
 printTable('Replicated 256-byte writes (fsync on)', ['cell', 'novacron w/s', 'p50 ms', 'p99 ms', 'etcd w/s', 'p50 ms', 'p99 ms', 'ratio'], rows);
+printTable(`Linearizable reads on ${READERS} connections while 128 connections write`, ['system', 'reads/s', 'read p50 ms', 'read p99 ms', 'writes/s', 'write p99 ms'], [
+  ['novacron', results.novacron.reads.readsPerSec, results.novacron.reads.readP50Ms, results.novacron.reads.readP99Ms, results.novacron.reads.writesPerSec, results.novacron.reads.writeP99Ms],
+  ...(results.etcd.reads ? [['etcd', results.etcd.reads.readsPerSec, results.etcd.reads.readP50Ms, results.etcd.reads.readP99Ms, results.etcd.reads.writesPerSec, results.etcd.reads.writeP99Ms]] : []),
+]);
 printTable('Failover: kill -9 of the leader under c=16 load → first acknowledged write', ['system', 'ms'], [
   ['novacron', results.novacron.failover.ms],
   ['etcd', results.etcd.failover?.ms ?? '-'],
@@ -97,6 +106,7 @@ if (withEtcd) {
   verdicts.p99VsEtcd = results.novacron.three[top].p99Ms <= results.etcd.three[top].p99Ms;
 }
 verdicts.failover = results.novacron.failover.ms <= TARGETS.failoverMs;
+verdicts.readP99UnderLoad = results.novacron.reads.readP99Ms <= TARGETS.readP99UnderLoadMs;
 verdicts.singleNode = results.novacron.single.writesPerSec >= TARGETS.singleNodeWritesPerSec;
 results.verdicts = verdicts;
 console.log(`\ntargets (top concurrency ${top}): ${Object.entries(verdicts).map(([k, v]) => `${k} ${v ? 'PASS' : 'MISS'}`).join(', ')}`);
@@ -138,6 +148,35 @@ async function load(nodes, put, c) {
     p50Ms: Math.max(...runs.map((x) => x.latency.p50)), p99Ms: Math.max(...runs.map((x) => x.latency.p99)),
   };
   console.log(`  c=${c}: ${r.writesPerSec} w/s, p50 ${r.p50Ms} ms, p99 ${r.p99Ms} ms, ${errors} errors`);
+  return r;
+}
+
+/**
+ * Linearizable reads of 64 keys (READERS connections spread over the members) while 128
+ * connections write unique keys, both for DURATION_MS: the read latency a client sees on
+ * a busy cluster. Percentiles are the worst member's.
+ */
+async function readsUnderWrites(nodes, put, writeRequest, readRequest) {
+  await Promise.all(Array.from({ length: 64 }, (_, i) => put(nodes[i % nodes.length], `r-${i}`)));
+  const spread = (total, request) =>
+    Promise.all(nodes.map((node, i) => {
+      const connections = Math.floor(total / nodes.length) + (i < total % nodes.length ? 1 : 0);
+      let n = 0;
+      return autocannon({ url: node.url, connections, duration: DURATION_MS / 1000, requests: [{ setupRequest: (req) => request(req, i, n++) }] });
+    }));
+  const [writes, reads] = await Promise.all([
+    spread(128, (req, i, n) => writeRequest(req, `rw-${i}-${n}`)),
+    spread(READERS, (req, _i, n) => readRequest(req, `r-${n % 64}`)),
+  ]);
+  const sum = (runs, f) => runs.reduce((x, r) => x + f(r), 0);
+  const seconds = Math.max(...[...writes, ...reads].map((r) => r.duration));
+  const r = {
+    readers: READERS, writers: 128,
+    readsPerSec: Math.round(sum(reads, (x) => x['2xx']) / seconds), readErrors: sum(reads, (x) => x.non2xx + x.errors + x.timeouts),
+    readP50Ms: Math.max(...reads.map((x) => x.latency.p50)), readP99Ms: Math.max(...reads.map((x) => x.latency.p99)),
+    writesPerSec: Math.round(sum(writes, (x) => x['2xx']) / seconds), writeP99Ms: Math.max(...writes.map((x) => x.latency.p99)),
+  };
+  console.log(`  reads under write load: ${r.readsPerSec} r/s, p50 ${r.readP50Ms} ms, p99 ${r.readP99Ms} ms, ${r.readErrors} errors; writes ${r.writesPerSec} w/s`);
   return r;
 }
 
@@ -188,6 +227,9 @@ async function novacronCluster(n) {
 function novacronRequest(req, key) {
   return ({ ...req, method: 'PUT', path: `/v1/kv/${key}`, headers: { ...AUTH, 'content-type': 'application/json' }, body: `{"value":"${VALUE}"}` });
 }
+function novacronReadRequest(req, key) {
+  return ({ ...req, method: 'GET', path: `/v1/kv/${key}`, headers: { ...AUTH } });
+}
 async function novacronPut(node, key) {
   const res = await fetch(`${node.url}/v1/kv/${key}`, { method: 'PUT', headers: { ...AUTH, 'content-type': 'application/json' }, body: `{"value":"${VALUE}"}` });
   await res.arrayBuffer();
@@ -235,6 +277,10 @@ async function etcdCluster(n) {
 
 function etcdRequest(req, key) {
   return ({ ...req, method: 'POST', path: '/v3/kv/put', body: JSON.stringify({ key: Buffer.from(key).toString('base64'), value: Buffer.from(VALUE).toString('base64') }) });
+}
+/** A linearizable range read (etcd's default). */
+function etcdReadRequest(req, key) {
+  return ({ ...req, method: 'POST', path: '/v3/kv/range', body: JSON.stringify({ key: Buffer.from(key).toString('base64') }) });
 }
 async function etcdPut(node, key) {
   const res = await fetch(`${node.url}/v3/kv/put`, { method: 'POST', body: JSON.stringify({ key: Buffer.from(key).toString('base64'), value: Buffer.from(VALUE).toString('base64') }) });
