@@ -334,10 +334,6 @@ function certificateHosts(configured: string[]): string[] {
   return [...new Set(all.map((h) => h.replace(/%.*$/, '')).filter((h) => h !== '' && h !== '0.0.0.0' && h !== '::'))];
 }
 
-/**
- * What the API serves HTTPS with: the operator's certificate when configured, else this
- * member's own; nothing (plain HTTP) only when it listens on loopback and `apiTls` is `auto`.
- */
 /** The operator's extra CA bundle (`trustCaFile`), checked to hold certificates. */
 function trustedCas(file: string): string {
   let pem: string;
@@ -350,6 +346,10 @@ function trustedCas(file: string): string {
   return pem;
 }
 
+/**
+ * What the API serves HTTPS with: the operator's certificate when configured, else this
+ * member's own; nothing (plain HTTP) only when it listens on loopback and `apiTls` is `auto`.
+ */
 export function apiTlsFiles(config: Pick<DaemonConfig, 'host' | 'apiTls' | 'apiCertFile' | 'apiKeyFile'>, dataDir: string): { keyFile: string; certFile: string } | undefined {
   if (config.apiCertFile && config.apiKeyFile) return { certFile: config.apiCertFile, keyFile: config.apiKeyFile };
   return config.apiTls === 'on' || !isLoopback(config.host) ? memberCertFiles(dataDir) : undefined;
