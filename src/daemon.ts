@@ -77,6 +77,8 @@ export interface Daemon {
 
 export async function startDaemon(config: DaemonConfig, log: Logger = createLogger(config.logLevel, config.nodeId)): Promise<Daemon> {
   const uws = loadUws(); // Fail fast if the native HTTP stack is missing.
+  // A bad bundle stops the start before anything is opened or joined.
+  const operatorCas = config.trustCaFile ? [trustedCas(config.trustCaFile)] : [];
   const dataDir = resolve(config.dataDir);
   // Only root reads the data directory: it holds the store, the VMs' disks and admin.token.
   mkdirSync(dataDir, { recursive: true, mode: 0o700 });
@@ -190,7 +192,7 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
     });
     // Other members' APIs are HTTPS with certificates of this cluster's CA: trusted, besides the
     // system's and the operator's own (daemons outside the cluster).
-    const memberCas = [...rootCertificates, cluster.tls.material.caPem, ...(config.trustCaFile ? [trustedCas(config.trustCaFile)] : [])];
+    const memberCas = [...rootCertificates, cluster.tls.material.caPem, ...operatorCas];
     // Members vouch for their requests to each other with their certificates, never with a token.
     const assertions = new MemberAssertions(cluster.tls);
     authenticator.useMembers(assertions);

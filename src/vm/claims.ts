@@ -107,7 +107,7 @@ export class VmClaims {
       },
       release: (opts) => {
         if (opts?.linger && !lease.lost.aborted) {
-          const timer = setTimeout(() => this.#reuse(vm.id) && this.#giveBack(vm.id, lease, () => undefined), LINGER_MS);
+          const timer = setTimeout(() => this.#endLinger(vm.id), LINGER_MS);
           timer.unref();
           this.#lingering.set(vm.id, { lease, timer });
           local.release();
@@ -125,6 +125,12 @@ export class VmClaims {
     this.#lingering.delete(vmId);
     clearTimeout(kept.timer);
     return kept.lease.lost.aborted ? undefined : kept.lease;
+  }
+
+  /** Gives back the lease kept after the VM's last operation, if there is one. */
+  #endLinger(vmId: string): void {
+    const lease = this.#reuse(vmId);
+    if (lease) this.#giveBack(vmId, lease, () => undefined);
   }
 
   #giveBack(vmId: string, lease: VmLease, then: () => void): void {
@@ -150,10 +156,7 @@ export class VmClaims {
   /** Waits for every claim to be released and gives back the locks kept after them (graceful shutdown). */
   async drain(): Promise<void> {
     await Promise.allSettled([...this.#active.values()]);
-    for (const vmId of [...this.#lingering.keys()]) {
-      const lease = this.#reuse(vmId);
-      if (lease) this.#giveBack(vmId, lease, () => undefined);
-    }
+    for (const vmId of [...this.#lingering.keys()]) this.#endLinger(vmId);
     await Promise.allSettled([...this.#handingBack.values()]);
   }
 }

@@ -163,12 +163,10 @@ export class OperationRunner {
   /** Writes an action's outcome and the finished operation in one batch. */
   async #record(op: OperationRecord, vmId: string, outcome: ActionOutcome, started: EventDraft[] = []): Promise<void> {
     const { registry } = this.#deps;
-    const finished = this.#finished(op, 'succeeded', outcome.result ? { result: outcome.result } : {});
-    const { done } = finished;
-    const events = [...started, finished.event];
+    const { done, event } = this.#finished(op, 'succeeded', outcome.result ? { result: outcome.result } : {});
     if (outcome.removed) {
       const vm = registry.get(vmId);
-      await registry.drop(vm, [opWrite(done)], [...started, { type: 'vm.deleted', vmId, tenant: vm.spec.tenant, operationId: op.id, data: { name: vm.name } }, finished.event]);
+      await registry.drop(vm, [opWrite(done)], [...started, { type: 'vm.deleted', vmId, tenant: vm.spec.tenant, operationId: op.id, data: { name: vm.name } }, event]);
     } else if (outcome.to || outcome.checkpoint || outcome.consumedCheckpoint || outcome.spec) {
       await registry.commit(vmId, stripUndefined({
         to: outcome.to,
@@ -178,10 +176,10 @@ export class OperationRunner {
         ...(outcome.consumedCheckpoint ? { clear: ['checkpoint' as const] } : {}),
         alsoWrite: [opWrite(done)],
         eventsBefore: started,
-        events: [finished.event],
+        events: [event],
       }));
     } else {
-      await this.#deps.events.commit([opWrite(done)], events);
+      await this.#deps.events.commit([opWrite(done)], [...started, event]);
     }
     // Cleanup that must follow the write (a moved disk's old volume) is done before anyone
     // reading the operation sees it finished.

@@ -47,6 +47,7 @@ export interface SpawnOptions {
 export async function spawnDaemon(opts: SpawnOptions = {}): Promise<DaemonHandle> {
   const dataDir = opts.dataDir ?? tempDataDir();
   const host = opts.host ?? '127.0.0.1';
+  const hostPattern = host.replaceAll('.', '\\.');
   const args = [BIN, 'daemon', '--listen', `${host}:0`, '--data-dir', dataDir, '--driver', 'sim', '--log-level', 'warn', ...(opts.args ?? [])];
   // `ip netns exec` execs the daemon itself: the child's pid is the daemon's.
   const [cmd, argv] = opts.netns ? ['ip', ['netns', 'exec', opts.netns, process.execPath, ...args]] : [process.execPath, args];
@@ -58,7 +59,7 @@ export async function spawnDaemon(opts: SpawnOptions = {}): Promise<DaemonHandle
   const port = await new Promise<number>((resolvePort, reject) => {
     const timer = setTimeout(() => reject(new Error(`daemon did not start in time:\n${out}`)), 20_000);
     const onData = () => {
-      const m = new RegExp(`listening on https?://${host.replaceAll('.', '\\.')}:(\\d+)`).exec(out);
+      const m = new RegExp(`listening on https?://${hostPattern}:(\\d+)`).exec(out);
       if (m) {
         clearTimeout(timer);
         resolvePort(Number(m[1]));
@@ -73,7 +74,7 @@ export async function spawnDaemon(opts: SpawnOptions = {}): Promise<DaemonHandle
   const scheme = /listening on (https?):/.exec(out)![1]!;
   const url = `${scheme}://${host}:${port}`;
   if (scheme === 'https' && !CAS.has(url)) CAS.set(url, readFileSync(join(dataDir, 'tls', 'ca.pem'), 'utf8'));
-  const peerPort = Number(/cluster port \(mutual TLS\) on 127\.0\.0\.1:(\d+)/.exec(out)?.[1] ?? 0);
+  const peerPort = Number(new RegExp(`cluster port \\(mutual TLS\\) on ${hostPattern}:(\\d+)`).exec(out)?.[1] ?? 0);
   const token = readFileSync(join(dataDir, 'admin.token'), 'utf8').trim();
   TOKENS.set(url, token);
   const handle: DaemonHandle = {

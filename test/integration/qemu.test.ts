@@ -388,15 +388,20 @@ describe('qemu driver', { timeout: 180_000 }, () => {
 });
 
 describe('qemu driver across daemon restarts', { timeout: 180_000 }, () => {
+  /** A QEMU daemon on its own data dir, and a guest of `name` it runs, booted. */
+  async function daemonWithGuest(own: string, name: string): Promise<{ daemon: DaemonHandle; id: string }> {
+    const daemon = await spawnDaemon({ dataDir: own, args: ['--driver', 'qemu'] });
+    await installGuest(daemon.url);
+    const id = (await api(daemon.url, 'POST', '/v1/vms', guestVm(name))).body.id as string;
+    expect((await waitOp(daemon.url, (await api(daemon.url, 'POST', `/v1/vms/${id}/start`)).body.id)).state).toBe('succeeded');
+    await waitUntil(() => heartbeats(own, id).length >= 3, BOOT_MS, 'boot');
+    return { daemon, id };
+  }
+
   it('kill -9 of the daemon leaves the VM running; the restarted daemon reattaches', async () => {
     const own = tempDataDir();
-    let daemon = await spawnDaemon({ dataDir: own, args: ['--driver', 'qemu'] });
-    await installGuest(daemon.url);
+    let { daemon, id } = await daemonWithGuest(own, 'survivor');
     try {
-      const created = await api(daemon.url, 'POST', '/v1/vms', guestVm('survivor'));
-      const id = created.body.id;
-      expect((await waitOp(daemon.url, (await api(daemon.url, 'POST', `/v1/vms/${id}/start`)).body.id)).state).toBe('succeeded');
-      await waitUntil(() => heartbeats(own, id).length >= 3, BOOT_MS, 'boot');
       await daemon.kill('SIGKILL');
       const before = heartbeats(own, id).length;
       await waitUntil(() => heartbeats(own, id).length >= before + 5, 10_000, 'guest keeps running without the daemon');
@@ -417,15 +422,11 @@ describe('qemu driver across daemon restarts', { timeout: 180_000 }, () => {
 
   it('pause and resume are done before they are acknowledged: one write each, and a kill -9 after QEMU paused the guest but before that write leaves the guest paused, which the restarted daemon records', async () => {
     const own = tempDataDir();
-    const cfg = join(own, '..', `${own.split('/').at(-1)}-faults.json`);
+    const cfgDir = tempDataDir();
+    const cfg = join(cfgDir, 'faults.json');
     writeFileSync(cfg, JSON.stringify({ faults: { killAfterDriverWork: 'pause' } }));
-    let daemon = await spawnDaemon({ dataDir: own, args: ['--driver', 'qemu'] });
-    await installGuest(daemon.url);
+    let { daemon, id } = await daemonWithGuest(own, 'paused-at-crash');
     try {
-      const created = await api(daemon.url, 'POST', '/v1/vms', guestVm('paused-at-crash'));
-      const id = created.body.id;
-      expect((await waitOp(daemon.url, (await api(daemon.url, 'POST', `/v1/vms/${id}/start`)).body.id)).state).toBe('succeeded');
-      await waitUntil(() => heartbeats(own, id).length >= 3, BOOT_MS, 'boot');
       // Answered finished, with the operation's events and the state change in one write.
       const ev = await EventClient.connect(daemon.url, `?vmId=${id}`);
       const paused = await api(daemon.url, 'POST', `/v1/vms/${id}/pause`);
@@ -458,7 +459,7 @@ describe('qemu driver across daemon restarts', { timeout: 180_000 }, () => {
     } finally {
       await daemon.kill();
       removeDir(own);
-      removeDir(cfg);
+      removeDir(cfgDir);
     }
   });
 });
