@@ -11,7 +11,7 @@ use fuser::{
     FileAttr, FileType, Filesystem, KernelConfig, ReplyAttr, ReplyCreate, ReplyData,
     ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow,
 };
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::{CString, OsStr};
 use std::fs::{self, File, Metadata, OpenOptions};
 use std::io;
@@ -32,8 +32,11 @@ pub struct LossyFs {
     /// Our inode of each backing file, by its device and inode number.
     by_backing: HashMap<(u64, u64), u64>,
     unsynced: HashMap<u64, Unsynced>,
-    /// Open files by handle; shared, so a request can hold one while it changes `unsynced`.
-    handles: HashMap<u64, Arc<File>>,
+    /// Inodes whose last name is gone while they are still open.
+    orphans: HashSet<u64>,
+    /// Open files by handle, with their inode; shared, so a request can hold one while it
+    /// changes `unsynced`.
+    handles: HashMap<u64, (Arc<File>, u64)>,
     next_fh: u64,
 }
 
@@ -48,6 +51,7 @@ impl LossyFs {
             paths: vec![Some(PathBuf::new())],
             by_backing,
             unsynced: HashMap::new(),
+            orphans: HashSet::new(),
             handles: HashMap::new(),
             next_fh: 1,
         })
@@ -139,16 +143,41 @@ impl LossyFs {
         Ok(())
     }
 
-    fn open_handle(&mut self, file: File) -> u64 {
+    fn open_handle(&mut self, file: File, ino: u64) -> u64 {
         let fh = self.next_fh;
         self.next_fh += 1;
-        self.handles.insert(fh, Arc::new(file));
+        self.handles.insert(fh, (Arc::new(file), ino));
         fh
     }
 
     /// The open file behind handle `fh`.
     fn handle(&self, fh: u64) -> Result<Arc<File>, i32> {
-        self.handles.get(&fh).cloned().ok_or(libc::EBADF)
+        self.handles
+            .get(&fh)
+            .map(|(f, _)| f.clone())
+            .ok_or(libc::EBADF)
+    }
+
+    /// Our inode of the file at `path` when that name is its last link: the file dies
+    /// with it (unless it is open).
+    fn last_link(&self, path: &Path) -> Option<u64> {
+        let md = fs::symlink_metadata(path).ok()?;
+        if md.is_dir() || md.nlink() > 1 {
+            return None;
+        }
+        self.by_backing.get(&(md.dev(), md.ino())).copied()
+    }
+
+    /// `ino`'s last name is gone: the backing filesystem may give its inode number to the
+    /// next file made, which must not inherit `ino` or its unsynced data. An open file
+    /// keeps its data until its last handle is released.
+    fn forget(&mut self, ino: u64) {
+        self.by_backing.retain(|_, i| *i != ino);
+        if self.handles.values().any(|&(_, i)| i == ino) {
+            self.orphans.insert(ino);
+        } else {
+            self.unsynced.remove(&ino);
+        }
     }
 
     /// The unsynced state of `ino`, made from the synced file's length on first use.
@@ -248,7 +277,7 @@ impl Filesystem for LossyFs {
 
     fn getattr(&mut self, _req: &Request<'_>, ino: u64, fh: Option<u64>, reply: ReplyAttr) {
         let md = match fh.and_then(|fh| self.handles.get(&fh)) {
-            Some(f) => f.metadata(),
+            Some((f, _)) => f.metadata(),
             None => fs::symlink_metadata(tri!(reply, self.path(ino))),
         };
         let md = tri!(reply, md.map_err(errno));
@@ -338,8 +367,12 @@ impl Filesystem for LossyFs {
 
     fn unlink(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
         let (path, rel) = tri!(reply, self.child(parent, name));
+        let dying = self.last_link(&path);
         tri!(reply, fs::remove_file(&path).map_err(errno));
         self.moved(&rel, None);
+        if let Some(ino) = dying {
+            self.forget(ino);
+        }
         reply.ok();
     }
 
@@ -381,6 +414,12 @@ impl Filesystem for LossyFs {
         let (from, from_rel) = tri!(reply, self.child(parent, name));
         let (to, to_rel) = tri!(reply, self.child(newparent, newname));
         let (cfrom, cto) = (tri!(reply, c_path(&from)), tri!(reply, c_path(&to)));
+        // A file renamed over loses its name; an exchange loses none.
+        let replaced = if flags & libc::RENAME_EXCHANGE == 0 {
+            self.last_link(&to)
+        } else {
+            None
+        };
         // SAFETY: both are valid NUL-terminated paths that outlive the call.
         let rc = unsafe {
             libc::renameat2(
@@ -403,6 +442,9 @@ impl Filesystem for LossyFs {
             self.moved(&to_rel, None);
             self.moved(&from_rel, Some(&to_rel));
         }
+        if let Some(ino) = replaced {
+            self.forget(ino);
+        }
         reply.ok();
     }
 
@@ -423,7 +465,7 @@ impl Filesystem for LossyFs {
 
     fn open(&mut self, _req: &Request<'_>, ino: u64, _flags: i32, reply: ReplyOpen) {
         let file = tri!(reply, open_backing(&tri!(reply, self.path(ino))));
-        let fh = self.open_handle(file);
+        let fh = self.open_handle(file, ino);
         reply.opened(fh, 0);
     }
 
@@ -491,7 +533,13 @@ impl Filesystem for LossyFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.handles.remove(&fh);
+        if let Some((_, ino)) = self.handles.remove(&fh) {
+            // A file whose last name went while it was open dies with its last handle.
+            if self.orphans.contains(&ino) && !self.handles.values().any(|&(_, i)| i == ino) {
+                self.orphans.remove(&ino);
+                self.unsynced.remove(&ino);
+            }
+        }
         reply.ok();
     }
 
@@ -603,7 +651,7 @@ impl Filesystem for LossyFs {
                 .map_or(attr.size, Unsynced::size),
             ..attr
         };
-        let fh = self.open_handle(file);
+        let fh = self.open_handle(file, attr.ino);
         reply.created(&TTL, &attr, 0, fh, 0);
     }
 
