@@ -13,14 +13,13 @@
 // exits 1 when a target is missed.
 import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import autocannon from 'autocannon';
 import { printTable, writeResults } from '../lib/report.mjs';
-import { AUTH, BENCH_TOKEN } from '../lib/daemon.mjs';
+import { AUTH, BENCH_TOKEN, freePort } from '../lib/daemon.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = resolve(here, '..', '..');
@@ -328,16 +327,6 @@ function stopAll(nodes) {
   for (const n of nodes) n.proc.kill('SIGKILL');
 }
 
-function freePort() {
-  return new Promise((res, rej) => {
-    const srv = createServer();
-    srv.once('error', rej);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address();
-      srv.close(() => res(port));
-    });
-  });
-}
 
 async function until(cond, what, ms = 30_000) {
   const end = Date.now() + ms;

@@ -1,5 +1,6 @@
 // Shared by bench scripts: a real daemon child process and a JSON API call.
 import { spawn } from 'node:child_process';
+import { createServer } from 'node:net';
 import { join } from 'node:path';
 
 /**
@@ -30,4 +31,38 @@ export async function call(url, method, path, body) {
   const json = await res.json();
   if (!res.ok) throw new Error(`${method} ${path}: ${res.status} ${JSON.stringify(json)}`);
   return json;
+}
+
+/** A free TCP port on the loopback (for a daemon's listeners). */
+export function freePort() {
+  return new Promise((res, rej) => {
+    const srv = createServer();
+    srv.once('error', rej);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address();
+      srv.close(() => res(port));
+    });
+  });
+}
+
+/**
+ * Two daemons forming one cluster (the second joins the first, pinning its CA), as
+ * hypervisor hosts do; each handle carries its member `id`. Resolves once both vote.
+ */
+export async function startPair(root, dirs, driver = 'qemu', extraArgs = []) {
+  const secret = 'bench-cluster-secret-0123456789';
+  const ports = [await freePort(), await freePort()];
+  const peer = (i) => ['--peer-listen', `127.0.0.1:${ports[i]}`, '--cluster-secret', secret];
+  const first = await startDaemon(root, dirs[0], driver, [...peer(0), ...extraArgs]);
+  const info = await call(first.url, 'GET', '/v1/cluster');
+  const second = await startDaemon(root, dirs[1], driver, [...peer(1), '--join', `127.0.0.1:${ports[0]}`, '--ca-hash', info.caHash, ...extraArgs]);
+  for (let i = 0; ; i++) {
+    const c = await call(first.url, 'GET', '/v1/cluster');
+    if (c.voters?.length === 2) break;
+    if (i > 600) throw new Error(`the second daemon never became a voter: ${JSON.stringify(c)}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  first.id = info.id;
+  second.id = (await call(second.url, 'GET', '/v1/cluster')).id;
+  return [first, second];
 }

@@ -2,8 +2,12 @@
 // bench/migration: NovaCron live migration vs QEMU's native migration, same guest, same run.
 //
 //   node bench/migration/run.mjs [--memory 2048] [--working-set 512] [--rates 0,32,128,512]
-//        [--links 125,1250,0] [--runs 3] [--modes novacron,plain,xbzrle,auto-converge,multifd]
-//        [--model vary] [--disk-mib 0] [--timeout 90] [--quick] [--check]
+//        [--links 125,1250,0] [--runs 3] [--modes novacron,plain,xbzrle,auto-converge,multifd,multifd-tls]
+//        [--transport auto] [--model vary] [--disk-mib 0] [--timeout 90] [--quick] [--check]
+//   (NovaCron migrates between the two members of one cluster, by member id; --transport
+//    relay|direct pins the path its plan would otherwise choose — see MigrateRequest.transport.
+//    Mode multifd-tls: QEMU's multifd over mutual TLS, QEMU's best encrypted mode, the
+//    like-for-like baseline of NovaCron's encrypted streams)
 //   (--model vary, the default, boots a new guest for each run with another content model
 //    and write pattern — see VARIED_GUESTS; --model half|text|random|sparse|mixed keeps one)
 //   (--disk-mib N gives NovaCron's guest a local N MiB qcow2 disk, mirrored during the
@@ -31,7 +35,8 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { writeResults, printTable, pct } from '../lib/report.mjs';
-import { startDaemon, call, BENCH_TOKEN } from '../lib/daemon.mjs';
+import { startPair, call } from '../lib/daemon.mjs';
+import { createCa, createCsr, signMember } from '../../dist/tls/pki.js';
 import { QmpClient } from '../../dist/vm/qemu/qmp.js';
 import { bareQemuArgs, GUEST, installGuest } from '../lib/vm.mjs';
 
@@ -41,7 +46,7 @@ const { values: a } = parseArgs({
   options: {
     memory: { type: 'string', default: '2048' }, 'working-set': { type: 'string', default: '512' }, rates: { type: 'string', default: '0,32,128,512' },
     links: { type: 'string', default: '125,1250,0' }, runs: { type: 'string', default: '3' }, modes: { type: 'string', default: 'novacron,plain,xbzrle,auto-converge' },
-    model: { type: 'string', default: 'vary' }, 'disk-mib': { type: 'string', default: '0' }, timeout: { type: 'string', default: '90' }, quick: { type: 'boolean', default: false }, check: { type: 'boolean', default: false },
+    transport: { type: 'string', default: 'auto' }, model: { type: 'string', default: 'vary' }, 'disk-mib': { type: 'string', default: '0' }, timeout: { type: 'string', default: '90' }, quick: { type: 'boolean', default: false }, check: { type: 'boolean', default: false },
   },
 });
 const Q = a.quick;
@@ -58,6 +63,8 @@ const TARGETS = { wireRatio: 0.6, timeRatio: 0.7, downtimeP99Ms: 50, stallMs: 10
 const HEARTBEAT_PERIOD_MS = 100;
 /** NovaCron's native link between bare QEMUs: TLS (`link`) or plain TCP (`link-plain`). */
 const isLink = (mode) => mode === 'link' || mode === 'link-plain';
+/** QEMU modes whose destination takes multifd (set up before `migrate-incoming`). */
+const isMultifd = (mode) => mode === 'multifd' || mode === 'multifd-tls' || isLink(mode);
 const TLS_DOWNTIME_SLACK_MS = 3;
 
 execFileSync('bash', [join(root, 'scripts', 'setup-qemu.sh')], { stdio: 'inherit' });
@@ -79,6 +86,7 @@ function summarize(cell) {
     const p = (f, q) => (ok.length ? pct(ok.map(f), q) : undefined);
     cell.summary[mode] = {
       runs: runs.length, converged: ok.length,
+      ...(runs.some((r) => r.transport) ? { transports: [...new Set(runs.map((r) => r.transport))] } : {}),
       downtimeP50Ms: p((r) => r.downtimeMs, 0.5), downtimeMaxMs: p((r) => r.downtimeMs, 1),
       stopToResumeP50Ms: p((r) => r.stopToResumeMs, 0.5), stopToResumeP99Ms: p((r) => r.stopToResumeMs, 0.99), stallMaxMs: p((r) => r.stallMs, 1),
       totalP50Ms: p((r) => r.totalMs, 0.5), streamP50Ms: p((r) => r.streamMs, 0.5), wireMiBP50: p((r) => mib(r.wireBytes), 0.5),
@@ -208,7 +216,7 @@ async function novaMigrate(g, link) {
   const hb = new Heartbeats();
   await hb.follow(join(src.dataDir, 'vms', g.id, 'console.sock'));
   const t0 = performance.now();
-  const m = await call(src.url, 'POST', `/v1/vms/${g.id}/migrate`, { target: dst.url, targetToken: BENCH_TOKEN, force: true, maxDowntimeMs: 50, ...(link ? { bandwidthMBps: link } : {}) });
+  const m = await call(src.url, 'POST', `/v1/vms/${g.id}/migrate`, { target: String(dst.id), force: true, maxDowntimeMs: 50, transport: a.transport, ...(link ? { bandwidthMBps: link } : {}) });
   void hb.follow(join(dst.dataDir, 'vms', g.id, 'console.sock'));
   let rec;
   let cancelled = false;
@@ -228,11 +236,12 @@ async function novaMigrate(g, link) {
   hb.close();
   if (rec.state !== 'completed') {
     if (!cancelled) throw new Error(`NovaCron migration ${rec.state}: ${JSON.stringify(rec.error)}`);
-    return { converged: false, totalMs: round(performance.now() - t0), wireBytes: rec.progress.bytesWire, stallMs, maxGapMs, throttlePercent };
+    return { converged: false, transport: rec.transport, totalMs: round(performance.now() - t0), wireBytes: rec.progress.bytesWire, stallMs, maxGapMs, throttlePercent };
   }
   g.at = 1 - g.at;
   return {
     converged: true,
+    transport: rec.transport,
     downtimeMs: rec.downtimeMs.qemu,
     stopToResumeMs: rec.downtimeMs.measured,
     stallMs,
@@ -251,6 +260,24 @@ async function novaMigrate(g, link) {
 
 // ---- QEMU native -------------------------------------------------------------------------
 
+let tlsDirs;
+/** Directories of QEMU x509 credentials for multifd-tls: a CA and two member certificates (made once). */
+async function benchTlsDirs() {
+  if (tlsDirs) return tlsDirs;
+  const { writeFileSync, mkdirSync } = await import('node:fs');
+  const ca = await createCa('bench');
+  const dirs = { server: join(work, 'tls-server'), client: join(work, 'tls-client') };
+  for (const [i, [end, dir]] of Object.entries(dirs).entries()) {
+    const { keyPem, csrPem } = await createCsr(i + 1);
+    const certPem = await signMember(ca, csrPem, i + 1, ['127.0.0.1']);
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    writeFileSync(join(dir, 'ca-cert.pem'), ca.certPem);
+    writeFileSync(join(dir, `${end}-cert.pem`), certPem);
+    writeFileSync(join(dir, `${end}-key.pem`), keyPem, { mode: 0o600 });
+  }
+  return (tlsDirs = dirs);
+}
+
 let nextPort = 47000 + Math.floor(Math.random() * 1000);
 
 /** A bare QEMU with the driver's machine, devices and guest; optionally waiting for a migration. */
@@ -263,7 +290,7 @@ async function bareQemu(name, cmdline, incomingPort, mode, id = `vm-bench-${name
   // The driver's own command line for the same VM spec (unpaused: no daemon resumes it).
   const args = bareQemuArgs(name, { vcpus: 1, memoryMiB: MEMORY, boot: { type: 'kernel', kernel: GUEST.kernel, initrd: GUEST.initrd, cmdline } }, { accel: 'tcg', dir, kernel, initrd, id });
   rmSync(join(dir, 'serial.log'), { force: true }); // the driver's serial log appends
-  if (incomingPort) args.push('-incoming', mode === 'multifd' || isLink(mode) ? 'defer' : `tcp:127.0.0.1:${incomingPort}`);
+  if (incomingPort) args.push('-incoming', isMultifd(mode) ? 'defer' : `tcp:127.0.0.1:${incomingPort}`);
   const proc = spawn('qemu-system-x86_64', args, { stdio: ['ignore', 'ignore', openSync(join(dir, 'stderr.log'), 'w')] });
   const g = { id, dir, console, serial: join(dir, 'serial.log'), proc, kill: () => { proc.kill('SIGKILL'); bares.delete(g); } };
   bares.add(g);
@@ -290,7 +317,7 @@ async function bareMigrate(src, mode, link, name, cmdline) {
   const hb = new Heartbeats();
   await hb.follow(src.console);
   await hb.follow(dst.console);
-  const multifd = mode === 'multifd' || isLink(mode);
+  const multifd = isMultifd(mode);
   const caps = [{ capability: 'xbzrle', state: mode === 'xbzrle' }, { capability: 'auto-converge', state: mode === 'auto-converge' }, { capability: 'multifd', state: multifd }];
   await src.qmp.execute('migrate-set-capabilities', { capabilities: caps });
   let uri = `tcp:127.0.0.1:${port}`;
@@ -300,6 +327,14 @@ async function bareMigrate(src, mode, link, name, cmdline) {
     await dst.qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'multifd', state: true }] });
     await dst.qmp.execute('migrate-set-parameters', { 'multifd-channels': 2 });
     await src.qmp.execute('migrate-set-parameters', { 'multifd-channels': 2 });
+    if (mode === 'multifd-tls') {
+      // Mutual TLS with member-like certificates, as NovaCron's direct streams use.
+      const creds = await benchTlsDirs();
+      await dst.qmp.execute('object-add', { 'qom-type': 'tls-creds-x509', id: 'tls0', endpoint: 'server', dir: creds.server, 'verify-peer': true });
+      await src.qmp.execute('object-add', { 'qom-type': 'tls-creds-x509', id: 'tls0', endpoint: 'client', dir: creds.client, 'verify-peer': true });
+      await dst.qmp.execute('migrate-set-parameters', { 'tls-creds': 'tls0' });
+      await src.qmp.execute('migrate-set-parameters', { 'tls-creds': 'tls0', 'tls-hostname': '127.0.0.1' });
+    }
     if (isLink(mode)) {
       // Diagnostic: NovaCron's native data link between two bare QEMUs, without daemons.
       links = await nativeLinks(dst, link, mode === 'link-plain');
@@ -419,7 +454,7 @@ function guestOf(run, rateIndex) {
 
 async function main() {
   try {
-    daemons.push(await startDaemon(root, join(work, 'a')), await startDaemon(root, join(work, 'b')));
+    daemons.push(...(await startPair(root, [join(work, 'a'), join(work, 'b')])));
     for (const d of daemons) await installGuest(d.url, { kernel, initrd });
     for (const [ri, rate] of RATES.entries()) {
       const cells = LINKS.map((link) => ({ dirtyMiBps: rate, linkMBps: link || 'unlimited', guests: [], modes: {} }));
@@ -452,7 +487,7 @@ async function main() {
               r = out.result;
             }
             (cell.modes[mode] ??= []).push({ ...r, guest: guest.key });
-            console.error(`rate ${rate} MiB/s, link ${link || '∞'}, guest ${guest.key}: ${mode} run ${run + 1}: ${r.converged ? `downtime ${r.downtimeMs} ms (stop→resume ${r.stopToResumeMs}), stall ${r.stallMs} ms, total ${r.totalMs} ms, wire ${mib(r.wireBytes)} MiB` : `did not converge in ${TIMEOUT_MS / 1000} s`}`);
+            console.error(`rate ${rate} MiB/s, link ${link || '∞'}, guest ${guest.key}: ${mode}${r.transport ? ` (${r.transport})` : ''} run ${run + 1}: ${r.converged ? `downtime ${r.downtimeMs} ms (stop→resume ${r.stopToResumeMs}), stall ${r.stallMs} ms, total ${r.totalMs} ms, wire ${mib(r.wireBytes)} MiB` : `did not converge in ${TIMEOUT_MS / 1000} s`}`);
           }
         }
       }

@@ -286,6 +286,7 @@ export function buildProgram(): Command {
     .option('--max-downtime <ms>', 'downtime target (default 50)')
     .option('--bandwidth <MBps>', 'cap on wire bandwidth, MB/s')
     .option('--channels <n>', 'parallel multifd channels (default 2)')
+    .addOption(new Option('--transport <path>', "QEMU's stream: through NovaCron's codec (relay), QEMU to QEMU over mutual TLS (direct: members only), or the faster as predicted").choices(['auto', 'relay', 'direct']))
     .option('--dry-run', 'predict downtime and total time, do not migrate')
     .option('--force', 'migrate even if the prediction misses the target (with auto-converge)')
     .option('--max-throttle <percent>', 'ceiling on the vCPU throttle of a forced migration (default 85; each pause is 10 ms × p/(100−p))')
@@ -295,13 +296,15 @@ export function buildProgram(): Command {
       if (opts.maxDowntime) body.maxDowntimeMs = toInt(opts.maxDowntime, '--max-downtime');
       if (opts.bandwidth) body.bandwidthMBps = Number(opts.bandwidth);
       if (opts.channels) body.channels = toInt(opts.channels, '--channels');
+      if (opts.transport) body.transport = opts.transport;
       if (opts.maxThrottle) body.maxThrottlePercent = toInt(opts.maxThrottle, '--max-throttle');
       const c = client();
       const r = await c.migrate(ref, body);
       if ('dryRun' in r) {
         if (json()) return print(r);
         const p = r.prediction;
-        console.log(`prediction: ${p.converges ? 'converges' : 'does NOT converge without throttling'}; downtime ${fmtMs(p.downtimeMs)}, total ${fmtMs(p.totalMs)}, ${p.rounds} rounds, ${fmtBytes(p.bytesWire)} on the wire`);
+        console.log(`prediction${p.transport ? ` (${p.transport})` : ''}: ${p.converges ? 'converges' : 'does NOT converge without throttling'}; downtime ${fmtMs(p.downtimeMs)}, total ${fmtMs(p.totalMs)}, ${p.rounds} rounds, ${fmtBytes(p.bytesWire)} on the wire`);
+        for (const alt of p.alternatives ?? []) console.log(`  ${alt.transport} instead: ${alt.converges ? 'converges' : 'does NOT converge'}; downtime ${fmtMs(alt.downtimeMs)}, total ${fmtMs(alt.totalMs)}`);
         console.log(`inputs: dirty rate ${fmtBytes(p.inputs.dirtyBytesPerSec)}/s, codec ratio ${p.inputs.firstRatio.toFixed(2)}× first send, ${p.inputs.resendRatio.toFixed(2)}× re-sends${p.converges ? '' : `; needs ~${p.throttleNeededPercent}% vCPU throttle`}`);
         return;
       }
@@ -316,7 +319,7 @@ export function buildProgram(): Command {
       });
       bar?.stop();
       if (json()) print(done);
-      else if (done.state === 'completed') console.log(`migrated ${done.vmName} to ${done.peer}: downtime ${done.downtimeMs?.qemu ?? '?'} ms (QEMU), ${done.downtimeMs?.measured ?? '?'} ms stop→resume; total ${fmtMs(done.totalMs ?? 0)}; ${fmtBytes(done.progress.bytesWire)} on the wire for ${fmtBytes(done.progress.bytesRaw)} (${done.progress.compressionRatio}×)`);
+      else if (done.state === 'completed') console.log(`migrated ${done.vmName} to ${done.peer}${done.transport ? ` (${done.transport})` : ''}: downtime ${done.downtimeMs?.qemu ?? '?'} ms (QEMU), ${done.downtimeMs?.measured ?? '?'} ms stop→resume; total ${fmtMs(done.totalMs ?? 0)}; ${fmtBytes(done.progress.bytesWire)} on the wire for ${fmtBytes(done.progress.bytesRaw)} (${done.progress.compressionRatio}×)`);
       else console.error(`migration ${done.state}: ${done.error?.code}: ${done.error?.message}`);
       if (done.state !== 'completed') process.exitCode = EXIT.OPERATION_FAILED;
     });
@@ -327,8 +330,8 @@ export function buildProgram(): Command {
     .action(async () => {
       const { items } = await client().request<{ items: MigrationRecord[] }>('GET', '/v1/migrations');
       if (json()) return print(items);
-      const table = new Table({ head: ['ID', 'VM', 'ROLE', 'PEER', 'STATE', 'PHASE', 'DOWNTIME', 'WIRE', 'RATIO'], style: { head: [], border: [] } });
-      for (const m of items) table.push([m.id, m.vmName, m.role, m.peer, m.state, m.phase, m.downtimeMs?.qemu !== undefined ? `${m.downtimeMs.qemu} ms` : '-', fmtBytes(m.progress.bytesWire), `${m.progress.compressionRatio}×`]);
+      const table = new Table({ head: ['ID', 'VM', 'ROLE', 'PEER', 'PATH', 'STATE', 'PHASE', 'DOWNTIME', 'WIRE', 'RATIO'], style: { head: [], border: [] } });
+      for (const m of items) table.push([m.id, m.vmName, m.role, m.peer, m.transport ?? (m.mode === 'cold' ? 'files' : 'relay'), m.state, m.phase, m.downtimeMs?.qemu !== undefined ? `${m.downtimeMs.qemu} ms` : '-', fmtBytes(m.progress.bytesWire), `${m.progress.compressionRatio}×`]);
       console.log(table.toString());
     });
   mig.command('get <id>')

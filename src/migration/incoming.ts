@@ -10,7 +10,7 @@ import type { Logger } from 'pino';
 import { z } from 'zod';
 import { NovaError } from '../errors.js';
 import { DestLink } from '../native/miglink.js';
-import { DriverError, type HypervisorDriver, type LiveMigration } from '../vm/driver.js';
+import { DriverError, type HypervisorDriver, type LiveMigration, type StreamListener } from '../vm/driver.js';
 import { VmSpecFields } from '../vm/spec.js';
 import type { VmService } from '../vm/service.js';
 import type { MigrationBook } from './book.js';
@@ -40,6 +40,8 @@ export const IncomingRequest = z.discriminatedUnion('mode', [
   z.strictObject({
     mode: z.literal('live'),
     ...offered,
+    /** `direct`: the source's QEMU streams to this one over mutual TLS, no data link (MigrateRequest.transport). */
+    transport: z.enum(['relay', 'direct']).default('relay'),
     channels: z.int().min(1).max(16),
     cachePages: z.int().min(1).max(1 << 20),
     /** Codec shards (parallel encoders) the source uses; the decoder must match. */
@@ -60,6 +62,12 @@ const CONNECT_TIMEOUT_MS = 30_000;
 const LINK_LOSS_GRACE_MS = 10_000;
 /** How long the guest may take to resume after the stream ended. */
 const RESUME_TIMEOUT_MS = 600_000;
+/**
+ * A direct stream's control connection silent this long (the source says `alive` every
+ * second) means the link is dead: the half-arrived VM is abandoned. Nothing of NovaCron's
+ * sees QEMU's own connection, and QEMU would wait on it for minutes.
+ */
+export const INCOMING_SILENCE_MS = 10_000;
 
 interface Pending {
   rec: MigrationRecord;
@@ -70,7 +78,7 @@ interface Pending {
   settled: boolean;
   /** Set once the source's control connection said hello: aborts and tells the source why. */
   abort?: (err: NovaError) => void;
-  live?: { socketPath: string; runtime: Record<string, unknown>; link?: DestLink; nbdSocket?: string };
+  live?: { listen: StreamListener; runtime: Record<string, unknown>; link?: DestLink; nbdSocket?: string };
   cold?: {
     files: Array<{ name: string; size: number }>;
     checkpoint?: { file: string; createdAt: string; sizeBytes: number };
@@ -127,10 +135,15 @@ export class IncomingMigrations {
     return (this.#server.address() as { port: number }).port;
   }
 
-  async accept(req: IncomingRequest): Promise<IncomingOffer> {
+  /** `sourceMember`: the cluster member that offered it (absent: a daemon outside the cluster). */
+  async accept(req: IncomingRequest, sourceMember?: number): Promise<IncomingOffer> {
     const { vms, book, driver } = this.#deps;
     const migration = this.#deps.migration;
     if (req.mode === 'live' && !migration) throw new NovaError('MIGRATION_UNSUPPORTED', `the ${driver.name} driver cannot receive live migrations`);
+    const direct = req.mode === 'live' && req.transport === 'direct';
+    if (direct && !migration!.direct) throw new NovaError('MIGRATION_UNSUPPORTED', `the ${driver.name} driver cannot take a direct stream`);
+    // QEMU admits exactly the source member's certificate: only a member has one.
+    if (direct && sourceMember === undefined) throw new NovaError('FORBIDDEN', 'a direct stream is taken only from a member of this cluster');
     if (req.mode === 'cold' && req.vm.checkpoint && !driver.vmFilePath) throw new NovaError('MIGRATION_UNSUPPORTED', `the ${driver.name} driver cannot receive a checkpoint`);
     const arriving = checkOffered(vms.storage, req.vm.id, req.vm.spec, req.volumes);
     if (req.mode === 'cold') {
@@ -140,7 +153,9 @@ export class IncomingMigrations {
     const now = new Date().toISOString();
     let rec: MigrationRecord = {
       id: req.migrationId, mode: req.mode, vmId: req.vm.id, vmName: req.vm.name, role: 'destination', peer: req.source, state: 'running', phase: 'prepare',
-      policy: { maxDowntimeMs: 0, channels: req.mode === 'live' ? req.channels : 1, force: false, maxThrottlePercent: 0 }, progress: emptyProgress(), createdAt: now, updatedAt: now,
+      policy: { maxDowntimeMs: 0, channels: req.mode === 'live' ? req.channels : 1, force: false, maxThrottlePercent: 0, transport: direct ? 'direct' : 'relay' },
+      ...(req.mode === 'live' ? { transport: req.transport } : {}),
+      progress: emptyProgress(), createdAt: now, updatedAt: now,
     };
     book.track(rec);
     const { checkpoint, ...offeredVm } = req.vm;
@@ -151,12 +166,16 @@ export class IncomingMigrations {
       try {
         await makeArriving(vms.storage, vm, req.volumes, true);
         await vms.storage.prepareCloudInit(vm); // the waiting QEMU has the same devices as the source's
-        const prepared = await migration!.prepareIncoming(vm, req.channels);
-        p.live = prepared;
-        p.live.link = new DestLink(
-          { bindHost: this.#deps.host, ...(this.#deps.dataPorts ? { ports: this.#deps.dataPorts } : {}), qemuSocket: prepared.socketPath, token, tls: this.#deps.tls().material, capacityPages: req.cachePages, shards: req.shards },
-          (err) => this.#linkFailed(p, err),
-        );
+        const { host, dataPorts } = this.#deps;
+        const tls = this.#deps.tls().material;
+        const prepared = await migration!.prepareIncoming(vm, req.channels, direct ? { host, ...(dataPorts ? { ports: dataPorts } : {}), tls, peerIdentity: `CN=member-${sourceMember}` } : undefined);
+        const live: NonNullable<Pending['live']> = (p.live = prepared);
+        if (prepared.listen.kind === 'relay') {
+          live.link = new DestLink(
+            { bindHost: host, ...(dataPorts ? { ports: dataPorts } : {}), qemuSocket: prepared.listen.socketPath, token, tls, capacityPages: req.cachePages, shards: req.shards },
+            (err) => this.#linkFailed(p, err),
+          );
+        }
         if (req.volumes.length > 0) {
           if (!migration!.storage) throw new NovaError('MIGRATION_UNSUPPORTED', `the ${driver.name} driver cannot receive disks of a running VM`);
           p.live.nbdSocket = await migration!.storage.exportDisks(vm.id, req.volumes.map((v) => v.disk));
@@ -192,7 +211,12 @@ export class IncomingMigrations {
     await book.save(rec);
     p.timer = setTimeout(() => void this.#abandon(p, new NovaError('MIGRATION_TRANSPORT', 'the source never connected')), CONNECT_TIMEOUT_MS);
     this.#pending.set(rec.id, p);
-    return { transport: { host: this.#deps.host, port: this.port, certSha256: this.#deps.tls().fingerprint() }, token: token.toString('hex'), ...(p.live?.link ? { data: { port: p.live.link.port } } : {}) };
+    const listen = p.live?.listen;
+    return {
+      transport: { host: this.#deps.host, port: this.port, certSha256: this.#deps.tls().fingerprint() }, token: token.toString('hex'),
+      ...(p.live?.link ? { data: { port: p.live.link.port } } : {}),
+      ...(listen?.kind === 'direct' ? { direct: { port: listen.port } } : {}),
+    };
   }
 
   async close(): Promise<void> {
@@ -258,6 +282,7 @@ export class IncomingMigrations {
             p = hello.p;
             clearTimeout(p.timer);
             p.abort = abort;
+            if (p.live?.listen.kind === 'direct') watchSilence(sock, () => !p || p.settled, abort);
             if (p.live) this.#awaitGuest(p, p.live, sock, abort);
             else files = this.#startFiles(p, sock, abort);
             continue;
@@ -328,22 +353,23 @@ export class IncomingMigrations {
 
   /** Live: the data link feeds QEMU; this waits for the guest to resume here. */
   #awaitGuest(p: Pending, live: NonNullable<Pending['live']>, sock: Socket, abort: (err: NovaError) => void): void {
-    const link = live.link!;
+    const link = live.link; // absent for a direct stream: QEMU's own connection carries it
     this.#deps
       .migration!.waitIncoming(p.rec.vmId, RESUME_TIMEOUT_MS)
       .then(async ({ resumedAt }) => {
         if (p.settled) return;
         // Recorded as ours before the source hears of it: once the source lets go, this
         // member already answers for the VM.
-        await this.#arrived(p, link.stats(), { to: 'running', runtime: live.runtime });
+        // A direct stream's bytes are counted by the source's QEMU (this one reports none).
+        await this.#arrived(p, link?.stats() ?? { wireBytes: 0, rawBytes: 0 }, { to: 'running', runtime: live.runtime });
         // The source closes the link once it hears of the resume; a source that never does is cut off.
-        setTimeout(() => link.close(), LINK_LOSS_GRACE_MS).unref();
+        if (link) setTimeout(() => link.close(), LINK_LOSS_GRACE_MS).unref();
         for (const b of controlFrame({ type: 'resumed', at: resumedAt })) sock.write(b);
         // The disks are the guest's now; stop serving them (after the VM is recorded as running here).
         if (live.nbdSocket) await this.#deps.migration!.storage!.unexportDisks(p.rec.vmId).catch(() => undefined);
       })
       // QEMU fails when the link refuses a frame and shuts its sockets: the link's reason is the cause.
-      .catch((err: Error) => abort(link.failure() ?? (err instanceof NovaError ? err : new NovaError('MIGRATION_FAILED', err.message))));
+      .catch((err: Error) => abort(link?.failure() ?? (err instanceof NovaError ? err : new NovaError('MIGRATION_FAILED', err.message))));
   }
 
   #startFiles(p: Pending, sock: Socket, abort: (err: NovaError) => void): FileReceiver {
@@ -402,4 +428,20 @@ export class IncomingMigrations {
       p.release();
     }
   }
+}
+
+/** Aborts once `sock` has been silent for INCOMING_SILENCE_MS, unless `done()` by then. */
+function watchSilence(sock: Socket, done: () => boolean, abort: (err: NovaError) => void): void {
+  let last = performance.now();
+  sock.on('data', () => (last = performance.now()));
+  const timer = setInterval(() => {
+    if (done()) return clearInterval(timer);
+    const ms = Math.round(performance.now() - last);
+    if (ms >= INCOMING_SILENCE_MS) {
+      clearInterval(timer);
+      abort(new NovaError('MIGRATION_TRANSPORT', `nothing arrived from the source for ${ms} ms`));
+    }
+  }, 1000);
+  timer.unref();
+  sock.once('close', () => clearInterval(timer));
 }

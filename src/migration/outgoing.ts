@@ -1,13 +1,14 @@
 /**
  * The source side of one live migration: prepare the destination, stream QEMU's
- * pre-copy through the relay, switch over, and clean up — or, on any failure or a
- * cancel, leave the VM running here, intact.
+ * pre-copy through the relay (or, a direct migration, let QEMU stream straight to the
+ * destination's QEMU over TLS while this still steers it), switch over, and clean up —
+ * or, on any failure or a cancel, leave the VM running here, intact.
  */
 import { join } from 'node:path';
 import { NovaError } from '../errors.js';
 import { DEFAULT_SHARDS } from '../native/memdelta.js';
 import { LinkBucket, SourceLink, type LinkFaults } from '../native/miglink.js';
-import type { HypervisorDriver, LiveMigration, MigrationProgress, MirroredDisk } from '../vm/driver.js';
+import type { HypervisorDriver, LiveMigration, MigrationProgress, MirroredDisk, StreamTarget, StreamTls } from '../vm/driver.js';
 import { mirroredDisks, offeredSpec, volumesToCarry } from './volumes.js';
 import { NbdTunnel } from './nbd-tunnel.js';
 import type { MigrationRecord } from './record.js';
@@ -21,6 +22,8 @@ export interface OutgoingDeps extends SourceDeps {
   driver: HypervisorDriver;
   migration: LiveMigration;
   runDir: string;
+  /** This member's certificate, key and the cluster CA, for QEMU's TLS: given when the migration streams directly. */
+  streamTls?: () => StreamTls;
   /** Fault injection (tests). */
   faults?: LinkFaults;
 }
@@ -29,6 +32,14 @@ const PROGRESS_EVERY_MS = 500;
 const RESUME_TIMEOUT_MS = 60_000;
 /** The guest is paused while the mirrors copy their last writes. */
 const MIRROR_FINISH_TIMEOUT_MS = 30_000;
+/**
+ * A direct stream that moves no byte for this long is cut off: QEMU's TCP connection to a
+ * destination that went silent (a blackholed link) would otherwise wait for the kernel's
+ * retransmission timeout, many minutes. The relay's link watches its own silence.
+ */
+export const DIRECT_STALL_MS = 10_000;
+/** Bytes a direct stream's sockets hold per channel (kernel buffers), drained after the guest stops. */
+const DIRECT_IN_FLIGHT_PER_CHANNEL = 1 << 20;
 
 export class OutgoingMigration extends SourceMigration {
   #deps: OutgoingDeps;
@@ -57,36 +68,53 @@ export class OutgoingMigration extends SourceMigration {
       const disks = mirroredDisks(carried);
       const offer = await this.peer.offer({
         migrationId: this.rec.id, source: this.#deps.nodeId, vm: { id: vm.id, name: vm.name, spec: offeredSpec(vm, carried) },
-        mode: 'live', channels: this.rec.policy.channels, cachePages, shards: DEFAULT_SHARDS, volumes: carried.map((c) => c.offer),
+        mode: 'live', transport: this.#direct ? 'direct' : 'relay', channels: this.rec.policy.channels, cachePages, shards: DEFAULT_SHARDS, volumes: carried.map((c) => c.offer),
       });
       this.check();
       await this.peer.connect(offer);
-      if (!offer.data) throw new NovaError('MIGRATION_TARGET_REJECTED', `${this.target} offered no data link (a NovaCron without the native migration link)`);
-      const socketPath = join(this.#deps.runDir, `${this.rec.id}.sock`);
-      const window = channelWindow(this.rec.policy.bandwidthMBps);
-      const switchover = new SwitchoverTuner(this.rec.policy.maxDowntimeMs, window * (this.rec.policy.channels + 1));
-      this.#link = new SourceLink(
-        {
-          socketPath, host: offer.transport.host, port: offer.data.port, certSha256: offer.transport.certSha256, token: Buffer.from(offer.token, 'hex'),
-          capacityPages: cachePages, shards: DEFAULT_SHARDS, window,
-          ...(this.#bucket ? { bucket: this.#bucket } : {}),
-          ...(this.#deps.faults ? { faults: this.#deps.faults } : {}),
-        },
-        (err) => this.#linkFailed(err),
-      );
+      const channels = this.rec.policy.channels;
+      let to: StreamTarget;
+      let inFlightBytes: number;
+      if (this.#direct) {
+        if (!offer.direct) throw new NovaError('MIGRATION_TARGET_REJECTED', `${this.target} offered no port for a direct stream`);
+        // The destination's member certificate names the host it serves on; QEMU checks it against the cluster CA.
+        const host = offer.transport.host;
+        to = { kind: 'direct', host, port: offer.direct.port, tls: this.#deps.streamTls!(), hostname: host };
+        inFlightBytes = DIRECT_IN_FLIGHT_PER_CHANNEL * (channels + 1);
+        this.peer.keepAlive();
+      } else {
+        if (!offer.data) throw new NovaError('MIGRATION_TARGET_REJECTED', `${this.target} offered no data link (a NovaCron without the native migration link)`);
+        const socketPath = join(this.#deps.runDir, `${this.rec.id}.sock`);
+        const window = channelWindow(this.rec.policy.bandwidthMBps);
+        inFlightBytes = window * (channels + 1);
+        to = { kind: 'relay', socketPath };
+        this.#link = new SourceLink(
+          {
+            socketPath, host: offer.transport.host, port: offer.data.port, certSha256: offer.transport.certSha256, token: Buffer.from(offer.token, 'hex'),
+            capacityPages: cachePages, shards: DEFAULT_SHARDS, window,
+            ...(this.#bucket ? { bucket: this.#bucket } : {}),
+            ...(this.#deps.faults ? { faults: this.#deps.faults } : {}),
+          },
+          (err) => this.#linkFailed(err),
+        );
+      }
+      const switchover = new SwitchoverTuner(this.rec.policy.maxDowntimeMs, inFlightBytes);
       this.check();
       await this.update({ phase: 'precopy', timings: { ...this.rec.timings, prepareMs: since(t0) } });
       const tStream = performance.now();
       if (disks.length > 0) await this.#mirrorDisks(disks, offer);
       await migration.startOutgoing(vmId, {
-        socketPath, channels: this.rec.policy.channels, downtimeLimitMs: switchover.settings.downtimeLimitMs, autoConverge, maxThrottlePercent: this.rec.policy.maxThrottlePercent, pauseBeforeSwitchover: disks.length > 0,
+        to, channels,
+        ...(this.#direct && this.rec.policy.bandwidthMBps ? { maxBytesPerSec: this.rec.policy.bandwidthMBps * 1e6 } : {}), downtimeLimitMs: switchover.settings.downtimeLimitMs, autoConverge, maxThrottlePercent: this.rec.policy.maxThrottlePercent, pauseBeforeSwitchover: disks.length > 0,
       });
       let lastSaved = 0;
       const linkRate = new RecentRate(1000);
       this.rec = { ...this.rec, progress: { ...this.rec.progress, downtimeLimitMs: switchover.settings.downtimeLimitMs } };
       let continued = false;
+      const stall = { bytes: -1, since: performance.now() };
       for (;;) {
         const p = await migration.progress(vmId);
+        if (this.#direct) this.#watchStall(p, stall);
         if (p.status === 'paused-for-disks') {
           // QEMU may still say pre-switchover for a moment after migrate-continue (its
           // migration thread moves on by itself): continue exactly once.
@@ -158,11 +186,26 @@ export class OutgoingMigration extends SourceMigration {
     }
   }
 
-  /** The link's counters into the record (`qemuBytes`: QEMU's own count, until the link has one). */
+  get #direct(): boolean {
+    return this.rec.transport === 'direct';
+  }
+
+  /** Fails a direct stream that has moved nothing for DIRECT_STALL_MS (`stall`: the last count and since when). */
+  #watchStall(p: MigrationProgress, stall: { bytes: number; since: number }): void {
+    if (p.transferredBytes !== stall.bytes) {
+      stall.bytes = p.transferredBytes;
+      stall.since = performance.now();
+      return;
+    }
+    const ms = Math.round(performance.now() - stall.since);
+    if (ms >= DIRECT_STALL_MS) throw new NovaError('MIGRATION_TRANSPORT', `QEMU's direct stream to ${this.target} moved nothing for ${ms} ms (status ${p.status})`);
+  }
+
+  /** The link's counters into the record (`qemuBytes`: QEMU's own count, until the link has one; a direct stream's wire carries just that). */
   #absorbLink(qemuBytes?: number): void {
     const stats = this.#link?.stats();
     const bytesRaw = stats?.rawBytes ?? qemuBytes ?? this.rec.progress.bytesRaw;
-    const bytesWire = stats?.wireBytes ?? this.rec.progress.bytesWire;
+    const bytesWire = stats?.wireBytes ?? (this.#direct ? bytesRaw : this.rec.progress.bytesWire);
     const compressionRatio = bytesWire > 0 ? Math.round((bytesRaw / bytesWire) * 100) / 100 : 1;
     this.rec = { ...this.rec, progress: { ...this.rec.progress, bytesRaw, bytesWire, compressionRatio } };
   }

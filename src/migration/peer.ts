@@ -22,8 +22,10 @@ export interface IncomingOffer {
   /** The migration port, over TLS with the destination's certificate (`certSha256` pins it). */
   transport: PinnedTarget;
   token: string;
-  /** Live migrations: the destination's data link (crates/miglink) for QEMU's stream. */
+  /** Live migrations through the relay: the destination's data link (crates/miglink) for QEMU's stream. */
   data?: { port: number };
+  /** Direct live migrations: the port the destination's QEMU takes the stream on (mutual TLS). */
+  direct?: { port: number };
 }
 
 /**
@@ -31,6 +33,12 @@ export interface IncomingOffer {
  * message is read. The reason wins over the broken pipe it causes.
  */
 const TRANSPORT_LOSS_GRACE_MS = 250;
+/**
+ * How often the source says it is there on the control connection while QEMU streams
+ * directly: nothing of NovaCron's is on the data path then, so the destination learns of
+ * a dead link from this falling silent (`INCOMING_SILENCE_MS` in incoming.ts).
+ */
+export const KEEPALIVE_EVERY_MS = 1000;
 
 export class PeerLink {
   /** The first failure seen (transport, protocol, or the destination's abort). */
@@ -40,6 +48,7 @@ export class PeerLink {
   socket?: Socket;
   #wake?: () => void;
   #loss?: Promise<void>;
+  #keepAlive?: NodeJS.Timeout;
 
   constructor(
     readonly target: string,
@@ -92,6 +101,13 @@ export class PeerLink {
     for (const b of controlFrame({ type: 'hello', version: TRANSPORT_VERSION, migrationId: this.migrationId, token: offer.token })) s.write(b);
     this.socket = s;
     return s;
+  }
+
+  /** Says `alive` on the control connection every KEEPALIVE_EVERY_MS until closed. */
+  keepAlive(): void {
+    const frame = Buffer.concat(controlFrame({ type: 'alive' }));
+    this.#keepAlive = setInterval(() => this.socket?.write(frame), KEEPALIVE_EVERY_MS);
+    this.#keepAlive.unref();
   }
 
   #onControl(msg: ControlMessage): void {
@@ -168,6 +184,7 @@ export class PeerLink {
   }
 
   close(): void {
+    clearInterval(this.#keepAlive);
     this.socket?.removeAllListeners('close');
     this.socket?.destroy();
   }

@@ -4,6 +4,8 @@
  * guest's dirty rate (QEMU calc-dirty-rate) and the codec's ratio on a sample of the
  * guest's own pages — first sends and re-sends (deltas) measured separately.
  */
+import type { StreamTransport } from './record.js';
+
 export interface PredictionInput {
   /** Guest RAM that is not zero (zero pages cost QEMU only their offsets). */
   memoryBytes: number;
@@ -22,6 +24,10 @@ export interface PredictionInput {
 }
 
 export interface Prediction {
+  /** The path the plan takes for QEMU's stream (live migrations; see `choosePath`). */
+  transport?: StreamTransport;
+  /** The other paths the plan weighed, with what it predicted for each. */
+  alternatives?: Array<{ transport: StreamTransport; converges: boolean; downtimeMs: number; totalMs: number }>;
   converges: boolean;
   /** Downtime of the final round, ms (Infinity when it does not converge). */
   downtimeMs: number;
@@ -34,6 +40,28 @@ export interface Prediction {
   /** Time the disk mirrors need before RAM pre-copy starts (included in totalMs). */
   diskMs: number;
   inputs: PredictionInput;
+}
+
+/** Within this share of each other, the relay wins: it puts fewer bytes on the network. */
+const TIE_SHARE = 0.05;
+
+/**
+ * The path for QEMU's stream, from a prediction for each path open to this migration:
+ * `asked` when it is one of them, else (`auto`) the one that converges, and of those the
+ * faster; when none converges, the one that needs the least throttle.
+ */
+export function choosePath(candidates: Array<{ transport: StreamTransport; prediction: Prediction }>, asked: StreamTransport | 'auto'): Prediction {
+  const better = (a: Prediction, b: Prediction): boolean => {
+    if (a.converges !== b.converges) return a.converges;
+    if (!a.converges) return a.throttleNeededPercent < b.throttleNeededPercent;
+    return a.totalMs < b.totalMs * (1 - TIE_SHARE);
+  };
+  let chosen = candidates.find((c) => c.transport === asked) ?? candidates[0]!;
+  if (asked === 'auto') for (const c of candidates) if (better(c.prediction, chosen.prediction)) chosen = c;
+  const alternatives = candidates
+    .filter((c) => c !== chosen)
+    .map(({ transport, prediction: p }) => ({ transport, converges: p.converges, downtimeMs: p.downtimeMs, totalMs: p.totalMs }));
+  return { ...chosen.prediction, transport: chosen.transport, ...(alternatives.length > 0 ? { alternatives } : {}) };
 }
 
 /** Fixed cost of the stop-and-copy phase beyond RAM (device state, handshakes). */

@@ -43,6 +43,8 @@ export interface MigrationRecord {
   state: 'running' | 'completed' | 'failed' | 'cancelled';
   phase: MigrationPhase;
   policy: MigrationPolicy;
+  /** How QEMU's stream travels (live migrations; see MigrateRequest.transport). */
+  transport?: StreamTransport;
   prediction?: Prediction;
   progress: MigrationProgressFigures;
   /** Set when completed: the hypervisor's figure and the measured stop → resume gap. */
@@ -84,11 +86,22 @@ export const MigrateRequest = z.strictObject({
    * 85% ≈ 57 ms, 90% = 90 ms, 99% ≈ 1 s. A lower ceiling may not converge.
    */
   maxThrottlePercent: z.int().min(1).max(99).default(85),
+  /**
+   * How QEMU's stream travels. `relay`: through NovaCron's page codec and link (delta
+   * compression, NovaCron's bandwidth cap; any target). `direct`: QEMU to QEMU over mutual
+   * TLS with the members' certificates, nothing in between (cluster members only, no local
+   * disks). `auto` (default): the plan predicts both on the guest's own pages and takes
+   * the faster — the relay while the link is the bottleneck, direct once the link outruns
+   * the codec.
+   */
+  transport: z.enum(['auto', 'relay', 'direct']).default('auto'),
   /** Where volumes of local pools go on the destination, by source pool (default: the pool of the same name). */
   pools: z.record(PoolName, PoolName).refine((m) => Object.keys(m).length <= 64, 'at most 64 pools').optional(),
 });
 export type MigrateRequest = z.infer<typeof MigrateRequest>;
 export type MigrationPolicy = Omit<MigrateRequest, 'target' | 'dryRun' | 'targetToken'>;
+
+export type StreamTransport = 'relay' | 'direct';
 
 export const MIG_PREFIX = 'mig/';
 export const migKey = (id: string) => MIG_PREFIX + id;

@@ -9,11 +9,14 @@
 import type { Socket } from 'node:net';
 import { connect, TLSSocket, type SecureContext } from 'node:tls';
 
-/** What the destination side needs: its certificate, as a server context, as a pin, and as PEM (for the native data link). */
+/**
+ * This member's certificate, as a server context, as a pin, and as PEM with the cluster
+ * CA (for the native data link, and for QEMU's own TLS on a direct stream).
+ */
 export interface TransportTls {
   secureContext(): SecureContext;
   fingerprint(): string;
-  readonly material: { certPem: string; keyPem: string };
+  readonly material: { caPem: string; certPem: string; keyPem: string };
 }
 
 /** Where a source dials, and the certificate it must find there. */

@@ -2,7 +2,9 @@
  * Live migration, as the API sees it: plan (dry-run prediction), start, follow, cancel
  * outgoing migrations; accept incoming ones from peer daemons.
  */
+import { createCipheriv, randomBytes } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { NovaError } from '../errors.js';
@@ -21,8 +23,8 @@ import { ColdMigration } from './cold.js';
 import { OutgoingMigration } from './outgoing.js';
 import { volumesToCarry } from './volumes.js';
 import type { IncomingOffer, TargetCredential } from './peer.js';
-import { predict, type Prediction } from './predict.js';
-import { emptyProgress, type MigrateRequest, type MigrationRecord } from './record.js';
+import { choosePath, predict, type Prediction } from './predict.js';
+import { emptyProgress, type MigrateRequest, type MigrationRecord, type StreamTransport } from './record.js';
 
 export interface MigrationServiceDeps {
   store: Store;
@@ -47,6 +49,12 @@ export interface MigrationServiceDeps {
 const DEFAULT_PATH_RAW_BYTES_PER_SEC = 150e6;
 /** Relay throughput as a share of the codec's encode speed on the sample (bench/migration, 2-core host). */
 const RELAY_SHARE_OF_CODEC_SPEED = 0.5;
+/**
+ * A direct stream's throughput as a share of AES-GCM's speed on the sample, per channel
+ * (up to one per core): QEMU encrypts each multifd channel in its own thread, the
+ * destination decrypts, and both copy (bench/migration, multifd-tls, 2-core host).
+ */
+const DIRECT_SHARE_OF_CIPHER_SPEED = 0.5;
 /** Source and destination each keep this share of guest RAM as codec cache (capped). */
 const CACHE_SHARE = 0.25;
 const MAX_CACHE_BYTES = 256 << 20;
@@ -120,7 +128,11 @@ export class MigrationService {
     if (vm.state !== 'running') throw new NovaError('VM_INVALID_STATE', `cannot migrate VM "${vm.name}" while it is ${vm.state}`, { state: vm.state, allowedFrom: ['running', 'stopped'] });
     const why = await migration.unsupported(vm.id);
     if (why) throw new NovaError('MIGRATION_UNSUPPORTED', why);
-    const prediction = await this.#predict(vm, migration, req);
+    const paths = this.#paths(vm, migration, to);
+    if (req.transport !== 'auto' && !paths.includes(req.transport)) {
+      throw new NovaError('MIGRATION_UNSUPPORTED', `VM "${vm.name}" cannot stream directly to ${req.target}: a direct stream needs a cluster member as the target, no disks in local pools, and a driver whose hypervisors speak TLS to each other`);
+    }
+    const prediction = await this.#predict(vm, migration, req, paths);
     if (req.dryRun) return { started: false, prediction };
     if ((!prediction.converges || prediction.downtimeMs > req.maxDowntimeMs) && !req.force) {
       throw new NovaError('MIGRATION_WONT_CONVERGE', `predicted not to converge within ${req.maxDowntimeMs} ms downtime (needs ~${prediction.throttleNeededPercent}% vCPU throttle, ceiling ${req.maxThrottlePercent}%); pass force to migrate with auto-converge`, { prediction });
@@ -132,6 +144,7 @@ export class MigrationService {
       {
         vms, driver: this.#deps.driver, migration, book: this.#book, log: this.#deps.log, nodeId: this.#deps.nodeId, runDir: join(this.#deps.dataDir, 'run'),
         credential,
+        ...(prediction.transport === 'direct' ? { streamTls: () => this.#deps.tls().material } : {}),
         ...(this.#deps.faults ? { faults: this.#deps.faults } : {}),
       },
       rec,
@@ -195,7 +208,7 @@ export class MigrationService {
     const { target, dryRun: _, ...policy } = req;
     const rec: MigrationRecord = {
       id: newId('mig'), mode, vmId: vm.id, vmName: vm.name, role: 'source', peer: target, state: 'running', phase: 'plan',
-      policy, prediction, progress: emptyProgress(), createdAt: now, updatedAt: now,
+      policy, ...(prediction.transport ? { transport: prediction.transport } : {}), prediction, progress: emptyProgress(), createdAt: now, updatedAt: now,
     };
     this.#book.track(rec);
     const { release } = await this.#deps.vms.beginMigrationOut(rec.vmId, this.#book.event(rec, 'migration.started', { target, mode }));
@@ -226,8 +239,9 @@ export class MigrationService {
     return out.record;
   }
 
-  async acceptIncoming(req: IncomingRequest): Promise<IncomingOffer> {
-    return this.#incoming!.accept(req);
+  /** `sourceMember`: the cluster member offering it, as its credential proved (absent: a daemon outside the cluster). */
+  async acceptIncoming(req: IncomingRequest, sourceMember?: number): Promise<IncomingOffer> {
+    return this.#incoming!.accept(req, sourceMember);
   }
 
   /** Waits for outgoing migrations to settle and stops accepting incoming ones. */
@@ -247,8 +261,17 @@ export class MigrationService {
     return migration;
   }
 
-  /** Dry run: measured dirty rate and codec ratios on the guest's own pages → model. */
-  async #predict(vm: VmRecord, migration: LiveMigration, req: MigrateRequest): Promise<Prediction> {
+  /** The paths QEMU's stream may take to `to`: always the relay; direct to a member, when the driver can and no disk travels. */
+  #paths(vm: VmRecord, migration: LiveMigration, to: TargetAuth): StreamTransport[] {
+    const direct = migration.direct && 'member' in to && volumesToCarry(this.#deps.vms.storage, vm).length === 0;
+    return direct ? ['relay', 'direct'] : ['relay'];
+  }
+
+  /**
+   * Dry run: the measured dirty rate, and on the guest's own pages the codec's ratios and
+   * speed (the relay) and the cipher's speed (a direct stream) → the model, per path.
+   */
+  async #predict(vm: VmRecord, migration: LiveMigration, req: MigrateRequest, paths: StreamTransport[]): Promise<Prediction> {
     const memoryBytes = vm.spec.memoryMiB * 1048576;
     const dirtyBytesPerSec = await migration.measureDirtyRate(vm.id, DIRTY_RATE_SAMPLE_MS);
     const chunk = Math.min(SAMPLE_CHUNK_BYTES, Math.floor(memoryBytes / SAMPLE_CHUNKS / PAGE_SIZE) * PAGE_SIZE);
@@ -263,9 +286,12 @@ export class MigrationService {
     // The codec's speed is the median chunk's: one descheduled chunk on a busy host would
     // otherwise make the whole path look slow and the plan refuse a migration that fits.
     const chunkBytesPerMs: number[] = [];
+    const cipherBytesPerMs: number[] = [];
     for (const off of offsets) {
       const pages = await migration.sampleMemory(vm.id, off, chunk);
       first.push(pages);
+      // The cipher's speed does not depend on what the pages hold: any chunk measures it.
+      if (paths.includes('direct')) cipherBytesPerMs.push(cipherSpeed(pages));
       // QEMU sends zero pages as bare offsets (multifd zero-page detection): only the
       // others reach the codec, so only they count for its ratio.
       const nonZero: number[] = [];
@@ -306,17 +332,32 @@ export class MigrationService {
     const resendRatio = raw > 0 ? raw / Math.max(1, wire) : firstRatio;
     const disks = volumesToCarry(this.#deps.vms.storage, vm).map((d) => d.offer.disk);
     const diskBytes = disks.length > 0 && migration.storage ? await migration.storage.allocatedBytes(vm.id, disks) : 0;
-    return predict({
+    const common = {
       memoryBytes: Math.round(memoryBytes * nonZeroFraction),
       dirtyBytesPerSec,
-      firstRatio,
-      resendRatio,
       ...(req.bandwidthMBps ? { wireBytesPerSec: req.bandwidthMBps * 1e6 } : {}),
-      pathRawBytesPerSec,
       maxDowntimeMs: req.maxDowntimeMs,
       ...(diskBytes > 0 ? { diskBytes } : {}),
-    });
+    };
+    const candidates: Array<{ transport: StreamTransport; prediction: Prediction }> = [{ transport: 'relay', prediction: predict({ ...common, firstRatio, resendRatio, pathRawBytesPerSec }) }];
+    const cipher = median(cipherBytesPerMs);
+    if (paths.includes('direct') && cipher > 0) {
+      // Nothing compresses a direct stream: the wire carries what QEMU sends.
+      const directRaw = cipher * 1000 * DIRECT_SHARE_OF_CIPHER_SPEED * Math.min(req.channels, availableParallelism());
+      candidates.push({ transport: 'direct', prediction: predict({ ...common, firstRatio: 1, resendRatio: 1, pathRawBytesPerSec: directRaw }) });
+    }
+    return choosePath(candidates, req.transport);
   }
+}
+
+/** AES-256-GCM's speed on `batch` here, bytes/ms: what TLS costs a direct stream per byte. */
+function cipherSpeed(batch: Buffer): number {
+  const c = createCipheriv('aes-256-gcm', randomBytes(32), randomBytes(12));
+  const t = performance.now();
+  c.update(batch);
+  c.final();
+  const ms = performance.now() - t;
+  return ms > 0 ? batch.length / ms : 0;
 }
 
 /** The median of `xs` (0 when empty). */

@@ -72,6 +72,8 @@ export function controlFrame(message: ControlMessage): Buffer[] {
 export type ControlMessage =
   /** `stream: 'nbd'`: this connection tunnels one NBD client to the destination's disk export. */
   | { type: 'hello'; version: number; migrationId: string; token: string; stream?: 'nbd' }
+  /** Source, every second while QEMU streams directly: still here (the destination has no link of its own to watch). */
+  | { type: 'alive' }
   /** Destination: the guest runs here now (QMP RESUME time, ms since epoch). */
   | { type: 'resumed'; at: number }
   /** Destination (cold migration): every file arrived intact; the VM is stopped here. */

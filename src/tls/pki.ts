@@ -94,7 +94,10 @@ export async function signMember(ca: KeyAndCert, csrPem: string, memberId: numbe
     signingAlgorithm: ALG,
     extensions: [
       new x509.BasicConstraintsExtension(false, undefined, true),
-      new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature | x509.KeyUsageFlags.keyAgreement, true),
+      // Not critical: QEMU's x509 credentials (a direct migration stream) refuse a server
+      // certificate whose *critical* key usage lacks keyEncipherment, which an EC key must
+      // not have (RFC 5480); a non-critical one only draws a warning.
+      new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature | x509.KeyUsageFlags.keyAgreement, false),
       new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.serverAuth, x509.ExtendedKeyUsage.clientAuth]),
       new x509.SubjectAlternativeNameExtension(names),
       await x509.AuthorityKeyIdentifierExtension.create(caCert),
@@ -141,7 +144,12 @@ export function needsRenewal(certPem: string, now = new Date()): boolean {
   const cert = new X509Certificate(certPem);
   const from = new Date(cert.validFrom).getTime();
   const to = new Date(cert.validTo).getTime();
-  return now.getTime() >= from + ((to - from) * 2) / 3 || now.getTime() < from;
+  return now.getTime() >= from + ((to - from) * 2) / 3 || now.getTime() < from || criticalKeyUsage(certPem);
+}
+
+/** Member certificates of earlier versions marked their key usage critical, which QEMU's TLS refuses: they are renewed at once. */
+function criticalKeyUsage(certPem: string): boolean {
+  return new x509.X509Certificate(certPem).getExtension(x509.KeyUsagesExtension)?.critical === true;
 }
 
 async function newKeys(): Promise<CryptoKeyPair> {

@@ -210,9 +210,41 @@ export interface MigrationProgress {
   error?: string;
 }
 
+/**
+ * Mutual TLS between the two hypervisors of a direct migration: the cluster CA and this
+ * member's certificate and key (PEM). The destination admits only the source member's
+ * certificate (`peerIdentity`: its subject, `CN=member-<id>`); the source checks the
+ * destination's certificate names `hostname`.
+ */
+export interface StreamTls {
+  caPem: string;
+  certPem: string;
+  keyPem: string;
+}
+
+/**
+ * Where a live migration's stream goes: NovaCron's relay (a unix socket it listens on:
+ * page codec, NovaCron's link), or straight to the destination's hypervisor over TLS
+ * (its own multifd, nothing in between) when the link outruns any encoding.
+ */
+export type StreamTarget = { kind: 'relay'; socketPath: string } | { kind: 'direct'; host: string; port: number; tls: StreamTls; hostname: string };
+
+/** What a prepared destination listens on: the relay's unix socket, or a TCP port for a direct stream. */
+export type StreamListener = { kind: 'relay'; socketPath: string } | { kind: 'direct'; port: number };
+
+/** Destination of a direct stream: where to listen, the TLS material, and the one certificate subject admitted. */
+export interface DirectIncoming {
+  host: string;
+  /** Ports to listen on (the first free one); absent: any free port. */
+  ports?: { from: number; to: number };
+  tls: StreamTls;
+  peerIdentity: string;
+}
+
 export interface OutgoingParams {
-  /** Where the hypervisor sends its stream (a unix socket the relay listens on). */
-  socketPath: string;
+  to: StreamTarget;
+  /** Direct streams only (the relay caps its own link): the hypervisor's bandwidth cap, bytes/s. */
+  maxBytesPerSec?: number;
   channels: number;
   downtimeLimitMs: number;
   /** Let the hypervisor throttle vCPUs when pre-copy does not converge. */
@@ -264,8 +296,10 @@ export interface StorageMigration {
 export interface LiveMigration {
   /** Why this VM cannot be migrated by NovaCron's transport, or undefined. */
   unsupported(vmId: string): Promise<string | undefined>;
-  /** Destination: starts the VM's process waiting for a stream on the returned socket. */
-  prepareIncoming(vm: VmRecord, channels: number): Promise<{ socketPath: string; runtime: Record<string, unknown> }>;
+  /** The hypervisors can stream to each other directly over mutual TLS (`StreamTarget` `direct`). */
+  readonly direct?: boolean;
+  /** Destination: starts the VM's process waiting for a stream: from the relay, or (`direct`) from the source's hypervisor. */
+  prepareIncoming(vm: VmRecord, channels: number, direct?: DirectIncoming): Promise<{ listen: StreamListener; runtime: Record<string, unknown> }>;
   /** Destination: resolves when the guest runs here (RESUME time, ms since epoch). */
   waitIncoming(vmId: string, timeoutMs: number): Promise<{ resumedAt: number }>;
   /** Source: starts streaming the running VM to `params.socketPath`. */

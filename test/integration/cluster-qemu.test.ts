@@ -3,8 +3,11 @@
  * is read through a member that does not run it (the WebSocket relay carries the guest's
  * bytes); a live migration between members named by id holds the VM's cluster lock
  * (seen from the third member, which cannot start work on the VM meanwhile) and leaves
- * every member's inventory pointing at the destination, where the guest runs on.
+ * every member's inventory pointing at the destination, where the guest runs on. With no
+ * bandwidth cap the plan streams QEMU to QEMU over mutual TLS instead of through the relay.
  */
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
 import WebSocket from 'ws';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { api, authHeaders, waitOp, wsTls } from '../helpers/daemon.js';
@@ -130,5 +133,44 @@ describe('a three-member cluster running real guests', { timeout: 300_000 }, () 
     expect(stop.status, JSON.stringify(stop.body)).toBe(202);
     expect((await waitOp(src!.url, stop.body.id)).state).toBe('succeeded');
     expect((await api(dst!.url, 'GET', `/v1/vms/${id}`)).body.state).toBe('stopped');
+  });
+
+  it("with no bandwidth cap the plan streams QEMU to QEMU over mutual TLS: the record names the direct path with the relay weighed beside it, the wire carries QEMU's bytes as they are, and the guest runs on at the destination with its working set intact; under a 1 GbE cap the plan keeps the relay", async () => {
+    const [, src, dst] = c.members;
+    const created = await api(src!.url, 'POST', '/v1/vms', guestVm('direct-mig', 'nc.dirty_mib=32 nc.rate=2 nc.model=random nc.verify_every=1'));
+    expect(created.status, JSON.stringify(created.body)).toBe(201);
+    const id = created.body.id as string;
+    expect((await waitOp(src!.url, (await api(src!.url, 'POST', `/v1/vms/${id}/start`)).body.id)).state).toBe('succeeded');
+    await waitUntil(() => /VERIFY ok/.test(serial(src!.dataDir, id)), BOOT_MS, 'guest up with its working set verified');
+
+    // On a 1 GbE link the link is the bottleneck: the relay, which compresses, is planned.
+    const capped = await api(src!.url, 'POST', `/v1/vms/${id}/migrate`, { target: String(dst!.id), bandwidthMBps: 125, dryRun: true, force: true });
+    expect(capped.status, JSON.stringify(capped.body)).toBe(200);
+    expect(capped.body.prediction).toMatchObject({ transport: 'relay', alternatives: [{ transport: 'direct' }] });
+
+    const before = keepSerial(src!.dataDir, id);
+    const mig = await api(src!.url, 'POST', `/v1/vms/${id}/migrate`, { target: String(dst!.id), force: true });
+    expect(mig.status, JSON.stringify(mig.body)).toBe(202);
+    expect(mig.body).toMatchObject({ transport: 'direct', prediction: { transport: 'direct', alternatives: [{ transport: 'relay' }] } });
+    expect(mig.body.prediction.totalMs).toBeLessThan(mig.body.prediction.alternatives[0].totalMs);
+    let done: any;
+    await c.waitFor(async () => (done = (await api(src!.url, 'GET', `/v1/migrations/${mig.body.id}`)).body).state !== 'running', 'the migration to end', 180_000);
+    before.stop();
+    expect(done, JSON.stringify(done)).toMatchObject({ state: 'completed', transport: 'direct', downtimeMs: { measured: expect.any(Number) } });
+    // Nothing compresses a direct stream: the wire carries QEMU's bytes, and at least the working set crossed.
+    expect(done.progress.bytesWire).toBe(done.progress.bytesRaw);
+    expect(done.progress.bytesRaw).toBeGreaterThan(32 << 20);
+    const arrived = (await api(dst!.url, 'GET', `/v1/migrations/${mig.body.id}`)).body;
+    expect(arrived).toMatchObject({ role: 'destination', state: 'completed', transport: 'direct' });
+    // The key only lived in the VM directory for QEMU to load it.
+    expect(existsSync(join(dst!.dataDir, 'vms', id, 'migration-tls'))).toBe(false);
+
+    const last = Math.max(...[...before.text().matchAll(/^HB (\d+) /gm)].map((m) => Number(m[1])));
+    await waitUntil(() => heartbeats(dst!.dataDir, id).some((n) => n > last + 3), 30_000, 'heartbeats continuing on the destination');
+    await waitUntil(() => /VERIFY ok/.test(serial(dst!.dataDir, id)), 30_000, 'the working set verifying on the destination');
+    expect(serial(dst!.dataDir, id)).not.toContain('VERIFY FAIL');
+    expect((await api(dst!.url, 'GET', `/v1/vms/${id}`)).body.state).toBe('running');
+    const stop = await api(dst!.url, 'POST', `/v1/vms/${id}/stop`);
+    expect((await waitOp(dst!.url, stop.body.id)).state).toBe('succeeded');
   });
 });

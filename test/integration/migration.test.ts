@@ -72,6 +72,20 @@ async function expectStillHere(d: DaemonHandle, id: string): Promise<void> {
   await waitUntil(() => heartbeats(d.dataDir, id).length >= n + 5, 20_000, 'heartbeats continue on the source');
 }
 
+/** Waits (up to 20 s) for a daemon across a healed link to answer: the neighbour entry takes a moment to come back. */
+async function reachable(d: DaemonHandle): Promise<void> {
+  const deadline = Date.now() + 20_000;
+  for (;;) {
+    try {
+      await api(d.url, 'GET', '/healthz');
+      return;
+    } catch (err) {
+      if (Date.now() > deadline) throw err;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  }
+}
+
 async function expectNotThere(d: DaemonHandle, id: string): Promise<void> {
   for (let i = 0; i < 100; i++) {
     if ((await api(d.url, 'GET', `/v1/vms/${id}`)).status === 404) return;
@@ -494,6 +508,61 @@ describe('live migration (real QEMU, two daemons)', { timeout: 300_000 }, () => 
     ns.heal();
     expect(await waitMigration(b, r.body.id, 30_000)).toMatchObject({ state: 'failed' });
     await expectNotThere(b, id);
+  });
+
+  it("a direct stream (QEMU to QEMU over TLS) blackholed mid-flight: the source fails it with MIGRATION_TRANSPORT once QEMU's stream has moved nothing for 10 s, within 20 s of the cut; the guest runs on at the source, and the destination, whose control connection fell silent, drops its half on its own", async () => {
+    // A direct stream needs a member of the source's cluster as the target: A and a third
+    // member C on this side keep the quorum, B (the destination) is across the veth pair.
+    const ns = NetNs.create();
+    namespaces.push(ns);
+    const member = async (at: string, netns?: string, join?: { peer: string; caHash: string }, driver = 'qemu'): Promise<DaemonHandle> => {
+      const dataDir = tempDataDir();
+      dirs.push(dataDir);
+      const args = ['--driver', driver, '--api-tls', 'on', '--peer-listen', `${at}:0`, '--cluster-secret', 'migration-test-cluster-secret-0123', ...(join ? ['--join', join.peer, '--ca-hash', join.caHash] : [])];
+      const d = await spawnDaemon({ dataDir, host: at, args, ...(netns ? { netns } : {}) });
+      daemons.push(d);
+      return d;
+    };
+    const a = await member(ns.hostIp);
+    const joinA = { peer: `${ns.hostIp}:${a.peerPort}`, caHash: (await api(a.url, 'GET', '/v1/cluster')).body.caHash };
+    await member(ns.hostIp, undefined, joinA, 'sim');
+    const b = await member(ns.ip, ns.name, joinA);
+    await installGuest(a.url);
+    await installGuest(b.url);
+    const bId = (await api(b.url, 'GET', '/v1/cluster')).body.id;
+    for (let i = 0; (await api(a.url, 'GET', '/v1/cluster')).body.voters?.length !== 3; i++) {
+      if (i > 300) throw new Error('the three members never all voted');
+      await new Promise((res) => setTimeout(res, 100));
+    }
+    const id = await startGuest(a, 'mig-direct-blackhole', 'nc.dirty_mib=64 nc.rate=4 nc.model=random');
+    // Capped (QEMU's own max-bandwidth) so the cut lands mid-stream.
+    const r = await api(a.url, 'POST', `/v1/vms/${id}/migrate`, { target: String(bId), transport: 'direct', bandwidthMBps: 2, force: true });
+    expect(r.status, JSON.stringify(r.body)).toBe(202);
+    expect(r.body.transport).toBe('direct');
+    for (let i = 0; ; i++) {
+      const m = (await api(a.url, 'GET', `/v1/migrations/${r.body.id}`)).body;
+      if (m.progress?.bytesRaw > 2 << 20) break;
+      if (m.state !== 'running' || i > 1200) throw new Error(`the migration never got going: ${JSON.stringify(m)}`);
+      await new Promise((res) => setTimeout(res, 50));
+    }
+    ns.blackhole();
+    const cut = Date.now();
+    const m = await waitMigration(a, r.body.id, 60_000);
+    const tookMs = Date.now() - cut;
+    expect(m, JSON.stringify(m)).toMatchObject({ state: 'failed', transport: 'direct', error: { code: 'MIGRATION_TRANSPORT' } });
+    expect(m.error.message).toMatch(/moved nothing for \d+ ms/);
+    expect(tookMs, m.error.message).toBeLessThan(20_000);
+    await expectStillHere(a, id);
+    ns.heal();
+    await reachable(b);
+    const gone = await waitMigration(b, r.body.id, 30_000);
+    expect(gone, JSON.stringify(gone)).toMatchObject({ state: 'failed', error: { code: 'MIGRATION_TRANSPORT' } });
+    expect(gone.error.message).toMatch(/nothing arrived from the source/);
+    // (In a cluster every member answers for every VM: B's own half is its VM directory.)
+    await waitUntil(() => !existsSync(join(b.dataDir, 'vms', id)), 10_000, "the destination's half removed");
+    const aId = (await api(a.url, 'GET', '/v1/cluster')).body.id;
+    const placed = (await api(b.url, 'GET', '/v1/cluster/vms')).body.items.find((p: { vmId: string }) => p.vmId === id);
+    expect(placed?.member).toBe(aId);
   });
 
   it('destination daemon killed mid-flight: source keeps the VM; the restarted destination has no trace of it', async () => {

@@ -1,5 +1,7 @@
-import { X509Certificate } from 'node:crypto';
+import { webcrypto, X509Certificate } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
+import 'reflect-metadata';
+import * as x509 from '@peculiar/x509';
 import { caPin, createCa, createCsr, memberIdFromAltNames, needsRenewal, signMember, verifyMemberCert, MEMBER_DAYS } from '../../src/tls/pki.js';
 
 const DAY = 86_400_000;
@@ -55,5 +57,18 @@ describe('cluster PKI', () => {
     expect(needsRenewal(pem)).toBe(false);
     expect(needsRenewal(pem, new Date(Date.now() + (MEMBER_DAYS * 2 / 3 - 1) * DAY))).toBe(false);
     expect(needsRenewal(pem, new Date(Date.now() + (MEMBER_DAYS * 2 / 3 + 1) * DAY))).toBe(true);
+  });
+
+  it("a member certificate's key usage is not critical (QEMU's TLS refuses a critical one without keyEncipherment), and one of an earlier version with a critical key usage is due for renewal at once", async () => {
+    const ca = await createCa('a');
+    const pem = await signMember(ca, (await createCsr(1)).csrPem, 1, []);
+    expect(new x509.X509Certificate(pem).getExtension(x509.KeyUsagesExtension)?.critical).toBe(false);
+    const keys = (await webcrypto.subtle.generateKey({ name: 'ECDSA', namedCurve: 'P-256' }, true, ['sign', 'verify'])) as CryptoKeyPair;
+    const old = await x509.X509CertificateGenerator.createSelfSigned({
+      serialNumber: '01', name: 'CN=member-1', notBefore: new Date(Date.now() - DAY), notAfter: new Date(Date.now() + MEMBER_DAYS * DAY), keys,
+      signingAlgorithm: { name: 'ECDSA', hash: 'SHA-256' },
+      extensions: [new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature | x509.KeyUsageFlags.keyAgreement, true)],
+    });
+    expect(needsRenewal(old.toString('pem'))).toBe(true);
   });
 });

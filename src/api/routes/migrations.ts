@@ -36,5 +36,5 @@ export function migrationRoutes(router: Router, migrations: MigrationService, re
   router.add('GET', '/v1/migrations/:id', (req) => ({ status: 200, json: migrations.get(req.params.id!) }), { priv: 'VM.Audit', on: onMigration, forward: 'migration' });
   router.add('DELETE', '/v1/migrations/:id', (req) => ({ status: 202, json: migrations.cancel(req.params.id!) }), { priv: 'VM.Migrate', on: onMigration, forward: 'migration' });
   // Daemon to daemon: the source offers a VM; the answer says where to stream it.
-  router.add('POST', '/v1/migrations/incoming', async (req) => ({ status: 201, json: await migrations.acceptIncoming(parseWith(IncomingRequest, req.body)) }), { priv: 'VM.Migrate', body: true });
+  router.add('POST', '/v1/migrations/incoming', async (req) => ({ status: 201, json: await migrations.acceptIncoming(parseWith(IncomingRequest, req.body), req.principal?.member) }), { priv: 'VM.Migrate', body: true });
 }

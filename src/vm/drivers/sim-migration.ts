@@ -17,7 +17,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { ByteQueue } from '../../util/byte-queue.js';
 import { isZeroPage } from '../../native/memdelta.js';
 import { FLAG_SYNC, MULTIFD_MAGIC, MULTIFD_PACKET_PAYLOAD, MultifdParser, QEVM_MAGIC, RAM_PACKET_FIXED_LEN } from './sim-multifd.js';
-import { DriverError, type LiveMigration, type MigrationProgress, type OutgoingParams } from '../driver.js';
+import { DriverError, type DirectIncoming, type LiveMigration, type MigrationProgress, type OutgoingParams, type StreamListener } from '../driver.js';
 import type { VmRecord } from '../record.js';
 
 export const SIM_DIRTY_LABEL = 'sim.novacron.io/dirty-mibps';
@@ -157,7 +157,8 @@ export class SimLiveMigration implements LiveMigration {
     return undefined;
   }
 
-  async prepareIncoming(vm: VmRecord, channels: number): Promise<{ socketPath: string; runtime: Record<string, unknown> }> {
+  async prepareIncoming(vm: VmRecord, channels: number, direct?: DirectIncoming): Promise<{ listen: StreamListener; runtime: Record<string, unknown> }> {
+    if (direct) throw new DriverError('migrate-incoming', 'sim: streams go through the relay only');
     const mib = Math.min(vm.spec.memoryMiB, this.#host.memoryCapMiB);
     const socketPath = join(this.#host.runDir, `sim-${vm.id}-in.sock`);
     rmSync(socketPath, { force: true });
@@ -245,7 +246,7 @@ export class SimLiveMigration implements LiveMigration {
     done.catch(() => undefined);
     await new Promise<void>((r) => server.listen(socketPath, r));
     this.#in.set(vm.id, { server, memory, done });
-    return { socketPath, runtime: { accelerator: 'sim' } };
+    return { listen: { kind: 'relay', socketPath }, runtime: { accelerator: 'sim' } };
   }
 
   async waitIncoming(vmId: string, timeoutMs: number): Promise<{ resumedAt: number }> {
@@ -276,8 +277,10 @@ export class SimLiveMigration implements LiveMigration {
     if (!mem) throw new DriverError('migrate', `sim: VM ${vmId} is not running`);
     const out: Outgoing = { status: 'setup', transferred: 0, remaining: mem.pages * PAGE, rounds: 0, downtimeLimitMs: p.downtimeLimitMs, sockets: [], cancelled: false };
     this.#out.set(vmId, out);
+    const to = p.to;
+    if (to.kind !== 'relay') throw new DriverError('migrate', 'sim: streams go through the relay only');
     const open = async () => {
-      const s = connect(p.socketPath);
+      const s = connect(to.socketPath);
       await new Promise<void>((resolve, reject) => {
         s.once('connect', resolve);
         s.once('error', reject);

@@ -1,13 +1,16 @@
 /**
  * QEMU's half of a NovaCron live migration, over QMP. QEMU tracks dirty pages and saves
  * or loads device state; its multifd stream goes to (and comes from) NovaCron's relay on
- * a unix socket. Both ends use the same capabilities: multifd without QEMU-side
- * compression (the relay compresses), zero-page detection in multifd.
+ * a unix socket, or — a direct migration — straight to the destination QEMU over TCP with
+ * mutual TLS (QEMU's tls-creds-x509 with the members' cluster certificates, and an
+ * authz-simple rule on the destination admitting only the source member's). Both ends use
+ * the same capabilities: multifd without QEMU-side compression, zero-page detection in
+ * multifd.
  */
-import { readFileSync, rmSync } from 'node:fs';
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { DriverError, type LiveMigration, type MigrationProgress, type MigrationStatus, type OutgoingParams } from '../driver.js';
+import { DriverError, type DirectIncoming, type LiveMigration, type MigrationProgress, type MigrationStatus, type OutgoingParams, type StreamListener, type StreamTls } from '../driver.js';
 import type { VmRecord } from '../record.js';
 import type { QmpClient, QmpEvent } from './qmp.js';
 import { QemuStorageMirror } from './storage-mirror.js';
@@ -39,6 +42,9 @@ interface QueryMigrate {
 
 /** Effectively unlimited: QEMU's default cap is 128 MiB/s; NovaCron's relay does the capping. */
 const NO_CAP = 2 ** 40;
+/** QEMU object ids of a direct migration's TLS credentials and the destination's admission rule. */
+const TLS_CREDS = 'nc-migration-tls';
+const TLS_AUTHZ = 'nc-migration-authz';
 
 export class QemuLiveMigration implements LiveMigration {
   #host: MigrationHost;
@@ -57,20 +63,28 @@ export class QemuLiveMigration implements LiveMigration {
     return undefined;
   }
 
-  async prepareIncoming(vm: VmRecord, channels: number): Promise<{ socketPath: string; runtime: Record<string, unknown> }> {
-    const socketPath = join(this.#host.vmDir(vm.id), 'migrate-in.sock');
+  readonly direct = true;
+
+  async prepareIncoming(vm: VmRecord, channels: number, direct?: DirectIncoming): Promise<{ listen: StreamListener; runtime: Record<string, unknown> }> {
     const runtime = await this.#host.spawnIncoming(vm);
     try {
       const { qmp } = await this.#host.instance(vm.id);
       await setCapabilities(qmp, { multifd: true, events: true });
       await qmp.execute('migrate-set-parameters', { 'multifd-channels': channels, 'multifd-compression': 'none' });
+      if (direct) {
+        await addTlsCreds(qmp, this.#host.vmDir(vm.id), 'server', direct.tls);
+        await qmp.execute('object-add', { 'qom-type': 'authz-simple', id: TLS_AUTHZ, identity: direct.peerIdentity });
+        await qmp.execute('migrate-set-parameters', { 'tls-creds': TLS_CREDS, 'tls-authz': TLS_AUTHZ });
+        return { listen: { kind: 'direct', port: await listenTcp(qmp, direct.host, direct.ports) }, runtime };
+      }
+      const socketPath = join(this.#host.vmDir(vm.id), 'migrate-in.sock');
       rmSync(socketPath, { force: true });
       await qmp.execute('migrate-incoming', { uri: `unix:${socketPath}` });
+      return { listen: { kind: 'relay', socketPath }, runtime };
     } catch (err) {
       await this.#host.stop(vm.id).catch(() => undefined);
       throw new DriverError('migrate-incoming', (err as Error).message);
     }
-    return { socketPath, runtime };
   }
 
   /**
@@ -117,19 +131,25 @@ export class QemuLiveMigration implements LiveMigration {
 
   async startOutgoing(vmId: string, p: OutgoingParams): Promise<void> {
     const { qmp } = await this.#host.instance(vmId);
+    const to = p.to;
+    if (to.kind === 'direct') await addTlsCreds(qmp, this.#host.vmDir(vmId), 'client', to.tls);
     await setCapabilities(qmp, { multifd: true, events: true, 'auto-converge': p.autoConverge, 'pause-before-switchover': p.pauseBeforeSwitchover });
     await qmp.execute('migrate-set-parameters', {
       'multifd-channels': p.channels,
       'multifd-compression': 'none',
       'downtime-limit': p.downtimeLimitMs,
-      'max-bandwidth': NO_CAP,
+      'max-bandwidth': to.kind === 'direct' && p.maxBytesPerSec ? Math.round(p.maxBytesPerSec) : NO_CAP,
+      // A relayed stream is plain on the unix socket (the relay's link is TLS); an earlier
+      // direct attempt's settings must not stay.
+      'tls-creds': to.kind === 'direct' ? TLS_CREDS : '',
+      'tls-hostname': to.kind === 'direct' ? to.hostname : '',
       // Gentle steps: throttle only as much as convergence needs.
       'cpu-throttle-initial': 10,
       'cpu-throttle-increment': 10,
       'cpu-throttle-tailslow': true,
       'max-cpu-throttle': p.maxThrottlePercent,
     });
-    await qmp.execute('migrate', { uri: `unix:${p.socketPath}` });
+    await qmp.execute('migrate', { uri: to.kind === 'direct' ? `tcp:${uriHost(to.host)}:${to.port}` : `unix:${to.socketPath}` });
   }
 
   async progress(vmId: string): Promise<MigrationProgress> {
@@ -220,6 +240,49 @@ function migrationWatch(qmp: QmpClient): { changed: boolean } {
   }
   return w;
 }
+
+/**
+ * QEMU's x509 credentials object for one end of a direct migration. QEMU reads the files
+ * when the object is made, so they exist (root-only, in the VM's directory) only for that
+ * call; the key never reaches QEMU's command line or the QMP stream.
+ */
+async function addTlsCreds(qmp: QmpClient, vmDir: string, endpoint: 'server' | 'client', tls: StreamTls): Promise<void> {
+  const dir = join(vmDir, 'migration-tls');
+  rmSync(dir, { recursive: true, force: true });
+  mkdirSync(dir, { mode: 0o700 });
+  try {
+    writeFileSync(join(dir, 'ca-cert.pem'), tls.caPem, { mode: 0o600 });
+    writeFileSync(join(dir, `${endpoint}-cert.pem`), tls.certPem, { mode: 0o600 });
+    writeFileSync(join(dir, `${endpoint}-key.pem`), tls.keyPem, { mode: 0o600 });
+    // An earlier migration's credentials (an attempt that failed) make way.
+    await qmp.execute('object-del', { id: TLS_CREDS }).catch(() => undefined);
+    await qmp.execute('object-add', { 'qom-type': 'tls-creds-x509', id: TLS_CREDS, endpoint, dir, 'verify-peer': true });
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** Starts the incoming migration on a TCP port: the first free one of `ports`, or any (QEMU reports which). */
+async function listenTcp(qmp: QmpClient, host: string, ports?: { from: number; to: number }): Promise<number> {
+  if (!ports) {
+    await qmp.execute('migrate-incoming', { uri: `tcp:${uriHost(host)}:0` });
+    const info = await qmp.execute<{ 'socket-address'?: Array<{ port?: string }> }>('query-migrate');
+    const port = Number(info['socket-address']?.[0]?.port);
+    if (!Number.isInteger(port) || port <= 0) throw new DriverError('migrate-incoming', 'QEMU did not report the port it listens on');
+    return port;
+  }
+  for (let port = ports.from; port <= ports.to; port++) {
+    try {
+      await qmp.execute('migrate-incoming', { uri: `tcp:${uriHost(host)}:${port}` });
+      return port;
+    } catch (err) {
+      if (!/in use/i.test((err as Error).message)) throw err;
+    }
+  }
+  throw new DriverError('migrate-incoming', `no free port in ${ports.from}-${ports.to} for the incoming stream`);
+}
+
+const uriHost = (host: string) => (host.includes(':') ? `[${host}]` : host);
 
 async function setCapabilities(qmp: QmpClient, caps: Record<string, boolean>): Promise<void> {
   await qmp.execute('migrate-set-capabilities', { capabilities: Object.entries(caps).map(([capability, state]) => ({ capability, state })) });
