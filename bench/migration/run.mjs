@@ -255,6 +255,8 @@ async function novaMigrate(g, link) {
     dirtyBytesPerSec: rec.progress.dirtyBytesPerSec,
     throttlePercent,
     predictedTotalMs: round(rec.prediction.totalMs),
+    // What the plan weighed: each path's predicted total and raw throughput (calibration).
+    plan: { transport: rec.prediction.transport, pathRawMBps: round(rec.prediction.inputs.pathRawBytesPerSec / 1e6), firstRatio: round(rec.prediction.inputs.firstRatio), alternatives: rec.prediction.alternatives },
   };
 }
 
@@ -330,6 +332,8 @@ async function bareMigrate(src, mode, link, name, cmdline) {
     if (mode === 'multifd-tls') {
       // Mutual TLS with member-like certificates, as NovaCron's direct streams use.
       const creds = await benchTlsDirs();
+      // The source was an earlier round's destination: its server credentials make way.
+      await src.qmp.execute('object-del', { id: 'tls0' }).catch(() => undefined);
       await dst.qmp.execute('object-add', { 'qom-type': 'tls-creds-x509', id: 'tls0', endpoint: 'server', dir: creds.server, 'verify-peer': true });
       await src.qmp.execute('object-add', { 'qom-type': 'tls-creds-x509', id: 'tls0', endpoint: 'client', dir: creds.client, 'verify-peer': true });
       await dst.qmp.execute('migrate-set-parameters', { 'tls-creds': 'tls0' });
@@ -341,6 +345,8 @@ async function bareMigrate(src, mode, link, name, cmdline) {
       uri = `unix:${links.sourceSock}`;
     } else await dst.qmp.execute('migrate-incoming', { uri });
   }
+  // Only multifd-tls encrypts (a source that took a multifd-tls stream keeps its credentials).
+  if (mode !== 'multifd-tls') await src.qmp.execute('migrate-set-parameters', { 'tls-creds': '', 'tls-hostname': '' });
   // xbzrle cache: the same share of RAM NovaCron's codec keeps (25%, <= 256 MiB).
   await src.qmp.execute('migrate-set-parameters', { 'downtime-limit': 50, 'max-bandwidth': link ? link * 1e6 : 2 ** 40, 'xbzrle-cache-size': Math.min(MEMORY * 1048576 * 0.25, 256 << 20) });
   const t0 = performance.now();

@@ -114,7 +114,6 @@ export class OutgoingMigration extends SourceMigration {
       const stall = { bytes: -1, since: performance.now() };
       for (;;) {
         const p = await migration.progress(vmId);
-        if (this.#direct) this.#watchStall(p, stall);
         if (p.status === 'paused-for-disks') {
           // QEMU may still say pre-switchover for a moment after migrate-continue (its
           // migration thread moves on by itself): continue exactly once.
@@ -142,6 +141,7 @@ export class OutgoingMigration extends SourceMigration {
           throw (await this.peer.reason()) ?? new NovaError('MIGRATION_FAILED', `QEMU migration ${p.status}: ${p.error ?? 'no detail'}`);
         }
         this.check();
+        if (this.#direct) this.#watchStall(p, stall);
         this.#absorb(p);
         const tuned = p.status === 'precopy' ? switchover.next(p.rounds, p.remainingBytes, linkRate.sample(this.rec.progress.bytesRaw)) : undefined;
         if (tuned) {
