@@ -62,8 +62,8 @@ const MAX_CACHE_BYTES = 256 << 20;
 /** How long the dry-run measures the guest's dirty rate. */
 const DIRTY_RATE_SAMPLE_MS = 250;
 /** Guest RAM sampled for the codec ratio: chunks × size. */
-const SAMPLE_CHUNKS = 8;
-const SAMPLE_CHUNK_BYTES = 1 << 20;
+const SAMPLE_CHUNKS = 4;
+const SAMPLE_CHUNK_BYTES = 2 << 20;
 
 /** Who the target is, for authentication: a member of this cluster, or a daemon outside it with a token it accepts. */
 export type TargetAuth = { member: number } | { token: string };
