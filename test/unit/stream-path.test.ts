@@ -6,6 +6,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { choosePath, predict, type PredictionInput } from '../../src/migration/predict.js';
+import { samplePlan } from '../../src/migration/service.js';
 
 const GiB = 1 << 30;
 /** A 1 GiB guest dirtying 32 MiB/s whose pages the codec halves (its re-sends to a quarter), at 400 MB/s; the cipher runs at 1 GB/s. */
@@ -54,5 +55,21 @@ describe('choosing the path of a live migration stream', () => {
     const p = choosePath([paths(undefined)[0]!], 'auto');
     expect(p.transport).toBe('relay');
     expect(p.alternatives).toBeUndefined();
+  });
+});
+
+describe("where the plan samples a guest's RAM", () => {
+  it('spreads its chunks evenly over the low RAM, every one inside the guest and below 2 GiB (the limit was once 2 << 30, negative in JavaScript, so all but the first chunk read past the guest)', () => {
+    const MiB = 1 << 20;
+    expect(samplePlan(1024 * MiB)).toEqual({ chunk: 128 << 10, offsets: Array.from({ length: 32 }, (_, i) => i * 32 * MiB) });
+    for (const mib of [256, 3072, 16384]) {
+      const { chunk, offsets } = samplePlan(mib * MiB);
+      for (const off of offsets) {
+        expect(off % 4096).toBe(0);
+        expect(off).toBeGreaterThanOrEqual(0);
+        expect(off + chunk).toBeLessThanOrEqual(Math.min(mib * MiB, 2 ** 31));
+      }
+      expect(new Set(offsets).size).toBe(offsets.length);
+    }
   });
 });
