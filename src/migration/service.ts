@@ -48,12 +48,16 @@ export interface MigrationServiceDeps {
 /** Raw bytes/s assumed for the relay path when the sample had nothing to measure it on. */
 const DEFAULT_PATH_RAW_BYTES_PER_SEC = 150e6;
 /**
- * Relay throughput as a share of the codec's encode speed on the sample: the relay also
- * parses, copies, seals and decodes on the far side, on cores the guests share.
- * bench/migration on a 2-core host: ~200 MB/s raw on 1 GbE against ~700 MB/s of codec
- * (uncapped it does no better: CPU, not the wire, is its limit there).
+ * Relay throughput as a share of the codec's encode speed on the sample, in two regimes.
+ * While the link is the bottleneck (its cap × the codec's ratio below half the codec's
+ * speed), the link's window paces QEMU and the relay keeps up with the link: bench/migration
+ * on a 2-core host, ~200 MB/s raw on 1 GbE against 500-700 MB/s of codec. Once the link
+ * outruns it, QEMU sends flat out and contends with the codec, the link's TLS and the far
+ * side's decode for the cores: ~100 MB/s raw on 10 GbE and unlimited links, about 0.15 of
+ * the codec's speed.
  */
-const RELAY_SHARE_OF_CODEC_SPEED = 0.3;
+const RELAY_SHARE_OF_CODEC_SPEED = 0.5;
+const RELAY_CPU_BOUND_SHARE = 0.15;
 /**
  * A direct stream's throughput as a share of AES-GCM's speed on the sample, per channel
  * (up to one per core): QEMU encrypts each multifd channel in its own thread (gnutls), the
@@ -317,11 +321,8 @@ export class MigrationService {
     }
     const firstRatio = raw > 0 ? raw / Math.max(1, wire) : 1;
     const nonZeroFraction = sampled > 0 ? 1 - zero / sampled : 1;
-    // The relay does more than encode (parsing, copies, sockets, the decode on the far
-    // side): half the codec's measured speed, as bench/migration showed on this host class.
     const speed = codecAndCipherSpeed(Buffer.concat(nonZeroBatches), paths.includes('direct'));
-    const codecBytesPerMs = speed.codec;
-    const pathRawBytesPerSec = codecBytesPerMs > 0 ? codecBytesPerMs * 1000 * RELAY_SHARE_OF_CODEC_SPEED : DEFAULT_PATH_RAW_BYTES_PER_SEC;
+    const pathRawBytesPerSec = relayRawBytesPerSec(speed.codec * 1000, req.bandwidthMBps ? req.bandwidthMBps * 1e6 * firstRatio : Infinity);
     // Re-sent pages: sample again, and encode only the pages that changed, against the
     // versions "sent" above — what pre-copy's later rounds do.
     raw = 0;
@@ -356,6 +357,16 @@ export class MigrationService {
     }
     return choosePath(candidates, req.transport);
   }
+}
+
+/**
+ * What the relay carries, raw bytes/s, given the codec's measured speed and what the link
+ * carries of the codec's output (its cap × the ratio): see RELAY_SHARE_OF_CODEC_SPEED.
+ */
+export function relayRawBytesPerSec(codecBytesPerSec: number, linkRawBytesPerSec: number): number {
+  if (codecBytesPerSec <= 0) return DEFAULT_PATH_RAW_BYTES_PER_SEC;
+  const paced = codecBytesPerSec * RELAY_SHARE_OF_CODEC_SPEED;
+  return linkRawBytesPerSec < paced ? paced : codecBytesPerSec * RELAY_CPU_BOUND_SHARE;
 }
 
 /** Pages in the batch the codec's and the cipher's speeds are measured on (2 MiB). */

@@ -6,7 +6,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { choosePath, predict, type PredictionInput } from '../../src/migration/predict.js';
-import { samplePlan } from '../../src/migration/service.js';
+import { relayRawBytesPerSec, samplePlan } from '../../src/migration/service.js';
 
 const GiB = 1 << 30;
 /** A 1 GiB guest dirtying 32 MiB/s whose pages the codec halves (its re-sends to a quarter), at 400 MB/s; the cipher runs at 1 GB/s. */
@@ -71,5 +71,14 @@ describe("where the plan samples a guest's RAM", () => {
       }
       expect(new Set(offsets).size).toBe(offsets.length);
     }
+  });
+});
+
+describe("the relay's throughput in the plan", () => {
+  it('keeps up with a link slower than half the codec (the link paces QEMU), and drops to 0.15 of the codec once the link outruns that (QEMU contends with the codec for the cores)', () => {
+    const codec = 600e6;
+    expect(relayRawBytesPerSec(codec, 125e6 * 2)).toBe(300e6);
+    expect(relayRawBytesPerSec(codec, 1250e6 * 2)).toBeCloseTo(90e6);
+    expect(relayRawBytesPerSec(codec, Infinity)).toBeCloseTo(90e6);
   });
 });
